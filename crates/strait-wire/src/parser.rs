@@ -1,0 +1,403 @@
+//! Incremental parsing of an XMPP stream into stream-level events, within
+//! byte, depth and attribute budgets.
+
+use rxml::error::{EndOrError, Error as RxmlError};
+use rxml::{Options, Parse, RawParser, WithOptions};
+
+use crate::error::{StreamError, StreamErrorCondition as C};
+use crate::limits::Limits;
+use crate::stanza::{Child, Stanza, ns};
+use crate::xml::{CanonicalWriter, Resolver, XmlEvent};
+
+/// Longest single token (name, attribute value, text chunk) rxml buffers.
+const MAX_TOKEN: usize = 8192;
+
+/// The attributes of the peer's `<stream:stream>` header.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StreamHeader {
+    pub to: Option<String>,
+    pub from: Option<String>,
+    pub version: Option<String>,
+    pub lang: Option<String>,
+    pub id: Option<String>,
+    /// The content namespace (`jabber:client` or `jabber:server`).
+    pub default_ns: String,
+}
+
+/// What the parser produces.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    StreamOpen(StreamHeader),
+    Element(Stanza),
+    StreamClose,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Before the stream header.
+    Prolog,
+    /// Inside `<stream:stream>`.
+    Open,
+    /// After `</stream:stream>`: further input is ignored.
+    Closed,
+}
+
+/// The stanza being read: its envelope and the canonical writer for its content.
+#[derive(Debug)]
+struct Building {
+    stanza: Stanza,
+    writer: CanonicalWriter,
+    children: Vec<Child>,
+    child_start: usize,
+}
+
+/// Sans-I/O XMPP stream parser. Feed bytes with [`StreamParser::feed`], pull
+/// events with [`StreamParser::next_event`].
+#[derive(Debug)]
+pub struct StreamParser {
+    limits: Limits,
+    raw: RawParser,
+    resolver: Resolver,
+    buf: Vec<u8>,
+    pos: usize,
+    /// Raw bytes consumed since the last stanza (or the header) ended.
+    counted: usize,
+    phase: Phase,
+    /// Open elements: the stream is 1, a stanza 2.
+    depth: usize,
+    building: Option<Building>,
+    dead: Option<StreamError>,
+}
+
+fn new_raw_parser(limits: &Limits) -> RawParser {
+    RawParser::with_options(Options {
+        max_token_length: MAX_TOKEN.min(limits.max_stanza_bytes.max(64)),
+        ..Options::default()
+    })
+}
+
+impl StreamParser {
+    pub fn new(limits: Limits) -> Self {
+        StreamParser {
+            raw: new_raw_parser(&limits),
+            resolver: Resolver::new(limits.max_attributes),
+            limits,
+            buf: Vec::new(),
+            pos: 0,
+            counted: 0,
+            phase: Phase::Prolog,
+            depth: 0,
+            building: None,
+            dead: None,
+        }
+    }
+
+    /// Changes the budgets; they apply at once (the token cap from the next reset).
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.resolver.max_attributes = limits.max_attributes;
+        self.limits = limits;
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Expects a new stream (after STARTTLS or SASL success). Buffered,
+    /// unparsed bytes are discarded: they were sent before the restart.
+    pub fn reset(&mut self) {
+        *self = StreamParser::new(self.limits.clone());
+    }
+
+    pub fn feed(&mut self, bytes: &[u8]) {
+        if self.dead.is_none() && self.phase != Phase::Closed {
+            self.buf.extend_from_slice(bytes);
+        }
+    }
+
+    /// Bytes fed but not yet consumed by the XML parser.
+    pub fn buffered(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+
+    /// The next event, `Ok(None)` if more bytes are needed. After an error
+    /// the parser is dead and returns the same error forever.
+    pub fn next_event(&mut self) -> Result<Option<Event>, StreamError> {
+        if let Some(e) = &self.dead {
+            return Err(e.clone());
+        }
+        match self.pump() {
+            Ok(ev) => Ok(ev),
+            Err(e) => {
+                self.buf = Vec::new();
+                self.pos = 0;
+                self.building = None;
+                self.dead = Some(e.clone());
+                Err(e)
+            }
+        }
+    }
+
+    fn pump(&mut self) -> Result<Option<Event>, StreamError> {
+        loop {
+            if self.phase == Phase::Closed {
+                self.buf.clear();
+                self.pos = 0;
+                return Ok(None);
+            }
+            // Hand rxml at most one byte more than the budget allows, so no
+            // single token can run past it unnoticed.
+            let allow = self
+                .limits
+                .max_stanza_bytes
+                .saturating_sub(self.counted)
+                .saturating_add(1);
+            let avail = &self.buf[self.pos..];
+            let take = avail.len().min(allow);
+            let mut slice = &avail[..take];
+            let result = self.raw.parse(&mut slice, false);
+            let consumed = take - slice.len();
+            self.pos += consumed;
+            self.counted += consumed;
+            self.check_budget()?;
+            match result {
+                Ok(Some(raw)) => {
+                    if let Some(xml) = self.resolver.feed(raw)?
+                        && let Some(ev) = self.handle(xml)?
+                    {
+                        return Ok(Some(ev));
+                    }
+                }
+                Ok(None) => return Err(StreamError::new(C::NotWellFormed)),
+                Err(EndOrError::NeedMoreData) => {
+                    if self.pos >= self.buf.len() {
+                        self.buf.clear();
+                        self.pos = 0;
+                        return Ok(None);
+                    }
+                    if consumed == 0 {
+                        return Err(StreamError::with_text(
+                            C::InternalServerError,
+                            "xml parser made no progress",
+                        ));
+                    }
+                }
+                Err(EndOrError::Error(e)) => return Err(map_rxml_error(e)),
+            }
+        }
+    }
+
+    fn check_budget(&self) -> Result<(), StreamError> {
+        let limit = self.limits.max_stanza_bytes;
+        if self.counted <= limit {
+            return Ok(());
+        }
+        let text = if self.building.is_some() || self.phase == Phase::Prolog {
+            format!("stanza too large ({} bytes, limit {limit})", self.counted)
+        } else {
+            format!(
+                "too much data between stanzas ({} bytes, limit {limit})",
+                self.counted
+            )
+        };
+        Err(StreamError::with_text(C::PolicyViolation, text))
+    }
+
+    fn handle(&mut self, ev: XmlEvent) -> Result<Option<Event>, StreamError> {
+        match ev {
+            XmlEvent::Declaration => Ok(None),
+            XmlEvent::Start { ns, name, attrs } => {
+                self.depth += 1;
+                if self.phase == Phase::Prolog {
+                    return self.open_stream(&ns, &name, attrs).map(Some);
+                }
+                let stanza_depth = self.depth - 1;
+                if stanza_depth > self.limits.max_depth {
+                    return Err(StreamError::with_text(
+                        C::PolicyViolation,
+                        format!(
+                            "elements nested too deeply (limit {})",
+                            self.limits.max_depth
+                        ),
+                    ));
+                }
+                if stanza_depth == 1 {
+                    let mut stanza = Stanza::new(&ns, &name);
+                    for a in attrs {
+                        stanza.set_attr(&a.ns, &a.name, a.value);
+                    }
+                    let mut writer = CanonicalWriter::new(String::new());
+                    // Content is written relative to no parent, so that each
+                    // first-level child declares its namespace.
+                    writer.out.reserve(256);
+                    self.building = Some(Building {
+                        stanza,
+                        writer,
+                        children: Vec::new(),
+                        child_start: 0,
+                    });
+                    return Ok(None);
+                }
+                let b = self.building.as_mut().expect("stanza open");
+                if stanza_depth == 2 {
+                    b.child_start = b.writer.out.len();
+                }
+                let it = attrs
+                    .iter()
+                    .map(|a| (a.ns.as_str(), a.name.as_str(), a.value.as_str()));
+                b.writer.start(&ns, &name, it);
+                if stanza_depth == 2 {
+                    b.children.push(Child {
+                        ns,
+                        name,
+                        range: b.child_start..b.child_start,
+                    });
+                }
+                Ok(None)
+            }
+            XmlEvent::Text(text) => {
+                match self.building.as_mut() {
+                    Some(b) => b.writer.text(&text),
+                    None if text.chars().all(is_xml_space) => {}
+                    None => {
+                        return Err(StreamError::with_text(
+                            C::BadFormat,
+                            "text outside of stanzas",
+                        ));
+                    }
+                }
+                Ok(None)
+            }
+            XmlEvent::End => {
+                let closing = self.depth;
+                self.depth -= 1;
+                match closing {
+                    1 => {
+                        self.phase = Phase::Closed;
+                        Ok(Some(Event::StreamClose))
+                    }
+                    2 => {
+                        let b = self.building.take().expect("stanza open");
+                        let mut stanza = b.stanza;
+                        stanza.set_content(b.writer.out, b.children);
+                        self.counted = 0;
+                        Ok(Some(Event::Element(stanza)))
+                    }
+                    _ => {
+                        let b = self.building.as_mut().expect("stanza open");
+                        b.writer.end();
+                        if closing == 3 {
+                            let end = b.writer.out.len();
+                            if let Some(child) = b.children.last_mut() {
+                                child.range.end = end;
+                            }
+                        }
+                        Ok(None)
+                    }
+                }
+            }
+        }
+    }
+
+    fn open_stream(
+        &mut self,
+        ns_name: &str,
+        name: &str,
+        attrs: Vec<crate::xml::Attr>,
+    ) -> Result<Event, StreamError> {
+        if ns_name != ns::STREAM {
+            return Err(StreamError::with_text(
+                C::InvalidNamespace,
+                "the stream element must be in the http://etherx.jabber.org/streams namespace",
+            ));
+        }
+        if name != "stream" {
+            return Err(StreamError::with_text(
+                C::BadFormat,
+                "the first element must be <stream:stream>",
+            ));
+        }
+        let default_ns = self.resolver.default_ns().to_string();
+        if default_ns != ns::CLIENT && default_ns != ns::SERVER {
+            return Err(StreamError::with_text(
+                C::InvalidNamespace,
+                "unsupported content namespace",
+            ));
+        }
+        let mut header = StreamHeader {
+            to: None,
+            from: None,
+            version: None,
+            lang: None,
+            id: None,
+            default_ns,
+        };
+        for a in attrs {
+            let slot = match (a.ns.as_str(), a.name.as_str()) {
+                ("", "to") => &mut header.to,
+                ("", "from") => &mut header.from,
+                ("", "version") => &mut header.version,
+                ("", "id") => &mut header.id,
+                (ns::XML, "lang") => &mut header.lang,
+                _ => continue,
+            };
+            *slot = Some(a.value);
+        }
+        self.phase = Phase::Open;
+        self.counted = 0;
+        Ok(Event::StreamOpen(header))
+    }
+}
+
+fn is_xml_space(c: char) -> bool {
+    matches!(c, ' ' | '\t' | '\r' | '\n')
+}
+
+/// Maps rxml's errors to the RFC 6120 §4.9.3 conditions.
+fn map_rxml_error(e: RxmlError) -> StreamError {
+    let condition = match e {
+        RxmlError::UndeclaredEntity => C::RestrictedXml,
+        // `<!` that opens neither a comment nor CDATA: a DOCTYPE or other
+        // DTD markup declaration.
+        RxmlError::InvalidSyntax("malformed cdata or comment section start") => C::RestrictedXml,
+        RxmlError::RestrictedXml(msg) => match msg {
+            "long name or reference" | "event too long" => {
+                return StreamError::with_text(
+                    C::PolicyViolation,
+                    format!("token too long (limit {MAX_TOKEN} bytes)"),
+                );
+            }
+            "only utf-8 encoding is allowed" | "only XML version 1.0 is allowed" => {
+                C::UnsupportedEncoding
+            }
+            _ => C::RestrictedXml,
+        },
+        // RFC 6120 §4.9.3.22: "improperly encoded the stream (e.g., by
+        // violating the rules of the UTF-8 encoding)".
+        RxmlError::InvalidUtf8Byte(_) => C::UnsupportedEncoding,
+        RxmlError::UndeclaredNamespacePrefix(_) => C::BadNamespacePrefix,
+        _ => C::NotWellFormed,
+    };
+    StreamError::with_text(condition, e.to_string())
+}
+
+/// Parses trusted, complete XML (one element, possibly with surrounding
+/// whitespace) into resolved events.
+pub(crate) fn parse_fragment(xml: &str) -> Result<Vec<XmlEvent>, StreamError> {
+    let mut raw = RawParser::with_options(Options {
+        max_token_length: 1 << 16,
+        ..Options::default()
+    });
+    let mut resolver = Resolver::new(usize::MAX);
+    let mut events = Vec::new();
+    let mut input = xml.as_bytes();
+    loop {
+        match raw.parse(&mut input, true) {
+            Ok(Some(ev)) => events.extend(resolver.feed(ev)?),
+            Ok(None) => return Ok(events),
+            Err(EndOrError::NeedMoreData) => {
+                return Err(StreamError::new(C::NotWellFormed));
+            }
+            Err(EndOrError::Error(e)) => return Err(map_rxml_error(e)),
+        }
+    }
+}
