@@ -1,0 +1,171 @@
+//! Storage traits for Strait and their backends.
+//!
+//! The API is synchronous and blocking; async callers run it on a blocking
+//! thread pool (e.g. `tokio::task::spawn_blocking`).
+//!
+//! Two backends:
+//! * [`SqliteStore`] — the embedded default (WAL, one group-committing writer
+//!   thread, a small pool of read connections);
+//! * [`MemoryStore`] — `HashMap`-based, for tests.
+//!
+//! Bare JIDs are stored exactly as given: callers normalize them first.
+
+#![forbid(unsafe_code)]
+
+mod memory;
+mod sqlite;
+
+#[cfg(test)]
+mod testsuite;
+
+pub use memory::MemoryStore;
+pub use sqlite::SqliteStore;
+
+/// Result of every store operation.
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// Errors returned by the stores.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("account {0} already exists")]
+    AlreadyExists(String),
+    #[error("account {0} not found")]
+    NotFound(String),
+    #[error("offline queue of {account} is full ({limit} messages)")]
+    QuotaExceeded { account: String, limit: usize },
+    #[error("storage backend: {0}")]
+    Backend(String),
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Backend(e.to_string())
+    }
+}
+
+/// The SCRAM verifier of one hash function (RFC 5802 §3): never the password.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScramSecret {
+    pub salt: Vec<u8>,
+    pub iterations: u32,
+    pub stored_key: Vec<u8>,
+    pub server_key: Vec<u8>,
+}
+
+/// An account's stored credentials. Never a plaintext password.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Credentials {
+    pub scram_sha1: Option<ScramSecret>,
+    pub scram_sha256: ScramSecret,
+}
+
+/// Roster subscription state (RFC 6121 §2.1.2.5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Subscription {
+    None,
+    To,
+    From,
+    Both,
+}
+
+impl Subscription {
+    fn to_i64(self) -> i64 {
+        match self {
+            Subscription::None => 0,
+            Subscription::To => 1,
+            Subscription::From => 2,
+            Subscription::Both => 3,
+        }
+    }
+
+    fn from_i64(v: i64) -> Option<Self> {
+        Some(match v {
+            0 => Subscription::None,
+            1 => Subscription::To,
+            2 => Subscription::From,
+            3 => Subscription::Both,
+            _ => return None,
+        })
+    }
+}
+
+/// One roster entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RosterItem {
+    /// The contact's bare JID.
+    pub jid: String,
+    pub name: Option<String>,
+    pub subscription: Subscription,
+    /// Our subscribe request to the contact is pending.
+    pub ask_out: bool,
+    /// The contact asked to subscribe to us; not yet answered.
+    pub pending_in: bool,
+    pub groups: Vec<String>,
+}
+
+/// A stored stanza waiting for its owner to come online.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OfflineMessage {
+    pub id: i64,
+    /// Canonical XML of the stanza.
+    pub stanza: String,
+    /// Unix milliseconds when stored.
+    pub stamp_ms: i64,
+}
+
+/// Accounts and their credentials.
+pub trait AccountStore {
+    /// Creates an account; `jid` is a normalized bare JID (`local@domain`).
+    /// [`StoreError::AlreadyExists`] if it exists.
+    fn create_account(&self, jid: &str, creds: &Credentials) -> Result<()>;
+    /// Removes an account with its roster and offline queue.
+    /// [`StoreError::NotFound`] if it does not exist.
+    ///
+    /// The roster version counter of the JID is kept, so a re-created account
+    /// never hands out a version that a client of the previous owner cached.
+    fn remove_account(&self, jid: &str) -> Result<()>;
+    /// Replaces the credentials. [`StoreError::NotFound`] if no such account.
+    fn set_credentials(&self, jid: &str, creds: &Credentials) -> Result<()>;
+    /// The credentials, or `None` if there is no such account.
+    fn credentials(&self, jid: &str) -> Result<Option<Credentials>>;
+    fn account_exists(&self, jid: &str) -> Result<bool>;
+    /// Sorted bare JIDs, all or only those of `domain`.
+    fn list_accounts(&self, domain: Option<&str>) -> Result<Vec<String>>;
+}
+
+/// Rosters with per-owner monotonically increasing versions.
+pub trait RosterStore {
+    /// Current version (0 if the roster was never written) and items sorted by JID.
+    fn roster(&self, owner: &str) -> Result<(u64, Vec<RosterItem>)>;
+    fn roster_item(&self, owner: &str, contact: &str) -> Result<Option<RosterItem>>;
+    /// Inserts or replaces `item` (keyed by `item.jid`); returns the new version.
+    /// [`StoreError::NotFound`] if `owner` is not an account.
+    fn roster_set(&self, owner: &str, item: &RosterItem) -> Result<u64>;
+    /// Removes an item and returns the new version. Removing an absent item
+    /// changes nothing and returns the current version.
+    fn roster_remove(&self, owner: &str, contact: &str) -> Result<u64>;
+}
+
+/// Offline message queues.
+pub trait OfflineStore {
+    /// Appends a stanza; durable (committed) when it returns.
+    /// [`StoreError::QuotaExceeded`] when `owner` already has `limit` messages,
+    /// [`StoreError::NotFound`] if `owner` is not an account.
+    fn offline_push(&self, owner: &str, stanza: &str, stamp_ms: i64, limit: usize) -> Result<i64>;
+    /// Up to `max` messages, oldest first.
+    fn offline_fetch(&self, owner: &str, max: usize) -> Result<Vec<OfflineMessage>>;
+    /// Deletes the given messages of `owner` (unknown ids are ignored).
+    fn offline_delete(&self, owner: &str, ids: &[i64]) -> Result<()>;
+    fn offline_count(&self, owner: &str) -> Result<usize>;
+}
+
+/// Everything the server needs from storage.
+pub trait Store: AccountStore + RosterStore + OfflineStore + Send + Sync + 'static {}
+
+/// The domain part of a bare JID (`local@domain` → `domain`; `domain` → `domain`).
+fn domain_of(jid: &str) -> &str {
+    match jid.rfind('@') {
+        Some(i) => &jid[i + 1..],
+        None => jid,
+    }
+}

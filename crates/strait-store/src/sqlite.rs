@@ -1,0 +1,790 @@
+//! The embedded SQLite backend.
+//!
+//! * One dedicated writer thread owns the only write connection. Callers send
+//!   it closures; it takes every request that is already queued (up to
+//!   [`MAX_BATCH`]), runs them in ONE transaction — each inside its own
+//!   savepoint, so a failing request does not undo the others — commits once,
+//!   and only then answers each caller (group commit). Under load many writes
+//!   share one fsync.
+//! * Reads use a small pool of read-only connections (WAL lets them run while
+//!   the writer writes). The in-memory variant has a single connection, so its
+//!   reads go through the writer thread too.
+//!
+//! Durability: the database runs in WAL mode with `synchronous=FULL`, so the
+//! WAL is fsynced at every commit and a write that returned survives a power
+//! loss or OS crash. (`synchronous=NORMAL` in WAL mode only survives an
+//! application crash: the last commits can be lost on power failure, which
+//! would break the contract that a stored offline message is never lost.)
+//! Group commit keeps the cost of FULL to one fsync per batch.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+
+use crate::{
+    AccountStore, Credentials, OfflineMessage, OfflineStore, Result, RosterItem, RosterStore,
+    ScramSecret, Store, StoreError, Subscription, domain_of,
+};
+
+/// Most requests committed in one transaction.
+const MAX_BATCH: usize = 256;
+/// Read connections kept in the pool (more are opened on demand, then dropped).
+const READ_POOL: usize = 4;
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The schema version this build writes.
+#[cfg(test)]
+pub(crate) const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Ordered schema migrations; migration `i` brings the schema to version `i + 1`.
+const MIGRATIONS: &[&str] = &[
+    // 1: accounts, rosters, offline queues.
+    "
+    CREATE TABLE accounts (
+        jid            TEXT PRIMARY KEY NOT NULL,
+        domain         TEXT NOT NULL,
+        sha1_salt      BLOB,
+        sha1_iter      INTEGER,
+        sha1_stored    BLOB,
+        sha1_server    BLOB,
+        sha256_salt    BLOB NOT NULL,
+        sha256_iter    INTEGER NOT NULL,
+        sha256_stored  BLOB NOT NULL,
+        sha256_server  BLOB NOT NULL
+    );
+    CREATE INDEX accounts_by_domain ON accounts(domain, jid);
+
+    CREATE TABLE roster_versions (
+        owner    TEXT PRIMARY KEY NOT NULL,
+        version  INTEGER NOT NULL
+    );
+    CREATE TABLE roster_items (
+        owner         TEXT NOT NULL,
+        contact       TEXT NOT NULL,
+        name          TEXT,
+        subscription  INTEGER NOT NULL,
+        ask_out       INTEGER NOT NULL,
+        pending_in    INTEGER NOT NULL,
+        PRIMARY KEY (owner, contact)
+    );
+    CREATE TABLE roster_groups (
+        owner    TEXT NOT NULL,
+        contact  TEXT NOT NULL,
+        pos      INTEGER NOT NULL,
+        name     TEXT NOT NULL,
+        PRIMARY KEY (owner, contact, pos)
+    );
+
+    CREATE TABLE offline (
+        id        INTEGER PRIMARY KEY AUTOINCREMENT,
+        owner     TEXT NOT NULL,
+        stanza    TEXT NOT NULL,
+        stamp_ms  INTEGER NOT NULL
+    );
+    CREATE INDEX offline_by_owner ON offline(owner, id);
+    ",
+];
+
+/// A write request queued for the writer thread.
+trait WriteJob: Send {
+    /// Runs the request inside the batch transaction; `false` if it failed
+    /// (its savepoint is then rolled back).
+    fn run(&mut self, conn: &Connection) -> bool;
+    /// Answers the caller once the batch's fate is known (`None` = committed).
+    fn finish(self: Box<Self>, batch_err: Option<&StoreError>);
+}
+
+struct Job<T, F> {
+    f: Option<F>,
+    result: Option<Result<T>>,
+    reply: mpsc::SyncSender<Result<T>>,
+}
+
+impl<T, F> WriteJob for Job<T, F>
+where
+    T: Send,
+    F: FnOnce(&Connection) -> Result<T> + Send,
+{
+    fn run(&mut self, conn: &Connection) -> bool {
+        let Some(f) = self.f.take() else {
+            return false;
+        };
+        let r = f(conn);
+        let ok = r.is_ok();
+        self.result = Some(r);
+        ok
+    }
+
+    fn finish(self: Box<Self>, batch_err: Option<&StoreError>) {
+        let result = match (batch_err, self.result) {
+            (Some(e), None | Some(Ok(_))) => {
+                Err(StoreError::Backend(format!("commit failed: {e}")))
+            }
+            (None, None) => Err(StoreError::Backend("write request was not run".into())),
+            (_, Some(r)) => r,
+        };
+        let _ = self.reply.send(result);
+    }
+}
+
+type BoxedJob = Box<dyn WriteJob>;
+
+/// The embedded SQLite store.
+pub struct SqliteStore {
+    writer: Mutex<Option<mpsc::Sender<BoxedJob>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    /// Open read connections; `None` for the in-memory variant.
+    readers: Option<ReadPool>,
+    closed: AtomicBool,
+    /// Transactions committed by the writer (for tests and diagnostics).
+    commits: Arc<AtomicU64>,
+}
+
+struct ReadPool {
+    path: std::path::PathBuf,
+    conns: Mutex<Vec<Connection>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn closed_error() -> StoreError {
+    StoreError::Backend("store is closed".into())
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and migrates it.
+    pub fn open(path: &Path) -> Result<Self> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Backend(format!(
+                "cannot enable WAL mode (journal_mode is {mode})"
+            )));
+        }
+        Self::setup_writer(&conn)?;
+        let pool = ReadPool {
+            path: path.to_owned(),
+            conns: Mutex::new(Vec::new()),
+        };
+        // Open one reader up front so an unusable path fails here.
+        let first = pool.open_conn()?;
+        lock(&pool.conns).push(first);
+        Self::start(conn, Some(pool))
+    }
+
+    /// A private in-memory database (lost when the store is dropped).
+    pub fn open_in_memory() -> Result<Self> {
+        let conn = Connection::open_in_memory()?;
+        Self::setup_writer(&conn)?;
+        Self::start(conn, None)
+    }
+
+    fn setup_writer(conn: &Connection) -> Result<()> {
+        conn.execute_batch(
+            "PRAGMA synchronous=FULL;
+             PRAGMA foreign_keys=ON;",
+        )?;
+        migrate(conn)
+    }
+
+    fn start(conn: Connection, readers: Option<ReadPool>) -> Result<Self> {
+        let (tx, rx) = mpsc::channel::<BoxedJob>();
+        let commits = Arc::new(AtomicU64::new(0));
+        let counter = Arc::clone(&commits);
+        let thread = std::thread::Builder::new()
+            .name("strait-store-writer".into())
+            .spawn(move || writer_loop(conn, rx, &counter))
+            .map_err(|e| StoreError::Backend(format!("cannot start writer thread: {e}")))?;
+        Ok(SqliteStore {
+            writer: Mutex::new(Some(tx)),
+            thread: Mutex::new(Some(thread)),
+            readers,
+            closed: AtomicBool::new(false),
+            commits,
+        })
+    }
+
+    /// Finishes the queued writes, checkpoints the WAL and stops the writer.
+    /// Every later call fails. Calling it again is a no-op.
+    pub fn close(&self) -> Result<()> {
+        self.closed.store(true, Ordering::SeqCst);
+        // Dropping the last sender ends the writer loop after the queue drains.
+        let sender = lock(&self.writer).take();
+        drop(sender);
+        if let Some(pool) = &self.readers {
+            lock(&pool.conns).clear();
+        }
+        let handle = lock(&self.thread).take();
+        if let Some(h) = handle {
+            h.join()
+                .map_err(|_| StoreError::Backend("writer thread panicked".into()))?;
+        }
+        Ok(())
+    }
+
+    /// Number of write transactions committed so far. With concurrent
+    /// writers it is smaller than the number of write calls (group commit).
+    pub fn commit_count(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
+    }
+
+    /// Runs `f` on the writer thread inside the current batch's transaction and
+    /// returns its result once the batch is committed.
+    fn write<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(closed_error());
+        }
+        let sender = lock(&self.writer).clone().ok_or_else(closed_error)?;
+        let (reply_tx, reply_rx) = mpsc::sync_channel::<Result<T>>(1);
+        let job: BoxedJob = Box::new(Job {
+            f: Some(f),
+            result: None,
+            reply: reply_tx,
+        });
+        sender.send(job).map_err(|_| closed_error())?;
+        drop(sender);
+        reply_rx
+            .recv()
+            .map_err(|_| StoreError::Backend("writer thread stopped".into()))?
+    }
+
+    /// Runs `f` on a read connection (or on the writer for in-memory stores).
+    fn read<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(closed_error());
+        }
+        let Some(pool) = &self.readers else {
+            return self.write(f);
+        };
+        let conn = match lock(&pool.conns).pop() {
+            Some(c) => c,
+            None => pool.open_conn()?,
+        };
+        let result = f(&conn);
+        if !self.closed.load(Ordering::SeqCst) {
+            let mut conns = lock(&pool.conns);
+            if conns.len() < READ_POOL {
+                conns.push(conn);
+            }
+        }
+        result
+    }
+}
+
+impl ReadPool {
+    fn open_conn(&self) -> Result<Connection> {
+        let conn = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX
+                | OpenFlags::SQLITE_OPEN_URI,
+        )?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        Ok(conn)
+    }
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        let _ = self.close();
+    }
+}
+
+fn migrate(conn: &Connection) -> Result<()> {
+    conn.execute_batch("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")?;
+    let known = MIGRATIONS.len() as i64;
+    loop {
+        // The version is read inside the write transaction, so two processes
+        // opening the same file cannot both apply a migration.
+        conn.execute_batch("BEGIN IMMEDIATE")?;
+        let step = (|| -> Result<bool> {
+            let current: Option<i64> =
+                conn.query_row("SELECT MAX(version) FROM schema_version", [], |r| r.get(0))?;
+            let current = current.unwrap_or(0);
+            if current > known {
+                return Err(StoreError::Backend(format!(
+                    "database schema version {current} is newer than this build supports ({known})"
+                )));
+            }
+            if current == known {
+                return Ok(false);
+            }
+            let version = current + 1;
+            conn.execute_batch(MIGRATIONS[current as usize])
+                .map_err(|e| StoreError::Backend(format!("migration to {version}: {e}")))?;
+            conn.execute("DELETE FROM schema_version", [])?;
+            conn.execute(
+                "INSERT INTO schema_version (version) VALUES (?1)",
+                [version],
+            )?;
+            Ok(true)
+        })();
+        match step {
+            Ok(more) => {
+                conn.execute_batch("COMMIT")?;
+                if !more {
+                    return Ok(());
+                }
+            }
+            Err(e) => {
+                let _ = conn.execute_batch("ROLLBACK");
+                return Err(e);
+            }
+        }
+    }
+}
+
+fn writer_loop(conn: Connection, rx: mpsc::Receiver<BoxedJob>, commits: &AtomicU64) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        if run_batch(&conn, batch) {
+            commits.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    // All senders are gone: fold the WAL back into the database file.
+    let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+}
+
+/// Runs one batch in one transaction; `true` if it committed.
+fn run_batch(conn: &Connection, mut batch: Vec<BoxedJob>) -> bool {
+    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        let err = StoreError::from(e);
+        for job in batch {
+            job.finish(Some(&err));
+        }
+        return false;
+    }
+    for job in &mut batch {
+        if conn.execute_batch("SAVEPOINT job").is_err() {
+            // Not run: finish() reports it.
+            continue;
+        }
+        let end = if job.run(conn) {
+            "RELEASE job"
+        } else {
+            "ROLLBACK TO job; RELEASE job"
+        };
+        let _ = conn.execute_batch(end);
+    }
+    let commit = conn.execute_batch("COMMIT").map_err(StoreError::from);
+    if commit.is_err() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    let err = commit.err();
+    for job in batch {
+        job.finish(err.as_ref());
+    }
+    err.is_none()
+}
+
+// ---------------------------------------------------------------------------
+// SQL helpers (run on the writer or a reader connection).
+
+fn exists(conn: &Connection, jid: &str) -> Result<bool> {
+    Ok(conn
+        .query_row("SELECT 1 FROM accounts WHERE jid = ?1", [jid], |_| Ok(()))
+        .optional()?
+        .is_some())
+}
+
+fn secret_cols(s: &ScramSecret) -> (Vec<u8>, i64, Vec<u8>, Vec<u8>) {
+    (
+        s.salt.clone(),
+        i64::from(s.iterations),
+        s.stored_key.clone(),
+        s.server_key.clone(),
+    )
+}
+
+fn secret_from(
+    salt: Vec<u8>,
+    iter: i64,
+    stored: Vec<u8>,
+    server: Vec<u8>,
+) -> rusqlite::Result<ScramSecret> {
+    let iterations =
+        u32::try_from(iter).map_err(|_| rusqlite::Error::IntegralValueOutOfRange(1, iter))?;
+    Ok(ScramSecret {
+        salt,
+        iterations,
+        stored_key: stored,
+        server_key: server,
+    })
+}
+
+fn write_credentials(conn: &Connection, jid: &str, creds: &Credentials) -> Result<usize> {
+    let (s1_salt, s1_iter, s1_stored, s1_server) = match &creds.scram_sha1 {
+        Some(s) => {
+            let (a, b, c, d) = secret_cols(s);
+            (Some(a), Some(b), Some(c), Some(d))
+        }
+        None => (None, None, None, None),
+    };
+    let (salt, iter, stored, server) = secret_cols(&creds.scram_sha256);
+    Ok(conn.execute(
+        "UPDATE accounts SET sha1_salt = ?2, sha1_iter = ?3, sha1_stored = ?4, sha1_server = ?5,
+             sha256_salt = ?6, sha256_iter = ?7, sha256_stored = ?8, sha256_server = ?9
+         WHERE jid = ?1",
+        params![
+            jid, s1_salt, s1_iter, s1_stored, s1_server, salt, iter, stored, server
+        ],
+    )?)
+}
+
+fn read_item(conn: &Connection, owner: &str, contact: &str) -> Result<Option<RosterItem>> {
+    let row = conn
+        .query_row(
+            "SELECT name, subscription, ask_out, pending_in FROM roster_items
+             WHERE owner = ?1 AND contact = ?2",
+            [owner, contact],
+            |r| {
+                Ok((
+                    r.get::<_, Option<String>>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, bool>(2)?,
+                    r.get::<_, bool>(3)?,
+                ))
+            },
+        )
+        .optional()?;
+    let Some((name, sub, ask_out, pending_in)) = row else {
+        return Ok(None);
+    };
+    let mut stmt = conn.prepare_cached(
+        "SELECT name FROM roster_groups WHERE owner = ?1 AND contact = ?2 ORDER BY pos",
+    )?;
+    let groups = stmt
+        .query_map([owner, contact], |r| r.get::<_, String>(0))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(Some(RosterItem {
+        jid: contact.to_owned(),
+        name,
+        subscription: subscription(sub)?,
+        ask_out,
+        pending_in,
+        groups,
+    }))
+}
+
+fn subscription(v: i64) -> Result<Subscription> {
+    Subscription::from_i64(v)
+        .ok_or_else(|| StoreError::Backend(format!("invalid subscription value {v} in database")))
+}
+
+fn roster_version(conn: &Connection, owner: &str) -> Result<u64> {
+    let v: Option<i64> = conn
+        .query_row(
+            "SELECT version FROM roster_versions WHERE owner = ?1",
+            [owner],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(v.unwrap_or(0) as u64)
+}
+
+fn bump_roster_version(conn: &Connection, owner: &str) -> Result<u64> {
+    let v: i64 = conn.query_row(
+        "INSERT INTO roster_versions (owner, version) VALUES (?1, 1)
+         ON CONFLICT(owner) DO UPDATE SET version = version + 1
+         RETURNING version",
+        [owner],
+        |r| r.get(0),
+    )?;
+    Ok(v as u64)
+}
+
+fn delete_item(conn: &Connection, owner: &str, contact: &str) -> Result<bool> {
+    conn.execute(
+        "DELETE FROM roster_groups WHERE owner = ?1 AND contact = ?2",
+        [owner, contact],
+    )?;
+    Ok(conn.execute(
+        "DELETE FROM roster_items WHERE owner = ?1 AND contact = ?2",
+        [owner, contact],
+    )? > 0)
+}
+
+fn count_offline(conn: &Connection, owner: &str) -> Result<usize> {
+    let n: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM offline WHERE owner = ?1",
+        [owner],
+        |r| r.get(0),
+    )?;
+    Ok(n as usize)
+}
+
+// ---------------------------------------------------------------------------
+
+impl AccountStore for SqliteStore {
+    fn create_account(&self, jid: &str, creds: &Credentials) -> Result<()> {
+        let jid = jid.to_owned();
+        let creds = creds.clone();
+        self.write(move |c| {
+            let inserted = c.execute(
+                "INSERT INTO accounts (jid, domain, sha256_salt, sha256_iter, sha256_stored, sha256_server)
+                 VALUES (?1, ?2, x'', 0, x'', x'') ON CONFLICT(jid) DO NOTHING",
+                [&jid, domain_of(&jid)],
+            )?;
+            if inserted == 0 {
+                return Err(StoreError::AlreadyExists(jid));
+            }
+            write_credentials(c, &jid, &creds)?;
+            Ok(())
+        })
+    }
+
+    fn remove_account(&self, jid: &str) -> Result<()> {
+        let jid = jid.to_owned();
+        self.write(move |c| {
+            if c.execute("DELETE FROM accounts WHERE jid = ?1", [&jid])? == 0 {
+                return Err(StoreError::NotFound(jid));
+            }
+            c.execute("DELETE FROM roster_groups WHERE owner = ?1", [&jid])?;
+            c.execute("DELETE FROM roster_items WHERE owner = ?1", [&jid])?;
+            c.execute("DELETE FROM offline WHERE owner = ?1", [&jid])?;
+            Ok(())
+        })
+    }
+
+    fn set_credentials(&self, jid: &str, creds: &Credentials) -> Result<()> {
+        let jid = jid.to_owned();
+        let creds = creds.clone();
+        self.write(move |c| {
+            if write_credentials(c, &jid, &creds)? == 0 {
+                return Err(StoreError::NotFound(jid));
+            }
+            Ok(())
+        })
+    }
+
+    fn credentials(&self, jid: &str) -> Result<Option<Credentials>> {
+        let jid = jid.to_owned();
+        self.read(move |c| {
+            let creds = c
+                .query_row(
+                    "SELECT sha1_salt, sha1_iter, sha1_stored, sha1_server,
+                            sha256_salt, sha256_iter, sha256_stored, sha256_server
+                     FROM accounts WHERE jid = ?1",
+                    [&jid],
+                    |r| {
+                        let sha1 = match (
+                            r.get::<_, Option<Vec<u8>>>(0)?,
+                            r.get::<_, Option<i64>>(1)?,
+                            r.get::<_, Option<Vec<u8>>>(2)?,
+                            r.get::<_, Option<Vec<u8>>>(3)?,
+                        ) {
+                            (Some(a), Some(b), Some(c), Some(d)) => Some(secret_from(a, b, c, d)?),
+                            _ => None,
+                        };
+                        let sha256 = secret_from(r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?)?;
+                        Ok(Credentials {
+                            scram_sha1: sha1,
+                            scram_sha256: sha256,
+                        })
+                    },
+                )
+                .optional()?;
+            Ok(creds)
+        })
+    }
+
+    fn account_exists(&self, jid: &str) -> Result<bool> {
+        let jid = jid.to_owned();
+        self.read(move |c| exists(c, &jid))
+    }
+
+    fn list_accounts(&self, domain: Option<&str>) -> Result<Vec<String>> {
+        let domain = domain.map(str::to_owned);
+        self.read(move |c| {
+            let v = match &domain {
+                Some(d) => {
+                    let mut s = c.prepare_cached(
+                        "SELECT jid FROM accounts WHERE domain = ?1 ORDER BY jid",
+                    )?;
+                    s.query_map([d], |r| r.get(0))?
+                        .collect::<rusqlite::Result<Vec<String>>>()?
+                }
+                None => {
+                    let mut s = c.prepare_cached("SELECT jid FROM accounts ORDER BY jid")?;
+                    s.query_map([], |r| r.get(0))?
+                        .collect::<rusqlite::Result<Vec<String>>>()?
+                }
+            };
+            Ok(v)
+        })
+    }
+}
+
+impl RosterStore for SqliteStore {
+    fn roster(&self, owner: &str) -> Result<(u64, Vec<RosterItem>)> {
+        let owner = owner.to_owned();
+        self.read(move |c| {
+            // One read transaction: version and items form a consistent snapshot.
+            let own_txn = c.is_autocommit();
+            if own_txn {
+                c.execute_batch("BEGIN")?;
+            }
+            let result = (|| {
+                let version = roster_version(c, &owner)?;
+                let contacts = {
+                    let mut s = c.prepare_cached(
+                        "SELECT contact FROM roster_items WHERE owner = ?1 ORDER BY contact",
+                    )?;
+                    s.query_map([&owner], |r| r.get::<_, String>(0))?
+                        .collect::<rusqlite::Result<Vec<_>>>()?
+                };
+                let mut items = Vec::with_capacity(contacts.len());
+                for contact in contacts {
+                    if let Some(item) = read_item(c, &owner, &contact)? {
+                        items.push(item);
+                    }
+                }
+                Ok((version, items))
+            })();
+            // The in-memory variant runs this inside the writer's batch
+            // transaction, which is already a snapshot.
+            if own_txn {
+                c.execute_batch("COMMIT")?;
+            }
+            result
+        })
+    }
+
+    fn roster_item(&self, owner: &str, contact: &str) -> Result<Option<RosterItem>> {
+        let owner = owner.to_owned();
+        let contact = contact.to_owned();
+        self.read(move |c| read_item(c, &owner, &contact))
+    }
+
+    fn roster_set(&self, owner: &str, item: &RosterItem) -> Result<u64> {
+        let owner = owner.to_owned();
+        let item = item.clone();
+        self.write(move |c| {
+            if !exists(c, &owner)? {
+                return Err(StoreError::NotFound(owner));
+            }
+            delete_item(c, &owner, &item.jid)?;
+            c.execute(
+                "INSERT INTO roster_items (owner, contact, name, subscription, ask_out, pending_in)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    owner,
+                    item.jid,
+                    item.name,
+                    item.subscription.to_i64(),
+                    item.ask_out,
+                    item.pending_in
+                ],
+            )?;
+            {
+                let mut s = c.prepare_cached(
+                    "INSERT INTO roster_groups (owner, contact, pos, name) VALUES (?1, ?2, ?3, ?4)",
+                )?;
+                for (pos, g) in item.groups.iter().enumerate() {
+                    s.execute(params![owner, item.jid, pos as i64, g])?;
+                }
+            }
+            bump_roster_version(c, &owner)
+        })
+    }
+
+    fn roster_remove(&self, owner: &str, contact: &str) -> Result<u64> {
+        let owner = owner.to_owned();
+        let contact = contact.to_owned();
+        self.write(move |c| {
+            if delete_item(c, &owner, &contact)? {
+                bump_roster_version(c, &owner)
+            } else {
+                roster_version(c, &owner)
+            }
+        })
+    }
+}
+
+impl OfflineStore for SqliteStore {
+    fn offline_push(&self, owner: &str, stanza: &str, stamp_ms: i64, limit: usize) -> Result<i64> {
+        let owner = owner.to_owned();
+        let stanza = stanza.to_owned();
+        self.write(move |c| {
+            if !exists(c, &owner)? {
+                return Err(StoreError::NotFound(owner));
+            }
+            if count_offline(c, &owner)? >= limit {
+                return Err(StoreError::QuotaExceeded {
+                    account: owner,
+                    limit,
+                });
+            }
+            c.execute(
+                "INSERT INTO offline (owner, stanza, stamp_ms) VALUES (?1, ?2, ?3)",
+                params![owner, stanza, stamp_ms],
+            )?;
+            Ok(c.last_insert_rowid())
+        })
+    }
+
+    fn offline_fetch(&self, owner: &str, max: usize) -> Result<Vec<OfflineMessage>> {
+        let owner = owner.to_owned();
+        let max = i64::try_from(max).unwrap_or(i64::MAX);
+        self.read(move |c| {
+            let mut s = c.prepare_cached(
+                "SELECT id, stanza, stamp_ms FROM offline WHERE owner = ?1 ORDER BY id LIMIT ?2",
+            )?;
+            let v = s
+                .query_map(params![owner, max], |r| {
+                    Ok(OfflineMessage {
+                        id: r.get(0)?,
+                        stanza: r.get(1)?,
+                        stamp_ms: r.get(2)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(v)
+        })
+    }
+
+    fn offline_delete(&self, owner: &str, ids: &[i64]) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let owner = owner.to_owned();
+        let ids = ids.to_vec();
+        self.write(move |c| {
+            let mut s = c.prepare_cached("DELETE FROM offline WHERE owner = ?1 AND id = ?2")?;
+            for id in ids {
+                s.execute(params![owner, id])?;
+            }
+            Ok(())
+        })
+    }
+
+    fn offline_count(&self, owner: &str) -> Result<usize> {
+        let owner = owner.to_owned();
+        self.read(move |c| count_offline(c, &owner))
+    }
+}
+
+impl Store for SqliteStore {}

@@ -1,0 +1,547 @@
+//! One test suite, run against every backend.
+
+use std::sync::Arc;
+
+use crate::{
+    AccountStore, Credentials, MemoryStore, OfflineStore, RosterItem, RosterStore, ScramSecret,
+    SqliteStore, Store, StoreError, Subscription,
+};
+
+fn secret(tag: u8) -> ScramSecret {
+    ScramSecret {
+        salt: vec![tag; 16],
+        iterations: 4096 + u32::from(tag),
+        stored_key: vec![tag ^ 0x55; 32],
+        server_key: vec![tag ^ 0xaa; 32],
+    }
+}
+
+fn creds(tag: u8) -> Credentials {
+    Credentials {
+        scram_sha1: Some(ScramSecret {
+            stored_key: vec![tag; 20],
+            server_key: vec![tag.wrapping_add(1); 20],
+            ..secret(tag)
+        }),
+        scram_sha256: secret(tag),
+    }
+}
+
+fn item(jid: &str) -> RosterItem {
+    RosterItem {
+        jid: jid.to_owned(),
+        name: Some(format!("name of {jid}")),
+        subscription: Subscription::Both,
+        ask_out: false,
+        pending_in: true,
+        groups: vec!["Friends".into(), "Work, mostly\n".into()],
+    }
+}
+
+pub fn accounts(s: &impl Store) {
+    assert!(!s.account_exists("a@x.example").unwrap());
+    assert_eq!(s.credentials("a@x.example").unwrap(), None);
+    s.create_account("a@x.example", &creds(1)).unwrap();
+    assert!(matches!(
+        s.create_account("a@x.example", &creds(2)),
+        Err(StoreError::AlreadyExists(j)) if j == "a@x.example"
+    ));
+    // The failed create did not overwrite anything.
+    assert_eq!(s.credentials("a@x.example").unwrap(), Some(creds(1)));
+    assert!(s.account_exists("a@x.example").unwrap());
+    // Stored as given: no case folding.
+    assert!(!s.account_exists("A@x.example").unwrap());
+
+    let no_sha1 = Credentials {
+        scram_sha1: None,
+        scram_sha256: secret(7),
+    };
+    s.create_account("c@y.example", &no_sha1).unwrap();
+    assert_eq!(s.credentials("c@y.example").unwrap(), Some(no_sha1.clone()));
+    s.create_account("b@x.example", &creds(3)).unwrap();
+    s.create_account("y.example", &creds(4)).unwrap();
+
+    assert_eq!(
+        s.list_accounts(None).unwrap(),
+        ["a@x.example", "b@x.example", "c@y.example", "y.example"]
+    );
+    assert_eq!(
+        s.list_accounts(Some("x.example")).unwrap(),
+        ["a@x.example", "b@x.example"]
+    );
+    assert_eq!(
+        s.list_accounts(Some("y.example")).unwrap(),
+        ["c@y.example", "y.example"]
+    );
+    assert!(s.list_accounts(Some("z.example")).unwrap().is_empty());
+
+    s.set_credentials("c@y.example", &creds(9)).unwrap();
+    assert_eq!(s.credentials("c@y.example").unwrap(), Some(creds(9)));
+    s.set_credentials("c@y.example", &no_sha1).unwrap();
+    assert_eq!(s.credentials("c@y.example").unwrap(), Some(no_sha1));
+    assert!(matches!(
+        s.set_credentials("nobody@x.example", &creds(1)),
+        Err(StoreError::NotFound(j)) if j == "nobody@x.example"
+    ));
+    assert!(!s.account_exists("nobody@x.example").unwrap());
+
+    s.remove_account("b@x.example").unwrap();
+    assert!(!s.account_exists("b@x.example").unwrap());
+    assert!(matches!(
+        s.remove_account("b@x.example"),
+        Err(StoreError::NotFound(_))
+    ));
+    assert_eq!(s.list_accounts(Some("x.example")).unwrap(), ["a@x.example"]);
+}
+
+pub fn roster(s: &impl Store) {
+    let o = "owner@x.example";
+    assert_eq!(s.roster(o).unwrap(), (0, vec![]));
+    assert!(matches!(
+        s.roster_set(o, &item("c@y.example")),
+        Err(StoreError::NotFound(_))
+    ));
+    s.create_account(o, &creds(1)).unwrap();
+    assert_eq!(s.roster(o).unwrap(), (0, vec![]));
+    assert_eq!(s.roster_item(o, "c@y.example").unwrap(), None);
+
+    let v1 = s.roster_set(o, &item("c@y.example")).unwrap();
+    let v2 = s.roster_set(o, &item("a@y.example")).unwrap();
+    assert!(v2 > v1 && v1 > 0);
+    assert_eq!(
+        s.roster_item(o, "c@y.example").unwrap(),
+        Some(item("c@y.example"))
+    );
+
+    // Replace: fewer groups, no name, other flags.
+    let replaced = RosterItem {
+        name: None,
+        subscription: Subscription::To,
+        ask_out: true,
+        pending_in: false,
+        groups: vec![],
+        ..item("c@y.example")
+    };
+    let v3 = s.roster_set(o, &replaced).unwrap();
+    assert!(v3 > v2);
+    assert_eq!(
+        s.roster_item(o, "c@y.example").unwrap(),
+        Some(replaced.clone())
+    );
+    for sub in [Subscription::None, Subscription::From] {
+        let it = RosterItem {
+            subscription: sub,
+            ..item("d@y.example")
+        };
+        s.roster_set(o, &it).unwrap();
+        assert_eq!(s.roster_item(o, "d@y.example").unwrap(), Some(it));
+    }
+
+    let (ver, items) = s.roster(o).unwrap();
+    assert!(ver > v3);
+    let jids: Vec<_> = items.iter().map(|i| i.jid.as_str()).collect();
+    assert_eq!(jids, ["a@y.example", "c@y.example", "d@y.example"]);
+    assert_eq!(items[1], replaced);
+
+    // Another owner's roster is separate.
+    s.create_account("other@x.example", &creds(2)).unwrap();
+    assert_eq!(s.roster("other@x.example").unwrap(), (0, vec![]));
+    assert_eq!(
+        s.roster_item("other@x.example", "a@y.example").unwrap(),
+        None
+    );
+
+    let v5 = s.roster_remove(o, "a@y.example").unwrap();
+    assert!(v5 > ver);
+    assert_eq!(s.roster_item(o, "a@y.example").unwrap(), None);
+    // Removing an absent item changes nothing.
+    assert_eq!(s.roster_remove(o, "a@y.example").unwrap(), v5);
+    assert_eq!(s.roster(o).unwrap().0, v5);
+    assert_eq!(s.roster(o).unwrap().1.len(), 2);
+}
+
+pub fn offline(s: &impl Store) {
+    let o = "o@x.example";
+    assert_eq!(s.offline_count(o).unwrap(), 0);
+    assert!(s.offline_fetch(o, 10).unwrap().is_empty());
+    assert!(matches!(
+        s.offline_push(o, "<message/>", 1, 10),
+        Err(StoreError::NotFound(_))
+    ));
+    s.create_account(o, &creds(1)).unwrap();
+    s.create_account("p@x.example", &creds(2)).unwrap();
+
+    let mut ids = vec![];
+    for i in 0..5 {
+        ids.push(
+            s.offline_push(o, &format!("<message id='{i}'/>"), 1000 + i, 10)
+                .unwrap(),
+        );
+    }
+    let other = s.offline_push("p@x.example", "<message/>", 5, 10).unwrap();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]));
+    assert!(!ids.contains(&other));
+    assert_eq!(s.offline_count(o).unwrap(), 5);
+    assert_eq!(s.offline_count("p@x.example").unwrap(), 1);
+
+    let all = s.offline_fetch(o, 100).unwrap();
+    assert_eq!(all.len(), 5);
+    for (i, m) in all.iter().enumerate() {
+        assert_eq!(m.id, ids[i]);
+        assert_eq!(m.stanza, format!("<message id='{i}'/>"));
+        assert_eq!(m.stamp_ms, 1000 + i as i64);
+    }
+    let first2 = s.offline_fetch(o, 2).unwrap();
+    assert_eq!(first2, all[..2]);
+    assert!(s.offline_fetch(o, 0).unwrap().is_empty());
+
+    // Deleting: only the owner's ids, unknown ids ignored.
+    s.offline_delete(o, &[ids[0], ids[2], other, 999_999])
+        .unwrap();
+    s.offline_delete(o, &[]).unwrap();
+    assert_eq!(s.offline_count("p@x.example").unwrap(), 1);
+    let rest: Vec<_> = s
+        .offline_fetch(o, 10)
+        .unwrap()
+        .iter()
+        .map(|m| m.id)
+        .collect();
+    assert_eq!(rest, [ids[1], ids[3], ids[4]]);
+
+    // Order is by id; new messages go last.
+    let late = s.offline_push(o, "<message id='late'/>", 0, 10).unwrap();
+    assert_eq!(s.offline_fetch(o, 10).unwrap().last().unwrap().id, late);
+    assert!(late > ids[4]);
+}
+
+pub fn quota(s: &impl Store) {
+    let o = "q@x.example";
+    s.create_account(o, &creds(1)).unwrap();
+    for i in 0..3 {
+        s.offline_push(o, "<message/>", i, 3).unwrap();
+    }
+    match s.offline_push(o, "<message/>", 9, 3) {
+        Err(StoreError::QuotaExceeded { account, limit }) => {
+            assert_eq!(account, o);
+            assert_eq!(limit, 3);
+        }
+        other => panic!("expected QuotaExceeded, got {other:?}"),
+    }
+    assert_eq!(s.offline_count(o).unwrap(), 3);
+    // A larger limit admits more; zero admits nothing.
+    s.offline_push(o, "<message/>", 9, 4).unwrap();
+    assert!(matches!(
+        s.offline_push(o, "<message/>", 9, 0),
+        Err(StoreError::QuotaExceeded { .. })
+    ));
+    // Room again after a delete.
+    let first = s.offline_fetch(o, 1).unwrap()[0].id;
+    s.offline_delete(o, &[first]).unwrap();
+    s.offline_push(o, "<message/>", 10, 4).unwrap();
+    assert_eq!(s.offline_count(o).unwrap(), 4);
+}
+
+pub fn removal_cascades(s: &impl Store) {
+    let o = "gone@x.example";
+    let keep = "keep@x.example";
+    s.create_account(o, &creds(1)).unwrap();
+    s.create_account(keep, &creds(2)).unwrap();
+    s.roster_set(o, &item("c@y.example")).unwrap();
+    let ver = s.roster_set(o, &item("d@y.example")).unwrap();
+    s.roster_set(keep, &item("c@y.example")).unwrap();
+    s.offline_push(o, "<message/>", 1, 10).unwrap();
+    s.offline_push(keep, "<message/>", 1, 10).unwrap();
+
+    s.remove_account(o).unwrap();
+    assert!(!s.account_exists(o).unwrap());
+    assert_eq!(s.credentials(o).unwrap(), None);
+    assert!(s.roster(o).unwrap().1.is_empty());
+    assert_eq!(s.roster_item(o, "c@y.example").unwrap(), None);
+    assert_eq!(s.offline_count(o).unwrap(), 0);
+    assert!(s.offline_fetch(o, 10).unwrap().is_empty());
+    // Others untouched.
+    assert_eq!(s.roster(keep).unwrap().1.len(), 1);
+    assert_eq!(s.offline_count(keep).unwrap(), 1);
+
+    // Re-created: empty, and the version never goes back.
+    s.create_account(o, &creds(3)).unwrap();
+    assert_eq!(s.credentials(o).unwrap(), Some(creds(3)));
+    assert!(s.roster(o).unwrap().1.is_empty());
+    assert_eq!(s.offline_count(o).unwrap(), 0);
+    assert!(s.roster_set(o, &item("e@y.example")).unwrap() > ver);
+}
+
+pub fn concurrent_writers<S: Store>(s: Arc<S>) {
+    const THREADS: usize = 16;
+    const PER_THREAD: usize = 50;
+    let o = "busy@x.example";
+    s.create_account(o, &creds(1)).unwrap();
+    let handles: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let s = Arc::clone(&s);
+            std::thread::spawn(move || {
+                let mut ids = vec![];
+                for i in 0..PER_THREAD {
+                    ids.push(
+                        s.offline_push(o, &format!("<message id='{t}-{i}'/>"), 0, usize::MAX)
+                            .unwrap(),
+                    );
+                    s.roster_set(o, &item(&format!("c{t}-{i}@y.example")))
+                        .unwrap();
+                    let acct = format!("u{t}-{i}@x.example");
+                    s.create_account(&acct, &creds(2)).unwrap();
+                    assert!(s.account_exists(&acct).unwrap());
+                }
+                ids
+            })
+        })
+        .collect();
+    let mut all_ids: Vec<i64> = handles
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect();
+    let n = THREADS * PER_THREAD;
+    all_ids.sort();
+    all_ids.dedup();
+    assert_eq!(all_ids.len(), n);
+    assert_eq!(s.offline_count(o).unwrap(), n);
+    let (ver, items) = s.roster(o).unwrap();
+    assert_eq!(items.len(), n);
+    assert_eq!(ver, n as u64);
+    assert_eq!(s.list_accounts(None).unwrap().len(), n + 1);
+
+    // Quota holds under concurrency: exactly `limit` pushes win.
+    let q = "quota@x.example";
+    s.create_account(q, &creds(1)).unwrap();
+    let handles: Vec<_> = (0..THREADS)
+        .map(|_| {
+            let s = Arc::clone(&s);
+            std::thread::spawn(move || {
+                (0..10)
+                    .filter(|_| s.offline_push(q, "<message/>", 0, 37).is_ok())
+                    .count()
+            })
+        })
+        .collect();
+    let ok: usize = handles.into_iter().map(|h| h.join().unwrap()).sum();
+    assert_eq!(ok, 37);
+    assert_eq!(s.offline_count(q).unwrap(), 37);
+}
+
+macro_rules! suite {
+    ($modname:ident, $make:expr) => {
+        mod $modname {
+            use super::*;
+
+            #[test]
+            fn accounts() {
+                let (s, _guard) = $make;
+                super::accounts(&s);
+            }
+            #[test]
+            fn roster() {
+                let (s, _guard) = $make;
+                super::roster(&s);
+            }
+            #[test]
+            fn offline() {
+                let (s, _guard) = $make;
+                super::offline(&s);
+            }
+            #[test]
+            fn quota() {
+                let (s, _guard) = $make;
+                super::quota(&s);
+            }
+            #[test]
+            fn removal_cascades() {
+                let (s, _guard) = $make;
+                super::removal_cascades(&s);
+            }
+            #[test]
+            fn concurrent_writers() {
+                let (s, _guard) = $make;
+                super::concurrent_writers(Arc::new(s));
+            }
+        }
+    };
+}
+
+suite!(memory, (MemoryStore::new(), ()));
+suite!(sqlite_mem, (SqliteStore::open_in_memory().unwrap(), ()));
+suite!(sqlite_file, temp_sqlite());
+
+fn temp_sqlite() -> (SqliteStore, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("strait.db")).unwrap();
+    (store, dir)
+}
+
+// ---------------------------------------------------------------------------
+// SQLite-specific behaviour.
+
+#[test]
+fn sqlite_durable_across_close_and_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("strait.db");
+    let (ver, ids) = {
+        let s = SqliteStore::open(&path).unwrap();
+        s.create_account("a@x.example", &creds(1)).unwrap();
+        s.roster_set("a@x.example", &item("b@x.example")).unwrap();
+        let ver = s.roster_set("a@x.example", &item("c@x.example")).unwrap();
+        let ids: Vec<i64> = (0..3)
+            .map(|i| s.offline_push("a@x.example", "<message/>", i, 10).unwrap())
+            .collect();
+        s.close().unwrap();
+        // Every call fails after close, reads and writes alike.
+        assert!(matches!(
+            s.account_exists("a@x.example"),
+            Err(StoreError::Backend(_))
+        ));
+        assert!(matches!(
+            s.create_account("z@x.example", &creds(1)),
+            Err(StoreError::Backend(_))
+        ));
+        s.close().unwrap();
+        (ver, ids)
+    };
+    let s = SqliteStore::open(&path).unwrap();
+    assert_eq!(s.credentials("a@x.example").unwrap(), Some(creds(1)));
+    let (v, items) = s.roster("a@x.example").unwrap();
+    assert_eq!(v, ver);
+    assert_eq!(items, [item("b@x.example"), item("c@x.example")]);
+    let got: Vec<i64> = s
+        .offline_fetch("a@x.example", 10)
+        .unwrap()
+        .iter()
+        .map(|m| m.id)
+        .collect();
+    assert_eq!(got, ids);
+    // Ids are never reused, even after deleting the newest.
+    s.offline_delete("a@x.example", &ids).unwrap();
+    drop(s); // Drop closes too.
+    let s = SqliteStore::open(&path).unwrap();
+    let next = s.offline_push("a@x.example", "<message/>", 0, 10).unwrap();
+    assert!(next > *ids.last().unwrap());
+}
+
+#[test]
+fn sqlite_reopen_without_close_keeps_committed_writes() {
+    // Writes are committed when the call returns, even if the process never
+    // closes the store: a second handle sees them at once.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("strait.db");
+    let a = SqliteStore::open(&path).unwrap();
+    a.create_account("a@x.example", &creds(1)).unwrap();
+    a.offline_push("a@x.example", "<message/>", 0, 10).unwrap();
+    let b = SqliteStore::open(&path).unwrap();
+    assert_eq!(b.offline_count("a@x.example").unwrap(), 1);
+    assert!(b.account_exists("a@x.example").unwrap());
+}
+
+#[test]
+fn sqlite_schema_version_and_pragmas() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("strait.db");
+    SqliteStore::open(&path).unwrap().close().unwrap();
+    // Re-opening an up-to-date database runs no migration again.
+    SqliteStore::open(&path).unwrap().close().unwrap();
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let v: i64 = conn
+        .query_row("SELECT version FROM schema_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(v, super::sqlite::SCHEMA_VERSION);
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "wal");
+    // A database from a newer build is refused.
+    conn.execute("UPDATE schema_version SET version = version + 1", [])
+        .unwrap();
+    drop(conn);
+    assert!(matches!(
+        SqliteStore::open(&path),
+        Err(StoreError::Backend(_))
+    ));
+}
+
+#[test]
+fn sqlite_failed_request_does_not_spoil_its_batch() {
+    // Many concurrent requests, some failing: the failures are reported to
+    // their callers and the successes are all committed.
+    let dir = tempfile::tempdir().unwrap();
+    let s = Arc::new(SqliteStore::open(&dir.path().join("strait.db")).unwrap());
+    s.create_account("dup@x.example", &creds(1)).unwrap();
+    let handles: Vec<_> = (0..32)
+        .map(|t| {
+            let s = Arc::clone(&s);
+            std::thread::spawn(move || {
+                for i in 0..20 {
+                    if (t + i) % 2 == 0 {
+                        assert!(matches!(
+                            s.create_account("dup@x.example", &creds(2)),
+                            Err(StoreError::AlreadyExists(_))
+                        ));
+                    } else {
+                        s.create_account(&format!("u{t}-{i}@x.example"), &creds(2))
+                            .unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    assert_eq!(s.list_accounts(None).unwrap().len(), 1 + 32 * 10);
+    assert_eq!(s.credentials("dup@x.example").unwrap(), Some(creds(1)));
+}
+
+#[test]
+fn sqlite_concurrent_writes_are_group_committed() {
+    let (s, _dir) = temp_sqlite();
+    let s = Arc::new(s);
+    s.create_account("a@x.example", &creds(1)).unwrap();
+    let before = s.commit_count();
+    const THREADS: u64 = 32;
+    const PER_THREAD: u64 = 40;
+    let barrier = Arc::new(std::sync::Barrier::new(THREADS as usize));
+    let handles: Vec<_> = (0..THREADS)
+        .map(|_| {
+            let s = Arc::clone(&s);
+            let barrier = Arc::clone(&barrier);
+            std::thread::spawn(move || {
+                barrier.wait();
+                for _ in 0..PER_THREAD {
+                    s.offline_push("a@x.example", "<message/>", 0, usize::MAX)
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    let commits = s.commit_count() - before;
+    assert_eq!(
+        s.offline_count("a@x.example").unwrap() as u64,
+        THREADS * PER_THREAD
+    );
+    assert!(
+        commits < THREADS * PER_THREAD,
+        "{commits} commits for {} writes: no batching",
+        THREADS * PER_THREAD
+    );
+}
+
+#[test]
+fn stores_are_usable_as_trait_objects() {
+    let stores: Vec<Arc<dyn Store>> = vec![
+        Arc::new(MemoryStore::new()),
+        Arc::new(SqliteStore::open_in_memory().unwrap()),
+    ];
+    for s in stores {
+        s.create_account("a@x.example", &creds(1)).unwrap();
+        assert!(s.account_exists("a@x.example").unwrap());
+    }
+}
