@@ -1,0 +1,154 @@
+//! An established client session (after resource binding): checks and stamps addresses,
+//! then hands each stanza to the router or the feature that owns it.
+
+use crate::accounts;
+use crate::features::{self, error_reply};
+use crate::server::ServerState;
+use std::collections::HashSet;
+use std::sync::Arc;
+use strait_wire::{
+    Stanza, StanzaError, StanzaErrorCondition, StanzaKind, StreamError, StreamErrorCondition,
+};
+
+pub struct Session {
+    pub(crate) state: Arc<ServerState>,
+    /// `local@domain`, normalized.
+    pub(crate) bare: String,
+    pub(crate) domain: String,
+    pub(crate) resource: String,
+    pub(crate) full: String,
+    pub(crate) conn_id: u64,
+    /// Whether this resource has sent initial presence and not gone unavailable since.
+    pub(crate) available: bool,
+    /// Entities this resource sent directed available presence to (RFC 6121 §4.6), told when it
+    /// goes offline.
+    pub(crate) directed: HashSet<String>,
+    /// Stanzas for this client, written by the connection after each stanza is handled.
+    replies: Vec<Stanza>,
+    /// Offline messages written to the client; deleted from the store once flushed.
+    offline_written: Vec<i64>,
+    offline_unflushed: Vec<i64>,
+}
+
+impl Session {
+    pub fn new(state: Arc<ServerState>, bare: &str, resource: &str, conn_id: u64) -> Self {
+        let domain = bare
+            .rsplit_once('@')
+            .map(|(_, d)| d)
+            .unwrap_or(bare)
+            .to_owned();
+        Session {
+            state,
+            bare: bare.to_owned(),
+            domain,
+            resource: resource.to_owned(),
+            full: format!("{bare}/{resource}"),
+            conn_id,
+            available: false,
+            directed: HashSet::new(),
+            replies: Vec::new(),
+            offline_written: Vec::new(),
+            offline_unflushed: Vec::new(),
+        }
+    }
+
+    /// Queues a stanza for this client.
+    pub(crate) fn reply(&mut self, stanza: Stanza) {
+        self.replies.push(stanza);
+    }
+
+    /// Queues an error answer to `original` (never to an error: RFC 6120 §8.3.1).
+    pub(crate) fn reply_error(&mut self, original: &Stanza, error: StanzaError) {
+        if let Some(r) = error_reply(original, &error) {
+            self.replies.push(r);
+        }
+    }
+
+    /// Queues an offline message; it is deleted from the store once written out.
+    pub(crate) fn reply_offline(&mut self, id: i64, stanza: Stanza) {
+        self.replies.push(stanza);
+        self.offline_unflushed.push(id);
+    }
+
+    pub(crate) fn take_replies(&mut self) -> Vec<Stanza> {
+        self.offline_written.append(&mut self.offline_unflushed);
+        std::mem::take(&mut self.replies)
+    }
+
+    /// Called after the connection flushed its output to the socket.
+    pub(crate) async fn flushed(&mut self) {
+        if self.offline_written.is_empty() {
+            return;
+        }
+        let ids = std::mem::take(&mut self.offline_written);
+        let owner = self.bare.clone();
+        if let Err(e) = self
+            .state
+            .store(move |s| s.offline_delete(&owner, &ids))
+            .await
+        {
+            tracing::error!(account = %self.bare, "deleting delivered offline messages: {e}");
+        }
+    }
+
+    /// Handles one stanza from the client.
+    pub async fn handle(&mut self, mut stanza: Stanza) -> Result<(), StreamError> {
+        if matches!(stanza.kind, StanzaKind::Other) {
+            return Err(StreamError::with_text(
+                StreamErrorCondition::UnsupportedStanzaType,
+                format!("<{}/> in {} is not supported here", stanza.name, stanza.ns),
+            ));
+        }
+        // RFC 6120 §8.1.2.1: the server stamps the full JID; a client that claims another
+        // identity is cut off.
+        if let Some(from) = stanza.from.as_deref() {
+            let ok = accounts::normalize_jid(from)
+                .map(|j| {
+                    let s = j.to_string();
+                    s == self.full || s == self.bare
+                })
+                .unwrap_or(false);
+            if !ok {
+                return Err(StreamError::with_text(
+                    StreamErrorCondition::InvalidFrom,
+                    "the from address is not this session's",
+                ));
+            }
+        }
+        stanza.from = Some(self.full.clone());
+        let to = match stanza.to.as_deref() {
+            None => None,
+            Some(raw) => match accounts::normalize_jid(raw) {
+                Ok(j) => {
+                    stanza.to = Some(j.to_string());
+                    Some(j)
+                }
+                Err(e) => {
+                    self.reply_error(
+                        &stanza,
+                        StanzaError::with_text(StanzaErrorCondition::JidMalformed, e),
+                    );
+                    return Ok(());
+                }
+            },
+        };
+        match stanza.kind {
+            StanzaKind::Message => features::message::from_client(self, stanza, to).await,
+            StanzaKind::Presence => features::presence::from_client(self, stanza, to).await,
+            StanzaKind::Iq => features::iq::from_client(self, stanza, to).await,
+            StanzaKind::Other => {}
+        }
+        Ok(())
+    }
+
+    /// The connection is over: unbind and tell contacts.
+    pub async fn end(&mut self) {
+        self.state
+            .router
+            .unbind(&self.bare, &self.resource, self.conn_id);
+        if self.available {
+            features::presence::went_offline(self).await;
+        }
+        tracing::info!(full = %self.full, "session ended");
+    }
+}

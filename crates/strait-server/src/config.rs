@@ -1,0 +1,339 @@
+//! Server configuration: built-in defaults, overridden by a TOML file, then by `STRAIT__…`
+//! environment variables, then by command-line flags (applied by the binary).
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Every setting of `strait serve`. Field names are the TOML keys.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where the SQLite store and generated certificates live.
+    pub data_dir: PathBuf,
+    /// The domains (virtual hosts) this server serves.
+    pub domains: Vec<String>,
+    pub listen: ListenConfig,
+    pub tls: TlsConfig,
+    pub limits: LimitsConfig,
+    pub auth: AuthConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ListenConfig {
+    /// Client listeners that start in plain text and require STARTTLS (RFC 6120).
+    pub c2s: Vec<SocketAddr>,
+    /// Client listeners that start with TLS (XEP-0368), ALPN `xmpp-client`.
+    pub c2s_direct_tls: Vec<SocketAddr>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Certificates per domain. A served domain without one gets a certificate signed by the
+    /// local CA in `<data_dir>/tls/`, made on first start.
+    pub certificates: Vec<CertificateConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateConfig {
+    pub domain: String,
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest stanza before authentication, in bytes.
+    pub max_stanza_bytes_unauthenticated: usize,
+    /// Largest stanza after authentication, in bytes.
+    pub max_stanza_bytes: usize,
+    /// Deepest element nesting inside a stanza.
+    pub max_depth: usize,
+    /// Most attributes on one element.
+    pub max_attributes: usize,
+    /// Open connections across all listeners; more wait in the kernel's accept queue.
+    pub max_connections: usize,
+    /// Sustained read rate per connection, bytes per second (reading slows, nothing is dropped).
+    pub rate_bytes_per_sec: u64,
+    /// Burst allowance per connection, in bytes.
+    pub burst_bytes: u64,
+    /// Seconds a connection has to authenticate and bind a resource.
+    pub unauthenticated_timeout_secs: u64,
+    /// Seconds without any byte from an authenticated client before it is disconnected.
+    pub idle_timeout_secs: u64,
+    /// Sessions (resources) one account may have at once.
+    pub max_resources_per_account: usize,
+    /// Messages kept for an account while it is offline; past it senders get an error.
+    pub max_offline_messages: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Offer SASL PLAIN (only ever over TLS). Off by default: SCRAM is used.
+    pub allow_plain: bool,
+    /// Offer SCRAM-SHA-1 for old clients (SCRAM-SHA-256 is always offered).
+    pub allow_scram_sha1: bool,
+    /// PBKDF2 iterations for newly set passwords (RFC 7677 asks for at least 4096).
+    pub scram_iterations: u32,
+    /// Failed logins per account within `failure_window_secs` before it is locked out.
+    pub max_failures_per_account: u32,
+    /// Failed logins per source address within the window before it is locked out.
+    pub max_failures_per_address: u32,
+    pub failure_window_secs: u64,
+    /// First lockout; it doubles on each repeat, up to an hour.
+    pub lockout_secs: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("./strait-data"),
+            domains: vec!["localhost".into()],
+            listen: ListenConfig::default(),
+            tls: TlsConfig::default(),
+            limits: LimitsConfig::default(),
+            auth: AuthConfig::default(),
+        }
+    }
+}
+
+impl Default for ListenConfig {
+    fn default() -> Self {
+        ListenConfig {
+            c2s: vec![SocketAddr::from(([127, 0, 0, 1], 5222))],
+            c2s_direct_tls: vec![SocketAddr::from(([127, 0, 0, 1], 5223))],
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_stanza_bytes_unauthenticated: 10_000,
+            max_stanza_bytes: 256 * 1024,
+            max_depth: 32,
+            max_attributes: 64,
+            max_connections: 10_000,
+            rate_bytes_per_sec: 64 * 1024,
+            burst_bytes: 512 * 1024,
+            unauthenticated_timeout_secs: 30,
+            idle_timeout_secs: 900,
+            max_resources_per_account: 10,
+            max_offline_messages: 1000,
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            allow_plain: false,
+            allow_scram_sha1: true,
+            scram_iterations: 10_000,
+            max_failures_per_account: 5,
+            max_failures_per_address: 20,
+            failure_window_secs: 300,
+            lockout_secs: 60,
+        }
+    }
+}
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// The prefix of environment variables that override any setting: `STRAIT__LIMITS__MAX_CONNECTIONS=5`
+/// sets `limits.max_connections`. Values are TOML values (`true`, `5`, `["a","b"]`); anything that
+/// does not parse as one is taken as a string.
+pub const ENV_PREFIX: &str = "STRAIT__";
+
+impl Config {
+    /// Defaults, then the file (if any), then `STRAIT__…` variables from `env`.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let (mut table, path) = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                let table: toml::Table =
+                    text.parse()
+                        .map_err(|e: toml::de::Error| ConfigError::Parse {
+                            path: path.to_owned(),
+                            message: e.to_string(),
+                        })?;
+                (table, path.to_owned())
+            }
+            None => (toml::Table::new(), PathBuf::from("<defaults>")),
+        };
+        for (var, value) in env {
+            if let Some(key) = var.strip_prefix(ENV_PREFIX) {
+                apply_env_override(&mut table, &var, key, &value)?;
+            }
+        }
+        let config: Config =
+            toml::Value::Table(table)
+                .try_into()
+                .map_err(|e: toml::de::Error| ConfigError::Parse {
+                    path,
+                    message: e.to_string(),
+                })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks the values that serde cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.domains.is_empty() {
+            return Err(ConfigError::Invalid("no domain configured".into()));
+        }
+        for d in &self.domains {
+            if jid::BareJid::new(d)
+                .map(|j| j.node().is_some())
+                .unwrap_or(true)
+            {
+                return Err(ConfigError::Invalid(format!("{d:?} is not a valid domain")));
+            }
+        }
+        let l = &self.limits;
+        if l.max_stanza_bytes_unauthenticated < 1024 || l.max_stanza_bytes < 1024 {
+            return Err(ConfigError::Invalid(
+                "stanza limits below 1024 bytes".into(),
+            ));
+        }
+        if l.max_connections == 0 || l.max_resources_per_account == 0 || l.rate_bytes_per_sec == 0 {
+            return Err(ConfigError::Invalid(
+                "max_connections, max_resources_per_account and rate_bytes_per_sec must be positive".into(),
+            ));
+        }
+        if self.auth.scram_iterations < 4096 {
+            return Err(ConfigError::Invalid(
+                "auth.scram_iterations must be at least 4096 (RFC 7677)".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The SQLite database file.
+    pub fn store_path(&self) -> PathBuf {
+        self.data_dir.join("strait.sqlite3")
+    }
+
+    /// The served domain that `domain` names, if any (domains compare case-insensitively).
+    pub fn served_domain(&self, domain: &str) -> Option<&str> {
+        self.domains
+            .iter()
+            .find(|d| d.eq_ignore_ascii_case(domain))
+            .map(String::as_str)
+    }
+}
+
+fn apply_env_override(
+    table: &mut toml::Table,
+    var: &str,
+    key: &str,
+    value: &str,
+) -> Result<(), ConfigError> {
+    let parts: Vec<String> = key.split("__").map(|p| p.to_ascii_lowercase()).collect();
+    if parts.iter().any(|p| p.is_empty()) {
+        return Err(ConfigError::Env {
+            var: var.into(),
+            message: "empty key segment".into(),
+        });
+    }
+    let parsed = format!("v = {value}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(value.to_owned()));
+    let mut cur = table;
+    for p in &parts[..parts.len() - 1] {
+        let entry = cur
+            .entry(p.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        cur = entry.as_table_mut().ok_or_else(|| ConfigError::Env {
+            var: var.into(),
+            message: format!("{p} is not a section"),
+        })?;
+    }
+    cur.insert(parts[parts.len() - 1].clone(), parsed);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_embedded_and_loopback() {
+        let c = Config::load(None, Vec::new()).unwrap();
+        assert_eq!(c.domains, vec!["localhost"]);
+        assert!(c.listen.c2s.iter().all(|a| a.ip().is_loopback()));
+        assert_eq!(c.listen.c2s[0].port(), 5222);
+        assert_eq!(c.listen.c2s_direct_tls[0].port(), 5223);
+        assert_eq!(c.limits.max_stanza_bytes_unauthenticated, 10_000);
+        assert!(!c.auth.allow_plain);
+    }
+
+    #[test]
+    fn file_then_env_override() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(
+            &f,
+            "domains = [\"a.test\", \"b.test\"]\n[limits]\nmax_connections = 7\n",
+        )
+        .unwrap();
+        let env = vec![
+            (
+                "STRAIT__LIMITS__MAX_CONNECTIONS".to_string(),
+                "9".to_string(),
+            ),
+            ("STRAIT__DATA_DIR".to_string(), "/tmp/x y".to_string()),
+            ("UNRELATED".to_string(), "1".to_string()),
+        ];
+        let c = Config::load(Some(&f), env).unwrap();
+        assert_eq!(c.domains, vec!["a.test", "b.test"]);
+        assert_eq!(c.limits.max_connections, 9);
+        assert_eq!(c.data_dir, PathBuf::from("/tmp/x y"));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, "domain = \"typo\"\n").unwrap();
+        let e = Config::load(Some(&f), Vec::new()).unwrap_err().to_string();
+        assert!(e.contains("unknown field"), "{e}");
+        let env = vec![(
+            "STRAIT__AUTH__SCRAM_ITERATIONS".to_string(),
+            "10".to_string(),
+        )];
+        let e = Config::load(None, env).unwrap_err().to_string();
+        assert!(e.contains("4096"), "{e}");
+        let env = vec![("STRAIT__DOMAINS".to_string(), "[\"a@b\"]".to_string())];
+        assert!(Config::load(None, env).is_err());
+    }
+}

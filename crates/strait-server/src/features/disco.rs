@@ -1,0 +1,58 @@
+//! XEP-0030 service discovery: what the server and its accounts are and support.
+
+use super::attr;
+
+pub const INFO: &str = "http://jabber.org/protocol/disco#info";
+pub const ITEMS: &str = "http://jabber.org/protocol/disco#items";
+pub const VERSION: &str = "jabber:iq:version";
+
+/// Features the server itself advertises.
+pub const SERVER_FEATURES: &[&str] = &[
+    INFO,
+    ITEMS,
+    super::ping::NS,
+    VERSION,
+    "msgoffline",
+    "urn:xmpp:delay",
+    "jabber:iq:roster",
+    "urn:xmpp:features:rosterver",
+];
+
+/// Features an account advertises on its bare JID.
+pub const ACCOUNT_FEATURES: &[&str] = &[INFO, ITEMS];
+
+pub fn info(category: &str, type_: &str, name: Option<&str>, features: &[&str]) -> String {
+    let mut x = format!(
+        "<query xmlns='{INFO}'><identity{}{}",
+        attr("category", category),
+        attr("type", type_)
+    );
+    if let Some(n) = name {
+        x.push_str(&attr("name", n));
+    }
+    x.push_str("/>");
+    for f in features {
+        x.push_str(&format!("<feature{}/>", attr("var", f)));
+    }
+    x.push_str("</query>");
+    x
+}
+
+pub fn server_info() -> String {
+    info("server", "im", Some("Strait"), SERVER_FEATURES)
+}
+
+pub fn account_info() -> String {
+    info("account", "registered", None, ACCOUNT_FEATURES)
+}
+
+pub fn empty_items() -> String {
+    format!("<query xmlns='{ITEMS}'/>")
+}
+
+pub fn version() -> String {
+    format!(
+        "<query xmlns='{VERSION}'><name>Strait</name><version>{}</version></query>",
+        env!("CARGO_PKG_VERSION")
+    )
+}

@@ -1,0 +1,161 @@
+//! IQ handling (RFC 6120 §8.2.3, RFC 6121 §8.5): answered by the server for itself and on
+//! behalf of accounts, routed to full JIDs, and always answered when a request cannot be.
+
+use super::{delivery, disco, iq_result, ping, roster};
+use crate::c2s::session::Session;
+use strait_wire::{Stanza, StanzaError, StanzaErrorCondition};
+
+const SESSION_NS: &str = "urn:ietf:params:xml:ns:xmpp-session";
+
+pub async fn from_client(s: &mut Session, stanza: Stanza, to: Option<jid::Jid>) {
+    let ty = stanza.type_.as_deref().unwrap_or("");
+    let request = matches!(ty, "get" | "set");
+    if !request && !matches!(ty, "result" | "error") {
+        s.reply_error(
+            &stanza,
+            StanzaError::with_text(StanzaErrorCondition::BadRequest, "invalid iq type"),
+        );
+        return;
+    }
+    if stanza.id.as_deref().unwrap_or("").is_empty() {
+        s.reply_error(
+            &stanza,
+            StanzaError::with_text(StanzaErrorCondition::BadRequest, "an iq needs an id"),
+        );
+        return;
+    }
+    if request && stanza.children().len() != 1 {
+        s.reply_error(
+            &stanza,
+            StanzaError::with_text(
+                StanzaErrorCondition::BadRequest,
+                "a get or set iq has exactly one child",
+            ),
+        );
+        return;
+    }
+    let Some(to) = to else {
+        // No `to`: the server answers on behalf of the account (RFC 6120 §10.3.3).
+        if request {
+            account_request(s, &stanza, true).await;
+        }
+        return;
+    };
+    let domain = to.domain().as_str().to_owned();
+    if !s.state.is_local_domain(&domain) {
+        if request {
+            s.reply_error(
+                &stanza,
+                StanzaError::with_text(
+                    StanzaErrorCondition::RemoteServerNotFound,
+                    format!("{domain} is not reachable from this server"),
+                ),
+            );
+        }
+        return;
+    }
+    let bare = to.to_bare().to_string();
+    match (to.node(), to.resource()) {
+        (None, None) => {
+            if request {
+                server_request(s, &stanza).await;
+            }
+        }
+        (None, Some(_)) => {
+            if request {
+                s.reply_error(
+                    &stanza,
+                    StanzaError::new(StanzaErrorCondition::ServiceUnavailable),
+                );
+            }
+        }
+        (Some(_), None) => {
+            if request {
+                let own = bare == s.bare;
+                if own || delivery::account_exists(&s.state, &bare).await {
+                    account_request(s, &stanza, own).await;
+                } else {
+                    s.reply_error(
+                        &stanza,
+                        StanzaError::new(StanzaErrorCondition::ServiceUnavailable),
+                    );
+                }
+            }
+        }
+        (Some(_), Some(res)) => {
+            if !delivery::to_full(&s.state, &bare, res.as_str(), stanza.clone()) && request {
+                s.reply_error(
+                    &stanza,
+                    StanzaError::new(StanzaErrorCondition::ServiceUnavailable),
+                );
+            }
+        }
+    }
+}
+
+fn payload(s: &mut Session, stanza: &Stanza) -> Option<minidom::Element> {
+    match stanza.first_payload() {
+        Ok(Some(p)) => Some(p),
+        _ => {
+            s.reply_error(stanza, StanzaError::new(StanzaErrorCondition::BadRequest));
+            None
+        }
+    }
+}
+
+/// Requests to the server's own domain.
+async fn server_request(s: &mut Session, stanza: &Stanza) {
+    let Some(p) = payload(s, stanza) else { return };
+    let get = stanza.type_.as_deref() == Some("get");
+    let ns = p.ns();
+    let has_node = p.attr("node").is_some();
+    match (ns.as_str(), p.name(), get) {
+        (disco::INFO, "query", true) if !has_node => {
+            s.reply(iq_result(stanza, Some(&disco::server_info())))
+        }
+        (disco::ITEMS, "query", true) if !has_node => {
+            s.reply(iq_result(stanza, Some(&disco::empty_items())))
+        }
+        (disco::INFO | disco::ITEMS, "query", true) => {
+            s.reply_error(stanza, StanzaError::new(StanzaErrorCondition::ItemNotFound))
+        }
+        (ping::NS, "ping", true) => s.reply(iq_result(stanza, None)),
+        (disco::VERSION, "query", true) => s.reply(iq_result(stanza, Some(&disco::version()))),
+        // The legacy session establishment (RFC 3921), still sent by some clients.
+        (SESSION_NS, "session", false) => s.reply(iq_result(stanza, None)),
+        (roster::NS, "query", _) => roster::handle(s, stanza, &p).await,
+        _ => s.reply_error(
+            stanza,
+            StanzaError::new(StanzaErrorCondition::ServiceUnavailable),
+        ),
+    }
+}
+
+/// Requests to an account's bare JID, answered by the server on its behalf.
+async fn account_request(s: &mut Session, stanza: &Stanza, own: bool) {
+    let Some(p) = payload(s, stanza) else { return };
+    let get = stanza.type_.as_deref() == Some("get");
+    let ns = p.ns();
+    let has_node = p.attr("node").is_some();
+    match (ns.as_str(), p.name(), get, own) {
+        (roster::NS, "query", _, true) => roster::handle(s, stanza, &p).await,
+        (roster::NS, "query", _, false) => {
+            s.reply_error(stanza, StanzaError::new(StanzaErrorCondition::Forbidden))
+        }
+        (disco::INFO, "query", true, _) if !has_node => {
+            s.reply(iq_result(stanza, Some(&disco::account_info())))
+        }
+        (disco::ITEMS, "query", true, _) if !has_node => {
+            s.reply(iq_result(stanza, Some(&disco::empty_items())))
+        }
+        (disco::INFO | disco::ITEMS, "query", true, _) => {
+            s.reply_error(stanza, StanzaError::new(StanzaErrorCondition::ItemNotFound))
+        }
+        (ping::NS, "ping", true, true) => s.reply(iq_result(stanza, None)),
+        (SESSION_NS, "session", false, true) => s.reply(iq_result(stanza, None)),
+        _ => s.reply_error(
+            stanza,
+            StanzaError::new(StanzaErrorCondition::ServiceUnavailable),
+        ),
+    }
+}

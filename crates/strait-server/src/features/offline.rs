@@ -1,0 +1,152 @@
+//! Offline messages (XEP-0160): stored durably when an account has no available resource,
+//! stamped with a XEP-0203 delay, delivered in order when the account next sends initial
+//! presence, and deleted only once written to the client.
+
+use super::{attr, now_ms, xep0082_stamp};
+use crate::c2s::session::Session;
+use crate::server::ServerState;
+use strait_store::StoreError;
+use strait_wire::{Limits, Stanza, StanzaError, StanzaErrorCondition, StreamParser, ns};
+
+const DELAY: &str = "urn:xmpp:delay";
+const HINTS: &str = "urn:xmpp:hints";
+/// Most stored messages written to a client in one go.
+const BATCH: usize = 500;
+
+/// Whether a message is worth keeping for later (XEP-0160, XEP-0334): it has content a person
+/// reads (a body, an encrypted payload, a subject) or a receipt, and is not hinted away. Chat
+/// states and other transient notifications are not stored.
+pub fn should_store(m: &Stanza) -> bool {
+    if m.has_child(HINTS, "no-store") || m.has_child(HINTS, "no-permanent-store") {
+        return false;
+    }
+    m.has_child(ns::CLIENT, "body")
+        || m.has_child(ns::CLIENT, "subject")
+        || m.has_child("eu.siacs.conversations.axolotl", "encrypted")
+        || m.has_child("urn:xmpp:omemo:2", "encrypted")
+        || m.has_child("urn:xmpp:receipts", "received")
+        || m.has_child(HINTS, "store")
+}
+
+/// Stores a message for `bare`. Past the account's quota the sender gets
+/// `resource-constraint` and nothing is dropped silently.
+pub async fn store(state: &ServerState, bare: &str, message: &Stanza) -> Result<(), StanzaError> {
+    if !should_store(message) {
+        return Ok(());
+    }
+    let now = now_ms();
+    let mut m = message.clone();
+    // A client could forge a delay "from" our domain; only ours may say so.
+    let domain = bare
+        .rsplit_once('@')
+        .map(|(_, d)| d)
+        .unwrap_or(bare)
+        .to_owned();
+    m.push_child_xml(&format!(
+        "<delay xmlns='{DELAY}'{}{}>Offline storage</delay>",
+        attr("from", &domain),
+        attr("stamp", &xep0082_stamp(now))
+    ));
+    let xml = m.to_xml(ns::CLIENT);
+    let owner = bare.to_owned();
+    let limit = state.config.limits.max_offline_messages;
+    match state
+        .store(move |s| s.offline_push(&owner, &xml, now, limit))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(StoreError::QuotaExceeded { limit, .. }) => Err(StanzaError {
+            error_type: strait_wire::ErrorType::Wait,
+            condition: StanzaErrorCondition::ResourceConstraint,
+            text: Some(format!(
+                "the recipient is offline and already has {limit} messages waiting; try again later"
+            )),
+            by: None,
+        }),
+        Err(e) => {
+            tracing::error!(account = bare, "storing an offline message: {e}");
+            Err(StanzaError::with_text(
+                StanzaErrorCondition::InternalServerError,
+                "the message could not be stored",
+            ))
+        }
+    }
+}
+
+/// Parses a stored message back into a stanza.
+pub fn parse_stored(xml: &str) -> Option<Stanza> {
+    let mut p = StreamParser::new(Limits {
+        max_stanza_bytes: xml.len() + 1024,
+        max_depth: 256,
+        max_attributes: 1024,
+    });
+    p.feed(
+        b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>",
+    );
+    p.feed(xml.as_bytes());
+    loop {
+        match p.next_event() {
+            Ok(Some(strait_wire::Event::Element(s))) => return Some(s),
+            Ok(Some(_)) => continue,
+            Ok(None) | Err(_) => return None,
+        }
+    }
+}
+
+/// Writes the account's stored messages to this session, oldest first.
+pub async fn deliver(s: &mut Session) {
+    let owner = s.bare.clone();
+    let messages = match s
+        .state
+        .store(move |st| st.offline_fetch(&owner, BATCH))
+        .await
+    {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::error!(account = %s.bare, "reading offline messages: {e}");
+            return;
+        }
+    };
+    for m in messages {
+        match parse_stored(&m.stanza) {
+            Some(stanza) => s.reply_offline(m.id, stanza),
+            None => tracing::error!(account = %s.bare, id = m.id, "unreadable stored message kept"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(children: &str) -> Stanza {
+        let xml = format!("<message to='b@x' type='chat'>{children}</message>");
+        parse_stored(&xml).unwrap()
+    }
+
+    #[test]
+    fn what_is_stored() {
+        assert!(should_store(&msg("<body>hi</body>")));
+        assert!(should_store(&msg(
+            "<encrypted xmlns='eu.siacs.conversations.axolotl'/>"
+        )));
+        assert!(!should_store(&msg(
+            "<active xmlns='http://jabber.org/protocol/chatstates'/>"
+        )));
+        assert!(!should_store(&msg(
+            "<body>x</body><no-store xmlns='urn:xmpp:hints'/>"
+        )));
+        assert!(should_store(&msg("<store xmlns='urn:xmpp:hints'/>")));
+    }
+
+    #[test]
+    fn stored_xml_round_trips() {
+        let m = msg("<body>a &lt;b&gt; &amp; c</body>");
+        let back = parse_stored(&m.to_xml(ns::CLIENT)).unwrap();
+        assert_eq!(
+            back.text_of_child(ns::CLIENT, "body").as_deref(),
+            Some("a <b> & c")
+        );
+        assert_eq!(back.to.as_deref(), Some("b@x"));
+    }
+}

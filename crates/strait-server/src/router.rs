@@ -1,0 +1,275 @@
+//! The router: which resources of which accounts are connected, and the delivery rules of
+//! RFC 6121 §8 for stanzas addressed to local accounts.
+//!
+//! The table lives behind one `RwLock` with short critical sections (no `.await` inside);
+//! each connection owns the receiving end of a bounded channel. When the platform grows past
+//! one node this table becomes the local half of a shared directory (NATS), and `deliver_*`
+//! gains a "remote node" branch: nothing else here changes.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use strait_wire::{Stanza, StreamError};
+use tokio::sync::{Notify, mpsc};
+
+/// What a connection's task receives from the rest of the server.
+#[derive(Debug)]
+pub enum Outbound {
+    /// Write this stanza to the client.
+    Stanza(Box<Stanza>),
+    /// Close the stream with this error (e.g. `conflict` when another session took the resource).
+    Close(StreamError),
+}
+
+/// Capacity of each connection's queue. A client that falls this far behind is disconnected
+/// (rather than letting its queue grow without bound) and its messages go to offline storage.
+pub const OUTBOUND_QUEUE: usize = 512;
+
+/// How the rest of the server reaches a connection's task.
+#[derive(Debug, Clone)]
+pub struct ConnHandle {
+    pub tx: mpsc::Sender<Outbound>,
+    /// Notified when the connection must close because it cannot keep up.
+    pub kill: Arc<Notify>,
+}
+
+impl ConnHandle {
+    pub fn new() -> (ConnHandle, mpsc::Receiver<Outbound>) {
+        let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
+        (
+            ConnHandle {
+                tx,
+                kill: Arc::new(Notify::new()),
+            },
+            rx,
+        )
+    }
+}
+
+/// A bound resource as others see it.
+#[derive(Debug, Clone)]
+pub struct Resource {
+    pub resource: String,
+    pub full: String,
+    pub conn_id: u64,
+    handle: ConnHandle,
+    /// The last available presence broadcast by this resource; `None` while not available.
+    pub presence: Option<Arc<Stanza>>,
+    pub priority: i8,
+}
+
+impl Resource {
+    pub fn is_available(&self) -> bool {
+        self.presence.is_some()
+    }
+
+    /// Queues a stanza for this resource; false if it is gone or hopelessly behind.
+    pub fn send(&self, stanza: Stanza) -> bool {
+        match self.handle.tx.try_send(Outbound::Stanza(Box::new(stanza))) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::warn!(full = %self.full, "outbound queue full: disconnecting slow client");
+                self.handle.kill.notify_one();
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+}
+
+/// Why a resource could not be bound.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BindError {
+    #[error("too many sessions for this account (limit {0})")]
+    TooManyResources(usize),
+}
+
+/// The session table.
+#[derive(Default)]
+pub struct Router {
+    sessions: RwLock<HashMap<String, Vec<Resource>>>,
+}
+
+impl Router {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Binds `resource` for `bare`. A session already holding that resource is replaced: it is
+    /// told to close with `conflict` (RFC 6120 §7.7.2.2, the policy Prosody and ejabberd use).
+    pub fn bind(
+        &self,
+        bare: &str,
+        resource: &str,
+        conn_id: u64,
+        handle: ConnHandle,
+        max_resources: usize,
+    ) -> Result<String, BindError> {
+        let full = format!("{bare}/{resource}");
+        let mut map = self.sessions.write().expect("router lock");
+        let list = map.entry(bare.to_owned()).or_default();
+        if let Some(pos) = list.iter().position(|r| r.resource == resource) {
+            let old = list.remove(pos);
+            let _ = old
+                .handle
+                .tx
+                .try_send(Outbound::Close(StreamError::with_text(
+                    strait_wire::StreamErrorCondition::Conflict,
+                    "another session bound this resource",
+                )));
+        } else if list.len() >= max_resources {
+            if list.is_empty() {
+                map.remove(bare);
+            }
+            return Err(BindError::TooManyResources(max_resources));
+        }
+        list.push(Resource {
+            resource: resource.to_owned(),
+            full: full.clone(),
+            conn_id,
+            handle,
+            presence: None,
+            priority: 0,
+        });
+        Ok(full)
+    }
+
+    /// Removes a binding, if it still belongs to connection `conn_id` (a newer session may
+    /// have taken the resource over).
+    pub fn unbind(&self, bare: &str, resource: &str, conn_id: u64) {
+        let mut map = self.sessions.write().expect("router lock");
+        if let Some(list) = map.get_mut(bare) {
+            list.retain(|r| !(r.resource == resource && r.conn_id == conn_id));
+            if list.is_empty() {
+                map.remove(bare);
+            }
+        }
+    }
+
+    /// Records a resource's current presence (`None` = unavailable).
+    pub fn set_presence(&self, bare: &str, resource: &str, conn_id: u64, presence: Option<Stanza>) {
+        let mut map = self.sessions.write().expect("router lock");
+        if let Some(r) = map.get_mut(bare).and_then(|l| {
+            l.iter_mut()
+                .find(|r| r.resource == resource && r.conn_id == conn_id)
+        }) {
+            r.priority = presence.as_ref().map(presence_priority).unwrap_or(0);
+            r.presence = presence.map(Arc::new);
+        }
+    }
+
+    /// All bound resources of an account (a snapshot).
+    pub fn resources(&self, bare: &str) -> Vec<Resource> {
+        let map = self.sessions.read().expect("router lock");
+        map.get(bare).cloned().unwrap_or_default()
+    }
+
+    /// The bound resource with this full JID.
+    pub fn resource(&self, bare: &str, resource: &str) -> Option<Resource> {
+        let map = self.sessions.read().expect("router lock");
+        map.get(bare)?
+            .iter()
+            .find(|r| r.resource == resource)
+            .cloned()
+    }
+
+    /// Whether any session of this account is bound (then the account surely exists).
+    pub fn is_online(&self, bare: &str) -> bool {
+        self.sessions
+            .read()
+            .expect("router lock")
+            .contains_key(bare)
+    }
+
+    /// Tells every connection to close (server shutdown).
+    pub fn close_all(&self, error: &StreamError) {
+        let map = self.sessions.read().expect("router lock");
+        for r in map.values().flatten() {
+            let _ = r.handle.tx.try_send(Outbound::Close(error.clone()));
+        }
+    }
+
+    /// Number of bound sessions.
+    pub fn session_count(&self) -> usize {
+        self.sessions
+            .read()
+            .expect("router lock")
+            .values()
+            .map(Vec::len)
+            .sum()
+    }
+}
+
+/// The `<priority/>` of a presence stanza (RFC 6121 §4.7.2.3), 0 when absent or invalid.
+pub fn presence_priority(p: &Stanza) -> i8 {
+    p.text_of_child(strait_wire::ns::CLIENT, "priority")
+        .and_then(|t| t.trim().parse::<i8>().ok())
+        .unwrap_or(0)
+}
+
+/// The resources a message to the bare JID goes to (RFC 6121 §8.5.2.1.1): every available
+/// resource with non-negative priority.
+pub fn message_targets(resources: &[Resource]) -> Vec<&Resource> {
+    resources
+        .iter()
+        .filter(|r| r.is_available() && r.priority >= 0)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chan() -> (ConnHandle, mpsc::Receiver<Outbound>) {
+        ConnHandle::new()
+    }
+
+    #[test]
+    fn bind_conflict_replaces_old_session() {
+        let r = Router::new();
+        let (tx1, mut rx1) = chan();
+        let (tx2, _rx2) = chan();
+        assert_eq!(r.bind("a@x", "phone", 1, tx1, 5).unwrap(), "a@x/phone");
+        r.bind("a@x", "phone", 2, tx2, 5).unwrap();
+        match rx1.try_recv().unwrap() {
+            Outbound::Close(e) => {
+                assert_eq!(e.condition, strait_wire::StreamErrorCondition::Conflict)
+            }
+            other => panic!("{other:?}"),
+        }
+        // The old connection's cleanup must not remove the new binding.
+        r.unbind("a@x", "phone", 1);
+        assert_eq!(r.resources("a@x").len(), 1);
+        r.unbind("a@x", "phone", 2);
+        assert!(!r.is_online("a@x"));
+    }
+
+    #[test]
+    fn resource_cap() {
+        let r = Router::new();
+        for i in 0..2 {
+            r.bind("a@x", &format!("r{i}"), i, chan().0, 2).unwrap();
+        }
+        assert_eq!(
+            r.bind("a@x", "r9", 9, chan().0, 2),
+            Err(BindError::TooManyResources(2))
+        );
+    }
+
+    #[test]
+    fn bare_message_targets_skip_unavailable_and_negative_priority() {
+        let r = Router::new();
+        for (i, res) in ["a", "b", "c"].iter().enumerate() {
+            r.bind("u@x", res, i as u64, chan().0, 5).unwrap();
+        }
+        let mut p = Stanza::new(strait_wire::ns::CLIENT, "presence");
+        r.set_presence("u@x", "a", 0, Some(p.clone()));
+        p.push_child_xml("<priority xmlns='jabber:client'>-1</priority>");
+        r.set_presence("u@x", "b", 1, Some(p));
+        let all = r.resources("u@x");
+        let t: Vec<_> = message_targets(&all)
+            .iter()
+            .map(|r| r.resource.clone())
+            .collect();
+        assert_eq!(t, vec!["a"]);
+    }
+}

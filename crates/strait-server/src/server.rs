@@ -1,0 +1,186 @@
+//! The server as a whole: shared state, startup (store, TLS, listeners) and graceful shutdown.
+
+use crate::config::Config;
+use crate::net::listener;
+use crate::router::Router;
+use crate::sasl::{LoginThrottle, ThrottleConfig};
+use crate::tls::{self, TlsConfigs};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use strait_store::{SqliteStore, Store};
+use strait_wire::{StreamError, StreamErrorCondition};
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("store: {0}")]
+    Store(#[from] strait_store::StoreError),
+    #[error("TLS: {0}")]
+    Tls(#[from] tls::TlsError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// State shared by every connection.
+pub struct ServerState {
+    pub config: Config,
+    pub store: Arc<dyn Store>,
+    pub router: Router,
+    pub throttle: LoginThrottle,
+    pub tls: TlsConfigs,
+    /// Keys the fake SCRAM salts of unknown accounts, so they are stable but unguessable.
+    pub fake_salt_key: [u8; 32],
+    pub shutdown: watch::Receiver<bool>,
+    pub connections: Arc<Semaphore>,
+    next_conn_id: AtomicU64,
+}
+
+impl ServerState {
+    pub fn next_conn_id(&self) -> u64 {
+        self.next_conn_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Runs a blocking store operation off the async threads.
+    pub async fn store<T, F>(&self, f: F) -> Result<T, strait_store::StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&dyn Store) -> Result<T, strait_store::StoreError> + Send + 'static,
+    {
+        let store = self.store.clone();
+        match tokio::task::spawn_blocking(move || f(&*store)).await {
+            Ok(r) => r,
+            Err(e) => Err(strait_store::StoreError::Backend(format!(
+                "store task failed: {e}"
+            ))),
+        }
+    }
+
+    pub fn is_local_domain(&self, domain: &str) -> bool {
+        self.config.served_domain(domain).is_some()
+    }
+}
+
+/// A started server.
+pub struct Server {
+    state: Arc<ServerState>,
+    shutdown_tx: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+    local_addrs: Vec<(SocketAddr, bool)>,
+    store: Arc<SqliteStore>,
+}
+
+impl Server {
+    /// Opens the store, loads or makes certificates and binds every listener.
+    pub async fn start(config: Config) -> Result<Server, ServerError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::DataDir {
+            path: config.data_dir.clone(),
+            source,
+        })?;
+        let store = Arc::new(SqliteStore::open(&config.store_path())?);
+        Self::start_with_store(config, store).await
+    }
+
+    async fn start_with_store(
+        config: Config,
+        store: Arc<SqliteStore>,
+    ) -> Result<Server, ServerError> {
+        let tls = tls::load(&config)?;
+        let (shutdown_tx, shutdown) = watch::channel(false);
+        let a = &config.auth;
+        let throttle = LoginThrottle::new(ThrottleConfig {
+            max_failures_per_account: a.max_failures_per_account,
+            max_failures_per_addr: a.max_failures_per_address,
+            window: Duration::from_secs(a.failure_window_secs),
+            lockout: Duration::from_secs(a.lockout_secs),
+        });
+        let mut fake_salt_key = [0u8; 32];
+        rand::Rng::fill(&mut rand::thread_rng(), &mut fake_salt_key[..]);
+        let listeners = {
+            let mut v = Vec::new();
+            for (addrs, direct) in [
+                (&config.listen.c2s, false),
+                (&config.listen.c2s_direct_tls, true),
+            ] {
+                for addr in addrs {
+                    let l = tokio::net::TcpListener::bind(addr)
+                        .await
+                        .map_err(|source| ServerError::Listen {
+                            addr: *addr,
+                            source,
+                        })?;
+                    v.push((l, direct));
+                }
+            }
+            v
+        };
+        let state = Arc::new(ServerState {
+            connections: Arc::new(Semaphore::new(config.limits.max_connections)),
+            config,
+            store: store.clone(),
+            router: Router::new(),
+            throttle,
+            tls,
+            fake_salt_key,
+            shutdown,
+            next_conn_id: AtomicU64::new(1),
+        });
+        let mut tasks = JoinSet::new();
+        let mut local_addrs = Vec::new();
+        for (l, direct) in listeners {
+            let addr = l.local_addr().map_err(|source| ServerError::Listen {
+                addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+                source,
+            })?;
+            tracing::info!(%addr, direct_tls = direct, "listening for clients");
+            local_addrs.push((addr, direct));
+            tasks.spawn(listener::accept_loop(state.clone(), l, direct));
+        }
+        Ok(Server {
+            state,
+            shutdown_tx,
+            tasks,
+            local_addrs,
+            store,
+        })
+    }
+
+    /// The bound listener addresses, with `true` for direct TLS (useful with port 0).
+    pub fn local_addrs(&self) -> &[(SocketAddr, bool)] {
+        &self.local_addrs
+    }
+
+    pub fn state(&self) -> &Arc<ServerState> {
+        &self.state
+    }
+
+    /// Stops accepting, closes every session with `system-shutdown`, waits for the connections
+    /// to finish (at most `grace`), then flushes and closes the store.
+    pub async fn shutdown(mut self, grace: Duration) {
+        tracing::info!("shutting down");
+        let _ = self.shutdown_tx.send(true);
+        self.state
+            .router
+            .close_all(&StreamError::new(StreamErrorCondition::SystemShutdown));
+        let deadline = tokio::time::Instant::now() + grace;
+        while self.tasks.join_next().await.is_some() {}
+        // Every connection holds a permit: all permits back means all connections are done.
+        let all = self.state.config.limits.max_connections as u32;
+        let _ = tokio::time::timeout_at(deadline, self.state.connections.acquire_many(all)).await;
+        if let Err(e) = self.store.close() {
+            tracing::error!("closing the store: {e}");
+        }
+        tracing::info!("stopped");
+    }
+}

@@ -1,0 +1,281 @@
+//! TLS for the listeners: certificates per served domain (configured, or signed by a local CA
+//! made on first start), chosen by SNI, and the rustls configurations for STARTTLS and for
+//! direct TLS (XEP-0368, ALPN `xmpp-client`).
+
+use crate::config::Config;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// ALPN protocol id for client-to-server XMPP (XEP-0368).
+pub const ALPN_XMPP_CLIENT: &[u8] = b"xmpp-client";
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: no certificate found in the PEM file")]
+    NoCertificate { path: PathBuf },
+    #[error("{path}: no private key found in the PEM file")]
+    NoKey { path: PathBuf },
+    #[error("certificate for {domain}: {message}")]
+    Key { domain: String, message: String },
+    #[error("generating a certificate: {0}")]
+    Generate(#[from] rcgen::Error),
+    #[error("TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+/// The TLS configurations the listeners use.
+#[derive(Clone)]
+pub struct TlsConfigs {
+    /// For STARTTLS on the plain-text port.
+    pub starttls: Arc<rustls::ServerConfig>,
+    /// For direct TLS, advertising ALPN `xmpp-client`.
+    pub direct: Arc<rustls::ServerConfig>,
+}
+
+/// Loads the configured certificates, makes the missing ones, and builds the rustls configs.
+pub fn load(config: &Config) -> Result<TlsConfigs, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut keys = HashMap::new();
+    for domain in &config.domains {
+        let (cert, key) = match config
+            .tls
+            .certificates
+            .iter()
+            .find(|c| c.domain.eq_ignore_ascii_case(domain))
+        {
+            Some(c) => (c.cert.clone(), c.key.clone()),
+            None => ensure_local_certificate(&config.data_dir.join("tls"), domain)?,
+        };
+        keys.insert(
+            domain.to_ascii_lowercase(),
+            certified_key(&provider, domain, &cert, &key)?,
+        );
+    }
+    let resolver = Arc::new(SniResolver {
+        default: keys[&config.domains[0].to_ascii_lowercase()].clone(),
+        keys,
+    });
+    let build = |alpn: Vec<Vec<u8>>| -> Result<Arc<rustls::ServerConfig>, TlsError> {
+        let mut c = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_cert_resolver(resolver.clone());
+        c.alpn_protocols = alpn;
+        Ok(Arc::new(c))
+    };
+    Ok(TlsConfigs {
+        starttls: build(Vec::new())?,
+        direct: build(vec![ALPN_XMPP_CLIENT.to_vec()])?,
+    })
+}
+
+fn certified_key(
+    provider: &CryptoProvider,
+    domain: &str,
+    cert: &Path,
+    key: &Path,
+) -> Result<Arc<CertifiedKey>, TlsError> {
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| TlsError::Io { path, source }
+    };
+    let cert_pem = std::fs::read(cert).map_err(io(cert))?;
+    let chain: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut cert_pem.as_slice())
+        .collect::<Result<_, _>>()
+        .map_err(io(cert))?;
+    if chain.is_empty() {
+        return Err(TlsError::NoCertificate { path: cert.into() });
+    }
+    let key_pem = std::fs::read(key).map_err(io(key))?;
+    let key_der: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut key_pem.as_slice())
+        .map_err(io(key))?
+        .ok_or_else(|| TlsError::NoKey { path: key.into() })?;
+    let signing = provider
+        .key_provider
+        .load_private_key(key_der)
+        .map_err(|e| TlsError::Key {
+            domain: domain.into(),
+            message: e.to_string(),
+        })?;
+    Ok(Arc::new(CertifiedKey::new(chain, signing)))
+}
+
+/// Picks the certificate by SNI; clients that send none (or an unknown name) get the first
+/// domain's, so that a plain `openssl s_client` still completes a handshake.
+#[derive(Debug)]
+struct SniResolver {
+    keys: HashMap<String, Arc<CertifiedKey>>,
+    default: Arc<CertifiedKey>,
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let by_name = hello
+            .server_name()
+            .and_then(|n| self.keys.get(&n.to_ascii_lowercase()));
+        Some(by_name.unwrap_or(&self.default).clone())
+    }
+}
+
+const CA_NAME: &str = "Strait local CA";
+
+/// Returns the paths of `<dir>/<domain>.pem` and `.key`, creating them (and the local CA,
+/// `<dir>/ca.pem` + `ca.key`) when missing. The certificate covers the domain and its
+/// subdomains (upload and other services live on `*.domain`).
+pub fn ensure_local_certificate(dir: &Path, domain: &str) -> Result<(PathBuf, PathBuf), TlsError> {
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| TlsError::Io { path, source }
+    };
+    let cert_path = dir.join(format!("{domain}.pem"));
+    let key_path = dir.join(format!("{domain}.key"));
+    if cert_path.exists() && key_path.exists() {
+        return Ok((cert_path, key_path));
+    }
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let (ca_cert, ca_key) = local_ca(dir)?;
+    let mut params = rcgen::CertificateParams::new(vec![domain.to_owned(), format!("*.{domain}")])?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, domain);
+    params.is_ca = rcgen::IsCa::ExplicitNoCa;
+    params.extended_key_usages = vec![
+        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    params.not_before = rcgen::date_time_ymd(2025, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2035, 1, 1);
+    let key = rcgen::KeyPair::generate()?;
+    let cert = params.signed_by(&key, &ca_cert, &ca_key)?;
+    write_private(&key_path, key.serialize_pem().as_bytes())?;
+    std::fs::write(&cert_path, cert.pem()).map_err(io(&cert_path))?;
+    Ok((cert_path, key_path))
+}
+
+/// The local CA: loaded from `ca.key` if present (the certificate is re-derived from the same
+/// name and key, which is all that signing needs), else created with `ca.pem` beside it.
+fn local_ca(dir: &Path) -> Result<(rcgen::Certificate, rcgen::KeyPair), TlsError> {
+    let key_path = dir.join("ca.key");
+    let ca_path = dir.join("ca.pem");
+    let (key, fresh) = match std::fs::read_to_string(&key_path) {
+        Ok(pem) => (rcgen::KeyPair::from_pem(&pem)?, false),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => (rcgen::KeyPair::generate()?, true),
+        Err(source) => {
+            return Err(TlsError::Io {
+                path: key_path,
+                source,
+            });
+        }
+    };
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, CA_NAME);
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    params.not_before = rcgen::date_time_ymd(2025, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2045, 1, 1);
+    let cert = params.self_signed(&key)?;
+    if fresh {
+        write_private(&key_path, key.serialize_pem().as_bytes())?;
+        std::fs::write(&ca_path, cert.pem()).map_err(|source| TlsError::Io {
+            path: ca_path.clone(),
+            source,
+        })?;
+    }
+    Ok((cert, key))
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path).map_err(|source| TlsError::Io {
+        path: path.into(),
+        source,
+    })?;
+    f.write_all(bytes).map_err(|source| TlsError::Io {
+        path: path.into(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::client::danger::ServerCertVerifier;
+
+    #[test]
+    fn local_certificates_are_made_once_and_chain_to_the_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let (c1, _) = ensure_local_certificate(dir.path(), "a.test").unwrap();
+        let first = std::fs::read(&c1).unwrap();
+        let (c1b, _) = ensure_local_certificate(dir.path(), "a.test").unwrap();
+        assert_eq!(first, std::fs::read(c1b).unwrap(), "not regenerated");
+        // A second domain added later is signed by the same CA key.
+        let (c2, _) = ensure_local_certificate(dir.path(), "b.test").unwrap();
+        let ca = std::fs::read(dir.path().join("ca.pem")).unwrap();
+        let ca_der = rustls_pemfile::certs(&mut ca.as_slice())
+            .next()
+            .unwrap()
+            .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca_der).unwrap();
+        let roots = Arc::new(roots);
+        for (path, name) in [(c1, "a.test"), (c2, "b.test")] {
+            let pem = std::fs::read(path).unwrap();
+            let leaf = rustls_pemfile::certs(&mut pem.as_slice())
+                .next()
+                .unwrap()
+                .unwrap();
+            let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+                roots.clone(),
+                Arc::new(rustls::crypto::ring::default_provider()),
+            )
+            .build()
+            .unwrap();
+            let server_name = rustls::pki_types::ServerName::try_from(name).unwrap();
+            verifier
+                .verify_server_cert(
+                    &leaf,
+                    &[],
+                    &server_name,
+                    &[],
+                    rustls::pki_types::UnixTime::now(),
+                )
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+    }
+
+    #[test]
+    fn configs_build_with_alpn_on_direct_tls_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Config {
+            data_dir: dir.path().into(),
+            domains: vec!["a.test".into(), "b.test".into()],
+            ..Config::default()
+        };
+        let t = load(&c).unwrap();
+        assert!(t.starttls.alpn_protocols.is_empty());
+        assert_eq!(t.direct.alpn_protocols, vec![ALPN_XMPP_CLIENT.to_vec()]);
+    }
+}

@@ -1,0 +1,228 @@
+//! `strait`: the platform server and its administration in one binary.
+#![forbid(unsafe_code)]
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use std::io::{BufRead, IsTerminal};
+use std::path::PathBuf;
+use std::time::Duration;
+use strait_server::{Config, Server, accounts};
+use strait_store::{AccountStore, SqliteStore};
+
+/// Strait: an open messaging-interoperability platform (XMPP, Signal-protocol end-to-end encryption).
+#[derive(Parser)]
+#[command(name = "strait", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the platform server.
+    ///
+    /// With no options it runs on embedded defaults: data in ./strait-data (SQLite store,
+    /// a local CA and certificates made on first start), domain "localhost", clients on
+    /// 127.0.0.1:5222 (STARTTLS) and 127.0.0.1:5223 (direct TLS). Settings come from the
+    /// defaults, then --config FILE, then STRAIT__SECTION__KEY environment variables (for
+    /// example STRAIT__LIMITS__MAX_CONNECTIONS=500), then the flags below.
+    Serve(ServeArgs),
+    /// Manage accounts: add, remove, passwd, list.
+    #[command(subcommand)]
+    User(UserCommand),
+}
+
+#[derive(Args, Clone)]
+struct ConfigArgs {
+    /// TOML configuration file.
+    #[arg(long, short = 'c', env = "STRAIT_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data directory (store, certificates); overrides the file's data_dir.
+    #[arg(long, env = "STRAIT_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// A domain to serve (repeat for virtual hosts); replaces the file's domains.
+    #[arg(long = "domain", env = "STRAIT_DOMAIN", value_delimiter = ',')]
+    domains: Vec<String>,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Create an account. The password is read from the terminal, or from standard input
+    /// (one line) when that is not a terminal; never from the command line.
+    Add {
+        /// The account, localpart@domain. Phone numbers become E.164: "+31 6 1234 5678@example.org".
+        jid: String,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// Delete an account with its roster and stored messages.
+    Remove {
+        jid: String,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// Set a new password (read like `add` does).
+    Passwd {
+        jid: String,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// List accounts, optionally of one domain.
+    List {
+        /// Only this domain's accounts.
+        #[arg(long = "of")]
+        of_domain: Option<String>,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+}
+
+fn load_config(args: &ConfigArgs) -> Result<Config> {
+    let mut config = Config::load(args.config.as_deref(), std::env::vars())?;
+    if let Some(d) = &args.data_dir {
+        config.data_dir = d.clone();
+    }
+    if !args.domains.is_empty() {
+        config.domains = args
+            .domains
+            .iter()
+            .map(|d| d.trim().to_ascii_lowercase())
+            .collect();
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("STRAIT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => {
+            init_logging();
+            let config = load_config(&args.config)?;
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(serve(config))
+        }
+        Command::User(cmd) => user(cmd),
+    }
+}
+
+async fn serve(config: Config) -> Result<()> {
+    let domains = config.domains.join(", ");
+    let data_dir = config.data_dir.clone();
+    let server = Server::start(config).await.context("starting the server")?;
+    for (addr, direct) in server.local_addrs() {
+        let kind = if *direct { "direct TLS" } else { "STARTTLS" };
+        eprintln!("strait: serving {domains} on {addr} ({kind})");
+    }
+    eprintln!(
+        "strait: data in {}; clients can trust {}",
+        data_dir.display(),
+        data_dir.join("tls/ca.pem").display()
+    );
+    wait_for_signal().await?;
+    server.shutdown(Duration::from_secs(10)).await;
+    Ok(())
+}
+
+async fn wait_for_signal() -> Result<()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate())?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r?,
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    tokio::signal::ctrl_c().await?;
+    Ok(())
+}
+
+fn open_store(config: &Config) -> Result<SqliteStore> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating {}", config.data_dir.display()))?;
+    Ok(SqliteStore::open(&config.store_path())?)
+}
+
+/// Reads a password: twice from a terminal (to catch typos), or one line from a pipe.
+fn read_password(confirm: bool) -> Result<String> {
+    let stdin = std::io::stdin();
+    let password = if stdin.is_terminal() {
+        let p = rpassword::prompt_password("Password: ")?;
+        if confirm && rpassword::prompt_password("Again: ")? != p {
+            bail!("the passwords differ");
+        }
+        p
+    } else {
+        let mut line = String::new();
+        stdin.lock().read_line(&mut line)?;
+        line.trim_end_matches(['\r', '\n']).to_owned()
+    };
+    if password.is_empty() {
+        bail!("the password is empty");
+    }
+    Ok(password)
+}
+
+fn user(cmd: UserCommand) -> Result<()> {
+    match cmd {
+        UserCommand::Add { jid, config } => {
+            let config = load_config(&config)?;
+            let jid = accounts::account_jid(&config, &jid)?;
+            let store = open_store(&config)?;
+            if store.account_exists(&jid)? {
+                bail!("account {jid} already exists");
+            }
+            let password = read_password(true)?;
+            let jid = accounts::add_user(&config, &store, &jid, &password)?;
+            store.close()?;
+            println!("created {jid}");
+        }
+        UserCommand::Remove { jid, config } => {
+            let config = load_config(&config)?;
+            let store = open_store(&config)?;
+            let jid = accounts::remove_user(&config, &store, &jid)?;
+            store.close()?;
+            println!("removed {jid}");
+        }
+        UserCommand::Passwd { jid, config } => {
+            let config = load_config(&config)?;
+            let jid = accounts::account_jid(&config, &jid)?;
+            let store = open_store(&config)?;
+            if !store.account_exists(&jid)? {
+                bail!("account {jid} not found");
+            }
+            let password = read_password(true)?;
+            let jid = accounts::set_password(&config, &store, &jid, &password)?;
+            store.close()?;
+            println!("password changed for {jid}");
+        }
+        UserCommand::List { of_domain, config } => {
+            let config = load_config(&config)?;
+            let store = open_store(&config)?;
+            for jid in store.list_accounts(of_domain.as_deref())? {
+                println!("{jid}");
+            }
+            store.close()?;
+        }
+    }
+    Ok(())
+}
