@@ -1,0 +1,401 @@
+//! Raw-bytes sessions against a running server: what exactly a client sees for good and
+//! hostile input. Every wait is bounded (`common::WAIT`).
+
+use std::time::Duration;
+use strait_tests::{DOMAIN, OTHER_DOMAIN, RawClient, TestServer, between};
+
+const STREAM_OPEN: &str = "<?xml version='1.0'?><stream:stream to='localhost' version='1.0' xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>";
+
+#[tokio::test]
+async fn plaintext_offers_only_required_starttls() {
+    let t = TestServer::start(|_| {}).await;
+    let mut c = RawClient::connect(t.starttls, t.ca_pem()).await;
+    let f = c.open_stream(DOMAIN).await;
+    assert!(
+        f.contains("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'><required/></starttls>"),
+        "{f}"
+    );
+    assert!(!f.contains("mechanisms"), "no SASL before TLS: {f}");
+    // Trying to authenticate anyway is refused.
+    c.send("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGEAYg==</auth>")
+        .await;
+    let got = c.expect("</failure>").await;
+    assert!(got.contains("<encryption-required/>"), "{got}");
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn starttls_then_scram_offers_sha256_and_sha1_but_not_plain() {
+    let t = TestServer::start(|_| {}).await;
+    let mut c = RawClient::connect(t.starttls, t.ca_pem()).await;
+    let f = c.starttls(DOMAIN).await;
+    assert!(f.contains("<mechanism>SCRAM-SHA-256</mechanism>"), "{f}");
+    assert!(f.contains("<mechanism>SCRAM-SHA-1</mechanism>"), "{f}");
+    assert!(!f.contains("PLAIN"), "PLAIN is off by default: {f}");
+    assert!(!f.contains("starttls"), "{f}");
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn direct_tls_login_and_bind() {
+    let t = TestServer::start(|_| {}).await;
+    let jid = t.add_user("alice@localhost", "secret-1");
+    let mut c = RawClient::connect_direct(t.direct, t.ca_pem(), DOMAIN).await;
+    let f = c.open_stream(DOMAIN).await;
+    assert!(
+        f.contains("SCRAM-SHA-256") && !f.contains("starttls"),
+        "{f}"
+    );
+    let r = c.scram_sha256("alice", "secret-1").await;
+    assert!(r.contains("<success"), "{r}");
+    let full = c.bind(DOMAIN, "desk").await;
+    assert_eq!(full, format!("{jid}/desk"));
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn wrong_password_and_unknown_user_fail_alike_then_throttle() {
+    let t = TestServer::start(|c| c.auth.max_failures_per_account = 3).await;
+    t.add_user("bob@localhost", "right");
+    let mut c = RawClient::connect(t.starttls, t.ca_pem()).await;
+    c.starttls(DOMAIN).await;
+    let r = c.scram_sha256("bob", "wrong").await;
+    assert!(r.contains("<not-authorized/>"), "{r}");
+    let mut c2 = RawClient::connect(t.starttls, t.ca_pem()).await;
+    c2.starttls(DOMAIN).await;
+    let r2 = c2.scram_sha256("nobody", "x").await;
+    assert!(
+        r2.contains("<not-authorized/>"),
+        "unknown users fail the same way: {r2}"
+    );
+    // Two more failures for bob reach the limit; then even the right password is refused
+    // for a while, with a clear reason.
+    for _ in 0..2 {
+        let mut c = RawClient::connect(t.starttls, t.ca_pem()).await;
+        c.starttls(DOMAIN).await;
+        assert!(
+            c.scram_sha256("bob", "wrong")
+                .await
+                .contains("not-authorized")
+        );
+    }
+    let mut c = RawClient::connect(t.starttls, t.ca_pem()).await;
+    c.starttls(DOMAIN).await;
+    let r = c.scram_sha256("bob", "right").await;
+    assert!(r.contains("temporary-auth-failure"), "{r}");
+    assert!(r.contains("try again"), "{r}");
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn doctype_is_restricted_xml() {
+    let t = TestServer::start(|_| {}).await;
+    let mut c = RawClient::connect(t.starttls, t.ca_pem()).await;
+    c.send("<?xml version='1.0'?><!DOCTYPE lolz [<!ENTITY lol 'lol'><!ENTITY lol2 '&lol;&lol;&lol;'>]><stream:stream to='localhost' version='1.0' xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>").await;
+    let got = c.read_to_close().await;
+    assert!(got.contains("<restricted-xml"), "{got}");
+    assert!(got.contains("</stream:stream>"), "{got}");
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn oversized_stanza_before_auth_closes_with_policy_violation() {
+    let t = TestServer::start(|_| {}).await;
+    let mut c = RawClient::connect(t.starttls, t.ca_pem()).await;
+    c.open_stream(DOMAIN).await;
+    let big = format!("<message><body>{}</body></message>", "a".repeat(20_000));
+    c.try_send(big.as_bytes()).await;
+    let got = c.read_to_close().await;
+    assert!(got.contains("<policy-violation"), "{got}");
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_host_and_bad_namespace() {
+    let t = TestServer::start(|_| {}).await;
+    let mut c = RawClient::connect(t.starttls, t.ca_pem()).await;
+    c.send("<?xml version='1.0'?><stream:stream to='nowhere.test' version='1.0' xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>").await;
+    let got = c.read_to_close().await;
+    assert!(got.contains("<host-unknown"), "{got}");
+    let mut c = RawClient::connect(t.starttls, t.ca_pem()).await;
+    c.send("<stream:stream to='localhost' version='1.0' xmlns='jabber:client' xmlns:stream='urn:not-streams'>").await;
+    let got = c.read_to_close().await;
+    assert!(got.contains("<invalid-namespace"), "{got}");
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn invalid_utf8_is_not_well_formed() {
+    let t = TestServer::start(|_| {}).await;
+    let mut c = RawClient::connect(t.starttls, t.ca_pem()).await;
+    c.open_stream(DOMAIN).await;
+    c.try_send(b"<message><body>\xff\xfe</body></message>")
+        .await;
+    let got = c.read_to_close().await;
+    // RFC 6120 §4.9.3.22: data that is not UTF-8 is unsupported-encoding.
+    assert!(got.contains("<unsupported-encoding"), "{got}");
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn unauthenticated_connections_time_out() {
+    let t = TestServer::start(|c| c.limits.unauthenticated_timeout_secs = 1).await;
+    let mut c = RawClient::connect(t.starttls, t.ca_pem()).await;
+    c.send(STREAM_OPEN).await;
+    let got = c.read_to_close().await;
+    assert!(got.contains("<connection-timeout"), "{got}");
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn messages_both_ways_with_true_from() {
+    let t = TestServer::start(|_| {}).await;
+    t.add_user("alice@localhost", "pa");
+    t.add_user("bob@localhost", "pb");
+    let mut a = RawClient::login(t.starttls, t.ca_pem(), "alice@localhost", "pa", "a1").await;
+    let mut b = RawClient::login(t.starttls, t.ca_pem(), "bob@localhost", "pb", "b1").await;
+    a.available().await;
+    b.available().await;
+    a.send("<message to='bob@localhost' type='chat' id='m1'><body>hi bob</body></message>")
+        .await;
+    let got = b.expect("</message>").await;
+    assert!(got.contains("from='alice@localhost/a1'"), "{got}");
+    assert!(
+        got.contains("id='m1'") && got.contains(">hi bob</body>"),
+        "{got}"
+    );
+    b.send("<message to='alice@localhost/a1' type='chat' id='m2'><body>hi alice</body></message>")
+        .await;
+    let got = a.expect("</message>").await;
+    assert!(
+        got.contains("from='bob@localhost/b1'") && got.contains("hi alice"),
+        "{got}"
+    );
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn forged_from_is_invalid_from() {
+    let t = TestServer::start(|_| {}).await;
+    t.add_user("alice@localhost", "pa");
+    let mut a = RawClient::login(t.starttls, t.ca_pem(), "alice@localhost", "pa", "a1").await;
+    a.send("<message from='bob@localhost/x' to='alice@localhost' type='chat'><body>forged</body></message>").await;
+    let got = a.read_to_close().await;
+    assert!(got.contains("<invalid-from"), "{got}");
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn smuggled_markup_stays_text() {
+    let t = TestServer::start(|_| {}).await;
+    t.add_user("alice@localhost", "pa");
+    t.add_user("bob@localhost", "pb");
+    let mut a = RawClient::login(t.starttls, t.ca_pem(), "alice@localhost", "pa", "a1").await;
+    let mut b = RawClient::login(t.starttls, t.ca_pem(), "bob@localhost", "pb", "b1").await;
+    b.available().await;
+    a.send("<message to='bob@localhost' type='chat' id='s1'><body>&lt;/body&gt;&lt;/message&gt;&lt;message from='admin@localhost'&gt;<![CDATA[</message><iq type='set'>]]></body></message>").await;
+    let got = b.expect("</message>").await;
+    assert!(got.contains("id='s1'"), "{got}");
+    assert_eq!(
+        got.matches("<message").count(),
+        1,
+        "exactly one message: {got}"
+    );
+    assert!(
+        got.contains("&lt;/message&gt;&lt;iq type=&apos;set&apos;&gt;")
+            || got.contains("&lt;/message&gt;&lt;iq type='set'&gt;"),
+        "CDATA content re-escaped: {got}"
+    );
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn offline_messages_arrive_in_order_with_delay_once() {
+    let t = TestServer::start(|_| {}).await;
+    t.add_user("alice@localhost", "pa");
+    t.add_user("bob@localhost", "pb");
+    let mut a = RawClient::login(t.starttls, t.ca_pem(), "alice@localhost", "pa", "a1").await;
+    for i in 0..3 {
+        a.send(&format!(
+            "<message to='bob@localhost' type='chat' id='o{i}'><body>n{i}</body></message>"
+        ))
+        .await;
+    }
+    a.ping("p").await;
+    assert!(!a.buffer.contains("error"), "no bounce: {}", a.buffer);
+    let mut b = RawClient::login(t.starttls, t.ca_pem(), "bob@localhost", "pb", "b1").await;
+    b.send("<presence/>").await;
+    let mut last = 0;
+    for i in 0..3 {
+        let got = b.expect("</message>").await;
+        assert!(got.contains(&format!("id='o{i}'")), "order: {got}");
+        assert!(
+            got.contains("<delay xmlns='urn:xmpp:delay' from='localhost' stamp='"),
+            "{got}"
+        );
+        let _ = last;
+        last = i;
+    }
+    drop(b);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut b = RawClient::login(t.starttls, t.ca_pem(), "bob@localhost", "pb", "b2").await;
+    b.available().await;
+    b.expect_silence("<message", Duration::from_millis(500))
+        .await;
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn offline_quota_gives_sender_an_error() {
+    let t = TestServer::start(|c| c.limits.max_offline_messages = 2).await;
+    t.add_user("alice@localhost", "pa");
+    t.add_user("bob@localhost", "pb");
+    let mut a = RawClient::login(t.starttls, t.ca_pem(), "alice@localhost", "pa", "a1").await;
+    for i in 0..3 {
+        a.send(&format!(
+            "<message to='bob@localhost' type='chat' id='q{i}'><body>n{i}</body></message>"
+        ))
+        .await;
+    }
+    let got = a.expect("</message>").await;
+    assert!(
+        got.contains("id='q2'") && got.contains("type='error'"),
+        "{got}"
+    );
+    assert!(got.contains("<resource-constraint"), "{got}");
+    assert!(got.contains("2 messages waiting"), "{got}");
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn cross_domain_and_unknown_recipients() {
+    let t = TestServer::start(|_| {}).await;
+    t.add_user("alice@localhost", "pa");
+    t.add_user("carol@example.test", "pc");
+    let mut a = RawClient::login(t.starttls, t.ca_pem(), "alice@localhost", "pa", "a1").await;
+    let mut c = RawClient::login(t.starttls, t.ca_pem(), "carol@example.test", "pc", "c1").await;
+    c.available().await;
+    a.send("<message to='carol@example.test' type='chat' id='x1'><body>hello other host</body></message>").await;
+    let got = c.expect("</message>").await;
+    assert!(got.contains("from='alice@localhost/a1'"), "{got}");
+    a.send("<message to='nobody@localhost' type='chat' id='x2'><body>?</body></message>")
+        .await;
+    let got = a.expect("</message>").await;
+    assert!(got.contains("<service-unavailable"), "{got}");
+    a.send("<message to='someone@remote.invalid' type='chat' id='x3'><body>?</body></message>")
+        .await;
+    let got = a.expect("</message>").await;
+    assert!(got.contains("<remote-server-not-found"), "{got}");
+    let _ = OTHER_DOMAIN;
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn iq_routing_and_server_answers() {
+    let t = TestServer::start(|_| {}).await;
+    t.add_user("alice@localhost", "pa");
+    let mut a = RawClient::login(t.starttls, t.ca_pem(), "alice@localhost", "pa", "a1").await;
+    a.send("<iq type='get' id='d1' to='localhost'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>").await;
+    let got = a.expect("</iq>").await;
+    assert!(
+        got.contains("category='server'") && got.contains("urn:xmpp:ping"),
+        "{got}"
+    );
+    a.send(
+        "<iq type='get' id='d2' to='alice@localhost/gone'><query xmlns='jabber:iq:version'/></iq>",
+    )
+    .await;
+    let got = a.expect("</iq>").await;
+    assert!(
+        got.contains("id='d2'") && got.contains("<service-unavailable"),
+        "{got}"
+    );
+    a.send("<iq type='get' id='d3'><unknown xmlns='urn:example:nothing'/></iq>")
+        .await;
+    let got = a.expect("</iq>").await;
+    assert!(
+        got.contains("id='d3'") && got.contains("<service-unavailable"),
+        "{got}"
+    );
+    a.send("<iq type='get' id='d4'><query xmlns='jabber:iq:roster'/></iq>")
+        .await;
+    let got = a.expect("id='d4'").await + &a.expect_one_of(&["/>", "</iq>"]).await;
+    assert!(got.contains("type='result'"), "{got}");
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn resource_cap_and_conflict() {
+    let t = TestServer::start(|c| c.limits.max_resources_per_account = 1).await;
+    t.add_user("alice@localhost", "pa");
+    let mut first = RawClient::login(t.starttls, t.ca_pem(), "alice@localhost", "pa", "same").await;
+    // The same resource again replaces the first session, which is told why.
+    let _second = RawClient::login(t.starttls, t.ca_pem(), "alice@localhost", "pa", "same").await;
+    let got = first.read_to_close().await;
+    assert!(got.contains("<conflict"), "{got}");
+    // A different resource is over the cap.
+    let mut c = RawClient::connect(t.starttls, t.ca_pem()).await;
+    c.starttls(DOMAIN).await;
+    assert!(c.scram_sha256("alice", "pa").await.contains("<success"));
+    c.open_stream(DOMAIN).await;
+    c.send("<iq type='set' id='b'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>other</resource></bind></iq>").await;
+    let got = c.expect("</iq>").await;
+    assert!(got.contains("<resource-constraint"), "{got}");
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_closes_sessions_with_system_shutdown() {
+    let t = TestServer::start(|_| {}).await;
+    t.add_user("alice@localhost", "pa");
+    let mut a = RawClient::login(t.starttls, t.ca_pem(), "alice@localhost", "pa", "a1").await;
+    let stop = tokio::spawn(t.stop());
+    let got = a.read_to_close().await;
+    assert!(got.contains("<system-shutdown"), "{got}");
+    stop.await.unwrap();
+}
+
+#[tokio::test]
+async fn presence_subscription_handshake() {
+    let t = TestServer::start(|_| {}).await;
+    t.add_user("alice@localhost", "pa");
+    t.add_user("bob@localhost", "pb");
+    let mut a = RawClient::login(t.starttls, t.ca_pem(), "alice@localhost", "pa", "a1").await;
+    let mut b = RawClient::login(t.starttls, t.ca_pem(), "bob@localhost", "pb", "b1").await;
+    a.available().await;
+    b.available().await;
+    a.send("<presence to='bob@localhost' type='subscribe'/>")
+        .await;
+    let got = b.expect_element(&["<presence", "type='subscribe'"]).await;
+    assert!(got.contains("from='alice@localhost'"), "{got}");
+    b.send("<presence to='alice@localhost' type='subscribed'/>")
+        .await;
+    a.expect_element(&["<presence", "type='subscribed'", "from='bob@localhost'"])
+        .await;
+    // Alice now sees Bob's presence.
+    let got = a
+        .expect_element(&["<presence", "from='bob@localhost/b1'"])
+        .await;
+    assert!(!got.contains("type="), "available presence: {got}");
+    a.send("<iq type='get' id='r1'><query xmlns='jabber:iq:roster'/></iq>")
+        .await;
+    let got = a.expect_element(&["id='r1'"]).await;
+    assert!(
+        got.contains("jid='bob@localhost'") && got.contains("subscription='to'"),
+        "{got}"
+    );
+    // Bob's roster shows 'from'.
+    b.send("<iq type='get' id='r2'><query xmlns='jabber:iq:roster'/></iq>")
+        .await;
+    let got = b.expect_element(&["id='r2'"]).await;
+    assert!(
+        got.contains("jid='alice@localhost'") && got.contains("subscription='from'"),
+        "{got}"
+    );
+    // Bob goes offline: Alice is told.
+    drop(b);
+    let got = a.expect_element(&["type='unavailable'"]).await;
+    assert!(got.contains("from='bob@localhost/b1'"), "{got}");
+    let _ = between("", "", "");
+    t.stop().await;
+}
