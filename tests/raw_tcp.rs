@@ -399,3 +399,85 @@ async fn presence_subscription_handshake() {
     let _ = between("", "", "");
     t.stop().await;
 }
+
+#[tokio::test]
+async fn plain_only_when_enabled_and_only_over_tls() {
+    let t = TestServer::start(|c| c.auth.allow_plain = true).await;
+    t.add_user("alice@localhost", "pa");
+    let mut c = RawClient::connect(t.starttls, t.ca_pem()).await;
+    let before = c.open_stream(DOMAIN).await;
+    assert!(!before.contains("PLAIN"), "{before}");
+    c.buffer.clear();
+    let mut c = RawClient::connect(t.starttls, t.ca_pem()).await;
+    let after = c.starttls(DOMAIN).await;
+    assert!(after.contains("<mechanism>PLAIN</mechanism>"), "{after}");
+    // authzid empty, authcid alice, password pa
+    c.send("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGFsaWNlAHBh</auth>")
+        .await;
+    let got = c.expect_one_of(&["<success", "<failure"]).await;
+    assert!(got.contains("<success"), "{got}");
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn idle_sessions_time_out() {
+    let t = TestServer::start(|c| c.limits.idle_timeout_secs = 1).await;
+    t.add_user("alice@localhost", "pa");
+    let mut a = RawClient::login(t.starttls, t.ca_pem(), "alice@localhost", "pa", "a1").await;
+    let got = a.read_to_close().await;
+    assert!(got.contains("<connection-timeout"), "{got}");
+    assert!(got.contains("idle"), "{got}");
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn connection_cap_makes_extra_clients_wait() {
+    let t = TestServer::start(|c| c.limits.max_connections = 2).await;
+    let mut c1 = RawClient::connect(t.starttls, t.ca_pem()).await;
+    c1.open_stream(DOMAIN).await;
+    let mut c2 = RawClient::connect(t.starttls, t.ca_pem()).await;
+    c2.open_stream(DOMAIN).await;
+    // The third connection is not served while two are open...
+    let mut c3 = RawClient::connect(t.starttls, t.ca_pem()).await;
+    c3.send(STREAM_OPEN).await;
+    c3.expect_silence("<stream:features", Duration::from_millis(500))
+        .await;
+    // ...and is served as soon as one closes.
+    drop(c1);
+    let f = c3.expect("</stream:features>").await;
+    assert!(f.contains("starttls"), "{f}");
+    drop(c2);
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn reading_is_shaped_not_dropped() {
+    // 4 KB/s with a 4 KB burst: a 16 KB stanza cannot arrive in under ~3 s, and it arrives
+    // whole. Only a lower bound is asserted, which a slow machine cannot break.
+    let t = TestServer::start(|c| {
+        c.limits.rate_bytes_per_sec = 4096;
+        c.limits.burst_bytes = 4096;
+    })
+    .await;
+    t.add_user("alice@localhost", "pa");
+    t.add_user("bob@localhost", "pb");
+    let mut a = RawClient::login(t.starttls, t.ca_pem(), "alice@localhost", "pa", "a1").await;
+    let mut b = RawClient::login(t.starttls, t.ca_pem(), "bob@localhost", "pb", "b1").await;
+    b.available().await;
+    let body = "x".repeat(16 * 1024);
+    let start = std::time::Instant::now();
+    a.send(&format!(
+        "<message to='bob@localhost' id='big'><body>{body}</body></message>"
+    ))
+    .await;
+    let got = tokio::time::timeout(Duration::from_secs(30), b.expect_element(&["id='big'"]))
+        .await
+        .unwrap();
+    assert!(got.contains(&body), "delivered whole");
+    assert!(
+        start.elapsed() >= Duration::from_secs(2),
+        "shaped: took {:?}",
+        start.elapsed()
+    );
+    t.stop().await;
+}

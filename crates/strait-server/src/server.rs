@@ -138,15 +138,17 @@ impl Server {
         });
         let mut tasks = JoinSet::new();
         let mut local_addrs = Vec::new();
-        for (l, direct) in listeners {
-            let addr = l.local_addr().map_err(|source| ServerError::Listen {
+        let mut sockets = Vec::new();
+        for (socket, direct_tls) in listeners {
+            let addr = socket.local_addr().map_err(|source| ServerError::Listen {
                 addr: SocketAddr::from(([0, 0, 0, 0], 0)),
                 source,
             })?;
-            tracing::info!(%addr, direct_tls = direct, "listening for clients");
-            local_addrs.push((addr, direct));
-            tasks.spawn(listener::accept_loop(state.clone(), l, direct));
+            tracing::info!(%addr, direct_tls, "listening for clients");
+            local_addrs.push((addr, direct_tls));
+            sockets.push(listener::Listener { socket, direct_tls });
         }
+        tasks.spawn(listener::accept_loop(state.clone(), sockets));
         Ok(Server {
             state,
             shutdown_tx,
