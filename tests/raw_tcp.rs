@@ -150,12 +150,7 @@ async fn unauthenticated_connections_time_out() {
 #[tokio::test]
 async fn messages_both_ways_with_true_from() {
     let t = TestServer::start(|_| {}).await;
-    t.add_user("alice@localhost", "pa");
-    t.add_user("bob@localhost", "pb");
-    let mut a = RawClient::login(t.starttls, t.ca_pem(), "alice@localhost", "pa", "a1").await;
-    let mut b = RawClient::login(t.starttls, t.ca_pem(), "bob@localhost", "pb", "b1").await;
-    a.available().await;
-    b.available().await;
+    let (mut a, mut b) = t.alice_and_bob().await;
     a.send("<message to='bob@localhost' type='chat' id='m1'><body>hi bob</body></message>")
         .await;
     let got = b.expect("</message>").await;
@@ -188,11 +183,7 @@ async fn forged_from_is_invalid_from() {
 #[tokio::test]
 async fn smuggled_markup_stays_text() {
     let t = TestServer::start(|_| {}).await;
-    t.add_user("alice@localhost", "pa");
-    t.add_user("bob@localhost", "pb");
-    let mut a = RawClient::login(t.starttls, t.ca_pem(), "alice@localhost", "pa", "a1").await;
-    let mut b = RawClient::login(t.starttls, t.ca_pem(), "bob@localhost", "pb", "b1").await;
-    b.available().await;
+    let (mut a, mut b) = t.alice_and_bob().await;
     a.send("<message to='bob@localhost' type='chat' id='s1'><body>&lt;/body&gt;&lt;/message&gt;&lt;message from='admin@localhost'&gt;<![CDATA[</message><iq type='set'>]]></body></message>").await;
     let got = b.expect("</message>").await;
     assert!(got.contains("id='s1'"), "{got}");
@@ -358,12 +349,7 @@ async fn shutdown_closes_sessions_with_system_shutdown() {
 #[tokio::test]
 async fn presence_subscription_handshake() {
     let t = TestServer::start(|_| {}).await;
-    t.add_user("alice@localhost", "pa");
-    t.add_user("bob@localhost", "pb");
-    let mut a = RawClient::login(t.starttls, t.ca_pem(), "alice@localhost", "pa", "a1").await;
-    let mut b = RawClient::login(t.starttls, t.ca_pem(), "bob@localhost", "pb", "b1").await;
-    a.available().await;
-    b.available().await;
+    let (mut a, mut b) = t.alice_and_bob().await;
     a.send("<presence to='bob@localhost' type='subscribe'/>")
         .await;
     let got = b.expect_element(&["<presence", "type='subscribe'"]).await;
@@ -459,11 +445,7 @@ async fn reading_is_shaped_not_dropped() {
         c.limits.burst_bytes = 4096;
     })
     .await;
-    t.add_user("alice@localhost", "pa");
-    t.add_user("bob@localhost", "pb");
-    let mut a = RawClient::login(t.starttls, t.ca_pem(), "alice@localhost", "pa", "a1").await;
-    let mut b = RawClient::login(t.starttls, t.ca_pem(), "bob@localhost", "pb", "b1").await;
-    b.available().await;
+    let (mut a, mut b) = t.alice_and_bob().await;
     let body = "x".repeat(16 * 1024);
     let start = std::time::Instant::now();
     a.send(&format!(

@@ -66,6 +66,20 @@ impl TestServer {
         strait_server::accounts::add_user(&state.config, &*state.store, jid, password).unwrap()
     }
 
+    /// Accounts alice@localhost (password "pa") and bob@localhost ("pb"), logged in as
+    /// resources a1 and b1, both available.
+    pub async fn alice_and_bob(&self) -> (RawClient, RawClient) {
+        self.add_user("alice@localhost", "pa");
+        self.add_user("bob@localhost", "pb");
+        let mut a =
+            RawClient::login(self.starttls, self.ca_pem(), "alice@localhost", "pa", "a1").await;
+        let mut b =
+            RawClient::login(self.starttls, self.ca_pem(), "bob@localhost", "pb", "b1").await;
+        a.available().await;
+        b.available().await;
+        (a, b)
+    }
+
     pub fn ca_pem(&self) -> Vec<u8> {
         std::fs::read(self.config().data_dir.join("tls/ca.pem")).unwrap()
     }

@@ -44,13 +44,7 @@ pub async fn from_client(s: &mut Session, stanza: Stanza, to: Option<jid::Jid>) 
     let domain = to.domain().as_str().to_owned();
     if !s.state.is_local_domain(&domain) {
         if request {
-            s.reply_error(
-                &stanza,
-                StanzaError::with_text(
-                    StanzaErrorCondition::RemoteServerNotFound,
-                    format!("{domain} is not reachable from this server"),
-                ),
-            );
+            s.reply_error(&stanza, super::unreachable_domain(&domain));
         }
         return;
     }

@@ -22,13 +22,7 @@ pub async fn from_client(s: &mut Session, stanza: Stanza, to: Option<jid::Jid>) 
         ),
     };
     let Some(domain) = s.state.config.served_domain(&domain).map(str::to_owned) else {
-        s.reply_error(
-            &stanza,
-            StanzaError::with_text(
-                StanzaErrorCondition::RemoteServerNotFound,
-                format!("{domain} is not reachable from this server"),
-            ),
-        );
+        s.reply_error(&stanza, super::unreachable_domain(&domain));
         return;
     };
     let Some(node) = node else {

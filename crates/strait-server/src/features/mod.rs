@@ -39,6 +39,14 @@ fn with_client_ns(error_xml: &str) -> String {
     }
 }
 
+/// The error for an address on a domain this server cannot reach (no interop link to it).
+pub fn unreachable_domain(domain: &str) -> StanzaError {
+    StanzaError::with_text(
+        strait_wire::StanzaErrorCondition::RemoteServerNotFound,
+        format!("{domain} is not reachable from this server"),
+    )
+}
+
 /// A stanza from the server itself (`from` = the domain or an account) to `to`.
 pub fn server_stanza(
     name: &str,
