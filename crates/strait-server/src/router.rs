@@ -55,6 +55,8 @@ pub struct Resource {
     /// The last available presence broadcast by this resource; `None` while not available.
     pub presence: Option<Arc<Stanza>>,
     pub priority: i8,
+    /// Whether this resource fetched the roster, and so gets roster pushes (RFC 6121 §2.1.6).
+    pub interested: bool,
 }
 
 impl Resource {
@@ -129,6 +131,7 @@ impl Router {
             handle,
             presence: None,
             priority: 0,
+            interested: false,
         });
         Ok(full)
     }
@@ -154,6 +157,17 @@ impl Router {
         }) {
             r.priority = presence.as_ref().map(presence_priority).unwrap_or(0);
             r.presence = presence.map(Arc::new);
+        }
+    }
+
+    /// Marks a resource as having fetched the roster.
+    pub fn set_interested(&self, bare: &str, resource: &str, conn_id: u64) {
+        let mut map = self.sessions.write().expect("router lock");
+        if let Some(r) = map.get_mut(bare).and_then(|l| {
+            l.iter_mut()
+                .find(|r| r.resource == resource && r.conn_id == conn_id)
+        }) {
+            r.interested = true;
         }
     }
 

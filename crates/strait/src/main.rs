@@ -76,7 +76,6 @@ enum UserCommand {
     /// List accounts, optionally of one domain.
     List {
         /// Only this domain's accounts.
-        #[arg(long = "of")]
         of_domain: Option<String>,
         #[command(flatten)]
         config: ConfigArgs,

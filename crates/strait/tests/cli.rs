@@ -69,7 +69,7 @@ fn user_lifecycle() {
         String::from_utf8_lossy(&o.stdout),
         "+31612345678@example.test\nalice@localhost\n"
     );
-    let o = strait(d, &["user", "list", "--of", "localhost"], "");
+    let o = strait(d, &["user", "list", "localhost"], "");
     assert_eq!(String::from_utf8_lossy(&o.stdout), "alice@localhost\n");
     let o = strait(d, &["user", "passwd", "alice@localhost"], "new\n");
     assert!(o.status.success(), "{}", text(&o));

@@ -49,7 +49,8 @@ pub fn item_xml(item: &RosterItem) -> String {
     x
 }
 
-/// Saves an item (or removes it, when `remove`) and pushes it to every session of the owner.
+/// Saves an item (or removes it, when `remove`) and pushes it to every session of the owner
+/// that fetched the roster.
 pub async fn save_and_push(state: &ServerState, owner: &str, item: RosterItem, remove: bool) {
     let o = owner.to_owned();
     let saved = item.clone();
@@ -78,7 +79,12 @@ pub async fn save_and_push(state: &ServerState, owner: &str, item: RosterItem, r
         "<query xmlns='{NS}'{}>{body}</query>",
         attr("ver", &version.to_string())
     );
-    for r in state.router.resources(owner) {
+    for r in state
+        .router
+        .resources(owner)
+        .into_iter()
+        .filter(|r| r.interested)
+    {
         let mut push = Stanza::new(strait_wire::ns::CLIENT, "iq");
         push.type_ = Some("set".into());
         push.id = Some(format!("push-{}", uuid::Uuid::new_v4().simple()));
@@ -134,6 +140,9 @@ async fn get(s: &mut Session, stanza: &Stanza, query: &minidom::Element) {
             return;
         }
     };
+    s.state
+        .router
+        .set_interested(&s.bare, &s.resource, s.conn_id);
     let ver = version.to_string();
     // Roster versioning (RFC 6121 §2.6): an up-to-date client gets an empty result and pushes.
     if query.attr("ver") == Some(ver.as_str()) {
