@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
-# Create or update the Python virtualenv used by the real-client tests.
+# Create or update the Python virtualenv used by the real-client tests and the strait-signal
+# cross-implementation tests.
 #
 #   scripts/setup-python.sh          # -> <repo>/.venv, from tests/real_clients/requirements.txt
+#                                    #    and tests/signal_interop/requirements.txt
 #
 # Idempotent and fast when nothing changed: pip runs only when the stamp file in the venv does not
-# match the hash of the requirements file and the interpreter version. Only PyPI is used.
+# match the hash of the requirements files and the interpreter version. Only PyPI is used.
 # Environment: PYTHON (interpreter to build the venv with, default python3), VENV (default <repo>/.venv).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-REQ="$ROOT/tests/real_clients/requirements.txt"
+REQS=("$ROOT/tests/real_clients/requirements.txt" "$ROOT/tests/signal_interop/requirements.txt")
 VENV=${VENV:-$ROOT/.venv}
 PYTHON=${PYTHON:-python3}
 STAMP="$VENV/.strait-requirements.stamp"
@@ -21,7 +23,8 @@ command -v "$PYTHON" >/dev/null 2>&1 || { log "no '$PYTHON' found (need CPython 
     || { log "$("$PYTHON" -V 2>&1) is too old (need >= 3.9)"; exit 1; }
 
 py_version=$("$PYTHON" -c 'import sys; print(sys.version.split()[0])')
-want=$( { cat "$REQ"; echo "python=$py_version"; } | sha256sum | cut -d' ' -f1)
+want=$( { for req in "${REQS[@]}"; do echo "== ${req#"$ROOT"/}"; cat "$req"; done
+          echo "python=$py_version"; } | sha256sum | cut -d' ' -f1)
 
 # A venv whose interpreter no longer runs (base Python replaced) is rebuilt from scratch.
 if [ -e "$VENV" ] && ! "$VENV/bin/python" -c 'pass' >/dev/null 2>&1; then
@@ -55,8 +58,11 @@ fi
 
 log "installing pinned requirements from PyPI"
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
-"$VENV/bin/python" -m pip install -q -r "$REQ"
-"$VENV/bin/python" -c 'import slixmpp, pytest, pytest_timeout' \
+# one resolver run over both files, so that a conflict between them is an error, not a silent downgrade
+pip_args=()
+for req in "${REQS[@]}"; do pip_args+=(-r "$req"); done
+"$VENV/bin/python" -m pip install -q "${pip_args[@]}"
+"$VENV/bin/python" -c 'import slixmpp, pytest, pytest_timeout, omemo, oldmemo.etree, twomemo.etree' \
     || { log "installed packages do not import"; exit 1; }
 echo "$want" > "$STAMP"
-log "ready: $VENV ($("$VENV/bin/python" -c 'import slixmpp; print("slixmpp", slixmpp.__version__)'))"
+log "ready: $VENV ($("$VENV/bin/python" -c 'import slixmpp, omemo; print("slixmpp", slixmpp.__version__, "omemo", omemo.__version__)'))"

@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # The project's test command: builds everything, runs the Rust tests, then the real-client
-# interoperability tests (slixmpp, from PyPI, in <repo>/.venv) against a private strait server.
+# interoperability tests (slixmpp, from PyPI, in <repo>/.venv) against a private strait server,
+# then the strait-signal cross-implementation tests (tests/signal_interop: the omemo_peer example
+# against python-omemo + oldmemo + twomemo, from PyPI, in the same venv).
 #
 #   ./scripts/test.sh                 # everything
-#   ./scripts/test.sh -k offline      # extra arguments go to pytest
+#   ./scripts/test.sh -k offline      # extra arguments go to both pytest runs
 #
 # Environment: CARGO_TARGET_DIR (respected), STRAIT_BIN (server binary for the real-client tests,
-# default <target>/debug/strait), PYTHON (interpreter for the venv), SKIP_RUST=1 / SKIP_CLIENTS=1.
+# default <target>/debug/strait), SIGNAL_PEER_CMD (peer under test for tests/signal_interop,
+# default <target>/debug/examples/omemo_peer), PYTHON (interpreter for the venv),
+# SKIP_RUST=1 / SKIP_CLIENTS=1 / SKIP_SIGNAL=1.
 # Exit status is non-zero if anything failed; the last line is "N passed, M failed".
 set -uo pipefail
 
@@ -30,6 +34,12 @@ count_results() {
     passed=$((passed + p))
     failed=$((failed + f))
 }
+
+# The Python peers are needed by some Rust tests too (strait-signal's python-omemo
+# cross-check reads STRAIT_OMEMO_PYTHON), so the environment is prepared first.
+if [ "${SKIP_RUST:-0}" != 1 ] && "$ROOT/scripts/setup-python.sh"; then
+    export STRAIT_OMEMO_PYTHON="$ROOT/.venv/bin/python"
+fi
 
 if [ "${SKIP_RUST:-0}" != 1 ]; then
     step "cargo build --workspace --all-targets"
@@ -62,35 +72,65 @@ if [ "${SKIP_RUST:-0}" != 1 ]; then
     fi
 fi
 
-if [ "${SKIP_CLIENTS:-0}" != 1 ] && [ "$build_ok" = 0 ]; then
+# Run one pytest suite ($1 = directory under tests/, $2 = per-test timeout) and add its counts.
+# With extra arguments (e.g. -k), a suite in which they select nothing (pytest exit 5) is no failure.
+run_pytest() {
+    local suite=$1 timeout=$2 rc before e
+    shift 2
+    "$ROOT/.venv/bin/python" -m pytest -c "$ROOT/tests/$suite/pytest.ini" \
+        -p no:cacheprovider --timeout="$timeout" -rfE "$ROOT/tests/$suite" "$@" \
+        2>&1 | tee "$LOGDIR/$suite.log"
+    rc=${PIPESTATUS[0]}
+    [ "$rc" = 5 ] && [ "$#" -gt 0 ] && rc=0
+    before=$failed
+    # pytest's last line: "==== 14 passed, 1 failed, 2 skipped in 9.1s ===="; errors count as failed
+    tail -n 1 "$LOGDIR/$suite.log" > "$LOGDIR/$suite.sum"
+    count_results "$LOGDIR/$suite.sum"
+    e=$(grep -aoE '([0-9]+) errors?' "$LOGDIR/$suite.sum" | awk '{s+=$1} END {print s+0}')
+    failed=$((failed + e))
+    if [ "$rc" != 0 ]; then
+        status=1
+        [ "$failed" = "$before" ] && failed=$((failed + 1))
+    fi
+}
+
+run_clients=1
+run_signal=1
+[ "${SKIP_CLIENTS:-0}" = 1 ] && run_clients=0
+[ "${SKIP_SIGNAL:-0}" = 1 ] && run_signal=0
+if [ "$run_clients" = 1 ] && [ "$build_ok" = 0 ]; then
     echo "skipping the real-client tests: the server did not build" >&2
-elif [ "${SKIP_CLIENTS:-0}" != 1 ]; then
-    step "real-client tests (tests/real_clients)"
+    run_clients=0
+fi
+if [ "$run_signal" = 1 ] && [ "$build_ok" = 0 ] && [ -z "${SIGNAL_PEER_CMD:-}" ]; then
+    echo "skipping the signal interop tests: the Rust peer (omemo_peer) did not build" >&2
+    run_signal=0
+fi
+
+python_ok=1
+if [ "$run_clients" = 1 ] || [ "$run_signal" = 1 ]; then
     if ! "$ROOT/scripts/setup-python.sh"; then
         echo "python environment setup failed" >&2
         status=1
         failed=$((failed + 1))
-    else
-        if [ -z "${STRAIT_BIN:-}" ]; then
-            target=${CARGO_TARGET_DIR:-$ROOT/target}
-            case $target in /*) ;; *) target=$ROOT/$target ;; esac
-            export STRAIT_BIN=$target/debug/strait
-        fi
-        "$ROOT/.venv/bin/python" -m pytest -c "$ROOT/tests/real_clients/pytest.ini" \
-            -p no:cacheprovider --timeout=60 -rfE "$ROOT/tests/real_clients" "$@" \
-            2>&1 | tee "$LOGDIR/pytest.log"
-        rc=${PIPESTATUS[0]}
-        before=$failed
-        # pytest's last line: "==== 14 passed, 1 failed, 2 skipped in 9.1s ===="; errors count as failed
-        tail -n 1 "$LOGDIR/pytest.log" > "$LOGDIR/pytest.sum"
-        count_results "$LOGDIR/pytest.sum"
-        e=$(grep -aoE '([0-9]+) errors?' "$LOGDIR/pytest.sum" | awk '{s+=$1} END {print s+0}')
-        failed=$((failed + e))
-        if [ "$rc" != 0 ]; then
-            status=1
-            [ "$failed" = "$before" ] && failed=$((failed + 1))
-        fi
+        python_ok=0
     fi
+fi
+
+if [ "$run_clients" = 1 ] && [ "$python_ok" = 1 ]; then
+    step "real-client tests (tests/real_clients)"
+    if [ -z "${STRAIT_BIN:-}" ]; then
+        target=${CARGO_TARGET_DIR:-$ROOT/target}
+        case $target in /*) ;; *) target=$ROOT/$target ;; esac
+        export STRAIT_BIN=$target/debug/strait
+    fi
+    run_pytest real_clients 60 "$@"
+fi
+
+if [ "$run_signal" = 1 ] && [ "$python_ok" = 1 ]; then
+    # X = $SIGNAL_PEER_CMD, else <target>/debug/examples/omemo_peer (tests/signal_interop/conftest.py)
+    step "signal cross-implementation tests (tests/signal_interop, peer: ${SIGNAL_PEER_CMD:-omemo_peer})"
+    run_pytest signal_interop 60 "$@"
 fi
 
 echo
