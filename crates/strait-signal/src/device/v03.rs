@@ -6,6 +6,7 @@ use rand_core::CryptoRngCore;
 
 use super::{Decrypted, DeviceError, PREKEY_MIN, PREKEY_TARGET};
 use crate::cipher::{SessionBuilder, SessionCipher};
+use crate::error::SignalError;
 use crate::keys::PublicKey;
 use crate::message::CiphertextMessage;
 use crate::omemo::payload;
@@ -166,20 +167,13 @@ impl<S: ProtocolStore> DeviceV03<S> {
         out
     }
 
-    /// Makes sure a session with `address` exists, building it from the stored bundle with a
-    /// randomly chosen one-time prekey.
-    fn ensure_session(
+    /// Builds a session with `address` from the stored bundle, with a randomly chosen
+    /// one-time prekey.
+    fn build_session(
         &mut self,
         address: &Address,
         rng: &mut impl CryptoRngCore,
     ) -> Result<(), DeviceError> {
-        if self
-            .store
-            .load_session(address)?
-            .is_some_and(|r| r.has_current())
-        {
-            return Ok(());
-        }
         let bundle = self
             .peers
             .bundles
@@ -195,6 +189,28 @@ impl<S: ProtocolStore> DeviceV03<S> {
         Ok(())
     }
 
+    /// Encrypts for one device on its session, building the session first if there is none
+    /// (one record load in the common case).
+    fn encrypt_for(
+        &mut self,
+        address: &Address,
+        key_material: &[u8],
+        rng: &mut impl CryptoRngCore,
+    ) -> Result<KeyV03, DeviceError> {
+        let message = match SessionCipher::encrypt(&mut self.store, address, key_material, rng) {
+            Err(SignalError::NoSession) => {
+                self.build_session(address, rng)?;
+                SessionCipher::encrypt(&mut self.store, address, key_material, rng)?
+            }
+            other => other?,
+        };
+        Ok(KeyV03 {
+            rid: address.device_id,
+            prekey: matches!(message, CiphertextMessage::PreKey(_)),
+            data: message.serialize().to_vec(),
+        })
+    }
+
     /// Encrypts `key_material` for every recipient device; devices without a usable session
     /// or bundle are skipped, but at least one must work.
     fn encrypt_keys(
@@ -206,20 +222,8 @@ impl<S: ProtocolStore> DeviceV03<S> {
         let mut keys = Vec::new();
         let mut last_error = None;
         for address in self.recipients(jid) {
-            let result = self.ensure_session(&address, rng).and_then(|()| {
-                Ok(SessionCipher::encrypt(
-                    &mut self.store,
-                    &address,
-                    key_material,
-                    rng,
-                )?)
-            });
-            match result {
-                Ok(message) => keys.push(KeyV03 {
-                    rid: address.device_id,
-                    prekey: matches!(message, CiphertextMessage::PreKey(_)),
-                    data: message.serialize().to_vec(),
-                }),
+            match self.encrypt_for(&address, key_material, rng) {
+                Ok(key) => keys.push(key),
                 Err(e) => last_error = Some(e),
             }
         }
@@ -258,16 +262,10 @@ impl<S: ProtocolStore> DeviceV03<S> {
         rng: &mut impl CryptoRngCore,
     ) -> Result<EncryptedV03, DeviceError> {
         let (key, iv) = payload::key_transport_v03(rng);
-        let address = Address::new(jid, device_id);
-        self.ensure_session(&address, rng)?;
-        let message = SessionCipher::encrypt(&mut self.store, &address, &key, rng)?;
+        let key = self.encrypt_for(&Address::new(jid, device_id), &key, rng)?;
         Ok(EncryptedV03 {
             sid: self.device_id,
-            keys: vec![KeyV03 {
-                rid: device_id,
-                prekey: matches!(message, CiphertextMessage::PreKey(_)),
-                data: message.serialize().to_vec(),
-            }],
+            keys: vec![key],
             iv: iv.to_vec(),
             payload: None,
         })
