@@ -14,8 +14,11 @@ mod v2;
 pub use v2::DeviceV2;
 pub use v03::DeviceV03;
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use crate::error::SignalError;
 use crate::omemo::OmemoError;
+use crate::store::Address;
 
 /// One-time prekeys published per namespace (XEP-0384 says about 100).
 pub const PREKEY_TARGET: usize = 100;
@@ -65,4 +68,69 @@ pub struct Decrypted {
     /// The caller should answer with an empty message to this device (after a key exchange,
     /// so the sender stops sending key exchanges; or as an OMEMO 2 heartbeat).
     pub send_empty: bool,
+}
+
+/// What a device knows of accounts' devices (from their PEP device lists) and of the bundles it
+/// fetched, for one namespace.
+#[derive(Debug, Clone)]
+struct Directory<B> {
+    devices: BTreeMap<String, BTreeSet<u32>>,
+    bundles: BTreeMap<Address, B>,
+}
+
+impl<B> Default for Directory<B> {
+    fn default() -> Self {
+        Directory {
+            devices: BTreeMap::new(),
+            bundles: BTreeMap::new(),
+        }
+    }
+}
+
+impl<B> Directory<B> {
+    /// Replaces the device list of an account.
+    fn set_device_list(&mut self, jid: &str, devices: impl IntoIterator<Item = u32>) {
+        self.devices
+            .insert(jid.to_owned(), devices.into_iter().collect());
+    }
+
+    /// Adds one device to an account's list.
+    fn add_device(&mut self, jid: &str, device_id: u32) {
+        self.devices
+            .entry(jid.to_owned())
+            .or_default()
+            .insert(device_id);
+    }
+
+    fn devices_of(&self, jid: &str) -> Vec<u32> {
+        self.devices
+            .get(jid)
+            .map(|d| d.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// Records a device's bundle and lists the device.
+    fn add_bundle(&mut self, jid: &str, device_id: u32, bundle: B) {
+        self.add_device(jid, device_id);
+        self.bundles.insert(Address::new(jid, device_id), bundle);
+    }
+
+    fn bundle(&self, address: &Address) -> Option<&B> {
+        self.bundles.get(address)
+    }
+
+    /// The devices a message to `jid` goes to, grouped by account: every known device of
+    /// `jid`, and this account's other devices (XEP-0384).
+    fn recipients(&self, own_jid: &str, own_device: u32, jid: &str) -> Vec<(String, Vec<u32>)> {
+        let mut out = vec![(jid.to_owned(), self.devices_of(jid))];
+        if jid != own_jid {
+            let own: Vec<u32> = self
+                .devices_of(own_jid)
+                .into_iter()
+                .filter(|d| *d != own_device)
+                .collect();
+            out.push((own_jid.to_owned(), own));
+        }
+        out
+    }
 }

@@ -1,10 +1,8 @@
 //! OMEMO 0.3 (`eu.siacs.conversations.axolotl`): libsignal v3 sessions, AES-128-GCM payloads.
 
-use std::collections::{BTreeMap, BTreeSet};
-
 use rand_core::CryptoRngCore;
 
-use super::{Decrypted, DeviceError, PREKEY_MIN, PREKEY_TARGET};
+use super::{Decrypted, DeviceError, Directory, PREKEY_MIN, PREKEY_TARGET};
 use crate::cipher::{SessionBuilder, SessionCipher};
 use crate::error::SignalError;
 use crate::keys::PublicKey;
@@ -15,21 +13,12 @@ use crate::prekeys::{self, SignedPreKeyRecord};
 use crate::store::{Address, ProtocolStore};
 use crate::x3dh::PreKeyBundle;
 
-/// What the device knows of other accounts' devices.
-#[derive(Debug, Default, Clone)]
-struct Peers {
-    /// Device ids per bare JID.
-    devices: BTreeMap<String, BTreeSet<u32>>,
-    /// Bundles per device.
-    bundles: BTreeMap<Address, BundleV03>,
-}
-
 /// An OMEMO 0.3 (`eu.siacs.conversations.axolotl`) device over a [`ProtocolStore`].
 pub struct DeviceV03<S: ProtocolStore> {
     jid: String,
     device_id: u32,
     store: S,
-    peers: Peers,
+    peers: Directory<BundleV03>,
 }
 
 impl<S: ProtocolStore> DeviceV03<S> {
@@ -49,7 +38,7 @@ impl<S: ProtocolStore> DeviceV03<S> {
             jid: jid.into(),
             device_id,
             store,
-            peers: Peers::default(),
+            peers: Directory::default(),
         })
     }
 
@@ -100,18 +89,12 @@ impl<S: ProtocolStore> DeviceV03<S> {
 
     /// Records the device list of an account (replacing what was known).
     pub fn set_device_list(&mut self, jid: &str, devices: impl IntoIterator<Item = u32>) {
-        self.peers
-            .devices
-            .insert(jid.to_owned(), devices.into_iter().collect());
+        self.peers.set_device_list(jid, devices);
     }
 
     /// The known devices of an account.
     pub fn devices_of(&self, jid: &str) -> Vec<u32> {
-        self.peers
-            .devices
-            .get(jid)
-            .map(|d| d.iter().copied().collect())
-            .unwrap_or_default()
+        self.peers.devices_of(jid)
     }
 
     /// Records a device's bundle (checking its signature) and adds the device to the list.
@@ -127,14 +110,7 @@ impl<S: ProtocolStore> DeviceV03<S> {
         to_prekey_bundle(device_id, &bundle, None)
             .and_then(|b| b.verify_signature().map_err(DeviceError::from))
             .map_err(|e| DeviceError::BadBundle(format!("{jid}/{device_id}"), e.to_string()))?;
-        self.peers
-            .devices
-            .entry(jid.to_owned())
-            .or_default()
-            .insert(device_id);
-        self.peers
-            .bundles
-            .insert(Address::new(jid, device_id), bundle);
+        self.peers.add_bundle(jid, device_id, bundle);
         Ok(())
     }
 
@@ -148,25 +124,6 @@ impl<S: ProtocolStore> DeviceV03<S> {
         Ok(ids.len())
     }
 
-    /// The devices a message to `jid` goes to: every known device of `jid` and this account's
-    /// other devices (XEP-0384), each with a session or a bundle to build one.
-    fn recipients(&self, jid: &str) -> Vec<Address> {
-        let mut out: Vec<Address> = self
-            .devices_of(jid)
-            .into_iter()
-            .map(|d| Address::new(jid, d))
-            .collect();
-        if jid != self.jid {
-            out.extend(
-                self.devices_of(&self.jid)
-                    .into_iter()
-                    .filter(|d| *d != self.device_id)
-                    .map(|d| Address::new(self.jid.clone(), d)),
-            );
-        }
-        out
-    }
-
     /// Builds a session with `address` from the stored bundle, with a randomly chosen
     /// one-time prekey.
     fn build_session(
@@ -176,8 +133,7 @@ impl<S: ProtocolStore> DeviceV03<S> {
     ) -> Result<(), DeviceError> {
         let bundle = self
             .peers
-            .bundles
-            .get(address)
+            .bundle(address)
             .ok_or_else(|| DeviceError::NoDevices(address.to_string()))?;
         let pick = if bundle.pre_keys.is_empty() {
             None
@@ -221,10 +177,12 @@ impl<S: ProtocolStore> DeviceV03<S> {
     ) -> Result<Vec<KeyV03>, DeviceError> {
         let mut keys = Vec::new();
         let mut last_error = None;
-        for address in self.recipients(jid) {
-            match self.encrypt_for(&address, key_material, rng) {
-                Ok(key) => keys.push(key),
-                Err(e) => last_error = Some(e),
+        for (target, ids) in self.peers.recipients(&self.jid, self.device_id, jid) {
+            for id in ids {
+                match self.encrypt_for(&Address::new(target.clone(), id), key_material, rng) {
+                    Ok(key) => keys.push(key),
+                    Err(e) => last_error = Some(e),
+                }
             }
         }
         if keys.is_empty() {
@@ -319,11 +277,7 @@ impl<S: ProtocolStore> DeviceV03<S> {
             // The used one-time prekey is gone: top the pool up for the next bundle.
             prekeys::replenish(&mut self.store, PREKEY_MIN, PREKEY_TARGET, rng)?;
         }
-        self.peers
-            .devices
-            .entry(jid.to_owned())
-            .or_default()
-            .insert(element.sid);
+        self.peers.add_device(jid, element.sid);
         Ok(Decrypted {
             plaintext,
             sender_device: element.sid,

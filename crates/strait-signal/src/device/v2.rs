@@ -1,11 +1,9 @@
 //! OMEMO 2 (`urn:xmpp:omemo:2`): OMEMO 2 sessions, SCE envelopes encrypted with AES-256-CBC +
 //! HMAC (XEP-0384 v0.8+, XEP-0420).
 
-use std::collections::{BTreeMap, BTreeSet};
-
 use rand_core::CryptoRngCore;
 
-use super::{Decrypted, DeviceError, PREKEY_TARGET};
+use super::{Decrypted, DeviceError, Directory, PREKEY_TARGET};
 use crate::keys::IdentityKeyPair;
 use crate::omemo::payload;
 use crate::omemo::sce::Envelope;
@@ -21,8 +19,7 @@ pub struct DeviceV2<S: Omemo2Store> {
     device_id: u32,
     identity: IdentityKeyPair,
     store: S,
-    devices: BTreeMap<String, BTreeSet<u32>>,
-    bundles: BTreeMap<Address, Omemo2Bundle>,
+    peers: Directory<Omemo2Bundle>,
 }
 
 impl<S: Omemo2Store> DeviceV2<S> {
@@ -43,8 +40,7 @@ impl<S: Omemo2Store> DeviceV2<S> {
             device_id,
             identity,
             store,
-            devices: BTreeMap::new(),
-            bundles: BTreeMap::new(),
+            peers: Directory::default(),
         })
     }
 
@@ -74,16 +70,12 @@ impl<S: Omemo2Store> DeviceV2<S> {
 
     /// Records the device list of an account (replacing what was known).
     pub fn set_device_list(&mut self, jid: &str, devices: impl IntoIterator<Item = u32>) {
-        self.devices
-            .insert(jid.to_owned(), devices.into_iter().collect());
+        self.peers.set_device_list(jid, devices);
     }
 
     /// The known devices of an account.
     pub fn devices_of(&self, jid: &str) -> Vec<u32> {
-        self.devices
-            .get(jid)
-            .map(|d| d.iter().copied().collect())
-            .unwrap_or_default()
+        self.peers.devices_of(jid)
     }
 
     /// Records a device's bundle (checking its signature) and adds the device to the list.
@@ -106,11 +98,7 @@ impl<S: Omemo2Store> DeviceV2<S> {
         };
         b.verify_signature()
             .map_err(|e| DeviceError::BadBundle(format!("{jid}/{device_id}"), e.to_string()))?;
-        self.devices
-            .entry(jid.to_owned())
-            .or_default()
-            .insert(device_id);
-        self.bundles.insert(Address::new(jid, device_id), b);
+        self.peers.add_bundle(jid, device_id, b);
         Ok(())
     }
 
@@ -133,8 +121,8 @@ impl<S: Omemo2Store> DeviceV2<S> {
         let mut record = load_record(&self.store, address)?;
         if record.current().is_none() {
             let bundle = self
-                .bundles
-                .get(address)
+                .peers
+                .bundle(address)
                 .cloned()
                 .ok_or_else(|| DeviceError::NoDevices(address.to_string()))?;
             self.check_identity(address, &bundle.ik)?;
@@ -172,16 +160,7 @@ impl<S: Omemo2Store> DeviceV2<S> {
     ) -> Result<Vec<KeysV2>, DeviceError> {
         let mut groups = Vec::new();
         let mut last_error = None;
-        let mut targets = vec![(jid.to_owned(), self.devices_of(jid))];
-        if jid != self.jid {
-            let own: Vec<u32> = self
-                .devices_of(&self.jid)
-                .into_iter()
-                .filter(|d| *d != self.device_id)
-                .collect();
-            targets.push((self.jid.clone(), own));
-        }
-        for (target, ids) in targets {
+        for (target, ids) in self.peers.recipients(&self.jid, self.device_id, jid) {
             let mut keys = Vec::new();
             for id in ids {
                 match self.encrypt_for(&Address::new(target.clone(), id), dr_plaintext, rng) {
@@ -293,10 +272,7 @@ impl<S: Omemo2Store> DeviceV2<S> {
         if key.kex {
             o2store::replenish_prekeys(&mut self.store, PREKEY_TARGET, rng)?;
         }
-        self.devices
-            .entry(jid.to_owned())
-            .or_default()
-            .insert(element.sid);
+        self.peers.add_device(jid, element.sid);
         Ok(Decrypted {
             plaintext,
             sender_device: element.sid,
