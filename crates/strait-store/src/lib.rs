@@ -12,13 +12,17 @@
 
 #![forbid(unsafe_code)]
 
+mod blocking;
 mod memory;
+mod pep;
 mod sqlite;
 
 #[cfg(test)]
 mod testsuite;
 
+pub use blocking::BlockingStore;
 pub use memory::MemoryStore;
+pub use pep::{PepItem, PepNodeConfig, PepStore, VcardStore, effective_max};
 pub use sqlite::SqliteStore;
 
 /// Result of every store operation.
@@ -118,7 +122,8 @@ pub trait AccountStore {
     /// Creates an account; `jid` is a normalized bare JID (`local@domain`).
     /// [`StoreError::AlreadyExists`] if it exists.
     fn create_account(&self, jid: &str, creds: &Credentials) -> Result<()>;
-    /// Removes an account with its roster and offline queue.
+    /// Removes an account with its roster, offline queue, PEP nodes, vCard and
+    /// block list.
     /// [`StoreError::NotFound`] if it does not exist.
     ///
     /// The roster version counter of the JID is kept, so a re-created account
@@ -160,7 +165,18 @@ pub trait OfflineStore {
 }
 
 /// Everything the server needs from storage.
-pub trait Store: AccountStore + RosterStore + OfflineStore + Send + Sync + 'static {}
+pub trait Store:
+    AccountStore
+    + RosterStore
+    + OfflineStore
+    + PepStore
+    + VcardStore
+    + BlockingStore
+    + Send
+    + Sync
+    + 'static
+{
+}
 
 /// The domain part of a bare JID (`local@domain` → `domain`; `domain` → `domain`).
 fn domain_of(jid: &str) -> &str {

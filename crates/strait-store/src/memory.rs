@@ -3,10 +3,12 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard};
 
+use crate::BlockingStore;
 use crate::{
     AccountStore, Credentials, OfflineMessage, OfflineStore, Result, RosterItem, RosterStore,
     Store, StoreError, domain_of,
 };
+use crate::{PepItem, PepNodeConfig, PepStore, VcardStore, effective_max};
 
 #[derive(Default)]
 struct Inner {
@@ -17,6 +19,11 @@ struct Inner {
     roster_versions: HashMap<String, u64>,
     offline: HashMap<String, VecDeque<OfflineMessage>>,
     next_offline_id: i64,
+    /// (owner, node) → config and items oldest first.
+    pep: BTreeMap<(String, String), (PepNodeConfig, Vec<PepItem>)>,
+    vcards: HashMap<String, String>,
+    /// owner → blocked JIDs (XEP-0191).
+    blocklists: HashMap<String, std::collections::BTreeSet<String>>,
 }
 
 /// In-memory store; everything is lost when it is dropped.
@@ -54,6 +61,9 @@ impl AccountStore for MemoryStore {
         }
         g.rosters.remove(jid);
         g.offline.remove(jid);
+        g.pep.retain(|(o, _), _| o != jid);
+        g.vcards.remove(jid);
+        g.blocklists.remove(jid);
         Ok(())
     }
 
@@ -190,4 +200,170 @@ impl OfflineStore for MemoryStore {
     }
 }
 
+fn prune(items: &mut Vec<PepItem>, keep: usize) {
+    if items.len() > keep {
+        items.drain(..items.len() - keep);
+    }
+}
+
+impl PepStore for MemoryStore {
+    fn pep_node(&self, owner: &str, node: &str) -> Result<Option<PepNodeConfig>> {
+        let key = (owner.to_owned(), node.to_owned());
+        Ok(self.lock().pep.get(&key).map(|(c, _)| c.clone()))
+    }
+
+    fn pep_nodes(&self, owner: &str) -> Result<Vec<String>> {
+        Ok(self
+            .lock()
+            .pep
+            .keys()
+            .filter(|(o, _)| o == owner)
+            .map(|(_, n)| n.clone())
+            .collect())
+    }
+
+    fn pep_configure(
+        &self,
+        owner: &str,
+        node: &str,
+        config: &PepNodeConfig,
+        max_nodes: usize,
+        limit_items: usize,
+    ) -> Result<()> {
+        let mut g = self.lock();
+        if !g.accounts.contains_key(owner) {
+            return Err(StoreError::NotFound(owner.to_owned()));
+        }
+        let key = (owner.to_owned(), node.to_owned());
+        if !g.pep.contains_key(&key)
+            && g.pep.keys().filter(|(o, _)| o == owner).count() >= max_nodes
+        {
+            return Err(StoreError::QuotaExceeded {
+                account: owner.to_owned(),
+                limit: max_nodes,
+            });
+        }
+        let entry = g
+            .pep
+            .entry(key)
+            .or_insert_with(|| (config.clone(), Vec::new()));
+        entry.0 = config.clone();
+        prune(&mut entry.1, effective_max(config, limit_items));
+        Ok(())
+    }
+
+    fn pep_delete_node(&self, owner: &str, node: &str) -> Result<bool> {
+        let key = (owner.to_owned(), node.to_owned());
+        Ok(self.lock().pep.remove(&key).is_some())
+    }
+
+    fn pep_publish(&self, owner: &str, node: &str, item: &PepItem, keep: usize) -> Result<()> {
+        let key = (owner.to_owned(), node.to_owned());
+        let mut g = self.lock();
+        let Some((_, items)) = g.pep.get_mut(&key) else {
+            return Err(StoreError::NotFound(format!("{owner} node {node}")));
+        };
+        items.retain(|i| i.id != item.id);
+        items.push(item.clone());
+        prune(items, keep);
+        Ok(())
+    }
+
+    fn pep_items(
+        &self,
+        owner: &str,
+        node: &str,
+        ids: Option<&[String]>,
+        max: Option<usize>,
+    ) -> Result<Vec<PepItem>> {
+        let key = (owner.to_owned(), node.to_owned());
+        let g = self.lock();
+        let mut v: Vec<PepItem> = g
+            .pep
+            .get(&key)
+            .map(|(_, items)| {
+                items
+                    .iter()
+                    .filter(|i| ids.is_none_or(|ids| ids.contains(&i.id)))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        if let Some(m) = max {
+            prune(&mut v, m);
+        }
+        Ok(v)
+    }
+
+    fn pep_retract(&self, owner: &str, node: &str, id: &str) -> Result<bool> {
+        let key = (owner.to_owned(), node.to_owned());
+        let mut g = self.lock();
+        let Some((_, items)) = g.pep.get_mut(&key) else {
+            return Ok(false);
+        };
+        let before = items.len();
+        items.retain(|i| i.id != id);
+        Ok(items.len() != before)
+    }
+}
+
+impl VcardStore for MemoryStore {
+    fn vcard(&self, owner: &str) -> Result<Option<String>> {
+        Ok(self.lock().vcards.get(owner).cloned())
+    }
+
+    fn set_vcard(&self, owner: &str, vcard: Option<&str>) -> Result<()> {
+        let mut g = self.lock();
+        if !g.accounts.contains_key(owner) {
+            return Err(StoreError::NotFound(owner.to_owned()));
+        }
+        match vcard {
+            Some(v) => g.vcards.insert(owner.to_owned(), v.to_owned()),
+            None => g.vcards.remove(owner),
+        };
+        Ok(())
+    }
+}
+
 impl Store for MemoryStore {}
+
+impl BlockingStore for MemoryStore {
+    fn blocklist(&self, owner: &str) -> Result<Vec<String>> {
+        Ok(self
+            .lock()
+            .blocklists
+            .get(owner)
+            .map(|l| l.iter().cloned().collect())
+            .unwrap_or_default())
+    }
+
+    fn block(&self, owner: &str, jids: &[String]) -> Result<()> {
+        let mut g = self.lock();
+        if !g.accounts.contains_key(owner) {
+            return Err(StoreError::NotFound(owner.to_owned()));
+        }
+        g.blocklists
+            .entry(owner.to_owned())
+            .or_default()
+            .extend(jids.iter().cloned());
+        Ok(())
+    }
+
+    fn unblock(&self, owner: &str, jids: &[String]) -> Result<()> {
+        let mut g = self.lock();
+        if let Some(l) = g.blocklists.get_mut(owner) {
+            for j in jids {
+                l.remove(j);
+            }
+            if l.is_empty() {
+                g.blocklists.remove(owner);
+            }
+        }
+        Ok(())
+    }
+
+    fn unblock_all(&self, owner: &str) -> Result<()> {
+        self.lock().blocklists.remove(owner);
+        Ok(())
+    }
+}

@@ -31,6 +31,7 @@ use crate::{
     AccountStore, Credentials, OfflineMessage, OfflineStore, Result, RosterItem, RosterStore,
     ScramSecret, Store, StoreError, Subscription, domain_of,
 };
+use crate::{PepItem, PepNodeConfig, PepStore, VcardStore, effective_max};
 
 /// Most requests committed in one transaction.
 const MAX_BATCH: usize = 256;
@@ -88,6 +89,39 @@ const MIGRATIONS: &[&str] = &[
         stamp_ms  INTEGER NOT NULL
     );
     CREATE INDEX offline_by_owner ON offline(owner, id);
+    ",
+    // 2: PEP / pubsub nodes and items, vCards (issue 4).
+    "
+    CREATE TABLE pep_nodes (
+        owner          TEXT NOT NULL,
+        node           TEXT NOT NULL,
+        access_model   TEXT NOT NULL,
+        max_items      INTEGER,
+        persist_items  INTEGER NOT NULL,
+        PRIMARY KEY (owner, node)
+    );
+    CREATE TABLE pep_items (
+        seq       INTEGER PRIMARY KEY AUTOINCREMENT,
+        owner     TEXT NOT NULL,
+        node      TEXT NOT NULL,
+        item_id   TEXT NOT NULL,
+        payload   TEXT NOT NULL,
+        stamp_ms  INTEGER NOT NULL,
+        UNIQUE (owner, node, item_id)
+    );
+    CREATE INDEX pep_items_by_node ON pep_items(owner, node, seq);
+    CREATE TABLE vcards (
+        owner  TEXT PRIMARY KEY NOT NULL,
+        vcard  TEXT NOT NULL
+    );
+    ",
+    // 3: block lists (issue 4).
+    "
+    CREATE TABLE blocklist (
+        owner  TEXT NOT NULL,
+        jid    TEXT NOT NULL,
+        PRIMARY KEY (owner, jid)
+    ) WITHOUT ROWID;
     ",
 ];
 
@@ -565,6 +599,10 @@ impl AccountStore for SqliteStore {
             c.execute("DELETE FROM roster_groups WHERE owner = ?1", [&jid])?;
             c.execute("DELETE FROM roster_items WHERE owner = ?1", [&jid])?;
             c.execute("DELETE FROM offline WHERE owner = ?1", [&jid])?;
+            c.execute("DELETE FROM pep_items WHERE owner = ?1", [&jid])?;
+            c.execute("DELETE FROM pep_nodes WHERE owner = ?1", [&jid])?;
+            c.execute("DELETE FROM vcards WHERE owner = ?1", [&jid])?;
+            c.execute("DELETE FROM blocklist WHERE owner = ?1", [&jid])?;
             Ok(())
         })
     }
@@ -784,6 +822,261 @@ impl OfflineStore for SqliteStore {
     fn offline_count(&self, owner: &str) -> Result<usize> {
         let owner = owner.to_owned();
         self.read(move |c| count_offline(c, &owner))
+    }
+}
+
+fn read_node(conn: &Connection, owner: &str, node: &str) -> Result<Option<PepNodeConfig>> {
+    let row = conn
+        .query_row(
+            "SELECT access_model, max_items, persist_items FROM pep_nodes
+             WHERE owner = ?1 AND node = ?2",
+            [owner, node],
+            |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, Option<i64>>(1)?,
+                    r.get::<_, bool>(2)?,
+                ))
+            },
+        )
+        .optional()?;
+    Ok(row.map(|(access_model, max, persist_items)| PepNodeConfig {
+        access_model,
+        max_items: max.map(|m| m.clamp(0, i64::from(u32::MAX)) as u32),
+        persist_items,
+    }))
+}
+
+/// Drops the oldest items of a node beyond `keep`.
+fn prune_items(conn: &Connection, owner: &str, node: &str, keep: usize) -> Result<()> {
+    let keep = i64::try_from(keep).unwrap_or(i64::MAX);
+    conn.execute(
+        "DELETE FROM pep_items WHERE owner = ?1 AND node = ?2 AND seq NOT IN
+           (SELECT seq FROM pep_items WHERE owner = ?1 AND node = ?2 ORDER BY seq DESC LIMIT ?3)",
+        params![owner, node, keep],
+    )?;
+    Ok(())
+}
+
+impl PepStore for SqliteStore {
+    fn pep_node(&self, owner: &str, node: &str) -> Result<Option<PepNodeConfig>> {
+        let (owner, node) = (owner.to_owned(), node.to_owned());
+        self.read(move |c| read_node(c, &owner, &node))
+    }
+
+    fn pep_nodes(&self, owner: &str) -> Result<Vec<String>> {
+        let owner = owner.to_owned();
+        self.read(move |c| {
+            let mut s =
+                c.prepare_cached("SELECT node FROM pep_nodes WHERE owner = ?1 ORDER BY node")?;
+            Ok(s.query_map([&owner], |r| r.get(0))?
+                .collect::<rusqlite::Result<Vec<String>>>()?)
+        })
+    }
+
+    fn pep_configure(
+        &self,
+        owner: &str,
+        node: &str,
+        config: &PepNodeConfig,
+        max_nodes: usize,
+        limit_items: usize,
+    ) -> Result<()> {
+        let (owner, node, config) = (owner.to_owned(), node.to_owned(), config.clone());
+        self.write(move |c| {
+            if !exists(c, &owner)? {
+                return Err(StoreError::NotFound(owner));
+            }
+            if read_node(c, &owner, &node)?.is_none() {
+                let n: i64 = c.query_row(
+                    "SELECT COUNT(*) FROM pep_nodes WHERE owner = ?1",
+                    [&owner],
+                    |r| r.get(0),
+                )?;
+                if n as usize >= max_nodes {
+                    return Err(StoreError::QuotaExceeded {
+                        account: owner,
+                        limit: max_nodes,
+                    });
+                }
+            }
+            c.execute(
+                "INSERT INTO pep_nodes (owner, node, access_model, max_items, persist_items)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT(owner, node) DO UPDATE SET access_model = ?3, max_items = ?4,
+                     persist_items = ?5",
+                params![
+                    owner,
+                    node,
+                    config.access_model,
+                    config.max_items.map(i64::from),
+                    config.persist_items
+                ],
+            )?;
+            prune_items(c, &owner, &node, effective_max(&config, limit_items))
+        })
+    }
+
+    fn pep_delete_node(&self, owner: &str, node: &str) -> Result<bool> {
+        let (owner, node) = (owner.to_owned(), node.to_owned());
+        self.write(move |c| {
+            c.execute(
+                "DELETE FROM pep_items WHERE owner = ?1 AND node = ?2",
+                [&owner, &node],
+            )?;
+            Ok(c.execute(
+                "DELETE FROM pep_nodes WHERE owner = ?1 AND node = ?2",
+                [&owner, &node],
+            )? > 0)
+        })
+    }
+
+    fn pep_publish(&self, owner: &str, node: &str, item: &PepItem, keep: usize) -> Result<()> {
+        let (owner, node, item) = (owner.to_owned(), node.to_owned(), item.clone());
+        self.write(move |c| {
+            if read_node(c, &owner, &node)?.is_none() {
+                return Err(StoreError::NotFound(format!("{owner} node {node}")));
+            }
+            c.execute(
+                "DELETE FROM pep_items WHERE owner = ?1 AND node = ?2 AND item_id = ?3",
+                [&owner, &node, &item.id],
+            )?;
+            c.execute(
+                "INSERT INTO pep_items (owner, node, item_id, payload, stamp_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![owner, node, item.id, item.payload, item.stamp_ms],
+            )?;
+            prune_items(c, &owner, &node, keep)
+        })
+    }
+
+    fn pep_items(
+        &self,
+        owner: &str,
+        node: &str,
+        ids: Option<&[String]>,
+        max: Option<usize>,
+    ) -> Result<Vec<PepItem>> {
+        let (owner, node) = (owner.to_owned(), node.to_owned());
+        let ids = ids.map(<[String]>::to_vec);
+        self.read(move |c| {
+            let mut s = c.prepare_cached(
+                "SELECT item_id, payload, stamp_ms FROM pep_items
+                 WHERE owner = ?1 AND node = ?2 ORDER BY seq",
+            )?;
+            let mut v = s
+                .query_map([&owner, &node], |r| {
+                    Ok(PepItem {
+                        id: r.get(0)?,
+                        payload: r.get(1)?,
+                        stamp_ms: r.get(2)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            if let Some(ids) = &ids {
+                v.retain(|i| ids.contains(&i.id));
+            }
+            if let Some(m) = max
+                && v.len() > m
+            {
+                v.drain(..v.len() - m);
+            }
+            Ok(v)
+        })
+    }
+
+    fn pep_retract(&self, owner: &str, node: &str, id: &str) -> Result<bool> {
+        let (owner, node, id) = (owner.to_owned(), node.to_owned(), id.to_owned());
+        self.write(move |c| {
+            Ok(c.execute(
+                "DELETE FROM pep_items WHERE owner = ?1 AND node = ?2 AND item_id = ?3",
+                [&owner, &node, &id],
+            )? > 0)
+        })
+    }
+}
+
+impl VcardStore for SqliteStore {
+    fn vcard(&self, owner: &str) -> Result<Option<String>> {
+        let owner = owner.to_owned();
+        self.read(move |c| {
+            Ok(
+                c.query_row("SELECT vcard FROM vcards WHERE owner = ?1", [&owner], |r| {
+                    r.get(0)
+                })
+                .optional()?,
+            )
+        })
+    }
+
+    fn set_vcard(&self, owner: &str, vcard: Option<&str>) -> Result<()> {
+        let owner = owner.to_owned();
+        let vcard = vcard.map(str::to_owned);
+        self.write(move |c| {
+            if !exists(c, &owner)? {
+                return Err(StoreError::NotFound(owner));
+            }
+            match vcard {
+                Some(v) => c.execute(
+                    "INSERT INTO vcards (owner, vcard) VALUES (?1, ?2)
+                     ON CONFLICT(owner) DO UPDATE SET vcard = ?2",
+                    [&owner, &v],
+                )?,
+                None => c.execute("DELETE FROM vcards WHERE owner = ?1", [&owner])?,
+            };
+            Ok(())
+        })
+    }
+}
+
+impl crate::BlockingStore for SqliteStore {
+    fn blocklist(&self, owner: &str) -> Result<Vec<String>> {
+        let owner = owner.to_owned();
+        self.read(move |c| {
+            let mut s =
+                c.prepare_cached("SELECT jid FROM blocklist WHERE owner = ?1 ORDER BY jid")?;
+            let v = s
+                .query_map([&owner], |r| r.get(0))?
+                .collect::<rusqlite::Result<Vec<String>>>()?;
+            Ok(v)
+        })
+    }
+
+    fn block(&self, owner: &str, jids: &[String]) -> Result<()> {
+        let owner = owner.to_owned();
+        let jids = jids.to_vec();
+        self.write(move |c| {
+            if !exists(c, &owner)? {
+                return Err(StoreError::NotFound(owner));
+            }
+            let mut s = c.prepare_cached(
+                "INSERT INTO blocklist (owner, jid) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+            )?;
+            for j in &jids {
+                s.execute(params![owner, j])?;
+            }
+            Ok(())
+        })
+    }
+
+    fn unblock(&self, owner: &str, jids: &[String]) -> Result<()> {
+        let owner = owner.to_owned();
+        let jids = jids.to_vec();
+        self.write(move |c| {
+            let mut s = c.prepare_cached("DELETE FROM blocklist WHERE owner = ?1 AND jid = ?2")?;
+            for j in &jids {
+                s.execute(params![owner, j])?;
+            }
+            Ok(())
+        })
+    }
+
+    fn unblock_all(&self, owner: &str) -> Result<()> {
+        let owner = owner.to_owned();
+        self.write(move |c| {
+            c.execute("DELETE FROM blocklist WHERE owner = ?1", [&owner])?;
+            Ok(())
+        })
     }
 }
 

@@ -6,6 +6,7 @@ use crate::{
     AccountStore, Credentials, MemoryStore, OfflineStore, RosterItem, RosterStore, ScramSecret,
     SqliteStore, Store, StoreError, Subscription,
 };
+use crate::{PepItem, PepNodeConfig};
 
 fn secret(tag: u8) -> ScramSecret {
     ScramSecret {
@@ -271,6 +272,47 @@ pub fn removal_cascades(s: &impl Store) {
     assert!(s.roster_set(o, &item("e@y.example")).unwrap() > ver);
 }
 
+pub fn blocking(s: &impl Store) {
+    let o = "owner@x.example";
+    let v = |l: &[&str]| l.iter().map(|j| j.to_string()).collect::<Vec<_>>();
+    assert!(matches!(
+        s.block(o, &v(&["a@y.example"])),
+        Err(StoreError::NotFound(_))
+    ));
+    s.create_account(o, &creds(1)).unwrap();
+    assert!(s.blocklist(o).unwrap().is_empty());
+    s.block(o, &v(&["b@y.example", "a@y.example", "spam.example"]))
+        .unwrap();
+    // Blocking again keeps one entry.
+    s.block(o, &v(&["a@y.example", "c@y.example/phone"]))
+        .unwrap();
+    assert_eq!(
+        s.blocklist(o).unwrap(),
+        v(&[
+            "a@y.example",
+            "b@y.example",
+            "c@y.example/phone",
+            "spam.example"
+        ])
+    );
+    s.unblock(o, &v(&["a@y.example", "never@y.example"]))
+        .unwrap();
+    assert_eq!(
+        s.blocklist(o).unwrap(),
+        v(&["b@y.example", "c@y.example/phone", "spam.example"])
+    );
+    // Another owner's list is separate.
+    s.create_account("other@x.example", &creds(2)).unwrap();
+    s.block("other@x.example", &v(&["z@y.example"])).unwrap();
+    s.unblock_all(o).unwrap();
+    assert!(s.blocklist(o).unwrap().is_empty());
+    assert_eq!(s.blocklist("other@x.example").unwrap(), v(&["z@y.example"]));
+    // Removing the account drops its list; a re-created account starts empty.
+    s.remove_account("other@x.example").unwrap();
+    s.create_account("other@x.example", &creds(2)).unwrap();
+    assert!(s.blocklist("other@x.example").unwrap().is_empty());
+}
+
 pub fn concurrent_writers<S: Store>(s: Arc<S>) {
     const THREADS: usize = 16;
     const PER_THREAD: usize = 50;
@@ -328,6 +370,114 @@ pub fn concurrent_writers<S: Store>(s: Arc<S>) {
     assert_eq!(s.offline_count(q).unwrap(), 37);
 }
 
+fn pep_item(id: &str, stamp_ms: i64) -> PepItem {
+    PepItem {
+        id: id.to_owned(),
+        payload: format!("<bundle xmlns='urn:xmpp:omemo:2'>{id}</bundle>"),
+        stamp_ms,
+    }
+}
+
+fn ids(v: &[PepItem]) -> Vec<&str> {
+    v.iter().map(|i| i.id.as_str()).collect()
+}
+
+pub fn pep(s: &impl Store) {
+    let a = "a@x.example";
+    let open_max = PepNodeConfig {
+        access_model: "open".into(),
+        max_items: None,
+        persist_items: true,
+    };
+    assert!(matches!(
+        s.pep_configure(a, "n", &open_max, 10, 100),
+        Err(StoreError::NotFound(_))
+    ));
+    s.create_account(a, &creds(1)).unwrap();
+    assert_eq!(s.pep_node(a, "n").unwrap(), None);
+    assert!(matches!(
+        s.pep_publish(a, "n", &pep_item("1", 1), 5),
+        Err(StoreError::NotFound(_))
+    ));
+    s.pep_configure(a, "n", &open_max, 10, 100).unwrap();
+    assert_eq!(s.pep_node(a, "n").unwrap(), Some(open_max.clone()));
+    for (i, id) in ["1", "2", "3"].iter().enumerate() {
+        s.pep_publish(a, "n", &pep_item(id, i as i64), 100).unwrap();
+    }
+    // Republishing an id makes it the newest.
+    s.pep_publish(a, "n", &pep_item("1", 9), 100).unwrap();
+    let all = s.pep_items(a, "n", None, None).unwrap();
+    assert_eq!(ids(&all), ["2", "3", "1"]);
+    assert_eq!(all[2], pep_item("1", 9));
+    assert_eq!(
+        ids(&s.pep_items(a, "n", None, Some(2)).unwrap()),
+        ["3", "1"]
+    );
+    let want = vec!["3".to_owned(), "nope".to_owned()];
+    assert_eq!(ids(&s.pep_items(a, "n", Some(&want), None).unwrap()), ["3"]);
+    // Publishing beyond the limit drops the oldest.
+    s.pep_publish(a, "n", &pep_item("4", 10), 3).unwrap();
+    assert_eq!(
+        ids(&s.pep_items(a, "n", None, None).unwrap()),
+        ["3", "1", "4"]
+    );
+    // Reconfiguring to fewer items prunes.
+    let one = PepNodeConfig::default();
+    s.pep_configure(a, "n", &one, 10, 100).unwrap();
+    assert_eq!(s.pep_node(a, "n").unwrap(), Some(one));
+    assert_eq!(ids(&s.pep_items(a, "n", None, None).unwrap()), ["4"]);
+    assert!(s.pep_retract(a, "n", "4").unwrap());
+    assert!(!s.pep_retract(a, "n", "4").unwrap());
+    assert!(s.pep_items(a, "n", None, None).unwrap().is_empty());
+
+    // Node quota.
+    s.pep_configure(a, "m", &open_max, 2, 100).unwrap();
+    assert!(matches!(
+        s.pep_configure(a, "o", &open_max, 2, 100),
+        Err(StoreError::QuotaExceeded { limit: 2, .. })
+    ));
+    // Reconfiguring an existing node is not a new node.
+    s.pep_configure(a, "m", &open_max, 2, 100).unwrap();
+    assert_eq!(s.pep_nodes(a).unwrap(), ["m", "n"]);
+    s.pep_publish(a, "m", &pep_item("x", 1), 100).unwrap();
+    assert!(s.pep_delete_node(a, "m").unwrap());
+    assert!(!s.pep_delete_node(a, "m").unwrap());
+    assert_eq!(s.pep_node(a, "m").unwrap(), None);
+    // A re-created node starts empty.
+    s.pep_configure(a, "m", &open_max, 2, 100).unwrap();
+    assert!(s.pep_items(a, "m", None, None).unwrap().is_empty());
+    assert!(s.pep_nodes("b@x.example").unwrap().is_empty());
+
+    // vCards.
+    assert_eq!(s.vcard(a).unwrap(), None);
+    assert!(matches!(
+        s.set_vcard("b@x.example", Some("<vCard/>")),
+        Err(StoreError::NotFound(_))
+    ));
+    s.set_vcard(a, Some("<vCard xmlns='vcard-temp'><FN>A</FN></vCard>"))
+        .unwrap();
+    assert_eq!(
+        s.vcard(a).unwrap().as_deref(),
+        Some("<vCard xmlns='vcard-temp'><FN>A</FN></vCard>")
+    );
+    s.set_vcard(a, Some("<vCard xmlns='vcard-temp'/>")).unwrap();
+    assert_eq!(
+        s.vcard(a).unwrap().as_deref(),
+        Some("<vCard xmlns='vcard-temp'/>")
+    );
+    s.set_vcard(a, None).unwrap();
+    assert_eq!(s.vcard(a).unwrap(), None);
+
+    // Account removal takes the nodes, items and vCard along.
+    s.pep_publish(a, "m", &pep_item("y", 1), 100).unwrap();
+    s.set_vcard(a, Some("<vCard xmlns='vcard-temp'/>")).unwrap();
+    s.remove_account(a).unwrap();
+    s.create_account(a, &creds(1)).unwrap();
+    assert!(s.pep_nodes(a).unwrap().is_empty());
+    assert!(s.pep_items(a, "m", None, None).unwrap().is_empty());
+    assert_eq!(s.vcard(a).unwrap(), None);
+}
+
 macro_rules! suite {
     ($modname:ident, $make:expr) => {
         mod $modname {
@@ -359,9 +509,19 @@ macro_rules! suite {
                 super::removal_cascades(&s);
             }
             #[test]
+            fn pep() {
+                let (s, _guard) = $make;
+                super::pep(&s);
+            }
+            #[test]
             fn concurrent_writers() {
                 let (s, _guard) = $make;
                 super::concurrent_writers(Arc::new(s));
+            }
+            #[test]
+            fn blocking() {
+                let (s, _guard) = $make;
+                super::blocking(&s);
             }
         }
     };

@@ -1,0 +1,87 @@
+//! Personal eventing (XEP-0163 over XEP-0060) nodes and items, and vCards (XEP-0054).
+
+use crate::Result;
+
+/// The configuration of one PEP node that the server acts on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PepNodeConfig {
+    /// `open`, `presence` or `whitelist` (XEP-0060 §4.5).
+    pub access_model: String,
+    /// Most items kept; `None` = "max" (the server's own limit).
+    pub max_items: Option<u32>,
+    pub persist_items: bool,
+}
+
+impl Default for PepNodeConfig {
+    /// The PEP defaults (XEP-0163 §7.1.1.1): presence access, one item.
+    fn default() -> Self {
+        PepNodeConfig {
+            access_model: "presence".into(),
+            max_items: Some(1),
+            persist_items: true,
+        }
+    }
+}
+
+/// One published item.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PepItem {
+    pub id: String,
+    /// Canonical XML of the payload element (may be empty).
+    pub payload: String,
+    /// Unix milliseconds of the publication.
+    pub stamp_ms: i64,
+}
+
+/// PEP nodes of accounts. Items of a node are ordered by publication: publishing an id
+/// that exists replaces it and makes it the newest.
+pub trait PepStore {
+    /// The node's configuration, `None` if it does not exist.
+    fn pep_node(&self, owner: &str, node: &str) -> Result<Option<PepNodeConfig>>;
+    /// The owner's node names, sorted.
+    fn pep_nodes(&self, owner: &str) -> Result<Vec<String>>;
+    /// Creates a node, or reconfigures it if it exists (dropping the oldest items beyond
+    /// `config.max_items`, or beyond `limit_items` for "max").
+    /// [`crate::StoreError::NotFound`] if `owner` is not an account,
+    /// [`crate::StoreError::QuotaExceeded`] if a new node would exceed `max_nodes`.
+    fn pep_configure(
+        &self,
+        owner: &str,
+        node: &str,
+        config: &PepNodeConfig,
+        max_nodes: usize,
+        limit_items: usize,
+    ) -> Result<()>;
+    /// Deletes a node with its items; false if there was none.
+    fn pep_delete_node(&self, owner: &str, node: &str) -> Result<bool>;
+    /// Stores an item in an existing node as its newest, then keeps only the newest `keep`.
+    /// [`crate::StoreError::NotFound`] if the node does not exist.
+    fn pep_publish(&self, owner: &str, node: &str, item: &PepItem, keep: usize) -> Result<()>;
+    /// Items oldest first: those with the given ids (unknown ids skipped) or all; with
+    /// `max`, only the newest `max` of them.
+    fn pep_items(
+        &self,
+        owner: &str,
+        node: &str,
+        ids: Option<&[String]>,
+        max: Option<usize>,
+    ) -> Result<Vec<PepItem>>;
+    /// Removes one item; false if it was not there.
+    fn pep_retract(&self, owner: &str, node: &str, id: &str) -> Result<bool>;
+}
+
+/// vcard-temp (XEP-0054) documents.
+pub trait VcardStore {
+    /// The stored `<vCard/>` XML, if any.
+    fn vcard(&self, owner: &str) -> Result<Option<String>>;
+    /// Replaces (or with `None` removes) the vCard.
+    /// [`crate::StoreError::NotFound`] if `owner` is not an account.
+    fn set_vcard(&self, owner: &str, vcard: Option<&str>) -> Result<()>;
+}
+
+/// The item limit of a node.
+pub fn effective_max(config: &PepNodeConfig, limit_items: usize) -> usize {
+    config
+        .max_items
+        .map_or(limit_items, |m| (m as usize).min(limit_items))
+}
