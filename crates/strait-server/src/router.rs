@@ -57,6 +57,10 @@ pub struct Resource {
     pub priority: i8,
     /// Whether this resource fetched the roster, and so gets roster pushes (RFC 6121 §2.1.6).
     pub interested: bool,
+    /// Whether this resource enabled message carbons (XEP-0280).
+    pub carbons: bool,
+    /// Whether this resource fetched the block list, and so gets block pushes (XEP-0191).
+    pub blocklist_interested: bool,
 }
 
 impl Resource {
@@ -89,7 +93,13 @@ pub enum BindError {
 #[derive(Default)]
 pub struct Router {
     sessions: RwLock<HashMap<String, Vec<Resource>>>,
+    /// Block lists (XEP-0191) of accounts with bound sessions, so that routing does not read
+    /// the store for every stanza. Dropped when the account's last session unbinds.
+    blocklists: RwLock<HashMap<String, Arc<BlockList>>>,
 }
+
+/// An account's blocked JIDs (bare, full, domain or domain/resource).
+pub type BlockList = std::collections::HashSet<String>;
 
 impl Router {
     pub fn new() -> Self {
@@ -132,6 +142,8 @@ impl Router {
             presence: None,
             priority: 0,
             interested: false,
+            carbons: false,
+            blocklist_interested: false,
         });
         Ok(full)
     }
@@ -144,7 +156,52 @@ impl Router {
             list.retain(|r| !(r.resource == resource && r.conn_id == conn_id));
             if list.is_empty() {
                 map.remove(bare);
+                self.blocklists.write().expect("router lock").remove(bare);
             }
+        }
+    }
+
+    /// Changes per-resource state (e.g. the carbons flag) of a binding that still belongs to
+    /// connection `conn_id`; false if there is no such binding.
+    pub fn update(
+        &self,
+        bare: &str,
+        resource: &str,
+        conn_id: u64,
+        f: impl FnOnce(&mut Resource),
+    ) -> bool {
+        let mut map = self.sessions.write().expect("router lock");
+        match map.get_mut(bare).and_then(|l| {
+            l.iter_mut()
+                .find(|r| r.resource == resource && r.conn_id == conn_id)
+        }) {
+            Some(r) => {
+                f(r);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The cached block list of an account, if it is cached.
+    pub fn cached_blocklist(&self, bare: &str) -> Option<Arc<BlockList>> {
+        self.blocklists
+            .read()
+            .expect("router lock")
+            .get(bare)
+            .cloned()
+    }
+
+    /// Caches an account's block list, only while it has bound sessions.
+    pub fn cache_blocklist(&self, bare: &str, list: Arc<BlockList>) {
+        let map = self.sessions.read().expect("router lock");
+        if map.contains_key(bare) {
+            self.blocklists
+                .write()
+                .expect("router lock")
+                .insert(bare.to_owned(), list);
+        } else {
+            self.blocklists.write().expect("router lock").remove(bare);
         }
     }
 

@@ -96,7 +96,10 @@ fn c2s_config(state: &ServerState) -> C2sConfig {
         require_tls: true,
         mechanisms_secure: secure,
         mechanisms_insecure: Vec::new(),
-        extra_features: vec!["<ver xmlns='urn:xmpp:features:rosterver'/>".into()],
+        extra_features: vec![
+            "<ver xmlns='urn:xmpp:features:rosterver'/>".into(),
+            crate::features::csi::FEATURE.into(),
+        ],
         max_sasl_attempts: 3,
     }
 }
@@ -227,7 +230,7 @@ impl Connection {
                     ));
                 }
                 msg = self.rx.recv() => match msg {
-                    Some(Outbound::Stanza(s)) => s.write_xml(&mut self.out, ns::CLIENT),
+                    Some(Outbound::Stanza(s)) => self.outbound(*s),
                     Some(Outbound::Close(e)) => self.close_with(e),
                     None => {}
                 },
@@ -390,6 +393,18 @@ impl Connection {
                 err.error_type = strait_wire::ErrorType::Wait;
                 Err(err)
             }
+        }
+    }
+
+    /// A stanza the router queued for this client: written now, or held while the client is
+    /// inactive (XEP-0352).
+    fn outbound(&mut self, stanza: Stanza) {
+        let now = match self.session.as_mut() {
+            Some(session) => session.csi.offer(stanza),
+            None => vec![stanza],
+        };
+        for s in now {
+            s.write_xml(&mut self.out, ns::CLIENT);
         }
     }
 

@@ -28,6 +28,8 @@ pub struct Session {
     /// Offline messages written to the client; deleted from the store once flushed.
     offline_written: Vec<i64>,
     offline_unflushed: Vec<i64>,
+    /// Client State Indication (XEP-0352): what is held back while the client is inactive.
+    pub(crate) csi: features::csi::Csi,
 }
 
 impl Session {
@@ -49,6 +51,7 @@ impl Session {
             replies: Vec::new(),
             offline_written: Vec::new(),
             offline_unflushed: Vec::new(),
+            csi: features::csi::Csi::default(),
         }
     }
 
@@ -93,6 +96,17 @@ impl Session {
 
     /// Handles one stanza from the client.
     pub async fn handle(&mut self, mut stanza: Stanza) -> Result<(), StreamError> {
+        if matches!(stanza.kind, StanzaKind::Other) && stanza.ns == features::csi::NS {
+            match stanza.name.as_str() {
+                "active" => {
+                    let held = self.csi.set_active();
+                    self.replies.extend(held);
+                }
+                "inactive" => self.csi.set_inactive(),
+                _ => {}
+            }
+            return Ok(());
+        }
         if matches!(stanza.kind, StanzaKind::Other) {
             return Err(StreamError::with_text(
                 StreamErrorCondition::UnsupportedStanzaType,

@@ -32,11 +32,17 @@ pub fn to_available(state: &ServerState, bare: &str, stanza: &Stanza, readdress:
 
 /// Sends a message to the resources a bare-JID message goes to (RFC 6121 §8.5.2.1.1).
 pub fn message_to_bare(state: &ServerState, bare: &str, stanza: &Stanza) -> usize {
+    message_to_bare_resources(state, bare, stanza).len()
+}
+
+/// [`message_to_bare`], returning the resources that took the message.
+pub fn message_to_bare_resources(state: &ServerState, bare: &str, stanza: &Stanza) -> Vec<String> {
     let resources = state.router.resources(bare);
     message_targets(&resources)
         .into_iter()
         .filter(|r| r.send(stanza.clone()))
-        .count()
+        .map(|r| r.resource.clone())
+        .collect()
 }
 
 /// Whether `bare` is an account here: bound sessions prove it without a store read.

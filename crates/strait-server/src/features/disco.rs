@@ -16,10 +16,13 @@ pub const SERVER_FEATURES: &[&str] = &[
     "urn:xmpp:delay",
     "jabber:iq:roster",
     "urn:xmpp:features:rosterver",
+    super::vcard::NS,
+    super::carbons::NS,
+    super::blocking::NS,
 ];
 
 /// Features an account advertises on its bare JID.
-pub const ACCOUNT_FEATURES: &[&str] = &[INFO, ITEMS];
+pub const ACCOUNT_FEATURES: &[&str] = &[INFO, ITEMS, super::stanza_id::NS];
 
 pub fn info(category: &str, type_: &str, name: Option<&str>, features: &[&str]) -> String {
     let mut x = format!(
@@ -43,7 +46,14 @@ pub fn server_info() -> String {
 }
 
 pub fn account_info() -> String {
-    info("account", "registered", None, ACCOUNT_FEATURES)
+    let mut features: Vec<&str> = ACCOUNT_FEATURES.to_vec();
+    features.extend_from_slice(super::pep::FEATURES);
+    // An account is also its own PEP service (XEP-0163 §1).
+    info("account", "registered", None, &features).replacen(
+        "/>",
+        "/><identity category='pubsub' type='pep'/>",
+        1,
+    )
 }
 
 pub fn empty_items() -> String {

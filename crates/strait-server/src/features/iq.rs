@@ -1,7 +1,7 @@
 //! IQ handling (RFC 6120 §8.2.3, RFC 6121 §8.5): answered by the server for itself and on
 //! behalf of accounts, routed to full JIDs, and always answered when a request cannot be.
 
-use super::{delivery, disco, iq_result, ping, roster};
+use super::{blocking, carbons, delivery, disco, iq_result, ping, roster};
 use crate::c2s::session::Session;
 use strait_wire::{Stanza, StanzaError, StanzaErrorCondition};
 
@@ -38,9 +38,18 @@ pub async fn from_client(s: &mut Session, stanza: Stanza, to: Option<jid::Jid>) 
         // No `to`: the server answers on behalf of the account (RFC 6120 §10.3.3).
         if request {
             account_request(s, &stanza, true).await;
+        } else {
+            super::caps::on_iq_response(s, &stanza).await;
         }
         return;
     };
+    // XEP-0191: nothing goes to a JID the user blocked.
+    if to.node().is_some()
+        && to.to_bare().to_string() != s.bare
+        && blocking::outbound_refused(s, &stanza, &to.to_string()).await
+    {
+        return;
+    }
     let domain = to.domain().as_str().to_owned();
     if !s.state.is_local_domain(&domain) {
         if request {
@@ -49,10 +58,22 @@ pub async fn from_client(s: &mut Session, stanza: Stanza, to: Option<jid::Jid>) 
         return;
     }
     let bare = to.to_bare().to_string();
+    // XEP-0191 §3.5: a blocked sender's requests are answered as if the account were not there.
+    if to.node().is_some() && bare != s.bare && blocking::blocks(&s.state, &bare, &s.full).await {
+        if request {
+            s.reply_error(
+                &stanza,
+                StanzaError::new(StanzaErrorCondition::ServiceUnavailable),
+            );
+        }
+        return;
+    }
     match (to.node(), to.resource()) {
         (None, None) => {
             if request {
                 server_request(s, &stanza).await;
+            } else {
+                super::caps::on_iq_response(s, &stanza).await;
             }
         }
         (None, Some(_)) => {
@@ -117,7 +138,9 @@ async fn server_request(s: &mut Session, stanza: &Stanza) {
         (disco::VERSION, "query", true) => s.reply(iq_result(stanza, Some(&disco::version()))),
         // The legacy session establishment (RFC 3921), still sent by some clients.
         (SESSION_NS, "session", false) => s.reply(iq_result(stanza, None)),
+        (super::vcard::NS, "vCard", _) => super::vcard::server_vcard(s, stanza),
         (roster::NS, "query", _) => roster::handle(s, stanza, &p).await,
+        (carbons::NS, _, false) => carbons::handle(s, stanza, &p),
         _ => s.reply_error(
             stanza,
             StanzaError::new(StanzaErrorCondition::ServiceUnavailable),
@@ -139,14 +162,22 @@ async fn account_request(s: &mut Session, stanza: &Stanza, own: bool) {
         (disco::INFO, "query", true, _) if !has_node => {
             s.reply(iq_result(stanza, Some(&disco::account_info())))
         }
-        (disco::ITEMS, "query", true, _) if !has_node => {
-            s.reply(iq_result(stanza, Some(&disco::empty_items())))
+        (disco::ITEMS, "query", true, _) if !has_node => super::pep::disco_items(s, stanza).await,
+        (disco::INFO, "query", true, _) => {
+            let node = p.attr("node").unwrap_or_default().to_owned();
+            super::pep::disco_node_info(s, stanza, &node).await
         }
-        (disco::INFO | disco::ITEMS, "query", true, _) => {
+        (super::pep::NS | super::pep::NS_OWNER, "pubsub", _, _) => {
+            super::pep::handle(s, stanza, &p).await
+        }
+        (super::vcard::NS, "vCard", _, _) => super::vcard::handle(s, stanza, &p, own).await,
+        (disco::ITEMS, "query", true, _) => {
             s.reply_error(stanza, StanzaError::new(StanzaErrorCondition::ItemNotFound))
         }
         (ping::NS, "ping", true, true) => s.reply(iq_result(stanza, None)),
         (SESSION_NS, "session", false, true) => s.reply(iq_result(stanza, None)),
+        (carbons::NS, _, false, true) => carbons::handle(s, stanza, &p),
+        (blocking::NS, _, _, true) => blocking::handle(s, stanza, &p).await,
         _ => s.reply_error(
             stanza,
             StanzaError::new(StanzaErrorCondition::ServiceUnavailable),

@@ -1,13 +1,28 @@
 //! Message routing (RFC 6121 §5 and §8.5): to a bound resource, to the resources a bare JID
 //! reaches, or to offline storage; errors where RFC 6121 asks for them.
 
-use super::{delivery, offline};
+use super::{blocking, carbons, delivery, offline, stanza_id};
 use crate::c2s::session::Session;
 use crate::server::ServerState;
 use strait_wire::{Stanza, StanzaError, StanzaErrorCondition};
 
 /// A message from a client of this server.
-pub async fn from_client(s: &mut Session, stanza: Stanza, to: Option<jid::Jid>) {
+pub async fn from_client(s: &mut Session, mut stanza: Stanza, to: Option<jid::Jid>) {
+    // XEP-0280 §11: only the server builds carbon wrappers.
+    if carbons::is_forged(&stanza) {
+        s.reply_error(&stanza, carbons::forged_error());
+        return;
+    }
+    let copies = carbons::eligible(&stanza);
+    carbons::strip_private(&mut stanza);
+    // An id "by" the sender's own account is the server's to assign (XEP-0359 §3.3).
+    stanza_id::strip(&mut stanza, &s.bare);
+    if let Some(j) = &to
+        && j.to_bare().to_string() != s.bare
+        && blocking::outbound_refused(s, &stanza, &j.to_string()).await
+    {
+        return;
+    }
     // No `to`: addressed to the sender's own bare JID (RFC 6120 §10.3.1).
     let (node, domain, resource) = match &to {
         Some(j) => (
@@ -39,8 +54,12 @@ pub async fn from_client(s: &mut Session, stanza: Stanza, to: Option<jid::Jid>) 
         return;
     };
     let bare = format!("{node}@{domain}");
-    if let Err(e) = deliver_local(&s.state, &stanza, &bare, resource.as_deref()).await {
-        s.reply_error(&stanza, e);
+    match deliver_local_with(&s.state, &stanza, &bare, resource.as_deref(), copies).await {
+        Ok(()) if copies && bare != s.bare => {
+            carbons::send_sent(&s.state, &s.bare, &s.resource, &stanza)
+        }
+        Ok(()) => {}
+        Err(e) => s.reply_error(&stanza, e),
     }
 }
 
@@ -53,9 +72,40 @@ pub async fn deliver_local(
     bare: &str,
     resource: Option<&str>,
 ) -> Result<(), StanzaError> {
+    deliver_local_with(state, stanza, bare, resource, carbons::eligible(stanza)).await
+}
+
+/// [`deliver_local`], with `copies` saying whether the recipient's carbons-enabled
+/// resources get `<received/>` copies (XEP-0280). Refuses messages from JIDs the recipient
+/// blocked (XEP-0191) and stamps a XEP-0359 stanza id by the recipient.
+pub async fn deliver_local_with(
+    state: &ServerState,
+    stanza: &Stanza,
+    bare: &str,
+    resource: Option<&str>,
+    copies: bool,
+) -> Result<(), StanzaError> {
     let ty = stanza.type_.as_deref().unwrap_or("normal");
+    if let Some(from) = stanza.from.as_deref()
+        && from.split('/').next() != Some(bare)
+        && blocking::blocks(state, bare, from).await
+    {
+        return match ty {
+            "error" | "headline" | "groupchat" => Ok(()),
+            _ => Err(StanzaError::new(StanzaErrorCondition::ServiceUnavailable)),
+        };
+    }
+    let mut stamped = stanza.clone();
+    carbons::strip_private(&mut stamped);
+    if ty != "error" {
+        stanza_id::stamp(&mut stamped, bare);
+    }
+    let stanza = &stamped;
     if let Some(res) = resource {
         if delivery::to_full(state, bare, res, stanza.clone()) {
+            if copies {
+                carbons::send_received(state, bare, stanza, &[res.to_owned()]);
+            }
             return Ok(());
         }
         // §8.5.3.2.1: no such resource.
@@ -78,7 +128,11 @@ pub async fn deliver_local(
             Ok(())
         }
         _ => {
-            if delivery::message_to_bare(state, bare, stanza) > 0 {
+            let got = delivery::message_to_bare_resources(state, bare, stanza);
+            if copies {
+                carbons::send_received(state, bare, stanza, &got);
+            }
+            if !got.is_empty() {
                 Ok(())
             } else {
                 offline::store(state, bare, stanza).await

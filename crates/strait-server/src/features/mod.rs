@@ -2,14 +2,21 @@
 //! subscriptions (RFC 6121 §3-4), roster (RFC 6121 §2), IQ dispatch, disco (XEP-0030),
 //! ping (XEP-0199), offline storage (XEP-0160 with XEP-0203 delay stamps).
 
+pub mod blocking;
+pub mod caps;
+pub mod carbons;
+pub mod csi;
 pub mod delivery;
 pub mod disco;
 pub mod iq;
 pub mod message;
 pub mod offline;
+pub mod pep;
 pub mod ping;
 pub mod presence;
 pub mod roster;
+pub mod stanza_id;
+pub mod vcard;
 
 use strait_wire::{Stanza, StanzaError, escape_attr};
 

@@ -13,12 +13,33 @@ const HINTS: &str = "urn:xmpp:hints";
 /// Most stored messages written to a client in one go.
 const BATCH: usize = 500;
 
+/// Payloads that change what a conversation shows, stored even without a body so that a client
+/// coming back sees them: reactions (XEP-0444), retractions (XEP-0424, `:1` and the fastened
+/// `:0`), corrections (XEP-0308) and chat markers (XEP-0333).
+const CONVERSATION_PAYLOADS: &[(&str, &str)] = &[
+    ("urn:xmpp:reactions:0", "reactions"),
+    ("urn:xmpp:message-retract:1", "retract"),
+    ("urn:xmpp:message-retract:0", "retract"),
+    ("urn:xmpp:fasten:0", "apply-to"),
+    ("urn:xmpp:message-correct:0", "replace"),
+    ("urn:xmpp:chat-markers:0", "displayed"),
+    ("urn:xmpp:chat-markers:0", "received"),
+    ("urn:xmpp:chat-markers:0", "acknowledged"),
+];
+
 /// Whether a message is worth keeping for later (XEP-0160, XEP-0334): it has content a person
-/// reads (a body, an encrypted payload, a subject) or a receipt, and is not hinted away. Chat
-/// states and other transient notifications are not stored.
+/// reads (a body, an encrypted payload, a subject), a receipt, a reaction, retraction,
+/// correction or marker, or a `<store/>` hint, and is not hinted away. Chat states and other
+/// transient notifications are not stored.
 pub fn should_store(m: &Stanza) -> bool {
     if m.has_child(HINTS, "no-store") || m.has_child(HINTS, "no-permanent-store") {
         return false;
+    }
+    if CONVERSATION_PAYLOADS
+        .iter()
+        .any(|(n, name)| m.has_child(n, name))
+    {
+        return true;
     }
     m.has_child(ns::CLIENT, "body")
         || m.has_child(ns::CLIENT, "subject")
@@ -137,6 +158,24 @@ mod tests {
             "<body>x</body><no-store xmlns='urn:xmpp:hints'/>"
         )));
         assert!(should_store(&msg("<store xmlns='urn:xmpp:hints'/>")));
+        assert!(should_store(&msg(
+            "<reactions xmlns='urn:xmpp:reactions:0' id='m1'><reaction>👍</reaction></reactions>"
+        )));
+        assert!(should_store(&msg(
+            "<retract xmlns='urn:xmpp:message-retract:1' id='m1'/>"
+        )));
+        assert!(should_store(&msg(
+            "<apply-to xmlns='urn:xmpp:fasten:0' id='m1'><retract xmlns='urn:xmpp:message-retract:0'/></apply-to>"
+        )));
+        assert!(should_store(&msg(
+            "<received xmlns='urn:xmpp:receipts' id='m1'/>"
+        )));
+        assert!(should_store(&msg(
+            "<displayed xmlns='urn:xmpp:chat-markers:0' id='m1'/>"
+        )));
+        assert!(!should_store(&msg(
+            "<reactions xmlns='urn:xmpp:reactions:0' id='m1'/><no-store xmlns='urn:xmpp:hints'/>"
+        )));
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! from other servers.
 
 use super::roster::{is_hidden, item_or_new, save_and_push};
-use super::{delivery, offline};
+use super::{blocking, delivery, offline};
 use crate::c2s::session::Session;
 use crate::server::ServerState;
 use strait_store::Subscription;
@@ -15,6 +15,13 @@ use strait_wire::{Stanza, ns};
 /// A presence stanza from a client of this server.
 pub async fn from_client(s: &mut Session, stanza: Stanza, to: Option<jid::Jid>) {
     let ty = stanza.type_.clone();
+    // XEP-0191: presence to a JID the user blocked is dropped.
+    if let Some(j) = &to
+        && j.to_bare().to_string() != s.bare
+        && blocking::blocks(&s.state, &s.bare, &j.to_string()).await
+    {
+        return;
+    }
     match (to, ty.as_deref()) {
         (None, None | Some("unavailable")) => broadcast(s, stanza).await,
         (None, _) => {} // a subscription or probe without a target means nothing
@@ -52,9 +59,15 @@ async fn broadcast(s: &mut Session, mut p: Stanza) {
         if available { Some(p.clone()) } else { None },
     );
     s.available = available;
+    // XEP-0115 caps of this resource; XEP-0163 last items when they first become known.
+    super::caps::on_presence(s, &p).await;
+    // XEP-0191: neither to contacts the user blocked nor to those who blocked the user.
+    let blocked = blocking::list(&s.state, &s.bare).await;
     for item in items
         .iter()
         .filter(|i| matches!(i.subscription, Subscription::From | Subscription::Both))
+        .filter(|i| !blocking::matches(&blocked, &i.jid))
+        .filter(|i| !blocking::blocks_if_online(&s.state, &i.jid, &s.full))
     {
         delivery::to_available(&s.state, &item.jid, &p, true);
     }
@@ -83,6 +96,9 @@ async fn broadcast(s: &mut Session, mut p: Stanza) {
         .filter(|i| matches!(i.subscription, Subscription::To | Subscription::Both))
         .map(|i| i.jid.clone())
         .collect();
+    watched.retain(|c| {
+        !blocking::matches(&blocked, c) && !blocking::blocks_if_online(&s.state, c, &s.full)
+    });
     watched.push(s.bare.clone());
     for contact in watched {
         for r in s.state.router.resources(&contact) {
@@ -136,6 +152,12 @@ async fn route_directed(state: &ServerState, p: Stanza, target: &str) {
         return; // no interop link yet: presence to other servers goes nowhere
     }
     let bare = j.to_bare().to_string();
+    if p.from
+        .as_deref()
+        .is_some_and(|from| blocking::blocks_if_online(state, &bare, from))
+    {
+        return; // XEP-0191 §3.5: presence from a blocked entity is dropped
+    }
     match j.resource() {
         Some(r) => {
             delivery::to_full(state, &bare, r.as_str(), p);
@@ -232,6 +254,9 @@ fn is_local_account_domain(state: &ServerState, bare: &str) -> bool {
 pub async fn inbound_subscribe(state: &ServerState, user: &str, contact: &str) {
     if !is_local_account_domain(state, contact) || !delivery::account_exists(state, contact).await {
         return;
+    }
+    if blocking::blocks(state, contact, user).await {
+        return; // XEP-0191 §3.5: a blocked entity's subscription request is dropped
     }
     let mut item = item_or_new(state, contact, user).await;
     if matches!(item.subscription, Subscription::From | Subscription::Both) {

@@ -1,0 +1,77 @@
+//! Unique and stable stanza ids (XEP-0359): every message the server delivers to or stores
+//! for an account carries `<stanza-id by='account'/>` with an id the server assigned, so that
+//! clients recognize a message they have already seen (offline redelivery, carbons, later
+//! the archive). An id claiming to be by the same entity but sent by a client is removed
+//! first (XEP-0359 §3.3); `<origin-id/>` is the client's and passes unchanged.
+
+use strait_wire::Stanza;
+
+pub const NS: &str = "urn:xmpp:sid:0";
+
+/// A fresh server-assigned id.
+pub fn new_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// Removes every `<stanza-id/>` whose `by` is `by` (or that has no readable `by`).
+pub fn strip(m: &mut Stanza, by: &str) {
+    let forged: Vec<std::ops::Range<usize>> = m
+        .children()
+        .iter()
+        .filter(|c| c.ns == NS && c.name == "stanza-id")
+        .filter(|c| {
+            m.inner_xml()[c.range.clone()]
+                .parse::<minidom::Element>()
+                .map(|el| el.attr("by").is_none_or(|b| b == by))
+                .unwrap_or(true)
+        })
+        .map(|c| c.range.clone())
+        .collect();
+    if !forged.is_empty() {
+        m.remove_children(|c| forged.contains(&c.range));
+    }
+}
+
+/// Strips ids claiming to be by `by`, then adds a fresh one by `by`; returns the id.
+pub fn stamp(m: &mut Stanza, by: &str) -> String {
+    strip(m, by);
+    let id = new_id();
+    m.push_child_xml(&format!(
+        "<stanza-id xmlns='{NS}'{}{}/>",
+        super::attr("id", &id),
+        super::attr("by", by)
+    ));
+    id
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::features::offline::parse_stored;
+
+    #[test]
+    fn forged_ids_by_the_account_are_replaced_others_kept() {
+        let mut m = parse_stored(
+            "<message to='b@x'><body>hi</body>\
+             <stanza-id xmlns='urn:xmpp:sid:0' id='evil' by='b@x'/>\
+             <stanza-id xmlns='urn:xmpp:sid:0' id='room' by='room@muc.x'/>\
+             <origin-id xmlns='urn:xmpp:sid:0' id='o1'/></message>",
+        )
+        .unwrap();
+        let id = stamp(&mut m, "b@x");
+        let xml = m.to_xml(strait_wire::ns::CLIENT);
+        assert!(!xml.contains("evil"), "{xml}");
+        assert!(xml.contains("id='room'"), "{xml}");
+        assert!(
+            xml.contains("<origin-id xmlns='urn:xmpp:sid:0' id='o1'/>"),
+            "{xml}"
+        );
+        assert!(
+            xml.contains(&format!(
+                "<stanza-id xmlns='urn:xmpp:sid:0' id='{id}' by='b@x'/>"
+            )),
+            "{xml}"
+        );
+        assert_ne!(new_id(), id);
+    }
+}
