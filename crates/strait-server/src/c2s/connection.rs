@@ -424,8 +424,27 @@ impl Connection {
 
     /// Ends the session: unbinds the resource and tells contacts it went away.
     async fn finish(&mut self) {
-        if let Some(mut s) = self.session.take() {
-            s.end().await;
+        let Some(mut s) = self.session.take() else {
+            return;
+        };
+        s.end().await;
+        // Messages routed to this resource that it never wrote (they raced with its end) go
+        // to the account's other resources or to offline storage, rather than being lost.
+        // Stanzas already written to the socket but never read need stream management.
+        self.rx.close();
+        while let Ok(out) = self.rx.try_recv() {
+            let Outbound::Stanza(stanza) = out else {
+                continue;
+            };
+            let ty = stanza.type_.as_deref().unwrap_or("normal");
+            if stanza.name != "message" || !matches!(ty, "chat" | "normal") {
+                continue;
+            }
+            if crate::features::delivery::message_to_bare(&self.state, &s.bare, &stanza) == 0
+                && let Err(e) = crate::features::offline::store(&self.state, &s.bare, &stanza).await
+            {
+                tracing::warn!(account = %s.bare, "a message for a closed session could not be stored: {e:?}");
+            }
         }
     }
 }
