@@ -12,6 +12,7 @@
 
 #![forbid(unsafe_code)]
 
+mod archive;
 mod blocking;
 mod memory;
 mod pep;
@@ -20,6 +21,7 @@ mod sqlite;
 #[cfg(test)]
 mod testsuite;
 
+pub use archive::{ArchivePage, ArchivePrefs, ArchiveQuery, ArchiveStore, ArchivedMessage};
 pub use blocking::BlockingStore;
 pub use memory::MemoryStore;
 pub use pep::{PepItem, PepNodeConfig, PepStore, VcardStore, effective_max};
@@ -122,8 +124,8 @@ pub trait AccountStore {
     /// Creates an account; `jid` is a normalized bare JID (`local@domain`).
     /// [`StoreError::AlreadyExists`] if it exists.
     fn create_account(&self, jid: &str, creds: &Credentials) -> Result<()>;
-    /// Removes an account with its roster, offline queue, PEP nodes, vCard and
-    /// block list.
+    /// Removes an account with its roster, offline queue, PEP nodes, vCard,
+    /// block list, message archive and archive preferences.
     /// [`StoreError::NotFound`] if it does not exist.
     ///
     /// The roster version counter of the JID is kept, so a re-created account
@@ -172,6 +174,7 @@ pub trait Store:
     + PepStore
     + VcardStore
     + BlockingStore
+    + ArchiveStore
     + Send
     + Sync
     + 'static

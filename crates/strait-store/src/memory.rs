@@ -24,6 +24,9 @@ struct Inner {
     vcards: HashMap<String, String>,
     /// owner → blocked JIDs (XEP-0191).
     blocklists: HashMap<String, std::collections::BTreeSet<String>>,
+    /// owner → archived messages in archive order (XEP-0313).
+    archives: HashMap<String, Vec<crate::ArchivedMessage>>,
+    archive_prefs: HashMap<String, crate::ArchivePrefs>,
 }
 
 /// In-memory store; everything is lost when it is dropped.
@@ -64,6 +67,8 @@ impl AccountStore for MemoryStore {
         g.pep.retain(|(o, _), _| o != jid);
         g.vcards.remove(jid);
         g.blocklists.remove(jid);
+        g.archives.remove(jid);
+        g.archive_prefs.remove(jid);
         Ok(())
     }
 
@@ -364,6 +369,58 @@ impl BlockingStore for MemoryStore {
 
     fn unblock_all(&self, owner: &str) -> Result<()> {
         self.lock().blocklists.remove(owner);
+        Ok(())
+    }
+}
+
+impl crate::ArchiveStore for MemoryStore {
+    fn archive_append(&self, owner: &str, msg: &crate::ArchivedMessage) -> Result<()> {
+        let mut g = self.lock();
+        if !g.accounts.contains_key(owner) {
+            return Err(StoreError::NotFound(owner.to_owned()));
+        }
+        let a = g.archives.entry(owner.to_owned()).or_default();
+        if a.iter().any(|m| m.id == msg.id) {
+            return Err(StoreError::AlreadyExists(msg.id.clone()));
+        }
+        a.push(msg.clone());
+        Ok(())
+    }
+
+    fn archive_query(
+        &self,
+        owner: &str,
+        q: &crate::ArchiveQuery,
+    ) -> Result<Option<crate::ArchivePage>> {
+        let g = self.lock();
+        let all = g.archives.get(owner).map(Vec::as_slice).unwrap_or(&[]);
+        Ok(crate::archive::page_of(all, q))
+    }
+
+    fn archive_count(&self, owner: &str) -> Result<usize> {
+        Ok(self.lock().archives.get(owner).map_or(0, Vec::len))
+    }
+
+    fn archive_clear(&self, owner: &str) -> Result<()> {
+        self.lock().archives.remove(owner);
+        Ok(())
+    }
+
+    fn archive_prefs(&self, owner: &str) -> Result<crate::ArchivePrefs> {
+        Ok(self
+            .lock()
+            .archive_prefs
+            .get(owner)
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    fn set_archive_prefs(&self, owner: &str, prefs: &crate::ArchivePrefs) -> Result<()> {
+        let mut g = self.lock();
+        if !g.accounts.contains_key(owner) {
+            return Err(StoreError::NotFound(owner.to_owned()));
+        }
+        g.archive_prefs.insert(owner.to_owned(), prefs.clone());
         Ok(())
     }
 }

@@ -123,6 +123,28 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (owner, jid)
     ) WITHOUT ROWID;
     ",
+    // 4: message archives and their preferences (XEP-0313). `seq` is the archive order;
+    // `id` the archive id clients page by.
+    "
+    CREATE TABLE archive (
+        seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+        owner      TEXT NOT NULL,
+        id         TEXT NOT NULL,
+        with_bare  TEXT NOT NULL,
+        with_full  TEXT NOT NULL,
+        stamp_ms   INTEGER NOT NULL,
+        stanza     TEXT NOT NULL
+    );
+    CREATE UNIQUE INDEX archive_by_id ON archive(owner, id);
+    CREATE INDEX archive_by_owner ON archive(owner, seq);
+    CREATE INDEX archive_by_with ON archive(owner, with_bare, seq);
+    CREATE TABLE archive_prefs (
+        owner         TEXT PRIMARY KEY NOT NULL,
+        default_mode  TEXT NOT NULL,
+        always_jids   TEXT NOT NULL,
+        never_jids    TEXT NOT NULL
+    );
+    ",
 ];
 
 /// A write request queued for the writer thread.
@@ -603,6 +625,8 @@ impl AccountStore for SqliteStore {
             c.execute("DELETE FROM pep_nodes WHERE owner = ?1", [&jid])?;
             c.execute("DELETE FROM vcards WHERE owner = ?1", [&jid])?;
             c.execute("DELETE FROM blocklist WHERE owner = ?1", [&jid])?;
+            c.execute("DELETE FROM archive WHERE owner = ?1", [&jid])?;
+            c.execute("DELETE FROM archive_prefs WHERE owner = ?1", [&jid])?;
             Ok(())
         })
     }
@@ -1081,3 +1105,215 @@ impl crate::BlockingStore for SqliteStore {
 }
 
 impl Store for SqliteStore {}
+
+/// The WHERE clause (without paging) and its parameters for an archive query.
+fn archive_filter(owner: &str, q: &crate::ArchiveQuery) -> (String, Vec<rusqlite::types::Value>) {
+    use rusqlite::types::Value;
+    let mut sql = "owner = ?1".to_owned();
+    let mut p = vec![Value::Text(owner.to_owned())];
+    if let Some(w) = &q.with {
+        p.push(Value::Text(w.clone()));
+        let col = if w.contains('/') {
+            "with_full"
+        } else {
+            "with_bare"
+        };
+        sql.push_str(&format!(" AND {col} = ?{}", p.len()));
+    }
+    if let Some(t) = q.start {
+        p.push(Value::Integer(t));
+        sql.push_str(&format!(" AND stamp_ms >= ?{}", p.len()));
+    }
+    if let Some(t) = q.end {
+        p.push(Value::Integer(t));
+        sql.push_str(&format!(" AND stamp_ms <= ?{}", p.len()));
+    }
+    (sql, p)
+}
+
+fn archive_seq(c: &Connection, owner: &str, id: &str) -> Result<Option<i64>> {
+    Ok(c.query_row(
+        "SELECT seq FROM archive WHERE owner = ?1 AND id = ?2",
+        params![owner, id],
+        |r| r.get(0),
+    )
+    .optional()?)
+}
+
+fn count_where(c: &Connection, filter: &str, p: &[rusqlite::types::Value]) -> Result<usize> {
+    let n: i64 = c.query_row(
+        &format!("SELECT COUNT(*) FROM archive WHERE {filter}"),
+        rusqlite::params_from_iter(p.iter()),
+        |r| r.get(0),
+    )?;
+    Ok(n as usize)
+}
+
+impl crate::ArchiveStore for SqliteStore {
+    fn archive_append(&self, owner: &str, msg: &crate::ArchivedMessage) -> Result<()> {
+        let owner = owner.to_owned();
+        let m = msg.clone();
+        self.write(move |c| {
+            if !exists(c, &owner)? {
+                return Err(StoreError::NotFound(owner));
+            }
+            if archive_seq(c, &owner, &m.id)?.is_some() {
+                return Err(StoreError::AlreadyExists(m.id));
+            }
+            c.prepare_cached(
+                "INSERT INTO archive (owner, id, with_bare, with_full, stamp_ms, stanza)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![
+                owner,
+                m.id,
+                m.with_bare,
+                m.with_full,
+                m.stamp_ms,
+                m.stanza
+            ])?;
+            Ok(())
+        })
+    }
+
+    fn archive_query(
+        &self,
+        owner: &str,
+        q: &crate::ArchiveQuery,
+    ) -> Result<Option<crate::ArchivePage>> {
+        use rusqlite::types::Value;
+        let owner = owner.to_owned();
+        let q = q.clone();
+        self.read(move |c| {
+            let lo = match &q.after_id {
+                Some(id) => match archive_seq(c, &owner, id)? {
+                    Some(s) => Some(s),
+                    None => return Ok(None),
+                },
+                None => None,
+            };
+            let hi = match &q.before_id {
+                Some(id) => match archive_seq(c, &owner, id)? {
+                    Some(s) => Some(s),
+                    None => return Ok(None),
+                },
+                None => None,
+            };
+            let (filter, params) = archive_filter(&owner, &q);
+            let count = count_where(c, &filter, &params)?;
+            let mut sql = filter.clone();
+            let mut p = params.clone();
+            if let Some(lo) = lo {
+                p.push(Value::Integer(lo));
+                sql.push_str(&format!(" AND seq > ?{}", p.len()));
+            }
+            if let Some(hi) = hi {
+                p.push(Value::Integer(hi));
+                sql.push_str(&format!(" AND seq < ?{}", p.len()));
+            }
+            let backward = q.from_end || q.before_id.is_some();
+            p.push(Value::Integer(q.max.min(i64::MAX as usize - 1) as i64 + 1));
+            let query = format!(
+                "SELECT seq, id, with_bare, with_full, stamp_ms, stanza FROM archive WHERE {sql}
+                 ORDER BY seq {} LIMIT ?{}",
+                if backward { "DESC" } else { "ASC" },
+                p.len()
+            );
+            let mut st = c.prepare(&query)?;
+            let mut rows = st
+                .query_map(rusqlite::params_from_iter(p.iter()), |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        crate::ArchivedMessage {
+                            id: r.get(1)?,
+                            with_bare: r.get(2)?,
+                            with_full: r.get(3)?,
+                            stamp_ms: r.get(4)?,
+                            stanza: r.get(5)?,
+                        },
+                    ))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let complete = rows.len() <= q.max;
+            rows.truncate(q.max);
+            if backward {
+                rows.reverse();
+            }
+            let first_index = match rows.first() {
+                Some((seq, _)) => {
+                    let mut p = params.clone();
+                    p.push(Value::Integer(*seq));
+                    count_where(c, &format!("{filter} AND seq < ?{}", p.len()), &p)?
+                }
+                None => 0,
+            };
+            Ok(Some(crate::ArchivePage {
+                messages: rows.into_iter().map(|(_, m)| m).collect(),
+                complete,
+                count,
+                first_index,
+            }))
+        })
+    }
+
+    fn archive_count(&self, owner: &str) -> Result<usize> {
+        let owner = owner.to_owned();
+        self.read(move |c| {
+            count_where(
+                c,
+                "owner = ?1",
+                &[rusqlite::types::Value::Text(owner.clone())],
+            )
+        })
+    }
+
+    fn archive_clear(&self, owner: &str) -> Result<()> {
+        let owner = owner.to_owned();
+        self.write(move |c| {
+            c.execute("DELETE FROM archive WHERE owner = ?1", [&owner])?;
+            Ok(())
+        })
+    }
+
+    fn archive_prefs(&self, owner: &str) -> Result<crate::ArchivePrefs> {
+        let owner = owner.to_owned();
+        self.read(move |c| {
+            let row = c
+                .query_row(
+                    "SELECT default_mode, always_jids, never_jids FROM archive_prefs WHERE owner = ?1",
+                    [&owner],
+                    |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)),
+                )
+                .optional()?;
+            let split = |s: &str| -> Vec<String> {
+                s.split('\n').filter(|j| !j.is_empty()).map(str::to_owned).collect()
+            };
+            Ok(match row {
+                Some((d, a, n)) => crate::ArchivePrefs {
+                    default: d,
+                    always: split(&a),
+                    never: split(&n),
+                },
+                None => crate::ArchivePrefs::default(),
+            })
+        })
+    }
+
+    fn set_archive_prefs(&self, owner: &str, prefs: &crate::ArchivePrefs) -> Result<()> {
+        let owner = owner.to_owned();
+        let p = prefs.clone();
+        self.write(move |c| {
+            if !exists(c, &owner)? {
+                return Err(StoreError::NotFound(owner));
+            }
+            c.execute(
+                "INSERT INTO archive_prefs (owner, default_mode, always_jids, never_jids)
+                 VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (owner) DO UPDATE SET default_mode = excluded.default_mode,
+                   always_jids = excluded.always_jids, never_jids = excluded.never_jids",
+                params![owner, p.default, p.always.join("\n"), p.never.join("\n")],
+            )?;
+            Ok(())
+        })
+    }
+}

@@ -478,6 +478,171 @@ pub fn pep(s: &impl Store) {
     assert_eq!(s.vcard(a).unwrap(), None);
 }
 
+fn archived(id: &str, with: &str, stamp_ms: i64) -> crate::ArchivedMessage {
+    crate::ArchivedMessage {
+        id: id.to_owned(),
+        with_bare: with.split('/').next().unwrap().to_owned(),
+        with_full: with.to_owned(),
+        stanza: format!("<message id='{id}'><body>{id}</body></message>"),
+        stamp_ms,
+    }
+}
+
+fn page_ids(p: &crate::ArchivePage) -> Vec<&str> {
+    p.messages.iter().map(|m| m.id.as_str()).collect()
+}
+
+pub fn archive(s: &impl Store) {
+    use crate::{ArchivePrefs, ArchiveQuery};
+    assert!(matches!(
+        s.archive_append("a@x.example", &archived("m0", "b@x.example", 0)),
+        Err(StoreError::NotFound(_))
+    ));
+    s.create_account("a@x.example", &creds(1)).unwrap();
+    s.create_account("c@x.example", &creds(2)).unwrap();
+    // m0..m9, alternating partners, stamps 100, 200, …
+    for i in 0..10 {
+        let with = if i % 2 == 0 {
+            "b@x.example/phone"
+        } else {
+            "d@y.example/pc"
+        };
+        s.archive_append(
+            "a@x.example",
+            &archived(&format!("m{i}"), with, 100 * (i + 1)),
+        )
+        .unwrap();
+    }
+    s.archive_append("c@x.example", &archived("c0", "a@x.example", 50))
+        .unwrap();
+    assert!(matches!(
+        s.archive_append("a@x.example", &archived("m3", "b@x.example", 0)),
+        Err(StoreError::AlreadyExists(_))
+    ));
+    assert_eq!(s.archive_count("a@x.example").unwrap(), 10);
+    let q = |f: &dyn Fn(&mut ArchiveQuery)| {
+        let mut q = ArchiveQuery {
+            max: 100,
+            ..Default::default()
+        };
+        f(&mut q);
+        s.archive_query("a@x.example", &q).unwrap()
+    };
+    let all = q(&|_| {}).unwrap();
+    assert_eq!(all.count, 10);
+    assert!(all.complete);
+    assert_eq!(all.messages[3], archived("m3", "d@y.example/pc", 400));
+    // Filters.
+    let b = q(&|q| q.with = Some("b@x.example".into())).unwrap();
+    assert_eq!(page_ids(&b), ["m0", "m2", "m4", "m6", "m8"]);
+    let full = q(&|q| q.with = Some("d@y.example/pc".into())).unwrap();
+    assert_eq!(page_ids(&full), ["m1", "m3", "m5", "m7", "m9"]);
+    assert!(
+        q(&|q| q.with = Some("d@y.example/other".into()))
+            .unwrap()
+            .messages
+            .is_empty()
+    );
+    let range = q(&|q| {
+        q.start = Some(300);
+        q.end = Some(500);
+    })
+    .unwrap();
+    assert_eq!(page_ids(&range), ["m2", "m3", "m4"]);
+    assert_eq!(range.count, 3);
+    // Forward paging: no gaps, no duplicates.
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let p = q(&|q| {
+            q.max = 3;
+            q.after_id = after.clone();
+        })
+        .unwrap();
+        assert_eq!(p.count, 10);
+        assert_eq!(p.first_index, seen.len());
+        seen.extend(p.messages.iter().map(|m| m.id.clone()));
+        after = p.messages.last().map(|m| m.id.clone());
+        if p.complete {
+            break;
+        }
+    }
+    assert_eq!(seen, (0..10).map(|i| format!("m{i}")).collect::<Vec<_>>());
+    // Backward paging from the end, with a filter.
+    let last = q(&|q| {
+        q.max = 2;
+        q.from_end = true;
+        q.with = Some("b@x.example".into());
+    })
+    .unwrap();
+    assert_eq!(page_ids(&last), ["m6", "m8"]);
+    assert!(!last.complete);
+    assert_eq!(last.first_index, 3);
+    let before = q(&|q| {
+        q.max = 2;
+        q.before_id = Some("m6".into());
+        q.with = Some("b@x.example".into());
+    })
+    .unwrap();
+    assert_eq!(page_ids(&before), ["m2", "m4"]);
+    let first = q(&|q| {
+        q.max = 2;
+        q.before_id = Some("m2".into());
+        q.with = Some("b@x.example".into());
+    })
+    .unwrap();
+    assert_eq!(page_ids(&first), ["m0"]);
+    assert!(first.complete);
+    // Both bounds; an unknown id.
+    let between = q(&|q| {
+        q.after_id = Some("m2".into());
+        q.before_id = Some("m5".into());
+    })
+    .unwrap();
+    assert_eq!(page_ids(&between), ["m3", "m4"]);
+    assert!(q(&|q| q.after_id = Some("nope".into())).is_none());
+    assert!(q(&|q| q.max = 0).unwrap().messages.is_empty());
+    // Other owners are separate.
+    assert!(
+        s.archive_query(
+            "c@x.example",
+            &ArchiveQuery {
+                max: 10,
+                after_id: Some("m1".into()),
+                ..Default::default()
+            }
+        )
+        .unwrap()
+        .is_none()
+    );
+    // Preferences.
+    assert_eq!(
+        s.archive_prefs("a@x.example").unwrap(),
+        ArchivePrefs::default()
+    );
+    let prefs = ArchivePrefs {
+        default: "roster".into(),
+        always: vec!["b@x.example".into(), "e@x.example".into()],
+        never: vec!["d@y.example".into()],
+    };
+    s.set_archive_prefs("a@x.example", &prefs).unwrap();
+    assert_eq!(s.archive_prefs("a@x.example").unwrap(), prefs);
+    assert!(s.set_archive_prefs("zz@x.example", &prefs).is_err());
+    // Clearing, and removal with the account.
+    s.archive_clear("c@x.example").unwrap();
+    assert_eq!(s.archive_count("c@x.example").unwrap(), 0);
+    s.remove_account("a@x.example").unwrap();
+    assert_eq!(s.archive_count("a@x.example").unwrap(), 0);
+    assert_eq!(
+        s.archive_prefs("a@x.example").unwrap(),
+        ArchivePrefs::default()
+    );
+    s.create_account("a@x.example", &creds(1)).unwrap();
+    // The old ids are gone: appending one again works.
+    s.archive_append("a@x.example", &archived("m3", "b@x.example", 0))
+        .unwrap();
+}
+
 macro_rules! suite {
     ($modname:ident, $make:expr) => {
         mod $modname {
@@ -522,6 +687,11 @@ macro_rules! suite {
             fn blocking() {
                 let (s, _guard) = $make;
                 super::blocking(&s);
+            }
+            #[test]
+            fn archive() {
+                let (s, _guard) = $make;
+                super::archive(&s);
             }
         }
     };

@@ -22,7 +22,7 @@ pub const SERVER_FEATURES: &[&str] = &[
 ];
 
 /// Features an account advertises on its bare JID.
-pub const ACCOUNT_FEATURES: &[&str] = &[INFO, ITEMS, super::stanza_id::NS];
+pub const ACCOUNT_FEATURES: &[&str] = &[INFO, ITEMS, super::stanza_id::NS, super::mam::NS];
 
 pub fn info(category: &str, type_: &str, name: Option<&str>, features: &[&str]) -> String {
     let mut x = format!(

@@ -178,6 +178,10 @@ async fn account_request(s: &mut Session, stanza: &Stanza, own: bool) {
         (SESSION_NS, "session", false, true) => s.reply(iq_result(stanza, None)),
         (carbons::NS, _, false, true) => carbons::handle(s, stanza, &p),
         (blocking::NS, _, _, true) => blocking::handle(s, stanza, &p).await,
+        (super::mam::NS, _, _, true) => super::mam::handle(s, stanza, &p).await,
+        (super::mam::NS, _, _, false) => {
+            s.reply_error(stanza, StanzaError::new(StanzaErrorCondition::Forbidden))
+        }
         _ => s.reply_error(
             stanza,
             StanzaError::new(StanzaErrorCondition::ServiceUnavailable),

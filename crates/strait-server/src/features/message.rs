@@ -1,7 +1,7 @@
 //! Message routing (RFC 6121 §5 and §8.5): to a bound resource, to the resources a bare JID
 //! reaches, or to offline storage; errors where RFC 6121 asks for them.
 
-use super::{blocking, carbons, delivery, offline, stanza_id};
+use super::{blocking, carbons, delivery, mam, offline, stanza_id};
 use crate::c2s::session::Session;
 use crate::server::ServerState;
 use strait_wire::{Stanza, StanzaError, StanzaErrorCondition};
@@ -55,8 +55,20 @@ pub async fn from_client(s: &mut Session, mut stanza: Stanza, to: Option<jid::Ji
     };
     let bare = format!("{node}@{domain}");
     match deliver_local_with(&s.state, &stanza, &bare, resource.as_deref(), copies).await {
-        Ok(()) if copies && bare != s.bare => {
-            carbons::send_sent(&s.state, &s.bare, &s.resource, &stanza)
+        Ok(()) if bare != s.bare => {
+            // The sender's archive copy (XEP-0313) gets its own id, also on the carbon.
+            let mut sent = stanza;
+            if mam::archivable(&sent) {
+                let with = match &resource {
+                    Some(r) => format!("{bare}/{r}"),
+                    None => bare.clone(),
+                };
+                let id = stanza_id::stamp(&mut sent, &s.bare);
+                mam::archive(&s.state, &s.bare, &with, &id, &sent).await;
+            }
+            if copies {
+                carbons::send_sent(&s.state, &s.bare, &s.resource, &sent)
+            }
         }
         Ok(()) => {}
         Err(e) => s.reply_error(&stanza, e),
@@ -98,7 +110,12 @@ pub async fn deliver_local_with(
     let mut stamped = stanza.clone();
     carbons::strip_private(&mut stamped);
     if ty != "error" {
-        stanza_id::stamp(&mut stamped, bare);
+        let id = stanza_id::stamp(&mut stamped, bare);
+        // The recipient's archive copy (XEP-0313), under the stanza-id it gets; written before
+        // delivery so a client that saw the message finds it in the archive.
+        if let Some(from) = stamped.from.clone() {
+            mam::archive(state, bare, &from, &id, &stamped).await;
+        }
     }
     let stanza = &stamped;
     if let Some(res) = resource {

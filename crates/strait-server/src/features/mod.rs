@@ -9,6 +9,7 @@ pub mod csi;
 pub mod delivery;
 pub mod disco;
 pub mod iq;
+pub mod mam;
 pub mod message;
 pub mod offline;
 pub mod pep;

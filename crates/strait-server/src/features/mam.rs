@@ -1,0 +1,339 @@
+//! Message Archive Management (XEP-0313, `urn:xmpp:mam:2`): every account keeps an archive of
+//! the messages it sends and receives, queried with a data form (`with`, `start`, `end`) and
+//! paged with Result Set Management (XEP-0059). The archive id of a received message is the
+//! XEP-0359 stanza-id the recipient got; a sent message gets its own id, also put on the
+//! `<sent/>` carbon.
+
+use super::{attr, iq_result, now_ms, xep0082_stamp};
+use crate::c2s::session::Session;
+use crate::server::ServerState;
+use strait_store::{ArchivePrefs, ArchiveQuery, ArchivedMessage, StoreError};
+use strait_wire::{Stanza, StanzaError, StanzaErrorCondition, escape_text};
+
+pub const NS: &str = "urn:xmpp:mam:2";
+pub const NS_EXTENDED: &str = "urn:xmpp:mam:2#extended";
+const RSM: &str = "http://jabber.org/protocol/rsm";
+const DATA: &str = "jabber:x:data";
+/// Page size when the client gives none, and the most it may ask for.
+const DEFAULT_MAX: usize = 50;
+const MAX_MAX: usize = 100;
+
+/// Whether a message has content worth archiving: what offline storage keeps (bodies, OMEMO
+/// payloads, receipts, reactions, retractions, corrections, markers; not chat states, not
+/// hinted away), of type chat or normal.
+pub fn archivable(m: &Stanza) -> bool {
+    matches!(m.type_.as_deref().unwrap_or("normal"), "chat" | "normal")
+        && super::offline::should_store(m)
+}
+
+/// Whether `owner`'s preferences allow archiving a message with `with` (a bare JID).
+async fn allowed(state: &ServerState, owner: &str, with: &str) -> bool {
+    let o = owner.to_owned();
+    let prefs = match state.store(move |s| s.archive_prefs(&o)).await {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(account = owner, "reading archive preferences: {e}");
+            return true;
+        }
+    };
+    if prefs.never.iter().any(|j| j == with) {
+        return false;
+    }
+    if prefs.always.iter().any(|j| j == with) {
+        return true;
+    }
+    match prefs.default.as_str() {
+        "never" => false,
+        "roster" => {
+            let (o, w) = (owner.to_owned(), with.to_owned());
+            matches!(
+                state.store(move |s| s.roster_item(&o, &w)).await,
+                Ok(Some(_))
+            )
+        }
+        _ => true,
+    }
+}
+
+/// Archives `m` for `owner` under `id`, `with` being the partner's JID as addressed. Errors are
+/// logged: a message is never refused because it could not be archived.
+pub async fn archive(state: &ServerState, owner: &str, with: &str, id: &str, m: &Stanza) {
+    if !archivable(m) {
+        return;
+    }
+    let with_bare = with.split('/').next().unwrap_or(with).to_owned();
+    if !allowed(state, owner, &with_bare).await {
+        return;
+    }
+    let msg = ArchivedMessage {
+        id: id.to_owned(),
+        with_bare,
+        with_full: with.to_owned(),
+        stanza: m.to_xml(""),
+        stamp_ms: now_ms(),
+    };
+    let o = owner.to_owned();
+    match state.store(move |s| s.archive_append(&o, &msg)).await {
+        Ok(()) | Err(StoreError::NotFound(_)) => {}
+        Err(e) => tracing::error!(account = owner, "archiving a message: {e}"),
+    }
+}
+
+/// The IQs of `urn:xmpp:mam:2` on the user's own account.
+pub async fn handle(s: &mut Session, stanza: &Stanza, el: &minidom::Element) {
+    let get = stanza.type_.as_deref() == Some("get");
+    match (el.name(), get) {
+        ("query", true) => s.reply(iq_result(stanza, Some(&form(el.attr("queryid"))))),
+        ("query", false) => query(s, stanza, el).await,
+        ("prefs", true) => {
+            let o = s.bare.clone();
+            match s.state.store(move |st| st.archive_prefs(&o)).await {
+                Ok(p) => s.reply(iq_result(stanza, Some(&prefs_xml(&p)))),
+                Err(e) => internal(s, stanza, &e),
+            }
+        }
+        ("prefs", false) => {
+            let p = parse_prefs(el);
+            let (o, q) = (s.bare.clone(), p.clone());
+            match s.state.store(move |st| st.set_archive_prefs(&o, &q)).await {
+                Ok(()) => s.reply(iq_result(stanza, Some(&prefs_xml(&p)))),
+                Err(e) => internal(s, stanza, &e),
+            }
+        }
+        _ => s.reply_error(
+            stanza,
+            StanzaError::new(StanzaErrorCondition::FeatureNotImplemented),
+        ),
+    }
+}
+
+fn internal(s: &mut Session, stanza: &Stanza, e: &StoreError) {
+    tracing::error!(account = %s.bare, "message archive: {e}");
+    s.reply_error(
+        stanza,
+        StanzaError::new(StanzaErrorCondition::InternalServerError),
+    );
+}
+
+fn bad(s: &mut Session, stanza: &Stanza, text: &str) {
+    s.reply_error(
+        stanza,
+        StanzaError::with_text(StanzaErrorCondition::BadRequest, text),
+    );
+}
+
+/// The search form (XEP-0313 §4.1.1 form discovery).
+fn form(queryid: Option<&str>) -> String {
+    let q = queryid.map(|q| attr("queryid", q)).unwrap_or_default();
+    format!(
+        "<query xmlns='{NS}'{q}><x xmlns='{DATA}' type='form'>\
+         <field var='FORM_TYPE' type='hidden'><value>{NS}</value></field>\
+         <field var='with' type='jid-single'/>\
+         <field var='start' type='text-single'/>\
+         <field var='end' type='text-single'/>\
+         <field var='after-id' type='text-single'/>\
+         <field var='before-id' type='text-single'/>\
+         </x></query>"
+    )
+}
+
+fn parse_stamp(v: &str) -> Option<i64> {
+    let t = time::OffsetDateTime::parse(v.trim(), &time::format_description::well_known::Rfc3339)
+        .ok()?;
+    Some((t.unix_timestamp_nanos() / 1_000_000) as i64)
+}
+
+/// Reads the query's form and RSM set; `Err` is the text of a bad-request.
+fn parse_query(el: &minidom::Element) -> Result<ArchiveQuery, String> {
+    let mut q = ArchiveQuery {
+        max: DEFAULT_MAX,
+        ..Default::default()
+    };
+    if let Some(x) = el.get_child("x", DATA) {
+        for f in x.children().filter(|c| c.name() == "field") {
+            let var = f.attr("var").unwrap_or("");
+            let value = f
+                .children()
+                .find(|c| c.name() == "value")
+                .map(|v| v.text())
+                .unwrap_or_default();
+            let value = value.trim();
+            match var {
+                "FORM_TYPE" if value != NS => return Err(format!("unknown FORM_TYPE {value}")),
+                "FORM_TYPE" => {}
+                "with" => {
+                    let j: jid::Jid = value.parse().map_err(|_| "invalid with JID")?;
+                    q.with = Some(j.to_string());
+                }
+                "start" => q.start = Some(parse_stamp(value).ok_or("invalid start")?),
+                "end" => q.end = Some(parse_stamp(value).ok_or("invalid end")?),
+                "after-id" => q.after_id = Some(value.to_owned()),
+                "before-id" => q.before_id = Some(value.to_owned()),
+                other => return Err(format!("unknown field {other}")),
+            }
+        }
+    }
+    if let Some(set) = el.get_child("set", RSM) {
+        if let Some(m) = set.get_child("max", RSM) {
+            q.max = m.text().trim().parse().map_err(|_| "invalid max")?;
+        }
+        if let Some(a) = set.get_child("after", RSM) {
+            q.after_id = Some(a.text().trim().to_owned());
+        }
+        if let Some(b) = set.get_child("before", RSM) {
+            let b = b.text().trim().to_owned();
+            if b.is_empty() {
+                q.from_end = true;
+            } else {
+                q.before_id = Some(b);
+            }
+        }
+    }
+    q.max = q.max.min(MAX_MAX);
+    Ok(q)
+}
+
+async fn query(s: &mut Session, stanza: &Stanza, el: &minidom::Element) {
+    let q = match parse_query(el) {
+        Ok(q) => q,
+        Err(t) => return bad(s, stanza, &t),
+    };
+    let queryid = el.attr("queryid").map(str::to_owned);
+    let (o, qq) = (s.bare.clone(), q.clone());
+    let page = match s.state.store(move |st| st.archive_query(&o, &qq)).await {
+        Ok(Some(p)) => p,
+        Ok(None) => {
+            return s.reply_error(
+                stanza,
+                StanzaError::with_text(
+                    StanzaErrorCondition::ItemNotFound,
+                    "no message in the archive has that id",
+                ),
+            );
+        }
+        Err(e) => return internal(s, stanza, &e),
+    };
+    let qid = queryid
+        .as_deref()
+        .map(|q| attr("queryid", q))
+        .unwrap_or_default();
+    for m in &page.messages {
+        let mut w = super::server_stanza("message", None, &s.bare, &s.full, None);
+        let xml = format!(
+            "<result xmlns='{NS}'{qid}{}><forwarded xmlns='{}'>\
+             <delay xmlns='urn:xmpp:delay'{}/>{}</forwarded></result>",
+            attr("id", &m.id),
+            super::carbons::FORWARD,
+            attr("stamp", &xep0082_stamp(m.stamp_ms)),
+            m.stanza
+        );
+        match w.try_push_child_xml(&xml) {
+            Ok(()) => s.reply(w),
+            Err(e) => {
+                tracing::error!(account = %s.bare, id = %m.id, "unreadable archived message: {e}")
+            }
+        }
+    }
+    let mut set = format!("<set xmlns='{RSM}'>");
+    if let (Some(first), Some(last)) = (page.messages.first(), page.messages.last()) {
+        set.push_str(&format!(
+            "<first index='{}'>{}</first><last>{}</last>",
+            page.first_index,
+            escape_text(&first.id),
+            escape_text(&last.id)
+        ));
+    }
+    set.push_str(&format!("<count>{}</count></set>", page.count));
+    let fin = format!(
+        "<fin xmlns='{NS}'{qid} complete='{}'>{set}</fin>",
+        page.complete
+    );
+    s.reply(iq_result(stanza, Some(&fin)));
+}
+
+fn parse_prefs(el: &minidom::Element) -> ArchivePrefs {
+    let default = match el.attr("default") {
+        Some(d @ ("always" | "never" | "roster")) => d.to_owned(),
+        _ => "always".to_owned(),
+    };
+    let list = |name: &str| -> Vec<String> {
+        el.get_child(name, NS)
+            .map(|l| {
+                l.children()
+                    .filter(|c| c.name() == "jid")
+                    .filter_map(|c| c.text().trim().parse::<jid::Jid>().ok())
+                    .map(|j| j.to_bare().to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    ArchivePrefs {
+        default,
+        always: list("always"),
+        never: list("never"),
+    }
+}
+
+fn prefs_xml(p: &ArchivePrefs) -> String {
+    let list = |name: &str, v: &[String]| {
+        let mut x = format!("<{name}>");
+        for j in v {
+            x.push_str(&format!("<jid>{}</jid>", escape_text(j)));
+        }
+        x.push_str(&format!("</{name}>"));
+        x
+    };
+    format!(
+        "<prefs xmlns='{NS}'{}>{}{}</prefs>",
+        attr("default", &p.default),
+        list("always", &p.always),
+        list("never", &p.never)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::features::offline::parse_stored;
+
+    fn msg(attrs: &str, children: &str) -> Stanza {
+        parse_stored(&format!("<message to='b@x' {attrs}>{children}</message>")).unwrap()
+    }
+
+    #[test]
+    fn what_is_archived() {
+        assert!(archivable(&msg("type='chat'", "<body>hi</body>")));
+        assert!(archivable(&msg(
+            "type='chat'",
+            "<encrypted xmlns='urn:xmpp:omemo:2'/>"
+        )));
+        assert!(!archivable(&msg(
+            "type='chat'",
+            "<composing xmlns='http://jabber.org/protocol/chatstates'/>"
+        )));
+        assert!(!archivable(&msg("type='groupchat'", "<body>hi</body>")));
+        assert!(!archivable(&msg("type='headline'", "<body>hi</body>")));
+        assert!(!archivable(&msg("type='error'", "<body>hi</body>")));
+        assert!(!archivable(&msg(
+            "type='chat'",
+            "<body>hi</body><no-permanent-store xmlns='urn:xmpp:hints'/>"
+        )));
+    }
+
+    #[test]
+    fn query_parsing() {
+        let el: minidom::Element =
+            "<query xmlns='urn:xmpp:mam:2'><x xmlns='jabber:x:data' type='submit'>\
+            <field var='FORM_TYPE'><value>urn:xmpp:mam:2</value></field>\
+            <field var='with'><value>b@x</value></field>\
+            <field var='start'><value>2023-11-14T22:13:20Z</value></field></x>\
+            <set xmlns='http://jabber.org/protocol/rsm'><max>500</max><before/></set></query>"
+                .parse()
+                .unwrap();
+        let q = parse_query(&el).unwrap();
+        assert_eq!(q.with.as_deref(), Some("b@x"));
+        assert_eq!(q.start, Some(1_700_000_000_000));
+        assert_eq!(q.max, MAX_MAX);
+        assert!(q.from_end && q.before_id.is_none());
+    }
+}

@@ -1,0 +1,148 @@
+//! Message archives (XEP-0313): per account, the messages it sent and received, in the order
+//! the server archived them, each under a server-assigned id (the XEP-0359 stanza-id).
+
+use crate::Result;
+
+/// One archived message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ArchivedMessage {
+    /// The archive id (unique per owner), e.g. the XEP-0359 stanza-id.
+    pub id: String,
+    /// The conversation partner's bare JID.
+    pub with_bare: String,
+    /// The conversation partner's JID as addressed (full when known, else bare).
+    pub with_full: String,
+    /// Canonical XML of the message.
+    pub stanza: String,
+    /// Unix milliseconds when archived.
+    pub stamp_ms: i64,
+}
+
+/// Filters and paging of an archive query. Filters (`with`, `start`, `end`) select the
+/// messages; `after_id`/`before_id` and `max` select the page (XEP-0059).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ArchiveQuery {
+    /// A bare JID matches the partner's bare JID; a full JID (with `/`) the partner's full JID.
+    pub with: Option<String>,
+    /// Only messages archived at or after this time (Unix ms).
+    pub start: Option<i64>,
+    /// Only messages archived at or before this time (Unix ms).
+    pub end: Option<i64>,
+    /// Only messages archived after the one with this id.
+    pub after_id: Option<String>,
+    /// Only messages archived before the one with this id.
+    pub before_id: Option<String>,
+    /// Most messages returned.
+    pub max: usize,
+    /// Page from the end: the last `max` matching messages (RSM `<before/>`). Implied by
+    /// `before_id`.
+    pub from_end: bool,
+}
+
+/// One page of an archive query, always oldest first.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ArchivePage {
+    pub messages: Vec<ArchivedMessage>,
+    /// No matching message lies beyond the page in the paging direction.
+    pub complete: bool,
+    /// How many messages match the filters (ignoring paging).
+    pub count: usize,
+    /// Position of the first message of the page among all matching ones.
+    pub first_index: usize,
+}
+
+/// Per-account archiving preferences (XEP-0313 §6).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ArchivePrefs {
+    /// `always`, `never` or `roster`.
+    pub default: String,
+    /// Bare JIDs always archived.
+    pub always: Vec<String>,
+    /// Bare JIDs never archived.
+    pub never: Vec<String>,
+}
+
+impl Default for ArchivePrefs {
+    fn default() -> Self {
+        ArchivePrefs {
+            default: "always".into(),
+            always: Vec::new(),
+            never: Vec::new(),
+        }
+    }
+}
+
+/// Message archives.
+pub trait ArchiveStore {
+    /// Appends a message to `owner`'s archive.
+    /// [`crate::StoreError::NotFound`] if `owner` is not an account;
+    /// [`crate::StoreError::AlreadyExists`] if the id is already in the archive.
+    fn archive_append(&self, owner: &str, msg: &ArchivedMessage) -> Result<()>;
+    /// One page of matching messages; `None` if `after_id` or `before_id` is not in the
+    /// archive.
+    fn archive_query(&self, owner: &str, q: &ArchiveQuery) -> Result<Option<ArchivePage>>;
+    /// How many messages `owner`'s archive holds.
+    fn archive_count(&self, owner: &str) -> Result<usize>;
+    /// Deletes `owner`'s archive (the preferences are kept).
+    fn archive_clear(&self, owner: &str) -> Result<()>;
+    /// The stored preferences, or the defaults.
+    fn archive_prefs(&self, owner: &str) -> Result<ArchivePrefs>;
+    /// Replaces the preferences. [`crate::StoreError::NotFound`] if `owner` is not an account.
+    fn set_archive_prefs(&self, owner: &str, prefs: &ArchivePrefs) -> Result<()>;
+}
+
+/// Applies a query to an archive in order (for backends that page in memory). An
+/// `after_id`/`before_id` is looked up in the whole archive, not only among the matches.
+pub(crate) fn page_of(all: &[ArchivedMessage], q: &ArchiveQuery) -> Option<ArchivePage> {
+    let pos = |id: &str| all.iter().position(|m| m.id == id);
+    let lo = match &q.after_id {
+        Some(id) => pos(id)? + 1,
+        None => 0,
+    };
+    let hi = match &q.before_id {
+        Some(id) => pos(id)?,
+        None => all.len(),
+    };
+    let matching: Vec<(usize, &ArchivedMessage)> = all
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| matches(m, q))
+        .collect();
+    let count = matching.len();
+    let window: Vec<usize> = (0..count)
+        .filter(|&i| matching[i].0 >= lo && matching[i].0 < hi)
+        .collect();
+    let (a, b) = if q.from_end || q.before_id.is_some() {
+        (window.len().saturating_sub(q.max), window.len())
+    } else {
+        (0, q.max.min(window.len()))
+    };
+    let complete = if q.from_end || q.before_id.is_some() {
+        a == 0
+    } else {
+        b == window.len()
+    };
+    Some(ArchivePage {
+        messages: window[a..b]
+            .iter()
+            .map(|&i| matching[i].1.clone())
+            .collect(),
+        complete,
+        count,
+        first_index: window.get(a).copied().unwrap_or(0),
+    })
+}
+
+pub(crate) fn matches(m: &ArchivedMessage, q: &ArchiveQuery) -> bool {
+    if let Some(w) = &q.with {
+        let hit = if w.contains('/') {
+            &m.with_full == w
+        } else {
+            &m.with_bare == w
+        };
+        if !hit {
+            return false;
+        }
+    }
+    q.start.is_none_or(|s| m.stamp_ms >= s) && q.end.is_none_or(|e| m.stamp_ms <= e)
+}

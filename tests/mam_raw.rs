@@ -1,0 +1,306 @@
+//! Message Archive Management (XEP-0313) as raw bytes: what is archived, for whom, under which
+//! id, and how a client filters and pages the archive. Every wait is bounded (`common::WAIT`).
+
+use strait_tests::{RawClient, TestServer, between};
+
+const MAM: &str = "urn:xmpp:mam:2";
+
+fn stamp(t: time::OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap()
+}
+
+/// A MAM query with optional form fields and RSM set; returns (result ids, the final IQ).
+async fn mam_query(
+    c: &mut RawClient,
+    id: &str,
+    fields: &[(&str, &str)],
+    rsm: &str,
+) -> (Vec<String>, String, Vec<String>) {
+    c.ping(&format!("{id}-settle")).await;
+    c.buffer.clear();
+    let mut x = format!("<iq type='set' id='{id}'><query xmlns='{MAM}' queryid='q-{id}'>");
+    if !fields.is_empty() {
+        x.push_str(&format!(
+            "<x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE' type='hidden'><value>{MAM}</value></field>"
+        ));
+        for (var, value) in fields {
+            x.push_str(&format!(
+                "<field var='{var}'><value>{value}</value></field>"
+            ));
+        }
+        x.push_str("</x>");
+    }
+    if !rsm.is_empty() {
+        x.push_str(&format!(
+            "<set xmlns='http://jabber.org/protocol/rsm'>{rsm}</set>"
+        ));
+    }
+    x.push_str("</query></iq>");
+    c.send(&x).await;
+    let all = c.expect(&format!("id='{id}'")).await + &c.expect("</iq>").await;
+    let mut ids = Vec::new();
+    let mut results = Vec::new();
+    for part in all.split("<result ").skip(1) {
+        assert!(part.contains(&format!("queryid='q-{id}'")), "{part}");
+        ids.push(between(part, " id='", "'").to_owned());
+        results.push(part.to_owned());
+    }
+    let fin = all[all.rfind("<iq").unwrap()..].to_owned();
+    assert!(fin.contains("type='result'"), "{fin}");
+    (ids, fin, results)
+}
+
+async fn chat(from: &mut RawClient, to: &mut RawClient, to_jid: &str, body: &str) -> String {
+    from.send(&format!(
+        "<message type='chat' to='{to_jid}' id='{body}'><body>{body}</body></message>"
+    ))
+    .await;
+    to.expect_element(&["<message", &format!(">{body}</body>")])
+        .await
+}
+
+#[tokio::test]
+async fn archives_both_directions_with_stanza_ids() {
+    let t = TestServer::start(|_| {}).await;
+    let (mut a, mut b) = t.alice_and_bob().await;
+
+    // Advertised on the account.
+    a.send("<iq type='get' id='d1' to='alice@localhost'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>").await;
+    let r = a.expect_element(&["<iq", "id='d1'"]).await;
+    assert!(r.contains(&format!("var='{MAM}'")), "{r}");
+    // Form discovery.
+    a.send(&format!(
+        "<iq type='get' id='f1'><query xmlns='{MAM}'/></iq>"
+    ))
+    .await;
+    let r = a.expect_element(&["<iq", "id='f1'"]).await;
+    for f in ["FORM_TYPE", "'with'", "'start'", "'end'"] {
+        assert!(r.contains(f), "{r}");
+    }
+
+    let got = chat(&mut a, &mut b, "bob@localhost", "hello-bob").await;
+    let sid = between(&got, "<stanza-id xmlns='urn:xmpp:sid:0' id='", "'").to_owned();
+    assert!(!sid.is_empty(), "{got}");
+    chat(&mut b, &mut a, "alice@localhost/a1", "hello-alice").await;
+    // A chat state alone is not archived.
+    a.send("<message type='chat' to='bob@localhost'><composing xmlns='http://jabber.org/protocol/chatstates'/></message>").await;
+    b.expect_element(&["<message", "composing"]).await;
+    // OMEMO (both namespaces) archived as the ciphertext sent.
+    let omemo = "<encrypted xmlns='eu.siacs.conversations.axolotl'><header sid='1'><key rid='2'>S0VZ</key><iv>SVY=</iv></header><payload>Q0lQSEVS</payload></encrypted>";
+    a.send(&format!(
+        "<message type='chat' to='bob@localhost' id='o1'>{omemo}</message>"
+    ))
+    .await;
+    b.expect_element(&["<message", "Q0lQSEVS"]).await;
+    let omemo2 = "<encrypted xmlns='urn:xmpp:omemo:2'><header sid='1'><keys jid='bob@localhost'><key rid='2'>SzI=</key></keys></header><payload>UDI=</payload></encrypted>";
+    a.send(&format!(
+        "<message type='chat' to='bob@localhost' id='o2'>{omemo2}</message>"
+    ))
+    .await;
+    b.expect_element(&["<message", "UDI="]).await;
+
+    // Bob's archive: incoming hello-bob under the stanza-id he got, outgoing hello-alice.
+    let (ids, fin, results) = mam_query(&mut b, "q1", &[], "").await;
+    assert_eq!(ids.len(), 4, "{results:?}");
+    assert_eq!(ids[0], sid);
+    assert!(results[0].contains(">hello-bob</body>"), "{}", results[0]);
+    assert!(
+        results[0].contains("from='alice@localhost/a1'"),
+        "{}",
+        results[0]
+    );
+    assert!(
+        results[0].contains(
+            "<forwarded xmlns='urn:xmpp:forward:0'><delay xmlns='urn:xmpp:delay' stamp='"
+        ),
+        "{}",
+        results[0]
+    );
+    assert!(results[1].contains(">hello-alice</body>"), "{}", results[1]);
+    assert!(
+        results[2].contains("<payload>Q0lQSEVS</payload>"),
+        "{}",
+        results[2]
+    );
+    assert!(
+        results[3].contains("<payload>UDI=</payload>"),
+        "{}",
+        results[3]
+    );
+    assert!(!results.iter().any(|r| r.contains("composing")));
+    assert!(fin.contains("complete='true'"), "{fin}");
+    assert!(fin.contains("<count>4</count>"), "{fin}");
+    assert!(
+        fin.contains(&format!("<first index='0'>{sid}</first>")),
+        "{fin}"
+    );
+
+    // Alice's archive: the same conversation from her side, with her own ids.
+    let (ids, _, results) = mam_query(&mut a, "q2", &[], "").await;
+    assert_eq!(ids.len(), 4, "{results:?}");
+    assert!(results[0].contains(">hello-bob</body>"));
+    assert_ne!(ids[0], sid);
+    assert!(results[1].contains(">hello-alice</body>"));
+    // The received copy's archive id is the stanza-id Alice got.
+    assert!(
+        results[1].contains(&format!("id='{}' by='alice@localhost'", ids[1])),
+        "{}",
+        results[1]
+    );
+
+    // Someone else's archive is not readable.
+    a.send(&format!(
+        "<iq type='set' id='x1' to='bob@localhost'><query xmlns='{MAM}'/></iq>"
+    ))
+    .await;
+    let r = a.expect_element(&["<iq", "id='x1'"]).await;
+    assert!(r.contains("type='error'") && r.contains("forbidden"), "{r}");
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn filters_and_paging() {
+    let t = TestServer::start(|_| {}).await;
+    t.add_user("carol@localhost", "pc");
+    let (mut a, mut b) = t.alice_and_bob().await;
+    let mut c = RawClient::login(t.starttls, t.ca_pem(), "carol@localhost", "pc", "c1").await;
+    c.available().await;
+
+    for i in 0..5 {
+        chat(&mut a, &mut b, "bob@localhost", &format!("b{i}")).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+    let middle = time::OffsetDateTime::now_utc();
+    tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+    for i in 0..7 {
+        chat(&mut a, &mut c, "carol@localhost", &format!("c{i}")).await;
+        chat(&mut a, &mut b, "bob@localhost", &format!("b{}", i + 5)).await;
+    }
+
+    // with: bare and full JIDs.
+    let (ids, fin, _) = mam_query(&mut a, "w1", &[("with", "carol@localhost")], "").await;
+    assert_eq!(ids.len(), 7);
+    assert!(fin.contains("<count>7</count>"), "{fin}");
+    let (ids, _, _) = mam_query(&mut a, "w2", &[("with", "carol@localhost/c1")], "").await;
+    assert!(ids.is_empty(), "sent to the bare JID: {ids:?}");
+    let (ids, _, _) = mam_query(&mut b, "w3", &[("with", "alice@localhost/a1")], "").await;
+    assert_eq!(ids.len(), 12);
+
+    // start / end.
+    let (_, _, r) = mam_query(&mut a, "t1", &[("end", &stamp(middle))], "").await;
+    assert_eq!(r.len(), 5);
+    assert!(r[4].contains(">b4</body>"));
+    let (_, _, r) = mam_query(
+        &mut a,
+        "t2",
+        &[("start", &stamp(middle)), ("with", "bob@localhost")],
+        "",
+    )
+    .await;
+    assert_eq!(r.len(), 7);
+    assert!(r[0].contains(">b5</body>"));
+    let (ids, _, _) = mam_query(
+        &mut a,
+        "t3",
+        &[
+            ("start", "2000-01-01T00:00:00Z"),
+            ("end", "2000-01-02T00:00:00Z"),
+        ],
+        "",
+    )
+    .await;
+    assert!(ids.is_empty());
+
+    // Forward paging through Bob's conversation: no gaps, no duplicates.
+    let (all, _, _) = mam_query(&mut a, "all", &[("with", "bob@localhost")], "").await;
+    assert_eq!(all.len(), 12);
+    let mut seen = Vec::new();
+    let mut after = String::new();
+    for n in 0.. {
+        let rsm = if after.is_empty() {
+            "<max>5</max>".to_owned()
+        } else {
+            format!("<max>5</max><after>{after}</after>")
+        };
+        let (ids, fin, _) =
+            mam_query(&mut a, &format!("p{n}"), &[("with", "bob@localhost")], &rsm).await;
+        assert!(fin.contains("<count>12</count>"), "{fin}");
+        seen.extend(ids.iter().cloned());
+        if fin.contains("complete='true'") {
+            break;
+        }
+        assert_eq!(ids.len(), 5);
+        after = between(&fin, "<last>", "</last>").to_owned();
+    }
+    assert_eq!(seen, all);
+
+    // Backward from the end with an empty <before/>.
+    let mut back = Vec::new();
+    let mut before = String::new();
+    for n in 0.. {
+        let rsm = format!("<max>5</max><before>{before}</before>");
+        let (ids, fin, _) =
+            mam_query(&mut a, &format!("r{n}"), &[("with", "bob@localhost")], &rsm).await;
+        let mut ids = ids;
+        ids.extend(back);
+        back = ids;
+        if fin.contains("complete='true'") {
+            break;
+        }
+        before = between(&fin, "<first index='", "</first>")
+            .split_once('>')
+            .unwrap()
+            .1
+            .to_owned();
+    }
+    assert_eq!(back, all);
+
+    // An unknown id.
+    a.ping("u0").await;
+    a.buffer.clear();
+    a.send(&format!("<iq type='set' id='u1'><query xmlns='{MAM}'><set xmlns='http://jabber.org/protocol/rsm'><after>nope</after></set></query></iq>")).await;
+    let r = a.expect_element(&["<iq", "id='u1'"]).await;
+    assert!(r.contains("item-not-found"), "{r}");
+
+    // Preferences: never archive Carol.
+    a.send(&format!("<iq type='set' id='pr1'><prefs xmlns='{MAM}' default='always'><always/><never><jid>carol@localhost</jid></never></prefs></iq>")).await;
+    let r = a.expect_element(&["<iq", "id='pr1'"]).await;
+    assert!(r.contains("<jid>carol@localhost</jid>"), "{r}");
+    chat(&mut a, &mut c, "carol@localhost", "secret").await;
+    let (ids, _, _) = mam_query(&mut a, "w9", &[("with", "carol@localhost")], "").await;
+    assert_eq!(ids.len(), 7);
+    a.send(&format!(
+        "<iq type='get' id='pr2'><prefs xmlns='{MAM}'/></iq>"
+    ))
+    .await;
+    let r = a.expect_element(&["<iq", "id='pr2'"]).await;
+    assert!(
+        r.contains("default='always'") && r.contains("carol@localhost"),
+        "{r}"
+    );
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn sent_carbon_carries_the_senders_archive_id() {
+    let t = TestServer::start(|_| {}).await;
+    let (mut a, mut b) = t.alice_and_bob().await;
+    let mut a2 = RawClient::login(t.starttls, t.ca_pem(), "alice@localhost", "pa", "a2").await;
+    a2.available().await;
+    a2.send("<iq type='set' id='cc'><enable xmlns='urn:xmpp:carbons:2'/></iq>")
+        .await;
+    a2.expect_element(&["<iq", "id='cc'"]).await;
+    chat(&mut a, &mut b, "bob@localhost", "carbon-me").await;
+    let carbon = a2.expect(">carbon-me</body>").await + &a2.expect("</sent>").await;
+    let sid = between(
+        &carbon,
+        "<stanza-id xmlns='urn:xmpp:sid:0' id='",
+        "' by='alice@localhost'",
+    )
+    .to_owned();
+    assert!(!sid.is_empty() && !sid.contains('<'), "{carbon}");
+    let (ids, _, _) = mam_query(&mut a2, "q", &[], "").await;
+    assert_eq!(ids, [sid]);
+    t.stop().await;
+}
