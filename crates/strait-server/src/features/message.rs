@@ -54,21 +54,21 @@ pub async fn from_client(s: &mut Session, mut stanza: Stanza, to: Option<jid::Ji
         return;
     };
     let bare = format!("{node}@{domain}");
+    // The sender's archive copy (XEP-0313) gets its own id, also carried by the sent carbon.
+    // It is archived before delivery, like the recipient's copy, so that a reply can never
+    // land in the sender's archive ahead of the message it answers.
+    let mut sent = stanza.clone();
+    if bare != s.bare && mam::archivable(&sent) {
+        let with = match &resource {
+            Some(r) => format!("{bare}/{r}"),
+            None => bare.clone(),
+        };
+        let id = stanza_id::stamp(&mut sent, &s.bare);
+        mam::archive(&s.state, &s.bare, &with, &id, &sent).await;
+    }
     match deliver_local_with(&s.state, &stanza, &bare, resource.as_deref(), copies).await {
-        Ok(()) if bare != s.bare => {
-            // The sender's archive copy (XEP-0313) gets its own id, also on the carbon.
-            let mut sent = stanza;
-            if mam::archivable(&sent) {
-                let with = match &resource {
-                    Some(r) => format!("{bare}/{r}"),
-                    None => bare.clone(),
-                };
-                let id = stanza_id::stamp(&mut sent, &s.bare);
-                mam::archive(&s.state, &s.bare, &with, &id, &sent).await;
-            }
-            if copies {
-                carbons::send_sent(&s.state, &s.bare, &s.resource, &sent)
-            }
+        Ok(()) if bare != s.bare && copies => {
+            carbons::send_sent(&s.state, &s.bare, &s.resource, &sent)
         }
         Ok(()) => {}
         Err(e) => s.reply_error(&stanza, e),
