@@ -186,6 +186,31 @@ fn settings(fields: &[(String, Vec<String>)]) -> Result<Vec<Setting>, String> {
     Ok(out)
 }
 
+/// Applies a configuration form to `config`; answers `not-acceptable` naming the bad field
+/// and returns false if a value is invalid.
+fn apply_form(
+    s: &mut Session,
+    req: &Stanza,
+    config: &mut PepNodeConfig,
+    fields: &[(String, Vec<String>)],
+) -> bool {
+    match settings(fields) {
+        Ok(w) => {
+            apply(config, &w);
+            true
+        }
+        Err(var) => {
+            simple_error(
+                s,
+                req,
+                StanzaErrorCondition::NotAcceptable,
+                &format!("invalid {var}"),
+            );
+            false
+        }
+    }
+}
+
 fn apply(config: &mut PepNodeConfig, settings: &[Setting]) {
     for s in settings {
         match s {
@@ -633,16 +658,8 @@ async fn create(s: &mut Session, req: &Stanza, p: &Element, verb: &Element) {
         .map(form_fields)
         .unwrap_or_default();
     let mut config = PepNodeConfig::default();
-    match settings(&fields) {
-        Ok(w) => apply(&mut config, &w),
-        Err(var) => {
-            return simple_error(
-                s,
-                req,
-                StanzaErrorCondition::NotAcceptable,
-                &format!("invalid {var}"),
-            );
-        }
+    if !apply_form(s, req, &mut config, &fields) {
+        return;
     }
     let (o, n) = (owner, node);
     if let Err(e) = s
@@ -741,16 +758,8 @@ async fn configure_set(s: &mut Session, req: &Stanza, verb: &Element) {
         return;
     }
     let fields = form_fields(x);
-    match settings(&fields) {
-        Ok(w) => apply(&mut config, &w),
-        Err(var) => {
-            return simple_error(
-                s,
-                req,
-                StanzaErrorCondition::NotAcceptable,
-                &format!("invalid {var}"),
-            );
-        }
+    if !apply_form(s, req, &mut config, &fields) {
+        return;
     }
     let (o, n) = (owner, node);
     match s
