@@ -17,6 +17,7 @@ pub struct Config {
     pub tls: TlsConfig,
     pub limits: LimitsConfig,
     pub auth: AuthConfig,
+    pub stream_management: StreamManagementConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -91,6 +92,30 @@ pub struct AuthConfig {
     pub lockout_secs: u64,
 }
 
+/// XEP-0198 Stream Management.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StreamManagementConfig {
+    /// Offer stream management (acknowledgements) to clients.
+    pub enabled: bool,
+    /// Seconds a session whose connection was lost is kept for the client to resume it; 0
+    /// turns resumption off. Clients may ask for less, not more.
+    pub resume_timeout_secs: u64,
+    /// Stanzas sent to a client and not yet acknowledged, past which the client is
+    /// disconnected (its session then ends and the stanzas go to other devices or storage).
+    pub max_unacked: usize,
+}
+
+impl Default for StreamManagementConfig {
+    fn default() -> Self {
+        StreamManagementConfig {
+            enabled: true,
+            resume_timeout_secs: 300,
+            max_unacked: 1000,
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -100,6 +125,7 @@ impl Default for Config {
             tls: TlsConfig::default(),
             limits: LimitsConfig::default(),
             auth: AuthConfig::default(),
+            stream_management: StreamManagementConfig::default(),
         }
     }
 }
@@ -231,6 +257,11 @@ impl Config {
         if self.auth.scram_iterations < 4096 {
             return Err(ConfigError::Invalid(
                 "auth.scram_iterations must be at least 4096 (RFC 7677)".into(),
+            ));
+        }
+        if self.stream_management.enabled && self.stream_management.max_unacked < 10 {
+            return Err(ConfigError::Invalid(
+                "stream_management.max_unacked must be at least 10".into(),
             ));
         }
         Ok(())

@@ -16,6 +16,10 @@ use tokio::sync::{Notify, mpsc};
 pub enum Outbound {
     /// Write this stanza to the client.
     Stanza(Box<Stanza>),
+    /// Write this message to the client; it is also the account's stored message `id`
+    /// (written before delivery), deleted once the client has it: acknowledged under stream
+    /// management (XEP-0198), else written to the socket.
+    Durable(Box<Stanza>, i64),
     /// Close the stream with this error (e.g. `conflict` when another session took the resource).
     Close(StreamError),
 }
@@ -61,6 +65,9 @@ pub struct Resource {
     pub carbons: bool,
     /// Whether this resource fetched the block list, and so gets block pushes (XEP-0191).
     pub blocklist_interested: bool,
+    /// Whether this resource acknowledges stanzas (XEP-0198 enabled), so that messages for it
+    /// are stored before delivery and deleted when acknowledged.
+    pub acks: bool,
 }
 
 impl Resource {
@@ -70,7 +77,16 @@ impl Resource {
 
     /// Queues a stanza for this resource; false if it is gone or hopelessly behind.
     pub fn send(&self, stanza: Stanza) -> bool {
-        match self.handle.tx.try_send(Outbound::Stanza(Box::new(stanza))) {
+        self.queue(Outbound::Stanza(Box::new(stanza)))
+    }
+
+    /// Queues a message that is also stored as the account's message `id`.
+    pub fn send_durable(&self, stanza: Stanza, id: i64) -> bool {
+        self.queue(Outbound::Durable(Box::new(stanza), id))
+    }
+
+    fn queue(&self, out: Outbound) -> bool {
+        match self.handle.tx.try_send(out) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 tracing::warn!(full = %self.full, "outbound queue full: disconnecting slow client");
@@ -144,6 +160,7 @@ impl Router {
             interested: false,
             carbons: false,
             blocklist_interested: false,
+            acks: false,
         });
         Ok(full)
     }

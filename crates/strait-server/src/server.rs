@@ -44,6 +44,8 @@ pub struct ServerState {
     pub fake_salt_key: [u8; 32],
     pub shutdown: watch::Receiver<bool>,
     pub connections: Arc<Semaphore>,
+    /// Resumable sessions (XEP-0198).
+    pub sm: crate::features::sm::Registry,
     next_conn_id: AtomicU64,
 }
 
@@ -134,6 +136,7 @@ impl Server {
             tls,
             fake_salt_key,
             shutdown,
+            sm: Default::default(),
             next_conn_id: AtomicU64::new(1),
         });
         let mut tasks = JoinSet::new();

@@ -235,6 +235,18 @@ impl C2sNegotiation {
         }
     }
 
+    /// An XEP-0198 `<resume/>` (handed to the server as a nonza before bind) succeeded: the
+    /// stream carries the resumed session bound to `full_jid`, as if it had bound it. False
+    /// (and nothing changes) unless the stream is authenticated and not yet bound.
+    pub fn resumed(&mut self, full_jid: String) -> bool {
+        if self.state != State::AwaitBind {
+            return false;
+        }
+        self.bound_jid = Some(full_jid);
+        self.state = State::Established;
+        true
+    }
+
     pub fn bind_result(&mut self, result: Result<String, StanzaError>) -> Vec<Action> {
         let State::BindPending { iq_id } = &self.state else {
             return Vec::new();

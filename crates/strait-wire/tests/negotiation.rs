@@ -220,6 +220,24 @@ fn stanzas_before_bind_are_not_authorized() {
 }
 
 #[test]
+fn resumption_establishes_the_stream_without_bind() {
+    let mut c = authenticate();
+    // Refused before authentication.
+    let mut fresh = Conn::new(config(), true);
+    assert!(!fresh.neg.resumed("user@example.com/phone".into()));
+    c.client(CLIENT_HEADER);
+    let actions = c.client("<resume xmlns='urn:xmpp:sm:3' h='3' previd='abc'/>");
+    assert!(matches!(&actions[0], Action::Stanza(s) if s.name == "resume"));
+    assert!(c.neg.resumed("user@example.com/phone".into()));
+    assert!(c.neg.is_established());
+    assert_eq!(c.neg.bound_jid(), Some("user@example.com/phone"));
+    // Once established, a second resumption (or a bind) is not a negotiation matter.
+    assert!(!c.neg.resumed("user@example.com/other".into()));
+    let actions = c.client("<message to='bob@example.com'><body>hi</body></message>");
+    assert!(matches!(&actions[0], Action::Stanza(s) if s.kind == StanzaKind::Message));
+}
+
+#[test]
 fn stanza_before_authentication_is_not_authorized() {
     let mut c = Conn::new(config(), true);
     c.client(CLIENT_HEADER);

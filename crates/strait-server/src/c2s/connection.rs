@@ -4,14 +4,18 @@
 
 use super::auth::SaslExchange;
 use super::session::Session;
+use crate::features::sm::{self, Detached, StreamState, Takeover};
 use crate::net::{TokenBucket, Transport};
-use crate::router::{ConnHandle, Outbound};
+use crate::router::{ConnHandle, OUTBOUND_QUEUE, Outbound};
 use crate::server::ServerState;
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use strait_wire::negotiation::{Action, C2sConfig, C2sNegotiation};
-use strait_wire::{Limits, Stanza, StreamError, StreamErrorCondition, StreamParser, ns};
+use strait_wire::{
+    Limits, Stanza, StanzaKind, StreamError, StreamErrorCondition, StreamParser, ns,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -50,12 +54,137 @@ pub async fn serve_connection(
     } else {
         Transport::Plain(tcp)
     };
-    let mut conn = Connection::new(state, transport, peer, conn_id, direct_tls);
+    let mut conn = Connection::new(state.clone(), transport, peer, conn_id, direct_tls);
     let result = conn.run().await;
     if let Err(e) = &result {
         tracing::debug!(conn = conn_id, %peer, "connection ended: {e}");
     }
-    conn.finish().await;
+    let taken_over = conn.taken_over.take();
+    let resumable = conn.can_hibernate();
+    let Some(detached) = conn.detach() else {
+        return;
+    };
+    let detached = match taken_over {
+        // XEP-0198: the client resumed this session on a new connection while this one was
+        // still open; the new one carries on, this one closes.
+        Some(t) => match t.reply.send(Box::new(detached)) {
+            Ok(()) => {
+                conn.close_replaced().await;
+                return;
+            }
+            Err(back) => *back,
+        },
+        None => detached,
+    };
+    drop(conn);
+    let detached = if resumable {
+        match hibernate(&state, detached).await {
+            Some(d) => d,
+            None => return,
+        }
+    } else {
+        detached
+    };
+    finish(&state, detached).await;
+}
+
+/// Keeps a resumable session whose connection was lost (XEP-0198 §5) until the client
+/// resumes it, the window closes, or the server stops. Stanzas for it queue up meanwhile.
+/// `None` when a new connection took the session over; otherwise it must be finished.
+async fn hibernate(state: &Arc<ServerState>, mut d: Detached) -> Option<Detached> {
+    enum Ev {
+        End,
+        Takeover(Takeover),
+        Queued(Outbound),
+    }
+    let deadline = Instant::now() + Duration::from_secs(d.sm.resume_secs);
+    let mut shutdown = state.shutdown.clone();
+    let kill = d.handle.kill.clone();
+    tracing::info!(full = %d.session.full, secs = d.sm.resume_secs, "connection lost; session kept for resumption");
+    loop {
+        if *shutdown.borrow() {
+            return Some(d);
+        }
+        let room = d.pending.len() < OUTBOUND_QUEUE;
+        let ev = tokio::select! {
+            _ = shutdown.changed() => Ev::End,
+            _ = kill.notified() => Ev::End,
+            _ = tokio::time::sleep_until(deadline) => Ev::End,
+            t = recv_takeover(&mut d.takeover) => match t {
+                Some(t) => Ev::Takeover(t),
+                None => Ev::End,
+            },
+            m = d.rx.recv(), if room => match m {
+                Some(Outbound::Close(_)) | None => Ev::End,
+                Some(o) => Ev::Queued(o),
+            },
+        };
+        match ev {
+            Ev::End => return Some(d),
+            Ev::Queued(o) => d.pending.push_back(o),
+            Ev::Takeover(t) => match t.reply.send(Box::new(d)) {
+                Ok(()) => return None,
+                Err(back) => d = *back,
+            },
+        }
+    }
+}
+
+async fn recv_takeover(rx: &mut Option<mpsc::Receiver<Takeover>>) -> Option<Takeover> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Ends a session: unbinds the resource, tells contacts it went away, and sends on what the
+/// client never acknowledged or never got. Messages go to the account's other resources or to
+/// offline storage rather than being lost; a message already stored for the account
+/// (stored before delivery) stays stored unless another resource takes it over.
+async fn finish(state: &Arc<ServerState>, d: Detached) {
+    let Detached {
+        mut session,
+        mut rx,
+        sm,
+        pending,
+        ..
+    } = d;
+    if let Some(id) = &sm.resume_id {
+        state.sm.remove(id);
+    }
+    session.end().await;
+    rx.close();
+    let mut undelivered: Vec<(Stanza, Option<i64>)> = sm
+        .unacked
+        .into_iter()
+        .map(|u| (u.stanza, u.durable))
+        .collect();
+    let queued = pending
+        .into_iter()
+        .chain(std::iter::from_fn(|| rx.try_recv().ok()));
+    for out in queued {
+        match out {
+            Outbound::Stanza(s) => undelivered.push((*s, None)),
+            Outbound::Durable(s, id) => undelivered.push((*s, Some(id))),
+            Outbound::Close(_) => {}
+        }
+    }
+    for (stanza, durable) in undelivered {
+        let ty = stanza.type_.as_deref().unwrap_or("normal");
+        if stanza.name != "message"
+            || !matches!(ty, "chat" | "normal")
+            || !crate::features::offline::should_store(&stanza)
+        {
+            continue;
+        }
+        let taken = crate::features::delivery::redeliver(state, &session.bare, &stanza, durable);
+        if taken == 0
+            && durable.is_none()
+            && let Err(e) = crate::features::offline::store(state, &session.bare, &stanza).await
+        {
+            tracing::warn!(account = %session.bare, "a message for a closed session could not be stored: {e:?}");
+        }
+    }
 }
 
 pub(super) struct Connection {
@@ -76,6 +205,20 @@ pub(super) struct Connection {
     auth_deadline: Instant,
     last_read: Instant,
     resume_reading_at: Option<Instant>,
+    /// Stream management (XEP-0198), once the client enabled it.
+    sm: Option<StreamState>,
+    /// Where a resuming connection asks for this session, when it is resumable.
+    takeover: Option<mpsc::Receiver<Takeover>>,
+    /// Set when a resuming connection took the session: this connection ends.
+    taken_over: Option<Takeover>,
+    /// Stored messages written since the last flush to a client without stream management:
+    /// deleted once the write completes.
+    delete_after_flush: Vec<i64>,
+    /// Stanzas that came for the client after the stream began to close.
+    pending: VecDeque<Outbound>,
+    /// Whether the way the connection ended lets a resumable session wait for its client
+    /// (a lost connection, an idle timeout), rather than end (a clean close, a stream error).
+    hibernate_ok: bool,
 }
 
 fn stream_id() -> String {
@@ -96,10 +239,16 @@ fn c2s_config(state: &ServerState) -> C2sConfig {
         require_tls: true,
         mechanisms_secure: secure,
         mechanisms_insecure: Vec::new(),
-        extra_features: vec![
-            "<ver xmlns='urn:xmpp:features:rosterver'/>".into(),
-            crate::features::csi::FEATURE.into(),
-        ],
+        extra_features: {
+            let mut v = vec![
+                "<ver xmlns='urn:xmpp:features:rosterver'/>".to_string(),
+                crate::features::csi::FEATURE.into(),
+            ];
+            if state.config.stream_management.enabled {
+                v.push(sm::FEATURE.into());
+            }
+            v
+        },
         max_sasl_attempts: 3,
     }
 }
@@ -145,6 +294,12 @@ impl Connection {
             handle,
             rx,
             resume_reading_at: None,
+            sm: None,
+            takeover: None,
+            taken_over: None,
+            delete_after_flush: Vec::new(),
+            pending: VecDeque::new(),
+            hibernate_ok: true,
         }
     }
 
@@ -166,6 +321,9 @@ impl Connection {
         if self.closing {
             return;
         }
+        if error.condition != StreamErrorCondition::ConnectionTimeout {
+            self.hibernate_ok = false;
+        }
         tracing::debug!(
             conn = self.conn_id,
             "closing stream: {:?} {:?}",
@@ -178,6 +336,14 @@ impl Connection {
     }
 
     async fn flush(&mut self) -> std::io::Result<()> {
+        if let Some(sm) = &mut self.sm
+            && !self.closing
+            && sm.wants_request()
+        {
+            self.out
+                .extend_from_slice(format!("<r xmlns='{}'/>", sm::NS).as_bytes());
+            sm.requested = true;
+        }
         if self.out.is_empty() {
             return Ok(());
         }
@@ -198,18 +364,22 @@ impl Connection {
         if self.out.capacity() > 64 * 1024 {
             self.out.shrink_to(READ_CHUNK);
         }
-        if let Some(s) = &mut self.session {
-            s.flushed().await;
+        if !self.delete_after_flush.is_empty()
+            && let Some(s) = &self.session
+        {
+            let ids = std::mem::take(&mut self.delete_after_flush);
+            crate::features::offline::delete(&self.state, &s.bare, ids).await;
         }
         Ok(())
     }
 
     async fn run(&mut self) -> std::io::Result<()> {
         let mut shutdown = self.state.shutdown.clone();
-        let kill = self.handle.kill.clone();
         let mut buf = vec![0u8; READ_CHUNK];
         loop {
             self.flush().await?;
+            // A resumed session brings its own handle: fetched on every turn.
+            let kill = self.handle.kill.clone();
             if self.closing {
                 let _ =
                     tokio::time::timeout(Duration::from_secs(2), self.transport.shutdown()).await;
@@ -229,10 +399,15 @@ impl Connection {
                         "the client does not read its stanzas fast enough",
                     ));
                 }
-                msg = self.rx.recv() => match msg {
-                    Some(Outbound::Stanza(s)) => self.outbound(*s),
-                    Some(Outbound::Close(e)) => self.close_with(e),
-                    None => {}
+                msg = self.rx.recv() => if let Some(out) = msg {
+                    self.outbound(out);
+                },
+                t = recv_takeover(&mut self.takeover) => match t {
+                    Some(t) => {
+                        self.taken_over = Some(t);
+                        return Ok(());
+                    }
+                    None => self.takeover = None,
                 },
                 _ = tokio::time::sleep_until(resume), if !reading => {
                     self.resume_reading_at = None;
@@ -338,6 +513,8 @@ impl Connection {
                 }
                 Action::Stanza(stanza) => self.on_stanza(stanza).await,
                 Action::PeerClosed => {
+                    // A clean close ends the session (XEP-0198 §5: no resumption).
+                    self.hibernate_ok = false;
                     self.out.extend_from_slice(b"</stream:stream>");
                     self.closing = true;
                 }
@@ -396,55 +573,310 @@ impl Connection {
         }
     }
 
-    /// A stanza the router queued for this client: written now, or held while the client is
-    /// inactive (XEP-0352).
-    fn outbound(&mut self, stanza: Stanza) {
-        let now = match self.session.as_mut() {
-            Some(session) => session.csi.offer(stanza),
-            None => vec![stanza],
-        };
-        for s in now {
-            s.write_xml(&mut self.out, ns::CLIENT);
+    /// Something the router queued for this client: a stanza written now (or held while the
+    /// client is inactive, XEP-0352), a stored message (never held), or a close.
+    fn outbound(&mut self, out: Outbound) {
+        match out {
+            Outbound::Stanza(stanza) => {
+                let now = match self.session.as_mut() {
+                    Some(session) => session.csi.offer(*stanza),
+                    None => vec![*stanza],
+                };
+                for s in now {
+                    self.write_stanza(s, None);
+                }
+            }
+            Outbound::Durable(stanza, id) => {
+                let held = match self.session.as_mut() {
+                    Some(session) => session.csi.flush_before_urgent(),
+                    None => Vec::new(),
+                };
+                for s in held {
+                    self.write_stanza(s, None);
+                }
+                self.write_stanza(*stanza, Some(id));
+            }
+            Outbound::Close(e) => self.close_with(e),
+        }
+    }
+
+    /// Writes a stanza to the client, keeping it until acknowledged under stream management;
+    /// `durable` is the stored message it is, deleted once the client has it.
+    fn write_stanza(&mut self, stanza: Stanza, durable: Option<i64>) {
+        if self.closing {
+            // The stream is over: what it can no longer carry is handled when the session ends.
+            self.pending.push_back(match durable {
+                Some(id) => Outbound::Durable(Box::new(stanza), id),
+                None => Outbound::Stanza(Box::new(stanza)),
+            });
+            return;
+        }
+        stanza.write_xml(&mut self.out, ns::CLIENT);
+        match &mut self.sm {
+            Some(sm) => {
+                sm.sent(stanza, durable);
+                if sm.unacked.len() > self.state.config.stream_management.max_unacked {
+                    self.close_with(StreamError::with_text(
+                        StreamErrorCondition::PolicyViolation,
+                        "too many unacknowledged stanzas",
+                    ));
+                }
+            }
+            None => self.delete_after_flush.extend(durable),
         }
     }
 
     async fn on_stanza(&mut self, stanza: Stanza) {
+        if stanza.kind == StanzaKind::Other && stanza.ns == sm::NS {
+            self.on_sm(stanza).await;
+            return;
+        }
         let Some(session) = self.session.as_mut() else {
             self.close_with(StreamError::new(StreamErrorCondition::NotAuthorized));
             return;
         };
+        let counts = stanza.kind != StanzaKind::Other;
         let result = session.handle(stanza).await;
-        for s in session.take_replies() {
-            s.write_xml(&mut self.out, ns::CLIENT);
+        let replies = session.take_replies();
+        for (s, durable) in replies {
+            self.write_stanza(s, durable);
+        }
+        // XEP-0198 §4: `h` counts stanzas handled, once they are.
+        if counts && let Some(sm) = &mut self.sm {
+            sm.inbound = sm.inbound.wrapping_add(1);
         }
         if let Err(e) = result {
             self.close_with(e);
         }
     }
 
-    /// Ends the session: unbinds the resource and tells contacts it went away.
-    async fn finish(&mut self) {
-        let Some(mut s) = self.session.take() else {
+    /// A stream management element (XEP-0198).
+    async fn on_sm(&mut self, el: Stanza) {
+        let enabled = self.state.config.stream_management.enabled;
+        match el.name.as_str() {
+            "enable" if !enabled => self.send_nonza(&sm::failed_xml(
+                "feature-not-implemented",
+                Some("stream management is turned off"),
+            )),
+            "resume" if !enabled => self.send_nonza(&sm::failed_xml(
+                "feature-not-implemented",
+                Some("stream management is turned off"),
+            )),
+            "enable" => self.sm_enable(&el),
+            "resume" => self.sm_resume(&el).await,
+            "r" => match &self.sm {
+                Some(sm) => {
+                    let xml = format!("<a xmlns='{}' h='{}'/>", sm::NS, sm.inbound);
+                    self.send_nonza(&xml);
+                }
+                None => tracing::debug!(conn = self.conn_id, "<r/> before stream management"),
+            },
+            "a" => {
+                let Some(sm) = self.sm.as_mut() else {
+                    tracing::debug!(conn = self.conn_id, "<a/> before stream management");
+                    return;
+                };
+                let Some(h) = sm::parse_h(&el) else {
+                    self.close_with(StreamError::with_text(
+                        StreamErrorCondition::BadFormat,
+                        "<a/> needs an h attribute (an unsigned 32-bit count)",
+                    ));
+                    return;
+                };
+                sm.requested = false;
+                match sm.ack(h) {
+                    Ok(ids) => {
+                        if let Some(s) = &self.session {
+                            crate::features::offline::delete(&self.state, &s.bare, ids).await;
+                        }
+                    }
+                    Err(e) => self.close_with(StreamError::with_text(
+                        StreamErrorCondition::UndefinedCondition,
+                        format!(
+                            "handled-count-too-high: the client acknowledged {} stanzas, {} were sent",
+                            e.h, e.sent
+                        ),
+                    )),
+                }
+            }
+            other => self.close_with(StreamError::with_text(
+                StreamErrorCondition::UnsupportedStanzaType,
+                format!("<{other}/> in {} is not supported here", sm::NS),
+            )),
+        }
+    }
+
+    /// Writes a nonza (stream management elements are not stanzas and are not counted).
+    fn send_nonza(&mut self, xml: &str) {
+        if !self.closing {
+            self.out.extend_from_slice(xml.as_bytes());
+        }
+    }
+
+    fn sm_enable(&mut self, el: &Stanza) {
+        let Some(session) = &self.session else {
+            self.send_nonza(&sm::failed_xml(
+                "unexpected-request",
+                Some("bind a resource before enabling stream management"),
+            ));
             return;
         };
-        s.end().await;
-        // Messages routed to this resource that it never wrote (they raced with its end) go
-        // to the account's other resources or to offline storage, rather than being lost.
-        // Stanzas already written to the socket but never read need stream management.
-        self.rx.close();
-        while let Ok(out) = self.rx.try_recv() {
-            let Outbound::Stanza(stanza) = out else {
-                continue;
-            };
-            let ty = stanza.type_.as_deref().unwrap_or("normal");
-            if stanza.name != "message" || !matches!(ty, "chat" | "normal") {
-                continue;
-            }
-            if crate::features::delivery::message_to_bare(&self.state, &s.bare, &stanza) == 0
-                && let Err(e) = crate::features::offline::store(&self.state, &s.bare, &stanza).await
-            {
-                tracing::warn!(account = %s.bare, "a message for a closed session could not be stored: {e:?}");
-            }
+        if self.sm.is_some() {
+            self.send_nonza(&sm::failed_xml(
+                "unexpected-request",
+                Some("stream management is already enabled"),
+            ));
+            return;
         }
+        let config = &self.state.config.stream_management;
+        let mut state = StreamState::default();
+        let wants_resume = matches!(el.attr("", "resume"), Some("true" | "1"));
+        let resume = if wants_resume && config.resume_timeout_secs > 0 {
+            // The client may ask for a shorter window, never a longer one.
+            let max = el
+                .attr("", "max")
+                .and_then(|m| m.parse::<u64>().ok())
+                .filter(|m| *m > 0)
+                .map_or(config.resume_timeout_secs, |m| {
+                    m.min(config.resume_timeout_secs)
+                });
+            let (id, rx) = self.state.sm.register(&session.bare);
+            state.resume_id = Some(id.clone());
+            state.resume_secs = max;
+            self.takeover = Some(rx);
+            Some((id, max))
+        } else {
+            None
+        };
+        let xml = sm::enabled_xml(resume.as_ref().map(|(id, max)| (id.as_str(), *max)));
+        self.state
+            .router
+            .update(&session.bare, &session.resource, session.conn_id, |r| {
+                r.acks = true
+            });
+        tracing::debug!(full = %session.full, resumable = resume.is_some(), "stream management enabled");
+        self.sm = Some(state);
+        self.send_nonza(&xml);
+    }
+
+    /// `<resume previd h/>` (XEP-0198 §5): takes over the session from the task that holds
+    /// it, then sends again what the client did not acknowledge and what queued meanwhile.
+    async fn sm_resume(&mut self, el: &Stanza) {
+        if self.session.is_some() {
+            self.send_nonza(&sm::failed_xml(
+                "unexpected-request",
+                Some("this stream already has a session"),
+            ));
+            return;
+        }
+        let Some(bare) = self.negotiation.authenticated_jid().map(str::to_owned) else {
+            self.close_with(StreamError::new(StreamErrorCondition::NotAuthorized));
+            return;
+        };
+        let (Some(previd), Some(h)) = (el.attr("", "previd").map(str::to_owned), sm::parse_h(el))
+        else {
+            self.send_nonza(&sm::failed_xml(
+                "bad-request",
+                Some("<resume/> needs previd and h"),
+            ));
+            return;
+        };
+        let d = match self.state.sm.take(&previd, &bare).await {
+            Ok(d) => d,
+            Err(_) => {
+                self.send_nonza(&sm::failed_xml(
+                    "item-not-found",
+                    Some("no such session to resume: it ended or never existed"),
+                ));
+                return;
+            }
+        };
+        let Detached {
+            mut session,
+            rx,
+            handle,
+            mut sm,
+            takeover,
+            pending,
+        } = *d;
+        self.rx = rx;
+        self.handle = handle;
+        self.takeover = takeover;
+        let acked = match sm.ack(h) {
+            Ok(ids) => ids,
+            Err(e) => {
+                // The client claims more than it was sent: everything counts as acknowledged.
+                tracing::warn!(full = %session.full, h = e.h, sent = e.sent, "resumption with a count too high");
+                let all = sm.sent;
+                sm.ack(all).unwrap_or_default()
+            }
+        };
+        crate::features::offline::delete(&self.state, &bare, acked).await;
+        let resend: Vec<sm::Unacked> = sm.unacked.drain(..).collect();
+        sm.sent = sm.acked();
+        sm.requested = false;
+        self.negotiation.resumed(session.full.clone());
+        tracing::info!(conn = self.conn_id, full = %session.full, resent = resend.len(), queued = pending.len(), "session resumed");
+        self.send_nonza(&format!(
+            "<resumed xmlns='{}' h='{}' previd='{}'/>",
+            sm::NS,
+            sm.inbound,
+            strait_wire::escape_attr(&previd)
+        ));
+        // A resumed stream starts active (XEP-0352 state belongs to the stream).
+        let held = session.csi.set_active();
+        self.sm = Some(sm);
+        self.session = Some(session);
+        self.hibernate_ok = true;
+        for u in resend {
+            self.write_stanza(u.stanza, u.durable);
+        }
+        for s in held {
+            self.write_stanza(s, None);
+        }
+        for out in pending {
+            self.outbound(out);
+        }
+    }
+
+    /// Whether the session may wait for its client to resume it.
+    fn can_hibernate(&self) -> bool {
+        self.hibernate_ok
+            && self.session.is_some()
+            && self.sm.as_ref().is_some_and(|s| s.resume_id.is_some())
+            && !*self.state.shutdown.borrow()
+    }
+
+    /// Takes the session out of this connection.
+    fn detach(&mut self) -> Option<Detached> {
+        let session = self.session.take()?;
+        let (handle, rx) = ConnHandle::new();
+        let pending = std::mem::take(&mut self.pending);
+        // Stored messages written but not known to have reached a client without stream
+        // management stay stored.
+        self.delete_after_flush.clear();
+        Some(Detached {
+            session,
+            rx: std::mem::replace(&mut self.rx, rx),
+            handle: std::mem::replace(&mut self.handle, handle),
+            sm: self.sm.take().unwrap_or_default(),
+            takeover: self.takeover.take(),
+            pending,
+        })
+    }
+
+    /// After a resumption elsewhere: tells this (probably dead) connection why it ends.
+    async fn close_replaced(&mut self) {
+        self.out.clear();
+        self.closing = false;
+        self.close_with(StreamError::with_text(
+            StreamErrorCondition::Conflict,
+            "the session was resumed on another connection",
+        ));
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            let _ = self.flush().await;
+            let _ = self.transport.shutdown().await;
+        })
+        .await;
     }
 }

@@ -23,11 +23,9 @@ pub struct Session {
     /// Entities this resource sent directed available presence to (RFC 6121 §4.6), told when it
     /// goes offline.
     pub(crate) directed: HashSet<String>,
-    /// Stanzas for this client, written by the connection after each stanza is handled.
-    replies: Vec<Stanza>,
-    /// Offline messages written to the client; deleted from the store once flushed.
-    offline_written: Vec<i64>,
-    offline_unflushed: Vec<i64>,
+    /// Stanzas for this client, written by the connection after each stanza is handled,
+    /// each with the stored message it is (deleted once the client has it).
+    replies: Vec<(Stanza, Option<i64>)>,
     /// Client State Indication (XEP-0352): what is held back while the client is inactive.
     pub(crate) csi: features::csi::Csi,
 }
@@ -49,49 +47,29 @@ impl Session {
             available: false,
             directed: HashSet::new(),
             replies: Vec::new(),
-            offline_written: Vec::new(),
-            offline_unflushed: Vec::new(),
             csi: features::csi::Csi::default(),
         }
     }
 
     /// Queues a stanza for this client.
     pub(crate) fn reply(&mut self, stanza: Stanza) {
-        self.replies.push(stanza);
+        self.replies.push((stanza, None));
     }
 
     /// Queues an error answer to `original` (never to an error: RFC 6120 §8.3.1).
     pub(crate) fn reply_error(&mut self, original: &Stanza, error: StanzaError) {
         if let Some(r) = error_reply(original, &error) {
-            self.replies.push(r);
+            self.reply(r);
         }
     }
 
-    /// Queues an offline message; it is deleted from the store once written out.
+    /// Queues a stored message; it is deleted from the store once the client has it.
     pub(crate) fn reply_offline(&mut self, id: i64, stanza: Stanza) {
-        self.replies.push(stanza);
-        self.offline_unflushed.push(id);
+        self.replies.push((stanza, Some(id)));
     }
 
-    pub(crate) fn take_replies(&mut self) -> Vec<Stanza> {
-        self.offline_written.append(&mut self.offline_unflushed);
+    pub(crate) fn take_replies(&mut self) -> Vec<(Stanza, Option<i64>)> {
         std::mem::take(&mut self.replies)
-    }
-
-    /// Called after the connection flushed its output to the socket.
-    pub(crate) async fn flushed(&mut self) {
-        if self.offline_written.is_empty() {
-            return;
-        }
-        let ids = std::mem::take(&mut self.offline_written);
-        let owner = self.bare.clone();
-        if let Err(e) = self
-            .state
-            .store(move |s| s.offline_delete(&owner, &ids))
-            .await
-        {
-            tracing::error!(account = %self.bare, "deleting delivered offline messages: {e}");
-        }
     }
 
     /// Handles one stanza from the client.
@@ -100,7 +78,7 @@ impl Session {
             match stanza.name.as_str() {
                 "active" => {
                     let held = self.csi.set_active();
-                    self.replies.extend(held);
+                    self.replies.extend(held.into_iter().map(|s| (s, None)));
                 }
                 "inactive" => self.csi.set_inactive(),
                 _ => {}
@@ -157,10 +135,17 @@ impl Session {
 
     /// The connection is over: unbind and tell contacts.
     pub async fn end(&mut self) {
+        // A session that another one replaced (a bind of the same resource) does not tell
+        // contacts the resource went away: it did not.
+        let replaced = self
+            .state
+            .router
+            .resource(&self.bare, &self.resource)
+            .is_some_and(|r| r.conn_id != self.conn_id);
         self.state
             .router
             .unbind(&self.bare, &self.resource, self.conn_id);
-        if self.available {
+        if self.available && !replaced {
             features::presence::went_offline(self).await;
         }
         tracing::info!(full = %self.full, "session ended");

@@ -70,6 +70,12 @@ impl Csi {
             .collect()
     }
 
+    /// A stanza that must go out now whatever the client state (a stored message): returns
+    /// what was held before it, to write first.
+    pub fn flush_before_urgent(&mut self) -> Vec<Stanza> {
+        self.take()
+    }
+
     /// A stanza for the client: returns what to write now (possibly nothing).
     pub fn offer(&mut self, s: Stanza) -> Vec<Stanza> {
         if !self.inactive {

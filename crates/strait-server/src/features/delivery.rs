@@ -1,6 +1,6 @@
 //! Delivery to local accounts' resources.
 
-use crate::router::message_targets;
+use crate::router::{Resource, message_targets};
 use crate::server::ServerState;
 use strait_wire::Stanza;
 
@@ -30,19 +30,86 @@ pub fn to_available(state: &ServerState, bare: &str, stanza: &Stanza, readdress:
         .count()
 }
 
-/// Sends a message to the resources a bare-JID message goes to (RFC 6121 §8.5.2.1.1).
+/// Sends a message to the resources a bare-JID message goes to (RFC 6121 §8.5.2.1.1),
+/// without storing it first (used to re-route what a closed session never wrote).
 pub fn message_to_bare(state: &ServerState, bare: &str, stanza: &Stanza) -> usize {
-    message_to_bare_resources(state, bare, stanza).len()
+    redeliver(state, bare, stanza, None)
 }
 
-/// [`message_to_bare`], returning the resources that took the message.
-pub fn message_to_bare_resources(state: &ServerState, bare: &str, stanza: &Stanza) -> Vec<String> {
+/// Sends a message a session could not deliver to the resources a bare-JID message goes to;
+/// `durable` is its stored copy, if it has one, which they take over.
+pub fn redeliver(state: &ServerState, bare: &str, stanza: &Stanza, durable: Option<i64>) -> usize {
     let resources = state.router.resources(bare);
     message_targets(&resources)
         .into_iter()
-        .filter(|r| r.send(stanza.clone()))
-        .map(|r| r.resource.clone())
-        .collect()
+        .filter(|r| match durable {
+            Some(id) => r.send_durable(stanza.clone(), id),
+            None => r.send(stanza.clone()),
+        })
+        .count()
+}
+
+/// Where a message went.
+#[derive(Debug, Default)]
+pub struct Delivered {
+    /// The resources that took it.
+    pub resources: Vec<String>,
+    /// Whether it was stored for the account before delivery (and so is safe even if no
+    /// resource took it).
+    pub stored: bool,
+}
+
+/// Sends a message to the resources a bare-JID message goes to (RFC 6121 §8.5.2.1.1).
+pub async fn message_to_bare_durable(
+    state: &ServerState,
+    bare: &str,
+    stanza: &Stanza,
+) -> Delivered {
+    let resources = state.router.resources(bare);
+    let targets: Vec<Resource> = message_targets(&resources).into_iter().cloned().collect();
+    send_message(state, bare, targets, stanza).await
+}
+
+/// Sends a message to one bound resource (nothing happens when it is not bound).
+pub async fn message_to_full(
+    state: &ServerState,
+    bare: &str,
+    resource: &str,
+    stanza: &Stanza,
+) -> Delivered {
+    let targets: Vec<Resource> = state.router.resource(bare, resource).into_iter().collect();
+    send_message(state, bare, targets, stanza).await
+}
+
+/// The reliability rule: when a target acknowledges stanzas (XEP-0198) and the message is one
+/// that would be kept offline, it is stored first and travels with its row id; the row is
+/// deleted when a client has it, so losing the connection or the server loses nothing.
+async fn send_message(
+    state: &ServerState,
+    bare: &str,
+    targets: Vec<Resource>,
+    stanza: &Stanza,
+) -> Delivered {
+    if targets.is_empty() {
+        return Delivered::default();
+    }
+    let durable = if targets.iter().any(|r| r.acks) {
+        super::offline::store_before_delivery(state, bare, stanza).await
+    } else {
+        None
+    };
+    let resources = targets
+        .into_iter()
+        .filter(|r| match durable {
+            Some(id) => r.send_durable(stanza.clone(), id),
+            None => r.send(stanza.clone()),
+        })
+        .map(|r| r.resource)
+        .collect();
+    Delivered {
+        resources,
+        stored: durable.is_some(),
+    }
 }
 
 /// Whether `bare` is an account here: bound sessions prove it without a store read.

@@ -119,7 +119,18 @@ pub async fn deliver_local_with(
     }
     let stanza = &stamped;
     if let Some(res) = resource {
-        if delivery::to_full(state, bare, res, stanza.clone()) {
+        let sent = match ty {
+            "chat" | "normal" => {
+                let d = delivery::message_to_full(state, bare, res, stanza).await;
+                if d.resources.is_empty() && d.stored {
+                    // Stored for the account: delivered with the other offline messages.
+                    return Ok(());
+                }
+                !d.resources.is_empty()
+            }
+            _ => delivery::to_full(state, bare, res, stanza.clone()),
+        };
+        if sent {
             if copies {
                 carbons::send_received(state, bare, stanza, &[res.to_owned()]);
             }
@@ -145,11 +156,11 @@ pub async fn deliver_local_with(
             Ok(())
         }
         _ => {
-            let got = delivery::message_to_bare_resources(state, bare, stanza);
+            let got = delivery::message_to_bare_durable(state, bare, stanza).await;
             if copies {
-                carbons::send_received(state, bare, stanza, &got);
+                carbons::send_received(state, bare, stanza, &got.resources);
             }
-            if !got.is_empty() {
+            if !got.resources.is_empty() || got.stored {
                 Ok(())
             } else {
                 offline::store(state, bare, stanza).await

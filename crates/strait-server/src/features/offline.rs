@@ -1,6 +1,11 @@
 //! Offline messages (XEP-0160): stored durably when an account has no available resource,
 //! stamped with a XEP-0203 delay, delivered in order when the account next sends initial
-//! presence, and deleted only once written to the client.
+//! presence, and deleted only once the client has them: acknowledged under stream management
+//! (XEP-0198), else written to its socket.
+//!
+//! The same queue makes live delivery durable: a message for a resource that acknowledges
+//! stanzas is stored before it is sent and deleted on acknowledgement, so a lost connection or
+//! a killed server leaves it here, to be delivered again.
 
 use super::{attr, now_ms, xep0082_stamp};
 use crate::c2s::session::Session;
@@ -52,8 +57,39 @@ pub fn should_store(m: &Stanza) -> bool {
 /// Stores a message for `bare`. Past the account's quota the sender gets
 /// `resource-constraint` and nothing is dropped silently.
 pub async fn store(state: &ServerState, bare: &str, message: &Stanza) -> Result<(), StanzaError> {
+    push(state, bare, message).await.map(|_| ())
+}
+
+/// Stores a message about to be delivered to a resource that acknowledges stanzas
+/// (XEP-0198), so that it outlives that connection, or the server, until the client
+/// acknowledges it. `None` when the message is not worth keeping or cannot be stored (the
+/// account's queue is full): it is then delivered without that guarantee, as to any client.
+pub async fn store_before_delivery(
+    state: &ServerState,
+    bare: &str,
+    message: &Stanza,
+) -> Option<i64> {
+    match push(state, bare, message).await {
+        Ok(id) => id,
+        Err(e) => {
+            tracing::debug!(
+                account = bare,
+                "message delivered without a stored copy: {e:?}"
+            );
+            None
+        }
+    }
+}
+
+/// Appends to the account's queue, stamped with a XEP-0203 delay; the row id, or `None` when
+/// the message is not worth keeping.
+async fn push(
+    state: &ServerState,
+    bare: &str,
+    message: &Stanza,
+) -> Result<Option<i64>, StanzaError> {
     if !should_store(message) {
-        return Ok(());
+        return Ok(None);
     }
     let now = now_ms();
     let mut m = message.clone();
@@ -75,7 +111,7 @@ pub async fn store(state: &ServerState, bare: &str, message: &Stanza) -> Result<
         .store(move |s| s.offline_push(&owner, &xml, now, limit))
         .await
     {
-        Ok(_) => Ok(()),
+        Ok(id) => Ok(Some(id)),
         Err(StoreError::QuotaExceeded { limit, .. }) => Err(StanzaError {
             error_type: strait_wire::ErrorType::Wait,
             condition: StanzaErrorCondition::ResourceConstraint,
@@ -91,6 +127,17 @@ pub async fn store(state: &ServerState, bare: &str, message: &Stanza) -> Result<
                 "the message could not be stored",
             ))
         }
+    }
+}
+
+/// Deletes stored messages the account's client now has.
+pub async fn delete(state: &ServerState, bare: &str, ids: Vec<i64>) {
+    if ids.is_empty() {
+        return;
+    }
+    let owner = bare.to_owned();
+    if let Err(e) = state.store(move |s| s.offline_delete(&owner, &ids)).await {
+        tracing::error!(account = bare, "deleting delivered stored messages: {e}");
     }
 }
 

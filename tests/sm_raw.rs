@@ -1,0 +1,270 @@
+//! Stream management (XEP-0198) over raw bytes: acknowledgements both ways, resumption of a
+//! lost or still-open connection, what happens to unacknowledged stanzas when a session ends,
+//! and messages stored before delivery so that only an acknowledgement deletes them.
+
+use std::time::Duration;
+use strait_tests::{RawClient, TestServer, between};
+
+const QUIET: Duration = Duration::from_millis(400);
+const SM: &str = "urn:xmpp:sm:3";
+
+/// Logs in and sends initial presence, which brings stored messages (not consumed here).
+async fn login(t: &TestServer, jid: &str, pw: &str, res: &str) -> RawClient {
+    let mut c = RawClient::login(t.starttls, t.ca_pem(), jid, pw, res).await;
+    c.send("<presence/>").await;
+    c
+}
+
+/// Authenticates and opens the post-authentication stream, without binding.
+async fn authenticated(t: &TestServer, jid: &str, pw: &str) -> (RawClient, String) {
+    let (user, domain) = jid.split_once('@').unwrap();
+    let mut c = RawClient::connect(t.starttls, t.ca_pem()).await;
+    c.starttls(domain).await;
+    let r = c.scram_sha256(user, pw).await;
+    assert!(r.contains("<success"), "{r}");
+    let features = c.open_stream(domain).await;
+    (c, features)
+}
+
+/// `<enable resume='true'/>`; returns the resumption id.
+async fn enable_resumable(c: &mut RawClient) -> String {
+    c.send(&format!("<enable xmlns='{SM}' resume='true'/>"))
+        .await;
+    let enabled = c.expect_element(&["<enabled"]).await;
+    assert!(enabled.contains("resume='true'"), "{enabled}");
+    between(&enabled, "id='", "'").to_owned()
+}
+
+async fn chat(from: &mut RawClient, to: &str, body: &str) {
+    from.send(&format!(
+        "<message to='{to}' type='chat' id='{body}'><body>{body}</body></message>"
+    ))
+    .await;
+}
+
+/// The `h` of the next `<a/>` after an `<r/>`.
+async fn ask_h(c: &mut RawClient) -> u32 {
+    c.send(&format!("<r xmlns='{SM}'/>")).await;
+    let a = c.expect_element(&["<a xmlns='urn:xmpp:sm:3'"]).await;
+    between(&a, "h='", "'").parse().unwrap()
+}
+
+#[tokio::test]
+async fn acks_count_handled_stanzas_and_server_requests_acks() {
+    let t = TestServer::start(|_| {}).await;
+    let (mut a, mut b) = t.alice_and_bob().await;
+    // Advertised after authentication only.
+    let (mut pre, features) = authenticated(&t, "alice@localhost", "pa").await;
+    assert!(
+        features.contains("<sm xmlns='urn:xmpp:sm:3'/>"),
+        "{features}"
+    );
+    // Enabling before binding is refused with a failure, not a stream error.
+    pre.send(&format!("<enable xmlns='{SM}'/>")).await;
+    let failed = pre.expect_element(&["<failed"]).await;
+    assert!(failed.contains("<unexpected-request"), "{failed}");
+    drop(pre);
+
+    a.send(&format!("<enable xmlns='{SM}'/>")).await;
+    let enabled = a.expect_element(&["<enabled"]).await;
+    assert!(!enabled.contains("resume="), "{enabled}");
+    a.send(&format!("<enable xmlns='{SM}'/>")).await;
+    let twice = a.expect_element(&["<failed"]).await;
+    assert!(twice.contains("<unexpected-request"), "{twice}");
+    assert_eq!(ask_h(&mut a).await, 0, "nothing handled since enabling");
+    // A stanza to the client is followed by a request for an acknowledgement...
+    a.ping("p1").await;
+    a.expect_element(&["<r xmlns='urn:xmpp:sm:3'/>"]).await;
+    // ...and no other until the client answers.
+    chat(&mut b, "alice@localhost/a1", "two").await;
+    a.expect_element(&[">two</body>"]).await;
+    a.expect_silence("<r xmlns", QUIET).await;
+    a.buffer.clear();
+    a.send(&format!("<a xmlns='{SM}' h='2'/>")).await;
+    chat(&mut b, "alice@localhost/a1", "three").await;
+    a.expect_element(&[">three</body>"]).await;
+    a.expect_element(&["<r xmlns='urn:xmpp:sm:3'/>"]).await;
+
+    chat(&mut a, "bob@localhost", "one").await;
+    a.send("<presence><show>away</show></presence>").await;
+    // Nonzas (here CSI) are not counted.
+    a.send("<inactive xmlns='urn:xmpp:csi:0'/><active xmlns='urn:xmpp:csi:0'/>")
+        .await;
+    assert_eq!(ask_h(&mut a).await, 3, "ping, message and presence handled");
+    b.expect_element(&[">one</body>"]).await;
+    // Acknowledging more than was sent ends the stream.
+    a.send(&format!("<a xmlns='{SM}' h='1000'/>")).await;
+    let end = a.read_to_close().await;
+    assert!(end.contains("<undefined-condition"), "{end}");
+    assert!(end.contains("handled-count-too-high"), "{end}");
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn lost_connection_resumes_with_unacked_and_queued_stanzas() {
+    let t = TestServer::start(|_| {}).await;
+    let (mut a, mut b) = t.alice_and_bob().await;
+    let id = enable_resumable(&mut a).await;
+    chat(&mut b, "alice@localhost", "m1").await;
+    a.expect_element(&[">m1</body>"]).await;
+    a.send(&format!("<a xmlns='{SM}' h='1'/>")).await;
+    chat(&mut b, "alice@localhost", "m2").await;
+    a.expect_element(&[">m2</body>"]).await;
+    a.ping("sync").await;
+    // The connection is lost without a closing tag; m2 was never acknowledged.
+    drop(a);
+    b.ping("after-loss").await;
+    // While the session waits, bob's messages still go to it, and alice is still online.
+    chat(&mut b, "alice@localhost", "m3").await;
+    b.expect_silence("type='unavailable'", QUIET).await;
+
+    let (mut a, features) = authenticated(&t, "alice@localhost", "pa").await;
+    assert!(features.contains(SM), "{features}");
+    a.send(&format!("<resume xmlns='{SM}' previd='{id}' h='1'/>"))
+        .await;
+    let resumed = a.expect_element(&["<resumed"]).await;
+    assert!(resumed.contains(&format!("previd='{id}'")), "{resumed}");
+    // The ping sent before the loss was handled: h counts it (plus the ack-less message).
+    assert!(resumed.contains("h='1'"), "{resumed}");
+    let m2 = a.expect_element(&["<message"]).await;
+    assert!(m2.contains(">m2</body>"), "unacked first: {m2}");
+    let m3 = a.expect_element(&["<message"]).await;
+    assert!(m3.contains(">m3</body>"), "then queued: {m3}");
+    // The resumed stream is a full session: no bind, messages flow both ways.
+    chat(&mut a, "bob@localhost", "back").await;
+    b.expect_element(&[">back</body>"]).await;
+    a.send(&format!("<a xmlns='{SM}' h='3'/>")).await;
+    assert_eq!(ask_h(&mut a).await, 2);
+    // The same id resumes again after another loss.
+    drop(a);
+    let (mut a, _) = authenticated(&t, "alice@localhost", "pa").await;
+    a.send(&format!("<resume xmlns='{SM}' previd='{id}' h='3'/>"))
+        .await;
+    a.expect_element(&["<resumed"]).await;
+    a.ping("again").await;
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn resuming_a_still_open_connection_closes_the_old_one() {
+    let t = TestServer::start(|_| {}).await;
+    let (mut a, mut b) = t.alice_and_bob().await;
+    let id = enable_resumable(&mut a).await;
+    chat(&mut b, "alice@localhost", "x1").await;
+    a.expect_element(&[">x1</body>"]).await;
+    let (mut a2, _) = authenticated(&t, "alice@localhost", "pa").await;
+    a2.send(&format!("<resume xmlns='{SM}' previd='{id}' h='0'/>"))
+        .await;
+    a2.expect_element(&["<resumed"]).await;
+    a2.expect_element(&[">x1</body>"]).await;
+    let old = a.read_to_close().await;
+    assert!(old.contains("<conflict"), "{old}");
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_or_foreign_ids_fail_and_bind_still_works() {
+    let t = TestServer::start(|_| {}).await;
+    let (mut a, _b) = t.alice_and_bob().await;
+    let id = enable_resumable(&mut a).await;
+    drop(a);
+    // Bob cannot take alice's session, even with its id.
+    let (mut m, _) = authenticated(&t, "bob@localhost", "pb").await;
+    m.send(&format!("<resume xmlns='{SM}' previd='{id}' h='0'/>"))
+        .await;
+    let failed = m.expect_element(&["<failed"]).await;
+    assert!(failed.contains("<item-not-found"), "{failed}");
+    // The stream is still usable: a new session binds.
+    m.send("<iq type='set' id='b'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>b2</resource></bind></iq>").await;
+    let bound = m.expect_element(&["id='b'"]).await;
+    assert!(bound.contains("bob@localhost/b2"), "{bound}");
+    m.ping("bound").await;
+    let (mut a, _) = authenticated(&t, "alice@localhost", "pa").await;
+    a.send(&format!("<resume xmlns='{SM}' previd='nope' h='0'/>"))
+        .await;
+    let failed = a.expect_element(&["<failed"]).await;
+    assert!(failed.contains("<item-not-found"), "{failed}");
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn expired_session_hands_unacked_messages_on_and_goes_offline() {
+    let t = TestServer::start(|c| c.stream_management.resume_timeout_secs = 1).await;
+    let (mut a, mut b) = t.alice_and_bob().await;
+    b.send("<presence to='alice@localhost' type='subscribe'/>")
+        .await;
+    a.expect_element(&["type='subscribe'"]).await;
+    a.send("<presence to='bob@localhost' type='subscribed'/>")
+        .await;
+    a.send("<presence/>").await;
+    b.expect_element(&["<presence", "from='alice@localhost/a1'"])
+        .await;
+    let id = enable_resumable(&mut a).await;
+    // A chat state is not worth keeping; the message is.
+    b.send("<message to='alice@localhost' type='chat'><active xmlns='http://jabber.org/protocol/chatstates'/></message>").await;
+    chat(&mut b, "alice@localhost", "kept").await;
+    a.expect_element(&[">kept</body>"]).await;
+    drop(a);
+    // The window closes: contacts learn alice left, and the message waits for her.
+    b.expect_element(&["type='unavailable'", "from='alice@localhost/a1'"])
+        .await;
+    let (mut a, _) = authenticated(&t, "alice@localhost", "pa").await;
+    a.send(&format!("<resume xmlns='{SM}' previd='{id}' h='0'/>"))
+        .await;
+    let failed = a.expect_element(&["<failed"]).await;
+    assert!(failed.contains("<item-not-found"), "{failed}");
+    a.send("<iq type='set' id='b'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>a2</resource></bind></iq>").await;
+    a.expect_element(&["id='b'", "type='result'"]).await;
+    a.send("<presence/>").await;
+    let m = a.expect_element(&[">kept</body>"]).await;
+    assert!(m.contains("urn:xmpp:delay"), "delivered from storage: {m}");
+    a.expect_silence("chatstates", QUIET).await;
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn only_an_acknowledgement_deletes_a_stored_message() {
+    let t = TestServer::start(|_| {}).await;
+    let (mut a, mut b) = t.alice_and_bob().await;
+    // Without resumption: the session ends at once when the connection goes.
+    a.send(&format!("<enable xmlns='{SM}'/>")).await;
+    a.expect_element(&["<enabled"]).await;
+    chat(&mut b, "alice@localhost", "acked").await;
+    a.expect_element(&[">acked</body>"]).await;
+    a.send(&format!("<a xmlns='{SM}' h='1'/>")).await;
+    chat(&mut b, "alice@localhost", "unacked").await;
+    a.expect_element(&[">unacked</body>"]).await;
+    a.ping("settle").await;
+    // A clean close: the session ends, nothing is resumable, the unacknowledged message is
+    // still stored and comes back; the acknowledged one does not.
+    a.send("</stream:stream>").await;
+    a.read_to_close().await;
+    b.ping("after").await;
+    let mut a = login(&t, "alice@localhost", "pa", "a3").await;
+    let m = a.expect_element(&["<message"]).await;
+    assert!(m.contains(">unacked</body>"), "{m}");
+    a.expect_silence(">acked</body>", QUIET).await;
+    // The redelivered copy carries the same stanza-id as the first delivery, so clients can
+    // tell it is the same message (XEP-0359).
+    assert!(m.contains("urn:xmpp:sid:0"), "{m}");
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn too_many_unacknowledged_stanzas_end_the_stream() {
+    let t = TestServer::start(|c| c.stream_management.max_unacked = 10).await;
+    let (mut a, mut b) = t.alice_and_bob().await;
+    enable_resumable(&mut a).await;
+    for i in 0..12 {
+        chat(&mut b, "alice@localhost", &format!("n{i}")).await;
+    }
+    let end = a.read_to_close().await;
+    assert!(end.contains("too many unacknowledged stanzas"), "{end}");
+    // Nothing is lost: the messages wait in storage for alice's next session.
+    b.ping("settle").await;
+    let mut a = login(&t, "alice@localhost", "pa", "a2").await;
+    for i in 0..12 {
+        a.expect_element(&[&format!(">n{i}</body>")]).await;
+    }
+    t.stop().await;
+}
