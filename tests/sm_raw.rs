@@ -268,3 +268,36 @@ async fn too_many_unacknowledged_stanzas_end_the_stream() {
     }
     t.stop().await;
 }
+
+#[tokio::test]
+async fn messages_in_flight_are_kept_beyond_the_offline_quota() {
+    let t = TestServer::start(|c| c.limits.max_offline_messages = 2).await;
+    let (mut a, mut b) = t.alice_and_bob().await;
+    enable_resumable(&mut a).await;
+    for i in 0..5 {
+        chat(&mut b, "alice@localhost", &format!("q{i}")).await;
+    }
+    for i in 0..5 {
+        a.expect_element(&[&format!(">q{i}</body>")]).await;
+    }
+    // Alice was online: bob's messages were accepted, none bounced for the quota.
+    b.expect_silence("type='error'", QUIET).await;
+    // Alice never acknowledged them and closes: all five wait for her, quota or not.
+    a.send("</stream:stream>").await;
+    a.read_to_close().await;
+    b.ping("settle").await;
+    let mut a = login(&t, "alice@localhost", "pa", "a2").await;
+    for i in 0..5 {
+        a.expect_element(&[&format!(">q{i}</body>")]).await;
+    }
+    // Now offline, the quota applies again to new messages.
+    a.send("</stream:stream>").await;
+    a.read_to_close().await;
+    b.ping("settle2").await;
+    for i in 0..3 {
+        chat(&mut b, "alice@localhost", &format!("late{i}")).await;
+    }
+    let err = b.expect_element(&["type='error'"]).await;
+    assert!(err.contains("resource-constraint"), "{err}");
+    t.stop().await;
+}

@@ -794,7 +794,7 @@ impl OfflineStore for SqliteStore {
             if !exists(c, &owner)? {
                 return Err(StoreError::NotFound(owner));
             }
-            if count_offline(c, &owner)? >= limit {
+            if limit != usize::MAX && count_offline(c, &owner)? >= limit {
                 return Err(StoreError::QuotaExceeded {
                     account: owner,
                     limit,

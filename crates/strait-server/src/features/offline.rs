@@ -57,19 +57,21 @@ pub fn should_store(m: &Stanza) -> bool {
 /// Stores a message for `bare`. Past the account's quota the sender gets
 /// `resource-constraint` and nothing is dropped silently.
 pub async fn store(state: &ServerState, bare: &str, message: &Stanza) -> Result<(), StanzaError> {
-    push(state, bare, message).await.map(|_| ())
+    let limit = state.config.limits.max_offline_messages;
+    push(state, bare, message, limit).await.map(|_| ())
 }
 
 /// Stores a message about to be delivered to a resource that acknowledges stanzas
 /// (XEP-0198), so that it outlives that connection, or the server, until the client
-/// acknowledges it. `None` when the message is not worth keeping or cannot be stored (the
-/// account's queue is full): it is then delivered without that guarantee, as to any client.
+/// acknowledges it. `None` when the message is not worth keeping (or the store failed, which is
+/// logged): it is then delivered without that guarantee. The offline quota does not apply: the
+/// rows in flight are bounded by `stream_management.max_unacked` per session.
 pub async fn store_before_delivery(
     state: &ServerState,
     bare: &str,
     message: &Stanza,
 ) -> Option<i64> {
-    match push(state, bare, message).await {
+    match push(state, bare, message, usize::MAX).await {
         Ok(id) => id,
         Err(e) => {
             tracing::debug!(
@@ -87,6 +89,7 @@ async fn push(
     state: &ServerState,
     bare: &str,
     message: &Stanza,
+    limit: usize,
 ) -> Result<Option<i64>, StanzaError> {
     if !should_store(message) {
         return Ok(None);
@@ -106,7 +109,6 @@ async fn push(
     ));
     let xml = m.to_xml(ns::CLIENT);
     let owner = bare.to_owned();
-    let limit = state.config.limits.max_offline_messages;
     match state
         .store(move |s| s.offline_push(&owner, &xml, now, limit))
         .await
