@@ -304,3 +304,74 @@ async fn sent_carbon_carries_the_senders_archive_id() {
     assert_eq!(ids, [sid]);
     t.stop().await;
 }
+
+/// Receipts (XEP-0184), reactions (XEP-0444), replies (XEP-0461), corrections (XEP-0308),
+/// retractions (XEP-0424) and markers (XEP-0333) are archived for both sides with their
+/// payloads, as clients rebuilding a conversation from the archive expect; chat states
+/// (XEP-0085) and messages hinted `no-permanent-store` (XEP-0334) are not.
+#[tokio::test]
+async fn im_payloads_are_archived_and_transient_ones_are_not() {
+    let t = TestServer::start(|_| {}).await;
+    let (mut a, mut b) = t.alice_and_bob().await;
+    let kept = [
+        (
+            "k1",
+            "<body>original</body><request xmlns='urn:xmpp:receipts'/>",
+        ),
+        ("k2", "<received xmlns='urn:xmpp:receipts' id='k1'/>"),
+        (
+            "k3",
+            "<reactions xmlns='urn:xmpp:reactions:0' id='k1'><reaction>👍</reaction></reactions>",
+        ),
+        (
+            "k4",
+            "<body>answer</body><reply xmlns='urn:xmpp:reply:0' to='alice@localhost/a1' id='k1'/>",
+        ),
+        (
+            "k5",
+            "<body>corrected</body><replace xmlns='urn:xmpp:message-correct:0' id='k1'/>",
+        ),
+        (
+            "k6",
+            "<retract xmlns='urn:xmpp:message-retract:1' id='k4'/>",
+        ),
+        ("k7", "<displayed xmlns='urn:xmpp:chat-markers:0' id='k1'/>"),
+    ];
+    let dropped = [
+        (
+            "d1",
+            "<composing xmlns='http://jabber.org/protocol/chatstates'/>",
+        ),
+        (
+            "d2",
+            "<body>ephemeral</body><no-permanent-store xmlns='urn:xmpp:hints'/>",
+        ),
+    ];
+    for (id, payload) in kept.iter().chain(dropped.iter()) {
+        a.send(&format!(
+            "<message type='chat' to='bob@localhost' id='{id}'>{payload}</message>"
+        ))
+        .await;
+        // Every one passes through live, payload intact.
+        let m = b.expect_element(&[&format!("id='{id}'")]).await;
+        let first = &payload[..payload.find(['>', ' ']).unwrap()];
+        assert!(m.contains(first), "{first} in {m}");
+    }
+    for (who, c) in [("alice", &mut a), ("bob", &mut b)] {
+        let (_, _, results) = mam_query(c, &format!("{who}-all"), &[], "").await;
+        let text = results.concat();
+        for (id, payload) in kept {
+            assert!(text.contains(&format!("id='{id}'")), "{who}: {id} archived");
+            let first = &payload[..payload.find(['>', ' ']).unwrap()];
+            assert!(text.contains(first), "{who}: {first} archived");
+        }
+        for (id, _) in dropped {
+            assert!(
+                !text.contains(&format!("id='{id}'")),
+                "{who}: {id} not archived"
+            );
+        }
+        assert_eq!(results.len(), kept.len(), "{who}: {text}");
+    }
+    t.stop().await;
+}
