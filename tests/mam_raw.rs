@@ -375,3 +375,25 @@ async fn im_payloads_are_archived_and_transient_ones_are_not() {
     }
     t.stop().await;
 }
+
+#[tokio::test]
+async fn archives_can_be_turned_off() {
+    let t = TestServer::start(|c| c.archive.enabled = false).await;
+    let (mut a, mut b) = t.alice_and_bob().await;
+    chat(&mut a, &mut b, "bob@localhost", "unarchived").await;
+    a.send("<iq type='get' id='d1' to='alice@localhost'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>").await;
+    let info = a.expect_element(&["id='d1'"]).await;
+    assert!(info.contains("urn:xmpp:sid:0"), "{info}");
+    assert!(!info.contains(MAM), "{info}");
+    a.send(&format!(
+        "<iq type='set' id='q1'><query xmlns='{MAM}' queryid='x'/></iq>"
+    ))
+    .await;
+    let r = a.expect_element(&["id='q1'"]).await;
+    assert!(
+        r.contains("type='error'") && r.contains("service-unavailable"),
+        "{r}"
+    );
+    assert!(!r.contains("<result"), "{r}");
+    t.stop().await;
+}

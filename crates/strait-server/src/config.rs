@@ -18,6 +18,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub auth: AuthConfig,
     pub stream_management: StreamManagementConfig,
+    pub archive: ArchiveConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -106,6 +107,21 @@ pub struct StreamManagementConfig {
     pub max_unacked: usize,
 }
 
+/// XEP-0313 message archives.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ArchiveConfig {
+    /// Keep a message archive per account (and answer archive queries). Off: nothing is
+    /// archived, `urn:xmpp:mam:2` is not advertised and queries get `service-unavailable`.
+    pub enabled: bool,
+}
+
+impl Default for ArchiveConfig {
+    fn default() -> Self {
+        ArchiveConfig { enabled: true }
+    }
+}
+
 impl Default for StreamManagementConfig {
     fn default() -> Self {
         StreamManagementConfig {
@@ -126,6 +142,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             auth: AuthConfig::default(),
             stream_management: StreamManagementConfig::default(),
+            archive: ArchiveConfig::default(),
         }
     }
 }

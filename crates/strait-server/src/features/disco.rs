@@ -21,8 +21,8 @@ pub const SERVER_FEATURES: &[&str] = &[
     super::blocking::NS,
 ];
 
-/// Features an account advertises on its bare JID.
-pub const ACCOUNT_FEATURES: &[&str] = &[INFO, ITEMS, super::stanza_id::NS, super::mam::NS];
+/// Features an account advertises on its bare JID (and `urn:xmpp:mam:2` when archives are on).
+pub const ACCOUNT_FEATURES: &[&str] = &[INFO, ITEMS, super::stanza_id::NS];
 
 pub fn info(category: &str, type_: &str, name: Option<&str>, features: &[&str]) -> String {
     let mut x = format!(
@@ -45,8 +45,11 @@ pub fn server_info() -> String {
     info("server", "im", Some("Strait"), SERVER_FEATURES)
 }
 
-pub fn account_info() -> String {
+pub fn account_info(archive: bool) -> String {
     let mut features: Vec<&str> = ACCOUNT_FEATURES.to_vec();
+    if archive {
+        features.push(super::mam::NS);
+    }
     features.extend_from_slice(super::pep::FEATURES);
     // An account is also its own PEP service (XEP-0163 §1).
     info("account", "registered", None, &features).replacen(

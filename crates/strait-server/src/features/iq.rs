@@ -159,9 +159,10 @@ async fn account_request(s: &mut Session, stanza: &Stanza, own: bool) {
         (roster::NS, "query", _, false) => {
             s.reply_error(stanza, StanzaError::new(StanzaErrorCondition::Forbidden))
         }
-        (disco::INFO, "query", true, _) if !has_node => {
-            s.reply(iq_result(stanza, Some(&disco::account_info())))
-        }
+        (disco::INFO, "query", true, _) if !has_node => s.reply(iq_result(
+            stanza,
+            Some(&disco::account_info(s.state.config.archive.enabled)),
+        )),
         (disco::ITEMS, "query", true, _) if !has_node => super::pep::disco_items(s, stanza).await,
         (disco::INFO, "query", true, _) => {
             let node = p.attr("node").unwrap_or_default().to_owned();
@@ -178,6 +179,13 @@ async fn account_request(s: &mut Session, stanza: &Stanza, own: bool) {
         (SESSION_NS, "session", false, true) => s.reply(iq_result(stanza, None)),
         (carbons::NS, _, false, true) => carbons::handle(s, stanza, &p),
         (blocking::NS, _, _, true) => blocking::handle(s, stanza, &p).await,
+        (super::mam::NS, _, _, true) if !s.state.config.archive.enabled => s.reply_error(
+            stanza,
+            StanzaError::with_text(
+                StanzaErrorCondition::ServiceUnavailable,
+                "message archives are turned off on this server",
+            ),
+        ),
         (super::mam::NS, _, _, true) => super::mam::handle(s, stanza, &p).await,
         (super::mam::NS, _, _, false) => {
             s.reply_error(stanza, StanzaError::new(StanzaErrorCondition::Forbidden))

@@ -58,7 +58,7 @@ async fn allowed(state: &ServerState, owner: &str, with: &str) -> bool {
 /// Archives `m` for `owner` under `id`, `with` being the partner's JID as addressed. Errors are
 /// logged: a message is never refused because it could not be archived.
 pub async fn archive(state: &ServerState, owner: &str, with: &str, id: &str, m: &Stanza) {
-    if !archivable(m) {
+    if !state.config.archive.enabled || !archivable(m) {
         return;
     }
     let with_bare = with.split('/').next().unwrap_or(with).to_owned();
