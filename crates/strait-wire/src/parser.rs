@@ -110,6 +110,12 @@ impl StreamParser {
 
     pub fn feed(&mut self, bytes: &[u8]) {
         if self.dead.is_none() && self.phase != Phase::Closed {
+            // Drop what the XML parser consumed, so a stream whose reads never end on a token
+            // boundary does not keep every byte it ever sent.
+            if self.pos > 0 {
+                self.buf.drain(..self.pos);
+                self.pos = 0;
+            }
             self.buf.extend_from_slice(bytes);
         }
     }

@@ -1,0 +1,135 @@
+//! Criterion benchmarks of the wire layer: parsing a client stream into stanzas within the
+//! budgets, and writing stanzas back canonically. Throughput is reported in bytes and in
+//! stanzas per second (criterion's `Elements`), for three kinds of traffic: small chat
+//! messages, OMEMO-encrypted messages (a few kilobytes of base64 key material and payload),
+//! and presence with entity capabilities.
+//!
+//! ```sh
+//! cargo bench -p strait-wire --bench parser
+//! ```
+//!
+//! `parse/*` feeds the whole buffer in 4 KiB chunks (what the connection task reads at a time)
+//! and drains every event; `serialize/*` writes the parsed stanzas back as the server does
+//! before sending them on.
+
+use std::hint::black_box;
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use strait_wire::{Event, Limits, Stanza, StreamParser, ns};
+
+const HEADER: &str = "<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='localhost' version='1.0'>";
+const STANZAS: usize = 1000;
+
+fn chat(i: usize) -> String {
+    format!(
+        "<message to='bob@localhost' type='chat' id='m{i}'><body>Hello Bob, this is message number {i}. See you at 5?</body><active xmlns='http://jabber.org/protocol/chatstates'/><origin-id xmlns='urn:xmpp:sid:0' id='o{i}'/><request xmlns='urn:xmpp:receipts'/></message>"
+    )
+}
+
+fn omemo(i: usize) -> String {
+    // Shapes of an OMEMO 0.3 message to 4 devices: 4 keys of ~300 base64 chars and a payload.
+    let key = "MwohBQ".repeat(50);
+    let mut keys = String::new();
+    for rid in 0..4 {
+        keys.push_str(&format!(
+            "<key rid='{}' prekey='true'>{key}</key>",
+            1000 + rid
+        ));
+    }
+    format!(
+        "<message to='bob@localhost' type='chat' id='e{i}'><encrypted xmlns='eu.siacs.conversations.axolotl'><header sid='123456'>{keys}<iv>AAECAwQFBgcICQoL</iv></header><payload>{}</payload></encrypted><store xmlns='urn:xmpp:hints'/><encryption xmlns='urn:xmpp:eme:0' namespace='eu.siacs.conversations.axolotl'/><body>I sent you an OMEMO encrypted message but your client doesn't seem to support that.</body></message>",
+        "QUJD".repeat(40)
+    )
+}
+
+fn presence(i: usize) -> String {
+    format!(
+        "<presence id='p{i}'><show>away</show><status>In a meeting</status><priority>5</priority><c xmlns='http://jabber.org/protocol/caps' hash='sha-1' node='https://conversations.im' ver='q07IKJEyjvHSyhy//CH0CxmKi8w='/></presence>"
+    )
+}
+
+fn stream_of(make: fn(usize) -> String) -> Vec<u8> {
+    let mut s = String::from(HEADER);
+    for i in 0..STANZAS {
+        s.push_str(&make(i));
+    }
+    s.into_bytes()
+}
+
+fn parse_all(bytes: &[u8]) -> Vec<Stanza> {
+    let mut p = StreamParser::new(Limits::authenticated());
+    let mut out = Vec::with_capacity(STANZAS);
+    for chunk in bytes.chunks(4096) {
+        p.feed(chunk);
+        while let Some(ev) = p.next_event().expect("valid stream") {
+            if let Event::Element(s) = ev {
+                out.push(s);
+            }
+        }
+    }
+    out
+}
+
+/// The reference: rxml's raw tokenizer alone over the same bytes (no namespaces, budgets,
+/// envelopes or canonical inner XML). `parse` ÷ `reference` is the cost of strait-wire's layer.
+fn tokenize_all(bytes: &[u8]) -> usize {
+    use rxml::{Parse, RawParser};
+    let mut p = RawParser::default();
+    let mut events = 0;
+    for chunk in bytes.chunks(4096) {
+        let mut slice = chunk;
+        loop {
+            match p.parse(&mut slice, false) {
+                Ok(Some(_)) => events += 1,
+                Ok(None) => return events,
+                Err(rxml::error::EndOrError::NeedMoreData) => break,
+                Err(e) => panic!("{e:?}"),
+            }
+        }
+    }
+    events
+}
+
+fn benches(c: &mut Criterion) {
+    let kinds: [(&str, fn(usize) -> String); 3] =
+        [("chat", chat), ("omemo", omemo), ("presence", presence)];
+    let mut parse = c.benchmark_group("parse");
+    for (name, make) in kinds {
+        let bytes = stream_of(make);
+        assert_eq!(parse_all(&bytes).len(), STANZAS);
+        parse.throughput(Throughput::Bytes(bytes.len() as u64));
+        parse.bench_with_input(BenchmarkId::new("bytes", name), &bytes, |b, bytes| {
+            b.iter(|| black_box(parse_all(black_box(bytes))))
+        });
+        parse.bench_with_input(
+            BenchmarkId::new("reference_rxml", name),
+            &bytes,
+            |b, bytes| b.iter(|| black_box(tokenize_all(black_box(bytes)))),
+        );
+        parse.throughput(Throughput::Elements(STANZAS as u64));
+        parse.bench_with_input(BenchmarkId::new("stanzas", name), &bytes, |b, bytes| {
+            b.iter(|| black_box(parse_all(black_box(bytes))))
+        });
+    }
+    parse.finish();
+
+    let mut ser = c.benchmark_group("serialize");
+    for (name, make) in kinds {
+        let stanzas = parse_all(&stream_of(make));
+        ser.throughput(Throughput::Elements(STANZAS as u64));
+        ser.bench_with_input(BenchmarkId::new("stanzas", name), &stanzas, |b, stanzas| {
+            let mut out = Vec::with_capacity(1 << 20);
+            b.iter(|| {
+                out.clear();
+                for s in stanzas {
+                    s.write_xml(&mut out, ns::CLIENT);
+                }
+                black_box(out.len())
+            })
+        });
+    }
+    ser.finish();
+}
+
+criterion_group!(parser, benches);
+criterion_main!(parser);
