@@ -48,7 +48,10 @@ fn presence(i: usize) -> String {
     )
 }
 
-fn stream_of(make: fn(usize) -> String) -> Vec<u8> {
+/// Makes the i-th stanza of a kind of traffic.
+type Maker = fn(usize) -> String;
+
+fn stream_of(make: Maker) -> Vec<u8> {
     let mut s = String::from(HEADER);
     for i in 0..STANZAS {
         s.push_str(&make(i));
@@ -91,8 +94,7 @@ fn tokenize_all(bytes: &[u8]) -> usize {
 }
 
 fn benches(c: &mut Criterion) {
-    let kinds: [(&str, fn(usize) -> String); 3] =
-        [("chat", chat), ("omemo", omemo), ("presence", presence)];
+    let kinds: [(&str, Maker); 3] = [("chat", chat), ("omemo", omemo), ("presence", presence)];
     let mut parse = c.benchmark_group("parse");
     for (name, make) in kinds {
         let bytes = stream_of(make);
