@@ -46,6 +46,8 @@ pub struct ServerState {
     pub connections: Arc<Semaphore>,
     /// Resumable sessions (XEP-0198).
     pub sm: crate::features::sm::Registry,
+    /// Archive preferences (XEP-0313) of recently active accounts.
+    pub archive_prefs: crate::features::mam::PrefsCache,
     next_conn_id: AtomicU64,
 }
 
@@ -137,6 +139,7 @@ impl Server {
             fake_salt_key,
             shutdown,
             sm: Default::default(),
+            archive_prefs: Default::default(),
             next_conn_id: AtomicU64::new(1),
         });
         let mut tasks = JoinSet::new();

@@ -26,14 +26,46 @@ pub fn archivable(m: &Stanza) -> bool {
         && super::offline::should_store(m)
 }
 
+/// Most accounts whose archive preferences are kept in memory; past it the cache starts over.
+const PREFS_CACHE_MAX: usize = 50_000;
+
+/// Archive preferences of recently active accounts, so that archiving a message (twice per
+/// message: sender and recipient) does not read the store. Updated when an account sets its
+/// preferences through this server.
+#[derive(Default)]
+pub struct PrefsCache {
+    map: std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<ArchivePrefs>>>,
+}
+
+impl PrefsCache {
+    fn get(&self, owner: &str) -> Option<std::sync::Arc<ArchivePrefs>> {
+        self.map.lock().expect("prefs cache").get(owner).cloned()
+    }
+
+    fn put(&self, owner: &str, prefs: ArchivePrefs) -> std::sync::Arc<ArchivePrefs> {
+        let prefs = std::sync::Arc::new(prefs);
+        let mut map = self.map.lock().expect("prefs cache");
+        if map.len() >= PREFS_CACHE_MAX {
+            map.clear();
+        }
+        map.insert(owner.to_owned(), prefs.clone());
+        prefs
+    }
+}
+
 /// Whether `owner`'s preferences allow archiving a message with `with` (a bare JID).
 async fn allowed(state: &ServerState, owner: &str, with: &str) -> bool {
-    let o = owner.to_owned();
-    let prefs = match state.store(move |s| s.archive_prefs(&o)).await {
-        Ok(p) => p,
-        Err(e) => {
-            tracing::error!(account = owner, "reading archive preferences: {e}");
-            return true;
+    let prefs = match state.archive_prefs.get(owner) {
+        Some(p) => p,
+        None => {
+            let o = owner.to_owned();
+            match state.store(move |s| s.archive_prefs(&o)).await {
+                Ok(p) => state.archive_prefs.put(owner, p),
+                Err(e) => {
+                    tracing::error!(account = owner, "reading archive preferences: {e}");
+                    return true;
+                }
+            }
         }
     };
     if prefs.never.iter().any(|j| j == with) {
@@ -96,7 +128,10 @@ pub async fn handle(s: &mut Session, stanza: &Stanza, el: &minidom::Element) {
             let p = parse_prefs(el);
             let (o, q) = (s.bare.clone(), p.clone());
             match s.state.store(move |st| st.set_archive_prefs(&o, &q)).await {
-                Ok(()) => s.reply(iq_result(stanza, Some(&prefs_xml(&p)))),
+                Ok(()) => {
+                    s.reply(iq_result(stanza, Some(&prefs_xml(&p))));
+                    s.state.archive_prefs.put(&s.bare, p);
+                }
                 Err(e) => internal(s, stanza, &e),
             }
         }
