@@ -9,6 +9,8 @@ use std::time::Duration;
 use strait_server::{Config, Server, accounts};
 use strait_store::{AccountStore, SqliteStore};
 
+mod import;
+
 /// Strait: an open messaging-interoperability platform (XMPP, Signal-protocol end-to-end encryption).
 #[derive(Parser)]
 #[command(name = "strait", version, about)]
@@ -27,9 +29,16 @@ enum Command {
     /// defaults, then --config FILE, then STRAIT__SECTION__KEY environment variables (for
     /// example STRAIT__LIMITS__MAX_CONNECTIONS=500), then the flags below.
     Serve(ServeArgs),
-    /// Manage accounts: add, remove, passwd, list.
+    /// Manage accounts: add, remove, passwd, list, import.
     #[command(subcommand)]
     User(UserCommand),
+    /// Load-test an XMPP server (this one, Prosody, ejabberd, …): idle connections,
+    /// ping-pong, message rates with offline delivery, login storms.
+    ///
+    /// Example: strait bench gen-accounts --count 1000 --domain localhost | strait user import;
+    /// strait bench messages --ca-file strait-data/tls/ca.pem --pairs 100 --rate 1000
+    /// --duration 30 --server-pid $(pidof strait)
+    Bench(Box<strait_bench::BenchArgs>),
 }
 
 #[derive(Args, Clone)]
@@ -72,6 +81,27 @@ enum UserCommand {
         jid: String,
         #[command(flatten)]
         config: ConfigArgs,
+    },
+    /// Create many accounts from standard input, one `jid password` line each, or
+    /// `localpart password` when one domain is served (--domain D). The name ends at the first
+    /// tab if the line has one (names with spaces), else at the first space; the password is
+    /// the rest of the line; blank and `#` lines are skipped. Every line is checked before
+    /// anything is created. Accounts are made as `add` makes them, on all cores; existing
+    /// ones are left unchanged (see --update-existing). Progress goes to stderr.
+    Import {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// PBKDF2 iterations for these accounts instead of auth.scram_iterations (at least
+        /// 4096, RFC 7677).
+        #[arg(long)]
+        scram_iterations: Option<u32>,
+        /// Threads creating accounts (default: two per core, so that one derives keys while
+        /// another waits for its write to commit).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Set the password of accounts that already exist instead of leaving them.
+        #[arg(long)]
+        update_existing: bool,
     },
     /// List accounts, optionally of one domain.
     List {
@@ -119,6 +149,7 @@ fn main() -> Result<()> {
                 .block_on(serve(config))
         }
         Command::User(cmd) => user(cmd),
+        Command::Bench(args) => strait_bench::main(*args),
     }
 }
 
@@ -213,6 +244,34 @@ fn user(cmd: UserCommand) -> Result<()> {
             let jid = accounts::set_password(&config, &store, &jid, &password)?;
             store.close()?;
             println!("password changed for {jid}");
+        }
+        UserCommand::Import {
+            config,
+            scram_iterations,
+            threads,
+            update_existing,
+        } => {
+            let mut config = load_config(&config)?;
+            if let Some(n) = scram_iterations {
+                config.auth.scram_iterations = n;
+                config.validate().context("--scram-iterations")?;
+            }
+            let entries = import::parse(&config, &import::read_stdin()?)?;
+            let store = open_store(&config)?;
+            let threads = threads
+                .unwrap_or_else(|| 2 * std::thread::available_parallelism().map_or(1, |n| n.get()));
+            let started = std::time::Instant::now();
+            let n = entries.len();
+            let summary = import::import(&config, &store, entries, update_existing, threads);
+            store.close()?;
+            let summary = summary?;
+            println!(
+                "imported {n} line(s) in {:.1} s: {} created, {} updated, {} existing left unchanged",
+                started.elapsed().as_secs_f64(),
+                summary.created,
+                summary.updated,
+                summary.skipped
+            );
         }
         UserCommand::List { of_domain, config } => {
             let config = load_config(&config)?;

@@ -1,0 +1,578 @@
+//! `messages`: a steady rate of one-to-one chat messages between online pairs, open loop.
+//!
+//! Every message has a scheduled send time, fixed before the run: message g (counting over
+//! all senders) is due at T0 + g/R. Each sender sends its messages when they are due, whatever
+//! happened to the ones before, and stamps the *scheduled* time into the id
+//! (`{run}.{g}.{µs}`), so latency counts from when the message should have gone: a stall in
+//! the server (or the generator) shows up as latency of every message it delays, not as fewer
+//! samples (no coordinated omission). A fraction goes to accounts that are offline; they log
+//! in at the end and every message must arrive. Loss is sent − received, reported always.
+
+use super::idle::seconds;
+use super::{
+    CLOSE_WAIT, Ctx, LoginJob, Outcome, close_all, describe_failures, login_many, resource,
+    sync_all, wait_until,
+};
+use crate::cli::MessagesArgs;
+use crate::client::{ConnError, Connection};
+use crate::report::{MessagesResults, Results};
+use crate::stats::{Failures, Latency, PhaseMeter, duration_us};
+use crate::xml::Element;
+use std::io::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+/// Messages an offline account is planned to hold at most, by default.
+const OFFLINE_PER_ACCOUNT: f64 = 500.0;
+/// How long the count of arrivals may stand still before draining gives up.
+const STALL: Duration = Duration::from_secs(2);
+
+/// Counters shared by all connections.
+struct Shared {
+    base: Instant,
+    /// `{run}.`
+    tag: String,
+    sent_online: AtomicU64,
+    sent_offline: AtomicU64,
+    received_online: AtomicU64,
+    received_offline: AtomicU64,
+    stale: AtomicU64,
+    foreign: AtomicU64,
+    latency: Latency,
+    lag: Latency,
+    errors: Failures,
+}
+
+/// One sender's share of the schedule.
+struct Plan {
+    /// This sender's number, 0..senders.
+    index: u64,
+    senders: u64,
+    rate: f64,
+    start_us: u64,
+    end_us: u64,
+    /// The partner's bare JID (escaped).
+    partner: String,
+    /// The offline accounts' bare JIDs (escaped).
+    offline: Arc<Vec<String>>,
+    /// Fraction of messages for offline accounts, in millionths.
+    offline_ppm: u64,
+    body: Arc<str>,
+}
+
+impl Plan {
+    /// The global number of this sender's message `j`.
+    fn global(&self, j: u64) -> u64 {
+        self.index + j * self.senders
+    }
+
+    /// When message `g` is due, µs since base.
+    fn due(&self, g: u64) -> u64 {
+        self.start_us + (g as f64 * 1e6 / self.rate) as u64
+    }
+
+    /// The offline account message `g` goes to, if it is one of the offline fraction: the
+    /// fraction is exact over all senders (message g is offline when ⌊(g+1)f⌋ > ⌊gf⌋), and
+    /// offline messages go round-robin over the offline accounts.
+    fn offline_target(&self, g: u64) -> Option<&str> {
+        if self.offline.is_empty() {
+            return None;
+        }
+        let before = g * self.offline_ppm / 1_000_000;
+        let after = (g + 1) * self.offline_ppm / 1_000_000;
+        (after > before)
+            .then(|| self.offline[(before % self.offline.len() as u64) as usize].as_str())
+    }
+}
+
+pub(crate) async fn run(ctx: &Ctx, a: &MessagesArgs) -> anyhow::Result<Outcome> {
+    let duration = seconds("--duration", a.duration)?;
+    let drain = seconds("--drain", a.drain)?;
+    if !(a.rate.is_finite() && a.rate > 0.0) {
+        anyhow::bail!("--rate must be positive, not {}", a.rate);
+    }
+    if !(0.0..1.0).contains(&a.offline_fraction) {
+        anyhow::bail!(
+            "--offline-fraction must be at least 0 and below 1, not {}",
+            a.offline_fraction
+        );
+    }
+    let senders = 2 * a.pairs;
+    let expected_offline = a.rate * duration.as_secs_f64() * a.offline_fraction;
+    let offline_accounts = if a.offline_fraction == 0.0 {
+        0
+    } else {
+        a.offline_accounts
+            .unwrap_or_else(|| (expected_offline / OFFLINE_PER_ACCOUNT).ceil().max(1.0) as u64)
+            .max(1)
+    };
+    ctx.check_accounts(senders + offline_accounts)?;
+    let probe = &ctx.probe;
+    let mut warnings = Vec::new();
+    if offline_accounts > 0 && expected_offline / offline_accounts as f64 > 1000.0 {
+        warnings.push(format!(
+            "about {:.0} messages per offline account: past the server's offline quota \
+             (1000 by default in Strait) senders get errors",
+            expected_offline / offline_accounts as f64
+        ));
+    }
+
+    let meter = PhaseMeter::start("login", probe);
+    let jobs = (0..senders)
+        .map(|i| LoginJob {
+            slot: i as usize,
+            account: i,
+            resource: resource(ctx, i),
+            presence: true,
+        })
+        .collect();
+    let (conns, logins) = login_many(ctx, jobs, true).await;
+    let conns: Vec<Connection> = conns.into_iter().flatten().collect();
+    if logins.failed > 0 {
+        close_all(conns).await;
+        let error = format!(
+            "messages needs every online account; {} of {} logins failed: {}",
+            logins.failed,
+            logins.attempted,
+            describe_failures(&logins.failures)
+        );
+        return Ok(Outcome {
+            logins,
+            phases: vec![meter.finish(probe)],
+            results: Results::None {},
+            failures: Default::default(),
+            warnings,
+            error: Some(error),
+        });
+    }
+    let conns = sync_all(conns, ctx.settings.login_timeout)
+        .await
+        .map_err(|e| anyhow::anyhow!("after login: {e}"))?;
+    let mut phases = vec![meter.finish(probe)];
+
+    let shared = Arc::new(Shared {
+        base: ctx.base,
+        tag: format!("{}.", ctx.run_tag),
+        sent_online: AtomicU64::new(0),
+        sent_offline: AtomicU64::new(0),
+        received_online: AtomicU64::new(0),
+        received_offline: AtomicU64::new(0),
+        stale: AtomicU64::new(0),
+        foreign: AtomicU64::new(0),
+        latency: Latency::new(),
+        lag: Latency::new(),
+        errors: Failures::new(),
+    });
+    let domain = crate::xml::escape(&ctx.settings.domain).into_owned();
+    let jid = |n: u64| format!("{}@{domain}", crate::xml::escape(&ctx.accounts.user(n)));
+    let offline_jids: Arc<Vec<String>> =
+        Arc::new((senders..senders + offline_accounts).map(jid).collect());
+    let body: Arc<str> = body_text(a.body_size).into();
+    // A short pause so that every sender is waiting on its timer when the schedule starts.
+    let start_us = ctx.now_us(Instant::now()) + 100_000;
+    let end_us = start_us + duration_us(duration);
+
+    let meter = PhaseMeter::start("run", probe);
+    let (stop_tx, stop) = watch::channel(false);
+    let mut tasks = JoinSet::new();
+    for (i, conn) in conns.into_iter().enumerate() {
+        let i = i as u64;
+        let plan = Plan {
+            index: i,
+            senders,
+            rate: a.rate,
+            start_us,
+            end_us,
+            partner: jid(i ^ 1),
+            offline: offline_jids.clone(),
+            offline_ppm: (a.offline_fraction * 1e6).round() as u64,
+            body: body.clone(),
+        };
+        tasks.spawn(online(conn, stop.clone(), plan, shared.clone()));
+    }
+    tokio::time::sleep_until((ctx.base + Duration::from_micros(end_us)).into()).await;
+    phases.push(meter.finish(probe));
+
+    // Drain: wait for what is still in flight.
+    let meter = PhaseMeter::start("drain", probe);
+    let s = shared.clone();
+    wait_until(
+        drain,
+        STALL,
+        || s.received_online.load(Ordering::Relaxed) >= s.sent_online.load(Ordering::Relaxed),
+        || s.received_online.load(Ordering::Relaxed) + s.errors.total(),
+    )
+    .await;
+    let drain_phase = meter.finish(probe);
+    let drain_s = drain_phase.wall_s;
+    phases.push(drain_phase);
+    let _ = stop_tx.send(true);
+    let failures = Failures::new();
+    while let Some(joined) = tasks.join_next().await {
+        if let Err(e) = joined.expect("sender task") {
+            failures.add(&format!("connection lost: {}", e.kind()), &e.to_string());
+        }
+    }
+
+    // The offline accounts log in and fetch what was stored for them.
+    let mut offline_fetch_s = 0.0;
+    if offline_accounts > 0 {
+        let meter = PhaseMeter::start("offline fetch", probe);
+        let jobs = (senders..senders + offline_accounts)
+            .map(|i| LoginJob {
+                slot: i as usize,
+                account: i,
+                resource: resource(ctx, i),
+                presence: true,
+            })
+            .collect();
+        let (conns, fetch_logins) = login_many(ctx, jobs, true).await;
+        for (kind, n) in &fetch_logins.failures.by_kind {
+            for _ in 0..*n {
+                failures.add(&format!("offline account login: {kind}"), kind);
+            }
+        }
+        let (stop_tx, stop) = watch::channel(false);
+        let mut fetchers = JoinSet::new();
+        for conn in conns.into_iter().flatten() {
+            fetchers.spawn(fetch(conn, stop.clone(), shared.clone()));
+        }
+        let s = shared.clone();
+        wait_until(
+            drain,
+            STALL,
+            || s.received_offline.load(Ordering::Relaxed) >= s.sent_offline.load(Ordering::Relaxed),
+            || s.received_offline.load(Ordering::Relaxed),
+        )
+        .await;
+        let _ = stop_tx.send(true);
+        while let Some(joined) = fetchers.join_next().await {
+            if let Err(e) = joined.expect("fetch task") {
+                failures.add(
+                    &format!("offline account lost: {}", e.kind()),
+                    &e.to_string(),
+                );
+            }
+        }
+        let phase = meter.finish(probe);
+        offline_fetch_s = phase.wall_s;
+        phases.push(phase);
+    }
+
+    let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    let sent_online = load(&shared.sent_online);
+    let sent_offline = load(&shared.sent_offline);
+    let received_online = load(&shared.received_online);
+    let received_offline = load(&shared.received_offline);
+    let window = duration.as_secs_f64();
+    let lag = shared.lag.summary();
+    if lag.p99_ms > 10.0 {
+        warnings.push(format!(
+            "the generator was behind its schedule (send lag p99 {:.1} ms): latency includes its \
+             own delay; use more --threads or a lower --rate",
+            lag.p99_ms
+        ));
+    }
+    let lost = (sent_online + sent_offline) as i64 - (received_online + received_offline) as i64;
+    if lost != 0 {
+        warnings.push(format!("{lost} message(s) not delivered"));
+    }
+    Ok(Outcome {
+        logins,
+        phases,
+        results: Results::Messages(MessagesResults {
+            pairs: a.pairs,
+            online_accounts: senders,
+            offline_accounts,
+            target_rate: a.rate,
+            duration_s: window,
+            body_bytes: a.body_size,
+            offline_fraction: a.offline_fraction,
+            sent: sent_online + sent_offline,
+            sent_online,
+            sent_offline,
+            achieved_send_rate: (sent_online + sent_offline) as f64 / window,
+            received_online,
+            lost_online: sent_online as i64 - received_online as i64,
+            delivered_per_s: received_online as f64 / window,
+            received_offline,
+            lost_offline: sent_offline as i64 - received_offline as i64,
+            latency: shared.latency.summary(),
+            send_lag: lag,
+            errors: shared.errors.counts(),
+            stale_received: load(&shared.stale),
+            foreign_received: load(&shared.foreign),
+            drain_s,
+            offline_fetch_s,
+        }),
+        failures: failures.counts(),
+        warnings,
+        error: None,
+    })
+}
+
+/// A body of `n` bytes of readable filler.
+fn body_text(n: usize) -> String {
+    const FILLER: &[u8] = b"the quick brown fox jumps over the lazy dog ";
+    FILLER.iter().cycle().take(n).map(|&b| b as char).collect()
+}
+
+/// What a received message is to this run.
+#[derive(Debug, PartialEq, Eq)]
+enum Received {
+    /// One of ours, scheduled at this many µs since base.
+    Ours(u64),
+    /// A bounce: the message with this id came back as an error.
+    Error,
+    /// From an earlier run of the generator.
+    Stale,
+    /// Not from the generator.
+    Foreign,
+    /// Not a message.
+    Ignored,
+}
+
+fn classify(el: &Element<'_>, tag: &str) -> Received {
+    if !el.is("message") {
+        return Received::Ignored;
+    }
+    if el.attr_raw("type") == Some(b"error") {
+        return Received::Error;
+    }
+    let Some(id) = el.attr_raw("id") else {
+        return Received::Foreign;
+    };
+    if let Some(rest) = id.strip_prefix(tag.as_bytes()) {
+        let due = std::str::from_utf8(rest)
+            .ok()
+            .and_then(|r| r.split_once('.'))
+            .and_then(|(_, t)| t.parse().ok());
+        return match due {
+            Some(t) => Received::Ours(t),
+            None => Received::Foreign,
+        };
+    }
+    // Earlier runs: a run tag (8 hex digits) and a dot.
+    let looks_like_ours =
+        id.len() > 9 && id[8] == b'.' && id[..8].iter().all(u8::is_ascii_hexdigit);
+    if looks_like_ours {
+        Received::Stale
+    } else {
+        Received::Foreign
+    }
+}
+
+/// Tallies of one batch of received stanzas, added to [`Shared`] once per batch.
+#[derive(Default)]
+struct Tally {
+    ours: u64,
+    stale: u64,
+    foreign: u64,
+    latencies: Vec<u64>,
+}
+
+impl Tally {
+    fn add(&mut self, el: &Element<'_>, shared: &Shared, now_us: Option<u64>) {
+        match classify(el, &shared.tag) {
+            Received::Ours(due) => {
+                self.ours += 1;
+                if let Some(now) = now_us {
+                    self.latencies.push(now.saturating_sub(due));
+                }
+            }
+            Received::Error => shared
+                .errors
+                .add(&format!("message error: {}", el.error_condition()), ""),
+            Received::Stale => self.stale += 1,
+            Received::Foreign => self.foreign += 1,
+            Received::Ignored => {}
+        }
+    }
+
+    fn commit(&mut self, shared: &Shared, received: &AtomicU64) {
+        if self.ours > 0 {
+            received.fetch_add(self.ours, Ordering::Relaxed);
+        }
+        if self.stale > 0 {
+            shared.stale.fetch_add(self.stale, Ordering::Relaxed);
+        }
+        if self.foreign > 0 {
+            shared.foreign.fetch_add(self.foreign, Ordering::Relaxed);
+        }
+        shared.latency.record_us(&self.latencies);
+        self.latencies.clear();
+        self.ours = 0;
+        self.stale = 0;
+        self.foreign = 0;
+    }
+}
+
+/// An online account: sends its share of the schedule to its partner (or to an offline
+/// account), and receives its partner's.
+async fn online(
+    mut conn: Connection,
+    mut stop: watch::Receiver<bool>,
+    plan: Plan,
+    shared: Arc<Shared>,
+) -> Result<(), ConnError> {
+    let mut j = 0u64;
+    let mut due = plan.due(plan.global(0));
+    let mut sending = due < plan.end_us;
+    let at = |us: u64| tokio::time::Instant::from_std(shared.base + Duration::from_micros(us));
+    let timer = tokio::time::sleep_until(at(due));
+    tokio::pin!(timer);
+    let mut tally = Tally::default();
+    let mut lags = Vec::new();
+    loop {
+        if *stop.borrow() {
+            break;
+        }
+        tokio::select! {
+            r = conn.pump() => {
+                r?;
+                let now = duration_us(shared.base.elapsed());
+                conn.process(|el, _| tally.add(&el, &shared, Some(now)))?;
+                tally.commit(&shared, &shared.received_online);
+            }
+            () = &mut timer, if sending => {
+                let now = duration_us(shared.base.elapsed());
+                let (mut to_online, mut to_offline) = (0u64, 0u64);
+                while due <= now && due < plan.end_us {
+                    let g = plan.global(j);
+                    let to = match plan.offline_target(g) {
+                        Some(o) => {
+                            to_offline += 1;
+                            o
+                        }
+                        None => {
+                            to_online += 1;
+                            plan.partner.as_str()
+                        }
+                    };
+                    let _ = write!(
+                        conn.out,
+                        "<message to='{to}' type='chat' id='{}{g}.{due}'><body>{}</body></message>",
+                        shared.tag, plan.body
+                    );
+                    lags.push(now - due);
+                    j += 1;
+                    due = plan.due(plan.global(j));
+                }
+                shared.sent_online.fetch_add(to_online, Ordering::Relaxed);
+                shared.sent_offline.fetch_add(to_offline, Ordering::Relaxed);
+                shared.lag.record_us(&lags);
+                lags.clear();
+                if due >= plan.end_us {
+                    sending = false;
+                } else {
+                    timer.as_mut().reset(at(due));
+                }
+            }
+            _ = stop.changed() => break,
+        }
+    }
+    // Whatever is still queued goes out before the stream ends.
+    let _ = tokio::time::timeout(CLOSE_WAIT, conn.flush()).await;
+    conn.close(CLOSE_WAIT).await;
+    Ok(())
+}
+
+/// An offline account, now logged in: counts what was stored for it.
+async fn fetch(
+    mut conn: Connection,
+    mut stop: watch::Receiver<bool>,
+    shared: Arc<Shared>,
+) -> Result<(), ConnError> {
+    let mut tally = Tally::default();
+    loop {
+        if *stop.borrow() {
+            break;
+        }
+        tokio::select! {
+            r = conn.fill() => {
+                r?;
+                conn.process(|el, _| tally.add(&el, &shared, None))?;
+                tally.commit(&shared, &shared.received_offline);
+                conn.flush().await?;
+            }
+            _ = stop.changed() => break,
+        }
+    }
+    conn.close(CLOSE_WAIT).await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(index: u64, senders: u64, offline: usize, ppm: u64) -> Plan {
+        Plan {
+            index,
+            senders,
+            rate: 1000.0,
+            start_us: 1_000,
+            end_us: 1_000 + 1_000_000,
+            partner: "p@x".into(),
+            offline: Arc::new((0..offline).map(|i| format!("o{i}@x")).collect()),
+            offline_ppm: ppm,
+            body: "b".into(),
+        }
+    }
+
+    #[test]
+    fn schedule_is_even_over_senders() {
+        let plans: Vec<Plan> = (0..4).map(|i| plan(i, 4, 0, 0)).collect();
+        let mut dues: Vec<u64> = plans
+            .iter()
+            .flat_map(|p| (0..250).map(move |j| p.due(p.global(j))))
+            .collect();
+        dues.sort();
+        // 1000 messages at 1000/s: one every millisecond from the start, none repeated.
+        for (g, d) in dues.iter().enumerate() {
+            assert_eq!(*d, 1_000 + g as u64 * 1_000);
+        }
+    }
+
+    #[test]
+    fn offline_fraction_is_exact_and_round_robin() {
+        let p = plan(0, 1, 3, 100_000);
+        let targets: Vec<&str> = (0..1000).filter_map(|g| p.offline_target(g)).collect();
+        assert_eq!(targets.len(), 100);
+        for o in ["o0@x", "o1@x", "o2@x"] {
+            let n = targets.iter().filter(|t| **t == o).count();
+            assert!((33..=34).contains(&n), "{o}: {n}");
+        }
+        assert_eq!(plan(0, 1, 0, 100_000).offline_target(9), None);
+    }
+
+    #[test]
+    fn classifies_received_messages() {
+        let tag = "0badcafe.";
+        let el = |s: &'static str| Element::parse(s.as_bytes()).unwrap();
+        assert_eq!(
+            classify(
+                &el("<message type='chat' id='0badcafe.12.3456'><body/></message>"),
+                tag
+            ),
+            Received::Ours(3456)
+        );
+        assert_eq!(
+            classify(&el("<message id='deadbeef.1.2'><body/></message>"), tag),
+            Received::Stale
+        );
+        assert_eq!(
+            classify(&el("<message id='hello'><body/></message>"), tag),
+            Received::Foreign
+        );
+        assert_eq!(
+            classify(&el("<message type='error' id='0badcafe.1.2'/>"), tag),
+            Received::Error
+        );
+        assert_eq!(classify(&el("<presence/>"), tag), Received::Ignored);
+        assert_eq!(body_text(50).len(), 50);
+    }
+}
