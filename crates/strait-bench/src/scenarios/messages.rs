@@ -9,10 +9,7 @@
 //! in at the end and every message must arrive. Loss is sent − received, reported always.
 
 use super::idle::seconds;
-use super::{
-    CLOSE_WAIT, Ctx, LoginJob, Outcome, close_all, describe_failures, login_many, resource,
-    sync_all, wait_until,
-};
+use super::{CLOSE_WAIT, Ctx, LoginJob, Outcome, login_everyone, login_many, resource, wait_until};
 use crate::cli::MessagesArgs;
 use crate::client::{ConnError, Connection};
 use crate::report::{MessagesResults, Results};
@@ -120,38 +117,12 @@ pub(crate) async fn run(ctx: &Ctx, a: &MessagesArgs) -> anyhow::Result<Outcome> 
         ));
     }
 
-    let meter = PhaseMeter::start("login", probe);
-    let jobs = (0..senders)
-        .map(|i| LoginJob {
-            slot: i as usize,
-            account: i,
-            resource: resource(ctx, i),
-            presence: true,
-        })
-        .collect();
-    let (conns, logins) = login_many(ctx, jobs, true).await;
-    let conns: Vec<Connection> = conns.into_iter().flatten().collect();
-    if logins.failed > 0 {
-        close_all(conns).await;
-        let error = format!(
-            "messages needs every online account; {} of {} logins failed: {}",
-            logins.failed,
-            logins.attempted,
-            describe_failures(&logins.failures)
-        );
-        return Ok(Outcome {
-            logins,
-            phases: vec![meter.finish(probe)],
-            results: Results::None {},
-            failures: Default::default(),
-            warnings,
-            error: Some(error),
-        });
-    }
-    let conns = sync_all(conns, ctx.settings.login_timeout)
-        .await
-        .map_err(|e| anyhow::anyhow!("after login: {e}"))?;
-    let mut phases = vec![meter.finish(probe)];
+    let (conns, logins, login_phase) =
+        match login_everyone(ctx, senders, "messages", &warnings).await? {
+            Ok(x) => x,
+            Err(outcome) => return Ok(outcome),
+        };
+    let mut phases = vec![login_phase];
 
     let shared = Arc::new(Shared {
         base: ctx.base,

@@ -180,6 +180,50 @@ pub(crate) async fn sync_all(
 }
 
 /// Closes connections concurrently, politely.
+/// Logs in accounts `0..n` with presence, for a scenario that needs every one of them online,
+/// and waits until the server has settled each. `Err` is the outcome to return when a login
+/// failed (the connections made are closed); the phase is the login phase.
+pub(crate) async fn login_everyone(
+    ctx: &Ctx,
+    n: u64,
+    scenario: &str,
+    warnings: &[String],
+) -> anyhow::Result<Result<(Vec<Connection>, LoginStats, Phase), Outcome>> {
+    let probe = &ctx.probe;
+    let meter = crate::stats::PhaseMeter::start("login", probe);
+    let jobs = (0..n)
+        .map(|i| LoginJob {
+            slot: i as usize,
+            account: i,
+            resource: resource(ctx, i),
+            presence: true,
+        })
+        .collect();
+    let (conns, logins) = login_many(ctx, jobs, true).await;
+    let conns: Vec<Connection> = conns.into_iter().flatten().collect();
+    if logins.failed > 0 {
+        close_all(conns).await;
+        let error = format!(
+            "{scenario} needs every account online; {} of {} logins failed: {}",
+            logins.failed,
+            logins.attempted,
+            describe_failures(&logins.failures)
+        );
+        return Ok(Err(Outcome {
+            logins,
+            phases: vec![meter.finish(probe)],
+            results: Results::None {},
+            failures: Default::default(),
+            warnings: warnings.to_vec(),
+            error: Some(error),
+        }));
+    }
+    let conns = sync_all(conns, ctx.settings.login_timeout)
+        .await
+        .map_err(|e| anyhow::anyhow!("after login: {e}"))?;
+    Ok(Ok((conns, logins, meter.finish(probe))))
+}
+
 pub(crate) async fn close_all(conns: impl IntoIterator<Item = Connection>) {
     let mut set = JoinSet::new();
     for c in conns {

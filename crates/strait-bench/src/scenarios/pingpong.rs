@@ -3,7 +3,7 @@
 //! one message in flight per pair). Round trips per second and round-trip latency.
 
 use super::idle::seconds;
-use super::{Ctx, LoginJob, Outcome, close_all, describe_failures, login_many, resource, sync_all};
+use super::{Ctx, Outcome, login_everyone};
 use crate::cli::PingpongArgs;
 use crate::client::{ConnError, Connection};
 use crate::report::{PingpongResults, Results};
@@ -29,38 +29,12 @@ pub(crate) async fn run(ctx: &Ctx, a: &PingpongArgs) -> anyhow::Result<Outcome> 
     let duration = seconds("--duration", a.duration)?;
     let probe = &ctx.probe;
 
-    let meter = PhaseMeter::start("login", probe);
-    let jobs = (0..2 * pairs)
-        .map(|i| LoginJob {
-            slot: i as usize,
-            account: i,
-            resource: resource(ctx, i),
-            presence: true,
-        })
-        .collect();
-    let (conns, logins) = login_many(ctx, jobs, true).await;
-    let conns: Vec<Connection> = conns.into_iter().flatten().collect();
-    if logins.failed > 0 {
-        close_all(conns).await;
-        let error = format!(
-            "pingpong needs every account online; {} of {} logins failed: {}",
-            logins.failed,
-            logins.attempted,
-            describe_failures(&logins.failures)
-        );
-        return Ok(Outcome {
-            logins,
-            phases: vec![meter.finish(probe)],
-            results: Results::None {},
-            failures: Default::default(),
-            warnings: vec![],
-            error: Some(error),
-        });
-    }
-    let conns = sync_all(conns, ctx.settings.login_timeout)
-        .await
-        .map_err(|e| anyhow::anyhow!("after login: {e}"))?;
-    let mut phases = vec![meter.finish(probe)];
+    let (conns, logins, login_phase) = match login_everyone(ctx, 2 * pairs, "pingpong", &[]).await?
+    {
+        Ok(x) => x,
+        Err(outcome) => return Ok(outcome),
+    };
+    let mut phases = vec![login_phase];
 
     let meter = PhaseMeter::start("run", probe);
     let shared = Arc::new(Shared {
