@@ -69,8 +69,14 @@ impl StreamState {
 
     /// The client handled `h` stanzas: drops those from the queue and returns the stored
     /// messages among them, to delete.
+    /// A count *behind* what was already acknowledged (a stale or repeated `<a/>`, or a
+    /// `<resume/>` with an old `h`) acknowledges nothing new.
     pub fn ack(&mut self, h: u32) -> Result<Vec<i64>, CountTooHigh> {
-        let new = h.wrapping_sub(self.acked()) as usize;
+        let new = h.wrapping_sub(self.acked());
+        if new > u32::MAX / 2 {
+            return Ok(Vec::new());
+        }
+        let new = new as usize;
         if new > self.unacked.len() {
             return Err(CountTooHigh { h, sent: self.sent });
         }
@@ -234,6 +240,11 @@ mod tests {
         );
         assert_eq!(sm.ack(3), Ok(vec![30]));
         assert!(sm.unacked.is_empty());
+        // A count behind the acknowledged one is stale: nothing new, no error.
+        sm.sent(stanza(4), Some(40));
+        assert_eq!(sm.ack(1), Ok(vec![]));
+        assert_eq!(sm.unacked.len(), 1);
+        assert_eq!(sm.ack(4), Ok(vec![40]));
     }
 
     #[test]
