@@ -1,35 +1,18 @@
 //! The `strait user` commands as an operator runs them: the real binary, passwords on stdin.
 
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
+mod support;
 
+use std::ffi::OsStr;
+use std::process::{Command, Output};
+use support::text;
+
+/// `strait ARGS --data-dir DATA --domain localhost --domain example.test`.
 fn strait(data: &std::path::Path, args: &[&str], stdin: &str) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_strait"))
-        .args(args)
-        .arg("--data-dir")
-        .arg(data)
-        .args(["--domain", "localhost", "--domain", "example.test"])
-        .env_remove("STRAIT_CONFIG")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
+    let mut all: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+    all.push(OsStr::new("--data-dir"));
+    all.push(data.as_os_str());
+    all.extend(["--domain", "localhost", "--domain", "example.test"].map(OsStr::new));
+    support::run(&all, stdin.as_bytes())
 }
 
 #[test]

@@ -1,28 +1,15 @@
 //! `strait bench gen-accounts … | strait user import`: the pipe an operator uses to provision
 //! benchmark accounts, with the real binary.
 
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
+mod support;
+
+use std::ffi::OsStr;
+use std::process::Output;
+use support::text;
 
 fn strait(args: &[&str], stdin: &[u8]) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_strait"))
-        .args(args)
-        .env_remove("STRAIT_CONFIG")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(stdin).unwrap();
-    child.wait_with_output().unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
+    let args: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+    support::run(&args, stdin)
 }
 
 #[test]
