@@ -71,6 +71,66 @@ impl ServerState {
         }
     }
 
+    /// Commits `ops` together (one transaction) and returns their outcomes, in order, once they
+    /// are durable. Waits without holding a thread: the store's writer calls back.
+    pub async fn write_batch(
+        &self,
+        ops: Vec<strait_store::WriteOp>,
+    ) -> Vec<strait_store::WriteOutcome> {
+        if ops.is_empty() {
+            return Vec::new();
+        }
+        let n = ops.len();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.store.write_batch(
+            ops,
+            Box::new(move |outcomes| {
+                let _ = tx.send(outcomes);
+            }),
+        );
+        match rx.await {
+            Ok(outcomes) => outcomes,
+            Err(_) => (0..n)
+                .map(|_| {
+                    Err(strait_store::StoreError::Backend(
+                        "the store's writer stopped".into(),
+                    ))
+                })
+                .collect(),
+        }
+    }
+
+    /// Waits until every write queued before it is committed (the store's writer is first in,
+    /// first out).
+    pub async fn store_barrier(&self) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.store.write_batch(
+            Vec::new(),
+            Box::new(move |_| {
+                let _ = tx.send(());
+            }),
+        );
+        let _ = rx.await;
+    }
+
+    /// Queues `ops` without waiting for them (failures are logged): for writes nobody waits
+    /// on, such as deleting stored copies of messages a client acknowledged.
+    pub fn write_batch_detached(&self, ops: Vec<strait_store::WriteOp>, what: &'static str) {
+        if ops.is_empty() {
+            return;
+        }
+        self.store.write_batch(
+            ops,
+            Box::new(move |outcomes| {
+                for o in outcomes {
+                    if let Err(e) = o {
+                        tracing::error!("{what}: {e}");
+                    }
+                }
+            }),
+        );
+    }
+
     pub fn is_local_domain(&self, domain: &str) -> bool {
         self.config.served_domain(domain).is_some()
     }

@@ -1,7 +1,8 @@
 //! Storage traits for Strait and their backends.
 //!
 //! The API is synchronous and blocking; async callers run it on a blocking
-//! thread pool (e.g. `tokio::task::spawn_blocking`).
+//! thread pool (e.g. `tokio::task::spawn_blocking`), except [`BatchWrite`], which queues
+//! writes and reports through a callback, so a caller can await it without a thread.
 //!
 //! Two backends:
 //! * [`SqliteStore`] — the embedded default (WAL, one group-committing writer
@@ -166,6 +167,38 @@ pub trait OfflineStore {
     fn offline_count(&self, owner: &str) -> Result<usize>;
 }
 
+/// One write of a batch ([`BatchWrite::write_batch`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WriteOp {
+    /// As [`ArchiveStore::archive_append`].
+    Archive { owner: String, msg: ArchivedMessage },
+    /// As [`OfflineStore::offline_push`]; its outcome carries the row id.
+    OfflinePush {
+        owner: String,
+        stanza: String,
+        stamp_ms: i64,
+        limit: usize,
+    },
+    /// As [`OfflineStore::offline_delete`].
+    OfflineDelete { owner: String, ids: Vec<i64> },
+}
+
+/// What one [`WriteOp`] did: `Some(row id)` for an offline push, `None` for the others.
+pub type WriteOutcome = Result<Option<i64>>;
+
+/// Called once a batch's fate is known, with one outcome per op, in order.
+pub type WriteDone = Box<dyn FnOnce(Vec<WriteOutcome>) + Send>;
+
+/// Writes that travel together: what a message needs before it is delivered (the sender's
+/// and the recipient's archive copies, the stored copy that outlives the connection) is one
+/// transaction and one commit instead of three.
+pub trait BatchWrite {
+    /// Runs `ops` in one transaction, each on its own (one failing leaves the others
+    /// in), and calls `done` once they are durable (committed) or have failed. Does not block
+    /// the caller: `done` may run on another thread (or at once, before this returns).
+    fn write_batch(&self, ops: Vec<WriteOp>, done: WriteDone);
+}
+
 /// Everything the server needs from storage.
 pub trait Store:
     AccountStore
@@ -175,6 +208,7 @@ pub trait Store:
     + VcardStore
     + BlockingStore
     + ArchiveStore
+    + BatchWrite
     + Send
     + Sync
     + 'static

@@ -332,6 +332,32 @@ impl VcardStore for MemoryStore {
 
 impl Store for MemoryStore {}
 
+impl crate::BatchWrite for MemoryStore {
+    fn write_batch(&self, ops: Vec<crate::WriteOp>, done: crate::WriteDone) {
+        use crate::ArchiveStore;
+        let outcomes = ops
+            .into_iter()
+            .map(|op| match op {
+                crate::WriteOp::Archive { owner, msg } => {
+                    self.archive_append(&owner, &msg).map(|()| None)
+                }
+                crate::WriteOp::OfflinePush {
+                    owner,
+                    stanza,
+                    stamp_ms,
+                    limit,
+                } => self
+                    .offline_push(&owner, &stanza, stamp_ms, limit)
+                    .map(Some),
+                crate::WriteOp::OfflineDelete { owner, ids } => {
+                    self.offline_delete(&owner, &ids).map(|()| None)
+                }
+            })
+            .collect();
+        done(outcomes);
+    }
+}
+
 impl BlockingStore for MemoryStore {
     fn blocklist(&self, owner: &str) -> Result<Vec<String>> {
         Ok(self

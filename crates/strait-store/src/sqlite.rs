@@ -31,6 +31,7 @@ use crate::{
     AccountStore, Credentials, OfflineMessage, OfflineStore, Result, RosterItem, RosterStore,
     ScramSecret, Store, StoreError, Subscription, domain_of,
 };
+use crate::{BatchWrite, WriteDone, WriteOp, WriteOutcome};
 use crate::{PepItem, PepNodeConfig, PepStore, VcardStore, effective_max};
 
 /// Most requests committed in one transaction.
@@ -159,7 +160,13 @@ trait WriteJob: Send {
 struct Job<T, F> {
     f: Option<F>,
     result: Option<Result<T>>,
-    reply: mpsc::SyncSender<Result<T>>,
+    reply: Reply<T>,
+}
+
+/// Where a write's result goes: a caller blocked on a channel, or a callback.
+enum Reply<T> {
+    Channel(mpsc::SyncSender<Result<T>>),
+    Callback(Box<dyn FnOnce(Result<T>) + Send>),
 }
 
 impl<T, F> WriteJob for Job<T, F>
@@ -185,7 +192,12 @@ where
             (None, None) => Err(StoreError::Backend("write request was not run".into())),
             (_, Some(r)) => r,
         };
-        let _ = self.reply.send(result);
+        match self.reply {
+            Reply::Channel(tx) => {
+                let _ = tx.send(result);
+            }
+            Reply::Callback(f) => f(result),
+        }
     }
 }
 
@@ -246,9 +258,17 @@ impl SqliteStore {
 
     fn setup_writer(conn: &Connection) -> Result<()> {
         conn.execute_batch(
+            // 8 MiB of page cache for the writer (SQLite's default is 2 MiB): the archive
+            // and offline indexes it appends to stay in memory instead of being re-read.
+            // Checkpoints every 4,000 WAL pages (16 MiB; the default is 1,000): the index pages
+            // every commit touches are copied back once per checkpoint, so fewer checkpoints
+            // copy fewer pages in all.
             "PRAGMA synchronous=FULL;
-             PRAGMA foreign_keys=ON;",
+             PRAGMA foreign_keys=ON;
+             PRAGMA cache_size=-8192;
+             PRAGMA wal_autocheckpoint=4000;",
         )?;
+        conn.set_prepared_statement_cache_capacity(64);
         migrate(conn)
     }
 
@@ -300,21 +320,30 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
     {
+        let (reply_tx, reply_rx) = mpsc::sync_channel::<Result<T>>(1);
+        self.enqueue(f, Reply::Channel(reply_tx))?;
+        reply_rx
+            .recv()
+            .map_err(|_| StoreError::Backend("writer thread stopped".into()))?
+    }
+
+    /// Queues `f` for the writer thread; `reply` gets its result once the batch is committed.
+    /// `Err` (and `reply` dropped unused) when the store is closed.
+    fn enqueue<T, F>(&self, f: F, reply: Reply<T>) -> Result<()>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
         if self.closed.load(Ordering::SeqCst) {
             return Err(closed_error());
         }
         let sender = lock(&self.writer).clone().ok_or_else(closed_error)?;
-        let (reply_tx, reply_rx) = mpsc::sync_channel::<Result<T>>(1);
         let job: BoxedJob = Box::new(Job {
             f: Some(f),
             result: None,
-            reply: reply_tx,
+            reply,
         });
-        sender.send(job).map_err(|_| closed_error())?;
-        drop(sender);
-        reply_rx
-            .recv()
-            .map_err(|_| StoreError::Backend("writer thread stopped".into()))?
+        sender.send(job).map_err(|_| closed_error())
     }
 
     /// Runs `f` on a read connection (or on the writer for in-memory stores).
@@ -426,7 +455,7 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<BoxedJob>, commits: &AtomicU
 
 /// Runs one batch in one transaction; `true` if it committed.
 fn run_batch(conn: &Connection, mut batch: Vec<BoxedJob>) -> bool {
-    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+    if let Err(e) = exec(conn, "BEGIN IMMEDIATE") {
         let err = StoreError::from(e);
         for job in batch {
             job.finish(Some(&err));
@@ -434,18 +463,16 @@ fn run_batch(conn: &Connection, mut batch: Vec<BoxedJob>) -> bool {
         return false;
     }
     for job in &mut batch {
-        if conn.execute_batch("SAVEPOINT job").is_err() {
+        if exec(conn, "SAVEPOINT job").is_err() {
             // Not run: finish() reports it.
             continue;
         }
-        let end = if job.run(conn) {
-            "RELEASE job"
-        } else {
-            "ROLLBACK TO job; RELEASE job"
-        };
-        let _ = conn.execute_batch(end);
+        if !job.run(conn) {
+            let _ = exec(conn, "ROLLBACK TO job");
+        }
+        let _ = exec(conn, "RELEASE job");
     }
-    let commit = conn.execute_batch("COMMIT").map_err(StoreError::from);
+    let commit = exec(conn, "COMMIT").map_err(StoreError::from);
     if commit.is_err() {
         let _ = conn.execute_batch("ROLLBACK");
     }
@@ -461,9 +488,17 @@ fn run_batch(conn: &Connection, mut batch: Vec<BoxedJob>) -> bool {
 
 fn exists(conn: &Connection, jid: &str) -> Result<bool> {
     Ok(conn
-        .query_row("SELECT 1 FROM accounts WHERE jid = ?1", [jid], |_| Ok(()))
+        .prepare_cached("SELECT 1 FROM accounts WHERE jid = ?1")?
+        .query_row([jid], |_| Ok(()))
         .optional()?
         .is_some())
+}
+
+/// Runs one statement without parameters through the statement cache: the writer runs
+/// BEGIN/SAVEPOINT/RELEASE/COMMIT for every batch and op, and parsing them each time showed in
+/// profiles.
+fn exec(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(|_| ())
 }
 
 fn secret_cols(s: &ScramSecret) -> (Vec<u8>, i64, Vec<u8>, Vec<u8>) {
@@ -584,11 +619,9 @@ fn delete_item(conn: &Connection, owner: &str, contact: &str) -> Result<bool> {
 }
 
 fn count_offline(conn: &Connection, owner: &str) -> Result<usize> {
-    let n: i64 = conn.query_row(
-        "SELECT COUNT(*) FROM offline WHERE owner = ?1",
-        [owner],
-        |r| r.get(0),
-    )?;
+    let n: i64 = conn
+        .prepare_cached("SELECT COUNT(*) FROM offline WHERE owner = ?1")?
+        .query_row([owner], |r| r.get(0))?;
     Ok(n as usize)
 }
 
@@ -790,22 +823,7 @@ impl OfflineStore for SqliteStore {
     fn offline_push(&self, owner: &str, stanza: &str, stamp_ms: i64, limit: usize) -> Result<i64> {
         let owner = owner.to_owned();
         let stanza = stanza.to_owned();
-        self.write(move |c| {
-            if !exists(c, &owner)? {
-                return Err(StoreError::NotFound(owner));
-            }
-            if limit != usize::MAX && count_offline(c, &owner)? >= limit {
-                return Err(StoreError::QuotaExceeded {
-                    account: owner,
-                    limit,
-                });
-            }
-            c.execute(
-                "INSERT INTO offline (owner, stanza, stamp_ms) VALUES (?1, ?2, ?3)",
-                params![owner, stanza, stamp_ms],
-            )?;
-            Ok(c.last_insert_rowid())
-        })
+        self.write(move |c| offline_push(c, owner, &stanza, stamp_ms, limit))
     }
 
     fn offline_fetch(&self, owner: &str, max: usize) -> Result<Vec<OfflineMessage>> {
@@ -834,19 +852,114 @@ impl OfflineStore for SqliteStore {
         }
         let owner = owner.to_owned();
         let ids = ids.to_vec();
-        self.write(move |c| {
-            let mut s = c.prepare_cached("DELETE FROM offline WHERE owner = ?1 AND id = ?2")?;
-            for id in ids {
-                s.execute(params![owner, id])?;
-            }
-            Ok(())
-        })
+        self.write(move |c| offline_delete(c, &owner, &ids))
     }
 
     fn offline_count(&self, owner: &str) -> Result<usize> {
         let owner = owner.to_owned();
         self.read(move |c| count_offline(c, &owner))
     }
+}
+
+fn offline_push(
+    c: &Connection,
+    owner: String,
+    stanza: &str,
+    stamp_ms: i64,
+    limit: usize,
+) -> Result<i64> {
+    if !exists(c, &owner)? {
+        return Err(StoreError::NotFound(owner));
+    }
+    if limit != usize::MAX && count_offline(c, &owner)? >= limit {
+        return Err(StoreError::QuotaExceeded {
+            account: owner,
+            limit,
+        });
+    }
+    c.prepare_cached("INSERT INTO offline (owner, stanza, stamp_ms) VALUES (?1, ?2, ?3)")?
+        .execute(params![owner, stanza, stamp_ms])?;
+    Ok(c.last_insert_rowid())
+}
+
+fn offline_delete(c: &Connection, owner: &str, ids: &[i64]) -> Result<()> {
+    let mut s = c.prepare_cached("DELETE FROM offline WHERE owner = ?1 AND id = ?2")?;
+    for id in ids {
+        s.execute(params![owner, id])?;
+    }
+    Ok(())
+}
+
+fn archive_append(c: &Connection, owner: String, m: &crate::ArchivedMessage) -> Result<()> {
+    if !exists(c, &owner)? {
+        return Err(StoreError::NotFound(owner));
+    }
+    if archive_seq(c, &owner, &m.id)?.is_some() {
+        return Err(StoreError::AlreadyExists(m.id.clone()));
+    }
+    c.prepare_cached(
+        "INSERT INTO archive (owner, id, with_bare, with_full, stamp_ms, stanza)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![
+        owner,
+        m.id,
+        m.with_bare,
+        m.with_full,
+        m.stamp_ms,
+        m.stanza
+    ])?;
+    Ok(())
+}
+
+/// Runs one op of a batch in its own savepoint, so that its failure undoes only itself.
+fn run_op(c: &Connection, op: WriteOp) -> WriteOutcome {
+    exec(c, "SAVEPOINT op")?;
+    let r = match op {
+        WriteOp::Archive { owner, msg } => archive_append(c, owner, &msg).map(|()| None),
+        WriteOp::OfflinePush {
+            owner,
+            stanza,
+            stamp_ms,
+            limit,
+        } => offline_push(c, owner, &stanza, stamp_ms, limit).map(Some),
+        WriteOp::OfflineDelete { owner, ids } => offline_delete(c, &owner, &ids).map(|()| None),
+    };
+    if r.is_err() {
+        exec(c, "ROLLBACK TO op")?;
+    }
+    exec(c, "RELEASE op")?;
+    r
+}
+
+impl BatchWrite for SqliteStore {
+    fn write_batch(&self, ops: Vec<WriteOp>, done: WriteDone) {
+        let n = ops.len();
+        // `done` is shared between the reply (the normal path) and the error path below, where
+        // the job never reached the writer.
+        let done = Arc::new(Mutex::new(Some(done)));
+        let on_reply = Arc::clone(&done);
+        let reply = Reply::Callback(Box::new(move |r: Result<Vec<WriteOutcome>>| {
+            if let Some(done) = lock(&on_reply).take() {
+                done(match r {
+                    Ok(outcomes) => outcomes,
+                    Err(e) => failed_outcomes(n, &e),
+                });
+            }
+        }));
+        let job = move |c: &Connection| Ok(ops.into_iter().map(|op| run_op(c, op)).collect());
+        if let Err(e) = self.enqueue(job, reply)
+            && let Some(done) = lock(&done).take()
+        {
+            done(failed_outcomes(n, &e));
+        }
+    }
+}
+
+fn failed_outcomes(n: usize, e: &StoreError) -> Vec<WriteOutcome> {
+    (0..n)
+        .map(|_| Err(StoreError::Backend(e.to_string())))
+        .collect()
 }
 
 fn read_node(conn: &Connection, owner: &str, node: &str) -> Result<Option<PepNodeConfig>> {
@@ -1132,12 +1245,11 @@ fn archive_filter(owner: &str, q: &crate::ArchiveQuery) -> (String, Vec<rusqlite
 }
 
 fn archive_seq(c: &Connection, owner: &str, id: &str) -> Result<Option<i64>> {
-    Ok(c.query_row(
-        "SELECT seq FROM archive WHERE owner = ?1 AND id = ?2",
-        params![owner, id],
-        |r| r.get(0),
+    Ok(
+        c.prepare_cached("SELECT seq FROM archive WHERE owner = ?1 AND id = ?2")?
+            .query_row(params![owner, id], |r| r.get(0))
+            .optional()?,
     )
-    .optional()?)
 }
 
 fn count_where(c: &Connection, filter: &str, p: &[rusqlite::types::Value]) -> Result<usize> {
@@ -1153,27 +1265,7 @@ impl crate::ArchiveStore for SqliteStore {
     fn archive_append(&self, owner: &str, msg: &crate::ArchivedMessage) -> Result<()> {
         let owner = owner.to_owned();
         let m = msg.clone();
-        self.write(move |c| {
-            if !exists(c, &owner)? {
-                return Err(StoreError::NotFound(owner));
-            }
-            if archive_seq(c, &owner, &m.id)?.is_some() {
-                return Err(StoreError::AlreadyExists(m.id));
-            }
-            c.prepare_cached(
-                "INSERT INTO archive (owner, id, with_bare, with_full, stamp_ms, stanza)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )?
-            .execute(params![
-                owner,
-                m.id,
-                m.with_bare,
-                m.with_full,
-                m.stamp_ms,
-                m.stanza
-            ])?;
-            Ok(())
-        })
+        self.write(move |c| archive_append(c, owner, &m))
     }
 
     fn archive_query(

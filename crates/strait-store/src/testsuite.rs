@@ -643,6 +643,100 @@ pub fn archive(s: &impl Store) {
         .unwrap();
 }
 
+fn batch(s: &impl Store, ops: Vec<crate::WriteOp>) -> Vec<crate::WriteOutcome> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    s.write_batch(
+        ops,
+        Box::new(move |o| {
+            tx.send(o).unwrap();
+        }),
+    );
+    rx.recv().expect("write_batch calls back")
+}
+
+/// A batch runs every op, each on its own: one failing (unknown account, quota, duplicate
+/// archive id) leaves the others written; outcomes come back in order, with push row ids.
+pub fn batch_writes(s: &impl Store) {
+    use crate::{ArchiveQuery, WriteOp};
+    s.create_account("a@x.example", &creds(1)).unwrap();
+    s.create_account("b@x.example", &creds(2)).unwrap();
+    s.offline_push("b@x.example", "<message id='full'/>", 1, 10)
+        .unwrap();
+    let push = |owner: &str, id: &str, limit| WriteOp::OfflinePush {
+        owner: owner.into(),
+        stanza: format!("<message id='{id}'/>"),
+        stamp_ms: 5,
+        limit,
+    };
+    let out = batch(
+        s,
+        vec![
+            WriteOp::Archive {
+                owner: "a@x.example".into(),
+                msg: archived("s1", "b@x.example", 10),
+            },
+            WriteOp::Archive {
+                owner: "b@x.example".into(),
+                msg: archived("r1", "a@x.example", 10),
+            },
+            WriteOp::Archive {
+                owner: "nobody@x.example".into(),
+                msg: archived("r2", "a@x.example", 10),
+            },
+            push("b@x.example", "m1", usize::MAX),
+            push("b@x.example", "over", 1),
+            WriteOp::Archive {
+                owner: "a@x.example".into(),
+                msg: archived("s1", "b@x.example", 11),
+            },
+            push("nobody@x.example", "m2", 10),
+        ],
+    );
+    assert_eq!(out.len(), 7);
+    assert!(matches!(out[0], Ok(None)));
+    assert!(matches!(out[1], Ok(None)));
+    assert!(matches!(&out[2], Err(StoreError::NotFound(j)) if j == "nobody@x.example"));
+    let pushed = match out[3] {
+        Ok(Some(id)) => id,
+        ref other => panic!("push outcome {other:?}"),
+    };
+    assert!(matches!(
+        out[4],
+        Err(StoreError::QuotaExceeded { limit: 1, .. })
+    ));
+    assert!(matches!(&out[5], Err(StoreError::AlreadyExists(id)) if id == "s1"));
+    assert!(matches!(out[6], Err(StoreError::NotFound(_))));
+    // What succeeded is there, once; what failed left nothing behind.
+    let q = ArchiveQuery {
+        max: 10,
+        ..Default::default()
+    };
+    let a = s.archive_query("a@x.example", &q).unwrap().unwrap();
+    assert_eq!(page_ids(&a), ["s1"]);
+    assert_eq!(a.messages[0].stamp_ms, 10);
+    let b = s.archive_query("b@x.example", &q).unwrap().unwrap();
+    assert_eq!(page_ids(&b), ["r1"]);
+    let queued: Vec<String> = s
+        .offline_fetch("b@x.example", 10)
+        .unwrap()
+        .into_iter()
+        .map(|m| m.stanza)
+        .collect();
+    assert_eq!(queued, ["<message id='full'/>", "<message id='m1'/>"]);
+    // Deletes travel in batches too.
+    let out = batch(
+        s,
+        vec![WriteOp::OfflineDelete {
+            owner: "b@x.example".into(),
+            ids: vec![pushed],
+        }],
+    );
+    assert!(matches!(out[..], [Ok(None)]));
+    assert_eq!(s.offline_count("b@x.example").unwrap(), 1);
+    // An empty batch is answered too.
+    assert!(batch(s, Vec::new()).is_empty());
+}
+
 macro_rules! suite {
     ($modname:ident, $make:expr) => {
         mod $modname {
@@ -692,6 +786,11 @@ macro_rules! suite {
             fn archive() {
                 let (s, _guard) = $make;
                 super::archive(&s);
+            }
+            #[test]
+            fn batch_writes() {
+                let (s, _guard) = $make;
+                super::batch_writes(&s);
             }
         }
     };

@@ -368,7 +368,7 @@ impl Connection {
             && let Some(s) = &self.session
         {
             let ids = std::mem::take(&mut self.delete_after_flush);
-            crate::features::offline::delete(&self.state, &s.bare, ids).await;
+            crate::features::offline::delete(&self.state, &s.bare, ids);
         }
         Ok(())
     }
@@ -687,7 +687,7 @@ impl Connection {
                 match sm.ack(h) {
                     Ok(ids) => {
                         if let Some(s) = &self.session {
-                            crate::features::offline::delete(&self.state, &s.bare, ids).await;
+                            crate::features::offline::delete(&self.state, &s.bare, ids);
                         }
                     }
                     Err(e) => self.close_with(StreamError::with_text(
@@ -811,7 +811,7 @@ impl Connection {
                 sm.ack(all).unwrap_or_default()
             }
         };
-        crate::features::offline::delete(&self.state, &bare, acked).await;
+        crate::features::offline::delete(&self.state, &bare, acked);
         let resend: Vec<sm::Unacked> = sm.unacked.drain(..).collect();
         sm.sent = sm.acked();
         sm.requested = false;

@@ -2,6 +2,7 @@
 
 use crate::router::{Resource, message_targets};
 use crate::server::ServerState;
+use strait_store::{WriteOp, WriteOutcome};
 use strait_wire::Stanza;
 
 /// Sends to one bound resource; false if it is not bound (or cannot take more).
@@ -59,26 +60,74 @@ pub struct Delivered {
     pub stored: bool,
 }
 
-/// Sends a message to the resources a bare-JID message goes to (RFC 6121 §8.5.2.1.1).
+/// The writes a message needs before it is delivered (the sender's and the recipient's
+/// archive copies, the copy held until a client acknowledges it, or the offline copy): they
+/// are committed together, one transaction and one commit per message.
+#[derive(Default)]
+pub struct Writes {
+    ops: Vec<WriteOp>,
+}
+
+impl Writes {
+    pub fn push(&mut self, op: Option<WriteOp>) {
+        self.ops.extend(op);
+    }
+
+    /// Commits what was collected, with `push` (an offline push) last, and returns the push's
+    /// outcome. Archive failures are logged. Nothing is written when there is nothing to write.
+    pub async fn commit(
+        &mut self,
+        state: &ServerState,
+        push: Option<WriteOp>,
+    ) -> Option<WriteOutcome> {
+        let has_push = push.is_some();
+        let mut ops = std::mem::take(&mut self.ops);
+        ops.extend(push);
+        if ops.is_empty() {
+            return None;
+        }
+        let owners: Vec<Option<String>> = ops
+            .iter()
+            .map(|op| match op {
+                WriteOp::Archive { owner, .. } => Some(owner.clone()),
+                _ => None,
+            })
+            .collect();
+        let mut outcomes = state.write_batch(ops).await;
+        let pushed = if has_push { outcomes.pop() } else { None };
+        for (owner, outcome) in owners.into_iter().zip(outcomes) {
+            if let Some(owner) = owner {
+                super::mam::log_outcome(&owner, Some(outcome));
+            }
+        }
+        pushed
+    }
+}
+
+/// Sends a message to the resources a bare-JID message goes to (RFC 6121 §8.5.2.1.1),
+/// committing `writes` first.
 pub async fn message_to_bare_durable(
     state: &ServerState,
     bare: &str,
     stanza: &Stanza,
+    writes: &mut Writes,
 ) -> Delivered {
     let resources = state.router.resources(bare);
     let targets: Vec<Resource> = message_targets(&resources).into_iter().cloned().collect();
-    send_message(state, bare, targets, stanza).await
+    send_message(state, bare, targets, stanza, writes).await
 }
 
-/// Sends a message to one bound resource (nothing happens when it is not bound).
+/// Sends a message to one bound resource (nothing happens when it is not bound), committing
+/// `writes` first when it is.
 pub async fn message_to_full(
     state: &ServerState,
     bare: &str,
     resource: &str,
     stanza: &Stanza,
+    writes: &mut Writes,
 ) -> Delivered {
     let targets: Vec<Resource> = state.router.resource(bare, resource).into_iter().collect();
-    send_message(state, bare, targets, stanza).await
+    send_message(state, bare, targets, stanza, writes).await
 }
 
 /// The reliability rule: when a target acknowledges stanzas (XEP-0198) and the message is one
@@ -89,14 +138,27 @@ async fn send_message(
     bare: &str,
     targets: Vec<Resource>,
     stanza: &Stanza,
+    writes: &mut Writes,
 ) -> Delivered {
     if targets.is_empty() {
         return Delivered::default();
     }
-    let durable = if targets.iter().any(|r| r.acks) {
-        super::offline::store_before_delivery(state, bare, stanza).await
+    let hold = if targets.iter().any(|r| r.acks) {
+        super::offline::push_op(bare, stanza, usize::MAX)
     } else {
         None
+    };
+    let durable = match writes.commit(state, hold).await {
+        Some(Ok(id)) => id,
+        Some(Err(e)) => {
+            // Delivered without that guarantee.
+            tracing::debug!(
+                account = bare,
+                "message delivered without a stored copy: {e}"
+            );
+            None
+        }
+        None => None,
     };
     let resources = targets
         .into_iter()

@@ -7,7 +7,9 @@
 use super::{attr, iq_result, now_ms, xep0082_stamp};
 use crate::c2s::session::Session;
 use crate::server::ServerState;
-use strait_store::{ArchivePrefs, ArchiveQuery, ArchivedMessage, StoreError};
+use strait_store::{
+    ArchivePrefs, ArchiveQuery, ArchivedMessage, StoreError, WriteOp, WriteOutcome,
+};
 use strait_wire::{Stanza, StanzaError, StanzaErrorCondition, escape_text};
 
 pub const NS: &str = "urn:xmpp:mam:2";
@@ -90,24 +92,46 @@ async fn allowed(state: &ServerState, owner: &str, with: &str) -> bool {
 /// Archives `m` for `owner` under `id`, `with` being the partner's JID as addressed. Errors are
 /// logged: a message is never refused because it could not be archived.
 pub async fn archive(state: &ServerState, owner: &str, with: &str, id: &str, m: &Stanza) {
+    if let Some(op) = archive_op(state, owner, with, id, m).await {
+        let outcomes = state.write_batch(vec![op]).await;
+        log_outcome(owner, outcomes.into_iter().next());
+    }
+}
+
+/// The write that archives `m` for `owner` (see [`archive`]), to commit with the message's
+/// other writes; `None` when the archive is off, the message has nothing worth archiving, or
+/// the owner's preferences say not to.
+pub async fn archive_op(
+    state: &ServerState,
+    owner: &str,
+    with: &str,
+    id: &str,
+    m: &Stanza,
+) -> Option<WriteOp> {
     if !state.config.archive.enabled || !archivable(m) {
-        return;
+        return None;
     }
     let with_bare = with.split('/').next().unwrap_or(with).to_owned();
     if !allowed(state, owner, &with_bare).await {
-        return;
+        return None;
     }
-    let msg = ArchivedMessage {
-        id: id.to_owned(),
-        with_bare,
-        with_full: with.to_owned(),
-        stanza: m.to_xml(""),
-        stamp_ms: now_ms(),
-    };
-    let o = owner.to_owned();
-    match state.store(move |s| s.archive_append(&o, &msg)).await {
-        Ok(()) | Err(StoreError::NotFound(_)) => {}
-        Err(e) => tracing::error!(account = owner, "archiving a message: {e}"),
+    Some(WriteOp::Archive {
+        owner: owner.to_owned(),
+        msg: ArchivedMessage {
+            id: id.to_owned(),
+            with_bare,
+            with_full: with.to_owned(),
+            stanza: m.to_xml(""),
+            stamp_ms: now_ms(),
+        },
+    })
+}
+
+/// Logs what an [`archive_op`] came to (an owner that is not an account is not an error).
+pub fn log_outcome(owner: &str, outcome: Option<WriteOutcome>) {
+    match outcome {
+        None | Some(Ok(_)) | Some(Err(StoreError::NotFound(_))) => {}
+        Some(Err(e)) => tracing::error!(account = owner, "archiving a message: {e}"),
     }
 }
 

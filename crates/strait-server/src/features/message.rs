@@ -4,6 +4,7 @@
 use super::{blocking, carbons, delivery, mam, offline, stanza_id};
 use crate::c2s::session::Session;
 use crate::server::ServerState;
+use delivery::Writes;
 use strait_wire::{Stanza, StanzaError, StanzaErrorCondition};
 
 /// A message from a client of this server.
@@ -57,16 +58,27 @@ pub async fn from_client(s: &mut Session, mut stanza: Stanza, to: Option<jid::Ji
     // The sender's archive copy (XEP-0313) gets its own id, also carried by the sent carbon.
     // It is archived before delivery, like the recipient's copy, so that a reply can never
     // land in the sender's archive ahead of the message it answers.
+    // Both copies and the stored copy, if any, are committed together before delivery.
     let mut sent = stanza.clone();
+    let mut writes = Writes::default();
     if bare != s.bare && mam::archivable(&sent) {
         let with = match &resource {
             Some(r) => format!("{bare}/{r}"),
             None => bare.clone(),
         };
         let id = stanza_id::stamp(&mut sent, &s.bare);
-        mam::archive(&s.state, &s.bare, &with, &id, &sent).await;
+        writes.push(mam::archive_op(&s.state, &s.bare, &with, &id, &sent).await);
     }
-    match deliver_local_with(&s.state, &stanza, &bare, resource.as_deref(), copies).await {
+    let delivered = deliver_with_writes(
+        &s.state,
+        &stanza,
+        &bare,
+        resource.as_deref(),
+        copies,
+        writes,
+    )
+    .await;
+    match delivered {
         Ok(()) if bare != s.bare && copies => {
             carbons::send_sent(&s.state, &s.bare, &s.resource, &sent)
         }
@@ -97,6 +109,32 @@ pub async fn deliver_local_with(
     resource: Option<&str>,
     copies: bool,
 ) -> Result<(), StanzaError> {
+    deliver_with_writes(state, stanza, bare, resource, copies, Writes::default()).await
+}
+
+/// [`deliver_local_with`], committing `writes` (the sender's archive copy) with the message's
+/// own writes: before delivery when it is delivered, in any case before this returns.
+async fn deliver_with_writes(
+    state: &ServerState,
+    stanza: &Stanza,
+    bare: &str,
+    resource: Option<&str>,
+    copies: bool,
+    mut writes: Writes,
+) -> Result<(), StanzaError> {
+    let result = route(state, stanza, bare, resource, copies, &mut writes).await;
+    writes.commit(state, None).await;
+    result
+}
+
+async fn route(
+    state: &ServerState,
+    stanza: &Stanza,
+    bare: &str,
+    resource: Option<&str>,
+    copies: bool,
+    writes: &mut Writes,
+) -> Result<(), StanzaError> {
     let ty = stanza.type_.as_deref().unwrap_or("normal");
     if let Some(from) = stanza.from.as_deref()
         && from.split('/').next() != Some(bare)
@@ -114,14 +152,14 @@ pub async fn deliver_local_with(
         // The recipient's archive copy (XEP-0313), under the stanza-id it gets; written before
         // delivery so a client that saw the message finds it in the archive.
         if let Some(from) = stamped.from.clone() {
-            mam::archive(state, bare, &from, &id, &stamped).await;
+            writes.push(mam::archive_op(state, bare, &from, &id, &stamped).await);
         }
     }
     let stanza = &stamped;
     if let Some(res) = resource {
         let sent = match ty {
             "chat" | "normal" => {
-                let d = delivery::message_to_full(state, bare, res, stanza).await;
+                let d = delivery::message_to_full(state, bare, res, stanza, writes).await;
                 if d.resources.is_empty() && d.stored {
                     // Stored for the account: delivered with the other offline messages.
                     return Ok(());
@@ -156,14 +194,18 @@ pub async fn deliver_local_with(
             Ok(())
         }
         _ => {
-            let got = delivery::message_to_bare_durable(state, bare, stanza).await;
+            let got = delivery::message_to_bare_durable(state, bare, stanza, writes).await;
             if copies {
                 carbons::send_received(state, bare, stanza, &got.resources);
             }
             if !got.resources.is_empty() || got.stored {
                 Ok(())
             } else {
-                offline::store(state, bare, stanza).await
+                let limit = state.config.limits.max_offline_messages;
+                let outcome = writes
+                    .commit(state, offline::push_op(bare, stanza, limit))
+                    .await;
+                offline::push_result(bare, outcome).map(|_| ())
             }
         }
     }

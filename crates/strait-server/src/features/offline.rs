@@ -10,7 +10,7 @@
 use super::{attr, now_ms, xep0082_stamp};
 use crate::c2s::session::Session;
 use crate::server::ServerState;
-use strait_store::StoreError;
+use strait_store::{StoreError, WriteOp, WriteOutcome};
 use strait_wire::{Limits, Stanza, StanzaError, StanzaErrorCondition, StreamParser, ns};
 
 const DELAY: &str = "urn:xmpp:delay";
@@ -58,63 +58,44 @@ pub fn should_store(m: &Stanza) -> bool {
 /// `resource-constraint` and nothing is dropped silently.
 pub async fn store(state: &ServerState, bare: &str, message: &Stanza) -> Result<(), StanzaError> {
     let limit = state.config.limits.max_offline_messages;
-    push(state, bare, message, limit).await.map(|_| ())
+    let Some(op) = push_op(bare, message, limit) else {
+        return Ok(());
+    };
+    let outcome = state.write_batch(vec![op]).await.pop();
+    push_result(bare, outcome).map(|_| ())
 }
 
-/// Stores a message about to be delivered to a resource that acknowledges stanzas
-/// (XEP-0198), so that it outlives that connection, or the server, until the client
-/// acknowledges it. `None` when the message is not worth keeping (or the store failed, which is
-/// logged): it is then delivered without that guarantee. The offline quota does not apply: the
-/// rows in flight are bounded by `stream_management.max_unacked` per session.
-pub async fn store_before_delivery(
-    state: &ServerState,
-    bare: &str,
-    message: &Stanza,
-) -> Option<i64> {
-    match push(state, bare, message, usize::MAX).await {
-        Ok(id) => id,
-        Err(e) => {
-            tracing::debug!(
-                account = bare,
-                "message delivered without a stored copy: {e:?}"
-            );
-            None
-        }
-    }
-}
-
-/// Appends to the account's queue, stamped with a XEP-0203 delay; the row id, or `None` when
-/// the message is not worth keeping.
-async fn push(
-    state: &ServerState,
-    bare: &str,
-    message: &Stanza,
-    limit: usize,
-) -> Result<Option<i64>, StanzaError> {
+/// The write that stores a message for `bare` (stamped with a XEP-0203 delay), to commit with
+/// others; `None` when the message is not worth keeping. `limit` is the account's quota
+/// (`usize::MAX` for a copy held while a resource that acknowledges stanzas gets it: those
+/// rows are bounded by `stream_management.max_unacked` per session).
+pub fn push_op(bare: &str, message: &Stanza, limit: usize) -> Option<WriteOp> {
     if !should_store(message) {
-        return Ok(None);
+        return None;
     }
     let now = now_ms();
     let mut m = message.clone();
     // A client could forge a delay "from" our domain; only ours may say so.
-    let domain = bare
-        .rsplit_once('@')
-        .map(|(_, d)| d)
-        .unwrap_or(bare)
-        .to_owned();
+    let domain = bare.rsplit_once('@').map(|(_, d)| d).unwrap_or(bare);
     m.push_child_xml(&format!(
         "<delay xmlns='{DELAY}'{}{}>Offline storage</delay>",
-        attr("from", &domain),
+        attr("from", domain),
         attr("stamp", &xep0082_stamp(now))
     ));
-    let xml = m.to_xml(ns::CLIENT);
-    let owner = bare.to_owned();
-    match state
-        .store(move |s| s.offline_push(&owner, &xml, now, limit))
-        .await
-    {
-        Ok(id) => Ok(Some(id)),
-        Err(StoreError::QuotaExceeded { limit, .. }) => Err(StanzaError {
+    Some(WriteOp::OfflinePush {
+        owner: bare.to_owned(),
+        stanza: m.to_xml(ns::CLIENT),
+        stamp_ms: now,
+        limit,
+    })
+}
+
+/// The row id of a [`push_op`], or the error the sender gets.
+pub fn push_result(bare: &str, outcome: Option<WriteOutcome>) -> Result<Option<i64>, StanzaError> {
+    match outcome {
+        Some(Ok(id)) => Ok(id),
+        None => Ok(None),
+        Some(Err(StoreError::QuotaExceeded { limit, .. })) => Err(StanzaError {
             error_type: strait_wire::ErrorType::Wait,
             condition: StanzaErrorCondition::ResourceConstraint,
             text: Some(format!(
@@ -122,7 +103,7 @@ async fn push(
             )),
             by: None,
         }),
-        Err(e) => {
+        Some(Err(e)) => {
             tracing::error!(account = bare, "storing an offline message: {e}");
             Err(StanzaError::with_text(
                 StanzaErrorCondition::InternalServerError,
@@ -132,15 +113,19 @@ async fn push(
     }
 }
 
-/// Deletes stored messages the account's client now has.
-pub async fn delete(state: &ServerState, bare: &str, ids: Vec<i64>) {
+/// Deletes stored messages the account's client now has. Queued, not awaited: until it
+/// commits, the worst a crash can do is deliver them again; [`deliver`] waits for it.
+pub fn delete(state: &ServerState, bare: &str, ids: Vec<i64>) {
     if ids.is_empty() {
         return;
     }
-    let owner = bare.to_owned();
-    if let Err(e) = state.store(move |s| s.offline_delete(&owner, &ids)).await {
-        tracing::error!(account = bare, "deleting delivered stored messages: {e}");
-    }
+    state.write_batch_detached(
+        vec![WriteOp::OfflineDelete {
+            owner: bare.to_owned(),
+            ids,
+        }],
+        "deleting delivered stored messages",
+    );
 }
 
 /// Parses a stored message back into a stanza.
@@ -165,6 +150,9 @@ pub fn parse_stored(xml: &str) -> Option<Stanza> {
 
 /// Writes the account's stored messages to this session, oldest first.
 pub async fn deliver(s: &mut Session) {
+    // Deletes of messages an earlier session acknowledged are queued without waiting: let
+    // them land first, so that what was acknowledged is not delivered again.
+    s.state.store_barrier().await;
     let owner = s.bare.clone();
     let messages = match s
         .state
