@@ -207,6 +207,8 @@ type BoxedJob = Box<dyn WriteJob>;
 pub struct SqliteStore {
     writer: Mutex<Option<mpsc::Sender<BoxedJob>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// The checkpoint thread of a file store and the channel that stops it.
+    checkpointer: Mutex<Option<(mpsc::Sender<()>, JoinHandle<()>)>>,
     /// Open read connections; `None` for the in-memory variant.
     readers: Option<ReadPool>,
     closed: AtomicBool,
@@ -246,7 +248,19 @@ impl SqliteStore {
         // Open one reader up front so an unusable path fails here.
         let first = pool.open_conn()?;
         lock(&pool.conns).push(first);
-        Self::start(conn, Some(pool))
+        // Checkpoints run on a thread of their own (see `checkpoint_loop`), not inside the
+        // writer's commits, where copying pages back stalled every write queued behind them.
+        conn.execute_batch("PRAGMA wal_autocheckpoint=0")?;
+        let checkpointer = Connection::open(path)?;
+        checkpointer.busy_timeout(BUSY_TIMEOUT)?;
+        let (stop_tx, stop_rx) = mpsc::channel::<()>();
+        let cp_thread = std::thread::Builder::new()
+            .name("strait-store-checkpoint".into())
+            .spawn(move || checkpoint_loop(&checkpointer, &stop_rx))
+            .map_err(|e| StoreError::Backend(format!("cannot start checkpoint thread: {e}")))?;
+        let store = Self::start(conn, Some(pool))?;
+        *lock(&store.checkpointer) = Some((stop_tx, cp_thread));
+        Ok(store)
     }
 
     /// A private in-memory database (lost when the store is dropped).
@@ -260,13 +274,11 @@ impl SqliteStore {
         conn.execute_batch(
             // 8 MiB of page cache for the writer (SQLite's default is 2 MiB): the archive
             // and offline indexes it appends to stay in memory instead of being re-read.
-            // Checkpoints every 4,000 WAL pages (16 MiB; the default is 1,000): the index pages
-            // every commit touches are copied back once per checkpoint, so fewer checkpoints
-            // copy fewer pages in all.
+            // Savepoint journals in memory: every job and op runs in a savepoint.
             "PRAGMA synchronous=FULL;
              PRAGMA foreign_keys=ON;
              PRAGMA cache_size=-8192;
-             PRAGMA wal_autocheckpoint=4000;",
+             PRAGMA temp_store=MEMORY;",
         )?;
         conn.set_prepared_statement_cache_capacity(64);
         migrate(conn)
@@ -283,6 +295,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             writer: Mutex::new(Some(tx)),
             thread: Mutex::new(Some(thread)),
+            checkpointer: Mutex::new(None),
             readers,
             closed: AtomicBool::new(false),
             commits,
@@ -293,6 +306,12 @@ impl SqliteStore {
     /// Every later call fails. Calling it again is a no-op.
     pub fn close(&self) -> Result<()> {
         self.closed.store(true, Ordering::SeqCst);
+        // The checkpointer first: the writer's final checkpoint truncates the WAL.
+        let checkpointer = lock(&self.checkpointer).take();
+        if let Some((stop, handle)) = checkpointer {
+            drop(stop);
+            let _ = handle.join();
+        }
         // Dropping the last sender ends the writer loop after the queue drains.
         let sender = lock(&self.writer).take();
         drop(sender);
@@ -451,6 +470,30 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<BoxedJob>, commits: &AtomicU
     }
     // All senders are gone: fold the WAL back into the database file.
     let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+}
+
+/// How often the checkpoint thread looks at the WAL.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
+/// WAL pages past which a checkpoint waits for readers and writers (RESTART) instead of
+/// copying what it can alongside them (PASSIVE): bounds the WAL (about 200 MiB) when readers
+/// keep old snapshots open for long.
+const WAL_RESTART_PAGES: i64 = 50_000;
+
+/// Copies committed WAL pages back into the database file, alongside the writer (SQLite's
+/// PASSIVE checkpoint never blocks it), until `stop` is dropped. The writer starts the WAL
+/// over from its beginning once a checkpoint has copied all of it.
+fn checkpoint_loop(conn: &Connection, stop: &mpsc::Receiver<()>) {
+    while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_EVERY) {
+        let pages = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(1));
+        match pages {
+            Ok(log) if log > WAL_RESTART_PAGES => {
+                let _ = conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(()));
+            }
+            Ok(_) => {}
+            // Retried on the next round; the WAL only grows meanwhile.
+            Err(e) => tracing::warn!("WAL checkpoint failed: {e}"),
+        }
+    }
 }
 
 /// Runs one batch in one transaction; `true` if it committed.

@@ -974,3 +974,41 @@ fn stores_are_usable_as_trait_objects() {
         assert!(s.account_exists("a@x.example").unwrap());
     }
 }
+
+#[test]
+fn sqlite_wal_is_checkpointed_in_the_background() {
+    // The writer never checkpoints; the checkpoint thread copies committed pages back into
+    // the database file while the store is open. Read the file alone (`immutable=1` ignores
+    // the WAL) to see that it did.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("strait.db");
+    let s = SqliteStore::open(&path).unwrap();
+    s.create_account("a@x.example", &creds(1)).unwrap();
+    for i in 0..50 {
+        s.offline_push("a@x.example", &format!("<message id='{i}'/>"), i, 1000)
+            .unwrap();
+    }
+    let in_file = || -> i64 {
+        let uri = format!("file:{}?immutable=1", path.display());
+        let c = rusqlite::Connection::open_with_flags(
+            uri,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_URI,
+        )
+        .unwrap();
+        c.query_row("SELECT COUNT(*) FROM offline", [], |r| r.get(0))
+            .unwrap_or(0)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while in_file() < 50 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the WAL was not checkpointed into the database file"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // And the store goes on writing meanwhile.
+    s.offline_push("a@x.example", "<message id='late'/>", 99, 1000)
+        .unwrap();
+    assert_eq!(s.offline_count("a@x.example").unwrap(), 51);
+    s.close().unwrap();
+}
