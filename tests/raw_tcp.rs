@@ -463,3 +463,42 @@ async fn reading_is_shaped_not_dropped() {
     );
     t.stop().await;
 }
+
+/// The TLS transport frees its buffers between records: a stanza trickling in as many tiny
+/// TLS records, and a 200 KB stanza spanning a dozen records each way, still arrive whole.
+#[tokio::test]
+async fn tls_many_small_records_and_a_large_stanza() {
+    let t = TestServer::start(|_| {}).await;
+    let (mut a, mut b) = t.alice_and_bob().await;
+    let small =
+        "<message to='bob@localhost' type='chat' id='s1'><body>one byte at a time</body></message>";
+    for chunk in small.as_bytes().chunks(3) {
+        a.send(std::str::from_utf8(chunk).unwrap()).await;
+    }
+    let got = b.expect("</message>").await;
+    assert!(
+        got.contains("id='s1'") && got.contains("one byte at a time"),
+        "{got}"
+    );
+
+    let body: String = (0..200_000)
+        .map(|i| (b'a' + (i % 26) as u8) as char)
+        .collect();
+    a.send(&format!(
+        "<message to='bob@localhost' type='chat' id='big'><body>{body}</body></message>"
+    ))
+    .await;
+    let got = b.expect("</message>").await;
+    assert!(got.contains("id='big'"), "{}", &got[..200.min(got.len())]);
+    assert!(
+        got.contains(&format!(">{body}</body>")),
+        "the large body arrived changed"
+    );
+
+    // The connection carries on afterwards, both ways.
+    b.send("<message to='alice@localhost/a1' type='chat' id='after'><body>ok</body></message>")
+        .await;
+    let got = a.expect("</message>").await;
+    assert!(got.contains("id='after'"), "{got}");
+    t.stop().await;
+}

@@ -6,10 +6,10 @@
 //! one node this table becomes the local half of a shared directory (NATS), and `deliver_*`
 //! gains a "remote node" branch: nothing else here changes.
 
-use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, RwLock};
 use strait_wire::{Stanza, StreamError};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 
 /// What a connection's task receives from the rest of the server.
 #[derive(Debug)]
@@ -31,14 +31,14 @@ pub const OUTBOUND_QUEUE: usize = 512;
 /// How the rest of the server reaches a connection's task.
 #[derive(Debug, Clone)]
 pub struct ConnHandle {
-    pub tx: mpsc::Sender<Outbound>,
+    pub tx: OutboundSender,
     /// Notified when the connection must close because it cannot keep up.
     pub kill: Arc<Notify>,
 }
 
 impl ConnHandle {
-    pub fn new() -> (ConnHandle, mpsc::Receiver<Outbound>) {
-        let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
+    pub fn new() -> (ConnHandle, OutboundReceiver) {
+        let (tx, rx) = outbound_queue(OUTBOUND_QUEUE);
         (
             ConnHandle {
                 tx,
@@ -46,6 +46,156 @@ impl ConnHandle {
             },
             rx,
         )
+    }
+}
+
+/// A connection's queue of [`Outbound`]: bounded, many senders, one receiver, with the
+/// semantics of a bounded `tokio::sync::mpsc` channel as used here (`try_send` fails when full
+/// or when the receiver is closed or gone; `recv` ends once every sender is gone and the queue
+/// is empty). Unlike `mpsc::channel`, which allocates a block of 32 slots (~1.5 KiB) up front
+/// and keeps it, this queue allocates only while something is queued and gives the memory
+/// back once drained: nearly every connection is idle nearly all the time.
+pub fn outbound_queue(capacity: usize) -> (OutboundSender, OutboundReceiver) {
+    let shared = Arc::new(Queue {
+        state: Mutex::new(QueueState {
+            items: VecDeque::new(),
+            senders: 1,
+            closed: false,
+        }),
+        ready: Notify::new(),
+        capacity,
+    });
+    (
+        OutboundSender {
+            shared: shared.clone(),
+        },
+        OutboundReceiver { shared },
+    )
+}
+
+#[derive(Debug)]
+struct Queue {
+    state: Mutex<QueueState>,
+    /// Wakes the receiver: something was queued or the last sender left.
+    ready: Notify,
+    capacity: usize,
+}
+
+#[derive(Debug)]
+struct QueueState {
+    items: VecDeque<Outbound>,
+    senders: usize,
+    /// The receiver was closed or dropped: nothing more is accepted.
+    closed: bool,
+}
+
+impl Queue {
+    fn lock(&self) -> std::sync::MutexGuard<'_, QueueState> {
+        // Nothing panics while holding the lock; a poisoned one is still consistent.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Why [`OutboundSender::try_send`] failed; the item comes back.
+#[derive(Debug)]
+pub enum TrySendError {
+    Full(Outbound),
+    Closed(Outbound),
+}
+
+/// The sending half of a connection's queue.
+#[derive(Debug)]
+pub struct OutboundSender {
+    shared: Arc<Queue>,
+}
+
+impl Clone for OutboundSender {
+    fn clone(&self) -> Self {
+        self.shared.lock().senders += 1;
+        OutboundSender {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl Drop for OutboundSender {
+    fn drop(&mut self) {
+        let last = {
+            let mut st = self.shared.lock();
+            st.senders -= 1;
+            st.senders == 0
+        };
+        if last {
+            self.shared.ready.notify_one();
+        }
+    }
+}
+
+impl OutboundSender {
+    /// Queues `out` unless the queue is full or its receiver is closed.
+    pub fn try_send(&self, out: Outbound) -> Result<(), TrySendError> {
+        {
+            let mut st = self.shared.lock();
+            if st.closed {
+                return Err(TrySendError::Closed(out));
+            }
+            if st.items.len() >= self.shared.capacity {
+                return Err(TrySendError::Full(out));
+            }
+            st.items.push_back(out);
+        }
+        // One receiver: a stored permit wakes it even if it is not waiting yet.
+        self.shared.ready.notify_one();
+        Ok(())
+    }
+}
+
+/// The receiving half of a connection's queue.
+#[derive(Debug)]
+pub struct OutboundReceiver {
+    shared: Arc<Queue>,
+}
+
+impl Drop for OutboundReceiver {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+impl OutboundReceiver {
+    /// The next item, waiting for one; `None` once every sender is gone and nothing is
+    /// left. Cancel-safe: an item is taken only when this returns it.
+    pub async fn recv(&mut self) -> Option<Outbound> {
+        loop {
+            {
+                let mut st = self.shared.lock();
+                if let Some(out) = st.items.pop_front() {
+                    if st.items.is_empty() {
+                        st.items = VecDeque::new();
+                    }
+                    return Some(out);
+                }
+                if st.senders == 0 {
+                    return None;
+                }
+            }
+            self.shared.ready.notified().await;
+        }
+    }
+
+    /// The next item if one is queued.
+    pub fn try_recv(&mut self) -> Option<Outbound> {
+        let mut st = self.shared.lock();
+        let out = st.items.pop_front();
+        if st.items.is_empty() && st.items.capacity() > 0 {
+            st.items = VecDeque::new();
+        }
+        out
+    }
+
+    /// Refuses further items; those already queued can still be received.
+    pub fn close(&mut self) {
+        self.shared.lock().closed = true;
     }
 }
 
@@ -88,12 +238,12 @@ impl Resource {
     fn queue(&self, out: Outbound) -> bool {
         match self.handle.tx.try_send(out) {
             Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(TrySendError::Full(_)) => {
                 tracing::warn!(full = %self.full, "outbound queue full: disconnecting slow client");
                 self.handle.kill.notify_one();
                 false
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(TrySendError::Closed(_)) => false,
         }
     }
 }
@@ -150,6 +300,9 @@ impl Router {
             }
             return Err(BindError::TooManyResources(max_resources));
         }
+        // Most accounts have one or two sessions: grow one at a time (the cap is small)
+        // rather than to four slots at the first bind.
+        list.reserve_exact(1);
         list.push(Resource {
             resource: resource.to_owned(),
             full: full.clone(),
@@ -307,7 +460,7 @@ pub fn message_targets(resources: &[Resource]) -> Vec<&Resource> {
 mod tests {
     use super::*;
 
-    fn chan() -> (ConnHandle, mpsc::Receiver<Outbound>) {
+    fn chan() -> (ConnHandle, OutboundReceiver) {
         ConnHandle::new()
     }
 

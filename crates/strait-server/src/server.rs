@@ -48,6 +48,8 @@ pub struct ServerState {
     pub sm: crate::features::sm::Registry,
     /// Archive preferences (XEP-0313) of recently active accounts.
     pub archive_prefs: crate::features::mam::PrefsCache,
+    /// The negotiation settings every client connection shares, made on first use.
+    pub c2s_config: std::sync::OnceLock<Arc<strait_wire::negotiation::C2sConfig>>,
     next_conn_id: AtomicU64,
 }
 
@@ -200,6 +202,7 @@ impl Server {
             shutdown,
             sm: Default::default(),
             archive_prefs: Default::default(),
+            c2s_config: Default::default(),
             next_conn_id: AtomicU64::new(1),
         });
         let mut tasks = JoinSet::new();

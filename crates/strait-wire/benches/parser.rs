@@ -73,6 +73,23 @@ fn parse_all(bytes: &[u8]) -> Vec<Stanza> {
     out
 }
 
+/// Like `parse_all`, but each read carries exactly one stanza (a client sending one stanza at
+/// a time): every read ends between stanzas, where the parser gives back its buffers, so this
+/// is where that costs the most.
+fn parse_per_stanza(reads: &[Vec<u8>]) -> usize {
+    let mut p = StreamParser::new(Limits::authenticated());
+    let mut n = 0;
+    for read in reads {
+        p.feed(read);
+        while let Some(ev) = p.next_event().expect("valid stream") {
+            if let Event::Element(s) = ev {
+                n += black_box(s).name.len();
+            }
+        }
+    }
+    n
+}
+
 /// The reference: rxml's raw tokenizer alone over the same bytes (no namespaces, budgets,
 /// envelopes or canonical inner XML). `parse` ÷ `reference` is the cost of strait-wire's layer.
 fn tokenize_all(bytes: &[u8]) -> usize {
@@ -112,6 +129,14 @@ fn benches(c: &mut Criterion) {
         parse.bench_with_input(BenchmarkId::new("stanzas", name), &bytes, |b, bytes| {
             b.iter(|| black_box(parse_all(black_box(bytes))))
         });
+        let reads: Vec<Vec<u8>> = std::iter::once(HEADER.as_bytes().to_vec())
+            .chain((0..STANZAS).map(|i| make(i).into_bytes()))
+            .collect();
+        parse.bench_with_input(
+            BenchmarkId::new("stanza_per_read", name),
+            &reads,
+            |b, reads| b.iter(|| black_box(parse_per_stanza(black_box(reads)))),
+        );
     }
     parse.finish();
 

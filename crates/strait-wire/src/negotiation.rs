@@ -116,7 +116,8 @@ enum State {
 /// The c2s negotiation of one connection.
 #[derive(Debug)]
 pub struct C2sNegotiation {
-    config: C2sConfig,
+    /// Shared by every connection of a server (it is the same for all of them).
+    config: std::sync::Arc<C2sConfig>,
     state: State,
     secure: bool,
     stream_id: String,
@@ -127,9 +128,13 @@ pub struct C2sNegotiation {
 }
 
 impl C2sNegotiation {
-    pub fn new(config: C2sConfig, secure: bool, stream_id: String) -> Self {
+    pub fn new(
+        config: impl Into<std::sync::Arc<C2sConfig>>,
+        secure: bool,
+        stream_id: String,
+    ) -> Self {
         C2sNegotiation {
-            config,
+            config: config.into(),
             state: State::AwaitHeader,
             secure,
             stream_id,

@@ -13,7 +13,7 @@
 //! (`c2s::connection`) drives them.
 
 use crate::c2s::session::Session;
-use crate::router::{ConnHandle, Outbound};
+use crate::router::{ConnHandle, Outbound, OutboundReceiver};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use strait_wire::Stanza;
@@ -126,7 +126,7 @@ pub fn failed_xml(condition: &str, text: Option<&str>) -> String {
 /// that holds it to the connection that resumes it.
 pub struct Detached {
     pub session: Session,
-    pub rx: mpsc::Receiver<Outbound>,
+    pub rx: OutboundReceiver,
     pub handle: ConnHandle,
     pub sm: StreamState,
     pub takeover: Option<mpsc::Receiver<Takeover>>,
