@@ -34,6 +34,8 @@ struct Shared {
     tag: String,
     sent_online: AtomicU64,
     sent_offline: AtomicU64,
+    /// Online connections that have sent all they were scheduled to send.
+    senders_done: AtomicU64,
     received_online: AtomicU64,
     received_offline: AtomicU64,
     stale: AtomicU64,
@@ -128,6 +130,7 @@ pub(crate) async fn run(ctx: &Ctx, a: &MessagesArgs) -> anyhow::Result<Outcome> 
         base: ctx.base,
         tag: format!("{}.", ctx.run_tag),
         sent_online: AtomicU64::new(0),
+        senders_done: AtomicU64::new(0),
         sent_offline: AtomicU64::new(0),
         received_online: AtomicU64::new(0),
         received_offline: AtomicU64::new(0),
@@ -149,6 +152,7 @@ pub(crate) async fn run(ctx: &Ctx, a: &MessagesArgs) -> anyhow::Result<Outcome> 
     let meter = PhaseMeter::start("run", probe);
     let (stop_tx, stop) = watch::channel(false);
     let mut tasks = JoinSet::new();
+    let online_tasks = conns.len() as u64;
     for (i, conn) in conns.into_iter().enumerate() {
         let i = i as u64;
         let plan = Plan {
@@ -170,10 +174,17 @@ pub(crate) async fn run(ctx: &Ctx, a: &MessagesArgs) -> anyhow::Result<Outcome> 
     // Drain: wait for what is still in flight.
     let meter = PhaseMeter::start("drain", probe);
     let s = shared.clone();
+    // Every connection must have written its last scheduled message first: a connection whose
+    // timer fires just after the run's end would otherwise count a message as sent after the
+    // drain already saw the counts even, and stop the recipient before it arrives.
     wait_until(
         drain,
         STALL,
-        || s.received_online.load(Ordering::Relaxed) >= s.sent_online.load(Ordering::Relaxed),
+        || {
+            s.senders_done.load(Ordering::Acquire) >= online_tasks
+                && s.received_online.load(Ordering::Relaxed)
+                    >= s.sent_online.load(Ordering::Relaxed)
+        },
         || s.received_online.load(Ordering::Relaxed) + s.errors.total(),
     )
     .await;
@@ -392,6 +403,9 @@ async fn online(
     let mut j = 0u64;
     let mut due = plan.due(plan.global(0));
     let mut sending = due < plan.end_us;
+    if !sending {
+        shared.senders_done.fetch_add(1, Ordering::Release);
+    }
     let at = |us: u64| tokio::time::Instant::from_std(shared.base + Duration::from_micros(us));
     let timer = tokio::time::sleep_until(at(due));
     tokio::pin!(timer);
@@ -438,6 +452,7 @@ async fn online(
                 lags.clear();
                 if due >= plan.end_us {
                     sending = false;
+                    shared.senders_done.fetch_add(1, Ordering::Release);
                 } else {
                     timer.as_mut().reset(at(due));
                 }
