@@ -282,19 +282,7 @@ impl TlsStream {
         let mut delivered = 0;
         if !self.incoming.is_empty() {
             // Records that arrived with the end of the handshake, or a partial one.
-            let mut used = 0;
-            let r = process(
-                &mut self.conn,
-                &mut self.outgoing,
-                &mut self.incoming,
-                &mut used,
-                &mut |b| deliver(b, &mut delivered, sink, &mut self.stash),
-                false,
-            );
-            self.incoming.drain(..used);
-            if self.incoming.is_empty() {
-                self.incoming = Vec::new();
-            }
+            let r = self.process_incoming(&mut delivered, sink);
             if r? == Flow::Closed {
                 self.read_closed = true;
             }
@@ -337,19 +325,7 @@ impl TlsStream {
                 r
             } else {
                 self.incoming.extend_from_slice(&buf[..n]);
-                let r = process(
-                    &mut self.conn,
-                    &mut self.outgoing,
-                    &mut self.incoming,
-                    &mut used,
-                    &mut |b| deliver(b, &mut delivered, sink, &mut self.stash),
-                    false,
-                );
-                self.incoming.drain(..used);
-                if self.incoming.is_empty() {
-                    self.incoming = Vec::new();
-                }
-                r
+                self.process_incoming(&mut delivered, sink)
             };
             if r? == Flow::Closed {
                 self.read_closed = true;
@@ -359,6 +335,37 @@ impl TlsStream {
                 return Poll::Ready(Ok(delivered));
             }
         }
+    }
+
+    /// Processes the records buffered in `incoming`, handing plaintext to `sink` (at most
+    /// `DELIVER_MAX` in all, the rest stashed); keeps only the incomplete rest of a record,
+    /// and frees the buffer when nothing is left.
+    fn process_incoming(
+        &mut self,
+        delivered: &mut usize,
+        sink: &mut dyn FnMut(&[u8]),
+    ) -> io::Result<Flow> {
+        let TlsStream {
+            conn,
+            outgoing,
+            incoming,
+            stash,
+            ..
+        } = self;
+        let mut used = 0;
+        let r = process(
+            conn,
+            outgoing,
+            incoming,
+            &mut used,
+            &mut |b| deliver(b, delivered, sink, stash),
+            false,
+        );
+        incoming.drain(..used);
+        if incoming.is_empty() {
+            *incoming = Vec::new();
+        }
+        r
     }
 
     /// Encrypts `data` into `outgoing`.
