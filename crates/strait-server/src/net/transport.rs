@@ -229,8 +229,10 @@ impl TlsStream {
         Ok(s)
     }
 
-    /// Encodes whatever rustls still has to send (an alert after an error) and writes it.
-    async fn send_queued_alert(&mut self) -> io::Result<()> {
+    /// Lets rustls encode into `outgoing` whatever it still has to send, with no new input
+    /// (an alert after an error, a handshake record before close_notify). Errors are left to
+    /// the caller's next step: this only collects bytes.
+    fn encode_pending(&mut self) {
         let mut used = 0;
         let _ = process(
             &mut self.conn,
@@ -240,6 +242,11 @@ impl TlsStream {
             &mut |_| {},
             false,
         );
+    }
+
+    /// Encodes whatever rustls still has to send (an alert after an error) and writes it.
+    async fn send_queued_alert(&mut self) -> io::Result<()> {
+        self.encode_pending();
         if !self.outgoing.is_empty() {
             let out = std::mem::take(&mut self.outgoing);
             tokio::time::timeout(std::time::Duration::from_secs(1), self.tcp.write_all(&out))
@@ -456,15 +463,7 @@ impl TlsStream {
     async fn shutdown(&mut self) -> io::Result<()> {
         if !self.sent_close {
             self.sent_close = true;
-            let mut used = 0;
-            let _ = process(
-                &mut self.conn,
-                &mut self.outgoing,
-                &mut [],
-                &mut used,
-                &mut |_| {},
-                false,
-            );
+            self.encode_pending();
             if let Ok(ConnectionState::WriteTraffic(mut w)) =
                 self.conn.process_tls_records(&mut []).state
             {
