@@ -71,6 +71,9 @@ pub fn load(config: &Config) -> Result<TlsConfigs, TlsError> {
             .with_no_client_auth()
             .with_cert_resolver(resolver.clone());
         c.alpn_protocols = alpn;
+        // The transport takes an established TLS 1.3 session over from rustls with its
+        // traffic keys (net/tls13.rs); the keys never leave the process.
+        c.enable_secret_extraction = true;
         Ok(Arc::new(c))
     };
     Ok(TlsConfigs {

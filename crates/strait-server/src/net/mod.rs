@@ -3,6 +3,7 @@
 
 pub mod listener;
 pub mod shaper;
+mod tls13;
 pub mod transport;
 
 pub use shaper::TokenBucket;
