@@ -404,6 +404,15 @@ impl Router {
         map.get(bare).cloned().unwrap_or_default()
     }
 
+    /// The bound resources of an account that `keep` selects, cloning only those: for the
+    /// per-message checks (carbons) that usually select none.
+    pub fn resources_where(&self, bare: &str, keep: impl Fn(&Resource) -> bool) -> Vec<Resource> {
+        let map = self.sessions.read().expect("router lock");
+        map.get(bare)
+            .map(|rs| rs.iter().filter(|r| keep(r)).cloned().collect())
+            .unwrap_or_default()
+    }
+
     /// The bound resource with this full JID.
     pub fn resource(&self, bare: &str, resource: &str) -> Option<Resource> {
         let map = self.sessions.read().expect("router lock");

@@ -159,6 +159,32 @@ impl Stanza {
         }
     }
 
+    /// Appends an empty child element `<name xmlns='ns' a='v' …/>` with unqualified
+    /// attributes, written in canonical form directly: the same bytes as
+    /// [`Self::push_child_xml`] would give, without parsing them back. For the elements the
+    /// server adds to every message (a stanza id); `name` and the attribute names must be
+    /// valid XML names (callers pass constants), values are escaped here.
+    pub fn push_empty_child(&mut self, ns: &str, name: &str, attrs: &[(&str, &str)]) {
+        debug_assert!(
+            !name.is_empty()
+                && !name.contains(|c: char| c.is_whitespace() || "<>/='\"".contains(c)),
+            "not an element name: {name}"
+        );
+        let start = self.inner.len();
+        self.inner.push('<');
+        self.inner.push_str(name);
+        crate::xml::push_attr(&mut self.inner, "xmlns", ns);
+        for (n, v) in attrs {
+            crate::xml::push_attr(&mut self.inner, n, v);
+        }
+        self.inner.push_str("/>");
+        self.children.push(Child {
+            ns: ns.to_string(),
+            name: name.to_string(),
+            range: start..self.inner.len(),
+        });
+    }
+
     /// [`Self::push_child_xml`] that reports invalid input instead of panicking.
     pub fn try_push_child_xml(&mut self, xml: &str) -> Result<(), StreamError> {
         let events = crate::parser::parse_fragment(xml)?;
@@ -516,6 +542,22 @@ pub fn escape_attr(s: &str) -> Cow<'_, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn push_empty_child_gives_the_same_bytes_as_parsing() {
+        let parsed_ns = "urn:xmpp:sid:0";
+        let mut a = Stanza::new(crate::ns::CLIENT, "message");
+        a.push_child_xml("<body>x</body>");
+        let mut b = a.clone();
+        a.push_child_xml(&format!(
+            "<stanza-id xmlns='{parsed_ns}' id='1&amp;&lt;&apos;\"' by='b@x'/>"
+        ));
+        b.push_empty_child(parsed_ns, "stanza-id", &[("id", "1&<'\""), ("by", "b@x")]);
+        assert_eq!(a, b);
+        assert_eq!(a.to_xml(crate::ns::CLIENT), b.to_xml(crate::ns::CLIENT));
+        assert_eq!(b.children()[1].name, "stanza-id");
+        assert_eq!(b.children()[1].ns, parsed_ns);
+    }
 
     #[test]
     fn escaping() {

@@ -97,11 +97,11 @@ fn wrap(kind: &str, bare: &str, to: &str, m: &Stanza) -> Option<Stanza> {
 
 /// `<sent/>` copies to the sender's other carbons-enabled resources.
 pub fn send_sent(state: &ServerState, bare: &str, resource: &str, m: &Stanza) {
-    for r in state.router.resources(bare) {
-        if r.carbons
-            && r.resource != resource
-            && let Some(w) = wrap("sent", bare, &r.full, m)
-        {
+    for r in state
+        .router
+        .resources_where(bare, |r| r.carbons && r.resource != resource)
+    {
+        if let Some(w) = wrap("sent", bare, &r.full, m) {
             r.send(w);
         }
     }
@@ -110,12 +110,11 @@ pub fn send_sent(state: &ServerState, bare: &str, resource: &str, m: &Stanza) {
 /// `<received/>` copies to the recipient's carbons-enabled resources that did not get the
 /// message itself (`got`), nor sent it (a message between two resources of one account).
 pub fn send_received(state: &ServerState, bare: &str, m: &Stanza, got: &[String]) {
-    for r in state.router.resources(bare) {
-        if r.carbons
-            && !got.contains(&r.resource)
-            && m.from.as_deref() != Some(r.full.as_str())
-            && let Some(w) = wrap("received", bare, &r.full, m)
-        {
+    let eligible = |r: &crate::router::Resource| {
+        r.carbons && !got.contains(&r.resource) && m.from.as_deref() != Some(r.full.as_str())
+    };
+    for r in state.router.resources_where(bare, eligible) {
+        if let Some(w) = wrap("received", bare, &r.full, m) {
             r.send(w);
         }
     }

@@ -36,11 +36,7 @@ pub fn strip(m: &mut Stanza, by: &str) {
 pub fn stamp(m: &mut Stanza, by: &str) -> String {
     strip(m, by);
     let id = new_id();
-    m.push_child_xml(&format!(
-        "<stanza-id xmlns='{NS}'{}{}/>",
-        super::attr("id", &id),
-        super::attr("by", by)
-    ));
+    m.push_empty_child(NS, "stanza-id", &[("id", &id), ("by", by)]);
     id
 }
 
