@@ -737,6 +737,93 @@ pub fn batch_writes(s: &impl Store) {
     assert!(batch(s, Vec::new()).is_empty());
 }
 
+/// Deleting the newest rows of the whole archive (another owner's clear or removal) does not
+/// disturb anyone's order: later messages still page after earlier ones, and a deleted id
+/// resolves to nothing, not to a later message.
+pub fn archive_order_after_newest_deleted(s: &impl Store) {
+    use crate::ArchiveQuery;
+    s.create_account("a@x.example", &creds(1)).unwrap();
+    s.create_account("b@x.example", &creds(2)).unwrap();
+    s.archive_append("a@x.example", &archived("a1", "b@x.example", 1))
+        .unwrap();
+    s.archive_append("a@x.example", &archived("a2", "b@x.example", 2))
+        .unwrap();
+    s.archive_append("b@x.example", &archived("b1", "a@x.example", 3))
+        .unwrap();
+    s.archive_append("b@x.example", &archived("b2", "a@x.example", 4))
+        .unwrap();
+    s.archive_clear("b@x.example").unwrap();
+    s.archive_append("a@x.example", &archived("a3", "b@x.example", 5))
+        .unwrap();
+    s.archive_append("b@x.example", &archived("b3", "a@x.example", 6))
+        .unwrap();
+    let page = |owner: &str, q: ArchiveQuery| s.archive_query(owner, &q).unwrap();
+    let all = page(
+        "a@x.example",
+        ArchiveQuery {
+            max: 10,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(page_ids(&all), ["a1", "a2", "a3"]);
+    let after = page(
+        "a@x.example",
+        ArchiveQuery {
+            after_id: Some("a2".into()),
+            max: 10,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(page_ids(&after), ["a3"]);
+    assert_eq!(after.first_index, 2);
+    let last = page(
+        "a@x.example",
+        ArchiveQuery {
+            from_end: true,
+            max: 1,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(page_ids(&last), ["a3"]);
+    for gone in ["b1", "b2"] {
+        let q = ArchiveQuery {
+            after_id: Some(gone.into()),
+            max: 10,
+            ..Default::default()
+        };
+        assert_eq!(page("b@x.example", q), None, "{gone}");
+    }
+    // The same after removing the account that holds the newest row.
+    s.remove_account("b@x.example").unwrap();
+    s.create_account("b@x.example", &creds(2)).unwrap();
+    s.archive_append("a@x.example", &archived("a4", "b@x.example", 7))
+        .unwrap();
+    s.archive_append("b@x.example", &archived("b4", "a@x.example", 8))
+        .unwrap();
+    let after = page(
+        "a@x.example",
+        ArchiveQuery {
+            after_id: Some("a3".into()),
+            max: 10,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(page_ids(&after), ["a4"]);
+    let b = page(
+        "b@x.example",
+        ArchiveQuery {
+            max: 10,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(page_ids(&b), ["b4"]);
+}
+
 macro_rules! suite {
     ($modname:ident, $make:expr) => {
         mod $modname {
@@ -786,6 +873,11 @@ macro_rules! suite {
             fn archive() {
                 let (s, _guard) = $make;
                 super::archive(&s);
+            }
+            #[test]
+            fn archive_order_after_newest_deleted() {
+                let (s, _guard) = $make;
+                super::archive_order_after_newest_deleted(&s);
             }
             #[test]
             fn batch_writes() {
@@ -1011,4 +1103,295 @@ fn sqlite_wal_is_checkpointed_in_the_background() {
         .unwrap();
     assert_eq!(s.offline_count("a@x.example").unwrap(), 51);
     s.close().unwrap();
+}
+
+/// A database of schema version 4 (archive with AUTOINCREMENT and `archive_by_owner`) with
+/// archived rows, gaps in `seq` and a `sqlite_sequence` past the last row, opened by this
+/// build: the rows come through migration 5 unchanged and in order, page by id as before, and
+/// new rows sort after them.
+#[test]
+fn sqlite_archive_migrates_from_version_4() {
+    use crate::{ArchiveQuery, ArchiveStore};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("strait.db");
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))
+            .unwrap();
+        super::sqlite::migrate_to(&conn, 4).unwrap();
+        let v: i64 = conn
+            .query_row("SELECT version FROM schema_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, 4);
+        for jid in ["a@x.example", "b@x.example"] {
+            conn.execute(
+                "INSERT INTO accounts (jid, domain, sha256_salt, sha256_iter, sha256_stored,
+                     sha256_server) VALUES (?1, 'x.example', x'00', 4096, x'00', x'00')",
+                [jid],
+            )
+            .unwrap();
+        }
+        // What version 4 wrote: ids are opaque (UUIDs in practice), seq from AUTOINCREMENT.
+        let mut ins = conn
+            .prepare(
+                "INSERT INTO archive (owner, id, with_bare, with_full, stamp_ms, stanza)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )
+            .unwrap();
+        for i in 0..30 {
+            let (owner, with) = if i % 3 == 2 {
+                ("b@x.example", "a@x.example")
+            } else {
+                (
+                    "a@x.example",
+                    if i % 2 == 0 {
+                        "b@x.example"
+                    } else {
+                        "c@y.example/r"
+                    },
+                )
+            };
+            let m = archived(&format!("old-{i:02}"), with, 1000 + i);
+            ins.execute(rusqlite::params![
+                owner,
+                m.id,
+                m.with_bare,
+                m.with_full,
+                m.stamp_ms,
+                m.stanza
+            ])
+            .unwrap();
+        }
+        drop(ins);
+        // A gap in the middle and the newest row deleted: sqlite_sequence (30) is past
+        // max(seq) (29).
+        conn.execute("DELETE FROM archive WHERE id IN ('old-10', 'old-29')", [])
+            .unwrap();
+        conn.execute(
+            "INSERT INTO archive_prefs (owner, default_mode, always_jids, never_jids)
+             VALUES ('a@x.example', 'roster', 'b@x.example', '')",
+            [],
+        )
+        .unwrap();
+    }
+    let s = SqliteStore::open(&path).unwrap();
+    let a_ids: Vec<String> = (0..30)
+        .filter(|i| i % 3 != 2 && *i != 10)
+        .map(|i| format!("old-{i:02}"))
+        .collect();
+    assert_eq!(s.archive_count("a@x.example").unwrap(), a_ids.len());
+    assert_eq!(s.archive_count("b@x.example").unwrap(), 9);
+    // Page through a's archive by id, 4 at a time, forwards and backwards.
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let p = s
+            .archive_query(
+                "a@x.example",
+                &ArchiveQuery {
+                    after_id: after.clone(),
+                    max: 4,
+                    ..Default::default()
+                },
+            )
+            .unwrap()
+            .unwrap();
+        assert_eq!(p.count, a_ids.len());
+        assert_eq!(p.first_index, seen.len());
+        seen.extend(p.messages.iter().map(|m| m.id.clone()));
+        after = p.messages.last().map(|m| m.id.clone());
+        if p.complete {
+            break;
+        }
+    }
+    assert_eq!(seen, a_ids);
+    let mut back = Vec::new();
+    let mut before: Option<String> = None;
+    loop {
+        let p = s
+            .archive_query(
+                "a@x.example",
+                &ArchiveQuery {
+                    before_id: before.clone(),
+                    from_end: true,
+                    max: 4,
+                    ..Default::default()
+                },
+            )
+            .unwrap()
+            .unwrap();
+        assert_eq!(p.first_index, a_ids.len() - back.len() - p.messages.len());
+        let mut ids: Vec<String> = p.messages.iter().map(|m| m.id.clone()).collect();
+        ids.append(&mut back);
+        back = ids;
+        before = p.messages.first().map(|m| m.id.clone());
+        if p.complete {
+            break;
+        }
+    }
+    assert_eq!(back, a_ids);
+    // Rows are intact, filters by partner (bare and full) still work.
+    let p = s
+        .archive_query(
+            "a@x.example",
+            &ArchiveQuery {
+                with: Some("c@y.example/r".into()),
+                after_id: Some("old-03".into()),
+                max: 2,
+                ..Default::default()
+            },
+        )
+        .unwrap()
+        .unwrap();
+    assert_eq!(page_ids(&p), ["old-07", "old-09"]);
+    assert_eq!(p.messages[0], archived("old-07", "c@y.example/r", 1007));
+    assert_eq!(p.count, 10);
+    assert_eq!(p.first_index, 2);
+    // A deleted id stays unknown; preferences survived.
+    let q = ArchiveQuery {
+        after_id: Some("old-10".into()),
+        max: 4,
+        ..Default::default()
+    };
+    assert_eq!(s.archive_query("a@x.example", &q).unwrap(), None);
+    assert_eq!(s.archive_prefs("a@x.example").unwrap().default, "roster");
+    // Ids taken before the migration are still refused; new rows sort after the old ones.
+    assert!(matches!(
+        s.archive_append("a@x.example", &archived("old-00", "b@x.example", 1)),
+        Err(StoreError::AlreadyExists(_))
+    ));
+    s.archive_append("a@x.example", &archived("new-0", "b@x.example", 1))
+        .unwrap();
+    let p = s
+        .archive_query(
+            "a@x.example",
+            &ArchiveQuery {
+                after_id: Some("old-28".into()),
+                max: 4,
+                ..Default::default()
+            },
+        )
+        .unwrap()
+        .unwrap();
+    assert_eq!(page_ids(&p), ["new-0"]);
+    s.close().unwrap();
+    // The new schema: no AUTOINCREMENT, no archive_by_owner.
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let v: i64 = conn
+        .query_row("SELECT version FROM schema_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(v, super::sqlite::SCHEMA_VERSION);
+    let sql: String = conn
+        .query_row(
+            "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'archive'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(!sql.to_ascii_uppercase().contains("AUTOINCREMENT"), "{sql}");
+    let mut indexes: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'archive'")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
+        .unwrap();
+    indexes.sort();
+    assert_eq!(indexes, ["archive_by_id", "archive_by_with"]);
+    let seqs: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM sqlite_sequence WHERE name = 'archive'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(seqs, 0);
+}
+
+/// Every archive query runs on an index, never a scan of the table (which holds every
+/// account's messages).
+#[test]
+fn sqlite_archive_queries_search_indexes() {
+    let (s, dir) = temp_sqlite();
+    s.close().unwrap();
+    let conn = rusqlite::Connection::open(dir.path().join("strait.db")).unwrap();
+    let plan = |sql: &str| -> String {
+        let mut st = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let rows: Vec<String> = st
+            .query_map([], |r| r.get::<_, String>(3))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        rows.join("; ")
+    };
+    for sql in [
+        "SELECT seq FROM archive WHERE owner = 'a' AND id = 'x'",
+        "SELECT COUNT(*) FROM archive WHERE owner = 'a'",
+        "SELECT COUNT(*) FROM archive WHERE owner = 'a' AND seq < 5",
+        "SELECT COUNT(*) FROM archive WHERE owner = 'a' AND with_bare = 'b' AND seq < 5",
+        "SELECT COUNT(*) FROM archive WHERE owner = 'a' AND with_full = 'b/r' AND stamp_ms >= 3",
+        "SELECT seq, stanza FROM archive WHERE seq IN (SELECT seq FROM archive
+           WHERE owner = 'a' AND seq > 5 ORDER BY seq DESC LIMIT 51) ORDER BY seq DESC",
+        "SELECT seq, stanza FROM archive WHERE seq IN (SELECT seq FROM archive
+           WHERE owner = 'a' AND with_bare = 'b' ORDER BY seq ASC LIMIT 51) ORDER BY seq ASC",
+        "DELETE FROM archive WHERE owner = 'a'",
+    ] {
+        let p = plan(sql);
+        assert!(!p.contains("SCAN"), "{sql}: {p}");
+        assert!(p.contains("archive_by_"), "{sql}: {p}");
+    }
+}
+
+/// The writer remembers which accounts exist (the message path's writes skip the lookup), but
+/// never past their removal: through this store, or through another connection to the file.
+#[test]
+fn sqlite_archive_refuses_an_account_removed_elsewhere() {
+    use crate::{ArchiveStore, WriteOp};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("strait.db");
+    let a = SqliteStore::open(&path).unwrap();
+    a.create_account("x@x.example", &creds(1)).unwrap();
+    a.create_account("y@x.example", &creds(2)).unwrap();
+    a.archive_append("x@x.example", &archived("1", "y@x.example", 1))
+        .unwrap();
+    a.archive_append("y@x.example", &archived("1", "x@x.example", 1))
+        .unwrap();
+    // Removed through another connection (as `strait user remove` on a running server).
+    let b = SqliteStore::open(&path).unwrap();
+    b.remove_account("x@x.example").unwrap();
+    b.close().unwrap();
+    assert!(matches!(
+        a.archive_append("x@x.example", &archived("2", "y@x.example", 2)),
+        Err(StoreError::NotFound(_))
+    ));
+    let push = |owner: &str| WriteOp::OfflinePush {
+        owner: owner.into(),
+        stanza: "<message/>".into(),
+        stamp_ms: 1,
+        limit: 10,
+    };
+    assert!(matches!(
+        batch(&a, vec![push("x@x.example")])[..],
+        [Err(StoreError::NotFound(_))]
+    ));
+    // Removed through this store.
+    a.remove_account("y@x.example").unwrap();
+    assert!(matches!(
+        batch(
+            &a,
+            vec![
+                WriteOp::Archive {
+                    owner: "y@x.example".into(),
+                    msg: archived("2", "x@x.example", 2),
+                },
+                push("y@x.example")
+            ]
+        )[..],
+        [Err(StoreError::NotFound(_)), Err(StoreError::NotFound(_))]
+    ));
+    // Re-created: known again, with an empty archive.
+    a.create_account("y@x.example", &creds(2)).unwrap();
+    a.archive_append("y@x.example", &archived("3", "x@x.example", 3))
+        .unwrap();
+    assert_eq!(a.archive_count("y@x.example").unwrap(), 1);
 }
