@@ -305,6 +305,48 @@ async fn sent_carbon_carries_the_senders_archive_id() {
     t.stop().await;
 }
 
+/// A message reaches online resources once its archive copies are queued, before they are
+/// committed; a MAM query waits for what was queued before it. So a recipient that asks for
+/// the archive the moment a message arrives (no round trip in between) finds that message,
+/// and can page from its id.
+#[tokio::test]
+async fn a_message_just_received_is_in_the_archive() {
+    let t = TestServer::start(|_| {}).await;
+    let (mut a, mut b) = t.alice_and_bob().await;
+    let mut previous: Option<String> = None;
+    for i in 0..20 {
+        let body = format!("fresh-{i}");
+        let got = chat(&mut a, &mut b, "bob@localhost", &body).await;
+        let sid = between(&got, "<stanza-id xmlns='urn:xmpp:sid:0' id='", "'").to_owned();
+        assert!(!sid.is_empty(), "{got}");
+        b.buffer.clear();
+        // The newest item, asked for at once.
+        b.send(&format!(
+            "<iq type='set' id='n{i}'><query xmlns='{MAM}' queryid='qn{i}'><set xmlns='http://jabber.org/protocol/rsm'><max>1</max><before/></set></query></iq>"
+        ))
+        .await;
+        let all = b.expect(&format!("id='n{i}'")).await + &b.expect("</iq>").await;
+        assert!(all.contains(&format!(">{body}</body>")), "{all}");
+        assert!(
+            between(&all, "<result ", ">").contains(&format!("id='{sid}'")),
+            "{all}"
+        );
+        // Paging from the id of the message just received before it: the id is known.
+        if let Some(prev) = previous.replace(sid.clone()) {
+            b.buffer.clear();
+            b.send(&format!(
+                "<iq type='set' id='a{i}'><query xmlns='{MAM}' queryid='qa{i}'><set xmlns='http://jabber.org/protocol/rsm'><after>{prev}</after></set></query></iq>"
+            ))
+            .await;
+            let all = b.expect(&format!("id='a{i}'")).await + &b.expect("</iq>").await;
+            let fin = &all[all.rfind("<iq").unwrap()..];
+            assert!(fin.contains("type='result'"), "{all}");
+            assert!(all.contains(&format!("id='{sid}'")), "{all}");
+        }
+    }
+    t.stop().await;
+}
+
 /// Receipts (XEP-0184), reactions (XEP-0444), replies (XEP-0461), corrections (XEP-0308),
 /// retractions (XEP-0424) and markers (XEP-0333) are archived for both sides with their
 /// payloads, as clients rebuilding a conversation from the archive expect; chat states

@@ -79,26 +79,41 @@ impl ServerState {
         &self,
         ops: Vec<strait_store::WriteOp>,
     ) -> Vec<strait_store::WriteOutcome> {
-        if ops.is_empty() {
-            return Vec::new();
-        }
+        self.queue_writes(ops).await
+    }
+
+    /// Queues `ops` for the store's writer now (they are committed in queue order after
+    /// everything queued before) and returns what waits for their outcomes: the caller can do
+    /// other work between queueing and waiting.
+    pub fn queue_writes(
+        &self,
+        ops: Vec<strait_store::WriteOp>,
+    ) -> impl std::future::Future<Output = Vec<strait_store::WriteOutcome>> + Send + 'static {
         let n = ops.len();
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.store.write_batch(
-            ops,
-            Box::new(move |outcomes| {
-                let _ = tx.send(outcomes);
-            }),
-        );
-        match rx.await {
-            Ok(outcomes) => outcomes,
-            Err(_) => (0..n)
-                .map(|_| {
-                    Err(strait_store::StoreError::Backend(
-                        "the store's writer stopped".into(),
-                    ))
-                })
-                .collect(),
+        let rx = (n > 0).then(|| {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            self.store.write_batch(
+                ops,
+                Box::new(move |outcomes| {
+                    let _ = tx.send(outcomes);
+                }),
+            );
+            rx
+        });
+        async move {
+            let Some(rx) = rx else {
+                return Vec::new();
+            };
+            match rx.await {
+                Ok(outcomes) => outcomes,
+                Err(_) => (0..n)
+                    .map(|_| {
+                        Err(strait_store::StoreError::Backend(
+                            "the store's writer stopped".into(),
+                        ))
+                    })
+                    .collect(),
+            }
         }
     }
 

@@ -80,12 +80,19 @@ impl Writes {
         state: &ServerState,
         push: Option<WriteOp>,
     ) -> Option<WriteOutcome> {
+        self.queue(state, push).await
+    }
+
+    /// [`Writes::commit`] in two steps: what was collected is queued for the store's writer
+    /// when this is called, and the returned future waits for the commit.
+    fn queue(
+        &mut self,
+        state: &ServerState,
+        push: Option<WriteOp>,
+    ) -> impl std::future::Future<Output = Option<WriteOutcome>> + Send + 'static {
         let has_push = push.is_some();
         let mut ops = std::mem::take(&mut self.ops);
         ops.extend(push);
-        if ops.is_empty() {
-            return None;
-        }
         let owners: Vec<Option<String>> = ops
             .iter()
             .map(|op| match op {
@@ -93,14 +100,21 @@ impl Writes {
                 _ => None,
             })
             .collect();
-        let mut outcomes = state.write_batch(ops).await;
-        let pushed = if has_push { outcomes.pop() } else { None };
-        for (owner, outcome) in owners.into_iter().zip(outcomes) {
-            if let Some(owner) = owner {
-                super::mam::log_outcome(&owner, Some(outcome));
+        let empty = ops.is_empty();
+        let outcomes = state.queue_writes(ops);
+        async move {
+            if empty {
+                return None;
             }
+            let mut outcomes = outcomes.await;
+            let pushed = if has_push { outcomes.pop() } else { None };
+            for (owner, outcome) in owners.into_iter().zip(outcomes) {
+                if let Some(owner) = owner {
+                    super::mam::log_outcome(&owner, Some(outcome));
+                }
+            }
+            pushed
         }
-        pushed
     }
 }
 
@@ -133,6 +147,12 @@ pub async fn message_to_full(
 /// The reliability rule: when a target acknowledges stanzas (XEP-0198) and the message is one
 /// that would be kept offline, it is stored first and travels with its row id; the row is
 /// deleted when a client has it, so losing the connection or the server loses nothing.
+///
+/// When no copy is held, the message goes out as soon as its archive copies are queued, and
+/// this returns (so the sender's stanza counts as handled, XEP-0198) once they are committed:
+/// delivery does not wait for the commit's fsync, the sender's acknowledgement does. A MAM
+/// query waits for what was queued before it, so a client that saw the message finds it in
+/// the archive.
 async fn send_message(
     state: &ServerState,
     bare: &str,
@@ -148,6 +168,19 @@ async fn send_message(
     } else {
         None
     };
+    if hold.is_none() {
+        let committed = writes.queue(state, None);
+        let resources = targets
+            .into_iter()
+            .filter(|r| r.send(stanza.clone()))
+            .map(|r| r.resource)
+            .collect();
+        committed.await;
+        return Delivered {
+            resources,
+            stored: false,
+        };
+    }
     let durable = match writes.commit(state, hold).await {
         Some(Ok(id)) => id,
         Some(Err(e)) => {

@@ -258,6 +258,10 @@ async fn query(s: &mut Session, stanza: &Stanza, el: &minidom::Element) {
         Err(t) => return bad(s, stanza, &t),
     };
     let queryid = el.attr("queryid").map(str::to_owned);
+    // A message goes to online resources once its archive copies are queued, without waiting
+    // for their commit (delivery::send_message): waiting for everything queued before this
+    // query lets a client that saw a message find it in the archive, and page `after` its id.
+    s.state.store_barrier().await;
     let (o, qq) = (s.bare.clone(), q.clone());
     let page = match s.state.store(move |st| st.archive_query(&o, &qq)).await {
         Ok(Some(p)) => p,

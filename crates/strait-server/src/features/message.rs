@@ -56,9 +56,12 @@ pub async fn from_client(s: &mut Session, mut stanza: Stanza, to: Option<jid::Ji
     };
     let bare = format!("{node}@{domain}");
     // The sender's archive copy (XEP-0313) gets its own id, also carried by the sent carbon.
-    // It is archived before delivery, like the recipient's copy, so that a reply can never
-    // land in the sender's archive ahead of the message it answers.
-    // Both copies and the stored copy, if any, are committed together before delivery.
+    // It is queued for the store's writer (first in, first out) before delivery, like the
+    // recipient's copy, so that a reply can never land in the sender's archive ahead of the
+    // message it answers.
+    // Both copies and the stored copy, if any, are committed together: a held copy before
+    // delivery, archive copies queued before it and committed before this stanza counts as
+    // handled (delivery::send_message).
     let mut sent = stanza.clone();
     let mut writes = Writes::default();
     if bare != s.bare && mam::archivable(&sent) {
@@ -113,7 +116,8 @@ pub async fn deliver_local_with(
 }
 
 /// [`deliver_local_with`], committing `writes` (the sender's archive copy) with the message's
-/// own writes: before delivery when it is delivered, in any case before this returns.
+/// own writes: queued before delivery (committed before it when a copy is held for the
+/// recipient), in any case committed before this returns.
 async fn deliver_with_writes(
     state: &ServerState,
     stanza: &Stanza,
@@ -149,8 +153,9 @@ async fn route(
     carbons::strip_private(&mut stamped);
     if ty != "error" {
         let id = stanza_id::stamp(&mut stamped, bare);
-        // The recipient's archive copy (XEP-0313), under the stanza-id it gets; written before
-        // delivery so a client that saw the message finds it in the archive.
+        // The recipient's archive copy (XEP-0313), under the stanza-id it gets; queued before
+        // delivery, and MAM queries wait for what is queued, so a client that saw the message
+        // finds it in the archive.
         if let Some(from) = stamped.from.clone() {
             writes.push(mam::archive_op(state, bare, &from, &id, &stamped).await);
         }
