@@ -11,6 +11,16 @@ use strait_store::{AccountStore, SqliteStore};
 
 mod import;
 
+/// jemalloc instead of glibc's malloc. Connection tasks move between tokio's worker threads,
+/// so buffers are often freed on another thread than the one that allocated them; glibc frees
+/// chunks above its per-thread cache's size (rxml's 8 KiB token scratchpad, TLS record buffers)
+/// into the allocating thread's arena under that arena's lock, and in profiles at 40,000 msg/s
+/// the allocator and its lock waits took about a fifth of the server's CPU. With jemalloc the
+/// same machine carries twice the message rate, and an idle connection costs the same memory
+/// (bench/RESULTS.md). (mimalloc, tried before, held three times as much per idle connection.)
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Strait: an open messaging-interoperability platform (XMPP, Signal-protocol end-to-end encryption).
 #[derive(Parser)]
 #[command(name = "strait", version, about)]
