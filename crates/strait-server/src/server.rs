@@ -7,7 +7,7 @@ use crate::sasl::{LoginThrottle, ThrottleConfig};
 use crate::tls::{self, TlsConfigs};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 use strait_store::{SqliteStore, Store};
 use strait_wire::{StreamError, StreamErrorCondition};
@@ -50,8 +50,15 @@ pub struct ServerState {
     pub archive_prefs: crate::features::mam::PrefsCache,
     /// The negotiation settings every client connection shares, made on first use.
     pub c2s_config: std::sync::OnceLock<Arc<strait_wire::negotiation::C2sConfig>>,
+    /// Write batches queued by [`ServerState::queue_detached`] and not yet committed.
+    detached_writes: Arc<AtomicUsize>,
     next_conn_id: AtomicU64,
 }
+
+/// Most write batches that may wait for the store's writer with nobody waiting for them
+/// ([`ServerState::queue_detached`]); past it, callers wait for their commits, which slows
+/// the senders down to what the writer commits (backpressure).
+pub const MAX_DETACHED_WRITES: usize = 4096;
 
 impl ServerState {
     pub fn next_conn_id(&self) -> u64 {
@@ -115,6 +122,36 @@ impl ServerState {
                     .collect(),
             }
         }
+    }
+
+    /// Queues `ops` for the store's writer now, with `done` called on their outcomes once
+    /// committed, and nobody waiting; unless [`MAX_DETACHED_WRITES`] batches queued so are
+    /// still pending: then nothing is queued and `ops` come back, for the caller to queue and
+    /// wait for.
+    pub fn queue_detached(
+        &self,
+        ops: Vec<strait_store::WriteOp>,
+        done: strait_store::WriteDone,
+    ) -> Option<Vec<strait_store::WriteOp>> {
+        let pending = &self.detached_writes;
+        if pending.fetch_add(1, Ordering::AcqRel) >= MAX_DETACHED_WRITES {
+            pending.fetch_sub(1, Ordering::AcqRel);
+            return Some(ops);
+        }
+        let pending = Arc::clone(pending);
+        self.store.write_batch(
+            ops,
+            Box::new(move |outcomes| {
+                pending.fetch_sub(1, Ordering::AcqRel);
+                done(outcomes);
+            }),
+        );
+        None
+    }
+
+    /// Write batches queued by [`ServerState::queue_detached`] and not yet committed.
+    pub fn detached_writes(&self) -> usize {
+        self.detached_writes.load(Ordering::Acquire)
     }
 
     /// Waits until every write queued before it is committed (the store's writer is first in,
@@ -218,6 +255,7 @@ impl Server {
             sm: Default::default(),
             archive_prefs: Default::default(),
             c2s_config: Default::default(),
+            detached_writes: Default::default(),
             next_conn_id: AtomicU64::new(1),
         });
         let mut tasks = JoinSet::new();
@@ -268,5 +306,56 @@ impl Server {
             tracing::error!("closing the store: {e}");
         }
         tracing::info!("stopped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Writes nobody waits for are bounded: while the store's writer cannot commit (another
+    /// connection holds the database's write lock), `MAX_DETACHED_WRITES` batches are taken and
+    /// the next is handed back for its caller to wait on; once the writer commits, every
+    /// callback has run and the count is back to zero.
+    #[tokio::test]
+    async fn detached_writes_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config {
+            data_dir: dir.path().join("data"),
+            domains: vec!["example.test".into()],
+            ..Config::default()
+        };
+        config.listen.c2s = vec!["127.0.0.1:0".parse().unwrap()];
+        config.listen.c2s_direct_tls = Vec::new();
+        let db = config.store_path();
+        let server = Server::start(config).await.unwrap();
+        let state = server.state().clone();
+
+        let blocker = rusqlite::Connection::open(&db).unwrap();
+        blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let done = Arc::new(AtomicUsize::new(0));
+        for i in 0..MAX_DETACHED_WRITES {
+            let d = Arc::clone(&done);
+            let back = state.queue_detached(
+                Vec::new(),
+                Box::new(move |_| {
+                    d.fetch_add(1, Ordering::SeqCst);
+                }),
+            );
+            assert!(back.is_none(), "batch {i} refused");
+        }
+        assert_eq!(state.detached_writes(), MAX_DETACHED_WRITES);
+        let back = state.queue_detached(Vec::new(), Box::new(|_| panic!("not queued")));
+        assert!(back.is_some(), "one batch too many was taken");
+        assert_eq!(state.detached_writes(), MAX_DETACHED_WRITES);
+        assert_eq!(done.load(Ordering::SeqCst), 0, "committed under the lock");
+
+        blocker.execute_batch("COMMIT").unwrap();
+        drop(blocker);
+        state.store_barrier().await;
+        assert_eq!(done.load(Ordering::SeqCst), MAX_DETACHED_WRITES);
+        assert_eq!(state.detached_writes(), 0);
+        drop(state);
+        server.shutdown(Duration::from_secs(1)).await;
     }
 }

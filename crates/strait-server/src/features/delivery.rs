@@ -93,13 +93,7 @@ impl Writes {
         let has_push = push.is_some();
         let mut ops = std::mem::take(&mut self.ops);
         ops.extend(push);
-        let owners: Vec<Option<String>> = ops
-            .iter()
-            .map(|op| match op {
-                WriteOp::Archive { owner, .. } => Some(owner.clone()),
-                _ => None,
-            })
-            .collect();
+        let owners = archive_owners(&ops);
         let empty = ops.is_empty();
         let outcomes = state.queue_writes(ops);
         async move {
@@ -108,12 +102,45 @@ impl Writes {
             }
             let mut outcomes = outcomes.await;
             let pushed = if has_push { outcomes.pop() } else { None };
-            for (owner, outcome) in owners.into_iter().zip(outcomes) {
-                if let Some(owner) = owner {
-                    super::mam::log_outcome(&owner, Some(outcome));
-                }
-            }
+            log_archive_outcomes(owners, outcomes);
             pushed
+        }
+    }
+
+    /// Queues what was collected (no offline push) for the store's writer when this is
+    /// called, without waiting for the commit (failures are logged): `None`. When too many
+    /// such writes are already pending ([`crate::server::MAX_DETACHED_WRITES`]), queues them
+    /// as [`Writes::queue`] does and returns what waits for their commit.
+    fn queue_detached(
+        &mut self,
+        state: &ServerState,
+    ) -> Option<impl std::future::Future<Output = Option<WriteOutcome>> + Send + 'static> {
+        if self.ops.is_empty() {
+            return None;
+        }
+        let ops = std::mem::take(&mut self.ops);
+        let owners = archive_owners(&ops);
+        let done = Box::new(move |outcomes| log_archive_outcomes(owners, outcomes));
+        let refused = state.queue_detached(ops, done)?;
+        self.ops = refused;
+        Some(self.queue(state, None))
+    }
+}
+
+/// For each op, the account whose archive it writes to, if it is an archive write.
+fn archive_owners(ops: &[WriteOp]) -> Vec<Option<String>> {
+    ops.iter()
+        .map(|op| match op {
+            WriteOp::Archive { owner, .. } => Some(owner.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn log_archive_outcomes(owners: Vec<Option<String>>, outcomes: Vec<WriteOutcome>) {
+    for (owner, outcome) in owners.into_iter().zip(outcomes) {
+        if let Some(owner) = owner {
+            super::mam::log_outcome(&owner, Some(outcome));
         }
     }
 }
@@ -149,10 +176,13 @@ pub async fn message_to_full(
 /// deleted when a client has it, so losing the connection or the server loses nothing.
 ///
 /// When no copy is held, the message goes out as soon as its archive copies are queued, and
-/// this returns (so the sender's stanza counts as handled, XEP-0198) once they are committed:
-/// delivery does not wait for the commit's fsync, the sender's acknowledgement does. A MAM
-/// query waits for what was queued before it, so a client that saw the message finds it in
-/// the archive.
+/// nothing waits for their commit: delivered to every online resource that should get it,
+/// the sender's stanza counts as handled (XEP-0198; the reliability contract asks for
+/// delivery or storage before the acknowledgement), and the archive copies follow a few
+/// milliseconds later, in queue order. A MAM query waits for what was queued before it, so a
+/// client that saw the message finds it in the archive. Only while the store's writer is far
+/// behind ([`crate::server::MAX_DETACHED_WRITES`] batches) does this wait for the commit,
+/// which slows the sender down to what the writer commits.
 async fn send_message(
     state: &ServerState,
     bare: &str,
@@ -169,13 +199,15 @@ async fn send_message(
         None
     };
     if hold.is_none() {
-        let committed = writes.queue(state, None);
+        let committed = writes.queue_detached(state);
         let resources = targets
             .into_iter()
             .filter(|r| r.send(stanza.clone()))
             .map(|r| r.resource)
             .collect();
-        committed.await;
+        if let Some(committed) = committed {
+            committed.await;
+        }
         return Delivered {
             resources,
             stored: false,

@@ -60,8 +60,8 @@ pub async fn from_client(s: &mut Session, mut stanza: Stanza, to: Option<jid::Ji
     // recipient's copy, so that a reply can never land in the sender's archive ahead of the
     // message it answers.
     // Both copies and the stored copy, if any, are committed together: a held copy before
-    // delivery, archive copies queued before it and committed before this stanza counts as
-    // handled (delivery::send_message).
+    // delivery; archive copies alone are queued before it and not waited for
+    // (delivery::send_message).
     let mut sent = stanza.clone();
     let mut writes = Writes::default();
     if bare != s.bare && mam::archivable(&sent) {
@@ -116,8 +116,8 @@ pub async fn deliver_local_with(
 }
 
 /// [`deliver_local_with`], committing `writes` (the sender's archive copy) with the message's
-/// own writes: queued before delivery (committed before it when a copy is held for the
-/// recipient), in any case committed before this returns.
+/// own writes: queued before delivery; committed before it when a copy is held for the
+/// recipient or kept offline, and otherwise not waited for (delivery::send_message).
 async fn deliver_with_writes(
     state: &ServerState,
     stanza: &Stanza,
