@@ -57,8 +57,11 @@ pub struct ServerState {
 
 /// Most write batches that may wait for the store's writer with nobody waiting for them
 /// ([`ServerState::queue_detached`]); past it, callers wait for their commits, which slows
-/// the senders down to what the writer commits (backpressure).
-pub const MAX_DETACHED_WRITES: usize = 4096;
+/// the senders down to what the writer commits (backpressure). A sender that meets the bound
+/// waits behind everything pending, so the bound is also the longest queue a saturated writer
+/// builds: with 4,096, closed-loop round trips (pingpong, archive on) had a p99 of 454 ms;
+/// with 1,024, 130 ms, while half of the archive-on peak kept its p99 under 4 ms.
+pub const MAX_DETACHED_WRITES: usize = 1024;
 
 impl ServerState {
     pub fn next_conn_id(&self) -> u64 {
