@@ -11,9 +11,10 @@ use super::tls13::{Opened, Records};
 use rustls::server::{ServerConfig, UnbufferedServerConnection};
 use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedStatus};
 use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 /// Bytes read from the socket at a time, into a buffer on the stack: a whole TLS record
@@ -207,6 +208,17 @@ fn process_rustls(
     }
 }
 
+/// One read from the socket into `buf`: `Ok(0)` at the end of the stream. Through tokio's
+/// `AsyncRead` rather than `poll_read_ready` + `try_read`: a read that fills only part of
+/// the buffer shows the socket drained (epoll is edge-triggered), and tokio then clears the
+/// readiness itself, so the next poll waits for the next edge instead of spending a
+/// `recvfrom` on `EWOULDBLOCK`: one system call fewer per stanza that arrives on its own.
+fn read_some(tcp: &mut TcpStream, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+    let mut rb = ReadBuf::new(buf);
+    ready!(Pin::new(tcp).poll_read(cx, &mut rb))?;
+    Poll::Ready(Ok(rb.filled().len()))
+}
+
 /// Hands `bytes` to `sink` up to `DELIVER_MAX` in all (`delivered` so far); the rest is
 /// stashed for the next reads.
 fn deliver(bytes: &[u8], delivered: &mut usize, sink: &mut dyn FnMut(&[u8]), stash: &mut Vec<u8>) {
@@ -362,13 +374,8 @@ impl TlsStream {
             }
             // A KeyUpdate answer or other record rustls produced while reading.
             self.try_send_outgoing()?;
-            ready!(self.tcp.poll_read_ready(cx))?;
             let mut buf = [0u8; READ_CHUNK];
-            let n = match self.tcp.try_read(&mut buf) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Poll::Ready(Err(e)),
-            };
+            let n = ready!(read_some(&mut self.tcp, cx, &mut buf))?;
             if n == 0 {
                 // TCP closed without close_notify: the end of the stream all the same.
                 self.read_closed = true;
@@ -609,18 +616,12 @@ impl Transport {
         sink: &mut dyn FnMut(&[u8]),
     ) -> Poll<io::Result<usize>> {
         match self {
-            Transport::Plain(tcp) => loop {
-                ready!(tcp.poll_read_ready(cx))?;
+            Transport::Plain(tcp) => {
                 let mut buf = [0u8; DELIVER_MAX];
-                match tcp.try_read(&mut buf) {
-                    Ok(n) => {
-                        sink(&buf[..n]);
-                        return Poll::Ready(Ok(n));
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                    Err(e) => return Poll::Ready(Err(e)),
-                }
-            },
+                let n = ready!(read_some(tcp, cx, &mut buf))?;
+                sink(&buf[..n]);
+                Poll::Ready(Ok(n))
+            }
             Transport::Tls(s) => s.poll_read_with(cx, sink),
             Transport::Upgrading => Poll::Ready(Err(upgrading())),
         }
