@@ -19,13 +19,16 @@ use std::io::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 
 /// Messages an offline account is planned to hold at most, by default.
 const OFFLINE_PER_ACCOUNT: f64 = 500.0;
 /// How long the count of arrivals may stand still before draining gives up.
 const STALL: Duration = Duration::from_secs(2);
+/// The pacer wakes at most this often: at high rates, the messages due within one tick are
+/// released together (each still counted from its own scheduled time).
+const PACER_TICK: Duration = Duration::from_micros(250);
 
 /// Counters shared by all connections.
 struct Shared {
@@ -153,7 +156,26 @@ pub(crate) async fn run(ctx: &Ctx, a: &MessagesArgs) -> anyhow::Result<Outcome> 
     let (stop_tx, stop) = watch::channel(false);
     let mut tasks = JoinSet::new();
     let online_tasks = conns.len() as u64;
-    for (i, conn) in conns.into_iter().enumerate() {
+    let wakes: Vec<Arc<Notify>> = (0..conns.len()).map(|_| Arc::new(Notify::new())).collect();
+    let pacer = {
+        let (wakes, base) = (wakes.clone(), ctx.base);
+        let schedule = Plan {
+            index: 0,
+            senders,
+            rate: a.rate,
+            start_us,
+            end_us,
+            partner: String::new(),
+            offline: Arc::new(Vec::new()),
+            offline_ppm: 0,
+            body: body.clone(),
+        };
+        let stop = stop.clone();
+        std::thread::Builder::new()
+            .name("bench-pacer".into())
+            .spawn(move || pace(&schedule, base, &wakes, &stop))?
+    };
+    for ((i, conn), wake) in conns.into_iter().enumerate().zip(wakes) {
         let i = i as u64;
         let plan = Plan {
             index: i,
@@ -166,10 +188,11 @@ pub(crate) async fn run(ctx: &Ctx, a: &MessagesArgs) -> anyhow::Result<Outcome> 
             offline_ppm: (a.offline_fraction * 1e6).round() as u64,
             body: body.clone(),
         };
-        tasks.spawn(online(conn, stop.clone(), plan, shared.clone()));
+        tasks.spawn(online(conn, stop.clone(), plan, wake, shared.clone()));
     }
     tokio::time::sleep_until((ctx.base + Duration::from_micros(end_us)).into()).await;
     phases.push(meter.finish(probe));
+    let _ = tokio::task::spawn_blocking(move || pacer.join()).await;
 
     // Drain: wait for what is still in flight.
     let meter = PhaseMeter::start("drain", probe);
@@ -392,12 +415,54 @@ impl Tally {
     }
 }
 
+/// Wakes each sender when a message of its share of the schedule is due, from an OS thread
+/// of its own. Written here rather than on tokio's timer: that timer has millisecond
+/// resolution (deadlines rounded up to the next tick, and the driver parks in `epoll_wait`
+/// with a timeout in whole milliseconds), which made the generator's own send lag 1 to 2 ms,
+/// nearly all of the measured latency at low rates. `std::thread::sleep` is a nanosleep
+/// with tens of microseconds of slack; a sender woken early (it never is) would just wait
+/// again. The schedule is the one the senders hold ([`Plan::due`]), global message `g`
+/// belonging to sender `g mod senders`.
+fn pace(schedule: &Plan, base: Instant, wakes: &[Arc<Notify>], stop: &watch::Receiver<bool>) {
+    let mut g = 0u64;
+    let mut last_wake: Option<Instant> = None;
+    loop {
+        let due = schedule.due(g);
+        if due >= schedule.end_us || *stop.borrow() {
+            return;
+        }
+        let mut at = base + Duration::from_micros(due);
+        if let Some(last) = last_wake {
+            at = at.max(last + PACER_TICK);
+        }
+        let now = Instant::now();
+        if at > now {
+            std::thread::sleep(at - now);
+        }
+        let now = Instant::now();
+        last_wake = Some(now);
+        let now_us = duration_us(now.saturating_duration_since(base));
+        // Each sender sends everything due by the time it runs, so one wake per sender
+        // per round is enough (a `Notify` keeps one permit).
+        let first = g;
+        while schedule.due(g) <= now_us && schedule.due(g) < schedule.end_us {
+            if g - first < schedule.senders
+                && let Some(w) = wakes.get((g % schedule.senders) as usize)
+            {
+                w.notify_one();
+            }
+            g += 1;
+        }
+    }
+}
+
 /// An online account: sends its share of the schedule to its partner (or to an offline
-/// account), and receives its partner's.
+/// account) when the pacer wakes it, and receives its partner's.
 async fn online(
     mut conn: Connection,
     mut stop: watch::Receiver<bool>,
     plan: Plan,
+    wake: Arc<Notify>,
     shared: Arc<Shared>,
 ) -> Result<(), ConnError> {
     let mut j = 0u64;
@@ -406,9 +471,6 @@ async fn online(
     if !sending {
         shared.senders_done.fetch_add(1, Ordering::Release);
     }
-    let at = |us: u64| tokio::time::Instant::from_std(shared.base + Duration::from_micros(us));
-    let timer = tokio::time::sleep_until(at(due));
-    tokio::pin!(timer);
     let mut tally = Tally::default();
     let mut lags = Vec::new();
     loop {
@@ -422,7 +484,7 @@ async fn online(
                 conn.process(|el, _| tally.add(&el, &shared, Some(now)))?;
                 tally.commit(&shared, &shared.received_online);
             }
-            () = &mut timer, if sending => {
+            () = wake.notified(), if sending => {
                 let now = duration_us(shared.base.elapsed());
                 let (mut to_online, mut to_offline) = (0u64, 0u64);
                 while due <= now && due < plan.end_us {
@@ -453,8 +515,6 @@ async fn online(
                 if due >= plan.end_us {
                     sending = false;
                     shared.senders_done.fetch_add(1, Ordering::Release);
-                } else {
-                    timer.as_mut().reset(at(due));
                 }
             }
             _ = stop.changed() => break,
