@@ -15,10 +15,16 @@ use crate::client::{ConnError, Connection};
 use crate::report::{MessagesResults, Results};
 use crate::stats::{Failures, Latency, PhaseMeter, duration_us};
 use crate::xml::Element;
+use rustix::time::{
+    Itimerspec, TimerfdClockId, TimerfdFlags, TimerfdTimerFlags, Timespec, timerfd_create,
+    timerfd_settime,
+};
 use std::io::Write as _;
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+use tokio::io::unix::AsyncFd;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 
@@ -170,10 +176,8 @@ pub(crate) async fn run(ctx: &Ctx, a: &MessagesArgs) -> anyhow::Result<Outcome> 
             offline_ppm: 0,
             body: body.clone(),
         };
-        let stop = stop.clone();
-        std::thread::Builder::new()
-            .name("bench-pacer".into())
-            .spawn(move || pace(&schedule, base, &wakes, &stop))?
+        let timer = PreciseTimer::new()?;
+        tokio::spawn(async move { pace(&schedule, base, &wakes, timer).await })
     };
     for ((i, conn), wake) in conns.into_iter().enumerate().zip(wakes) {
         let i = i as u64;
@@ -192,7 +196,11 @@ pub(crate) async fn run(ctx: &Ctx, a: &MessagesArgs) -> anyhow::Result<Outcome> 
     }
     tokio::time::sleep_until((ctx.base + Duration::from_micros(end_us)).into()).await;
     phases.push(meter.finish(probe));
-    let _ = tokio::task::spawn_blocking(move || pacer.join()).await;
+    match pacer.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => warnings.push(format!("the pacer's timer failed: {e}")),
+        Err(e) => warnings.push(format!("the pacer stopped: {e}")),
+    }
 
     // Drain: wait for what is still in flight.
     let meter = PhaseMeter::start("drain", probe);
@@ -415,30 +423,85 @@ impl Tally {
     }
 }
 
-/// Wakes each sender when a message of its share of the schedule is due, from an OS thread
-/// of its own. Written here rather than on tokio's timer: that timer has millisecond
-/// resolution (deadlines rounded up to the next tick, and the driver parks in `epoll_wait`
-/// with a timeout in whole milliseconds), which made the generator's own send lag 1 to 2 ms,
-/// nearly all of the measured latency at low rates. `std::thread::sleep` is a nanosleep
-/// with tens of microseconds of slack; a sender woken early (it never is) would just wait
-/// again. The schedule is the one the senders hold ([`Plan::due`]), global message `g`
-/// belonging to sender `g mod senders`.
-fn pace(schedule: &Plan, base: Instant, wakes: &[Arc<Notify>], stop: &watch::Receiver<bool>) {
+/// A one-shot timer with nanosecond deadlines: a timerfd, which the runtime's epoll watches
+/// like any socket. Written here rather than using tokio's timer: that one rounds deadlines up
+/// to whole milliseconds and its driver parks in `epoll_wait` with a timeout in whole
+/// milliseconds, which made the generator's own send lag 1 to 2 ms, nearly all of the
+/// measured latency at low rates. (A thread of its own, sleeping in nanosleep, was precise
+/// too, but waking the runtime's thread from it cost a context switch per wake-up.)
+struct PreciseTimer {
+    fd: AsyncFd<OwnedFd>,
+}
+
+impl PreciseTimer {
+    fn new() -> std::io::Result<Self> {
+        let fd = timerfd_create(
+            TimerfdClockId::Monotonic,
+            TimerfdFlags::NONBLOCK | TimerfdFlags::CLOEXEC,
+        )?;
+        // `AsyncFd::new` is deprecated as unsound for types whose `as_raw_fd` may change or
+        // be closed behind the registration's back; an `OwnedFd` moved into the `AsyncFd`
+        // is neither, which is the contract of its `unsafe` replacement (`register`), and
+        // this crate forbids `unsafe`.
+        #[allow(deprecated)]
+        let fd = AsyncFd::new(fd)?;
+        Ok(PreciseTimer { fd })
+    }
+
+    /// Waits until `at`.
+    async fn sleep_until(&self, at: Instant) -> std::io::Result<()> {
+        let Some(left) = at
+            .checked_duration_since(Instant::now())
+            .filter(|d| !d.is_zero())
+        else {
+            return Ok(());
+        };
+        let zero = Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        let value = Itimerspec {
+            it_interval: zero,
+            it_value: Timespec {
+                tv_sec: left.as_secs() as i64,
+                tv_nsec: left.subsec_nanos().into(),
+            },
+        };
+        timerfd_settime(self.fd.get_ref(), TimerfdTimerFlags::empty(), &value)?;
+        loop {
+            let mut ready = self.fd.readable().await?;
+            let mut expirations = [0u8; 8];
+            match rustix::io::read(self.fd.get_ref(), &mut expirations) {
+                Ok(_) => return Ok(()),
+                Err(rustix::io::Errno::AGAIN) => ready.clear_ready(),
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
+/// Wakes each sender when a message of its share of the schedule is due, on a
+/// [`PreciseTimer`], at most once per [`PACER_TICK`]. A sender woken early (it never is)
+/// would just wait again. The schedule is the one the senders hold ([`Plan::due`]), global
+/// message `g` belonging to sender `g mod senders`.
+async fn pace(
+    schedule: &Plan,
+    base: Instant,
+    wakes: &[Arc<Notify>],
+    timer: PreciseTimer,
+) -> std::io::Result<()> {
     let mut g = 0u64;
     let mut last_wake: Option<Instant> = None;
     loop {
         let due = schedule.due(g);
-        if due >= schedule.end_us || *stop.borrow() {
-            return;
+        if due >= schedule.end_us {
+            return Ok(());
         }
         let mut at = base + Duration::from_micros(due);
         if let Some(last) = last_wake {
             at = at.max(last + PACER_TICK);
         }
-        let now = Instant::now();
-        if at > now {
-            std::thread::sleep(at - now);
-        }
+        timer.sleep_until(at).await?;
         let now = Instant::now();
         last_wake = Some(now);
         let now_us = duration_us(now.saturating_duration_since(base));
