@@ -604,10 +604,17 @@ fn checkpoint_loop(
     policy: &CheckpointPolicy,
     reset: &AtomicBool,
 ) {
-    while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(policy.every) {
+    let mut wait = policy.every;
+    while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(wait) {
+        wait = policy.every;
         let pages = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(1));
         match pages {
-            Ok(log) if log >= policy.reset_pages => reset.store(true, Ordering::Relaxed),
+            Ok(log) if log >= policy.reset_pages => {
+                reset.store(true, Ordering::Relaxed);
+                // Under heavy writes a second is a lot of WAL (over 100 MB at 11,000
+                // archived messages a second): look again soon, until the reset happened.
+                wait = policy.every / 20;
+            }
             Ok(_) => {}
             // Retried on the next round; the WAL only grows meanwhile.
             Err(e) => tracing::warn!("WAL checkpoint failed: {e}"),
