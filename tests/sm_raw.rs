@@ -301,3 +301,29 @@ async fn messages_in_flight_are_kept_beyond_the_offline_quota() {
     assert!(err.contains("resource-constraint"), "{err}");
     t.stop().await;
 }
+
+/// An IQ request a client received but never acknowledged is answered for it when its
+/// session ends: the requester gets `service-unavailable` (RFC 6120 §8.3; RFC 6121 §8.5.3.2.2,
+/// no such resource) instead of waiting for an answer that cannot come. Results and errors
+/// are never answered.
+#[tokio::test]
+async fn expired_session_answers_its_unacked_iq_requests() {
+    let t = TestServer::start(|c| c.stream_management.resume_timeout_secs = 1).await;
+    let (mut a, mut b) = t.alice_and_bob().await;
+    enable_resumable(&mut a).await;
+    b.send(
+        "<iq to='alice@localhost/a1' type='get' id='v1'><query xmlns='jabber:iq:version'/></iq>",
+    )
+    .await;
+    b.send("<iq to='alice@localhost/a1' type='result' id='r1'/>")
+        .await;
+    a.expect_element(&["id='v1'", "jabber:iq:version"]).await;
+    a.expect_element(&["id='r1'"]).await;
+    drop(a);
+    let err = b.expect_element(&["id='v1'", "type='error'"]).await;
+    assert!(err.contains("<service-unavailable"), "{err}");
+    assert!(err.contains("from='alice@localhost/a1'"), "{err}");
+    assert!(err.contains("to='bob@localhost/b1'"), "{err}");
+    b.expect_silence("an answer to the result", QUIET).await;
+    t.stop().await;
+}

@@ -177,6 +177,10 @@ async fn finish(state: &Arc<ServerState>, d: Detached) {
         }
     }
     for (stanza, durable) in undelivered {
+        if stanza.name == "iq" {
+            answer_for_ended_session(state, &stanza);
+            continue;
+        }
         let ty = stanza.type_.as_deref().unwrap_or("normal");
         if stanza.name != "message"
             || !matches!(ty, "chat" | "normal")
@@ -192,6 +196,27 @@ async fn finish(state: &Arc<ServerState>, d: Detached) {
             tracing::warn!(account = %session.bare, "a message for a closed session could not be stored: {e:?}");
         }
     }
+}
+
+/// An IQ request that reached a session which ended before its client answered (or
+/// acknowledged it): the requester gets `service-unavailable` from the ended resource, as
+/// for any request to a resource that is not there (RFC 6120 §8.3, RFC 6121 §8.5.3.2.2),
+/// instead of waiting for an answer that cannot come. Results and errors are not answered;
+/// a requester that is gone too gets nothing.
+fn answer_for_ended_session(state: &ServerState, request: &Stanza) {
+    if !matches!(request.type_.as_deref(), Some("get" | "set")) {
+        return;
+    }
+    let error =
+        strait_wire::StanzaError::new(strait_wire::StanzaErrorCondition::ServiceUnavailable);
+    let Some(reply) = crate::features::error_reply(request, &error) else {
+        return;
+    };
+    let Some(Ok(to)) = reply.to.as_deref().map(jid::FullJid::new) else {
+        return;
+    };
+    let bare = to.to_bare().to_string();
+    crate::features::delivery::to_full(state, &bare, to.resource().as_str(), reply);
 }
 
 pub(super) struct Connection {
