@@ -460,3 +460,60 @@ async fn unblocking_restores_presence_to_subscribed_contacts() {
     assert!(p.contains("hidden") && !p.contains("unavailable"), "{p}");
     t.stop().await;
 }
+
+/// `x` (`xjid`) subscribes to `y` (`yjid`)'s presence, and `y` approves.
+async fn subscribe(x: &mut RawClient, y: &mut RawClient, xjid: &str, yjid: &str) {
+    x.send(&format!("<presence to='{yjid}' type='subscribe'/>"))
+        .await;
+    y.expect_element(&["type='subscribe'"]).await;
+    y.send(&format!("<presence to='{xjid}' type='subscribed'/>"))
+        .await;
+}
+
+/// Blocking a whole (local) domain hides the user from its roster contacts there, as
+/// blocking each would: they see the user go offline, and back online when the domain is
+/// unblocked, unless another item still blocks them (XEP-0191 §3.3, §3.4).
+#[tokio::test]
+async fn a_domain_block_hides_presence_from_contacts_on_it() {
+    let t = TestServer::start(|_| {}).await;
+    let (mut a1, mut b1) = t.alice_and_bob().await;
+    // Mutual subscription, both available.
+    subscribe(&mut a1, &mut b1, "alice@localhost", "bob@localhost").await;
+    subscribe(&mut b1, &mut a1, "bob@localhost", "alice@localhost").await;
+    a1.send("<presence/>").await;
+    b1.send("<presence/>").await;
+    a1.expect_element(&["<presence", "from='bob@localhost/b1'"])
+        .await;
+    b1.expect_element(&["<presence", "from='alice@localhost/a1'"])
+        .await;
+
+    b1.send("<iq type='set' id='d1'><block xmlns='urn:xmpp:blocking'><item jid='localhost'/></block></iq>")
+        .await;
+    b1.expect_element(&["id='d1'", "type='result'"]).await;
+    a1.expect_element(&["type='unavailable'", "from='bob@localhost/b1'"])
+        .await;
+
+    // Unblocking the domain while alice stays blocked by name: she stays in the dark.
+    b1.send("<iq type='set' id='d2'><block xmlns='urn:xmpp:blocking'><item jid='alice@localhost'/></block></iq>")
+        .await;
+    b1.expect_element(&["id='d2'", "type='result'"]).await;
+    // (A newly blocked contact is told again that the user is offline.)
+    a1.expect_element(&["type='unavailable'", "from='bob@localhost/b1'"])
+        .await;
+    b1.send("<iq type='set' id='d3'><unblock xmlns='urn:xmpp:blocking'><item jid='localhost'/></unblock></iq>")
+        .await;
+    b1.expect_element(&["id='d3'", "type='result'"]).await;
+    a1.expect_silence("<presence", QUIET).await;
+
+    // Unblocking her too brings the presences back, both ways.
+    b1.send("<iq type='set' id='d4'><unblock xmlns='urn:xmpp:blocking'><item jid='alice@localhost'/></unblock></iq>")
+        .await;
+    b1.expect_element(&["id='d4'", "type='result'"]).await;
+    let back = a1
+        .expect_element(&["<presence", "from='bob@localhost/b1'"])
+        .await;
+    assert!(!back.contains("unavailable"), "{back}");
+    b1.expect_element(&["<presence", "from='alice@localhost/a1'"])
+        .await;
+    t.stop().await;
+}

@@ -173,7 +173,7 @@ pub async fn handle(s: &mut Session, stanza: &Stanza, el: &minidom::Element) {
             s.reply(iq_result(stanza, None));
             push(&s.state, &s.bare, el.name(), &jids);
             if block {
-                went_dark(&s.state, &s.bare, &jids);
+                went_dark(&s.state, &s.bare, &jids).await;
             } else {
                 let unblocked: Vec<String> = if jids.is_empty() {
                     before.iter().cloned().collect()
@@ -238,8 +238,26 @@ fn push(state: &ServerState, bare: &str, command: &str, jids: &[String]) {
     }
 }
 
-/// Newly blocked contacts see the user's available resources go offline (XEP-0191 §3.3).
-fn went_dark(state: &ServerState, bare: &str, jids: &[String]) {
+/// The user's roster contacts on `domain` that share presence with the user either way
+/// (subscription to, from or both): who a block of the whole domain hides the user from,
+/// and who an unblock brings back.
+async fn contacts_on(state: &ServerState, bare: &str, domain: &str) -> Vec<String> {
+    use strait_store::Subscription::{Both, From, To};
+    let owner = bare.to_owned();
+    let Ok((_, items)) = state.store(move |st| st.roster(&owner)).await else {
+        return Vec::new();
+    };
+    items
+        .into_iter()
+        .filter(|i| matches!(i.subscription, From | Both | To))
+        .filter(|i| jid::BareJid::new(&i.jid).is_ok_and(|j| j.domain().as_str() == domain))
+        .map(|i| i.jid)
+        .collect()
+}
+
+/// Newly blocked contacts see the user's available resources go offline (XEP-0191 §3.3);
+/// for a block of a whole local domain, the user's roster contacts on it.
+async fn went_dark(state: &ServerState, bare: &str, jids: &[String]) {
     let mine: Vec<String> = state
         .router
         .resources(bare)
@@ -251,37 +269,58 @@ fn went_dark(state: &ServerState, bare: &str, jids: &[String]) {
         let Ok(j) = jid::Jid::new(target) else {
             continue;
         };
-        if j.node().is_none() || !state.is_local_domain(j.domain().as_str()) {
-            continue; // a domain block or a remote contact: no local sessions to tell
+        let domain = j.domain().as_str();
+        if !state.is_local_domain(domain) {
+            continue; // a remote contact: no local sessions to tell
         }
-        let contact = j.to_bare().to_string();
-        for r in state.router.resources(&contact) {
-            if !r.is_available() || j.resource().is_some_and(|res| res.as_str() != r.resource) {
-                continue;
-            }
-            for from in &mine {
-                let mut u = Stanza::new(ns::CLIENT, "presence");
-                u.type_ = Some("unavailable".into());
-                u.from = Some(from.clone());
-                u.to = Some(r.full.clone());
-                r.send(u);
+        let contacts = match (j.node(), j.resource()) {
+            (Some(_), _) => vec![j.to_bare().to_string()],
+            (None, None) => contacts_on(state, bare, domain).await,
+            (None, Some(_)) => continue,
+        };
+        for contact in contacts {
+            for r in state.router.resources(&contact) {
+                if !r.is_available() || j.resource().is_some_and(|res| res.as_str() != r.resource) {
+                    continue;
+                }
+                for from in &mine {
+                    let mut u = Stanza::new(ns::CLIENT, "presence");
+                    u.type_ = Some("unavailable".into());
+                    u.from = Some(from.clone());
+                    u.to = Some(r.full.clone());
+                    r.send(u);
+                }
             }
         }
     }
 }
 
 /// Unblocked contacts that may see the user's presence get it again, and the user gets
-/// theirs (XEP-0191 §3.4), as after a fresh login.
+/// theirs (XEP-0191 §3.4), as after a fresh login; for an unblocked local domain, the
+/// user's roster contacts on it. Contacts the rest of the list still blocks stay dark.
 async fn came_back(state: &ServerState, bare: &str, jids: &[String]) {
     use strait_store::Subscription::{Both, From, To};
+    let still = list(state, bare).await;
+    let mut contacts = Vec::new();
     for target in jids {
         let Ok(j) = jid::Jid::new(target) else {
             continue;
         };
-        if j.node().is_none() || !state.is_local_domain(j.domain().as_str()) {
+        let domain = j.domain().as_str();
+        if !state.is_local_domain(domain) {
             continue;
         }
-        let contact = j.to_bare().to_string();
+        match (j.node(), j.resource()) {
+            (Some(_), _) => contacts.push(j.to_bare().to_string()),
+            (None, None) => contacts.extend(contacts_on(state, bare, domain).await),
+            (None, Some(_)) => {}
+        }
+    }
+    // A contact the rest of the list still blocks (by its domain, say) stays dark.
+    contacts.retain(|c| !matches(&still, c));
+    contacts.sort();
+    contacts.dedup();
+    for contact in contacts {
         let (o, c) = (bare.to_owned(), contact.clone());
         let Ok(Some(item)) = state.store(move |st| st.roster_item(&o, &c)).await else {
             continue;
