@@ -441,9 +441,7 @@ async fn unblocking_restores_presence_to_subscribed_contacts() {
     a1.expect_element(&["type='subscribed'"]).await;
     a1.expect_element(&["<presence", "from='bob@localhost/b1'"])
         .await;
-    b1.send("<iq type='set' id='blk'><block xmlns='urn:xmpp:blocking'><item jid='alice@localhost'/></block></iq>")
-        .await;
-    b1.expect_element(&["id='blk'", "type='result'"]).await;
+    block_cmd(&mut b1, "blk", "block", "alice@localhost").await;
     a1.expect_element(&["type='unavailable'", "from='bob@localhost/b1'"])
         .await;
     // While blocked, Bob's presence changes do not reach Alice.
@@ -459,6 +457,17 @@ async fn unblocking_restores_presence_to_subscribed_contacts() {
         .await;
     assert!(p.contains("hidden") && !p.contains("unavailable"), "{p}");
     t.stop().await;
+}
+
+/// A block or unblock command for one item (`verb`: "block" or "unblock"), answered with a
+/// result.
+async fn block_cmd(c: &mut RawClient, id: &str, verb: &str, jid: &str) {
+    c.send(&format!(
+        "<iq type='set' id='{id}'><{verb} xmlns='urn:xmpp:blocking'><item jid='{jid}'/></{verb}></iq>"
+    ))
+    .await;
+    c.expect_element(&[&format!("id='{id}'"), "type='result'"])
+        .await;
 }
 
 /// `x` (`xjid`) subscribes to `y` (`yjid`)'s presence, and `y` approves.
@@ -487,28 +496,20 @@ async fn a_domain_block_hides_presence_from_contacts_on_it() {
     b1.expect_element(&["<presence", "from='alice@localhost/a1'"])
         .await;
 
-    b1.send("<iq type='set' id='d1'><block xmlns='urn:xmpp:blocking'><item jid='localhost'/></block></iq>")
-        .await;
-    b1.expect_element(&["id='d1'", "type='result'"]).await;
+    block_cmd(&mut b1, "d1", "block", "localhost").await;
     a1.expect_element(&["type='unavailable'", "from='bob@localhost/b1'"])
         .await;
 
     // Unblocking the domain while alice stays blocked by name: she stays in the dark.
-    b1.send("<iq type='set' id='d2'><block xmlns='urn:xmpp:blocking'><item jid='alice@localhost'/></block></iq>")
-        .await;
-    b1.expect_element(&["id='d2'", "type='result'"]).await;
+    block_cmd(&mut b1, "d2", "block", "alice@localhost").await;
     // (A newly blocked contact is told again that the user is offline.)
     a1.expect_element(&["type='unavailable'", "from='bob@localhost/b1'"])
         .await;
-    b1.send("<iq type='set' id='d3'><unblock xmlns='urn:xmpp:blocking'><item jid='localhost'/></unblock></iq>")
-        .await;
-    b1.expect_element(&["id='d3'", "type='result'"]).await;
+    block_cmd(&mut b1, "d3", "unblock", "localhost").await;
     a1.expect_silence("<presence", QUIET).await;
 
     // Unblocking her too brings the presences back, both ways.
-    b1.send("<iq type='set' id='d4'><unblock xmlns='urn:xmpp:blocking'><item jid='alice@localhost'/></unblock></iq>")
-        .await;
-    b1.expect_element(&["id='d4'", "type='result'"]).await;
+    block_cmd(&mut b1, "d4", "unblock", "alice@localhost").await;
     let back = a1
         .expect_element(&["<presence", "from='bob@localhost/b1'"])
         .await;
