@@ -1395,3 +1395,93 @@ fn sqlite_archive_refuses_an_account_removed_elsewhere() {
         .unwrap();
     assert_eq!(a.archive_count("y@x.example").unwrap(), 1);
 }
+
+/// Archived copies wait in `archive_log` until the writer merges them into `archive`: on its
+/// own within a second, before every query, and at the next open when a crash left some
+/// there. An id is taken from its append on, merged or not, whoever appended it.
+#[test]
+fn sqlite_archive_log_is_merged_and_its_ids_are_taken() {
+    use crate::{ArchiveQuery, ArchiveStore};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("strait.db");
+    let raw = |sql: &str| -> i64 {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
+        c.query_row(sql, [], |r| r.get(0)).unwrap()
+    };
+    let log_rows = || raw("SELECT COUNT(*) FROM archive_log");
+    let query = |s: &SqliteStore| -> Vec<String> {
+        let q = ArchiveQuery {
+            max: 100,
+            ..ArchiveQuery::default()
+        };
+        let page = s.archive_query("a@x.example", &q).unwrap().unwrap();
+        page.messages.into_iter().map(|m| m.id).collect()
+    };
+    let s = SqliteStore::open(&path).unwrap();
+    s.create_account("a@x.example", &creds(1)).unwrap();
+    s.archive_append("a@x.example", &archived("m0", "b@x.example", 1))
+        .unwrap();
+    // Appended to the log, not to the archive...
+    assert_eq!(log_rows(), 1);
+    assert_eq!(raw("SELECT COUNT(*) FROM archive"), 0);
+    // ... where its id is taken all the same.
+    assert!(matches!(
+        s.archive_append("a@x.example", &archived("m0", "b@x.example", 2)),
+        Err(StoreError::AlreadyExists(id)) if id == "m0"
+    ));
+    // An idle writer merges it within a second or so.
+    let start = std::time::Instant::now();
+    while log_rows() > 0 {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "the writer did not merge the archive log"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(raw("SELECT COUNT(*) FROM archive"), 1);
+    // A query sees what was appended just before it.
+    s.archive_append("a@x.example", &archived("m1", "b@x.example", 3))
+        .unwrap();
+    assert_eq!(query(&s), ["m0", "m1"]);
+    assert_eq!(log_rows(), 0);
+    // Another connection appended to the log behind this store's back (another process):
+    // the id is taken for this store too.
+    let other = |id: &str| {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
+        c.execute(
+            "INSERT INTO archive_log (owner, id, with_bare, with_full, stamp_ms, stanza)
+             VALUES ('a@x.example', ?1, 'b@x.example', 'b@x.example', 4, '<message/>')",
+            [id],
+        )
+        .unwrap();
+    };
+    other("m2");
+    assert!(matches!(
+        s.archive_append("a@x.example", &archived("m2", "b@x.example", 5)),
+        Err(StoreError::AlreadyExists(id)) if id == "m2"
+    ));
+    assert_eq!(query(&s), ["m0", "m1", "m2"]);
+    s.close().unwrap();
+    assert_eq!(log_rows(), 0);
+    // Copies a crash left in the log: merged when the store opens, in their order.
+    other("m3");
+    other("m4");
+    let s = SqliteStore::open(&path).unwrap();
+    assert!(matches!(
+        s.archive_append("a@x.example", &archived("m4", "b@x.example", 6)),
+        Err(StoreError::AlreadyExists(id)) if id == "m4"
+    ));
+    assert_eq!(query(&s), ["m0", "m1", "m2", "m3", "m4"]);
+    assert_eq!(s.archive_count("a@x.example").unwrap(), 5);
+    // Clearing the archive clears the log too.
+    s.archive_append("a@x.example", &archived("m5", "b@x.example", 7))
+        .unwrap();
+    s.archive_clear("a@x.example").unwrap();
+    assert_eq!(s.archive_count("a@x.example").unwrap(), 0);
+    assert_eq!(log_rows(), 0);
+    s.archive_append("a@x.example", &archived("m5", "b@x.example", 8))
+        .unwrap();
+    assert_eq!(query(&s), ["m5"]);
+}
