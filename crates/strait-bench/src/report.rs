@@ -124,6 +124,8 @@ pub struct MessagesResults {
     pub lost_offline: i64,
     /// One-way latency of online messages, from the scheduled send time.
     pub latency: Percentiles,
+    /// The same latencies by second of the sending window (when the messages were due).
+    pub latency_by_second: Vec<crate::stats::Second>,
     /// How late the generator was on its own schedule (large: the generator is saturated).
     pub send_lag: Percentiles,
     /// Message errors bounced back to senders, by condition.
@@ -337,6 +339,9 @@ impl Report {
                     r.received_offline, r.sent_offline, r.lost_offline
                 );
                 let _ = writeln!(o, "latency (one-way): {}", percentiles(&r.latency));
+                if let Some(line) = by_second(&r.latency_by_second) {
+                    let _ = writeln!(o, "latency by second: {line}");
+                }
                 let _ = writeln!(o, "send lag (generator): {}", percentiles(&r.send_lag));
                 let _ = writeln!(
                     o,
@@ -371,4 +376,26 @@ impl Report {
         }
         o
     }
+}
+
+/// One line on how the seconds of a run compare: the spread of their p99s, and the worst
+/// second. `None` for fewer than two seconds.
+fn by_second(seconds: &[crate::stats::Second]) -> Option<String> {
+    if seconds.len() < 2 {
+        return None;
+    }
+    let mut p99: Vec<f64> = seconds.iter().map(|s| s.p99_ms).collect();
+    p99.sort_by(f64::total_cmp);
+    let worst = seconds
+        .iter()
+        .max_by(|a, b| a.max_ms.total_cmp(&b.max_ms))?;
+    Some(format!(
+        "p99 of each of {} seconds: best {:.3}  median {:.3}  worst {:.3} ms; largest max {:.3} ms in second {}",
+        seconds.len(),
+        p99[0],
+        p99[p99.len() / 2],
+        p99[p99.len() - 1],
+        worst.max_ms,
+        worst.second
+    ))
 }

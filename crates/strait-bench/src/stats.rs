@@ -254,6 +254,73 @@ impl Latency {
     }
 }
 
+/// Latency by second of the schedule: for each second of the sending window (by when the
+/// message was due), a histogram of its messages' latencies. It tells a tail made of a few
+/// stalls (a handful of bad seconds) from one made of steady queueing (every second alike).
+pub struct Timeline {
+    seconds: Mutex<Vec<Histogram<u64>>>,
+}
+
+/// One second of a [`Timeline`].
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Second {
+    /// Seconds since the start of the sending window (when the messages were due).
+    pub second: u64,
+    pub count: u64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+impl Default for Timeline {
+    fn default() -> Self {
+        Timeline::new()
+    }
+}
+
+impl Timeline {
+    pub fn new() -> Timeline {
+        Timeline {
+            seconds: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Records `(due, latency)` pairs, µs since the start of the window and µs.
+    pub fn record_us(&self, values: &[(u64, u64)]) {
+        if values.is_empty() {
+            return;
+        }
+        let mut seconds = self.seconds.lock().unwrap_or_else(|p| p.into_inner());
+        for &(due, v) in values {
+            // At most an hour of seconds (the histogram's bound); later ones count in the last.
+            let s = ((due / 1_000_000) as usize).min(3_600);
+            while seconds.len() <= s {
+                // Two significant digits: a few KiB per second of run.
+                seconds.push(Histogram::new_with_bounds(1, MAX_US, 2).expect("valid bounds"));
+            }
+            seconds[s].saturating_record(v.clamp(1, MAX_US));
+        }
+    }
+
+    /// The seconds that had messages, in order.
+    pub fn seconds(&self) -> Vec<Second> {
+        let seconds = self.seconds.lock().unwrap_or_else(|p| p.into_inner());
+        let ms = |us: u64| us as f64 / 1000.0;
+        seconds
+            .iter()
+            .enumerate()
+            .filter(|(_, h)| !h.is_empty())
+            .map(|(i, h)| Second {
+                second: i as u64,
+                count: h.len(),
+                p50_ms: ms(h.value_at_quantile(0.50)),
+                p99_ms: ms(h.value_at_quantile(0.99)),
+                max_ms: ms(h.max()),
+            })
+            .collect()
+    }
+}
+
 /// A duration in whole microseconds (at least 1), saturating.
 pub fn duration_us(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1)
@@ -325,6 +392,21 @@ mod tests {
         assert!(both.rss_kib >= s.rss_kib, "two pids are summed");
         assert!(Probe::new(vec![u32::MAX]).is_err());
         assert_eq!(Probe::new(vec![]).unwrap().server(), None);
+    }
+
+    /// Latencies land in the second they were due in; seconds without messages are left out.
+    #[test]
+    fn timeline_by_second_of_the_schedule() {
+        let t = Timeline::new();
+        t.record_us(&[(10, 1_000), (999_999, 3_000), (2_500_000, 40_000)]);
+        t.record_us(&[(2_000_001, 2_000)]);
+        let s = t.seconds();
+        assert_eq!(s.len(), 2);
+        assert_eq!((s[0].second, s[0].count), (0, 2));
+        assert!((s[0].max_ms - 3.0).abs() < 0.05, "{:?}", s[0]);
+        assert_eq!((s[1].second, s[1].count), (2, 2));
+        assert!((s[1].max_ms - 40.0).abs() < 0.5, "{:?}", s[1]);
+        assert!((s[1].p50_ms - 2.0).abs() < 0.05, "{:?}", s[1]);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use super::{CLOSE_WAIT, Ctx, LoginJob, Outcome, login_everyone, login_many, reso
 use crate::cli::MessagesArgs;
 use crate::client::{ConnError, Connection};
 use crate::report::{MessagesResults, Results};
-use crate::stats::{Failures, Latency, PhaseMeter, duration_us};
+use crate::stats::{Failures, Latency, PhaseMeter, Timeline, duration_us};
 use crate::xml::Element;
 use rustix::time::{
     Itimerspec, TimerfdClockId, TimerfdFlags, TimerfdTimerFlags, Timespec, timerfd_create,
@@ -50,6 +50,8 @@ struct Shared {
     stale: AtomicU64,
     foreign: AtomicU64,
     latency: Latency,
+    /// The same latencies by second of the schedule.
+    timeline: Timeline,
     lag: Latency,
     errors: Failures,
 }
@@ -146,6 +148,7 @@ pub(crate) async fn run(ctx: &Ctx, a: &MessagesArgs) -> anyhow::Result<Outcome> 
         stale: AtomicU64::new(0),
         foreign: AtomicU64::new(0),
         latency: Latency::new(),
+        timeline: Timeline::new(),
         lag: Latency::new(),
         errors: Failures::new(),
     });
@@ -314,6 +317,7 @@ pub(crate) async fn run(ctx: &Ctx, a: &MessagesArgs) -> anyhow::Result<Outcome> 
             received_offline,
             lost_offline: sent_offline as i64 - received_offline as i64,
             latency: shared.latency.summary(),
+            latency_by_second: shared.timeline.seconds(),
             send_lag: lag,
             errors: shared.errors.counts(),
             stale_received: load(&shared.stale),
@@ -385,6 +389,8 @@ struct Tally {
     stale: u64,
     foreign: u64,
     latencies: Vec<u64>,
+    /// (due, latency) of each of `latencies`, µs.
+    dated: Vec<(u64, u64)>,
 }
 
 impl Tally {
@@ -393,7 +399,9 @@ impl Tally {
             Received::Ours(due) => {
                 self.ours += 1;
                 if let Some(now) = now_us {
-                    self.latencies.push(now.saturating_sub(due));
+                    let latency = now.saturating_sub(due);
+                    self.latencies.push(latency);
+                    self.dated.push((due, latency));
                 }
             }
             Received::Error => shared
@@ -416,7 +424,9 @@ impl Tally {
             shared.foreign.fetch_add(self.foreign, Ordering::Relaxed);
         }
         shared.latency.record_us(&self.latencies);
+        shared.timeline.record_us(&self.dated);
         self.latencies.clear();
+        self.dated.clear();
         self.ours = 0;
         self.stale = 0;
         self.foreign = 0;
