@@ -416,6 +416,31 @@ async fn idle_sessions_time_out() {
     t.stop().await;
 }
 
+/// The idle deadline moves with every read: a session that keeps talking outlives many idle
+/// timeouts, and is timed out once it goes quiet. (The connection's timer is armed once and
+/// moved only when it must fire earlier, so each time it fires at a deadline the session has
+/// since moved on, it must set itself again, not close.)
+#[tokio::test]
+async fn a_session_that_keeps_talking_is_not_timed_out() {
+    let t = TestServer::start(|c| c.limits.idle_timeout_secs = 1).await;
+    t.add_user("alice@localhost", "pa");
+    let mut a = RawClient::login(t.starttls, t.ca_pem(), "alice@localhost", "pa", "a1").await;
+    let start = std::time::Instant::now();
+    for i in 0..8 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let got = a.ping(&format!("keep{i}")).await;
+        assert!(
+            got.contains("type='result'"),
+            "ping {i} after {:?}: {got}",
+            start.elapsed()
+        );
+    }
+    // 3.2 s of traffic, three times the idle timeout: still open. Now quiet: timed out.
+    let got = a.read_to_close().await;
+    assert!(got.contains("<connection-timeout"), "{got}");
+    t.stop().await;
+}
+
 #[tokio::test]
 async fn connection_cap_makes_extra_clients_wait() {
     let t = TestServer::start(|c| c.limits.max_connections = 2).await;

@@ -347,6 +347,13 @@ impl Connection {
         self.negotiation.domain().map(str::to_owned)
     }
 
+    /// When the connection loop must look at the clock: the deadline, or the end of a read
+    /// pause if that comes first.
+    fn wake_at(&self) -> Instant {
+        let deadline = self.deadline();
+        self.resume_reading_at.map_or(deadline, |r| r.min(deadline))
+    }
+
     fn deadline(&self) -> Instant {
         match &self.session {
             None => self.auth_deadline,
@@ -420,13 +427,31 @@ impl Connection {
     }
 
     async fn run(&mut self) -> std::io::Result<()> {
-        let mut shutdown = self.state.shutdown.clone();
+        // The futures that wait for rare events (shutdown, a kill, the idle deadline) live
+        // across turns, so a turn does not register and unregister them again: each was a
+        // lock on a shared waiter list or on the timer wheel, per stanza.
+        let mut shutdown_rx = self.state.shutdown.clone();
+        let mut shutdown_seen = false;
+        let shutdown = shutdown_rx.changed();
+        tokio::pin!(shutdown);
+        // A resumed session brings its own handle: its kill is watched from then on.
+        let mut kill = Arc::clone(&self.handle.kill);
+        let killed = Arc::clone(&kill).notified_owned();
+        tokio::pin!(killed);
+        // One timer for both the deadline and the end of a read pause. It is moved earlier
+        // when it must be, never later: a deadline that moved on (a read) is found when the
+        // timer fires, and the timer is set again.
+        let mut armed = self.wake_at();
+        let timer = tokio::time::sleep_until(armed);
+        tokio::pin!(timer);
         loop {
             if self.wants_flush() {
                 Box::pin(self.flush()).await?;
             }
-            // A resumed session brings its own handle: fetched on every turn.
-            let kill = self.handle.kill.clone();
+            if !Arc::ptr_eq(&kill, &self.handle.kill) {
+                kill = Arc::clone(&self.handle.kill);
+                killed.set(Arc::clone(&kill).notified_owned());
+            }
             if self.closing {
                 let _ = tokio::time::timeout(
                     Duration::from_secs(2),
@@ -435,17 +460,19 @@ impl Connection {
                 .await;
                 return Ok(());
             }
-            let deadline = self.deadline();
             let reading = self.resume_reading_at.is_none();
-            // One timer for both the deadline and the end of a read pause (each timer is
-            // part of this idle future).
-            let wake = self.resume_reading_at.map_or(deadline, |r| r.min(deadline));
+            let wake = self.wake_at();
+            if wake < armed {
+                armed = wake;
+                timer.as_mut().reset(armed);
+            }
             tokio::select! {
                 biased;
-                _ = shutdown.changed() => {
+                _ = &mut shutdown, if !shutdown_seen => {
+                    shutdown_seen = true;
                     self.close_with(StreamError::new(StreamErrorCondition::SystemShutdown));
                 }
-                _ = kill.notified() => {
+                _ = &mut killed => {
                     self.close_with(StreamError::with_text(
                         StreamErrorCondition::PolicyViolation,
                         "the client does not read its stanzas fast enough",
@@ -477,9 +504,16 @@ impl Connection {
                     }
                     Box::pin(self.process_events()).await?;
                 }
-                _ = tokio::time::sleep_until(wake) => {
-                    if self.resume_reading_at.is_some_and(|r| Instant::now() >= r) {
+                _ = &mut timer => {
+                    let now = Instant::now();
+                    if self.resume_reading_at.is_some_and(|r| now >= r) {
                         self.resume_reading_at = None;
+                        armed = self.wake_at();
+                        timer.as_mut().reset(armed);
+                    } else if now < self.deadline() {
+                        // Armed for an earlier deadline (or read pause) that moved on.
+                        armed = self.wake_at();
+                        timer.as_mut().reset(armed);
                     } else {
                         let text = if self.session.is_none() {
                             "authentication took too long"
