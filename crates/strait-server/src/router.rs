@@ -413,6 +413,13 @@ impl Router {
             .unwrap_or_default()
     }
 
+    /// The resources a message to `bare` goes to ([`message_targets`]), cloning only those:
+    /// on the message path, where cloning every resource and then the targets again showed
+    /// in profiles.
+    pub fn message_targets_of(&self, bare: &str) -> Vec<Resource> {
+        self.resources_where(bare, is_message_target)
+    }
+
     /// The bound resource with this full JID.
     pub fn resource(&self, bare: &str, resource: &str) -> Option<Resource> {
         let map = self.sessions.read().expect("router lock");
@@ -459,10 +466,11 @@ pub fn presence_priority(p: &Stanza) -> i8 {
 /// The resources a message to the bare JID goes to (RFC 6121 §8.5.2.1.1): every available
 /// resource with non-negative priority.
 pub fn message_targets(resources: &[Resource]) -> Vec<&Resource> {
-    resources
-        .iter()
-        .filter(|r| r.is_available() && r.priority >= 0)
-        .collect()
+    resources.iter().filter(|r| is_message_target(r)).collect()
+}
+
+fn is_message_target(r: &Resource) -> bool {
+    r.is_available() && r.priority >= 0
 }
 
 #[cfg(test)]
@@ -519,6 +527,12 @@ mod tests {
         let t: Vec<_> = message_targets(&all)
             .iter()
             .map(|r| r.resource.clone())
+            .collect();
+        assert_eq!(t, vec!["a"]);
+        let t: Vec<_> = r
+            .message_targets_of("u@x")
+            .into_iter()
+            .map(|r| r.resource)
             .collect();
         assert_eq!(t, vec!["a"]);
     }

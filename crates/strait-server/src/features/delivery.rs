@@ -1,6 +1,6 @@
 //! Delivery to local accounts' resources.
 
-use crate::router::{Resource, message_targets};
+use crate::router::Resource;
 use crate::server::ServerState;
 use strait_store::{WriteOp, WriteOutcome};
 use strait_wire::Stanza;
@@ -40,8 +40,9 @@ pub fn message_to_bare(state: &ServerState, bare: &str, stanza: &Stanza) -> usiz
 /// Sends a message a session could not deliver to the resources a bare-JID message goes to;
 /// `durable` is its stored copy, if it has one, which they take over.
 pub fn redeliver(state: &ServerState, bare: &str, stanza: &Stanza, durable: Option<i64>) -> usize {
-    let resources = state.router.resources(bare);
-    message_targets(&resources)
+    state
+        .router
+        .message_targets_of(bare)
         .into_iter()
         .filter(|r| match durable {
             Some(id) => r.send_durable(stanza.clone(), id),
@@ -153,8 +154,7 @@ pub async fn message_to_bare_durable(
     stanza: &Stanza,
     writes: &mut Writes,
 ) -> Delivered {
-    let resources = state.router.resources(bare);
-    let targets: Vec<Resource> = message_targets(&resources).into_iter().cloned().collect();
+    let targets = state.router.message_targets_of(bare);
     send_message(state, bare, targets, stanza, writes).await
 }
 
