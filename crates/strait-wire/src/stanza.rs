@@ -500,29 +500,43 @@ fn unescape(s: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// The entity that stands for `b` in text (`attr` false) or in an attribute value, if `b`
+/// needs one. Every byte that does is ASCII, so scanning bytes never splits a character.
+fn entity(b: u8, attr: bool) -> Option<&'static str> {
+    match b {
+        b'&' => Some("&amp;"),
+        b'<' => Some("&lt;"),
+        b'>' => Some("&gt;"),
+        b'\r' => Some("&#13;"),
+        b'\'' if attr => Some("&apos;"),
+        b'"' if attr => Some("&quot;"),
+        b'\t' if attr => Some("&#9;"),
+        b'\n' if attr => Some("&#10;"),
+        _ => None,
+    }
+}
+
+/// Appends `s` to `out`, escaped; runs without special bytes are copied whole (this is on
+/// the path of every stanza written, so it scans bytes rather than decoding characters).
+pub(crate) fn push_escaped(out: &mut String, s: &str, attr: bool) {
+    let bytes = s.as_bytes();
+    let mut run = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        if let Some(e) = entity(b, attr) {
+            out.push_str(&s[run..i]);
+            out.push_str(e);
+            run = i + 1;
+        }
+    }
+    out.push_str(&s[run..]);
+}
+
 fn escape(s: &str, attr: bool) -> Cow<'_, str> {
-    let needs = |c: char| match c {
-        '&' | '<' | '>' | '\r' => true,
-        '\'' | '"' | '\t' | '\n' => attr,
-        _ => false,
-    };
-    if !s.contains(needs) {
+    if !s.bytes().any(|b| entity(b, attr).is_some()) {
         return Cow::Borrowed(s);
     }
     let mut out = String::with_capacity(s.len() + 16);
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '\r' => out.push_str("&#13;"),
-            '\'' if attr => out.push_str("&apos;"),
-            '"' if attr => out.push_str("&quot;"),
-            '\t' if attr => out.push_str("&#9;"),
-            '\n' if attr => out.push_str("&#10;"),
-            c => out.push(c),
-        }
-    }
+    push_escaped(&mut out, s, attr);
     Cow::Owned(out)
 }
 
@@ -567,6 +581,14 @@ mod tests {
             "a&lt;b&gt;&amp;&apos;&quot;&#13;&#10;&#9;"
         );
         assert!(matches!(escape_text("plain"), Cow::Borrowed(_)));
+        // Escaping scans bytes: characters of several bytes next to escaped ones, at either
+        // end and between, come through whole.
+        assert_eq!(escape_text("é<\u{1F600}&ü"), "é&lt;\u{1F600}&amp;ü");
+        assert_eq!(escape_attr("'日本'"), "&apos;日本&apos;");
+        assert!(matches!(escape_attr("日本\u{1F600}"), Cow::Borrowed(_)));
+        let mut out = String::from("x");
+        push_escaped(&mut out, "a\u{e9}>", false);
+        assert_eq!(out, "xa\u{e9}&gt;");
         assert_eq!(
             unescape("&lt;&#x1F600;&#233;&bogus;&amp;"),
             "<\u{1F600}é&bogus;&"

@@ -8,7 +8,7 @@
 use rxml::{RawEvent, XMLNS_XML, XMLNS_XMLNS};
 
 use crate::error::{StreamError, StreamErrorCondition as C};
-use crate::stanza::{escape_attr, escape_text};
+use crate::stanza::push_escaped;
 
 /// A resolved attribute: namespace ("" if none), local name, value.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -270,7 +270,7 @@ impl CanonicalWriter {
             return;
         }
         self.close_open_tag();
-        self.out.push_str(&escape_text(text));
+        push_escaped(&mut self.out, text, false);
     }
 
     pub fn end(&mut self) {
@@ -293,7 +293,7 @@ pub(crate) fn push_attr(out: &mut String, name: &str, value: &str) {
     out.push(' ');
     out.push_str(name);
     out.push_str("='");
-    out.push_str(&escape_attr(value));
+    push_escaped(out, value, true);
     out.push('\'');
 }
 
