@@ -148,7 +148,7 @@ impl Resolver {
                         None => String::new(),
                         Some(x) => self.lookup(&p.scope, &x)?,
                     };
-                    if attrs.iter().any(|a| a.ns == ans && a.name == name) {
+                    if attrs.iter().any(|a| a.name == name && a.ns == ans) {
                         return Err(nwf("duplicate attribute"));
                     }
                     attrs.push(Attr {
@@ -181,10 +181,12 @@ fn declare(
     name: String,
     value: String,
 ) -> Result<(), StreamError> {
-    let reserved_uri = value == XMLNS_XMLNS || value == XMLNS_XML;
+    // Only namespace declarations are compared with the reserved names: this runs for every
+    // attribute of every element.
+    let reserved_uri = |value: &str| value == XMLNS_XMLNS || value == XMLNS_XML;
     match prefix.as_deref() {
         None if name == "xmlns" => {
-            if reserved_uri {
+            if reserved_uri(&value) {
                 return Err(nwf("reserved namespace as default namespace"));
             }
             if p.scope.default.is_some() {
@@ -202,16 +204,13 @@ fn declare(
             if p.scope.prefixes.iter().any(|(x, _)| *x == name) {
                 return Err(nwf("duplicate attribute"));
             }
-            if !reserved_uri {
+            if !reserved_uri(&value) {
                 p.scope.prefixes.push((name, value));
             }
         }
-        _ => {
-            if p.attrs.iter().any(|(a, b, _)| *a == prefix && *b == name) {
-                return Err(nwf("duplicate attribute"));
-            }
-            p.attrs.push((prefix, name, value));
-        }
+        // Duplicates are found once the element's head is complete, after prefixes are
+        // resolved: two attributes with the same prefix and name resolve to the same pair.
+        _ => p.attrs.push((prefix, name, value)),
     }
     Ok(())
 }
