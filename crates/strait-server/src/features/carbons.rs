@@ -8,6 +8,7 @@
 
 use super::iq_result;
 use crate::c2s::session::Session;
+use crate::router::Resource;
 use crate::server::ServerState;
 use strait_wire::{Stanza, StanzaError, StanzaErrorCondition, ns};
 
@@ -96,11 +97,18 @@ fn wrap(kind: &str, bare: &str, to: &str, m: &Stanza) -> Option<Stanza> {
 }
 
 /// `<sent/>` copies to the sender's other carbons-enabled resources.
-pub fn send_sent(state: &ServerState, bare: &str, resource: &str, m: &Stanza) {
-    for r in state
+/// The resources that get `<sent/>` copies of what `resource` of `bare` sends: the account's
+/// other carbons-enabled resources. Looked up before the message is routed, so that a sender
+/// without any (the usual case) costs no copy of the message.
+pub fn sent_targets(state: &ServerState, bare: &str, resource: &str) -> Vec<Resource> {
+    state
         .router
         .resources_where(bare, |r| r.carbons && r.resource != resource)
-    {
+}
+
+/// `<sent/>` copies of `m` to `targets` ([`sent_targets`]).
+pub fn send_sent(targets: &[Resource], bare: &str, m: &Stanza) {
+    for r in targets {
         if let Some(w) = wrap("sent", bare, &r.full, m) {
             r.send(w);
         }

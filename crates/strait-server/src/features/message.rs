@@ -62,15 +62,28 @@ pub async fn from_client(s: &mut Session, mut stanza: Stanza, to: Option<jid::Ji
     // Both copies and the stored copy, if any, are committed together: a held copy before
     // delivery; archive copies alone are queued before it and not waited for
     // (delivery::send_message).
-    let mut sent = stanza.clone();
+    // The sender's copy (archived, carbon-copied) is made only when something takes it:
+    // with archiving off and no other carbons-enabled resource, a message is routed as it
+    // came, without a clone, a stanza-id and the archive's bookkeeping.
+    let carbon_targets = if bare != s.bare && copies {
+        carbons::sent_targets(&s.state, &s.bare, &s.resource)
+    } else {
+        Vec::new()
+    };
+    let archived = bare != s.bare && s.state.config.archive.enabled && mam::archivable(&stanza);
     let mut writes = Writes::default();
-    if bare != s.bare && mam::archivable(&sent) {
-        let with = match &resource {
-            Some(r) => format!("{bare}/{r}"),
-            None => bare.clone(),
-        };
-        let id = stanza_id::stamp(&mut sent, &s.bare);
-        writes.push(mam::archive_op(&s.state, &s.bare, &with, &id, &sent).await);
+    let mut sent = None;
+    if archived || !carbon_targets.is_empty() {
+        let mut copy = stanza.clone();
+        if bare != s.bare && mam::archivable(&copy) {
+            let with = match &resource {
+                Some(r) => format!("{bare}/{r}"),
+                None => bare.clone(),
+            };
+            let id = stanza_id::stamp(&mut copy, &s.bare);
+            writes.push(mam::archive_op(&s.state, &s.bare, &with, &id, &copy).await);
+        }
+        sent = Some(copy);
     }
     let delivered = deliver_with_writes(
         &s.state,
@@ -82,10 +95,11 @@ pub async fn from_client(s: &mut Session, mut stanza: Stanza, to: Option<jid::Ji
     )
     .await;
     match delivered {
-        Ok(()) if bare != s.bare && copies => {
-            carbons::send_sent(&s.state, &s.bare, &s.resource, &sent)
+        Ok(()) => {
+            if let Some(sent) = &sent {
+                carbons::send_sent(&carbon_targets, &s.bare, sent);
+            }
         }
-        Ok(()) => {}
         Err(e) => s.reply_error(&stanza, e),
     }
 }
