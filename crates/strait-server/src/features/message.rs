@@ -97,15 +97,8 @@ pub async fn from_client(s: &mut Session, mut stanza: Stanza, to: Option<jid::Ji
         }
         sent = Some(copy);
     }
-    let delivered = deliver_with_writes(
-        &s.state,
-        &stanza,
-        &bare,
-        resource.as_deref(),
-        copies,
-        writes,
-    )
-    .await;
+    let (delivered, stanza) =
+        deliver_with_writes(&s.state, stanza, &bare, resource.as_deref(), copies, writes).await;
     match delivered {
         Ok(()) => {
             if let Some(sent) = &sent {
@@ -138,34 +131,56 @@ pub async fn deliver_local_with(
     resource: Option<&str>,
     copies: bool,
 ) -> Result<(), StanzaError> {
-    deliver_with_writes(state, stanza, bare, resource, copies, Writes::default()).await
+    deliver_with_writes(
+        state,
+        stanza.clone(),
+        bare,
+        resource,
+        copies,
+        Writes::default(),
+    )
+    .await
+    .0
 }
 
 /// [`deliver_local_with`], committing `writes` (the sender's archive copy) with the message's
 /// own writes: queued before delivery; committed before it when a copy is held for the
 /// recipient or kept offline, and otherwise not waited for (delivery::send_message).
+/// Also gives the message back, as delivered (private carbons stripped, stamped), for an
+/// error reply: its addresses, id and type are the original's.
 async fn deliver_with_writes(
     state: &ServerState,
-    stanza: &Stanza,
+    mut stanza: Stanza,
     bare: &str,
     resource: Option<&str>,
     copies: bool,
     mut writes: Writes,
-) -> Result<(), StanzaError> {
-    let result = route(state, stanza, bare, resource, copies, &mut writes).await;
+) -> (Result<(), StanzaError>, Stanza) {
+    let result = route(state, &mut stanza, bare, resource, copies, &mut writes).await;
     writes.commit(state, None).await;
-    result
+    (result, stanza)
 }
 
+/// Routes `stanza`, which it changes in place into what is delivered (it was cloned for that
+/// on every message).
 async fn route(
     state: &ServerState,
-    stanza: &Stanza,
+    stanza: &mut Stanza,
     bare: &str,
     resource: Option<&str>,
     copies: bool,
     writes: &mut Writes,
 ) -> Result<(), StanzaError> {
-    let ty = stanza.type_.as_deref().unwrap_or("normal");
+    // The type as a `'static` name, so that the stanza can be changed in place below; a type
+    // RFC 6121 does not define matches none of the named arms, as before.
+    let ty = match stanza.type_.as_deref() {
+        None | Some("normal") => "normal",
+        Some("chat") => "chat",
+        Some("error") => "error",
+        Some("groupchat") => "groupchat",
+        Some("headline") => "headline",
+        Some(_) => "(other)",
+    };
     if let Some(from) = stanza.from.as_deref()
         && from.split('/').next() != Some(bare)
         && blocking::blocks(state, bare, from).await
@@ -175,18 +190,18 @@ async fn route(
             _ => Err(StanzaError::new(StanzaErrorCondition::ServiceUnavailable)),
         };
     }
-    let mut stamped = stanza.clone();
-    carbons::strip_private(&mut stamped);
+    let stamped = stanza;
+    carbons::strip_private(stamped);
     if ty != "error" {
-        let id = stanza_id::stamp(&mut stamped, bare);
+        let id = stanza_id::stamp(stamped, bare);
         // The recipient's archive copy (XEP-0313), under the stanza-id it gets; queued before
         // delivery, and MAM queries wait for what is queued, so a client that saw the message
         // finds it in the archive.
         if let Some(from) = stamped.from.clone() {
-            writes.push(mam::archive_op(state, bare, &from, &id, &stamped).await);
+            writes.push(mam::archive_op(state, bare, &from, &id, stamped).await);
         }
     }
-    let stanza = &stamped;
+    let stanza = &*stamped;
     if let Some(res) = resource {
         let sent = match ty {
             "chat" | "normal" => {
