@@ -45,7 +45,7 @@ pub async fn from_client(s: &mut Session, stanza: Stanza, to: Option<jid::Jid>) 
     };
     // XEP-0191: nothing goes to a JID the user blocked.
     if to.node().is_some()
-        && to.to_bare().to_string() != s.bare
+        && !super::is_bare_of(&to, &s.bare)
         && blocking::outbound_refused(s, &stanza, &to.to_string()).await
     {
         return;

@@ -24,6 +24,18 @@ use strait_wire::{Stanza, StanzaError, escape_attr};
 
 /// The error answer to `original` (RFC 6120 §8.3): addresses swapped, same id, `type='error'`.
 /// `None` for an error stanza, which is never answered.
+/// Whether `j`'s bare JID is `bare`, without building it (this runs for every message).
+pub fn is_bare_of(j: &jid::Jid, bare: &str) -> bool {
+    let domain = j.domain().as_str();
+    match j.node() {
+        Some(node) => bare
+            .strip_prefix(node.as_str())
+            .and_then(|rest| rest.strip_prefix('@'))
+            .is_some_and(|d| d == domain),
+        None => bare == domain,
+    }
+}
+
 pub fn error_reply(original: &Stanza, error: &StanzaError) -> Option<Stanza> {
     if original.type_.as_deref() == Some("error") {
         return None;
@@ -112,6 +124,28 @@ pub fn xep0082_stamp(ms: i64) -> String {
 mod tests {
     use super::*;
     use strait_wire::StanzaErrorCondition;
+
+    #[test]
+    fn bare_of_a_jid_is_compared_without_building_it() {
+        let j = |s: &str| jid::Jid::new(s).unwrap();
+        for (full, bare, same) in [
+            ("a@x/r", "a@x", true),
+            ("a@x", "a@x", true),
+            ("a@x/r", "a@y", false),
+            ("a@x/r", "ab@x", false),
+            ("ab@x", "a@x", false),
+            ("x/r", "x", true),
+            ("x", "a@x", false),
+            ("a@x", "x", false),
+        ] {
+            assert_eq!(is_bare_of(&j(full), bare), same, "{full} vs {bare}");
+            assert_eq!(
+                j(full).to_bare().to_string() == bare,
+                same,
+                "{full} vs {bare}"
+            );
+        }
+    }
 
     #[test]
     fn error_reply_swaps_addresses_and_keeps_id() {

@@ -17,7 +17,7 @@ pub async fn from_client(s: &mut Session, stanza: Stanza, to: Option<jid::Jid>) 
     let ty = stanza.type_.clone();
     // XEP-0191: presence to a JID the user blocked is dropped.
     if let Some(j) = &to
-        && j.to_bare().to_string() != s.bare
+        && !super::is_bare_of(j, &s.bare)
         && blocking::blocks(&s.state, &s.bare, &j.to_string()).await
     {
         return;
