@@ -274,6 +274,69 @@ async fn block_list_survives_reconnect_and_blocks_offline_storage() {
     t.stop().await;
 }
 
+/// Routing remembers an offline account's block list for a while (one store read for a run
+/// of messages); a block command from a later session must still hold at once.
+#[tokio::test]
+async fn a_block_made_between_offline_messages_holds_at_once() {
+    let t = TestServer::start(|_| {}).await;
+    let (mut a1, mut b1) = t.alice_and_bob().await;
+    go_offline(&mut b1).await;
+    a1.send(
+        "<message to='bob@localhost' type='chat' id='o1'><body>first while away</body></message>",
+    )
+    .await;
+    a1.expect_silence("id='o1'", QUIET).await;
+    let mut b = login_raw(&t, "bob@localhost", "pb", "b1").await;
+    b.expect_element(&["first while away"]).await;
+    b.send("<iq type='set' id='blk'><block xmlns='urn:xmpp:blocking'><item jid='alice@localhost'/></block></iq>")
+        .await;
+    b.expect_element(&["id='blk'", "type='result'"]).await;
+    go_offline(&mut b).await;
+    a1.send(
+        "<message to='bob@localhost' type='chat' id='o2'><body>second while away</body></message>",
+    )
+    .await;
+    a1.expect_element(&["id='o2'", "service-unavailable"]).await;
+    // Unblocked in another session: stored again.
+    let mut b = login(&t, "bob@localhost", "pb", "b2").await;
+    b.send("<iq type='set' id='unb'><unblock xmlns='urn:xmpp:blocking'/></iq>")
+        .await;
+    b.expect_element(&["id='unb'", "type='result'"]).await;
+    go_offline(&mut b).await;
+    a1.send(
+        "<message to='bob@localhost' type='chat' id='o3'><body>third while away</body></message>",
+    )
+    .await;
+    a1.expect_silence("id='o3'", QUIET).await;
+    let mut b = login_raw(&t, "bob@localhost", "pb", "b3").await;
+    // Offline messages come with the initial presence, before the ping's answer.
+    let seen = b.ping("after").await;
+    assert!(seen.contains("third while away"), "{seen}");
+    assert!(!seen.contains("second while away"), "{seen}");
+    t.stop().await;
+}
+
+/// An account removed (`strait user remove`) while routing still remembers it as an offline
+/// recipient: its messages are refused as for any missing account, not stored, not an
+/// internal error.
+#[tokio::test]
+async fn a_removed_offline_account_refuses_messages_at_once() {
+    let t = TestServer::start(|_| {}).await;
+    let (mut a1, mut b1) = t.alice_and_bob().await;
+    go_offline(&mut b1).await;
+    a1.send("<message to='bob@localhost' type='chat' id='o1'><body>stored</body></message>")
+        .await;
+    a1.expect_silence("id='o1'", QUIET).await;
+    let state = t.server.as_ref().unwrap().state();
+    strait_server::accounts::remove_user(&state.config, &*state.store, "bob@localhost").unwrap();
+    a1.send("<message to='bob@localhost' type='chat' id='o2'><body>to nobody</body></message>")
+        .await;
+    let err = a1.expect_element(&["id='o2'", "type='error'"]).await;
+    assert!(err.contains("service-unavailable"), "{err}");
+    assert!(!err.contains("internal-server-error"), "{err}");
+    t.stop().await;
+}
+
 #[tokio::test]
 async fn stanza_ids_are_stamped_and_forgeries_stripped() {
     let t = TestServer::start(|_| {}).await;

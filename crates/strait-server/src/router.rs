@@ -7,7 +7,9 @@
 //! gains a "remote node" branch: nothing else here changes.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 use strait_wire::{Stanza, StreamError};
 use tokio::sync::Notify;
 
@@ -262,6 +264,50 @@ pub struct Router {
     /// Block lists (XEP-0191) of accounts with bound sessions, so that routing does not read
     /// the store for every stanza. Dropped when the account's last session unbinds.
     blocklists: RwLock<HashMap<String, Arc<BlockList>>>,
+    /// Accounts without a session that were recently read from the store as message
+    /// recipients, with their block lists (see [`OfflineRecipients`]).
+    offline: Mutex<OfflineRecipients>,
+    /// Bumped whenever a block list may have changed (a bind, a cached list replaced), so
+    /// that a store read that started before the change is not cached after it.
+    blocklist_generation: AtomicU64,
+}
+
+/// Most accounts without a session kept in [`Router::offline_recipient`]'s cache.
+const OFFLINE_RECIPIENTS_MAX: usize = 4_096;
+/// How long such an entry is trusted. Changes made in the server reach the cache at once
+/// (bind, block-list commands); the bound is for changes from outside the running server
+/// (`strait user remove`, `strait user import`), and for memory.
+pub const OFFLINE_RECIPIENT_TTL: Duration = Duration::from_secs(30);
+
+/// Recently addressed accounts that have no session: known to exist, and their block
+/// lists. A message to an offline account needs both before it is stored, which were two
+/// store reads per message, each on a blocking thread (two thread hand-offs, which on the
+/// benchmark VM cost about as much as routing a message between two online accounts: ten
+/// percent of messages to offline accounts added a third to the server's CPU). People send
+/// several messages in a row to someone who is away; the first reads, the rest find it here.
+#[derive(Default)]
+struct OfflineRecipients {
+    entries: HashMap<String, (Instant, Arc<BlockList>)>,
+}
+
+impl OfflineRecipients {
+    fn get(&self, bare: &str, now: Instant) -> Option<Arc<BlockList>> {
+        let (at, list) = self.entries.get(bare)?;
+        (now.saturating_duration_since(*at) < OFFLINE_RECIPIENT_TTL).then(|| list.clone())
+    }
+
+    fn insert(&mut self, bare: &str, list: Arc<BlockList>, now: Instant) {
+        if self.entries.len() >= OFFLINE_RECIPIENTS_MAX && !self.entries.contains_key(bare) {
+            self.entries
+                .retain(|_, (at, _)| now.saturating_duration_since(*at) < OFFLINE_RECIPIENT_TTL);
+            if self.entries.len() >= OFFLINE_RECIPIENTS_MAX {
+                // Every entry is fresh: start over rather than track recency for an
+                // eviction order (a miss costs one store read).
+                self.entries.clear();
+            }
+        }
+        self.entries.insert(bare.to_owned(), (now, list));
+    }
 }
 
 /// An account's blocked JIDs (bare, full, domain or domain/resource).
@@ -283,6 +329,7 @@ impl Router {
         max_resources: usize,
     ) -> Result<String, BindError> {
         let full = format!("{bare}/{resource}");
+        self.forget_offline_recipient(bare);
         let mut map = self.sessions.write().expect("router lock");
         let list = map.entry(bare.to_owned()).or_default();
         if let Some(pos) = list.iter().position(|r| r.resource == resource) {
@@ -364,6 +411,7 @@ impl Router {
 
     /// Caches an account's block list, only while it has bound sessions.
     pub fn cache_blocklist(&self, bare: &str, list: Arc<BlockList>) {
+        self.forget_offline_recipient(bare);
         let map = self.sessions.read().expect("router lock");
         if map.contains_key(bare) {
             self.blocklists
@@ -373,6 +421,40 @@ impl Router {
         } else {
             self.blocklists.write().expect("router lock").remove(bare);
         }
+    }
+
+    /// The block list of an account without a session that was read from the store less
+    /// than [`OFFLINE_RECIPIENT_TTL`] ago (which says the account existed then).
+    pub fn offline_recipient(&self, bare: &str) -> Option<Arc<BlockList>> {
+        self.offline
+            .lock()
+            .expect("router lock")
+            .get(bare, Instant::now())
+    }
+
+    /// The block-list generation to pass to [`Router::cache_offline_recipient`], taken
+    /// before the store read.
+    pub fn blocklist_generation(&self) -> u64 {
+        self.blocklist_generation.load(Ordering::Acquire)
+    }
+
+    /// Remembers an existing account's block list, read from the store while it had no
+    /// session; not if a block list may have changed since `generation` was taken, or the
+    /// account has a session now (its list is then cached with the session's).
+    pub fn cache_offline_recipient(&self, bare: &str, list: Arc<BlockList>, generation: u64) {
+        let mut offline = self.offline.lock().expect("router lock");
+        if self.blocklist_generation.load(Ordering::Acquire) != generation || self.is_online(bare) {
+            return;
+        }
+        offline.insert(bare, list, Instant::now());
+    }
+
+    /// Drops what [`Router::cache_offline_recipient`] kept of `bare`, and makes reads that
+    /// are still under way uncacheable.
+    fn forget_offline_recipient(&self, bare: &str) {
+        let mut offline = self.offline.lock().expect("router lock");
+        self.blocklist_generation.fetch_add(1, Ordering::AcqRel);
+        offline.entries.remove(bare);
     }
 
     /// Records a resource's current presence (`None` = unavailable).
@@ -535,5 +617,64 @@ mod tests {
             .map(|r| r.resource)
             .collect();
         assert_eq!(t, vec!["a"]);
+    }
+
+    fn list(items: &[&str]) -> Arc<BlockList> {
+        Arc::new(items.iter().map(|s| s.to_string()).collect())
+    }
+
+    #[test]
+    fn offline_recipients_are_cached_until_a_session_binds() {
+        let r = Router::new();
+        let g = r.blocklist_generation();
+        r.cache_offline_recipient("b@x", list(&["eve@x"]), g);
+        let got = r.offline_recipient("b@x").expect("cached");
+        assert!(got.contains("eve@x"));
+        assert!(r.offline_recipient("c@x").is_none());
+        // Binding may change the list (a block command): the entry goes, and unbinding
+        // does not bring it back.
+        let (tx, _rx) = chan();
+        r.bind("b@x", "phone", 1, tx, 5).unwrap();
+        assert!(r.offline_recipient("b@x").is_none());
+        r.unbind("b@x", "phone", 1);
+        assert!(r.offline_recipient("b@x").is_none());
+    }
+
+    #[test]
+    fn a_read_from_before_a_change_is_not_cached() {
+        let r = Router::new();
+        let g = r.blocklist_generation();
+        // The account's list changed (from a session) while the read was under way.
+        r.cache_blocklist("b@x", list(&["eve@x"]));
+        r.cache_offline_recipient("b@x", list(&[]), g);
+        assert!(r.offline_recipient("b@x").is_none());
+        // Nor is an account with a session cached here (its list lives with the session).
+        let (tx, _rx) = chan();
+        r.bind("b@x", "phone", 1, tx, 5).unwrap();
+        let g = r.blocklist_generation();
+        r.cache_offline_recipient("b@x", list(&[]), g);
+        assert!(r.offline_recipient("b@x").is_none());
+    }
+
+    #[test]
+    fn offline_recipients_expire_and_stay_bounded() {
+        let mut c = OfflineRecipients::default();
+        let t0 = Instant::now();
+        c.insert("b@x", list(&[]), t0);
+        assert!(c.get("b@x", t0 + OFFLINE_RECIPIENT_TTL / 2).is_some());
+        assert!(c.get("b@x", t0 + OFFLINE_RECIPIENT_TTL).is_none());
+        for i in 0..OFFLINE_RECIPIENTS_MAX + 10 {
+            c.insert(&format!("u{i}@x"), list(&[]), t0);
+            assert!(c.entries.len() <= OFFLINE_RECIPIENTS_MAX);
+        }
+        // Once full, expired entries go first.
+        let mut c = OfflineRecipients::default();
+        for i in 0..OFFLINE_RECIPIENTS_MAX {
+            c.insert(&format!("u{i}@x"), list(&[]), t0);
+        }
+        let later = t0 + OFFLINE_RECIPIENT_TTL;
+        c.insert("fresh@x", list(&[]), later);
+        assert_eq!(c.entries.len(), 1);
+        assert!(c.get("fresh@x", later).is_some());
     }
 }

@@ -26,21 +26,39 @@ use strait_wire::{Stanza, StanzaError, StanzaErrorCondition, ns};
 pub const NS: &str = "urn:xmpp:blocking";
 pub const ERRORS_NS: &str = "urn:xmpp:blocking:errors";
 
-/// The account's block list: from the router's cache, or read (and cached while online).
+/// The account's block list: from the router's caches, or read (and cached while online,
+/// or for a while when the account exists and has no session: [`Router::offline_recipient`]).
+///
+/// [`Router::offline_recipient`]: crate::router::Router::offline_recipient
 pub async fn list(state: &ServerState, bare: &str) -> Arc<BlockList> {
     if let Some(l) = state.router.cached_blocklist(bare) {
         return l;
     }
+    if let Some(l) = state.router.offline_recipient(bare) {
+        return l;
+    }
+    let generation = state.router.blocklist_generation();
     let owner = bare.to_owned();
-    let list: BlockList = match state.store(move |s| s.blocklist(&owner)).await {
-        Ok(v) => v.into_iter().collect(),
+    // Whether the account exists comes with the list, in the same store call: routing a
+    // message to an account without a session asks both.
+    let read = state
+        .store(move |s| Ok((s.account_exists(&owner)?, s.blocklist(&owner)?)))
+        .await;
+    let (exists, list) = match read {
+        Ok((exists, v)) => (exists, v.into_iter().collect()),
         Err(e) => {
             tracing::error!(account = bare, "reading the block list: {e}");
-            BlockList::new()
+            (false, BlockList::new())
         }
     };
     let list = Arc::new(list);
-    state.router.cache_blocklist(bare, list.clone());
+    if state.router.is_online(bare) {
+        state.router.cache_blocklist(bare, list.clone());
+    } else if exists {
+        state
+            .router
+            .cache_offline_recipient(bare, list.clone(), generation);
+    }
     list
 }
 

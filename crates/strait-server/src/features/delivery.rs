@@ -239,9 +239,10 @@ async fn send_message(
     }
 }
 
-/// Whether `bare` is an account here: bound sessions prove it without a store read.
+/// Whether `bare` is an account here: bound sessions prove it without a store read, and so
+/// does a recent read ([`crate::router::Router::offline_recipient`]).
 pub async fn account_exists(state: &ServerState, bare: &str) -> bool {
-    if state.router.is_online(bare) {
+    if state.router.is_online(bare) || state.router.offline_recipient(bare).is_some() {
         return true;
     }
     let b = bare.to_owned();

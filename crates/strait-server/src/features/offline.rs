@@ -103,6 +103,11 @@ pub fn push_result(bare: &str, outcome: Option<WriteOutcome>) -> Result<Option<i
             )),
             by: None,
         }),
+        // Removed since routing found it (`strait user remove` while the server runs): the
+        // answer a message to a missing account gets.
+        Some(Err(StoreError::NotFound(_))) => {
+            Err(StanzaError::new(StanzaErrorCondition::ServiceUnavailable))
+        }
         Some(Err(e)) => {
             tracing::error!(account = bare, "storing an offline message: {e}");
             Err(StanzaError::with_text(
