@@ -142,7 +142,7 @@ impl ServerState {
             return Some(ops);
         }
         let pending = Arc::clone(pending);
-        self.store.write_batch(
+        self.store.write_batch_lazy(
             ops,
             Box::new(move |outcomes| {
                 pending.fetch_sub(1, Ordering::AcqRel);
@@ -176,7 +176,7 @@ impl ServerState {
         if ops.is_empty() {
             return;
         }
-        self.store.write_batch(
+        self.store.write_batch_lazy(
             ops,
             Box::new(move |outcomes| {
                 for o in outcomes {

@@ -197,6 +197,14 @@ pub trait BatchWrite {
     /// in), and calls `done` once they are durable (committed) or have failed. Does not block
     /// the caller: `done` may run on another thread (or at once, before this returns).
     fn write_batch(&self, ops: Vec<WriteOp>, done: WriteDone);
+
+    /// [`BatchWrite::write_batch`] for writes nobody waits for (archive copies of messages
+    /// already delivered, deletions of copies a client acknowledged): the backend may hold
+    /// them back a few milliseconds so that they share a commit with the writes that follow.
+    /// A write somebody waits for, queued meanwhile, ends the wait at once.
+    fn write_batch_lazy(&self, ops: Vec<WriteOp>, done: WriteDone) {
+        self.write_batch(ops, done)
+    }
 }
 
 /// Everything the server needs from storage.
