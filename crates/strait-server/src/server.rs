@@ -60,8 +60,14 @@ pub struct ServerState {
 /// the senders down to what the writer commits (backpressure). A sender that meets the bound
 /// waits behind everything pending, so the bound is also the longest queue a saturated writer
 /// builds: with 4,096, closed-loop round trips (pingpong, archive on) had a p99 of 454 ms;
-/// with 1,024, 130 ms, while half of the archive-on peak kept its p99 under 4 ms.
-pub const MAX_DETACHED_WRITES: usize = 1024;
+/// with 1,024, 130 ms. But the bound must also ride out the writer's short stalls: while the
+/// checkpoint thread fsyncs the database file, the writer's own fsyncs wait behind it (on
+/// the benchmark VM's virtio disk for up to a few hundred milliseconds), and with 1,024 at
+/// 8,000 msg/s archive on every sender then waited, seconds with latencies of 60 to 150 ms
+/// several times per run (p99 4.4 to 53 ms). With 2,048 those seconds are gone (p99 2.9 and
+/// 3.3 ms, every second's maximum under 11 ms), and the saturated pingpong's p99 is 257 ms
+/// against 184 (p50 19 against 22 ms; by hand, AMD host, after the writer's linger).
+pub const MAX_DETACHED_WRITES: usize = 2048;
 
 impl ServerState {
     pub fn next_conn_id(&self) -> u64 {
