@@ -1947,6 +1947,20 @@ impl crate::ArchiveStore for SqliteStore {
     }
 }
 
+/// Credentials for accounts the store's own tests create (their values do not matter).
+#[cfg(test)]
+fn test_credentials() -> Credentials {
+    Credentials {
+        scram_sha1: None,
+        scram_sha256: ScramSecret {
+            salt: vec![1; 16],
+            iterations: 4096,
+            stored_key: vec![2; 32],
+            server_key: vec![3; 32],
+        },
+    }
+}
+
 #[cfg(test)]
 mod wal_tests {
     use super::*;
@@ -1959,15 +1973,7 @@ mod wal_tests {
         let path = dir.path().join("strait.db");
         let wal = dir.path().join("strait.db-wal");
         let store = Arc::new(SqliteStore::open_with(&path, policy).unwrap());
-        let creds = Credentials {
-            scram_sha1: None,
-            scram_sha256: ScramSecret {
-                salt: vec![1; 16],
-                iterations: 4096,
-                stored_key: vec![2; 32],
-                server_key: vec![3; 32],
-            },
-        };
+        let creds = test_credentials();
         for w in 0..writers {
             store
                 .create_account(&format!("w{w}@x.example"), &creds)
@@ -2017,15 +2023,7 @@ mod wal_tests {
             size_limit_bytes: -1,
         };
         let store = SqliteStore::open_with(&path, policy).unwrap();
-        let creds = Credentials {
-            scram_sha1: None,
-            scram_sha256: ScramSecret {
-                salt: vec![1; 16],
-                iterations: 4096,
-                stored_key: vec![2; 32],
-                server_key: vec![3; 32],
-            },
-        };
+        let creds = test_credentials();
         let pairs = 200;
         for a in 0..2 * pairs {
             store
@@ -2119,15 +2117,7 @@ mod linger_tests {
 
     fn store_with(linger: Duration) -> SqliteStore {
         let store = SqliteStore::open_in_memory_lingering(linger).unwrap();
-        let creds = Credentials {
-            scram_sha1: None,
-            scram_sha256: ScramSecret {
-                salt: vec![1; 16],
-                iterations: 4096,
-                stored_key: vec![2; 32],
-                server_key: vec![3; 32],
-            },
-        };
+        let creds = test_credentials();
         let before = store.commit_count();
         store.create_account("b@x.example", &creds).unwrap();
         // Counted before the tests take their `before`.
