@@ -37,9 +37,9 @@ use crate::{PepItem, PepNodeConfig, PepStore, VcardStore, effective_max};
 
 /// Most requests committed in one transaction.
 const MAX_BATCH: usize = 256;
-/// How long the writer holds back a batch of writes nobody waits for, counted from the
-/// first one's arrival ([`linger`]): the archive copies of a delivered message become
-/// durable at most this much later.
+/// How long the writer holds back a batch of writes nobody waits for, counted from when it
+/// takes the first one off its queue ([`linger`]): the archive copies of a delivered message
+/// become durable at most this much later than they would have.
 const LINGER: Duration = Duration::from_millis(4);
 /// A batch of writes nobody waits for that is this large is committed without lingering.
 const LINGER_JOBS: usize = 16;
