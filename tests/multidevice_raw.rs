@@ -274,6 +274,15 @@ async fn block_list_survives_reconnect_and_blocks_offline_storage() {
     t.stop().await;
 }
 
+/// Sends Bob (offline) a chat message that the server stores: no error comes back.
+async fn stored_for_bob(a: &mut RawClient, id: &str, body: &str) {
+    a.send(&format!(
+        "<message to='bob@localhost' type='chat' id='{id}'><body>{body}</body></message>"
+    ))
+    .await;
+    a.expect_silence(&format!("id='{id}'"), QUIET).await;
+}
+
 /// Routing remembers an offline account's block list for a while (one store read for a run
 /// of messages); a block command from a later session must still hold at once.
 #[tokio::test]
@@ -281,11 +290,7 @@ async fn a_block_made_between_offline_messages_holds_at_once() {
     let t = TestServer::start(|_| {}).await;
     let (mut a1, mut b1) = t.alice_and_bob().await;
     go_offline(&mut b1).await;
-    a1.send(
-        "<message to='bob@localhost' type='chat' id='o1'><body>first while away</body></message>",
-    )
-    .await;
-    a1.expect_silence("id='o1'", QUIET).await;
+    stored_for_bob(&mut a1, "o1", "first while away").await;
     let mut b = login_raw(&t, "bob@localhost", "pb", "b1").await;
     b.expect_element(&["first while away"]).await;
     b.send("<iq type='set' id='blk'><block xmlns='urn:xmpp:blocking'><item jid='alice@localhost'/></block></iq>")
@@ -303,11 +308,7 @@ async fn a_block_made_between_offline_messages_holds_at_once() {
         .await;
     b.expect_element(&["id='unb'", "type='result'"]).await;
     go_offline(&mut b).await;
-    a1.send(
-        "<message to='bob@localhost' type='chat' id='o3'><body>third while away</body></message>",
-    )
-    .await;
-    a1.expect_silence("id='o3'", QUIET).await;
+    stored_for_bob(&mut a1, "o3", "third while away").await;
     let mut b = login_raw(&t, "bob@localhost", "pb", "b3").await;
     // Offline messages come with the initial presence, before the ping's answer.
     let seen = b.ping("after").await;
@@ -324,9 +325,7 @@ async fn a_removed_offline_account_refuses_messages_at_once() {
     let t = TestServer::start(|_| {}).await;
     let (mut a1, mut b1) = t.alice_and_bob().await;
     go_offline(&mut b1).await;
-    a1.send("<message to='bob@localhost' type='chat' id='o1'><body>stored</body></message>")
-        .await;
-    a1.expect_silence("id='o1'", QUIET).await;
+    stored_for_bob(&mut a1, "o1", "stored").await;
     let state = t.server.as_ref().unwrap().state();
     strait_server::accounts::remove_user(&state.config, &*state.store, "bob@localhost").unwrap();
     a1.send("<message to='bob@localhost' type='chat' id='o2'><body>to nobody</body></message>")
