@@ -226,6 +226,9 @@ async fn filters_and_paging() {
         let (ids, fin, _) =
             mam_query(&mut a, &format!("p{n}"), &[("with", "bob@localhost")], &rsm).await;
         assert!(fin.contains("<count>12</count>"), "{fin}");
+        // RSM's index only where the server knows it without counting: the first page.
+        assert_eq!(fin.contains("<first index='0'>"), n == 0, "{fin}");
+        assert_eq!(fin.contains(" index="), n == 0, "{fin}");
         seen.extend(ids.iter().cloned());
         if fin.contains("complete='true'") {
             break;
@@ -242,13 +245,16 @@ async fn filters_and_paging() {
         let rsm = format!("<max>5</max><before>{before}</before>");
         let (ids, fin, _) =
             mam_query(&mut a, &format!("r{n}"), &[("with", "bob@localhost")], &rsm).await;
+        // The last page (the first one fetched) starts at index 12 - 5; the others carry none.
+        assert_eq!(fin.contains("<first index='7'>"), n == 0, "{fin}");
+        assert_eq!(fin.contains(" index="), n == 0, "{fin}");
         let mut ids = ids;
         ids.extend(back);
         back = ids;
         if fin.contains("complete='true'") {
             break;
         }
-        before = between(&fin, "<first index='", "</first>")
+        before = between(&fin, "<first", "</first>")
             .split_once('>')
             .unwrap()
             .1

@@ -299,9 +299,13 @@ async fn query(s: &mut Session, stanza: &Stanza, el: &minidom::Element) {
     }
     let mut set = format!("<set xmlns='{RSM}'>");
     if let (Some(first), Some(last)) = (page.messages.first(), page.messages.last()) {
+        // RSM's index only where the store knows it without counting (`first_index`).
+        let index = page
+            .first_index
+            .map(|i| format!(" index='{i}'"))
+            .unwrap_or_default();
         set.push_str(&format!(
-            "<first index='{}'>{}</first><last>{}</last>",
-            page.first_index,
+            "<first{index}>{}</first><last>{}</last>",
             escape_text(&first.id),
             escape_text(&last.id)
         ));
