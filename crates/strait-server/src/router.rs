@@ -195,6 +195,12 @@ impl OutboundReceiver {
         out
     }
 
+    /// Everything queued now, in order, under one lock: a connection that fell behind writes
+    /// its backlog as one TLS record and one write, not a record and a syscall per stanza.
+    pub fn take_queued(&mut self) -> VecDeque<Outbound> {
+        std::mem::take(&mut self.shared.lock().items)
+    }
+
     /// Refuses further items; those already queued can still be received.
     pub fn close(&mut self) {
         self.shared.lock().closed = true;
@@ -581,6 +587,35 @@ mod tests {
         assert_eq!(r.resources("a@x").len(), 1);
         r.unbind("a@x", "phone", 2);
         assert!(!r.is_online("a@x"));
+    }
+
+    #[test]
+    fn a_backlog_is_taken_whole_in_order_and_frees_the_queue() {
+        let (tx, mut rx) = outbound_queue(3);
+        let msg =
+            |id: i64| Outbound::Durable(Box::new(Stanza::new("jabber:client", "message")), id);
+        for id in 1..=3 {
+            tx.try_send(msg(id)).unwrap();
+        }
+        assert!(matches!(tx.try_send(msg(4)), Err(TrySendError::Full(_))));
+        let ids = |q: VecDeque<Outbound>| -> Vec<i64> {
+            q.into_iter()
+                .map(|o| match o {
+                    Outbound::Durable(_, id) => id,
+                    other => panic!("{other:?}"),
+                })
+                .collect()
+        };
+        assert!(matches!(rx.try_recv(), Some(Outbound::Durable(_, 1))));
+        assert_eq!(ids(rx.take_queued()), vec![2, 3]);
+        // Taken whole: nothing left, no memory kept, and room for a full queue again.
+        assert!(rx.try_recv().is_none());
+        assert_eq!(rx.shared.lock().items.capacity(), 0);
+        for id in 5..=7 {
+            tx.try_send(msg(id)).unwrap();
+        }
+        assert_eq!(ids(rx.take_queued()), vec![5, 6, 7]);
+        assert!(rx.take_queued().is_empty());
     }
 
     #[test]

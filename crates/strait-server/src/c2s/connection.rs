@@ -480,6 +480,10 @@ impl Connection {
                 }
                 msg = self.rx.recv() => if let Some(out) = msg {
                     self.outbound(out);
+                    // What queued up behind it goes into the same flush.
+                    for out in self.rx.take_queued() {
+                        self.outbound(out);
+                    }
                 },
                 t = recv_takeover(&mut self.takeover) => match t {
                     Some(t) => {
