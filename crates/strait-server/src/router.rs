@@ -195,10 +195,20 @@ impl OutboundReceiver {
         out
     }
 
-    /// Everything queued now, in order, under one lock: a connection that fell behind writes
+    /// Everything queued, in order, taken under one lock, waiting until something is; empty
+    /// once every sender is gone and nothing is left. A connection that fell behind writes
     /// its backlog as one TLS record and one write, not a record and a syscall per stanza.
-    pub fn take_queued(&mut self) -> VecDeque<Outbound> {
-        std::mem::take(&mut self.shared.lock().items)
+    /// Cancel-safe like `recv`; the queue keeps no memory once taken.
+    pub async fn recv_all(&mut self) -> VecDeque<Outbound> {
+        loop {
+            {
+                let mut st = self.shared.lock();
+                if !st.items.is_empty() || st.senders == 0 {
+                    return std::mem::take(&mut st.items);
+                }
+            }
+            self.shared.ready.notified().await;
+        }
     }
 
     /// Refuses further items; those already queued can still be received.
@@ -589,8 +599,8 @@ mod tests {
         assert!(!r.is_online("a@x"));
     }
 
-    #[test]
-    fn a_backlog_is_taken_whole_in_order_and_frees_the_queue() {
+    #[tokio::test]
+    async fn a_backlog_is_taken_whole_in_order_and_frees_the_queue() {
         let (tx, mut rx) = outbound_queue(3);
         let msg =
             |id: i64| Outbound::Durable(Box::new(Stanza::new("jabber:client", "message")), id);
@@ -607,15 +617,24 @@ mod tests {
                 .collect()
         };
         assert!(matches!(rx.try_recv(), Some(Outbound::Durable(_, 1))));
-        assert_eq!(ids(rx.take_queued()), vec![2, 3]);
+        assert_eq!(ids(rx.recv_all().await), vec![2, 3]);
         // Taken whole: nothing left, no memory kept, and room for a full queue again.
         assert!(rx.try_recv().is_none());
         assert_eq!(rx.shared.lock().items.capacity(), 0);
         for id in 5..=7 {
             tx.try_send(msg(id)).unwrap();
         }
-        assert_eq!(ids(rx.take_queued()), vec![5, 6, 7]);
-        assert!(rx.take_queued().is_empty());
+        assert_eq!(ids(rx.recv_all().await), vec![5, 6, 7]);
+        // Nothing queued: it waits for the next item, and ends empty once the senders are gone.
+        let waiting = tokio::time::timeout(Duration::from_millis(20), rx.recv_all()).await;
+        assert!(
+            waiting.is_err(),
+            "returned with nothing queued: {waiting:?}"
+        );
+        tx.try_send(msg(8)).unwrap();
+        assert_eq!(ids(rx.recv_all().await), vec![8]);
+        drop(tx);
+        assert!(rx.recv_all().await.is_empty());
     }
 
     #[test]

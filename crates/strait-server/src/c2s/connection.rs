@@ -478,12 +478,9 @@ impl Connection {
                         "the client does not read its stanzas fast enough",
                     ));
                 }
-                msg = self.rx.recv() => if let Some(out) = msg {
+                // All that is queued, into one flush.
+                queued = self.rx.recv_all() => for out in queued {
                     self.outbound(out);
-                    // What queued up behind it goes into the same flush.
-                    for out in self.rx.take_queued() {
-                        self.outbound(out);
-                    }
                 },
                 t = recv_takeover(&mut self.takeover) => match t {
                     Some(t) => {
