@@ -2,7 +2,8 @@
 # The project's test command: builds everything, runs the Rust tests, then the real-client
 # interoperability tests (slixmpp, from PyPI, in <repo>/.venv) against a private strait server,
 # then the strait-signal cross-implementation tests (tests/signal_interop: the omemo_peer example
-# against python-omemo + oldmemo + twomemo, from PyPI, in the same venv).
+# against python-omemo + oldmemo + twomemo, from PyPI, in the same venv), with the tests of the
+# benchmark harness's own logic (tests/bench_harness: bench/compare's sweep, no servers) between.
 #
 #   ./scripts/test.sh                 # everything
 #   ./scripts/test.sh -k offline      # extra arguments go to both pytest runs
@@ -125,6 +126,11 @@ if [ "$run_clients" = 1 ] && [ "$python_ok" = 1 ]; then
         export STRAIT_BIN=$target/debug/strait
     fi
     run_pytest real_clients 60 "$@"
+fi
+
+if [ "$python_ok" = 1 ] && { [ "$run_clients" = 1 ] || [ "$run_signal" = 1 ]; }; then
+    step "benchmark harness tests (tests/bench_harness: bench/compare's sweep logic, no load)"
+    run_pytest bench_harness 60 "$@"
 fi
 
 if [ "$run_signal" = 1 ] && [ "$python_ok" = 1 ]; then

@@ -1,0 +1,96 @@
+"""bench/compare's sweep and latency search, driven by made-up steps instead of load runs:
+which rates it tries, what it reports as the peak and as the highest rate under the latency
+bound, and the report's tables."""
+
+import importlib.machinery
+import importlib.util
+import os
+import types
+
+import pytest
+
+COMPARE = os.path.join(os.path.dirname(__file__), "..", "..", "bench", "compare")
+
+
+@pytest.fixture()
+def compare():
+    loader = importlib.machinery.SourceFileLoader("bench_compare", COMPARE)
+    spec = importlib.util.spec_from_loader("bench_compare", loader)
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
+
+
+def args(**kw):
+    a = dict(sweep_start=500, sweep_max=256000, slo_p99_ms=5.0, slo_bisect=2, sweep_step=10)
+    a.update(kw)
+    return types.SimpleNamespace(**a)
+
+
+def server(cap, p99_of_rate):
+    """A made-up server: keeps up with every rate up to `cap`, p99 latency as given."""
+    tried = []
+
+    def point(s, a, resdir, tag, rate, arch):
+        tried.append(rate)
+        keeps = rate <= cap
+        return {"rate": rate, "keeps_up": keeps, "generator_bound": False, "failed": False,
+                "p99_ms": p99_of_rate(rate), "p50_ms": 0.1, "delivered_per_s": rate if keeps else cap,
+                "sent_per_s": rate, "server_cpu_pct": 50.0, "gen_cpu_pct": 20.0, "send_lag_p99_ms": 0.2,
+                "settled_s": 0.0}
+    return point, tried
+
+
+def test_latency_search_bisects_between_the_steps_that_met_and_missed_the_bound(compare):
+    compare.sweep_point, tried = server(181000, lambda r: r / 12000.0)  # 5 ms at 60,000 msg/s
+    r = compare.sweep(None, args(), None, "t", False)
+    assert r["peak_rate"] == 181000
+    # 32,000 met the bound and 64,000 missed it: two geometric bisection steps between them.
+    assert tried[-2:] == [45250, 53800]
+    assert r["slo_rate"] == 53800
+    assert [p["rate"] for p in r["points"] if p.get("slo_step")] == [45250, 53800]
+
+
+def test_latency_search_halves_below_the_first_rate_and_reports_none_when_nothing_met(compare):
+    compare.sweep_point, tried = server(4750, lambda r: 20.0)
+    r = compare.sweep(None, args(), None, "t", False)
+    assert r["peak_rate"] == 4750
+    assert r["slo_rate"] is None
+    assert [p["rate"] for p in r["points"] if p.get("slo_step")] == [250, 125, 62]
+
+    compare.sweep_point, tried = server(4750, lambda r: 1.0 if r <= 125 else 20.0)
+    r = compare.sweep(None, args(), None, "t", False)
+    # 250 missed, 125 met: the search stops halving and bisects up from there.
+    assert r["slo_rate"] is not None and 125 <= r["slo_rate"] < 250
+    assert tried[len(tried) - 4:len(tried) - 2] == [250, 125]
+
+
+def test_latency_search_adds_nothing_when_every_step_met_the_bound(compare):
+    compare.sweep_point, tried = server(16000, lambda r: 1.0)
+    r = compare.sweep(None, args(), None, "t", False)
+    assert r["slo_rate"] == 16000
+    assert not [p for p in r["points"] if p.get("slo_step")]
+
+
+def test_latency_search_ignores_steps_not_kept_up_with(compare):
+    # Low latency where the server does not keep up (it drops what it cannot deliver) is no pass.
+    compare.sweep_point, tried = server(8000, lambda r: 1.0 if r > 8000 else (6.0 if r > 4000 else 1.0))
+    r = compare.sweep(None, args(), None, "t", False)
+    assert r["slo_rate"] is not None and 4000 <= r["slo_rate"] < 8000
+
+
+def test_report_has_the_latency_column_and_ratios(compare):
+    a = args()
+    sweeps = {}
+    for name, cap, f in (("strait", 181000, lambda r: r / 12000.0), ("prosody", 4750, lambda r: 20.0),
+                         ("ejabberd", 16000, lambda r: 0.6 * r / 1000)):
+        compare.sweep_point, _ = server(cap, f)
+        sweeps[name] = compare.sweep(None, a, None, "t", False)
+    md = compare.sweep_markdown({"sweep/archive-off": sweeps}, ["strait", "prosody", "ejabberd"], a)
+    assert "| highest msg/s with p99 < 5 ms | strait/server |" in md
+    assert "| strait | 181000 | server |  | 53800 |  |" in md
+    # ejabberd met the bound up to 8,000 msg/s: 53,800 / 8,000
+    assert "| ejabberd | 16000 | server | 11.31 | 8000 | 6.72 |" in md
+    # Prosody met it at no rate tried (the lowest was 62 msg/s)
+    assert "| prosody | 4750 | server | 38.11 | below 62 | more than 867.7 |" in md
+    assert "| no (latency step) |" in md and "| yes |" in md
