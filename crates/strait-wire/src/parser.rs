@@ -241,7 +241,7 @@ impl StreamParser {
                     ));
                 }
                 if stanza_depth == 1 {
-                    let mut stanza = Stanza::new(&ns, &name);
+                    let mut stanza = Stanza::from_parts(ns, name);
                     for a in attrs {
                         stanza.set_attr(&a.ns, &a.name, a.value);
                     }

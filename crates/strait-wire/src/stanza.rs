@@ -74,10 +74,15 @@ pub struct Stanza {
 
 impl Stanza {
     pub fn new(ns: &str, name: &str) -> Self {
+        Stanza::from_parts(ns.to_string(), name.to_string())
+    }
+
+    /// [`Self::new`] with names already owned (the parser's), not copied again.
+    pub(crate) fn from_parts(ns: String, name: String) -> Self {
         Stanza {
-            ns: ns.to_string(),
-            name: name.to_string(),
-            kind: StanzaKind::of(ns, name),
+            kind: StanzaKind::of(&ns, &name),
+            ns,
+            name,
             to: None,
             from: None,
             id: None,
@@ -502,7 +507,7 @@ fn unescape(s: &str) -> Cow<'_, str> {
 
 /// The entity that stands for `b` in text (`attr` false) or in an attribute value, if `b`
 /// needs one. Every byte that does is ASCII, so scanning bytes never splits a character.
-fn entity(b: u8, attr: bool) -> Option<&'static str> {
+const fn entity(b: u8, attr: bool) -> Option<&'static str> {
     match b {
         b'&' => Some("&amp;"),
         b'<' => Some("&lt;"),
@@ -519,16 +524,38 @@ fn entity(b: u8, attr: bool) -> Option<&'static str> {
 /// Appends `s` to `out`, escaped; runs without special bytes are copied whole (this is on
 /// the path of every stanza written, so it scans bytes rather than decoding characters).
 pub(crate) fn push_escaped(out: &mut String, s: &str, attr: bool) {
+    let special = if attr {
+        &SPECIAL_IN_ATTR
+    } else {
+        &SPECIAL_IN_TEXT
+    };
     let bytes = s.as_bytes();
     let mut run = 0;
     for (i, &b) in bytes.iter().enumerate() {
-        if let Some(e) = entity(b, attr) {
+        // One table load per byte; `entity` only for the few that need it.
+        if special[b as usize]
+            && let Some(e) = entity(b, attr)
+        {
             out.push_str(&s[run..i]);
             out.push_str(e);
             run = i + 1;
         }
     }
     out.push_str(&s[run..]);
+}
+
+/// The bytes [`entity`] escapes, as tables.
+static SPECIAL_IN_TEXT: [bool; 256] = special_bytes(false);
+static SPECIAL_IN_ATTR: [bool; 256] = special_bytes(true);
+
+const fn special_bytes(attr: bool) -> [bool; 256] {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        t[b] = entity(b as u8, attr).is_some();
+        b += 1;
+    }
+    t
 }
 
 fn escape(s: &str, attr: bool) -> Cow<'_, str> {

@@ -223,21 +223,38 @@ fn declare(
 #[derive(Debug)]
 pub(crate) struct CanonicalWriter {
     pub out: String,
-    stack: Vec<(String, String)>,
+    /// The open elements' names, end to end (each one's length is in `open`), and their
+    /// namespaces, each written once where it differs from the parent's: two buffers per
+    /// writer rather than two strings per element (this runs for every element parsed).
+    names: String,
+    nss: String,
+    open: Vec<Open>,
     open_tag: bool,
+}
+
+/// An open element of a [`CanonicalWriter`].
+#[derive(Debug)]
+struct Open {
+    name_len: usize,
+    /// Its namespace in `nss`.
+    ns: std::ops::Range<usize>,
+    /// Whether it added its namespace to `nss` (it differs from the parent's).
+    own_ns: bool,
 }
 
 impl CanonicalWriter {
     pub fn new(out: String) -> Self {
         CanonicalWriter {
             out,
-            stack: Vec::new(),
+            names: String::new(),
+            nss: String::new(),
+            open: Vec::new(),
             open_tag: false,
         }
     }
 
     pub fn depth(&self) -> usize {
-        self.stack.len()
+        self.open.len()
     }
 
     fn close_open_tag(&mut self) {
@@ -256,11 +273,27 @@ impl CanonicalWriter {
         self.close_open_tag();
         self.out.push('<');
         self.out.push_str(name);
-        if self.stack.last().is_none_or(|(parent, _)| parent != ns) {
+        let inherited = self
+            .open
+            .last()
+            .filter(|parent| &self.nss[parent.ns.clone()] == ns)
+            .map(|parent| parent.ns.clone());
+        if inherited.is_none() {
             push_attr(&mut self.out, "xmlns", ns);
         }
         write_attrs(&mut self.out, attrs);
-        self.stack.push((ns.to_string(), name.to_string()));
+        let own_ns = inherited.is_none();
+        let ns = inherited.unwrap_or_else(|| {
+            let start = self.nss.len();
+            self.nss.push_str(ns);
+            start..self.nss.len()
+        });
+        self.names.push_str(name);
+        self.open.push(Open {
+            name_len: name.len(),
+            ns,
+            own_ns,
+        });
         self.open_tag = true;
     }
 
@@ -273,16 +306,21 @@ impl CanonicalWriter {
     }
 
     pub fn end(&mut self) {
-        let Some((_, name)) = self.stack.pop() else {
+        let Some(open) = self.open.pop() else {
             return;
         };
+        let name_start = self.names.len() - open.name_len;
         if self.open_tag {
             self.out.push_str("/>");
             self.open_tag = false;
         } else {
             self.out.push_str("</");
-            self.out.push_str(&name);
+            self.out.push_str(&self.names[name_start..]);
             self.out.push('>');
+        }
+        self.names.truncate(name_start);
+        if open.own_ns {
+            self.nss.truncate(open.ns.start);
         }
     }
 }
