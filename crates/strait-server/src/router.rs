@@ -276,7 +276,10 @@ pub enum BindError {
 /// The session table.
 #[derive(Default)]
 pub struct Router {
-    sessions: RwLock<HashMap<String, Vec<Resource>>>,
+    /// Each resource behind an `Arc`: routing hands out snapshots of it per message, and
+    /// a clone is then one reference count, not its strings and handles (changes copy it
+    /// when a snapshot is still held: `Arc::make_mut`).
+    sessions: RwLock<HashMap<String, Vec<Arc<Resource>>>>,
     /// Block lists (XEP-0191) of accounts with bound sessions, so that routing does not read
     /// the store for every stanza. Dropped when the account's last session unbinds.
     blocklists: RwLock<HashMap<String, Arc<BlockList>>>,
@@ -366,7 +369,7 @@ impl Router {
         // Most accounts have one or two sessions: grow one at a time (the cap is small)
         // rather than to four slots at the first bind.
         list.reserve_exact(1);
-        list.push(Resource {
+        list.push(Arc::new(Resource {
             resource: resource.to_owned(),
             full: full.clone(),
             conn_id,
@@ -377,7 +380,7 @@ impl Router {
             carbons: false,
             blocklist_interested: false,
             acks: false,
-        });
+        }));
         Ok(full)
     }
 
@@ -409,7 +412,7 @@ impl Router {
                 .find(|r| r.resource == resource && r.conn_id == conn_id)
         }) {
             Some(r) => {
-                f(r);
+                f(Arc::make_mut(r));
                 true
             }
             None => false,
@@ -480,6 +483,7 @@ impl Router {
             l.iter_mut()
                 .find(|r| r.resource == resource && r.conn_id == conn_id)
         }) {
+            let r = Arc::make_mut(r);
             r.priority = presence.as_ref().map(presence_priority).unwrap_or(0);
             r.presence = presence.map(Arc::new);
         }
@@ -492,19 +496,23 @@ impl Router {
             l.iter_mut()
                 .find(|r| r.resource == resource && r.conn_id == conn_id)
         }) {
-            r.interested = true;
+            Arc::make_mut(r).interested = true;
         }
     }
 
     /// All bound resources of an account (a snapshot).
-    pub fn resources(&self, bare: &str) -> Vec<Resource> {
+    pub fn resources(&self, bare: &str) -> Vec<Arc<Resource>> {
         let map = self.sessions.read().expect("router lock");
         map.get(bare).cloned().unwrap_or_default()
     }
 
     /// The bound resources of an account that `keep` selects, cloning only those: for the
     /// per-message checks (carbons) that usually select none.
-    pub fn resources_where(&self, bare: &str, keep: impl Fn(&Resource) -> bool) -> Vec<Resource> {
+    pub fn resources_where(
+        &self,
+        bare: &str,
+        keep: impl Fn(&Resource) -> bool,
+    ) -> Vec<Arc<Resource>> {
         let map = self.sessions.read().expect("router lock");
         map.get(bare)
             .map(|rs| rs.iter().filter(|r| keep(r)).cloned().collect())
@@ -514,12 +522,12 @@ impl Router {
     /// The resources a message to `bare` goes to ([`message_targets`]), cloning only those:
     /// on the message path, where cloning every resource and then the targets again showed
     /// in profiles.
-    pub fn message_targets_of(&self, bare: &str) -> Vec<Resource> {
+    pub fn message_targets_of(&self, bare: &str) -> Vec<Arc<Resource>> {
         self.resources_where(bare, is_message_target)
     }
 
     /// The bound resource with this full JID.
-    pub fn resource(&self, bare: &str, resource: &str) -> Option<Resource> {
+    pub fn resource(&self, bare: &str, resource: &str) -> Option<Arc<Resource>> {
         let map = self.sessions.read().expect("router lock");
         map.get(bare)?
             .iter()
@@ -563,7 +571,7 @@ pub fn presence_priority(p: &Stanza) -> i8 {
 
 /// The resources a message to the bare JID goes to (RFC 6121 §8.5.2.1.1): every available
 /// resource with non-negative priority.
-pub fn message_targets(resources: &[Resource]) -> Vec<&Resource> {
+pub fn message_targets(resources: &[Arc<Resource>]) -> Vec<&Arc<Resource>> {
     resources.iter().filter(|r| is_message_target(r)).collect()
 }
 
@@ -668,7 +676,7 @@ mod tests {
         let t: Vec<_> = r
             .message_targets_of("u@x")
             .into_iter()
-            .map(|r| r.resource)
+            .map(|r| r.resource.clone())
             .collect();
         assert_eq!(t, vec!["a"]);
     }

@@ -116,8 +116,10 @@ pub fn blocked_reply(original: &Stanza) -> Option<Stanza> {
 
 /// The user's stanza to `to`: refused (and answered) when `to` is on the user's block list.
 /// True when the stanza must not be routed.
-pub async fn outbound_refused(s: &mut Session, stanza: &Stanza, to: &str) -> bool {
-    if !blocks(&s.state, &s.bare, to).await {
+pub async fn outbound_refused(s: &mut Session, stanza: &Stanza, to: &jid::Jid) -> bool {
+    let blocked = list(&s.state, &s.bare).await;
+    // Most block lists are empty: the address is written out only for one that is not.
+    if blocked.is_empty() || !matches(&blocked, &to.to_string()) {
         return false;
     }
     let answer = match stanza.kind {
@@ -281,7 +283,7 @@ async fn went_dark(state: &ServerState, bare: &str, jids: &[String]) {
         .resources(bare)
         .into_iter()
         .filter(|r| r.is_available())
-        .map(|r| r.full)
+        .map(|r| r.full.clone())
         .collect();
     for target in jids {
         let Ok(j) = jid::Jid::new(target) else {
@@ -355,7 +357,7 @@ async fn came_back(state: &ServerState, bare: &str, jids: &[String]) {
 }
 
 /// Each available presence of `from` to each available resource of `to`.
-fn share(from: &[crate::router::Resource], to: &[crate::router::Resource]) {
+fn share(from: &[Arc<crate::router::Resource>], to: &[Arc<crate::router::Resource>]) {
     for f in from {
         let Some(p) = &f.presence else { continue };
         for t in to.iter().filter(|t| t.is_available()) {

@@ -6,6 +6,8 @@
 //! a client that sends one is refused (XEP-0280 §11: a forged carbon would let one user
 //! put words in another's mouth, as in CVE-2017-5589).
 
+use std::sync::Arc;
+
 use super::iq_result;
 use crate::c2s::session::Session;
 use crate::router::Resource;
@@ -100,14 +102,14 @@ fn wrap(kind: &str, bare: &str, to: &str, m: &Stanza) -> Option<Stanza> {
 /// The resources that get `<sent/>` copies of what `resource` of `bare` sends: the account's
 /// other carbons-enabled resources. Looked up before the message is routed, so that a sender
 /// without any (the usual case) costs no copy of the message.
-pub fn sent_targets(state: &ServerState, bare: &str, resource: &str) -> Vec<Resource> {
+pub fn sent_targets(state: &ServerState, bare: &str, resource: &str) -> Vec<Arc<Resource>> {
     state
         .router
         .resources_where(bare, |r| r.carbons && r.resource != resource)
 }
 
 /// `<sent/>` copies of `m` to `targets` ([`sent_targets`]).
-pub fn send_sent(targets: &[Resource], bare: &str, m: &Stanza) {
+pub fn send_sent(targets: &[Arc<Resource>], bare: &str, m: &Stanza) {
     for r in targets {
         if let Some(w) = wrap("sent", bare, &r.full, m) {
             r.send(w);

@@ -1,5 +1,7 @@
 //! Delivery to local accounts' resources.
 
+use std::sync::Arc;
+
 use crate::router::Resource;
 use crate::server::ServerState;
 use strait_store::{WriteOp, WriteOutcome};
@@ -167,7 +169,7 @@ pub async fn message_to_full(
     stanza: &Stanza,
     writes: &mut Writes,
 ) -> Delivered {
-    let targets: Vec<Resource> = state.router.resource(bare, resource).into_iter().collect();
+    let targets: Vec<Arc<Resource>> = state.router.resource(bare, resource).into_iter().collect();
     send_message(state, bare, targets, stanza, writes).await
 }
 
@@ -186,7 +188,7 @@ pub async fn message_to_full(
 async fn send_message(
     state: &ServerState,
     bare: &str,
-    targets: Vec<Resource>,
+    targets: Vec<Arc<Resource>>,
     stanza: &Stanza,
     writes: &mut Writes,
 ) -> Delivered {
@@ -203,7 +205,7 @@ async fn send_message(
         let resources = targets
             .into_iter()
             .filter(|r| r.send(stanza.clone()))
-            .map(|r| r.resource)
+            .map(|r| r.resource.clone())
             .collect();
         if let Some(committed) = committed {
             committed.await;
@@ -231,7 +233,7 @@ async fn send_message(
             Some(id) => r.send_durable(stanza.clone(), id),
             None => r.send(stanza.clone()),
         })
-        .map(|r| r.resource)
+        .map(|r| r.resource.clone())
         .collect();
     Delivered {
         resources,

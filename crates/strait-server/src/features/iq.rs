@@ -46,7 +46,7 @@ pub async fn from_client(s: &mut Session, stanza: Stanza, to: Option<jid::Jid>) 
     // XEP-0191: nothing goes to a JID the user blocked.
     if to.node().is_some()
         && !super::is_bare_of(&to, &s.bare)
-        && blocking::outbound_refused(s, &stanza, &to.to_string()).await
+        && blocking::outbound_refused(s, &stanza, &to).await
     {
         return;
     }

@@ -20,25 +20,29 @@ pub async fn from_client(s: &mut Session, mut stanza: Stanza, to: Option<jid::Ji
     stanza_id::strip(&mut stanza, &s.bare);
     if let Some(j) = &to
         && !super::is_bare_of(j, &s.bare)
-        && blocking::outbound_refused(s, &stanza, &j.to_string()).await
+        && blocking::outbound_refused(s, &stanza, j).await
     {
         return;
     }
-    // No `to`: addressed to the sender's own bare JID (RFC 6120 §10.3.1).
+    // No `to`: addressed to the sender's own bare JID (RFC 6120 §10.3.1). The parts are
+    // borrowed, not copied: they are only read (this runs for every message).
+    let own;
     let (node, domain, resource) = match &to {
         Some(j) => (
-            j.node().map(|n| n.as_str().to_owned()),
-            j.domain().as_str().to_owned(),
-            j.resource().map(|r| r.as_str().to_owned()),
+            j.node().map(|n| n.as_str()),
+            j.domain().as_str(),
+            j.resource().map(|r| r.as_str()),
         ),
-        None => (
-            s.bare.split_once('@').map(|(n, _)| n.to_owned()),
-            s.domain.clone(),
-            None,
-        ),
+        None => {
+            own = (
+                s.bare.split_once('@').map(|(n, _)| n.to_owned()),
+                s.domain.clone(),
+            );
+            (own.0.as_deref(), own.1.as_str(), None)
+        }
     };
-    let Some(domain) = s.state.config.served_domain(&domain).map(str::to_owned) else {
-        s.reply_error(&stanza, super::unreachable_domain(&domain));
+    let Some(domain) = s.state.config.served_domain(domain).map(str::to_owned) else {
+        s.reply_error(&stanza, super::unreachable_domain(domain));
         return;
     };
     let Some(node) = node else {
@@ -54,7 +58,10 @@ pub async fn from_client(s: &mut Session, mut stanza: Stanza, to: Option<jid::Ji
         }
         return;
     };
-    let bare = format!("{node}@{domain}");
+    let mut bare = String::with_capacity(node.len() + 1 + domain.len());
+    bare.push_str(node);
+    bare.push('@');
+    bare.push_str(&domain);
     // The sender's archive copy (XEP-0313) gets its own id, also carried by the sent carbon.
     // It is queued for the store's writer (first in, first out) before delivery, like the
     // recipient's copy, so that a reply can never land in the sender's archive ahead of the
@@ -76,7 +83,7 @@ pub async fn from_client(s: &mut Session, mut stanza: Stanza, to: Option<jid::Ji
     if archived || !carbon_targets.is_empty() {
         let mut copy = stanza.clone();
         if bare != s.bare && mam::archivable(&copy) {
-            let with = match &resource {
+            let with = match resource {
                 Some(r) => format!("{bare}/{r}"),
                 None => bare.clone(),
             };
@@ -86,7 +93,7 @@ pub async fn from_client(s: &mut Session, mut stanza: Stanza, to: Option<jid::Ji
         sent = Some(copy);
     }
     let (delivered, stanza) =
-        deliver_with_writes(&s.state, stanza, &bare, resource.as_deref(), copies, writes).await;
+        deliver_with_writes(&s.state, stanza, &bare, resource, copies, writes).await;
     match delivered {
         Ok(()) => {
             if let Some(sent) = &sent {
