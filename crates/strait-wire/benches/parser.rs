@@ -110,6 +110,38 @@ fn tokenize_all(bytes: &[u8]) -> usize {
     events
 }
 
+/// A second reference, for scale only: quick-xml's tokenizer over the same bytes, with UTF-8
+/// checked once for the whole input, attribute values normalised and text end-of-line normalised. It checks
+/// far less than rxml (no character or name validity, no restricted-XML rules), so it is a
+/// lower bound on what a strict tokenizer could cost, not a candidate: a parser for a server
+/// must reject what rxml rejects.
+fn tokenize_all_quick_xml(bytes: &[u8]) -> usize {
+    use quick_xml::events::Event as Qx;
+    let text = std::str::from_utf8(bytes).expect("utf-8");
+    let mut r = quick_xml::Reader::from_str(text);
+    r.config_mut().check_end_names = true;
+    let mut events = 0;
+    loop {
+        match r.read_event().expect("well-formed") {
+            Qx::Start(e) | Qx::Empty(e) => {
+                for a in e.attributes() {
+                    let a = a.expect("attribute");
+                    events += a
+                        .normalized_value(quick_xml::XmlVersion::Implicit1_0)
+                        .expect("escapes")
+                        .len();
+                }
+                events += 1;
+            }
+            // Text comes without its references (quick-xml reports `&amp;` and the like as
+            // separate GeneralRef events), so this is end-of-line normalisation only.
+            Qx::Text(t) => events += t.xml10_content().len(),
+            Qx::Eof => return events,
+            _ => events += 1,
+        }
+    }
+}
+
 fn benches(c: &mut Criterion) {
     let kinds: [(&str, Maker); 3] = [("chat", chat), ("omemo", omemo), ("presence", presence)];
     let mut parse = c.benchmark_group("parse");
@@ -124,6 +156,11 @@ fn benches(c: &mut Criterion) {
             BenchmarkId::new("reference_rxml", name),
             &bytes,
             |b, bytes| b.iter(|| black_box(tokenize_all(black_box(bytes)))),
+        );
+        parse.bench_with_input(
+            BenchmarkId::new("reference_quick_xml", name),
+            &bytes,
+            |b, bytes| b.iter(|| black_box(tokenize_all_quick_xml(black_box(bytes)))),
         );
         parse.throughput(Throughput::Elements(STANZAS as u64));
         parse.bench_with_input(BenchmarkId::new("stanzas", name), &bytes, |b, bytes| {
