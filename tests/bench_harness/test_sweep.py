@@ -94,3 +94,26 @@ def test_report_has_the_latency_column_and_ratios(compare):
     # Prosody met it at no rate tried (the lowest was 62 msg/s)
     assert "| prosody | 4750 | server | 38.11 | below 62 | more than 867.7 |" in md
     assert "| no (latency step) |" in md and "| yes |" in md
+
+
+def test_with_archiving_the_latency_steps_start_on_fresh_data(compare, monkeypatch):
+    calls = []
+
+    class Server:
+        name = "made-up"
+
+        def stop(self):
+            calls.append("stop")
+
+        def prepare(self, archive, plain):
+            calls.append(("prepare", archive, plain))
+
+        def start(self):
+            calls.append("start")
+
+    monkeypatch.setattr(compare.time, "sleep", lambda s: None)
+    compare.sweep_point, tried = server(19050, lambda r: r / 1600.0)  # 5 ms at 8,000 msg/s
+    r = compare.sweep(Server(), args(), None, "t", True)
+    assert r["slo_rate"] is not None and 4000 <= r["slo_rate"] < 8000
+    # Once, before the first latency step, and not again.
+    assert calls == ["stop", ("prepare", True, False), "start"]
