@@ -1522,6 +1522,60 @@ fn sqlite_archive_log_is_merged_and_its_ids_are_taken() {
     );
 }
 
+/// A merge moves the log owner by owner (`merge_archive_log`): each owner's archive keeps
+/// the order its copies were appended in, across owners interleaved in the log, ids that
+/// sort otherwise and several merges, with and without a partner filter.
+#[test]
+fn sqlite_archive_merge_keeps_each_owners_append_order() {
+    use crate::{ArchiveQuery, ArchiveStore};
+    let dir = tempfile::tempdir().unwrap();
+    let s = SqliteStore::open(&dir.path().join("strait.db")).unwrap();
+    let owners = ["c@x.example", "a@x.example", "b@x.example"];
+    for o in owners {
+        s.create_account(o, &creds(1)).unwrap();
+    }
+    let page = |owner: &str, with: Option<&str>| -> Vec<String> {
+        let q = ArchiveQuery {
+            max: 1_000,
+            with: with.map(str::to_owned),
+            ..ArchiveQuery::default()
+        };
+        let p = s.archive_query(owner, &q).unwrap().unwrap();
+        p.messages.into_iter().map(|m| m.id).collect()
+    };
+    let mut expected: std::collections::HashMap<&str, Vec<String>> = Default::default();
+    let mut expected_with_p: std::collections::HashMap<&str, Vec<String>> = Default::default();
+    for round in 0..3 {
+        for i in 0..60 {
+            // Owners interleave; ids descend, so that neither id nor owner order is the
+            // append order; every fifth copy is with `p`.
+            let owner = owners[(i * 7 + round) % 3];
+            let id = format!("{:04}-{round}", 9_999 - (round * 100 + i));
+            let with = if i % 5 == 0 {
+                "p@x.example"
+            } else {
+                "q@x.example"
+            };
+            s.archive_append(owner, &archived(&id, with, 1_000 + i as i64))
+                .unwrap();
+            expected.entry(owner).or_default().push(id.clone());
+            if with == "p@x.example" {
+                expected_with_p.entry(owner).or_default().push(id);
+            }
+        }
+        // Every query merges the log first: one merge per round.
+        for o in owners {
+            assert_eq!(page(o, None), expected[o], "{o}'s archive, round {round}");
+            assert_eq!(
+                page(o, Some("p@x.example")),
+                expected_with_p.get(o).cloned().unwrap_or_default(),
+                "{o}'s archive with p, round {round}"
+            );
+            assert_eq!(s.archive_count(o).unwrap(), expected[o].len());
+        }
+    }
+}
+
 /// Paging through an archive from anywhere, forwards and backwards, with and without
 /// filters, with copies merged and copies still in the archive log: the SQLite store gives
 /// the same pages, counts and positions as the in-memory store.
