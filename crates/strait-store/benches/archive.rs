@@ -13,6 +13,14 @@
 //! costs the archive (before schema 7 a page without `with` took 13-15 ms at 100,000). Pages
 //! by time and by partner still count what matches, and a page by time reads the owner's
 //! index entries up to its start: those grow with the archive.
+//!
+//! `archive_write` measures the other side: 4,000 copies, for 400 owners interleaved as
+//! live traffic interleaves them (each message archived for its sender and its recipient),
+//! written in batches of 32 that nobody waits for (as the server archives delivered
+//! messages; they share commits) and then merged from the archive log into the indexed
+//! archive (`append_and_merge`; `merge` times the merge alone), on a store that already
+//! holds 600,000 copies and grows as it is measured. Compare
+//! two builds by running it on each, one after the other on the same machine.
 
 use std::hint::black_box;
 use std::sync::mpsc;
@@ -146,5 +154,117 @@ fn paging(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, paging);
+/// Accounts in `archive_write`; copies written per iteration.
+const WRITERS: usize = 400;
+/// (Fewer than the 4,096 at which the writer merges on its own, so that the query merges.)
+const COPIES: usize = 4_000;
+
+/// The two copies of message `k` between writer accounts: the sender's and the recipient's.
+fn copies(k: usize) -> [WriteOp; 2] {
+    let from = format!("w{}@bench.example", k % WRITERS);
+    let to = format!("w{}@bench.example", (k + WRITERS / 2) % WRITERS);
+    let copy = |owner: &str, with: &str, side: &str| WriteOp::Archive {
+        owner: owner.to_owned(),
+        msg: ArchivedMessage {
+            // Shaped like the server's ids (UUIDv7: time first, 36 characters).
+            id: format!(
+                "{:08x}-{:04x}-7{side}00-8000-{k:012x}",
+                k / 65_536,
+                k % 65_536
+            ),
+            with_full: format!("{with}/phone"),
+            with_bare: with.to_owned(),
+            stamp_ms: STAMP0 + k as i64,
+            // About the size of the load generator's messages as archived (350 bytes).
+            stanza: format!(
+                "<message xmlns='jabber:client' id='c{k}' type='chat' from='{from}/res' \
+                 to='{to}'><body xmlns='jabber:client'>message number {k}: the quick brown fox \
+                 jumps over the lazy dog the quick brown fox</body><stanza-id \
+                 xmlns='urn:xmpp:sid:0' id='{k:036}' by='{owner}'/></message>"
+            ),
+        },
+    };
+    [copy(&from, &to, "0"), copy(&to, &from, "1")]
+}
+
+/// Writes messages `from..to` (two copies each) as the server archives delivered messages:
+/// batches of 32 copies nobody waits for (they share commits), then waits for them all.
+fn write_messages(s: &SqliteStore, from: usize, to: usize) {
+    let all: Vec<WriteOp> = (from..to).flat_map(copies).collect();
+    let mut all = all.into_iter().peekable();
+    let (tx, rx) = mpsc::channel();
+    let mut batches = 0;
+    while all.peek().is_some() {
+        let ops: Vec<WriteOp> = all.by_ref().take(32).collect();
+        let tx = tx.clone();
+        s.write_batch_lazy(
+            ops,
+            Box::new(move |o| {
+                assert!(o.iter().all(|o| o.is_ok()));
+                tx.send(()).unwrap();
+            }),
+        );
+        batches += 1;
+    }
+    for _ in 0..batches {
+        rx.recv().unwrap();
+    }
+}
+
+fn writing(c: &mut Criterion) {
+    let mut g = c.benchmark_group("archive_write");
+    g.sample_size(10);
+    g.throughput(criterion::Throughput::Elements(COPIES as u64));
+    let dir = tempfile::tempdir().unwrap();
+    let s = SqliteStore::open(&dir.path().join("strait.sqlite3")).unwrap();
+    let creds = Credentials {
+        scram_sha1: None,
+        scram_sha256: ScramSecret {
+            salt: vec![1; 16],
+            iterations: 4096,
+            stored_key: vec![2; 32],
+            server_key: vec![3; 32],
+        },
+    };
+    for w in 0..WRITERS {
+        s.create_account(&format!("w{w}@bench.example"), &creds)
+            .unwrap();
+    }
+    // 600,000 copies there before anything is measured, merged (about what a saturated
+    // pingpong run leaves behind: the indexes outgrow the writer's page cache).
+    let mut next = 300_000;
+    write_messages(&s, 0, next);
+    s.archive_count("w0@bench.example").unwrap();
+    g.bench_function(BenchmarkId::new("append_and_merge", COPIES), |b| {
+        b.iter_custom(|iters| {
+            let mut total = std::time::Duration::ZERO;
+            for _ in 0..iters {
+                let start = std::time::Instant::now();
+                write_messages(&s, next, next + COPIES / 2);
+                // A query merges the log first.
+                black_box(s.archive_count("w0@bench.example").unwrap());
+                total += start.elapsed();
+                next += COPIES / 2;
+            }
+            total
+        })
+    });
+    // The merge alone: the copies are appended untimed, then a query merges them.
+    g.bench_function(BenchmarkId::new("merge", COPIES), |b| {
+        b.iter_custom(|iters| {
+            let mut total = std::time::Duration::ZERO;
+            for _ in 0..iters {
+                write_messages(&s, next, next + COPIES / 2);
+                next += COPIES / 2;
+                let start = std::time::Instant::now();
+                black_box(s.archive_count("w0@bench.example").unwrap());
+                total += start.elapsed();
+            }
+            total
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, paging, writing);
 criterion_main!(benches);
