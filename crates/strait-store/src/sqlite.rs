@@ -1018,6 +1018,8 @@ fn merge_archive_log_alone(conn: &Connection, commits: &AtomicU64) {
     if ARCHIVE_LOG.with_borrow(|l| l.rows == 0) {
         return;
     }
+    let started = Instant::now();
+    let copies = ARCHIVE_LOG.with_borrow(|l| l.rows);
     let merged = exec(conn, "BEGIN IMMEDIATE")
         .map_err(StoreError::from)
         .and_then(|()| merge_archive_log(conn))
@@ -1025,6 +1027,13 @@ fn merge_archive_log_alone(conn: &Connection, commits: &AtomicU64) {
     match merged {
         Ok(()) => {
             commits.fetch_add(1, Ordering::Relaxed);
+            // Half of the writer's time under saturated archiving (see bench/RESULTS.md):
+            // what an operator watches when the archive-on peak matters.
+            tracing::debug!(
+                copies,
+                ms = (started.elapsed().as_micros() / 100) as f64 / 10.0,
+                "archive log merged"
+            );
         }
         Err(e) => {
             tracing::warn!("archive merge failed (retried on the next round): {e}");
