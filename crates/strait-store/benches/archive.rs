@@ -37,11 +37,9 @@ const OTHERS: usize = 500;
 /// The first message's time (Unix ms); message k is k ms later.
 const STAMP0: i64 = 1_700_000_000_000;
 
-/// A store in `dir` whose owner has `n` archived messages (ids `m…`, in archive order), and
-/// the other accounts `n` between them, interleaved with the owner's.
-fn filled(dir: &std::path::Path, n: usize) -> (SqliteStore, Vec<String>) {
-    let s = SqliteStore::open(&dir.join("strait.sqlite3")).unwrap();
-    let creds = Credentials {
+/// Credentials for the benchmark's accounts (never used to log in).
+fn creds() -> Credentials {
+    Credentials {
         scram_sha1: None,
         scram_sha256: ScramSecret {
             salt: vec![1; 16],
@@ -49,7 +47,14 @@ fn filled(dir: &std::path::Path, n: usize) -> (SqliteStore, Vec<String>) {
             stored_key: vec![2; 32],
             server_key: vec![3; 32],
         },
-    };
+    }
+}
+
+/// A store in `dir` whose owner has `n` archived messages (ids `m…`, in archive order), and
+/// the other accounts `n` between them, interleaved with the owner's.
+fn filled(dir: &std::path::Path, n: usize) -> (SqliteStore, Vec<String>) {
+    let s = SqliteStore::open(&dir.join("strait.sqlite3")).unwrap();
+    let creds = creds();
     s.create_account(OWNER, &creds).unwrap();
     for u in 0..OTHERS {
         s.create_account(&format!("u{u}@bench.example"), &creds)
@@ -217,15 +222,7 @@ fn writing(c: &mut Criterion) {
     g.throughput(criterion::Throughput::Elements(COPIES as u64));
     let dir = tempfile::tempdir().unwrap();
     let s = SqliteStore::open(&dir.path().join("strait.sqlite3")).unwrap();
-    let creds = Credentials {
-        scram_sha1: None,
-        scram_sha256: ScramSecret {
-            salt: vec![1; 16],
-            iterations: 4096,
-            stored_key: vec![2; 32],
-            server_key: vec![3; 32],
-        },
-    };
+    let creds = creds();
     for w in 0..WRITERS {
         s.create_account(&format!("w{w}@bench.example"), &creds)
             .unwrap();
