@@ -1015,11 +1015,11 @@ fn merge_archive_log(c: &Connection) -> Result<()> {
 
 /// [`merge_archive_log`] in a transaction of its own, between batches.
 fn merge_archive_log_alone(conn: &Connection, commits: &AtomicU64) {
-    if ARCHIVE_LOG.with_borrow(|l| l.rows == 0) {
+    let copies = ARCHIVE_LOG.with_borrow(|l| l.rows);
+    if copies == 0 {
         return;
     }
     let started = Instant::now();
-    let copies = ARCHIVE_LOG.with_borrow(|l| l.rows);
     let merged = exec(conn, "BEGIN IMMEDIATE")
         .map_err(StoreError::from)
         .and_then(|()| merge_archive_log(conn))
