@@ -1,5 +1,6 @@
 //! Message archives (XEP-0313): per account, the messages it sent and received, in the order
-//! the server archived them, each under a server-assigned id (the XEP-0359 stanza-id).
+//! the server archived them, which is also time order (see [`ArchiveStore::archive_append`]),
+//! each under a server-assigned id (the XEP-0359 stanza-id).
 
 use crate::Result;
 
@@ -14,7 +15,7 @@ pub struct ArchivedMessage {
     pub with_full: String,
     /// Canonical XML of the message.
     pub stanza: String,
-    /// Unix milliseconds when archived.
+    /// Unix milliseconds when archived; never older than the owner's newest copy before it.
     pub stamp_ms: i64,
 }
 
@@ -91,7 +92,10 @@ impl Default for ArchivePrefs {
 
 /// Message archives.
 pub trait ArchiveStore {
-    /// Appends a message to `owner`'s archive.
+    /// Appends a message to `owner`'s archive. Each owner's archive is in time order: a
+    /// message whose `stamp_ms` is older than the newest in the archive is stored with the
+    /// newest's stamp, so that it sorts after every message already there (a client that
+    /// pages after the newest id it saw must not miss it).
     /// [`crate::StoreError::NotFound`] if `owner` is not an account;
     /// [`crate::StoreError::AlreadyExists`] if the id is already in the archive.
     fn archive_append(&self, owner: &str, msg: &ArchivedMessage) -> Result<()>;

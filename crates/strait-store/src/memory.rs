@@ -409,7 +409,10 @@ impl crate::ArchiveStore for MemoryStore {
         if a.iter().any(|m| m.id == msg.id) {
             return Err(StoreError::AlreadyExists(msg.id.clone()));
         }
-        a.push(msg.clone());
+        let newest = a.last().map(|m| m.stamp_ms);
+        let mut msg = msg.clone();
+        msg.stamp_ms = newest.map_or(msg.stamp_ms, |n| n.max(msg.stamp_ms));
+        a.push(msg);
         Ok(())
     }
 

@@ -825,6 +825,91 @@ pub fn archive_order_after_newest_deleted(s: &impl Store) {
     assert_eq!(page_ids(&b), ["b4"]);
 }
 
+/// Each owner's archive is in time order: a copy stamped before the owner's newest is stored
+/// with the newest's stamp, after everything already there, and time filters select by the
+/// stored stamps. Another owner's archive is not affected.
+pub fn archive_time_order(s: &impl Store) {
+    use crate::ArchiveQuery;
+    s.create_account("a@x.example", &creds(1)).unwrap();
+    s.create_account("b@x.example", &creds(2)).unwrap();
+    let append = |owner: &str, id: &str, stamp: i64| {
+        s.archive_append(owner, &archived(id, "c@x.example", stamp))
+            .unwrap()
+    };
+    append("a@x.example", "a1", 1_000);
+    append("a@x.example", "a2", 2_000);
+    append("b@x.example", "b1", 500);
+    // The clock went back (or two copies raced): stored at 2,000, after a2.
+    append("a@x.example", "a3", 1_500);
+    append("a@x.example", "a4", 2_500);
+    append("b@x.example", "b2", 700);
+    let page = |owner: &str, q: ArchiveQuery| s.archive_query(owner, &q).unwrap().unwrap();
+    let all = page(
+        "a@x.example",
+        ArchiveQuery {
+            max: 10,
+            ..Default::default()
+        },
+    );
+    assert_eq!(page_ids(&all), ["a1", "a2", "a3", "a4"]);
+    let stamps: Vec<i64> = all.messages.iter().map(|m| m.stamp_ms).collect();
+    assert_eq!(stamps, [1_000, 2_000, 2_000, 2_500]);
+    // A client that saw a2 as the newest finds a3 after it.
+    let after = page(
+        "a@x.example",
+        ArchiveQuery {
+            after_id: Some("a2".into()),
+            max: 10,
+            ..Default::default()
+        },
+    );
+    assert_eq!(page_ids(&after), ["a3", "a4"]);
+    // Time filters select by the stored stamp (both ends included).
+    let window = page(
+        "a@x.example",
+        ArchiveQuery {
+            start: Some(1_500),
+            end: Some(2_000),
+            max: 10,
+            ..Default::default()
+        },
+    );
+    assert_eq!(page_ids(&window), ["a2", "a3"]);
+    assert_eq!(window.count, 2);
+    let before = page(
+        "a@x.example",
+        ArchiveQuery {
+            before_id: Some("a3".into()),
+            start: Some(2_000),
+            max: 10,
+            ..Default::default()
+        },
+    );
+    assert_eq!(page_ids(&before), ["a2"]);
+    assert_eq!(before.count, 3);
+    // b's stamps are b's own.
+    let b = page(
+        "b@x.example",
+        ArchiveQuery {
+            max: 10,
+            ..Default::default()
+        },
+    );
+    let stamps: Vec<i64> = b.messages.iter().map(|m| m.stamp_ms).collect();
+    assert_eq!(stamps, [500, 700]);
+    // After the archive is cleared, an older stamp is kept as it is.
+    s.archive_clear("a@x.example").unwrap();
+    append("a@x.example", "a5", 100);
+    let again = page(
+        "a@x.example",
+        ArchiveQuery {
+            max: 10,
+            ..Default::default()
+        },
+    );
+    assert_eq!(again.messages[0].stamp_ms, 100);
+}
+
 macro_rules! suite {
     ($modname:ident, $make:expr) => {
         mod $modname {
@@ -879,6 +964,11 @@ macro_rules! suite {
             fn archive_order_after_newest_deleted() {
                 let (s, _guard) = $make;
                 super::archive_order_after_newest_deleted(&s);
+            }
+            #[test]
+            fn archive_time_order() {
+                let (s, _guard) = $make;
+                super::archive_time_order(&s);
             }
             #[test]
             fn batch_writes() {
@@ -1302,10 +1392,11 @@ fn sqlite_archive_migrates_from_version_4() {
         .collect::<rusqlite::Result<_>>()
         .unwrap();
     indexes.sort();
-    // archive_by_owner is back since migration 7, and each owner's count is kept.
+    // An index in archive order per owner is back since migration 7 (in time order since
+    // migration 8), and each owner's count is kept.
     assert_eq!(
         indexes,
-        ["archive_by_id", "archive_by_owner", "archive_by_with"]
+        ["archive_by_id", "archive_by_time", "archive_by_with"]
     );
     let counted: i64 = conn
         .query_row(
@@ -1331,6 +1422,98 @@ fn sqlite_archive_migrates_from_version_4() {
     assert_eq!(seqs, 0);
 }
 
+/// A database of schema version 7, whose archive holds copies stamped out of order (as an
+/// earlier build archived them when the clock went back), opened by this build: migration 8
+/// lists them by time, counts by time read the new index, and an append after reopening is
+/// stamped no earlier than the newest copy already on disk.
+#[test]
+fn sqlite_archive_migrates_to_time_order() {
+    use crate::{ArchiveQuery, ArchiveStore};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("strait.db");
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))
+            .unwrap();
+        super::sqlite::migrate_to(&conn, 7).unwrap();
+        conn.execute(
+            "INSERT INTO accounts (jid, domain, sha256_salt, sha256_iter, sha256_stored,
+                 sha256_server) VALUES ('a@x.example', 'x.example', x'00', 4096, x'00', x'00')",
+            [],
+        )
+        .unwrap();
+        for (id, stamp) in [("s10", 10), ("s30", 30), ("s20", 20), ("s40", 40)] {
+            conn.execute(
+                "INSERT INTO archive (owner, id, with_bare, with_full, stamp_ms, stanza)
+                 VALUES ('a@x.example', ?1, 'b@x.example', 'b@x.example', ?2, '<message/>')",
+                rusqlite::params![id, stamp],
+            )
+            .unwrap();
+        }
+        conn.execute(
+            "INSERT INTO archive_counts (owner, n) VALUES ('a@x.example', 4)",
+            [],
+        )
+        .unwrap();
+    }
+    let s = SqliteStore::open(&path).unwrap();
+    let page = |q: ArchiveQuery| {
+        s.archive_query("a@x.example", &ArchiveQuery { max: 10, ..q })
+            .unwrap()
+            .unwrap()
+    };
+    assert_eq!(
+        page_ids(&page(ArchiveQuery::default())),
+        ["s10", "s20", "s30", "s40"]
+    );
+    let from_20 = page(ArchiveQuery {
+        start: Some(20),
+        end: Some(30),
+        ..Default::default()
+    });
+    assert_eq!((page_ids(&from_20), from_20.count), (vec!["s20", "s30"], 2));
+    let after_20 = page(ArchiveQuery {
+        after_id: Some("s20".into()),
+        ..Default::default()
+    });
+    assert_eq!(page_ids(&after_20), ["s30", "s40"]);
+    // The writer knows nothing of this owner yet: the newest stamp comes from the index.
+    s.archive_append("a@x.example", &archived("n35", "b@x.example", 35))
+        .unwrap();
+    let all = page(ArchiveQuery::default());
+    assert_eq!(page_ids(&all), ["s10", "s20", "s30", "s40", "n35"]);
+    assert_eq!(all.messages[4].stamp_ms, 40);
+    s.close().unwrap();
+    // An append still in the log counts too, also after the writer forgot what it knew
+    // (another connection's commit makes it start over).
+    let s = SqliteStore::open(&path).unwrap();
+    s.archive_append("a@x.example", &archived("n50", "b@x.example", 50))
+        .unwrap();
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute(
+            "INSERT INTO archive_prefs (owner, default_mode, always_jids, never_jids)
+             VALUES ('a@x.example', 'always', '', '')",
+            [],
+        )
+        .unwrap();
+    s.archive_append("a@x.example", &archived("n45", "b@x.example", 45))
+        .unwrap();
+    let last = s
+        .archive_query(
+            "a@x.example",
+            &ArchiveQuery {
+                from_end: true,
+                max: 2,
+                ..Default::default()
+            },
+        )
+        .unwrap()
+        .unwrap();
+    assert_eq!(page_ids(&last), ["n50", "n45"]);
+    assert_eq!(last.messages[1].stamp_ms, 50);
+}
+
 /// Every archive query runs on an index, never a scan of the table (which holds every
 /// account's messages).
 #[test]
@@ -1347,21 +1530,52 @@ fn sqlite_archive_queries_search_indexes() {
             .unwrap();
         rows.join("; ")
     };
+    let range = "(stamp_ms, seq) >= (3, 4) AND (stamp_ms, seq) <= (9, 2)";
     for sql in [
-        "SELECT seq FROM archive WHERE owner = 'a' AND id = 'x'",
-        "SELECT COUNT(*) FROM archive WHERE owner = 'a'",
-        "SELECT COUNT(*) FROM archive WHERE owner = 'a' AND seq < 5",
-        "SELECT COUNT(*) FROM archive WHERE owner = 'a' AND with_bare = 'b' AND seq < 5",
-        "SELECT COUNT(*) FROM archive WHERE owner = 'a' AND with_full = 'b/r' AND stamp_ms >= 3",
-        "SELECT seq, stanza FROM archive WHERE seq IN (SELECT seq FROM archive
-           WHERE owner = 'a' AND seq > 5 ORDER BY seq DESC LIMIT 51) ORDER BY seq DESC",
-        "SELECT seq, stanza FROM archive WHERE seq IN (SELECT seq FROM archive
-           WHERE owner = 'a' AND with_bare = 'b' ORDER BY seq ASC LIMIT 51) ORDER BY seq ASC",
-        "DELETE FROM archive WHERE owner = 'a'",
+        "SELECT stamp_ms, seq FROM archive WHERE owner = 'a' AND id = 'x'".to_owned(),
+        "SELECT max(stamp_ms) FROM archive WHERE owner = 'a'".to_owned(),
+        "SELECT COUNT(*) FROM archive WHERE owner = 'a'".to_owned(),
+        format!("SELECT COUNT(*) FROM archive WHERE owner = 'a' AND {range}"),
+        format!("SELECT COUNT(*) FROM archive WHERE owner = 'a' AND with_bare = 'b' AND {range}"),
+        format!("SELECT COUNT(*) FROM archive WHERE owner = 'a' AND with_full = 'b/r' AND {range}"),
+        format!(
+            "SELECT seq, stanza FROM archive WHERE seq IN (SELECT seq FROM archive
+               WHERE owner = 'a' AND {range} ORDER BY stamp_ms DESC, seq DESC LIMIT 51)
+             ORDER BY stamp_ms DESC, seq DESC"
+        ),
+        format!(
+            "SELECT seq, stanza FROM archive WHERE seq IN (SELECT seq FROM archive
+               WHERE owner = 'a' AND with_bare = 'b' AND {range}
+               ORDER BY stamp_ms ASC, seq ASC LIMIT 51)
+             ORDER BY stamp_ms ASC, seq ASC"
+        ),
+        "DELETE FROM archive WHERE owner = 'a'".to_owned(),
     ] {
-        let p = plan(sql);
+        let p = plan(&sql);
         assert!(!p.contains("SCAN"), "{sql}: {p}");
         assert!(p.contains("archive_by_"), "{sql}: {p}");
+    }
+    // A page is the start of a range of an index in order: no sort of what the range holds
+    // (which would cost the archive, not the page). Time bounds are part of the range.
+    for (sql, index) in [
+        (
+            format!(
+                "SELECT seq FROM archive WHERE owner = 'a' AND {range}
+                 ORDER BY stamp_ms DESC, seq DESC LIMIT 51"
+            ),
+            "archive_by_time",
+        ),
+        (
+            format!(
+                "SELECT seq FROM archive WHERE owner = 'a' AND with_bare = 'b' AND {range}
+                 ORDER BY stamp_ms ASC, seq ASC LIMIT 51"
+            ),
+            "archive_by_with",
+        ),
+    ] {
+        let p = plan(&sql);
+        assert!(!p.contains("TEMP B-TREE"), "{sql}: {p}");
+        assert!(p.contains(index) && p.contains("stamp_ms>"), "{sql}: {p}");
     }
 }
 
@@ -1469,18 +1683,19 @@ fn sqlite_archive_log_is_merged_and_its_ids_are_taken() {
     assert_eq!(query(&s), ["m0", "m1"]);
     assert_eq!(log_rows(), 0);
     // Another connection appended to the log behind this store's back (another process):
-    // the id is taken for this store too.
-    let other = |id: &str| {
+    // the id is taken for this store too. (Its stamps are in time order, as the store's
+    // appends keep them.)
+    let other = |id: &str, stamp: i64| {
         let c = rusqlite::Connection::open(&path).unwrap();
         c.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
         c.execute(
             "INSERT INTO archive_log (owner, id, with_bare, with_full, stamp_ms, stanza)
-             VALUES ('a@x.example', ?1, 'b@x.example', 'b@x.example', 4, '<message/>')",
-            [id],
+             VALUES ('a@x.example', ?1, 'b@x.example', 'b@x.example', ?2, '<message/>')",
+            rusqlite::params![id, stamp],
         )
         .unwrap();
     };
-    other("m2");
+    other("m2", 4);
     assert!(matches!(
         s.archive_append("a@x.example", &archived("m2", "b@x.example", 5)),
         Err(StoreError::AlreadyExists(id)) if id == "m2"
@@ -1489,8 +1704,8 @@ fn sqlite_archive_log_is_merged_and_its_ids_are_taken() {
     s.close().unwrap();
     assert_eq!(log_rows(), 0);
     // Copies a crash left in the log: merged when the store opens, in their order.
-    other("m3");
-    other("m4");
+    other("m3", 4);
+    other("m4", 4);
     let s = SqliteStore::open(&path).unwrap();
     assert!(matches!(
         s.archive_append("a@x.example", &archived("m4", "b@x.example", 6)),
@@ -1508,11 +1723,11 @@ fn sqlite_archive_log_is_merged_and_its_ids_are_taken() {
         .unwrap();
     assert_eq!(query(&s), ["m5"]);
     // The owner's kept count follows the merges: copies from another process too...
-    other("m6");
+    other("m6", 9);
     assert_eq!(s.archive_count("a@x.example").unwrap(), 2);
     // ... but not a copy whose id the archive already holds, which the merge drops: the
     // count is then taken afresh (adding the log's rows would say 3).
-    other("m5");
+    other("m5", 9);
     assert_eq!(s.archive_count("a@x.example").unwrap(), 2);
     assert_eq!(query(&s), ["m5", "m6"]);
     assert_eq!(log_rows(), 0);
@@ -1598,7 +1813,10 @@ fn sqlite_archive_pages_match_the_reference_everywhere() {
             "a@x.example"
         };
         let with = ["c@x.example", "d@x.example/r", "e@y.example"][i % 3 % 2 + (i / 7) % 2];
-        let msg = archived(&format!("m{i:03}"), with, 1_000 + i as i64);
+        // Four copies a millisecond, and now and then a stamp from the past (stored as the
+        // owner's newest).
+        let back = if i % 11 == 5 { 3 } else { 0 };
+        let msg = archived(&format!("m{i:03}"), with, 1_000 + i as i64 / 4 - back);
         s.archive_append(owner, &msg).unwrap();
         m.archive_append(owner, &msg).unwrap();
         if owner == "a@x.example" {
@@ -1639,10 +1857,26 @@ fn sqlite_archive_pages_match_the_reference_everywhere() {
                 ..ArchiveQuery::default()
             });
             queries.push(ArchiveQuery {
+                with: with.clone(),
+                after_id: id.clone(),
+                start: Some(1_030),
+                max: 7,
+                ..ArchiveQuery::default()
+            });
+            queries.push(ArchiveQuery {
+                with: with.clone(),
+                before_id: id.clone(),
+                from_end: id.is_none(),
+                start: Some(1_010),
+                end: Some(1_060),
+                max: 9,
+                ..ArchiveQuery::default()
+            });
+            queries.push(ArchiveQuery {
                 with,
                 after_id: id,
-                start: Some(1_100),
-                max: 7,
+                end: Some(1_040),
+                max: 300,
                 ..ArchiveQuery::default()
             });
         }
