@@ -3,7 +3,9 @@ both directions of a conversation, in order, and pages (XEP-0059) without gaps o
 
 from __future__ import annotations
 
+import asyncio
 import secrets
+from datetime import datetime, timedelta, timezone
 from typing import Any, List
 
 from slixmpp import JID
@@ -69,5 +71,65 @@ def test_mam_archives_and_pages(server, new_account):
             last = await archived(ca, with_jid=JID(b.jid), reverse=True, rsm={"max": 5}, total=5)
             assert [m["mam_result"]["forwarded"]["stanza"]["body"] for m in last] == \
                 list(reversed(bodies))[:5]
+
+    run(body())
+
+
+def test_mam_filters_by_time(server, new_account):
+    """`start` and `end` (XEP-0313 §4.1.2) select by the server's archive time, with and
+    without `with`, and page (XEP-0059) inside the time range in both directions."""
+    a, b, c = new_account(prefix="a"), new_account(prefix="b"), new_account(prefix="c")
+    plugins = ["xep_0059", "xep_0297", "xep_0313", "xep_0359"]
+
+    def texts(got):
+        return [m["mam_result"]["forwarded"]["stanza"]["body"] for m in got]
+
+    async def body():
+        async with Clients(server) as cs:
+            ca = await online_with(cs, a, plugins, label="A")
+            cb = await online_with(cs, b, plugins, label="B")
+            cc = await online_with(cs, c, plugins, label="C")
+
+            async def send(sender, receiver, to, text):
+                sender.make_message(mto=to, mbody=text, mtype="chat").send()
+                await receiver.wait_message(lambda m, t=text: m["body"] == t, f"message {text}")
+
+            before = [tok(f"early{i}") for i in range(3)]
+            for text in before:
+                await send(ca, cb, b.jid, text)
+            # A gap of more than a second on each side of the boundary, so that the
+            # boundary's precision (XEP-0082 allows whole seconds) does not matter.
+            await asyncio.sleep(1.3)
+            boundary = datetime.now(timezone.utc)
+            await asyncio.sleep(1.3)
+            after = []
+            for i in range(5):
+                if i == 2:
+                    text = tok("from-c")
+                    await send(cc, ca, a.jid, text)
+                else:
+                    text = tok(f"late{i}")
+                    await send(cb, ca, a.jid, text)
+                after.append(text)
+            after_b = [t for t in after if not t.startswith("from-c")]
+
+            got = await archived(ca, with_jid=JID(b.jid), start=boundary, rsm={"max": 2})
+            assert texts(got) == after_b, texts(got)
+            got = await archived(ca, with_jid=JID(b.jid), end=boundary, rsm={"max": 2})
+            assert texts(got) == before, texts(got)
+            # Everyone's, from the boundary on, by pages of 2; and the last page. (slixmpp
+            # stops paging backwards after a page whose first index plus its length is the
+            # count, which the last page's is: one page.)
+            got = await archived(ca, start=boundary, rsm={"max": 2})
+            assert texts(got) == after, texts(got)
+            got = await archived(ca, start=boundary, reverse=True, rsm={"max": 2}, total=2)
+            assert texts(got) == list(reversed(after))[:2], texts(got)
+            got = await archived(ca, end=boundary, reverse=True, rsm={"max": 2}, total=2)
+            assert texts(got) == list(reversed(before))[:2], texts(got)
+            # Nothing after the newest message, nothing before the oldest.
+            future = datetime.now(timezone.utc) + timedelta(hours=1)
+            assert await archived(ca, start=future, rsm={"max": 5}) == []
+            got = await archived(ca, end=boundary - timedelta(hours=1), rsm={"max": 5})
+            assert got == [], texts(got)
 
     run(body())
