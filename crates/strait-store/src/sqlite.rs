@@ -250,6 +250,25 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX archive_by_time ON archive(owner, stamp_ms, seq);
     CREATE INDEX archive_by_with ON archive(owner, with_bare, stamp_ms, seq);
     ",
+    // 9: a page of one conversation costs the page too. Each owner's number of merged copies
+    // is kept per partner (`archive_with_counts`, by the merge and the deletions), so that
+    // the `count` of a query by bare partner without time filters is one lookup instead of
+    // counting the conversation (0.47 ms a page at 5,000 messages with the partner, linear
+    // beyond: a client that loads a long chat's history page by page, as Gajim does, counted
+    // all of it for every page). It replaces `archive_counts`: an owner's count is the sum
+    // over its partners (one short range), and the merge keeps one table instead of two
+    // (keeping both cost saturated pingpong with archiving on about 4 %).
+    "
+    CREATE TABLE archive_with_counts (
+        owner      TEXT NOT NULL,
+        with_bare  TEXT NOT NULL,
+        n          INTEGER NOT NULL,
+        PRIMARY KEY (owner, with_bare)
+    ) WITHOUT ROWID;
+    INSERT INTO archive_with_counts (owner, with_bare, n)
+        SELECT owner, with_bare, COUNT(*) FROM archive GROUP BY owner, with_bare;
+    DROP TABLE archive_counts;
+    ",
 ];
 
 /// A write request queued for the writer thread.
@@ -1060,21 +1079,25 @@ fn merge_archive_log(c: &Connection) -> Result<()> {
         .query_row([], |r| r.get(0))?;
     let logged = logged as usize;
     if moved == logged {
-        // One upsert per owner in the log (the log's rows are all in `archive` now).
+        // One upsert per owner and partner in the log (the log's rows are all in `archive`
+        // now).
         c.prepare_cached(
-            "INSERT INTO archive_counts (owner, n)
-             SELECT owner, COUNT(*) FROM archive_log WHERE true GROUP BY owner
-             ON CONFLICT (owner) DO UPDATE SET n = n + excluded.n",
+            "INSERT INTO archive_with_counts (owner, with_bare, n)
+             SELECT owner, with_bare, COUNT(*) FROM archive_log WHERE true
+             GROUP BY owner, with_bare
+             ON CONFLICT (owner, with_bare) DO UPDATE SET n = n + excluded.n",
         )?
         .execute([])?;
     } else {
         // Some copies were dropped (or the log held rows the in-memory view missed): count
-        // the owners concerned afresh.
+        // the owners and partners concerned afresh.
         c.prepare_cached(
-            "INSERT INTO archive_counts (owner, n)
-             SELECT o.owner, (SELECT COUNT(*) FROM archive a WHERE a.owner = o.owner)
-             FROM (SELECT DISTINCT owner FROM archive_log) o WHERE true
-             ON CONFLICT (owner) DO UPDATE SET n = excluded.n",
+            "INSERT INTO archive_with_counts (owner, with_bare, n)
+             SELECT o.owner, o.with_bare,
+                    (SELECT COUNT(*) FROM archive a
+                     WHERE a.owner = o.owner AND a.with_bare = o.with_bare)
+             FROM (SELECT DISTINCT owner, with_bare FROM archive_log) o WHERE true
+             ON CONFLICT (owner, with_bare) DO UPDATE SET n = excluded.n",
         )?
         .execute([])?;
     }
@@ -1565,7 +1588,7 @@ fn archive_append(c: &Connection, owner: String, m: &crate::ArchivedMessage) -> 
 /// Deletes `owner`'s whole archive, merged or not (writer thread).
 fn archive_delete_owner(c: &Connection, owner: &str) -> Result<()> {
     c.execute("DELETE FROM archive WHERE owner = ?1", [owner])?;
-    c.execute("DELETE FROM archive_counts WHERE owner = ?1", [owner])?;
+    c.execute("DELETE FROM archive_with_counts WHERE owner = ?1", [owner])?;
     c.execute("DELETE FROM archive_log WHERE owner = ?1", [owner])?;
     ARCHIVE_LOG.with_borrow_mut(|l| l.remove_owner(owner));
     NEWEST_STAMPS.with_borrow_mut(|n| n.remove(owner));
@@ -1986,11 +2009,21 @@ fn archive_key(c: &Connection, owner: &str, id: &str) -> Result<Option<(i64, i64
     )
 }
 
-/// How many merged copies `owner`'s archive holds (migration 7's `archive_counts`).
+/// How many merged copies `owner`'s archive holds: the sum of its kept counts per partner
+/// (migration 9's `archive_with_counts`, one range of its primary key).
 fn owner_count(c: &Connection, owner: &str) -> Result<usize> {
+    let n: i64 = c
+        .prepare_cached("SELECT COALESCE(SUM(n), 0) FROM archive_with_counts WHERE owner = ?1")?
+        .query_row([owner], |r| r.get(0))?;
+    Ok(n as usize)
+}
+
+/// How many merged copies `owner`'s archive holds with the bare JID `with` (migration 9's
+/// `archive_with_counts`).
+fn owner_with_count(c: &Connection, owner: &str, with: &str) -> Result<usize> {
     let n: Option<i64> = c
-        .prepare_cached("SELECT n FROM archive_counts WHERE owner = ?1")?
-        .query_row([owner], |r| r.get(0))
+        .prepare_cached("SELECT n FROM archive_with_counts WHERE owner = ?1 AND with_bare = ?2")?
+        .query_row([owner, with], |r| r.get(0))
         .optional()?;
     Ok(n.unwrap_or(0) as usize)
 }
@@ -2036,9 +2069,13 @@ impl crate::ArchiveStore for SqliteStore {
                 }
             }
             let (filter, params) = archive_filter(&owner, &q);
+            let bare_with = q.with.as_deref().filter(|w| !w.contains('/'));
             let count = if params.len() == 1 && times.is_everything() {
                 // No filter but the owner: the kept count.
                 owner_count(c, &owner)?
+            } else if let (Some(with), true) = (bare_with, times.is_everything()) {
+                // No filter but the owner and a bare partner: kept too.
+                owner_with_count(c, &owner, with)?
             } else {
                 // A range of an index for a filter by time and/or bare partner: it reads
                 // what matches, not the archive.

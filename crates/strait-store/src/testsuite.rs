@@ -1196,6 +1196,18 @@ fn sqlite_wal_is_checkpointed_in_the_background() {
     s.close().unwrap();
 }
 
+/// Whether every kept count per owner and partner (`archive_with_counts`, migration 9) is the
+/// number of that owner's copies with that partner, and every pair with copies has one.
+fn with_counts_match(conn: &rusqlite::Connection) -> bool {
+    let q = |sql: &str| -> i64 { conn.query_row(sql, [], |r| r.get(0)).unwrap() };
+    let right = q("SELECT COUNT(*) FROM archive_with_counts c
+                   WHERE n = (SELECT COUNT(*) FROM archive a
+                              WHERE a.owner = c.owner AND a.with_bare = c.with_bare)");
+    let kept = q("SELECT COUNT(*) FROM archive_with_counts WHERE n > 0");
+    let pairs = q("SELECT COUNT(*) FROM (SELECT DISTINCT owner, with_bare FROM archive)");
+    right == q("SELECT COUNT(*) FROM archive_with_counts") && kept == pairs
+}
+
 /// A database of schema version 4 (archive with AUTOINCREMENT and `archive_by_owner`) with
 /// archived rows, gaps in `seq` and a `sqlite_sequence` past the last row, opened by this
 /// build: the rows come through migration 5 unchanged and in order, page by id as before, and
@@ -1398,20 +1410,14 @@ fn sqlite_archive_migrates_from_version_4() {
         indexes,
         ["archive_by_id", "archive_by_time", "archive_by_with"]
     );
-    let counted: i64 = conn
-        .query_row(
-            "SELECT COUNT(*) FROM archive_counts c
-             WHERE n = (SELECT COUNT(*) FROM archive a WHERE a.owner = c.owner)",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    // The counts are kept per owner and partner since migration 9 (per owner in 7 and 8).
     let owners: i64 = conn
         .query_row("SELECT COUNT(DISTINCT owner) FROM archive", [], |r| {
             r.get(0)
         })
         .unwrap();
-    assert_eq!((counted, owners > 0), (owners, true));
+    assert!(owners > 0);
+    assert!(with_counts_match(&conn));
     let seqs: i64 = conn
         .query_row(
             "SELECT COUNT(*) FROM sqlite_sequence WHERE name = 'archive'",
@@ -1731,9 +1737,27 @@ fn sqlite_archive_log_is_merged_and_its_ids_are_taken() {
     assert_eq!(s.archive_count("a@x.example").unwrap(), 2);
     assert_eq!(query(&s), ["m5", "m6"]);
     assert_eq!(log_rows(), 0);
+    assert!(with_counts_match(
+        &rusqlite::Connection::open(&path).unwrap()
+    ));
+    // A query by partner reads its kept count.
+    let by_partner = |with: &str| {
+        let q = ArchiveQuery {
+            with: Some(with.into()),
+            max: 1,
+            ..ArchiveQuery::default()
+        };
+        s.archive_query("a@x.example", &q).unwrap().unwrap().count
+    };
     assert_eq!(
-        raw("SELECT n FROM archive_counts WHERE owner = 'a@x.example'"),
-        raw("SELECT COUNT(*) FROM archive WHERE owner = 'a@x.example'")
+        (by_partner("b@x.example"), by_partner("z@x.example")),
+        (2, 0)
+    );
+    // Cleared with the archive.
+    s.archive_clear("a@x.example").unwrap();
+    assert_eq!(
+        raw("SELECT COUNT(*) FROM archive_with_counts WHERE owner = 'a@x.example'"),
+        0
     );
 }
 
