@@ -1208,6 +1208,32 @@ fn with_counts_match(conn: &rusqlite::Connection) -> bool {
     right == q("SELECT COUNT(*) FROM archive_with_counts") && kept == pairs
 }
 
+/// A new database file at `path` migrated only to schema `version`, as an earlier build left
+/// it, with the accounts `jids`.
+fn database_at_version(
+    path: &std::path::Path,
+    version: usize,
+    jids: &[&str],
+) -> rusqlite::Connection {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))
+        .unwrap();
+    super::sqlite::migrate_to(&conn, version).unwrap();
+    let v: i64 = conn
+        .query_row("SELECT version FROM schema_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(v, version as i64);
+    for jid in jids {
+        conn.execute(
+            "INSERT INTO accounts (jid, domain, sha256_salt, sha256_iter, sha256_stored,
+                 sha256_server) VALUES (?1, 'x.example', x'00', 4096, x'00', x'00')",
+            [jid],
+        )
+        .unwrap();
+    }
+    conn
+}
+
 /// A database of schema version 4 (archive with AUTOINCREMENT and `archive_by_owner`) with
 /// archived rows, gaps in `seq` and a `sqlite_sequence` past the last row, opened by this
 /// build: the rows come through migration 5 unchanged and in order, page by id as before, and
@@ -1218,22 +1244,7 @@ fn sqlite_archive_migrates_from_version_4() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("strait.db");
     {
-        let conn = rusqlite::Connection::open(&path).unwrap();
-        conn.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))
-            .unwrap();
-        super::sqlite::migrate_to(&conn, 4).unwrap();
-        let v: i64 = conn
-            .query_row("SELECT version FROM schema_version", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(v, 4);
-        for jid in ["a@x.example", "b@x.example"] {
-            conn.execute(
-                "INSERT INTO accounts (jid, domain, sha256_salt, sha256_iter, sha256_stored,
-                     sha256_server) VALUES (?1, 'x.example', x'00', 4096, x'00', x'00')",
-                [jid],
-            )
-            .unwrap();
-        }
+        let conn = database_at_version(&path, 4, &["a@x.example", "b@x.example"]);
         // What version 4 wrote: ids are opaque (UUIDs in practice), seq from AUTOINCREMENT.
         let mut ins = conn
             .prepare(
@@ -1438,16 +1449,7 @@ fn sqlite_archive_migrates_to_time_order() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("strait.db");
     {
-        let conn = rusqlite::Connection::open(&path).unwrap();
-        conn.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))
-            .unwrap();
-        super::sqlite::migrate_to(&conn, 7).unwrap();
-        conn.execute(
-            "INSERT INTO accounts (jid, domain, sha256_salt, sha256_iter, sha256_stored,
-                 sha256_server) VALUES ('a@x.example', 'x.example', x'00', 4096, x'00', x'00')",
-            [],
-        )
-        .unwrap();
+        let conn = database_at_version(&path, 7, &["a@x.example"]);
         for (id, stamp) in [("s10", 10), ("s30", 30), ("s20", 20), ("s40", 40)] {
             conn.execute(
                 "INSERT INTO archive (owner, id, with_bare, with_full, stamp_ms, stanza)
