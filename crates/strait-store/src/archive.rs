@@ -49,24 +49,22 @@ pub struct ArchivePage {
     /// How many messages match the filters (ignoring paging).
     pub count: usize,
     /// Position of the first message of the page among all matching ones, where it is known
-    /// without counting ([`first_index_known`]); `None` for pages that start after or end
-    /// before a given id. (RSM's `index` is optional, XEP-0059 §7; counting the messages
-    /// before an id is linear in the archive's size in SQLite, which would make a client's
-    /// page-by-page sync of a long history quadratic.)
+    /// without counting and tells the client something `count` does not
+    /// ([`first_index_known`]): 0 on a page from the start, else `None`. (RSM's `index` is
+    /// optional, XEP-0059 §7; counting the messages before an id is linear in the archive's
+    /// size in SQLite, which would make a client's page-by-page sync of a long history
+    /// quadratic.)
     pub first_index: Option<usize>,
 }
 
-/// The page's first index where it needs no counting: 0 for a page from the start, `count -
-/// len` for one that ends at the last matching message; else `None`.
-pub(crate) fn first_index_known(q: &ArchiveQuery, count: usize, len: usize) -> Option<usize> {
+/// The page's first index where it needs no counting: 0 for a page from the start, else
+/// `None`. The last page (paging backwards from the end) would be `count - len`, which the
+/// client can work out from `count` itself; sending it stopped slixmpp's backward paging
+/// after that one page (its iterator takes `index + len == count` for the end in either
+/// direction), so a bot on slixmpp could not read a history backwards.
+pub(crate) fn first_index_known(q: &ArchiveQuery) -> Option<usize> {
     let backward = q.from_end || q.before_id.is_some();
-    if !backward && q.after_id.is_none() {
-        Some(0)
-    } else if backward && q.before_id.is_none() {
-        Some(count.saturating_sub(len))
-    } else {
-        None
-    }
+    (!backward && q.after_id.is_none()).then_some(0)
 }
 
 /// Per-account archiving preferences (XEP-0313 §6).
@@ -150,7 +148,7 @@ pub(crate) fn page_of(all: &[ArchivedMessage], q: &ArchiveQuery) -> Option<Archi
             .collect(),
         complete,
         count,
-        first_index: first_index_known(q, count, b - a),
+        first_index: first_index_known(q),
     })
 }
 

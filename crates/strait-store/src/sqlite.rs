@@ -2120,7 +2120,7 @@ impl crate::ArchiveStore for SqliteStore {
             if backward {
                 rows.reverse();
             }
-            let first_index = crate::archive::first_index_known(&q, count, rows.len());
+            let first_index = crate::archive::first_index_known(&q);
             Ok(Some(crate::ArchivePage {
                 messages: rows.into_iter().map(|(_, m)| m).collect(),
                 complete,

@@ -299,7 +299,7 @@ async fn query(s: &mut Session, stanza: &Stanza, el: &minidom::Element) {
     }
     let mut set = format!("<set xmlns='{RSM}'>");
     if let (Some(first), Some(last)) = (page.messages.first(), page.messages.last()) {
-        // RSM's index only where the store knows it without counting (`first_index`).
+        // RSM's index only on a page from the start (`first_index`).
         let index = page
             .first_index
             .map(|i| format!(" index='{i}'"))
