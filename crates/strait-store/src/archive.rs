@@ -98,7 +98,8 @@ pub trait ArchiveStore {
     /// [`crate::StoreError::AlreadyExists`] if the id is already in the archive.
     fn archive_append(&self, owner: &str, msg: &ArchivedMessage) -> Result<()>;
     /// One page of matching messages; `None` if `after_id` or `before_id` is not in the
-    /// archive.
+    /// archive. It sees every message appended or queued for `owner` (a
+    /// [`crate::BatchWrite`] batch, waited for or not) before the call.
     fn archive_query(&self, owner: &str, q: &ArchiveQuery) -> Result<Option<ArchivePage>>;
     /// How many messages `owner`'s archive holds.
     fn archive_count(&self, owner: &str) -> Result<usize>;

@@ -355,6 +355,57 @@ pub struct SqliteStore {
     closed: AtomicBool,
     /// Transactions committed by the writer (for tests and diagnostics).
     commits: Arc<AtomicU64>,
+    /// Archive copies queued for the writer and not yet committed, per owner.
+    queued: Arc<QueuedCopies>,
+}
+
+/// Archive copies queued for the writer and not yet committed, per owner: an archive query
+/// for an owner with none, whose copies are all merged, reads without the writer
+/// ([`SqliteStore::read_archive`]).
+#[derive(Default)]
+struct QueuedCopies(Mutex<std::collections::HashMap<String, usize>>);
+
+impl QueuedCopies {
+    /// Counts a copy queued for each of `owners` until the guard is dropped (after the
+    /// commit's reply).
+    fn hold(self: &Arc<Self>, owners: Vec<String>) -> QueuedGuard {
+        if !owners.is_empty() {
+            let mut m = lock(&self.0);
+            for o in &owners {
+                *m.entry(o.clone()).or_default() += 1;
+            }
+        }
+        QueuedGuard {
+            copies: Arc::clone(self),
+            owners,
+        }
+    }
+
+    fn any(&self, owner: &str) -> bool {
+        lock(&self.0).contains_key(owner)
+    }
+}
+
+struct QueuedGuard {
+    copies: Arc<QueuedCopies>,
+    owners: Vec<String>,
+}
+
+impl Drop for QueuedGuard {
+    fn drop(&mut self) {
+        if self.owners.is_empty() {
+            return;
+        }
+        let mut m = lock(&self.copies.0);
+        for o in &self.owners {
+            if let Some(n) = m.get_mut(o) {
+                *n -= 1;
+                if *n == 0 {
+                    m.remove(o);
+                }
+            }
+        }
+    }
 }
 
 struct ReadPool {
@@ -464,6 +515,7 @@ impl SqliteStore {
             readers,
             closed: AtomicBool::new(false),
             commits,
+            queued: Arc::default(),
         })
     }
 
@@ -550,6 +602,35 @@ impl SqliteStore {
         reply_rx
             .recv()
             .map_err(|_| StoreError::Backend("writer thread stopped".into()))?
+    }
+
+    /// Runs the archive read `f` for `owner` so that it sees every copy of `owner` queued
+    /// before the call. When none is still queued ([`QueuedCopies`]) and `archive_log` holds
+    /// none of `owner`'s (checked in the same read transaction as `f`), `f` runs on a read
+    /// connection at once; otherwise the writer merges the log first, behind everything
+    /// queued. (Every query used to merge first: 75 ms median for a page of an empty archive
+    /// beside 8,000 msg/s with archiving on, 2.6 ms idle.)
+    fn read_archive<T, F>(&self, owner: &str, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: Fn(&Connection) -> Result<T> + Clone + Send + 'static,
+    {
+        if self.readers.is_some() && !self.queued.any(owner) {
+            let o = owner.to_owned();
+            let g = f.clone();
+            let settled = self.read(move |c| {
+                let tx = c.unchecked_transaction()?;
+                let logged: bool = tx
+                    .prepare_cached("SELECT EXISTS (SELECT 1 FROM archive_log WHERE owner = ?1)")?
+                    .query_row([&o], |r| r.get(0))?;
+                if logged { Ok(None) } else { g(&tx).map(Some) }
+            })?;
+            if let Some(r) = settled {
+                return Ok(r);
+            }
+        }
+        self.merge_archive_log()?;
+        self.read(f)
     }
 
     /// Runs `f` on a read connection (or on the writer for in-memory stores).
@@ -682,9 +763,7 @@ fn writer_loop(
                 }
             }
             linger(&rx, &mut batch, arrived + linger_for);
-            if run_batch(&conn, batch) {
-                commits.fetch_add(1, Ordering::Relaxed);
-            }
+            run_batch(&conn, batch, commits);
         }
         if archive_log_due_in() == Some(Duration::ZERO) {
             merge_archive_log_alone(&conn, commits);
@@ -802,14 +881,15 @@ fn checkpoint_loop(
     }
 }
 
-/// Runs one batch in one transaction; `true` if it committed.
-fn run_batch(conn: &Connection, mut batch: Vec<BoxedJob>) -> bool {
+/// Runs one batch in one transaction and counts it in `commits` if it committed, before any
+/// of its callers has an answer.
+fn run_batch(conn: &Connection, mut batch: Vec<BoxedJob>, commits: &AtomicU64) {
     if let Err(e) = exec(conn, "BEGIN IMMEDIATE") {
         let err = StoreError::from(e);
         for job in batch {
             job.finish(Some(&err));
         }
-        return false;
+        return;
     }
     check_data_version(conn);
     let mut rolled_back = false;
@@ -839,10 +919,12 @@ fn run_batch(conn: &Connection, mut batch: Vec<BoxedJob>) -> bool {
         reload_archive_log(conn);
     }
     let err = commit.err();
+    if err.is_none() {
+        commits.fetch_add(1, Ordering::Relaxed);
+    }
     for job in batch {
         job.finish(err.as_ref());
     }
-    err.is_none()
 }
 
 // ---------------------------------------------------------------------------
@@ -1644,6 +1726,21 @@ impl SqliteStore {
                 });
             }
         }));
+        let owners = ops
+            .iter()
+            .filter_map(|op| match op {
+                WriteOp::Archive { owner, .. } => Some(owner.clone()),
+                _ => None,
+            })
+            .collect();
+        let queued = self.queued.hold(owners);
+        let reply = match reply {
+            Reply::Callback(f) => Reply::Callback(Box::new(move |r| {
+                f(r);
+                drop(queued);
+            })),
+            other => other,
+        };
         let job = move |c: &Connection| Ok(ops.into_iter().map(|op| run_op(c, op)).collect());
         // No savepoint around the job: it returns `Ok` whatever its ops do, and `run_op` keeps
         // each op's failure to itself.
@@ -2039,9 +2136,12 @@ fn count_where(c: &Connection, filter: &str, p: &[rusqlite::types::Value]) -> Re
 
 impl crate::ArchiveStore for SqliteStore {
     fn archive_append(&self, owner: &str, msg: &crate::ArchivedMessage) -> Result<()> {
+        let queued = self.queued.hold(vec![owner.to_owned()]);
         let owner = owner.to_owned();
         let m = msg.clone();
-        self.write(move |c| archive_append(c, owner, &m))
+        let r = self.write(move |c| archive_append(c, owner, &m));
+        drop(queued);
+        r
     }
 
     fn archive_query(
@@ -2050,10 +2150,10 @@ impl crate::ArchiveStore for SqliteStore {
         q: &crate::ArchiveQuery,
     ) -> Result<Option<crate::ArchivePage>> {
         use rusqlite::types::Value;
-        self.merge_archive_log()?;
+        let read_owner = owner.to_owned();
         let owner = owner.to_owned();
         let q = q.clone();
-        self.read(move |c| {
+        self.read_archive(&read_owner, move |c| {
             let times = ArchiveRange::of_times(&q);
             let mut range = times;
             if let Some(id) = &q.after_id {
@@ -2131,9 +2231,8 @@ impl crate::ArchiveStore for SqliteStore {
     }
 
     fn archive_count(&self, owner: &str) -> Result<usize> {
-        self.merge_archive_log()?;
-        let owner = owner.to_owned();
-        self.read(move |c| owner_count(c, &owner))
+        let o = owner.to_owned();
+        self.read_archive(owner, move |c| owner_count(c, &o))
     }
 
     fn archive_clear(&self, owner: &str) -> Result<()> {

@@ -1639,6 +1639,68 @@ fn sqlite_archive_refuses_an_account_removed_elsewhere() {
     assert_eq!(a.archive_count("y@x.example").unwrap(), 1);
 }
 
+/// An archive query reads without the writer when nothing of its owner's is queued or still
+/// in the log, and through the writer (merging first) otherwise: copies appended before it,
+/// waited for or not, are always in its result.
+#[test]
+fn sqlite_archive_query_skips_the_writer_when_its_owner_is_settled() {
+    use crate::{ArchiveQuery, ArchiveStore, BatchWrite, WriteOp};
+    let (s, dir) = temp_sqlite();
+    let path = dir.path().join("strait.db");
+    for jid in ["a@x.example", "b@x.example"] {
+        s.create_account(jid, &creds(1)).unwrap();
+    }
+    let ids = |owner: &str| -> Vec<String> {
+        let q = ArchiveQuery {
+            max: 100,
+            ..ArchiveQuery::default()
+        };
+        let page = s.archive_query(owner, &q).unwrap().unwrap();
+        page.messages.into_iter().map(|m| m.id).collect()
+    };
+    s.archive_append("a@x.example", &archived("a1", "b@x.example", 1))
+        .unwrap();
+    // In the log: the query has the writer merge it (one transaction at least).
+    let before = s.commit_count();
+    assert_eq!(ids("a@x.example"), ["a1"]);
+    assert!(s.commit_count() > before);
+    // Merged, nothing queued: queries and counts leave the writer alone...
+    let before = s.commit_count();
+    for _ in 0..5 {
+        assert_eq!(ids("a@x.example"), ["a1"]);
+        assert_eq!(s.archive_count("a@x.example").unwrap(), 1);
+    }
+    assert_eq!(s.commit_count(), before);
+    // ... also while another owner's copy waits in the log.
+    s.archive_append("b@x.example", &archived("b1", "a@x.example", 2))
+        .unwrap();
+    let before = s.commit_count();
+    assert_eq!(ids("a@x.example"), ["a1"]);
+    assert_eq!(s.commit_count(), before);
+    let in_log = rusqlite::Connection::open(&path)
+        .unwrap()
+        .query_row("SELECT COUNT(*) FROM archive_log", [], |r| {
+            r.get::<_, i64>(0)
+        })
+        .unwrap();
+    assert_eq!(in_log, 1);
+    assert_eq!(ids("b@x.example"), ["b1"]);
+    // Copies nobody waits for are found by a query right after they were queued, before
+    // their commit: the query waits for them.
+    for round in 0..20 {
+        let copies: Vec<WriteOp> = (0..3)
+            .map(|i| WriteOp::Archive {
+                owner: "a@x.example".into(),
+                msg: archived(&format!("lazy{round}-{i}"), "b@x.example", 10 + round),
+            })
+            .collect();
+        s.write_batch_lazy(copies, Box::new(|o| assert!(o.iter().all(|o| o.is_ok()))));
+        let got = ids("a@x.example");
+        assert_eq!(got.len(), 1 + 3 * (round as usize + 1), "{got:?}");
+        assert_eq!(got.last().unwrap(), &format!("lazy{round}-2"));
+    }
+}
+
 /// Archived copies wait in `archive_log` until the writer merges them into `archive`: on its
 /// own within a second, before every query, and at the next open when a crash left some
 /// there. An id is taken from its append on, merged or not, whoever appended it.

@@ -259,9 +259,11 @@ async fn query(s: &mut Session, stanza: &Stanza, el: &minidom::Element) {
     };
     let queryid = el.attr("queryid").map(str::to_owned);
     // A message goes to online resources once its archive copies are queued, without waiting
-    // for their commit (delivery::send_message): waiting for everything queued before this
-    // query lets a client that saw a message find it in the archive, and page `after` its id.
-    s.state.store_barrier().await;
+    // for their commit (delivery::send_message): the store's query sees every copy of the
+    // account queued before it (`ArchiveStore::archive_query`), so a client that saw a message
+    // finds it in the archive and can page `after` its id. It waits only for the account's
+    // own queued copies, not for everything queued (75 ms median beside 8,000 msg/s with
+    // archiving on, when every query waited for the whole queue).
     let (o, qq) = (s.bare.clone(), q.clone());
     let page = match s.state.store(move |st| st.archive_query(&o, &qq)).await {
         Ok(Some(p)) => p,
