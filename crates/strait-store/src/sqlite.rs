@@ -1718,7 +1718,18 @@ impl SqliteStore {
         // the job never reached the writer.
         let done = Arc::new(Mutex::new(Some(done)));
         let on_reply = Arc::clone(&done);
+        // The batch's archive copies count as queued for their owners until the reply (after
+        // the commit, or when the job is dropped unrun): see `read_archive`.
+        let queued = self.queued.hold(
+            ops.iter()
+                .filter_map(|op| match op {
+                    WriteOp::Archive { owner, .. } => Some(owner.clone()),
+                    _ => None,
+                })
+                .collect(),
+        );
         let reply = Reply::Callback(Box::new(move |r: Result<Vec<WriteOutcome>>| {
+            drop(queued);
             if let Some(done) = lock(&on_reply).take() {
                 done(match r {
                     Ok(outcomes) => outcomes,
@@ -1726,21 +1737,6 @@ impl SqliteStore {
                 });
             }
         }));
-        let owners = ops
-            .iter()
-            .filter_map(|op| match op {
-                WriteOp::Archive { owner, .. } => Some(owner.clone()),
-                _ => None,
-            })
-            .collect();
-        let queued = self.queued.hold(owners);
-        let reply = match reply {
-            Reply::Callback(f) => Reply::Callback(Box::new(move |r| {
-                f(r);
-                drop(queued);
-            })),
-            other => other,
-        };
         let job = move |c: &Connection| Ok(ops.into_iter().map(|op| run_op(c, op)).collect());
         // No savepoint around the job: it returns `Ok` whatever its ops do, and `run_op` keeps
         // each op's failure to itself.
