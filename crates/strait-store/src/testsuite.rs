@@ -1639,9 +1639,10 @@ fn sqlite_archive_refuses_an_account_removed_elsewhere() {
     assert_eq!(a.archive_count("y@x.example").unwrap(), 1);
 }
 
-/// An archive query reads without the writer when nothing of its owner's is queued or still
-/// in the log, and through the writer (merging first) otherwise: copies appended before it,
-/// waited for or not, are always in its result.
+/// An archive query reads the archive and its owner's copies still in the log without the
+/// writer when nothing of its owner's is queued, and waits for the writer's queue (but
+/// merges nothing) otherwise: copies appended before it, waited for or not, are always in
+/// its result.
 #[test]
 fn sqlite_archive_query_skips_the_writer_when_its_owner_is_settled() {
     use crate::{ArchiveQuery, ArchiveStore, BatchWrite, WriteOp};
@@ -1658,12 +1659,24 @@ fn sqlite_archive_query_skips_the_writer_when_its_owner_is_settled() {
         let page = s.archive_query(owner, &q).unwrap().unwrap();
         page.messages.into_iter().map(|m| m.id).collect()
     };
+    let in_log = || {
+        rusqlite::Connection::open(&path)
+            .unwrap()
+            .query_row("SELECT COUNT(*) FROM archive_log", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .unwrap()
+    };
     s.archive_append("a@x.example", &archived("a1", "b@x.example", 1))
         .unwrap();
-    // In the log: the query has the writer merge it (one transaction at least).
+    // In the log: the query reads it there; the writer neither merges nor commits.
     let before = s.commit_count();
     assert_eq!(ids("a@x.example"), ["a1"]);
-    assert!(s.commit_count() > before);
+    assert_eq!(s.archive_count("a@x.example").unwrap(), 1);
+    assert_eq!(s.commit_count(), before);
+    assert_eq!(in_log(), 1);
+    s.merge_archive_log().unwrap();
+    assert_eq!(in_log(), 0);
     // Merged, nothing queued: queries and counts leave the writer alone...
     let before = s.commit_count();
     for _ in 0..5 {
@@ -1677,13 +1690,7 @@ fn sqlite_archive_query_skips_the_writer_when_its_owner_is_settled() {
     let before = s.commit_count();
     assert_eq!(ids("a@x.example"), ["a1"]);
     assert_eq!(s.commit_count(), before);
-    let in_log = rusqlite::Connection::open(&path)
-        .unwrap()
-        .query_row("SELECT COUNT(*) FROM archive_log", [], |r| {
-            r.get::<_, i64>(0)
-        })
-        .unwrap();
-    assert_eq!(in_log, 1);
+    assert_eq!(in_log(), 1);
     assert_eq!(ids("b@x.example"), ["b1"]);
     // Copies nobody waits for are found by a query right after they were queued, before
     // their commit: the query waits for them.
@@ -1702,8 +1709,8 @@ fn sqlite_archive_query_skips_the_writer_when_its_owner_is_settled() {
 }
 
 /// Archived copies wait in `archive_log` until the writer merges them into `archive`: on its
-/// own within a second, before every query, and at the next open when a crash left some
-/// there. An id is taken from its append on, merged or not, whoever appended it.
+/// own within a second, and at the next open when a crash left some there; queries find
+/// them in the log meanwhile. An id is taken from its append on, merged or not, whoever appended it.
 #[test]
 fn sqlite_archive_log_is_merged_and_its_ids_are_taken() {
     use crate::{ArchiveQuery, ArchiveStore};
@@ -1745,11 +1752,14 @@ fn sqlite_archive_log_is_merged_and_its_ids_are_taken() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     assert_eq!(raw("SELECT COUNT(*) FROM archive"), 1);
-    // A query sees what was appended just before it.
+    // A query sees what was appended just before it, in the log, and the same once merged.
     s.archive_append("a@x.example", &archived("m1", "b@x.example", 3))
         .unwrap();
     assert_eq!(query(&s), ["m0", "m1"]);
+    assert_eq!(log_rows(), 1);
+    s.merge_archive_log().unwrap();
     assert_eq!(log_rows(), 0);
+    assert_eq!(query(&s), ["m0", "m1"]);
     // Another connection appended to the log behind this store's back (another process):
     // the id is taken for this store too. (Its stamps are in time order, as the store's
     // appends keep them.)
@@ -1793,12 +1803,23 @@ fn sqlite_archive_log_is_merged_and_its_ids_are_taken() {
     // The owner's kept count follows the merges: copies from another process too...
     other("m6", 9);
     assert_eq!(s.archive_count("a@x.example").unwrap(), 2);
-    // ... but not a copy whose id the archive already holds, which the merge drops: the
-    // count is then taken afresh (adding the log's rows would say 3).
+    // ... but not a copy whose id is already taken, which the merge drops: the count is
+    // then taken afresh (adding the log's rows would say 3). Before the merge, queries
+    // and counts leave it out too: one id taken twice in the log, and one in the archive
+    // and in the log.
     other("m5", 9);
     assert_eq!(s.archive_count("a@x.example").unwrap(), 2);
     assert_eq!(query(&s), ["m5", "m6"]);
+    assert_eq!(log_rows(), 3);
+    s.merge_archive_log().unwrap();
     assert_eq!(log_rows(), 0);
+    assert_eq!(s.archive_count("a@x.example").unwrap(), 2);
+    assert_eq!(query(&s), ["m5", "m6"]);
+    other("m6", 10);
+    assert_eq!(s.archive_count("a@x.example").unwrap(), 2);
+    assert_eq!(query(&s), ["m5", "m6"]);
+    s.merge_archive_log().unwrap();
+    assert_eq!(query(&s), ["m5", "m6"]);
     assert!(with_counts_match(
         &rusqlite::Connection::open(&path).unwrap()
     ));
@@ -1864,15 +1885,21 @@ fn sqlite_archive_merge_keeps_each_owners_append_order() {
                 expected_with_p.entry(owner).or_default().push(id);
             }
         }
-        // Every query merges the log first: one merge per round.
-        for o in owners {
-            assert_eq!(page(o, None), expected[o], "{o}'s archive, round {round}");
-            assert_eq!(
-                page(o, Some("p@x.example")),
-                expected_with_p.get(o).cloned().unwrap_or_default(),
-                "{o}'s archive with p, round {round}"
-            );
-            assert_eq!(s.archive_count(o).unwrap(), expected[o].len());
+        // Read where they are (this round's in the log), then merged: the same.
+        for merged in [false, true] {
+            if merged {
+                s.merge_archive_log().unwrap();
+            }
+            for o in owners {
+                let at = format!("round {round}, merged {merged}");
+                assert_eq!(page(o, None), expected[o], "{o}'s archive, {at}");
+                assert_eq!(
+                    page(o, Some("p@x.example")),
+                    expected_with_p.get(o).cloned().unwrap_or_default(),
+                    "{o}'s archive with p, {at}"
+                );
+                assert_eq!(s.archive_count(o).unwrap(), expected[o].len(), "{at}");
+            }
         }
     }
 }
@@ -1885,9 +1912,12 @@ fn sqlite_archive_pages_match_the_reference_everywhere() {
     use crate::{ArchiveQuery, ArchiveStore};
     let dir = tempfile::tempdir().unwrap();
     let s = SqliteStore::open(&dir.path().join("strait.db")).unwrap();
+    // The same copies, never merged until the end.
+    let s_log = SqliteStore::open(&dir.path().join("log.db")).unwrap();
     let m = MemoryStore::new();
     for jid in ["a@x.example", "b@x.example"] {
         s.create_account(jid, &creds(1)).unwrap();
+        s_log.create_account(jid, &creds(1)).unwrap();
         m.create_account(jid, &creds(1)).unwrap();
     }
     let mut ids = Vec::new();
@@ -1904,15 +1934,18 @@ fn sqlite_archive_pages_match_the_reference_everywhere() {
         let back = if i % 11 == 5 { 3 } else { 0 };
         let msg = archived(&format!("m{i:03}"), with, 1_000 + i as i64 / 4 - back);
         s.archive_append(owner, &msg).unwrap();
+        s_log.archive_append(owner, &msg).unwrap();
         m.archive_append(owner, &msg).unwrap();
         if owner == "a@x.example" {
             ids.push(msg.id);
         }
-        // Some merged on the way (a query merges), some still in the log.
+        // Some merged on the way, some still in the log.
         if i == 150 {
-            s.archive_count("a@x.example").unwrap();
+            s.merge_archive_log().unwrap();
         }
     }
+    // `s` merged a's first 100 copies (m000..m149); ids[100] is the first in its log.
+    assert_eq!((ids[99].as_str(), ids[100].as_str()), ("m149", "m151"));
     assert_eq!(
         s.archive_count("a@x.example").unwrap(),
         m.archive_count("a@x.example").unwrap()
@@ -1922,9 +1955,12 @@ fn sqlite_archive_pages_match_the_reference_everywhere() {
         None,
         Some(0),
         Some(1),
+        Some(99),
         Some(100),
+        Some(101),
         Some(130),
         Some(ids.len() - 2),
+        Some(ids.len() - 1),
     ] {
         for with in [None, Some("c@x.example"), Some("d@x.example/r")] {
             let id = id.map(|i| ids[i].clone());
@@ -1967,10 +2003,40 @@ fn sqlite_archive_pages_match_the_reference_everywhere() {
             });
         }
     }
-    for q in &queries {
-        let got = s.archive_query("a@x.example", q).unwrap();
-        let want = m.archive_query("a@x.example", q).unwrap();
-        assert_eq!(got, want, "{q:?}");
+    // Ids nobody archived (in `a`'s archive: `b`'s are not).
+    for id in ["m000", "nope"] {
+        queries.push(ArchiveQuery {
+            after_id: Some(id.into()),
+            max: 5,
+            ..ArchiveQuery::default()
+        });
+        queries.push(ArchiveQuery {
+            before_id: Some(id.into()),
+            max: 5,
+            ..ArchiveQuery::default()
+        });
+    }
+    // Both ids: across the merged copies and the log, and inside either.
+    for (a, b) in [(50, 150), (10, 60), (120, 200), (150, 50)] {
+        queries.push(ArchiveQuery {
+            after_id: Some(ids[a].clone()),
+            before_id: Some(ids[b].clone()),
+            max: 30,
+            ..ArchiveQuery::default()
+        });
+    }
+    for merged in [false, true] {
+        if merged {
+            s.merge_archive_log().unwrap();
+            s_log.merge_archive_log().unwrap();
+        }
+        for (name, store) in [("partly merged", &s), ("log", &s_log)] {
+            for q in &queries {
+                let got = store.archive_query("a@x.example", q).unwrap();
+                let want = m.archive_query("a@x.example", q).unwrap();
+                assert_eq!(got, want, "{name}, merged {merged}: {q:?}");
+            }
+        }
     }
     // Cleared: counted as empty, and counted again from zero.
     s.archive_clear("a@x.example").unwrap();
