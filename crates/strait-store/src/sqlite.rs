@@ -1217,8 +1217,8 @@ fn archive_log_due_in() -> Option<Duration> {
 
 /// Moves every copy in `archive_log` into `archive`, inside the caller's transaction;
 /// [`ArchiveLog`] is emptied (a caller whose transaction then fails reloads it). The copies
-/// move in one statement, so each index leaf page they change is written to the WAL once
-/// per merge, not once per copy. They move owner by owner, and each owner's copies in the
+/// move in one transaction (through `merge_round`, [`begin_round`]), so each index leaf page
+/// they change is written to the WAL once per merge, not once per copy. They move owner by owner, and each owner's copies in the
 /// order they were appended: a new row's `seq` is the table's highest plus one, so each
 /// owner's archive order, `(stamp_ms, seq)`, stays its append order (appends keep the
 /// stamps in order, [`archive_append`]; every query is for one owner), and all of one
