@@ -8,6 +8,8 @@ pub mod limits;
 pub mod negotiation;
 pub mod parser;
 pub mod stanza;
+#[doc(hidden)]
+pub mod token;
 mod xml;
 
 pub use error::{

@@ -1,15 +1,13 @@
 //! Incremental parsing of an XMPP stream into stream-level events, within
 //! byte, depth and attribute budgets.
 
-use rxml::error::{EndOrError, Error as RxmlError};
-use rxml::{Options, Parse, RawParser, WithOptions};
-
 use crate::error::{StreamError, StreamErrorCondition as C};
 use crate::limits::Limits;
 use crate::stanza::{Child, Stanza, ns};
+use crate::token::{MAX_LOOKAHEAD, Stop, Strict, Tokenize};
 use crate::xml::{CanonicalWriter, Resolver, XmlEvent};
 
-/// Longest single token (name, attribute value, text chunk) rxml buffers.
+/// Longest single token (name, attribute value, text chunk) the tokenizer buffers.
 const MAX_TOKEN: usize = 8192;
 
 /// The attributes of the peer's `<stream:stream>` header.
@@ -52,11 +50,12 @@ struct Building {
 }
 
 /// Sans-I/O XMPP stream parser. Feed bytes with [`StreamParser::feed`], pull
-/// events with [`StreamParser::next_event`].
+/// events with [`StreamParser::next_event`]. `T` is the XML tokenizer: ours
+/// ([`Strict`]) unless a test asks for rxml's ([`crate::token::Reference`]).
 #[derive(Debug)]
-pub struct StreamParser {
+pub struct StreamParser<T: Tokenize = Strict> {
     limits: Limits,
-    raw: RawParser,
+    raw: T,
     resolver: Resolver,
     buf: Vec<u8>,
     pos: usize,
@@ -71,17 +70,21 @@ pub struct StreamParser {
     dead: Option<StreamError>,
 }
 
-fn new_raw_parser(limits: &Limits) -> RawParser {
-    RawParser::with_options(Options {
-        max_token_length: MAX_TOKEN.min(limits.max_stanza_bytes.max(64)),
-        ..Options::default()
-    })
+fn max_token(limits: &Limits) -> usize {
+    MAX_TOKEN.min(limits.max_stanza_bytes.max(64))
 }
 
-impl StreamParser {
+impl StreamParser<Strict> {
     pub fn new(limits: Limits) -> Self {
+        StreamParser::with_tokenizer(limits)
+    }
+}
+
+impl<T: Tokenize> StreamParser<T> {
+    /// A parser over tokenizer `T` (tests compare ours with rxml's).
+    pub fn with_tokenizer(limits: Limits) -> Self {
         StreamParser {
-            raw: new_raw_parser(&limits),
+            raw: T::new(max_token(&limits)),
             resolver: Resolver::new(limits.max_attributes),
             limits,
             buf: Vec::new(),
@@ -107,7 +110,7 @@ impl StreamParser {
     /// Expects a new stream (after STARTTLS or SASL success). Buffered,
     /// unparsed bytes are discarded: they were sent before the restart.
     pub fn reset(&mut self) {
-        *self = StreamParser::new(self.limits.clone());
+        *self = StreamParser::with_tokenizer(self.limits.clone());
     }
 
     pub fn feed(&mut self, bytes: &[u8]) {
@@ -152,7 +155,7 @@ impl StreamParser {
                 self.pos = 0;
                 return Ok(None);
             }
-            // Hand rxml at most one byte more than the budget allows, so no
+            // Hand the tokenizer at most one byte more than the budget allows, so no
             // single token can run past it unnoticed.
             let allow = self
                 .limits
@@ -162,7 +165,7 @@ impl StreamParser {
             let avail = &self.buf[self.pos..];
             let take = avail.len().min(allow);
             let mut slice = &avail[..take];
-            let result = self.raw.parse(&mut slice, false);
+            let result = self.raw.next_token(&mut slice, false);
             let consumed = take - slice.len();
             self.pos += consumed;
             self.counted += consumed;
@@ -176,17 +179,22 @@ impl StreamParser {
                     }
                 }
                 Ok(None) => return Err(StreamError::new(C::NotWellFormed)),
-                Err(EndOrError::NeedMoreData) => {
+                Err(Stop::NeedMoreData) => {
+                    if take < avail.len() && consumed == 0 {
+                        // The tokenizer needs bytes past the budget to decide: the stanza
+                        // cannot end within it.
+                        return Err(self.over_budget());
+                    }
                     if self.pos >= self.buf.len() {
                         self.pos = 0;
                         if self.depth <= 1 {
                             // Between stanzas with every byte consumed: the connection is
-                            // probably idle now, so give back what parsing borrowed: rxml's
-                            // token scratchpad (it reserves the whole token budget, 8 KiB, on
-                            // the first token) and our input buffer. The next burst allocates
-                            // them again: two allocations per read, cheap next to the read
-                            // (see benches/parser.rs). Releasing keeps rxml's state (element
-                            // stack, partial token), so well-formedness checks carry on.
+                            // probably idle now, so give back what parsing borrowed: the
+                            // tokenizer's token buffers and our input buffer. The next burst
+                            // allocates them again: a few allocations per read, cheap next to
+                            // the read (see benches/parser.rs). Releasing keeps the
+                            // tokenizer's state (element stack, partial token), so
+                            // well-formedness checks carry on.
                             self.buf = Vec::new();
                             self.raw.release_temporaries();
                         } else {
@@ -195,22 +203,31 @@ impl StreamParser {
                         return Ok(None);
                     }
                     if consumed == 0 {
-                        return Err(StreamError::with_text(
-                            C::InternalServerError,
-                            "xml parser made no progress",
-                        ));
+                        if self.buf.len() - self.pos > MAX_LOOKAHEAD {
+                            return Err(StreamError::with_text(
+                                C::InternalServerError,
+                                "xml parser made no progress",
+                            ));
+                        }
+                        // A few undecided bytes (a partial character or reference): wait
+                        // for the rest, keeping them.
+                        return Ok(None);
                     }
                 }
-                Err(EndOrError::Error(e)) => return Err(map_rxml_error(e)),
+                Err(Stop::Error(e)) => return Err(e),
             }
         }
     }
 
     fn check_budget(&self) -> Result<(), StreamError> {
-        let limit = self.limits.max_stanza_bytes;
-        if self.counted <= limit {
+        if self.counted <= self.limits.max_stanza_bytes {
             return Ok(());
         }
+        Err(self.over_budget())
+    }
+
+    fn over_budget(&self) -> StreamError {
+        let limit = self.limits.max_stanza_bytes;
         let text = if self.building.is_some() || self.phase == Phase::Prolog {
             format!("stanza too large ({} bytes, limit {limit})", self.counted)
         } else {
@@ -219,7 +236,7 @@ impl StreamParser {
                 self.counted
             )
         };
-        Err(StreamError::with_text(C::PolicyViolation, text))
+        StreamError::with_text(C::PolicyViolation, text)
     }
 
     fn handle(&mut self, ev: XmlEvent) -> Result<Option<Event>, StreamError> {
@@ -372,52 +389,21 @@ fn is_xml_space(c: char) -> bool {
     matches!(c, ' ' | '\t' | '\r' | '\n')
 }
 
-/// Maps rxml's errors to the RFC 6120 §4.9.3 conditions.
-fn map_rxml_error(e: RxmlError) -> StreamError {
-    let condition = match e {
-        RxmlError::UndeclaredEntity => C::RestrictedXml,
-        // `<!` that opens neither a comment nor CDATA: a DOCTYPE or other
-        // DTD markup declaration.
-        RxmlError::InvalidSyntax("malformed cdata or comment section start") => C::RestrictedXml,
-        RxmlError::RestrictedXml(msg) => match msg {
-            "long name or reference" | "event too long" => {
-                return StreamError::with_text(
-                    C::PolicyViolation,
-                    format!("token too long (limit {MAX_TOKEN} bytes)"),
-                );
-            }
-            "only utf-8 encoding is allowed" | "only XML version 1.0 is allowed" => {
-                C::UnsupportedEncoding
-            }
-            _ => C::RestrictedXml,
-        },
-        // RFC 6120 §4.9.3.22: "improperly encoded the stream (e.g., by
-        // violating the rules of the UTF-8 encoding)".
-        RxmlError::InvalidUtf8Byte(_) => C::UnsupportedEncoding,
-        RxmlError::UndeclaredNamespacePrefix(_) => C::BadNamespacePrefix,
-        _ => C::NotWellFormed,
-    };
-    StreamError::with_text(condition, e.to_string())
-}
-
 /// Parses trusted, complete XML (one element, possibly with surrounding
 /// whitespace) into resolved events.
 pub(crate) fn parse_fragment(xml: &str) -> Result<Vec<XmlEvent>, StreamError> {
-    let mut raw = RawParser::with_options(Options {
-        max_token_length: 1 << 16,
-        ..Options::default()
-    });
+    let mut raw = Strict::new(1 << 16);
     let mut resolver = Resolver::new(usize::MAX);
     let mut events = Vec::new();
     let mut input = xml.as_bytes();
     loop {
-        match raw.parse(&mut input, true) {
+        match raw.next_token(&mut input, true) {
             Ok(Some(ev)) => events.extend(resolver.feed(ev)?),
             Ok(None) => return Ok(events),
-            Err(EndOrError::NeedMoreData) => {
+            Err(Stop::NeedMoreData) => {
                 return Err(StreamError::new(C::NotWellFormed));
             }
-            Err(EndOrError::Error(e)) => return Err(map_rxml_error(e)),
+            Err(Stop::Error(e)) => return Err(e),
         }
     }
 }

@@ -1,11 +1,13 @@
-//! Namespace resolution over rxml's raw events, and the canonical writer.
+//! Namespace resolution over the tokenizer's raw tokens, and the canonical writer.
 //!
 //! We resolve namespaces ourselves (rather than using `rxml::Parser`) so the
 //! stream header's default namespace is visible, attribute counts can be
 //! budgeted before resolution, and the reserved `xml`/`xmlns` bindings are
 //! checked strictly.
 
-use rxml::{RawEvent, XMLNS_XML, XMLNS_XMLNS};
+use rxml::{XMLNS_XML, XMLNS_XMLNS};
+
+use crate::token::Token;
 
 use crate::error::{StreamError, StreamErrorCondition as C};
 use crate::stanza::push_escaped;
@@ -46,7 +48,7 @@ struct Pending {
     count: usize,
 }
 
-/// Namespaces in XML 1.0 on top of [`rxml::RawParser`] events.
+/// Namespaces in XML 1.0 on top of [`Token`]s.
 #[derive(Debug, Default)]
 pub(crate) struct Resolver {
     scopes: Vec<Scope>,
@@ -99,20 +101,27 @@ impl Resolver {
         }
     }
 
-    pub fn feed(&mut self, ev: RawEvent) -> Result<Option<XmlEvent>, StreamError> {
+    pub fn feed(&mut self, ev: Token) -> Result<Option<XmlEvent>, StreamError> {
         match ev {
-            RawEvent::XmlDeclaration(..) => Ok(Some(XmlEvent::Declaration)),
-            RawEvent::ElementHeadOpen(_, (prefix, name)) => {
+            Token::XmlDeclaration => Ok(Some(XmlEvent::Declaration)),
+            Token::HeadOpen {
+                prefix,
+                local: name,
+            } => {
                 self.pending = Some(Pending {
-                    prefix: prefix.map(|p| p.to_string()),
-                    name: name.to_string(),
+                    prefix,
+                    name,
                     scope: Scope::default(),
                     attrs: Vec::new(),
                     count: 0,
                 });
                 Ok(None)
             }
-            RawEvent::Attribute(_, (prefix, name), value) => {
+            Token::Attribute {
+                prefix,
+                local: name,
+                value,
+            } => {
                 let max = self.max_attributes;
                 let p = self
                     .pending
@@ -125,10 +134,10 @@ impl Resolver {
                         format!("too many attributes on <{}> (limit {max})", p.name),
                     ));
                 }
-                declare(p, prefix.map(|x| x.to_string()), name.to_string(), value)?;
+                declare(p, prefix, name, value)?;
                 Ok(None)
             }
-            RawEvent::ElementHeadClose(_) => {
+            Token::HeadClose => {
                 let p = self
                     .pending
                     .take()
@@ -164,11 +173,11 @@ impl Resolver {
                     attrs,
                 }))
             }
-            RawEvent::ElementFoot(_) => {
+            Token::Foot => {
                 self.scopes.pop();
                 Ok(Some(XmlEvent::End))
             }
-            RawEvent::Text(_, text) => Ok(Some(XmlEvent::Text(text))),
+            Token::Text(text) => Ok(Some(XmlEvent::Text(text))),
         }
     }
 }
