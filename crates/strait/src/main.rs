@@ -154,6 +154,7 @@ fn main() -> Result<()> {
             init_logging();
             let config = load_config(&args.config)?;
             tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(config.worker_threads())
                 .enable_all()
                 .build()?
                 .block_on(serve(config))
@@ -166,11 +167,13 @@ fn main() -> Result<()> {
 async fn serve(config: Config) -> Result<()> {
     let domains = config.domains.join(", ");
     let data_dir = config.data_dir.clone();
+    let workers = config.worker_threads();
     let server = Server::start(config).await.context("starting the server")?;
     for (addr, direct) in server.local_addrs() {
         let kind = if *direct { "direct TLS" } else { "STARTTLS" };
         eprintln!("strait: serving {domains} on {addr} ({kind})");
     }
+    eprintln!("strait: {workers} worker thread(s) for connections and routing");
     eprintln!(
         "strait: data in {}; clients can trust {}",
         data_dir.display(),
