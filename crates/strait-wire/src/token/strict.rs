@@ -178,9 +178,12 @@ enum State {
 pub struct Strict {
     max_token: usize,
     state: State,
-    /// Open elements' names as written (`prefix:local`), one after the other.
+    /// The root element's name as written (`prefix:local`), once it is open: apart from it,
+    /// so that between stanzas (only the stream's element open) nothing else is held.
+    root: Option<Box<str>>,
+    /// The other open elements' names as written, one after the other.
     names: String,
-    /// Where each open element's name ends in `names`.
+    /// Where each of those names ends in `names`.
     ends: Vec<usize>,
     /// The token being read: a name, a value, text.
     scratch: String,
@@ -196,6 +199,7 @@ impl Tokenize for Strict {
         Strict {
             max_token,
             state: State::Start,
+            root: None,
             names: String::new(),
             ends: Vec::new(),
             scratch: String::new(),
@@ -214,18 +218,22 @@ impl Tokenize for Strict {
     }
 
     fn release_temporaries(&mut self) {
+        // Each buffer only while a token that uses it is being read (`attr` keeps the last
+        // attribute's name until the next one starts).
+        let in_attr = matches!(
+            self.state,
+            State::AttrName | State::AttrEq | State::AttrQuote | State::AttrValue { .. }
+        );
         if self.scratch.is_empty() {
             self.scratch = String::new();
         }
-        if self.attr.is_empty() {
+        if !in_attr {
             self.attr = String::new();
         }
-        // Between stanzas only the stream's element is open: keep no more than it needs.
-        if self.names.capacity() > 2 * self.names.len().max(32) {
-            self.names.shrink_to_fit();
-        }
-        if self.ends.capacity() > 4 {
-            self.ends.shrink_to_fit();
+        // Between stanzas only the stream's element is open, and its name is in `root`.
+        if self.ends.is_empty() {
+            self.names = String::new();
+            self.ends = Vec::new();
         }
     }
 }
@@ -305,9 +313,12 @@ impl Strict {
 
     /// Ends the innermost element.
     fn pop(&mut self) -> Token {
-        self.ends.pop();
-        self.names.truncate(self.ends.last().copied().unwrap_or(0));
-        self.state = if self.ends.is_empty() {
+        if self.ends.pop().is_some() {
+            self.names.truncate(self.ends.last().copied().unwrap_or(0));
+        } else {
+            self.root = None;
+        }
+        self.state = if self.root.is_none() {
             State::Misc { after_root: true }
         } else {
             State::Content
@@ -679,8 +690,11 @@ impl Strict {
         }
         let (prefix, local) = split_name(&self.scratch, self.colon)?;
         if self.state == State::FootName {
-            let start = self.ends.len().checked_sub(2).map_or(0, |i| self.ends[i]);
-            if self.names[start..] != self.scratch[..] {
+            let open = match self.ends.len() {
+                0 => self.root.as_deref().unwrap_or_default(),
+                n => &self.names[n.checked_sub(2).map_or(0, |i| self.ends[i])..],
+            };
+            if open != self.scratch {
                 return Err(not_well_formed("end tag does not match the start tag"));
             }
             self.scratch.clear();
@@ -688,8 +702,12 @@ impl Strict {
             return Ok(None);
         }
         let token = Token::HeadOpen { prefix, local };
-        self.names.push_str(&self.scratch);
-        self.ends.push(self.names.len());
+        if self.root.is_none() {
+            self.root = Some(self.scratch.as_str().into());
+        } else {
+            self.names.push_str(&self.scratch);
+            self.ends.push(self.names.len());
+        }
         self.scratch.clear();
         self.state = State::Head { spaced: false };
         Ok(Some(Some(token)))
