@@ -488,10 +488,12 @@ impl Strict {
 
     fn content_run(&mut self, input: &mut &[u8], at_eof: bool) -> Result<Step, Stop> {
         loop {
-            let run = input
-                .iter()
-                .position(|&b| class(b) & TEXT == 0 && b < 0x80)
-                .unwrap_or(input.len());
+            let plain = plain_prefix(input, [b'<', b'&', b']']);
+            let run = plain
+                + input[plain..]
+                    .iter()
+                    .position(|&b| class(b) & TEXT == 0 && b < 0x80)
+                    .unwrap_or(input.len() - plain);
             if run > 0 {
                 if !self.push_text(run, input, at_eof)? {
                     // A partial character at the end of the input.
@@ -759,10 +761,12 @@ impl Strict {
 
     fn value(&mut self, input: &mut &[u8], at_eof: bool, quote: u8) -> Result<Step, Stop> {
         loop {
-            let run = input
-                .iter()
-                .position(|&b| class(b) & VALUE == 0 && b < 0x80)
-                .unwrap_or(input.len());
+            let plain = plain_prefix(input, [b'<', b'&', quote]);
+            let run = plain
+                + input[plain..]
+                    .iter()
+                    .position(|&b| class(b) & VALUE == 0 && b < 0x80)
+                    .unwrap_or(input.len() - plain);
             if run > 0 {
                 if !self.push_text(run, input, at_eof)? {
                     // A partial character at the end of the input.
@@ -871,6 +875,38 @@ impl Strict {
             }
         }
     }
+}
+
+/// How many bytes at the start of `input` are printable ASCII (0x20 to 0x7F) other than the
+/// three `specials`: the bulk of text and attribute values (an OMEMO payload is kilobytes of
+/// base64), checked eight bytes at a time. The byte loops after it take the rest of a run
+/// (tab, LF, characters beyond ASCII) byte by byte.
+///
+/// Per 8-byte word `x` (SWAR, "bit twiddling" zero-byte tests): `x & 0x80…` flags bytes from
+/// 0x80; `(x - 0x20…) & !x & 0x80…` flags bytes below 0x20; a byte equal to `c` is a zero
+/// byte of `x ^ c…`, flagged by `(y - 0x01…) & !y & 0x80…`. A subtraction's borrow can flag
+/// bytes above a flagged one, never below it, so the lowest flag is the first byte that
+/// stops the prefix.
+fn plain_prefix(input: &[u8], specials: [u8; 3]) -> usize {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let zero_byte = |y: u64| y.wrapping_sub(ONES) & !y & HIGH;
+    let mut done = 0;
+    for word in input.chunks_exact(8) {
+        let x = u64::from_le_bytes(word.try_into().expect("8 bytes"));
+        let mut flags = (x & HIGH) | (x.wrapping_sub(ONES * 0x20) & !x & HIGH);
+        for c in specials {
+            flags |= zero_byte(x ^ (ONES * u64::from(c)));
+        }
+        if flags != 0 {
+            return done + (flags.trailing_zeros() / 8) as usize;
+        }
+        done += 8;
+    }
+    done + input[done..]
+        .iter()
+        .position(|&b| !(0x20..0x80).contains(&b) || specials.contains(&b))
+        .unwrap_or(input.len() - done)
 }
 
 fn skip_space(input: &mut &[u8]) {
@@ -1109,6 +1145,48 @@ fn check_declaration(body: &str) -> Result<Option<usize>, Stop> {
                 return Err(restricted("only standalone documents are allowed"));
             }
             _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::plain_prefix;
+
+    /// The word-at-a-time scan against the byte-at-a-time definition, for every position of
+    /// every kind of stopping byte, and for runs of every length around the word size.
+    #[test]
+    fn plain_prefix_stops_where_the_byte_loop_does() {
+        let specials = [b'<', b'&', b']'];
+        let slow = |input: &[u8]| {
+            input
+                .iter()
+                .position(|&b| !(0x20..0x80).contains(&b) || specials.contains(&b))
+                .unwrap_or(input.len())
+        };
+        for len in 0..40 {
+            let base: Vec<u8> = (0..len).map(|i| b'A' + (i % 26) as u8).collect();
+            assert_eq!(plain_prefix(&base, specials), len);
+            for at in 0..len {
+                for stop in [
+                    0u8, 0x09, 0x0A, 0x0D, 0x1F, b'<', b'&', b']', 0x80, 0xC3, 0xFF,
+                ] {
+                    let mut v = base.clone();
+                    v[at] = stop;
+                    // A second stopping byte after the first must not move the answer.
+                    if at + 1 < len {
+                        v[at + 1] = 0x00;
+                    }
+                    assert_eq!(plain_prefix(&v, specials), slow(&v), "{v:?}");
+                    assert_eq!(plain_prefix(&v, specials), at, "{v:?}");
+                }
+                // Bytes next to the stopping ones in value are not stops.
+                for fine in [0x20u8, 0x7F, b'=', b';', b'\\', b'^', b'%', b'\'', b'"'] {
+                    let mut v = base.clone();
+                    v[at] = fine;
+                    assert_eq!(plain_prefix(&v, specials), len, "{v:?}");
+                }
+            }
         }
     }
 }
