@@ -309,8 +309,8 @@ impl Config {
     /// 3.8 ms against 9.2 ms, the highest rate with p99 under 5 ms went from 76,100 to
     /// 90,500 msg/s, and the server's CPU at 8,000 msg/s from 26 to 15 % of a core; the
     /// peak, pingpong with archiving and the login storm stayed the same. With 2,500-byte
-    /// stanzas (OMEMO-sized) one worker's tail grows past about 20,000 msg/s (p99 5 to 8 ms
-    /// at 30,000 to 40,000 against 1.5 to 2.7 with two), so a small server carrying that many
+    /// stanzas (OMEMO-sized) one worker's tail grows past about 20,000 msg/s (p99 2.5 to 8.3
+    /// ms at 40,000 against 2.6 to 4.4 with two), so a small server carrying that many
     /// large stanzas should set 2 (docs/operations.md, "Threads"). Larger machines were not
     /// measured: set `workers` to try other counts.
     pub fn worker_threads(&self) -> usize {
