@@ -479,9 +479,7 @@ impl Strict {
 
     fn text_before_fault(&mut self, r: Result<Step, Stop>) -> Result<Step, Stop> {
         match r {
-            Err(Stop::Error(_)) if !self.scratch.is_empty() => {
-                Ok(Some(Some(Token::Text(std::mem::take(&mut self.scratch)))))
-            }
+            Err(Stop::Error(_)) if !self.scratch.is_empty() => Ok(self.text_token()),
             r => r,
         }
     }
@@ -500,20 +498,17 @@ impl Strict {
                     return self.flush_or_wait(at_eof);
                 }
                 if self.scratch.len() >= self.max_token {
-                    return Ok(Some(Some(Token::Text(std::mem::take(&mut self.scratch)))));
+                    return Ok(self.text_token());
                 }
                 continue;
             }
             let Some(&b) = input.first() else {
-                if !self.scratch.is_empty() {
-                    return Ok(Some(Some(Token::Text(std::mem::take(&mut self.scratch)))));
-                }
-                return Err(self.need_more(at_eof));
+                return self.flush_or_wait(at_eof);
             };
             match b {
                 b'<' => {
                     if !self.scratch.is_empty() {
-                        return Ok(Some(Some(Token::Text(std::mem::take(&mut self.scratch)))));
+                        return Ok(self.text_token());
                     }
                     let Some(&next) = input.get(1) else {
                         return Err(self.need_more(at_eof));
@@ -537,7 +532,7 @@ impl Strict {
                     // The text before a reference is a token of its own (as rxml has it),
                     // so that text between stanzas is judged before a bad reference in it.
                     if !self.scratch.is_empty() {
-                        return Ok(Some(Some(Token::Text(std::mem::take(&mut self.scratch)))));
+                        return Ok(self.text_token());
                     }
                     if !self.reference(input, at_eof)? {
                         return self.flush_or_wait(at_eof);
@@ -569,7 +564,7 @@ impl Strict {
                 _ => return Err(not_well_formed("character not allowed in XML")),
             }
             if self.scratch.len() >= self.max_token {
-                return Ok(Some(Some(Token::Text(std::mem::take(&mut self.scratch)))));
+                return Ok(self.text_token());
             }
         }
     }
@@ -577,9 +572,14 @@ impl Strict {
     /// Out of input in text: the text so far as a token, else wait.
     fn flush_or_wait(&mut self, at_eof: bool) -> Result<Step, Stop> {
         if !self.scratch.is_empty() {
-            return Ok(Some(Some(Token::Text(std::mem::take(&mut self.scratch)))));
+            return Ok(self.text_token());
         }
         Err(self.need_more(at_eof))
+    }
+
+    /// The text read so far, as a token.
+    fn text_token(&mut self) -> Step {
+        Some(Some(Token::Text(std::mem::take(&mut self.scratch))))
     }
 
     /// Appends the first `run` bytes of `input` (text: ASCII needing nothing done, or
@@ -679,17 +679,23 @@ impl Strict {
         Ok(false)
     }
 
-    fn name(&mut self, input: &mut &[u8], at_eof: bool) -> Result<Step, Stop> {
-        let done = read_name(
-            input,
-            at_eof,
-            &mut self.scratch,
-            &mut self.colon,
-            self.max_token,
-        )?;
-        if !done {
-            return Err(self.need_more(at_eof));
+    /// Reads the rest of an element's name (into `scratch`) or an attribute's (into `attr`);
+    /// [`Stop::NeedMoreData`] until its end is in the input.
+    fn read_name(&mut self, input: &mut &[u8], at_eof: bool, attr: bool) -> Result<(), Stop> {
+        let (out, colon) = if attr {
+            (&mut self.attr, &mut self.attr_colon)
+        } else {
+            (&mut self.scratch, &mut self.colon)
+        };
+        if read_name(input, at_eof, out, colon, self.max_token)? {
+            Ok(())
+        } else {
+            Err(self.need_more(at_eof))
         }
+    }
+
+    fn name(&mut self, input: &mut &[u8], at_eof: bool) -> Result<Step, Stop> {
+        self.read_name(input, at_eof, false)?;
         let (prefix, local) = split_name(&self.scratch, self.colon)?;
         if self.state == State::FootName {
             let open = match self.ends.len() {
@@ -745,16 +751,7 @@ impl Strict {
     }
 
     fn attr_name(&mut self, input: &mut &[u8], at_eof: bool) -> Result<Step, Stop> {
-        let done = read_name(
-            input,
-            at_eof,
-            &mut self.attr,
-            &mut self.attr_colon,
-            self.max_token,
-        )?;
-        if !done {
-            return Err(self.need_more(at_eof));
-        }
+        self.read_name(input, at_eof, true)?;
         self.state = State::AttrEq;
         Ok(None)
     }
@@ -840,7 +837,7 @@ impl Strict {
                     return self.flush_or_wait(at_eof);
                 }
                 if self.scratch.len() >= self.max_token {
-                    return Ok(Some(Some(Token::Text(std::mem::take(&mut self.scratch)))));
+                    return Ok(self.text_token());
                 }
                 continue;
             }
