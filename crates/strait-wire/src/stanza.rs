@@ -522,44 +522,68 @@ const fn entity(b: u8, attr: bool) -> Option<&'static str> {
 }
 
 /// Appends `s` to `out`, escaped; runs without special bytes are copied whole (this is on
-/// the path of every stanza written, so it scans bytes rather than decoding characters).
+/// the path of every stanza written, so it scans bytes rather than decoding characters, eight
+/// at a time: an OMEMO payload is kilobytes of base64 with nothing to escape).
 pub(crate) fn push_escaped(out: &mut String, s: &str, attr: bool) {
-    let special = if attr {
-        &SPECIAL_IN_ATTR
-    } else {
-        &SPECIAL_IN_TEXT
-    };
     let bytes = s.as_bytes();
     let mut run = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        // One table load per byte; `entity` only for the few that need it.
-        if special[b as usize]
-            && let Some(e) = entity(b, attr)
-        {
+    let mut i = 0;
+    loop {
+        i += if attr {
+            escape_free_prefix(&bytes[i..], &SPECIALS_IN_ATTR)
+        } else {
+            escape_free_prefix(&bytes[i..], &SPECIALS_IN_TEXT)
+        };
+        let Some(&b) = bytes.get(i) else {
+            break;
+        };
+        if let Some(e) = entity(b, attr) {
             out.push_str(&s[run..i]);
             out.push_str(e);
             run = i + 1;
         }
+        i += 1;
     }
     out.push_str(&s[run..]);
 }
 
-/// The bytes [`entity`] escapes, as tables.
-static SPECIAL_IN_TEXT: [bool; 256] = special_bytes(false);
-static SPECIAL_IN_ATTR: [bool; 256] = special_bytes(true);
+/// The bytes [`entity`] escapes in text and in attribute values.
+const SPECIALS_IN_TEXT: [u8; 4] = [b'&', b'<', b'>', b'\r'];
+const SPECIALS_IN_ATTR: [u8; 8] = [b'&', b'<', b'>', b'\r', b'\'', b'"', b'\t', b'\n'];
 
-const fn special_bytes(attr: bool) -> [bool; 256] {
-    let mut t = [false; 256];
-    let mut b = 0;
-    while b < 256 {
-        t[b] = entity(b as u8, attr).is_some();
-        b += 1;
+/// How many leading bytes of `input` are none of `specials`. Per 8-byte word `x` (SWAR, the
+/// "bit twiddling" zero-byte test): a byte equal to `c` is a zero byte of `y = x ^ c…`,
+/// flagged by `(y - 0x01…) & !y & 0x80…`; a subtraction's borrow can flag bytes above a
+/// flagged one, never below it, so the lowest flag is the first special byte.
+fn escape_free_prefix<const N: usize>(input: &[u8], specials: &[u8; N]) -> usize {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let zero_byte = |y: u64| y.wrapping_sub(ONES) & !y & HIGH;
+    let mut done = 0;
+    for word in input.chunks_exact(8) {
+        let x = u64::from_le_bytes(word.try_into().expect("8 bytes"));
+        let mut flags = 0;
+        for &c in specials {
+            flags |= zero_byte(x ^ (ONES * u64::from(c)));
+        }
+        if flags != 0 {
+            return done + (flags.trailing_zeros() / 8) as usize;
+        }
+        done += 8;
     }
-    t
+    done + input[done..]
+        .iter()
+        .position(|b| specials.contains(b))
+        .unwrap_or(input.len() - done)
 }
 
 fn escape(s: &str, attr: bool) -> Cow<'_, str> {
-    if !s.bytes().any(|b| entity(b, attr).is_some()) {
+    let clean = if attr {
+        escape_free_prefix(s.as_bytes(), &SPECIALS_IN_ATTR)
+    } else {
+        escape_free_prefix(s.as_bytes(), &SPECIALS_IN_TEXT)
+    };
+    if clean == s.len() {
         return Cow::Borrowed(s);
     }
     let mut out = String::with_capacity(s.len() + 16);
@@ -620,6 +644,58 @@ mod tests {
             unescape("&lt;&#x1F600;&#233;&bogus;&amp;"),
             "<\u{1F600}é&bogus;&"
         );
+    }
+
+    /// The word-at-a-time scan against [`entity`], byte by byte: every special byte at every
+    /// position of runs around the word size, with a second one after it, and characters of
+    /// several bytes (whose bytes are never special) around them.
+    #[test]
+    fn escaping_scans_words_as_the_byte_loop_does() {
+        let slow = |s: &str, attr: bool| {
+            let mut out = String::new();
+            for c in s.chars() {
+                match u8::try_from(c).ok().and_then(|b| entity(b, attr)) {
+                    Some(e) => out.push_str(e),
+                    None => out.push(c),
+                }
+            }
+            out
+        };
+        let stops = [
+            '&',
+            '<',
+            '>',
+            '\r',
+            '\'',
+            '"',
+            '\t',
+            '\n',
+            '=',
+            '\u{e9}',
+            '\u{1F600}',
+        ];
+        for len in 0..40 {
+            let base: Vec<char> = (0..len).map(|i| (b'A' + (i % 26) as u8) as char).collect();
+            for at in 0..len {
+                for stop in stops {
+                    for second in [None, Some('<'), Some('\'')] {
+                        let mut v = base.clone();
+                        v[at] = stop;
+                        if let Some(c) = second
+                            && at + 3 < len
+                        {
+                            v[at + 3] = c;
+                        }
+                        let s: String = v.into_iter().collect();
+                        for attr in [false, true] {
+                            let mut out = String::from(">");
+                            push_escaped(&mut out, &s, attr);
+                            assert_eq!(out[1..], slow(&s, attr), "{s:?} attr {attr}");
+                        }
+                    }
+                }
+            }
+        }
     }
 
     #[test]
