@@ -661,6 +661,10 @@ mod tests {
             }
             out
         };
+        for b in 0..=255u8 {
+            assert_eq!(entity(b, false).is_some(), SPECIALS_IN_TEXT.contains(&b));
+            assert_eq!(entity(b, true).is_some(), SPECIALS_IN_ATTR.contains(&b));
+        }
         let stops = [
             '&',
             '<',
