@@ -117,3 +117,12 @@ def test_with_archiving_the_latency_steps_start_on_fresh_data(compare, monkeypat
     assert r["slo_rate"] is not None and 4000 <= r["slo_rate"] < 8000
     # Once, before the first latency step, and not again.
     assert calls == ["stop", ("prepare", True, False), "start"]
+
+
+def test_the_message_runs_pass_the_body_size(compare):
+    a = args(bench_bin="strait", workdir="/w", accounts=400, concurrency=50, gen_threads=1, pairs=200,
+             rate=1000, offline_fraction=0.1, duration=10, body_size=2500)
+    s = types.SimpleNamespace(port=15222, pid=1, name="strait", template="/w/t")
+    argv = compare.bench_args("messages", s, a, "/w/r.json")
+    assert argv[argv.index("--body-size") + 1] == "2500"
+    assert "--body-size" not in compare.bench_args("pingpong", s, a, "/w/r.json")
