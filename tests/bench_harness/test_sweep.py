@@ -126,3 +126,49 @@ def test_the_message_runs_pass_the_body_size(compare):
     argv = compare.bench_args("messages", s, a, "/w/r.json")
     assert argv[argv.index("--body-size") + 1] == "2500"
     assert "--body-size" not in compare.bench_args("pingpong", s, a, "/w/r.json")
+
+
+def test_strait_workers_go_into_its_config_only_when_given(compare):
+    a = types.SimpleNamespace(max_connections=100, max_resources=10, max_offline=100, scram_iterations=4096,
+                              strait_workers=None)
+    assert "workers" not in compare.strait_config("/r", False, False, a, 15222)
+    a.strait_workers = 2
+    assert "\nworkers = 2\n" in compare.strait_config("/r", False, False, a, 15222)
+
+
+def test_half_peak_skips_servers_whose_own_peak_is_below_the_rate(compare, monkeypatch):
+    class Server:
+        def __init__(self, name):
+            self.name = name
+
+        def prepare(self, archive, plain):
+            pass
+
+        def start(self):
+            pass
+
+        def stop(self):
+            pass
+
+        def log_warnings(self):
+            return 0, None
+
+    ran = []
+
+    def run_bench(scn, s, a, resdir, tag):
+        ran.append((s.name, a.run_rate, tag))
+        return {"bench": {"results": {"latency_ms": {"p99": 1.0}}}}
+
+    monkeypatch.setattr(compare.time, "sleep", lambda s: None)
+    monkeypatch.setattr(compare, "run_bench", run_bench)
+    monkeypatch.setattr(compare, "run_p99", lambda r: 1.0)
+    servers = {n: Server(n) for n in ("strait", "prosody", "ejabberd")}
+    swept = {"strait": {"peak_rate": 100000}, "prosody": {"peak_rate": 1650}, "ejabberd": {"peak_rate": 50000}}
+    a = types.SimpleNamespace(half_peak_runs=2, run_rate=None, run_offline=None)
+    done, skipped = compare.half_peak(servers, swept, a, None, "half-peak/archive-off", False)
+    assert skipped == {"prosody": 1650}
+    assert sorted(done) == ["ejabberd", "strait"]
+    assert ran == [("strait", 50000, "half-peak-archive-off-run1"), ("strait", 50000, "half-peak-archive-off-run2"),
+                   ("ejabberd", 50000, "half-peak-archive-off-run1"), ("ejabberd", 50000, "half-peak-archive-off-run2")]
+    assert a.run_rate is None
+    assert compare.half_peak(servers, {"strait": {}}, a, None, "h", False) == (None, {})
