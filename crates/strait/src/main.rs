@@ -147,7 +147,31 @@ fn init_logging() {
         .init();
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // The message and its causes, as `Result`'s `Termination` prints them, but never
+            // anyhow's backtrace, which it adds when RUST_BACKTRACE is set: a bad
+            // configuration or a busy port is the operator's to fix, not a crash to debug.
+            eprintln!("Error: {e}");
+            let causes: Vec<String> = e.chain().skip(1).map(ToString::to_string).collect();
+            match causes.as_slice() {
+                [] => {}
+                [one] => eprintln!("\nCaused by:\n    {one}"),
+                many => {
+                    eprintln!("\nCaused by:");
+                    for (i, cause) in many.iter().enumerate() {
+                        eprintln!("    {i}: {cause}");
+                    }
+                }
+            }
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => {

@@ -87,6 +87,8 @@ fn bad_config_is_a_clear_error() {
     let o = Command::new(env!("CARGO_BIN_EXE_strait"))
         .args(["serve", "--config"])
         .arg(&cfg)
+        // An operator's error gets the message, not a backtrace, whatever the environment.
+        .env("RUST_BACKTRACE", "1")
         .output()
         .unwrap();
     assert!(!o.status.success());
@@ -95,4 +97,5 @@ fn bad_config_is_a_clear_error() {
         t.contains("unknown field") && t.contains("max_conections"),
         "{t}"
     );
+    assert!(!t.contains("backtrace") && !t.contains("main.rs"), "{t}");
 }
