@@ -42,6 +42,14 @@ fn omemo(i: usize) -> String {
     )
 }
 
+/// A chat message with a 2,500-byte body: the size `bench/compare --body-size 2500` sends,
+/// that of an OMEMO message to a few devices, as one run of text.
+fn chat_large(i: usize) -> String {
+    let line = "Lorem ipsum dolor sit amet, consectetur adipiscing elit; sed do eiusmod. ";
+    let body: String = line.chars().cycle().take(2500).collect();
+    format!("<message to='bob@localhost' type='chat' id='l{i}'><body>{body}</body></message>")
+}
+
 fn presence(i: usize) -> String {
     format!(
         "<presence id='p{i}'><show>away</show><status>In a meeting</status><priority>5</priority><c xmlns='http://jabber.org/protocol/caps' hash='sha-1' node='https://conversations.im' ver='q07IKJEyjvHSyhy//CH0CxmKi8w='/></presence>"
@@ -168,7 +176,12 @@ fn tokenize_all_quick_xml(bytes: &[u8]) -> usize {
 }
 
 fn benches(c: &mut Criterion) {
-    let kinds: [(&str, Maker); 3] = [("chat", chat), ("omemo", omemo), ("presence", presence)];
+    let kinds: [(&str, Maker); 4] = [
+        ("chat", chat),
+        ("chat_large", chat_large),
+        ("omemo", omemo),
+        ("presence", presence),
+    ];
     let mut parse = c.benchmark_group("parse");
     for (name, make) in kinds {
         let bytes = stream_of(make);
