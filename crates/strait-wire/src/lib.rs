@@ -8,6 +8,7 @@ pub mod limits;
 pub mod negotiation;
 pub mod parser;
 pub mod stanza;
+mod swar;
 #[doc(hidden)]
 pub mod token;
 mod xml;

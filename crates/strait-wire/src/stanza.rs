@@ -551,30 +551,9 @@ pub(crate) fn push_escaped(out: &mut String, s: &str, attr: bool) {
 const SPECIALS_IN_TEXT: [u8; 4] = [b'&', b'<', b'>', b'\r'];
 const SPECIALS_IN_ATTR: [u8; 8] = [b'&', b'<', b'>', b'\r', b'\'', b'"', b'\t', b'\n'];
 
-/// How many leading bytes of `input` are none of `specials`. Per 8-byte word `x` (SWAR, the
-/// "bit twiddling" zero-byte test): a byte equal to `c` is a zero byte of `y = x ^ c…`,
-/// flagged by `(y - 0x01…) & !y & 0x80…`; a subtraction's borrow can flag bytes above a
-/// flagged one, never below it, so the lowest flag is the first special byte.
+/// How many leading bytes of `input` are none of `specials` (eight at a time).
 fn escape_free_prefix<const N: usize>(input: &[u8], specials: &[u8; N]) -> usize {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    let zero_byte = |y: u64| y.wrapping_sub(ONES) & !y & HIGH;
-    let mut done = 0;
-    for word in input.chunks_exact(8) {
-        let x = u64::from_le_bytes(word.try_into().expect("8 bytes"));
-        let mut flags = 0;
-        for &c in specials {
-            flags |= zero_byte(x ^ (ONES * u64::from(c)));
-        }
-        if flags != 0 {
-            return done + (flags.trailing_zeros() / 8) as usize;
-        }
-        done += 8;
-    }
-    done + input[done..]
-        .iter()
-        .position(|b| specials.contains(b))
-        .unwrap_or(input.len() - done)
+    crate::swar::prefix_without::<N, false>(input, specials)
 }
 
 fn escape(s: &str, attr: bool) -> Cow<'_, str> {

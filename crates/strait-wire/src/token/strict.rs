@@ -493,12 +493,8 @@ impl Strict {
                     .position(|&b| class(b) & TEXT == 0 && b < 0x80)
                     .unwrap_or(input.len() - plain);
             if run > 0 {
-                if !self.push_text(run, input, at_eof)? {
-                    // A partial character at the end of the input.
-                    return self.flush_or_wait(at_eof);
-                }
-                if self.scratch.len() >= self.max_token {
-                    return Ok(self.text_token());
+                if let Some(step) = self.take_text_run(run, input, at_eof)? {
+                    return Ok(step);
                 }
                 continue;
             }
@@ -567,6 +563,25 @@ impl Strict {
                 return Ok(self.text_token());
             }
         }
+    }
+
+    /// Takes the first `run` bytes of `input` as text (character data or CDATA): a step to
+    /// return when the run ends in a partial character (the text so far, or wait) or fills a
+    /// token, else `None` to read on.
+    fn take_text_run(
+        &mut self,
+        run: usize,
+        input: &mut &[u8],
+        at_eof: bool,
+    ) -> Result<Option<Step>, Stop> {
+        if !self.push_text(run, input, at_eof)? {
+            // A partial character at the end of the input.
+            return self.flush_or_wait(at_eof).map(Some);
+        }
+        if self.scratch.len() >= self.max_token {
+            return Ok(Some(self.text_token()));
+        }
+        Ok(None)
     }
 
     /// Out of input in text: the text so far as a token, else wait.
@@ -833,11 +848,8 @@ impl Strict {
                 .position(|&b| (class(b) & TEXT == 0 && b < 0x80) && b != b'<' && b != b'&')
                 .unwrap_or(input.len());
             if run > 0 {
-                if !self.push_text(run, input, at_eof)? {
-                    return self.flush_or_wait(at_eof);
-                }
-                if self.scratch.len() >= self.max_token {
-                    return Ok(self.text_token());
+                if let Some(step) = self.take_text_run(run, input, at_eof)? {
+                    return Ok(step);
                 }
                 continue;
             }
@@ -877,33 +889,10 @@ impl Strict {
 /// How many bytes at the start of `input` are printable ASCII (0x20 to 0x7F) other than the
 /// three `specials`: the bulk of text and attribute values (an OMEMO payload is kilobytes of
 /// base64), checked eight bytes at a time. The byte loops after it take the rest of a run
-/// (tab, LF, characters beyond ASCII) byte by byte.
-///
-/// Per 8-byte word `x` (SWAR, "bit twiddling" zero-byte tests): `x & 0x80…` flags bytes from
-/// 0x80; `(x - 0x20…) & !x & 0x80…` flags bytes below 0x20; a byte equal to `c` is a zero
-/// byte of `x ^ c…`, flagged by `(y - 0x01…) & !y & 0x80…`. A subtraction's borrow can flag
-/// bytes above a flagged one, never below it, so the lowest flag is the first byte that
-/// stops the prefix.
+/// (tab, LF, characters beyond ASCII) byte by byte. The word-at-a-time scan is
+/// [`crate::swar::prefix_without`]'s.
 fn plain_prefix(input: &[u8], specials: [u8; 3]) -> usize {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    let zero_byte = |y: u64| y.wrapping_sub(ONES) & !y & HIGH;
-    let mut done = 0;
-    for word in input.chunks_exact(8) {
-        let x = u64::from_le_bytes(word.try_into().expect("8 bytes"));
-        let mut flags = (x & HIGH) | (x.wrapping_sub(ONES * 0x20) & !x & HIGH);
-        for c in specials {
-            flags |= zero_byte(x ^ (ONES * u64::from(c)));
-        }
-        if flags != 0 {
-            return done + (flags.trailing_zeros() / 8) as usize;
-        }
-        done += 8;
-    }
-    done + input[done..]
-        .iter()
-        .position(|&b| !(0x20..0x80).contains(&b) || specials.contains(&b))
-        .unwrap_or(input.len() - done)
+    crate::swar::prefix_without::<3, true>(input, &specials)
 }
 
 fn skip_space(input: &mut &[u8]) {
