@@ -274,6 +274,56 @@ const MIGRATIONS: &[&str] = &[
         SELECT owner, with_bare, COUNT(*) FROM archive GROUP BY owner, with_bare;
     DROP TABLE archive_counts;
     ",
+    // 10: an archived copy's stanza is written once. It used to be in the `archive_log` row
+    // and then, merged, in the `archive` row: with OMEMO-sized messages (2.5 KB) the store
+    // wrote about 36 KB to disk per message (two copies, each in the log and in the archive,
+    // each written to the WAL and again by the checkpoint), and a merge round copied every
+    // stanza twice more (into `merge_round`, then into `archive`). Now an append writes the
+    // stanza into `archive_content` (rowid order, no index: each append fills the table's
+    // last page) and the log row refers to it (`content`); the merge moves only the small
+    // rows, which keep referring to the same content. Existing rows keep their stanzas
+    // under the row's `seq` (archive) and after the archive's highest `seq` (log).
+    "
+    CREATE TABLE archive_content (
+        cid     INTEGER PRIMARY KEY,
+        stanza  TEXT NOT NULL
+    );
+    INSERT INTO archive_content (cid, stanza) SELECT seq, stanza FROM archive ORDER BY seq;
+    INSERT INTO archive_content (cid, stanza)
+        SELECT seq + (SELECT COALESCE(max(seq), 0) FROM archive), stanza
+        FROM archive_log ORDER BY seq;
+    CREATE TABLE archive_log_v10 (
+        seq        INTEGER PRIMARY KEY,
+        owner      TEXT NOT NULL,
+        id         TEXT NOT NULL,
+        with_bare  TEXT NOT NULL,
+        with_full  TEXT NOT NULL,
+        stamp_ms   INTEGER NOT NULL,
+        content    INTEGER NOT NULL
+    );
+    INSERT INTO archive_log_v10 (seq, owner, id, with_bare, with_full, stamp_ms, content)
+        SELECT seq, owner, id, with_bare, with_full, stamp_ms,
+               seq + (SELECT COALESCE(max(seq), 0) FROM archive)
+        FROM archive_log ORDER BY seq;
+    DROP TABLE archive_log;
+    ALTER TABLE archive_log_v10 RENAME TO archive_log;
+    CREATE TABLE archive_v10 (
+        seq        INTEGER PRIMARY KEY,
+        owner      TEXT NOT NULL,
+        id         TEXT NOT NULL,
+        with_bare  TEXT NOT NULL,
+        with_full  TEXT NOT NULL,
+        stamp_ms   INTEGER NOT NULL,
+        content    INTEGER NOT NULL
+    );
+    INSERT INTO archive_v10 (seq, owner, id, with_bare, with_full, stamp_ms, content)
+        SELECT seq, owner, id, with_bare, with_full, stamp_ms, seq FROM archive ORDER BY seq;
+    DROP TABLE archive;
+    ALTER TABLE archive_v10 RENAME TO archive;
+    CREATE UNIQUE INDEX archive_by_id ON archive(owner, id);
+    CREATE INDEX archive_by_time ON archive(owner, stamp_ms, seq);
+    CREATE INDEX archive_by_with ON archive(owner, with_bare, stamp_ms, seq);
+    ",
 ];
 
 /// A write request queued for the writer thread.
@@ -528,7 +578,7 @@ impl SqliteStore {
                  with_bare  TEXT NOT NULL,
                  with_full  TEXT NOT NULL,
                  stamp_ms   INTEGER NOT NULL,
-                 stanza     TEXT NOT NULL
+                 content    INTEGER NOT NULL
              );",
         )?;
         Ok(())
@@ -1264,9 +1314,9 @@ fn begin_round(c: &Connection) -> Result<Option<MergeRound>> {
         .execute([])?;
     let total = c
         .prepare_cached(
-            "INSERT INTO temp.merge_round (pos, owner, id, with_bare, with_full, stamp_ms, stanza)
+            "INSERT INTO temp.merge_round (pos, owner, id, with_bare, with_full, stamp_ms, content)
              SELECT row_number() OVER (ORDER BY owner, seq),
-                    owner, id, with_bare, with_full, stamp_ms, stanza
+                    owner, id, with_bare, with_full, stamp_ms, content
              FROM archive_log ORDER BY owner, seq",
         )?
         .execute([])?;
@@ -1301,8 +1351,8 @@ fn merge_positions(c: &Connection, from: i64, to: i64) -> Result<usize> {
     let range = [from, to];
     let moved = c
         .prepare_cached(
-            "INSERT OR IGNORE INTO archive (owner, id, with_bare, with_full, stamp_ms, stanza)
-             SELECT owner, id, with_bare, with_full, stamp_ms, stanza FROM temp.merge_round
+            "INSERT OR IGNORE INTO archive (owner, id, with_bare, with_full, stamp_ms, content)
+             SELECT owner, id, with_bare, with_full, stamp_ms, content FROM temp.merge_round
              WHERE pos > ?1 AND pos <= ?2 ORDER BY pos",
         )?
         .execute(range)?;
@@ -1331,6 +1381,17 @@ fn merge_positions(c: &Connection, from: i64, to: i64) -> Result<usize> {
                    WHERE pos > ?1 AND pos <= ?2) o
              WHERE true
              ON CONFLICT (owner, with_bare) DO UPDATE SET n = excluded.n",
+        )?
+        .execute(range)?;
+        // A dropped copy's stanza goes with it, unless the copy the archive kept is the same
+        // one (a round cut short after it had copied it leaves it in the log).
+        c.prepare_cached(
+            "DELETE FROM archive_content WHERE cid IN (
+                 SELECT m.content FROM temp.merge_round m
+                 WHERE m.pos > ?1 AND m.pos <= ?2
+                   AND NOT EXISTS (SELECT 1 FROM archive a
+                                   WHERE a.owner = m.owner AND a.id = m.id
+                                     AND a.content = m.content))",
         )?
         .execute(range)?;
         tracing::warn!(
@@ -1876,18 +1937,31 @@ fn archive_append(c: &Connection, owner: String, m: &crate::ArchivedMessage) -> 
         return Err(StoreError::AlreadyExists(m.id.clone()));
     }
     let stamp_ms = newest_stamp(c, &owner)?.map_or(m.stamp_ms, |n| n.max(m.stamp_ms));
-    c.prepare_cached(
-        "INSERT INTO archive_log (owner, id, with_bare, with_full, stamp_ms, stanza)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    )?
-    .execute(params![
-        owner,
-        m.id,
-        m.with_bare,
-        m.with_full,
-        stamp_ms,
-        m.stanza
-    ])?;
+    c.prepare_cached("INSERT INTO archive_content (stanza) VALUES (?1)")?
+        .execute([&m.stanza])?;
+    let content = c.last_insert_rowid();
+    let logged = c
+        .prepare_cached(
+            "INSERT INTO archive_log (owner, id, with_bare, with_full, stamp_ms, content)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )
+        .and_then(|mut st| {
+            st.execute(params![
+                owner,
+                m.id,
+                m.with_bare,
+                m.with_full,
+                stamp_ms,
+                content
+            ])
+        });
+    if let Err(e) = logged {
+        // Two statements, and a batch op has no savepoint (see `run_op`): undo the first.
+        let _ = c
+            .prepare_cached("DELETE FROM archive_content WHERE cid = ?1")
+            .and_then(|mut st| st.execute([content]));
+        return Err(e.into());
+    }
     ARCHIVE_LOG.with_borrow_mut(|l| l.insert(&owner, &m.id, stamp_ms));
     remember_newest_stamp(&owner, stamp_ms);
     Ok(())
@@ -1895,6 +1969,18 @@ fn archive_append(c: &Connection, owner: String, m: &crate::ArchivedMessage) -> 
 
 /// Deletes `owner`'s whole archive, merged or not (writer thread).
 fn archive_delete_owner(c: &Connection, owner: &str) -> Result<()> {
+    // The stanzas first, found through the rows that refer to them (a copy a merge round
+    // has put into `archive` but not yet taken out of the log refers to its stanza twice;
+    // `merge_round` only holds copies that are still in the log).
+    c.execute(
+        "DELETE FROM archive_content WHERE cid IN (SELECT content FROM archive WHERE owner = ?1)",
+        [owner],
+    )?;
+    c.execute(
+        "DELETE FROM archive_content
+         WHERE cid IN (SELECT content FROM archive_log WHERE owner = ?1)",
+        [owner],
+    )?;
     c.execute("DELETE FROM archive WHERE owner = ?1", [owner])?;
     c.execute("DELETE FROM archive_with_counts WHERE owner = ?1", [owner])?;
     c.execute("DELETE FROM archive_log WHERE owner = ?1", [owner])?;
@@ -1906,8 +1992,10 @@ fn archive_delete_owner(c: &Connection, owner: &str) -> Result<()> {
 }
 
 /// Runs one op of a batch so that its failure undoes only itself (a batch job has no
-/// savepoint of its own): an append or a push writes with a single INSERT (after reads), which
-/// SQLite undoes by itself when it fails; a delete of several rows runs in a savepoint.
+/// savepoint of its own): a push writes with a single INSERT (after reads), which SQLite
+/// undoes by itself when it fails; an archive append with two (its stanza, then the log row,
+/// [`archive_append`]), and deletes the first when the second fails; a delete of several
+/// rows runs in a savepoint.
 fn run_op(c: &Connection, op: WriteOp) -> WriteOutcome {
     match op {
         WriteOp::Archive { owner, msg } => archive_append(c, owner, &msg).map(|()| None),
@@ -2367,10 +2455,11 @@ fn count_where(c: &Connection, filter: &str, p: &[rusqlite::types::Value]) -> Re
 /// copies the round has already put into `archive` (left out here).
 fn logged_copies(c: &Connection, owner: &str) -> Result<Vec<crate::ArchivedMessage>> {
     let mut st = c.prepare_cached(
-        "SELECT id, with_bare, with_full, stamp_ms, stanza FROM archive_log l
-         WHERE owner = ?1
+        "SELECT l.id, l.with_bare, l.with_full, l.stamp_ms, c.stanza
+         FROM archive_log l JOIN archive_content c ON c.cid = l.content
+         WHERE l.owner = ?1
            AND NOT EXISTS (SELECT 1 FROM archive a WHERE a.owner = ?1 AND a.id = l.id)
-         ORDER BY seq",
+         ORDER BY l.seq",
     )?;
     let mut rows = st
         .query_map([owner], |r| {
@@ -2515,10 +2604,11 @@ fn merged_page(
     // migration 8) and only then are their rows read.
     let dir = if backward { "DESC" } else { "ASC" };
     let query = format!(
-        "SELECT id, with_bare, with_full, stamp_ms, stanza FROM archive
-         WHERE seq IN (SELECT seq FROM archive WHERE {sql}
-                       ORDER BY stamp_ms {dir}, seq {dir} LIMIT ?{})
-         ORDER BY stamp_ms {dir}, seq {dir}",
+        "SELECT a.id, a.with_bare, a.with_full, a.stamp_ms, c.stanza
+         FROM archive a JOIN archive_content c ON c.cid = a.content
+         WHERE a.seq IN (SELECT seq FROM archive WHERE {sql}
+                         ORDER BY stamp_ms {dir}, seq {dir} LIMIT ?{})
+         ORDER BY a.stamp_ms {dir}, a.seq {dir}",
         p.len()
     );
     let mut st = c.prepare(&query)?;

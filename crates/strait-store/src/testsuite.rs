@@ -1545,17 +1545,21 @@ fn sqlite_archive_queries_search_indexes() {
         format!("SELECT COUNT(*) FROM archive WHERE owner = 'a' AND with_bare = 'b' AND {range}"),
         format!("SELECT COUNT(*) FROM archive WHERE owner = 'a' AND with_full = 'b/r' AND {range}"),
         format!(
-            "SELECT seq, stanza FROM archive WHERE seq IN (SELECT seq FROM archive
+            "SELECT a.seq, c.stanza FROM archive a JOIN archive_content c ON c.cid = a.content
+             WHERE a.seq IN (SELECT seq FROM archive
                WHERE owner = 'a' AND {range} ORDER BY stamp_ms DESC, seq DESC LIMIT 51)
-             ORDER BY stamp_ms DESC, seq DESC"
+             ORDER BY a.stamp_ms DESC, a.seq DESC"
         ),
         format!(
-            "SELECT seq, stanza FROM archive WHERE seq IN (SELECT seq FROM archive
+            "SELECT a.seq, c.stanza FROM archive a JOIN archive_content c ON c.cid = a.content
+             WHERE a.seq IN (SELECT seq FROM archive
                WHERE owner = 'a' AND with_bare = 'b' AND {range}
                ORDER BY stamp_ms ASC, seq ASC LIMIT 51)
-             ORDER BY stamp_ms ASC, seq ASC"
+             ORDER BY a.stamp_ms ASC, a.seq ASC"
         ),
         "DELETE FROM archive WHERE owner = 'a'".to_owned(),
+        "DELETE FROM archive_content WHERE cid IN (SELECT content FROM archive WHERE owner = 'a')"
+            .to_owned(),
     ] {
         let p = plan(&sql);
         assert!(!p.contains("SCAN"), "{sql}: {p}");
@@ -1767,9 +1771,14 @@ fn sqlite_archive_log_is_merged_and_its_ids_are_taken() {
         let c = rusqlite::Connection::open(&path).unwrap();
         c.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
         c.execute(
-            "INSERT INTO archive_log (owner, id, with_bare, with_full, stamp_ms, stanza)
-             VALUES ('a@x.example', ?1, 'b@x.example', 'b@x.example', ?2, '<message/>')",
-            rusqlite::params![id, stamp],
+            "INSERT INTO archive_content (stanza) VALUES ('<message/>')",
+            [],
+        )
+        .unwrap();
+        c.execute(
+            "INSERT INTO archive_log (owner, id, with_bare, with_full, stamp_ms, content)
+             VALUES ('a@x.example', ?1, 'b@x.example', 'b@x.example', ?2, ?3)",
+            rusqlite::params![id, stamp, c.last_insert_rowid()],
         )
         .unwrap();
     };
@@ -1823,6 +1832,9 @@ fn sqlite_archive_log_is_merged_and_its_ids_are_taken() {
     assert!(with_counts_match(
         &rusqlite::Connection::open(&path).unwrap()
     ));
+    // The dropped copies' stanzas went with them.
+    assert!(content_matches(&rusqlite::Connection::open(&path).unwrap()));
+    assert_eq!(raw("SELECT COUNT(*) FROM archive_content"), 2);
     // A query by partner reads its kept count.
     let by_partner = |with: &str| {
         let q = ArchiveQuery {
@@ -1836,12 +1848,30 @@ fn sqlite_archive_log_is_merged_and_its_ids_are_taken() {
         (by_partner("b@x.example"), by_partner("z@x.example")),
         (2, 0)
     );
-    // Cleared with the archive.
+    // Cleared with the archive, stanzas in the log or merged.
+    s.archive_append("a@x.example", &archived("m7", "b@x.example", 11))
+        .unwrap();
+    assert_eq!(log_rows(), 1);
     s.archive_clear("a@x.example").unwrap();
     assert_eq!(
         raw("SELECT COUNT(*) FROM archive_with_counts WHERE owner = 'a@x.example'"),
         0
     );
+    assert_eq!(raw("SELECT COUNT(*) FROM archive_content"), 0);
+}
+
+/// Whether every archived copy, merged or in the log, refers to a stanza in
+/// `archive_content` (migration 10), and every stanza there belongs to a copy.
+fn content_matches(conn: &rusqlite::Connection) -> bool {
+    let q = |sql: &str| -> i64 { conn.query_row(sql, [], |r| r.get(0)).unwrap() };
+    let dangling = q("SELECT COUNT(*) FROM archive a
+                      WHERE NOT EXISTS (SELECT 1 FROM archive_content c WHERE c.cid = a.content)")
+        + q("SELECT COUNT(*) FROM archive_log l
+             WHERE NOT EXISTS (SELECT 1 FROM archive_content c WHERE c.cid = l.content)");
+    let orphans = q("SELECT COUNT(*) FROM archive_content c
+                     WHERE NOT EXISTS (SELECT 1 FROM archive a WHERE a.content = c.cid)
+                       AND NOT EXISTS (SELECT 1 FROM archive_log l WHERE l.content = c.cid)");
+    dangling == 0 && orphans == 0
 }
 
 /// A merge moves the log owner by owner (`merge_archive_log`): each owner's archive keeps
@@ -2058,4 +2088,97 @@ fn sqlite_archive_pages_match_the_reference_everywhere() {
         s.archive_count("b@x.example").unwrap(),
         m.archive_count("b@x.example").unwrap()
     );
+    // `a`'s stanzas went with its archive, merged or in the log; `b`'s stayed.
+    s.merge_archive_log().unwrap();
+    let conn = rusqlite::Connection::open(dir.path().join("strait.db")).unwrap();
+    assert!(content_matches(&conn));
+    let stanzas: i64 = conn
+        .query_row("SELECT COUNT(*) FROM archive_content", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(
+        stanzas as usize,
+        1 + m.archive_count("b@x.example").unwrap()
+    );
+}
+
+/// A database of schema version 9, with copies merged into `archive` and copies still in
+/// `archive_log` (a crash left them there), opened by this build: migration 10 moves every
+/// stanza into `archive_content` once, pages give back the same stanzas, a new copy's
+/// stanza does not take an old one's place, and removing an account removes its stanzas.
+#[test]
+fn sqlite_archive_migrates_to_stanzas_written_once() {
+    use crate::{AccountStore, ArchiveQuery, ArchiveStore};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("strait.db");
+    let mut want = Vec::new();
+    {
+        let conn = database_at_version(&path, 9, &["a@x.example", "b@x.example"]);
+        for (table, owner, i) in [
+            ("archive", "a@x.example", 0),
+            ("archive", "b@x.example", 1),
+            ("archive", "a@x.example", 2),
+            ("archive_log", "a@x.example", 3),
+            ("archive_log", "b@x.example", 4),
+            ("archive_log", "a@x.example", 5),
+        ] {
+            let m = archived(&format!("v9-{i}"), "c@x.example", 100 + i);
+            conn.execute(
+                &format!(
+                    "INSERT INTO {table} (owner, id, with_bare, with_full, stamp_ms, stanza)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
+                ),
+                rusqlite::params![owner, m.id, m.with_bare, m.with_full, m.stamp_ms, m.stanza],
+            )
+            .unwrap();
+            if owner == "a@x.example" {
+                want.push(m);
+            }
+        }
+        conn.execute(
+            "INSERT INTO archive_with_counts (owner, with_bare, n)
+             VALUES ('a@x.example', 'c@x.example', 2), ('b@x.example', 'c@x.example', 1)",
+            [],
+        )
+        .unwrap();
+    }
+    let s = SqliteStore::open(&path).unwrap();
+    let all = |s: &SqliteStore| {
+        s.archive_query(
+            "a@x.example",
+            &ArchiveQuery {
+                max: 10,
+                ..ArchiveQuery::default()
+            },
+        )
+        .unwrap()
+        .unwrap()
+    };
+    // The store merged what the log held when it opened; every stanza came through.
+    assert_eq!(all(&s).messages, want);
+    let fresh = archived("new", "c@x.example", 200);
+    s.archive_append("a@x.example", &fresh).unwrap();
+    want.push(fresh);
+    assert_eq!(all(&s).messages, want);
+    s.merge_archive_log().unwrap();
+    assert_eq!(all(&s).messages, want);
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let count = |sql: &str| -> i64 { conn.query_row(sql, [], |r| r.get(0)).unwrap() };
+    assert!(content_matches(&conn));
+    assert_eq!(count("SELECT COUNT(*) FROM archive_content"), 7);
+    assert_eq!(count("SELECT COUNT(*) FROM archive"), 7);
+    // No stanza is left inline.
+    let columns = |table: &str| -> String {
+        conn.query_row(
+            "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?1",
+            [table],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    assert!(!columns("archive").contains("stanza"));
+    assert!(!columns("archive_log").contains("stanza"));
+    s.remove_account("a@x.example").unwrap();
+    assert!(content_matches(&conn));
+    assert_eq!(count("SELECT COUNT(*) FROM archive_content"), 2);
+    assert_eq!(s.archive_count("b@x.example").unwrap(), 2);
 }
