@@ -281,16 +281,21 @@ const MIGRATIONS: &[&str] = &[
     // stanza twice more (into `merge_round`, then into `archive`). Now an append writes the
     // stanza into `archive_content` (rowid order, no index: each append fills the table's
     // last page) and the log row refers to it (`content`); the merge moves only the small
-    // rows, which keep referring to the same content. Existing rows keep their stanzas
-    // under the row's `seq` (archive) and after the archive's highest `seq` (log).
+    // rows, which keep referring to the same content. Copies with the same stanza appended
+    // in one batch (a message's sender's and recipient's copies) share one row, which
+    // counts the copies that refer to it (`refs`; a row goes when its last copy does).
+    // Existing rows keep their stanzas under the row's `seq` (archive) and after the
+    // archive's highest `seq` (log).
     "
     CREATE TABLE archive_content (
         cid     INTEGER PRIMARY KEY,
-        stanza  TEXT NOT NULL
+        stanza  TEXT NOT NULL,
+        refs    INTEGER NOT NULL
     );
-    INSERT INTO archive_content (cid, stanza) SELECT seq, stanza FROM archive ORDER BY seq;
-    INSERT INTO archive_content (cid, stanza)
-        SELECT seq + (SELECT COALESCE(max(seq), 0) FROM archive), stanza
+    INSERT INTO archive_content (cid, stanza, refs)
+        SELECT seq, stanza, 1 FROM archive ORDER BY seq;
+    INSERT INTO archive_content (cid, stanza, refs)
+        SELECT seq + (SELECT COALESCE(max(seq), 0) FROM archive), stanza, 1
         FROM archive_log ORDER BY seq;
     CREATE TABLE archive_log_v10 (
         seq        INTEGER PRIMARY KEY,
@@ -1395,15 +1400,21 @@ fn merge_positions(c: &Connection, from: i64, to: i64) -> Result<usize> {
              ON CONFLICT (owner, with_bare) DO UPDATE SET n = excluded.n",
         )?
         .execute(range)?;
-        // A dropped copy's stanza goes with it, unless the copy the archive kept is the same
-        // one (a round cut short after it had copied it leaves it in the log).
+        // A dropped copy gives up its reference to its stanza, unless the copy the archive
+        // kept is the same one (a round cut short after it had copied it leaves it in the
+        // log); a stanza no copy refers to any more goes.
         c.prepare_cached(
-            "DELETE FROM archive_content WHERE cid IN (
+            "UPDATE archive_content SET refs = refs - 1 WHERE cid IN (
                  SELECT m.content FROM temp.merge_round m
                  WHERE m.pos > ?1 AND m.pos <= ?2
                    AND NOT EXISTS (SELECT 1 FROM archive a
                                    WHERE a.owner = m.owner AND a.id = m.id
                                      AND a.content = m.content))",
+        )?
+        .execute(range)?;
+        c.prepare_cached(
+            "DELETE FROM archive_content WHERE refs <= 0 AND cid IN (
+                 SELECT content FROM temp.merge_round WHERE pos > ?1 AND pos <= ?2)",
         )?
         .execute(range)?;
         tracing::warn!(
@@ -1940,6 +1951,18 @@ fn offline_delete(c: &Connection, owner: &str, ids: &[i64]) -> Result<()> {
 /// taken id (in the archive or still in the log) is refused. A stamp older than the owner's
 /// newest is stored as the newest (see [`crate::ArchiveStore::archive_append`]).
 fn archive_append(c: &Connection, owner: String, m: &crate::ArchivedMessage) -> Result<()> {
+    archive_append_shared(c, owner, m, None).map(|_| ())
+}
+
+/// [`archive_append`], whose stanza is already stored in this transaction under `shared`
+/// when given (a copy appended just before in the same batch, with the same stanza: the
+/// row's count of copies goes up instead of a second row being written). The stanza's row.
+fn archive_append_shared(
+    c: &Connection,
+    owner: String,
+    m: &crate::ArchivedMessage,
+    shared: Option<i64>,
+) -> Result<i64> {
     if !account_known(c, &owner)? {
         return Err(StoreError::NotFound(owner));
     }
@@ -1949,9 +1972,18 @@ fn archive_append(c: &Connection, owner: String, m: &crate::ArchivedMessage) -> 
         return Err(StoreError::AlreadyExists(m.id.clone()));
     }
     let stamp_ms = newest_stamp(c, &owner)?.map_or(m.stamp_ms, |n| n.max(m.stamp_ms));
-    c.prepare_cached("INSERT INTO archive_content (stanza) VALUES (?1)")?
-        .execute([&m.stanza])?;
-    let content = c.last_insert_rowid();
+    let content = match shared {
+        Some(cid) => {
+            c.prepare_cached("UPDATE archive_content SET refs = refs + 1 WHERE cid = ?1")?
+                .execute([cid])?;
+            cid
+        }
+        None => {
+            c.prepare_cached("INSERT INTO archive_content (stanza, refs) VALUES (?1, 1)")?
+                .execute([&m.stanza])?;
+            c.last_insert_rowid()
+        }
+    };
     let logged = c
         .prepare_cached(
             "INSERT INTO archive_log (owner, id, with_bare, with_full, stamp_ms, content)
@@ -1969,30 +2001,44 @@ fn archive_append(c: &Connection, owner: String, m: &crate::ArchivedMessage) -> 
         });
     if let Err(e) = logged {
         // Two statements, and a batch op has no savepoint (see `run_op`): undo the first.
+        let undo = match shared {
+            Some(_) => "UPDATE archive_content SET refs = refs - 1 WHERE cid = ?1",
+            None => "DELETE FROM archive_content WHERE cid = ?1",
+        };
         let _ = c
-            .prepare_cached("DELETE FROM archive_content WHERE cid = ?1")
+            .prepare_cached(undo)
             .and_then(|mut st| st.execute([content]));
         return Err(e.into());
     }
     ARCHIVE_LOG.with_borrow_mut(|l| l.insert(&owner, &m.id, stamp_ms));
     remember_newest_stamp(&owner, stamp_ms);
+    Ok(content)
+}
+
+/// Takes one reference to each stanza in `archive_content` that `owner`'s copies (merged,
+/// in the log, or both halfway through a merge round) refer to, and deletes the stanzas no
+/// copy refers to any more (before the copies themselves go).
+fn release_owner_content(c: &Connection, owner: &str) -> Result<()> {
+    // Each stanza once: a copy in both tables is one copy. (Two copies of one owner never
+    // share a stanza: they are the two sides of one message, which have two owners.)
+    const OWNED: &str = "(SELECT content FROM archive WHERE owner = ?1
+                          UNION SELECT content FROM archive_log WHERE owner = ?1)";
+    c.execute(
+        &format!("UPDATE archive_content SET refs = refs - 1 WHERE cid IN {OWNED}"),
+        [owner],
+    )?;
+    c.execute(
+        &format!("DELETE FROM archive_content WHERE refs <= 0 AND cid IN {OWNED}"),
+        [owner],
+    )?;
     Ok(())
 }
 
 /// Deletes `owner`'s whole archive, merged or not (writer thread).
 fn archive_delete_owner(c: &Connection, owner: &str) -> Result<()> {
-    // The stanzas first, found through the rows that refer to them (a copy a merge round
-    // has put into `archive` but not yet taken out of the log refers to its stanza twice;
-    // `merge_round` only holds copies that are still in the log).
-    c.execute(
-        "DELETE FROM archive_content WHERE cid IN (SELECT content FROM archive WHERE owner = ?1)",
-        [owner],
-    )?;
-    c.execute(
-        "DELETE FROM archive_content
-         WHERE cid IN (SELECT content FROM archive_log WHERE owner = ?1)",
-        [owner],
-    )?;
+    // The stanzas first, found through the rows that refer to them (`merge_round` only
+    // holds copies that are still in the log).
+    release_owner_content(c, owner)?;
     c.execute("DELETE FROM archive WHERE owner = ?1", [owner])?;
     c.execute("DELETE FROM archive_with_counts WHERE owner = ?1", [owner])?;
     c.execute("DELETE FROM archive_log WHERE owner = ?1", [owner])?;
@@ -2003,14 +2049,39 @@ fn archive_delete_owner(c: &Connection, owner: &str) -> Result<()> {
     Ok(())
 }
 
+/// The archive copy the previous op of a batch appended ([`run_op`]).
+struct LastCopy {
+    owner: String,
+    stanza: String,
+    /// Its stanza's row in `archive_content`.
+    cid: i64,
+}
+
 /// Runs one op of a batch so that its failure undoes only itself (a batch job has no
 /// savepoint of its own): a push writes with a single INSERT (after reads), which SQLite
 /// undoes by itself when it fails; an archive append with two (its stanza, then the log row,
 /// [`archive_append`]), and deletes the first when the second fails; a delete of several
 /// rows runs in a savepoint.
-fn run_op(c: &Connection, op: WriteOp) -> WriteOutcome {
+///
+/// `last` is the previous op's owner, archived stanza and its row, if the previous op
+/// archived a copy: an archive copy of another owner with the same stanza shares that row
+/// ([`archive_append_shared`]; never two copies of one owner, which a deletion of that
+/// owner's archive would count once).
+fn run_op(c: &Connection, op: WriteOp, last: &mut Option<LastCopy>) -> WriteOutcome {
+    let previous = last.take();
     match op {
-        WriteOp::Archive { owner, msg } => archive_append(c, owner, &msg).map(|()| None),
+        WriteOp::Archive { owner, msg } => {
+            let shared = previous
+                .filter(|p| p.stanza == msg.stanza && p.owner != owner)
+                .map(|p| p.cid);
+            let cid = archive_append_shared(c, owner.clone(), &msg, shared)?;
+            *last = Some(LastCopy {
+                owner,
+                stanza: msg.stanza,
+                cid,
+            });
+            Ok(None)
+        }
         WriteOp::OfflinePush {
             owner,
             stanza,
@@ -2065,7 +2136,10 @@ impl SqliteStore {
                 });
             }
         }));
-        let job = move |c: &Connection| Ok(ops.into_iter().map(|op| run_op(c, op)).collect());
+        let job = move |c: &Connection| {
+            let mut last = None;
+            Ok(ops.into_iter().map(|op| run_op(c, op, &mut last)).collect())
+        };
         // No savepoint around the job: it returns `Ok` whatever its ops do, and `run_op` keeps
         // each op's failure to itself.
         if let Err(e) = self.enqueue_job(job, false, lazy, reply)

@@ -1771,7 +1771,7 @@ fn sqlite_archive_log_is_merged_and_its_ids_are_taken() {
         let c = rusqlite::Connection::open(&path).unwrap();
         c.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
         c.execute(
-            "INSERT INTO archive_content (stanza) VALUES ('<message/>')",
+            "INSERT INTO archive_content (stanza, refs) VALUES ('<message/>', 1)",
             [],
         )
         .unwrap();
@@ -1871,7 +1871,13 @@ fn content_matches(conn: &rusqlite::Connection) -> bool {
     let orphans = q("SELECT COUNT(*) FROM archive_content c
                      WHERE NOT EXISTS (SELECT 1 FROM archive a WHERE a.content = c.cid)
                        AND NOT EXISTS (SELECT 1 FROM archive_log l WHERE l.content = c.cid)");
-    dangling == 0 && orphans == 0
+    // Each stanza counts the copies that refer to it (one copy: one owner and id, whether
+    // merged, in the log, or both halfway through a merge round).
+    let miscounted = q("SELECT COUNT(*) FROM archive_content c
+                        WHERE refs != (SELECT COUNT(*) FROM (
+                            SELECT owner, id FROM archive WHERE content = c.cid
+                            UNION SELECT owner, id FROM archive_log WHERE content = c.cid))");
+    dangling == 0 && orphans == 0 && miscounted == 0
 }
 
 /// A merge moves the log owner by owner (`merge_archive_log`): each owner's archive keeps
@@ -2181,4 +2187,111 @@ fn sqlite_archive_migrates_to_stanzas_written_once() {
     assert!(content_matches(&conn));
     assert_eq!(count("SELECT COUNT(*) FROM archive_content"), 2);
     assert_eq!(s.archive_count("b@x.example").unwrap(), 2);
+}
+
+/// The sender's and the recipient's copies of one message, appended one after the other in
+/// one batch with the same stanza, share one stored stanza (schema 10's `archive_content`,
+/// counted by `refs`); each owner's pages give it back, merged or not, and it goes only when
+/// the last copy referring to it does. Copies of one owner, or not next to each other, do
+/// not share.
+#[test]
+fn sqlite_archive_copies_of_one_message_share_their_stanza() {
+    use crate::{AccountStore, ArchiveQuery, ArchiveStore, BatchWrite, WriteOp};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("strait.db");
+    let s = SqliteStore::open(&path).unwrap();
+    for jid in ["a@x.example", "b@x.example"] {
+        s.create_account(jid, &creds(1)).unwrap();
+    }
+    let batch = |ops: Vec<WriteOp>| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        s.write_batch(ops, Box::new(move |o| tx.send(o).unwrap()));
+        let outcomes = rx.recv().unwrap();
+        assert!(outcomes.iter().all(|o| o.is_ok()), "{outcomes:?}");
+    };
+    let copy = |owner: &str, id: &str, with: &str, stanza: &str, stamp: i64| WriteOp::Archive {
+        owner: owner.to_owned(),
+        msg: crate::ArchivedMessage {
+            stanza: stanza.to_owned(),
+            ..archived(id, with, stamp)
+        },
+    };
+    let stanza = |i: usize| format!("<message id='m{i}'><body>{i}</body></message>");
+    for i in 0..10 {
+        batch(vec![
+            copy(
+                "a@x.example",
+                &format!("a{i}"),
+                "b@x.example",
+                &stanza(i),
+                i as i64,
+            ),
+            copy(
+                "b@x.example",
+                &format!("b{i}"),
+                "a@x.example",
+                &stanza(i),
+                i as i64,
+            ),
+        ]);
+        if i == 4 {
+            s.merge_archive_log().unwrap();
+        }
+    }
+    // Not shared: two copies of one owner, and copies with another op between them.
+    batch(vec![
+        copy(
+            "a@x.example",
+            "a-x1",
+            "b@x.example",
+            "<message id='x'/>",
+            20,
+        ),
+        copy(
+            "a@x.example",
+            "a-x2",
+            "b@x.example",
+            "<message id='x'/>",
+            20,
+        ),
+        WriteOp::OfflineDelete {
+            owner: "b@x.example".into(),
+            ids: vec![],
+        },
+        copy("b@x.example", "b-x", "a@x.example", "<message id='x'/>", 20),
+    ]);
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let count = |sql: &str| -> i64 { conn.query_row(sql, [], |r| r.get(0)).unwrap() };
+    assert_eq!(count("SELECT COUNT(*) FROM archive_content"), 10 + 3);
+    assert_eq!(
+        count("SELECT COUNT(*) FROM archive_content WHERE refs = 2"),
+        10
+    );
+    assert!(content_matches(&conn));
+    let stanzas = |owner: &str| -> Vec<String> {
+        let q = ArchiveQuery {
+            max: 100,
+            ..ArchiveQuery::default()
+        };
+        let page = s.archive_query(owner, &q).unwrap().unwrap();
+        page.messages.into_iter().map(|m| m.stanza).collect()
+    };
+    let mut want: Vec<String> = (0..10).map(stanza).collect();
+    assert_eq!(stanzas("b@x.example")[..10], want[..]);
+    want.extend([
+        "<message id='x'/>".to_owned(),
+        "<message id='x'/>".to_owned(),
+    ]);
+    assert_eq!(stanzas("a@x.example"), want);
+    // One side clears its archive (half merged, half in the log): the other keeps every
+    // stanza.
+    s.archive_clear("a@x.example").unwrap();
+    assert!(content_matches(&conn));
+    assert_eq!(count("SELECT COUNT(*) FROM archive_content"), 10 + 1);
+    assert_eq!(stanzas("b@x.example").len(), 11);
+    assert_eq!(stanzas("b@x.example")[..10], want[..10]);
+    s.merge_archive_log().unwrap();
+    assert_eq!(stanzas("b@x.example")[..10], want[..10]);
+    s.remove_account("b@x.example").unwrap();
+    assert_eq!(count("SELECT COUNT(*) FROM archive_content"), 0);
 }

@@ -69,6 +69,9 @@ pub struct Delivered {
 #[derive(Default)]
 pub struct Writes {
     ops: Vec<WriteOp>,
+    /// The message's archived form ([`super::mam::stored_form`]) once one of its archive
+    /// copies made it: the other copy stores the same text, which the store then keeps once.
+    pub stored: Option<String>,
 }
 
 impl Writes {

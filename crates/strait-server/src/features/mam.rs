@@ -92,21 +92,63 @@ async fn allowed(state: &ServerState, owner: &str, with: &str) -> bool {
 /// Archives `m` for `owner` under `id`, `with` being the partner's JID as addressed. Errors are
 /// logged: a message is never refused because it could not be archived.
 pub async fn archive(state: &ServerState, owner: &str, with: &str, id: &str, m: &Stanza) {
-    if let Some(op) = archive_op(state, owner, with, id, m).await {
+    if let Some(op) = archive_op(state, owner, with, id, m, &mut None).await {
         let outcomes = state.write_batch(vec![op]).await;
         log_outcome(owner, outcomes.into_iter().next());
     }
 }
 
+/// What an archive copy of `m` stores, for either side of the conversation between the
+/// accounts `a` and `b` (in either order): the message without the stanza-ids by either
+/// account (XEP-0359; each copy's own goes back in when a query returns it,
+/// [`with_own_stanza_id`]) and without a `<private/>` carbons hint (a routing hint, which only
+/// the sender's copy had). So the sender's and the recipient's copies of one message are the
+/// same text, and the store keeps it once for both (it shares the stanza of two copies
+/// appended one after the other in one batch).
+pub fn stored_form(m: &Stanza, a: &str, b: &str) -> String {
+    let mut m = m.clone();
+    super::carbons::strip_private(&mut m);
+    super::stanza_id::strip(&mut m, a);
+    super::stanza_id::strip(&mut m, b);
+    m.to_xml("")
+}
+
+/// `stored`, an archived copy in [`stored_form`], with the stanza-id `id` by `owner` the copy
+/// had when it was delivered, as a query returns it. A copy archived before the stored form
+/// left it out has it already and is returned as it is.
+pub fn with_own_stanza_id<'a>(stored: &'a str, id: &str, owner: &str) -> std::borrow::Cow<'a, str> {
+    let own = format!(
+        "<stanza-id xmlns='{}'{}{}/>",
+        super::stanza_id::NS,
+        attr("id", id),
+        attr("by", owner)
+    );
+    if stored.contains(&own) {
+        return std::borrow::Cow::Borrowed(stored);
+    }
+    if let Some(body) = stored.strip_suffix("</message>") {
+        return std::borrow::Cow::Owned(format!("{body}{own}</message>"));
+    }
+    match stored.strip_suffix("/>") {
+        // `<message …/>` (the `/>` of the start tag: a stored form has no children then).
+        Some(start) if stored.starts_with("<message") => {
+            std::borrow::Cow::Owned(format!("{start}>{own}</message>"))
+        }
+        _ => std::borrow::Cow::Borrowed(stored),
+    }
+}
+
 /// The write that archives `m` for `owner` (see [`archive`]), to commit with the message's
 /// other writes; `None` when the archive is off, the message has nothing worth archiving, or
-/// the owner's preferences say not to.
+/// the owner's preferences say not to. `form` is the message's [`stored_form`] once one of its
+/// copies has made it (the other copy stores the same text).
 pub async fn archive_op(
     state: &ServerState,
     owner: &str,
     with: &str,
     id: &str,
     m: &Stanza,
+    form: &mut Option<String>,
 ) -> Option<WriteOp> {
     if !state.config.archive.enabled || !archivable(m) {
         return None;
@@ -115,13 +157,16 @@ pub async fn archive_op(
     if !allowed(state, owner, &with_bare).await {
         return None;
     }
+    let stanza = form
+        .get_or_insert_with(|| stored_form(m, owner, &with_bare))
+        .clone();
     Some(WriteOp::Archive {
         owner: owner.to_owned(),
         msg: ArchivedMessage {
             id: id.to_owned(),
             with_bare,
             with_full: with.to_owned(),
-            stanza: m.to_xml(""),
+            stanza,
             stamp_ms: now_ms(),
         },
     })
@@ -290,7 +335,7 @@ async fn query(s: &mut Session, stanza: &Stanza, el: &minidom::Element) {
             attr("id", &m.id),
             super::carbons::FORWARD,
             attr("stamp", &xep0082_stamp(m.stamp_ms)),
-            m.stanza
+            with_own_stanza_id(&m.stanza, &m.id, &s.bare)
         );
         match w.try_push_child_xml(&xml) {
             Ok(()) => s.reply(w),
@@ -387,6 +432,50 @@ mod tests {
             "type='chat'",
             "<body>hi</body><no-permanent-store xmlns='urn:xmpp:hints'/>"
         )));
+    }
+
+    /// Both copies of a message are stored as one text, and each gets its own stanza-id
+    /// back when returned: the recipient's exactly as it was delivered, the sender's as sent
+    /// (without the `<private/>` hint); copies stored whole before keep theirs, once.
+    #[test]
+    fn both_copies_store_one_text_and_get_their_own_ids_back() {
+        use crate::features::stanza_id;
+        let (a, b) = ("a@x", "b'o@x");
+        let sent = msg(
+            "from='a@x/r' type='chat' id='1'",
+            "<body>hi &amp; bye</body>             <stanza-id xmlns='urn:xmpp:sid:0' id='forged' by='b&apos;o@x'/>             <stanza-id xmlns='urn:xmpp:sid:0' id='room' by='room@muc.x'/>",
+        );
+        // The sender's copy: its own id, the hint kept, as message.rs makes it.
+        let mut copy = sent.clone();
+        let ida = stanza_id::stamp(&mut copy, a);
+        copy.push_empty_child(crate::features::carbons::NS, "private", &[]);
+        // The recipient's copy: the hint stripped, its own id.
+        let mut delivered = sent.clone();
+        let idb = stanza_id::stamp(&mut delivered, b);
+        let stored = stored_form(&copy, a, b);
+        assert_eq!(stored, stored_form(&delivered, b, a));
+        assert!(!stored.contains("stanza-id xmlns='urn:xmpp:sid:0' id='forged'"));
+        assert!(stored.contains("id='room'"), "{stored}");
+        assert!(!stored.contains("private"), "{stored}");
+        // What a query returns for the recipient is what the recipient got.
+        assert_eq!(with_own_stanza_id(&stored, &idb, b), delivered.to_xml(""));
+        let for_sender = with_own_stanza_id(&stored, &ida, a);
+        let mut want = copy.clone();
+        crate::features::carbons::strip_private(&mut want);
+        stanza_id::strip(&mut want, b);
+        assert_eq!(for_sender, want.to_xml(""));
+        // A copy stored whole (before the stored form) already has its id: unchanged.
+        let old = delivered.to_xml("");
+        assert!(matches!(
+            with_own_stanza_id(&old, &idb, b),
+            std::borrow::Cow::Borrowed(x) if x == old
+        ));
+        // A message without children gets one.
+        assert_eq!(
+            with_own_stanza_id("<message xmlns='jabber:client' to='b@x'/>", "i", "b@x"),
+            "<message xmlns='jabber:client' to='b@x'>\
+             <stanza-id xmlns='urn:xmpp:sid:0' id='i' by='b@x'/></message>"
+        );
     }
 
     #[test]

@@ -88,7 +88,9 @@ pub async fn from_client(s: &mut Session, mut stanza: Stanza, to: Option<jid::Ji
                 None => bare.clone(),
             };
             let id = stanza_id::stamp(&mut copy, &s.bare);
-            writes.push(mam::archive_op(&s.state, &s.bare, &with, &id, &copy).await);
+            let op =
+                mam::archive_op(&s.state, &s.bare, &with, &id, &copy, &mut writes.stored).await;
+            writes.push(op);
         }
         sent = Some(copy);
     }
@@ -193,7 +195,8 @@ async fn route(
         // delivery, and MAM queries wait for what is queued, so a client that saw the message
         // finds it in the archive.
         if let Some(from) = stamped.from.clone() {
-            writes.push(mam::archive_op(state, bare, &from, &id, stamped).await);
+            let op = mam::archive_op(state, bare, &from, &id, stamped, &mut writes.stored).await;
+            writes.push(op);
         }
     }
     let stanza = &*stamped;
