@@ -281,21 +281,16 @@ const MIGRATIONS: &[&str] = &[
     // stanza twice more (into `merge_round`, then into `archive`). Now an append writes the
     // stanza into `archive_content` (rowid order, no index: each append fills the table's
     // last page) and the log row refers to it (`content`); the merge moves only the small
-    // rows, which keep referring to the same content. Copies with the same stanza appended
-    // in one batch (a message's sender's and recipient's copies) share one row, which
-    // counts the copies that refer to it (`refs`; a row goes when its last copy does).
-    // Existing rows keep their stanzas under the row's `seq` (archive) and after the
-    // archive's highest `seq` (log).
+    // rows, which keep referring to the same content. Existing rows keep their stanzas
+    // under the row's `seq` (archive) and after the archive's highest `seq` (log).
     "
     CREATE TABLE archive_content (
         cid     INTEGER PRIMARY KEY,
-        stanza  TEXT NOT NULL,
-        refs    INTEGER NOT NULL
+        stanza  TEXT NOT NULL
     );
-    INSERT INTO archive_content (cid, stanza, refs)
-        SELECT seq, stanza, 1 FROM archive ORDER BY seq;
-    INSERT INTO archive_content (cid, stanza, refs)
-        SELECT seq + (SELECT COALESCE(max(seq), 0) FROM archive), stanza, 1
+    INSERT INTO archive_content (cid, stanza) SELECT seq, stanza FROM archive ORDER BY seq;
+    INSERT INTO archive_content (cid, stanza)
+        SELECT seq + (SELECT COALESCE(max(seq), 0) FROM archive), stanza
         FROM archive_log ORDER BY seq;
     CREATE TABLE archive_log_v10 (
         seq        INTEGER PRIMARY KEY,
@@ -328,6 +323,16 @@ const MIGRATIONS: &[&str] = &[
     CREATE UNIQUE INDEX archive_by_id ON archive(owner, id);
     CREATE INDEX archive_by_time ON archive(owner, stamp_ms, seq);
     CREATE INDEX archive_by_with ON archive(owner, with_bare, stamp_ms, seq);
+    ",
+    // 11: one stored stanza for both copies of a message. The server archives the sender's
+    // and the recipient's copies in one form (without either account's stanza-id, which a
+    // query puts back), and two copies with the same stanza appended one after the other in
+    // one batch share one `archive_content` row, which counts the copies that refer to it
+    // (`refs`); a deletion takes one reference per stanza and deletes the stanzas no copy
+    // refers to any more. Every existing row has one copy. (A column with a constant
+    // default: SQLite adds it without rewriting the table.)
+    "
+    ALTER TABLE archive_content ADD COLUMN refs INTEGER NOT NULL DEFAULT 1;
     ",
 ];
 

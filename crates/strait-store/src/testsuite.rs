@@ -2109,8 +2109,9 @@ fn sqlite_archive_pages_match_the_reference_everywhere() {
 
 /// A database of schema version 9, with copies merged into `archive` and copies still in
 /// `archive_log` (a crash left them there), opened by this build: migration 10 moves every
-/// stanza into `archive_content` once, pages give back the same stanzas, a new copy's
-/// stanza does not take an old one's place, and removing an account removes its stanzas.
+/// stanza into `archive_content` once (and 11 counts one copy for each), pages give back the
+/// same stanzas, a new copy's stanza does not take an old one's place, and removing an
+/// account removes its stanzas.
 #[test]
 fn sqlite_archive_migrates_to_stanzas_written_once() {
     use crate::{AccountStore, ArchiveQuery, ArchiveStore};
@@ -2294,4 +2295,74 @@ fn sqlite_archive_copies_of_one_message_share_their_stanza() {
     assert_eq!(stanzas("b@x.example")[..10], want[..10]);
     s.remove_account("b@x.example").unwrap();
     assert_eq!(count("SELECT COUNT(*) FROM archive_content"), 0);
+}
+
+/// A database of schema version 10 (each stanza stored once, but one per copy), opened by
+/// this build: migration 11 counts one copy for each stored stanza, so deleting one owner's
+/// archive deletes its stanzas and leaves the other owner's.
+#[test]
+fn sqlite_archive_migrates_to_shared_stanzas() {
+    use crate::{ArchiveQuery, ArchiveStore};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("strait.db");
+    {
+        let conn = database_at_version(&path, 10, &["a@x.example", "b@x.example"]);
+        for (i, (table, owner)) in [
+            ("archive", "a@x.example"),
+            ("archive", "b@x.example"),
+            ("archive_log", "a@x.example"),
+            ("archive_log", "b@x.example"),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            conn.execute(
+                "INSERT INTO archive_content (stanza) VALUES (?1)",
+                [format!("<message id='v10-{i}'/>")],
+            )
+            .unwrap();
+            conn.execute(
+                &format!(
+                    "INSERT INTO {table} (owner, id, with_bare, with_full, stamp_ms, content)
+                     VALUES (?1, ?2, 'c@x.example', 'c@x.example', ?3, ?4)"
+                ),
+                rusqlite::params![
+                    owner,
+                    format!("v10-{i}"),
+                    i as i64,
+                    conn.last_insert_rowid()
+                ],
+            )
+            .unwrap();
+        }
+        conn.execute(
+            "INSERT INTO archive_with_counts (owner, with_bare, n)
+             VALUES ('a@x.example', 'c@x.example', 1), ('b@x.example', 'c@x.example', 1)",
+            [],
+        )
+        .unwrap();
+    }
+    let s = SqliteStore::open(&path).unwrap();
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let count = |sql: &str| -> i64 { conn.query_row(sql, [], |r| r.get(0)).unwrap() };
+    assert_eq!(
+        count("SELECT COUNT(*) FROM archive_content WHERE refs = 1"),
+        4
+    );
+    assert!(content_matches(&conn));
+    let page = s
+        .archive_query(
+            "b@x.example",
+            &ArchiveQuery {
+                max: 10,
+                ..ArchiveQuery::default()
+            },
+        )
+        .unwrap()
+        .unwrap();
+    let stanzas: Vec<&str> = page.messages.iter().map(|m| m.stanza.as_str()).collect();
+    assert_eq!(stanzas, ["<message id='v10-1'/>", "<message id='v10-3'/>"]);
+    s.archive_clear("a@x.example").unwrap();
+    assert_eq!(count("SELECT COUNT(*) FROM archive_content"), 2);
+    assert!(content_matches(&conn));
 }
