@@ -108,8 +108,7 @@ pub async fn archive(state: &ServerState, owner: &str, with: &str, id: &str, m: 
 pub fn stored_form(m: &Stanza, a: &str, b: &str) -> String {
     let mut m = m.clone();
     super::carbons::strip_private(&mut m);
-    super::stanza_id::strip(&mut m, a);
-    super::stanza_id::strip(&mut m, b);
+    super::stanza_id::strip_any(&mut m, &[a, b]);
     m.to_xml("")
 }
 

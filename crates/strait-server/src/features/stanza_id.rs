@@ -26,6 +26,12 @@ pub fn new_id() -> String {
 
 /// Removes every `<stanza-id/>` whose `by` is `by` (or that has no readable `by`).
 pub fn strip(m: &mut Stanza, by: &str) {
+    strip_any(m, &[by]);
+}
+
+/// Removes every `<stanza-id/>` whose `by` is one of `by` (or that has no readable `by`),
+/// reading each once.
+pub fn strip_any(m: &mut Stanza, by: &[&str]) {
     let forged: Vec<std::ops::Range<usize>> = m
         .children()
         .iter()
@@ -33,7 +39,7 @@ pub fn strip(m: &mut Stanza, by: &str) {
         .filter(|c| {
             m.inner_xml()[c.range.clone()]
                 .parse::<minidom::Element>()
-                .map(|el| el.attr("by").is_none_or(|b| b == by))
+                .map(|el| el.attr("by").is_none_or(|b| by.contains(&b)))
                 .unwrap_or(true)
         })
         .map(|c| c.range.clone())
