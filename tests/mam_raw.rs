@@ -149,6 +149,21 @@ async fn archives_both_directions_with_stanza_ids() {
         results[1]
     );
 
+    // Each side's copy carries its own stanza-id, once, and not the other side's (both are
+    // stored in one form, and a query puts the owner's id back).
+    let (b_ids, _, b_results) = mam_query(&mut b, "q3", &[], "").await;
+    for (owner, other, ids, results) in [
+        ("alice@localhost", "bob@localhost", &ids, &results),
+        ("bob@localhost", "alice@localhost", &b_ids, &b_results),
+    ] {
+        for (id, r) in ids.iter().zip(results.iter()) {
+            let own = format!("<stanza-id xmlns='urn:xmpp:sid:0' id='{id}' by='{owner}'/>");
+            assert_eq!(r.matches(&own).count(), 1, "{r}");
+            assert_eq!(r.matches("<stanza-id ").count(), 1, "{r}");
+            assert!(!r.contains(&format!("by='{other}'")), "{r}");
+        }
+    }
+
     // Someone else's archive is not readable.
     a.send(&format!(
         "<iq type='set' id='x1' to='bob@localhost'><query xmlns='{MAM}'/></iq>"
