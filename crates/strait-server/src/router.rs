@@ -6,12 +6,13 @@
 //! one node this table becomes the local half of a shared directory (NATS), and `deliver_*`
 //! gains a "remote node" branch: nothing else here changes.
 
+use futures_util::task::AtomicWaker;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use strait_wire::{Stanza, StreamError};
-use tokio::sync::Notify;
 
 /// What a connection's task receives from the rest of the server.
 #[derive(Debug)]
@@ -30,24 +31,17 @@ pub enum Outbound {
 /// (rather than letting its queue grow without bound) and its messages go to offline storage.
 pub const OUTBOUND_QUEUE: usize = 512;
 
-/// How the rest of the server reaches a connection's task.
+/// How the rest of the server reaches a connection's task: its queue, which also carries the
+/// order to close when the connection cannot keep up ([`OutboundSender::kill`]).
 #[derive(Debug, Clone)]
 pub struct ConnHandle {
     pub tx: OutboundSender,
-    /// Notified when the connection must close because it cannot keep up.
-    pub kill: Arc<Notify>,
 }
 
 impl ConnHandle {
     pub fn new() -> (ConnHandle, OutboundReceiver) {
         let (tx, rx) = outbound_queue(OUTBOUND_QUEUE);
-        (
-            ConnHandle {
-                tx,
-                kill: Arc::new(Notify::new()),
-            },
-            rx,
-        )
+        (ConnHandle { tx }, rx)
     }
 }
 
@@ -57,14 +51,23 @@ impl ConnHandle {
 /// is empty). Unlike `mpsc::channel`, which allocates a block of 32 slots (~1.5 KiB) up front
 /// and keeps it, this queue allocates only while something is queued and gives the memory
 /// back once drained: nearly every connection is idle nearly all the time.
+///
+/// The queue also carries the order to close a connection that cannot keep up (a flag beside
+/// the items, [`OutboundSender::kill`]), so that the connection's task waits on one
+/// notification rather than two. That notification is an `AtomicWaker` rather than a
+/// `tokio::sync::Notify`: the task waits on the queue on every turn of its loop and, most
+/// turns, stops waiting because something else (a read) came first; a `Notify` took a lock
+/// to register the waiter and another to remove it each time, where the waker is a few
+/// atomic operations, and only when it changes.
 pub fn outbound_queue(capacity: usize) -> (OutboundSender, OutboundReceiver) {
     let shared = Arc::new(Queue {
         state: Mutex::new(QueueState {
             items: VecDeque::new(),
             senders: 1,
             closed: false,
+            killed: false,
         }),
-        ready: Notify::new(),
+        ready: AtomicWaker::new(),
         capacity,
     });
     (
@@ -78,8 +81,10 @@ pub fn outbound_queue(capacity: usize) -> (OutboundSender, OutboundReceiver) {
 #[derive(Debug)]
 struct Queue {
     state: Mutex<QueueState>,
-    /// Wakes the receiver: something was queued or the last sender left.
-    ready: Notify,
+    /// Wakes the receiver: something was queued, the last sender left, or a kill. The
+    /// receiver registers before it looks at the state, under the lock, so a wake-up
+    /// cannot fall between the two.
+    ready: AtomicWaker,
     capacity: usize,
 }
 
@@ -89,6 +94,8 @@ struct QueueState {
     senders: usize,
     /// The receiver was closed or dropped: nothing more is accepted.
     closed: bool,
+    /// The connection must close (it cannot keep up); cleared when the receiver sees it.
+    killed: bool,
 }
 
 impl Queue {
@@ -128,7 +135,7 @@ impl Drop for OutboundSender {
             st.senders == 0
         };
         if last {
-            self.shared.ready.notify_one();
+            self.shared.ready.wake();
         }
     }
 }
@@ -146,10 +153,25 @@ impl OutboundSender {
             }
             st.items.push_back(out);
         }
-        // One receiver: a stored permit wakes it even if it is not waiting yet.
-        self.shared.ready.notify_one();
+        self.shared.ready.wake();
         Ok(())
     }
+
+    /// Tells the connection to close because it cannot keep up: its receiver reports this
+    /// once ([`Received::Killed`], or `None` from `recv`) before anything still queued.
+    pub fn kill(&self) {
+        self.shared.lock().killed = true;
+        self.shared.ready.wake();
+    }
+}
+
+/// What [`OutboundReceiver::recv_all`] hands the connection.
+#[derive(Debug)]
+pub enum Received {
+    /// Everything queued, in order; empty once every sender is gone and nothing is left.
+    Items(VecDeque<Outbound>),
+    /// The connection must close: it cannot keep up ([`OutboundSender::kill`]).
+    Killed,
 }
 
 /// The receiving half of a connection's queue.
@@ -166,23 +188,30 @@ impl Drop for OutboundReceiver {
 
 impl OutboundReceiver {
     /// The next item, waiting for one; `None` once every sender is gone and nothing is
-    /// left. Cancel-safe: an item is taken only when this returns it.
-    pub async fn recv(&mut self) -> Option<Outbound> {
-        loop {
-            {
-                let mut st = self.shared.lock();
-                if let Some(out) = st.items.pop_front() {
-                    if st.items.is_empty() {
-                        st.items = VecDeque::new();
-                    }
-                    return Some(out);
-                }
-                if st.senders == 0 {
-                    return None;
-                }
-            }
-            self.shared.ready.notified().await;
+    /// left, or when the connection was killed. With `take` false it takes no item and
+    /// waits only for those two ends. Cancel-safe: an item is taken only when this returns
+    /// it.
+    pub async fn recv(&mut self, take: bool) -> Option<Outbound> {
+        std::future::poll_fn(|cx| self.poll_recv(cx, take)).await
+    }
+
+    fn poll_recv(&mut self, cx: &mut Context<'_>, take: bool) -> Poll<Option<Outbound>> {
+        self.shared.ready.register(cx.waker());
+        let mut st = self.shared.lock();
+        if st.killed {
+            st.killed = false;
+            return Poll::Ready(None);
         }
+        if take && let Some(out) = st.items.pop_front() {
+            if st.items.is_empty() {
+                st.items = VecDeque::new();
+            }
+            return Poll::Ready(Some(out));
+        }
+        if st.senders == 0 {
+            return Poll::Ready(None);
+        }
+        Poll::Pending
     }
 
     /// The next item if one is queued.
@@ -198,17 +227,23 @@ impl OutboundReceiver {
     /// Everything queued, in order, taken under one lock, waiting until something is; empty
     /// once every sender is gone and nothing is left. A connection that fell behind writes
     /// its backlog as one TLS record and one write, not a record and a syscall per stanza.
-    /// Cancel-safe like `recv`; the queue keeps no memory once taken.
-    pub async fn recv_all(&mut self) -> VecDeque<Outbound> {
-        loop {
-            {
-                let mut st = self.shared.lock();
-                if !st.items.is_empty() || st.senders == 0 {
-                    return std::mem::take(&mut st.items);
-                }
-            }
-            self.shared.ready.notified().await;
+    /// Cancel-safe like `recv`; the queue keeps no memory once taken. A kill comes first,
+    /// and once: what is still queued stays for the connection's end to hand on.
+    pub async fn recv_all(&mut self) -> Received {
+        std::future::poll_fn(|cx| self.poll_recv_all(cx)).await
+    }
+
+    fn poll_recv_all(&mut self, cx: &mut Context<'_>) -> Poll<Received> {
+        self.shared.ready.register(cx.waker());
+        let mut st = self.shared.lock();
+        if st.killed {
+            st.killed = false;
+            return Poll::Ready(Received::Killed);
         }
+        if !st.items.is_empty() || st.senders == 0 {
+            return Poll::Ready(Received::Items(std::mem::take(&mut st.items)));
+        }
+        Poll::Pending
     }
 
     /// Refuses further items; those already queued can still be received.
@@ -258,7 +293,7 @@ impl Resource {
             Ok(()) => true,
             Err(TrySendError::Full(_)) => {
                 tracing::warn!(full = %self.full, "outbound queue full: disconnecting slow client");
-                self.handle.kill.notify_one();
+                self.handle.tx.kill();
                 false
             }
             Err(TrySendError::Closed(_)) => false,
@@ -616,7 +651,10 @@ mod tests {
             tx.try_send(msg(id)).unwrap();
         }
         assert!(matches!(tx.try_send(msg(4)), Err(TrySendError::Full(_))));
-        let ids = |q: VecDeque<Outbound>| -> Vec<i64> {
+        let ids = |r: Received| -> Vec<i64> {
+            let Received::Items(q) = r else {
+                panic!("{r:?}")
+            };
             q.into_iter()
                 .map(|o| match o {
                     Outbound::Durable(_, id) => id,
@@ -642,7 +680,39 @@ mod tests {
         tx.try_send(msg(8)).unwrap();
         assert_eq!(ids(rx.recv_all().await), vec![8]);
         drop(tx);
-        assert!(rx.recv_all().await.is_empty());
+        assert!(ids(rx.recv_all().await).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_kill_comes_before_the_backlog_once_and_ends_a_wait() {
+        let (tx, mut rx) = outbound_queue(4);
+        let msg =
+            |id: i64| Outbound::Durable(Box::new(Stanza::new("jabber:client", "message")), id);
+        tx.try_send(msg(1)).unwrap();
+        tx.kill();
+        assert!(matches!(rx.recv_all().await, Received::Killed));
+        // Seen once: the backlog is still there for the connection's end to hand on.
+        match rx.recv_all().await {
+            Received::Items(q) => assert_eq!(q.len(), 1),
+            other => panic!("{other:?}"),
+        }
+        // A waiting receiver wakes for a kill, and `recv` reports it as its end.
+        let waiter = tokio::spawn(async move {
+            let first = rx.recv(true).await;
+            (first.is_none(), rx)
+        });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        tx.kill();
+        let (ended, mut rx) = waiter.await.unwrap();
+        assert!(ended, "recv did not end on a kill");
+        // Not taking items (a hibernating session whose backlog is full), it ignores new
+        // items and still ends on a kill.
+        tx.try_send(msg(2)).unwrap();
+        let waiting = tokio::time::timeout(Duration::from_millis(20), rx.recv(false)).await;
+        assert!(waiting.is_err(), "returned without a kill: {waiting:?}");
+        tx.kill();
+        assert!(rx.recv(false).await.is_none());
+        assert!(matches!(rx.recv(true).await, Some(Outbound::Durable(_, 2))));
     }
 
     #[test]

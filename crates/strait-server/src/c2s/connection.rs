@@ -7,7 +7,7 @@ use super::session::Session;
 use crate::features::sm::{self, Detached, StreamState, Takeover};
 use crate::net::transport::TlsStream;
 use crate::net::{TokenBucket, Transport};
-use crate::router::{ConnHandle, OUTBOUND_QUEUE, Outbound, OutboundReceiver};
+use crate::router::{ConnHandle, OUTBOUND_QUEUE, Outbound, OutboundReceiver, Received};
 use crate::server::ServerState;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -101,7 +101,6 @@ async fn hibernate(state: &Arc<ServerState>, mut d: Detached) -> Option<Detached
     }
     let deadline = Instant::now() + Duration::from_secs(d.sm.resume_secs);
     let mut shutdown = state.shutdown.clone();
-    let kill = d.handle.kill.clone();
     tracing::info!(full = %d.session.full, secs = d.sm.resume_secs, "connection lost; session kept for resumption");
     loop {
         if *shutdown.borrow() {
@@ -110,13 +109,13 @@ async fn hibernate(state: &Arc<ServerState>, mut d: Detached) -> Option<Detached
         let room = d.pending.len() < OUTBOUND_QUEUE;
         let ev = tokio::select! {
             _ = shutdown.changed() => Ev::End,
-            _ = kill.notified() => Ev::End,
             _ = tokio::time::sleep_until(deadline) => Ev::End,
             t = recv_takeover(&mut d.takeover) => match t {
                 Some(t) => Ev::Takeover(t),
                 None => Ev::End,
             },
-            m = d.rx.recv(), if room => match m {
+            // Also ends on a kill; while `pending` is full, waits for nothing else.
+            m = d.rx.recv(room) => match m {
                 Some(Outbound::Close(_)) | None => Ev::End,
                 Some(o) => Ev::Queued(o),
             },
@@ -427,17 +426,13 @@ impl Connection {
     }
 
     async fn run(&mut self) -> std::io::Result<()> {
-        // The futures that wait for rare events (shutdown, a kill, the idle deadline) live
+        // The futures that wait for rare events (shutdown, the idle deadline) live
         // across turns, so a turn does not register and unregister them again: each was a
         // lock on a shared waiter list or on the timer wheel, per stanza.
         let mut shutdown_rx = self.state.shutdown.clone();
         let mut shutdown_seen = false;
         let shutdown = shutdown_rx.changed();
         tokio::pin!(shutdown);
-        // A resumed session brings its own handle: its kill is watched from then on.
-        let mut kill = Arc::clone(&self.handle.kill);
-        let killed = Arc::clone(&kill).notified_owned();
-        tokio::pin!(killed);
         // One timer for both the deadline and the end of a read pause. It is moved earlier
         // when it must be, never later: a deadline that moved on (a read) is found when the
         // timer fires, and the timer is set again.
@@ -447,10 +442,6 @@ impl Connection {
         loop {
             if self.wants_flush() {
                 Box::pin(self.flush()).await?;
-            }
-            if !Arc::ptr_eq(&kill, &self.handle.kill) {
-                kill = Arc::clone(&self.handle.kill);
-                killed.set(Arc::clone(&kill).notified_owned());
             }
             if self.closing {
                 let _ = tokio::time::timeout(
@@ -472,15 +463,16 @@ impl Connection {
                     shutdown_seen = true;
                     self.close_with(StreamError::new(StreamErrorCondition::SystemShutdown));
                 }
-                _ = &mut killed => {
-                    self.close_with(StreamError::with_text(
+                // All that is queued, into one flush; or the order to close (a resumed
+                // session brings its own queue, and with it its own kill).
+                queued = self.rx.recv_all() => match queued {
+                    Received::Items(items) => for out in items {
+                        self.outbound(out);
+                    },
+                    Received::Killed => self.close_with(StreamError::with_text(
                         StreamErrorCondition::PolicyViolation,
                         "the client does not read its stanzas fast enough",
-                    ));
-                }
-                // All that is queued, into one flush.
-                queued = self.rx.recv_all() => for out in queued {
-                    self.outbound(out);
+                    )),
                 },
                 t = recv_takeover(&mut self.takeover) => match t {
                     Some(t) => {
