@@ -170,6 +170,66 @@ async fn messages_both_ways_with_true_from() {
 }
 
 #[tokio::test]
+async fn to_addresses_are_normalized_each_time_even_when_repeated() {
+    // The session remembers the last `to` it normalized: the same address written again,
+    // a malformed one between, another form of it and a phone number must all come out as
+    // if each were normalized afresh.
+    let t = TestServer::start(|_| {}).await;
+    let (mut a, mut b) = t.alice_and_bob().await;
+    t.add_user("+441632960000@localhost", "pp");
+    let mut p = RawClient::login(
+        t.starttls,
+        t.ca_pem(),
+        "+441632960000@localhost",
+        "pp",
+        "p1",
+    )
+    .await;
+    p.available().await;
+    for (i, to) in [
+        "BOB@LocalHost",
+        "BOB@LocalHost",
+        "bob@localhost/b1",
+        "BOB@LocalHost",
+    ]
+    .iter()
+    .enumerate()
+    {
+        a.send(&format!(
+            "<message to='{to}' type='chat' id='n{i}'><body>n{i}</body></message>"
+        ))
+        .await;
+        let got = b.expect("</message>").await;
+        assert!(got.contains(&format!("id='n{i}'")), "{got}");
+        let want = if to.ends_with("/b1") {
+            "to='bob@localhost/b1'"
+        } else {
+            "to='bob@localhost'"
+        };
+        assert!(got.contains(want), "{to}: {got}");
+        if i == 1 {
+            a.send("<message to='a@b@c' type='chat' id='bad'><body>x</body></message>")
+                .await;
+            let err = a.expect("</message>").await;
+            assert!(
+                err.contains("id='bad'") && err.contains("<jid-malformed"),
+                "{err}"
+            );
+        }
+    }
+    a.send("<message to='+44 1632 960000@localhost' type='chat' id='ph'><body>ph</body></message>")
+        .await;
+    let got = p.expect("</message>").await;
+    assert!(
+        got.contains("id='ph'") && got.contains("to='+441632960000@localhost'"),
+        "{got}"
+    );
+    b.expect_silence("id='bad'", Duration::from_millis(200))
+        .await;
+    t.stop().await;
+}
+
+#[tokio::test]
 async fn forged_from_is_invalid_from() {
     let t = TestServer::start(|_| {}).await;
     t.add_user("alice@localhost", "pa");
