@@ -29,6 +29,8 @@ pub struct Report {
 #[derive(Debug, Clone, Serialize)]
 pub struct GeneratorInfo {
     pub threads: u32,
+    /// `--busy-poll`: the generator's threads never sleep (its CPU reads 100 % per thread).
+    pub busy_poll: bool,
     pub source_ips: u32,
     pub tls_verification: String,
     /// Tags this run's message ids and resources, to tell its traffic from earlier runs'.
@@ -207,8 +209,13 @@ impl Report {
         );
         let _ = writeln!(
             o,
-            "generator: {} thread(s), {} source address(es), TLS {}; server pid(s): {}",
+            "generator: {} thread(s){}, {} source address(es), TLS {}; server pid(s): {}",
             self.generator.threads,
+            if self.generator.busy_poll {
+                " busy-polling"
+            } else {
+                ""
+            },
             self.generator.source_ips,
             self.generator.tls_verification,
             if self.server_pids.is_empty() {
