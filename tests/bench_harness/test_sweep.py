@@ -178,3 +178,61 @@ def test_half_peak_skips_servers_whose_own_peak_is_below_the_rate(compare, monke
                    ("ejabberd", 50000, "half-peak-archive-off-run1"), ("ejabberd", 50000, "half-peak-archive-off-run2")]
     assert a.run_rate is None
     assert compare.half_peak(servers, {"strait": {}}, a, None, "h", False) == (None, {})
+
+
+def step(rate, **kw):
+    """A measured step as `sweep_point` builds it, before classification: on time by default."""
+    pt = {"rate": rate, "failed": False, "delivered_per_s": rate, "sent_per_s": rate, "lost": 0,
+          "errors": 0, "p99_ms": 3.0, "send_lag_p99_ms": 0.5, "server_cpu_pct": 60.0,
+          "gen_cpu_pct": 40.0}
+    pt.update(kw)
+    return pt
+
+
+def test_a_step_on_time_that_delivered_everything_is_kept_up_with(compare):
+    pt = compare.classify_step(step(64000), 64000, 1, False)
+    assert pt["keeps_up"] and not pt["send_short"] and not pt["generator_bound"]
+    assert compare.sweep_verdict(pt, "generator bound") == "keeps up"
+
+
+def test_late_sends_are_the_generators_limit_only_when_it_used_its_threads(compare):
+    # Run AR's step: the server at 112 % of a core, the generator at 75 % of its one thread,
+    # its sends late because TCP held its writes back: the server fell behind.
+    pushed = compare.classify_step(step(107650, send_lag_p99_ms=180.0, server_cpu_pct=112.0,
+                                        gen_cpu_pct=75.0), 107650, 1, False)
+    assert not pushed["keeps_up"] and pushed["send_short"] and not pushed["generator_bound"]
+    assert compare.sweep_verdict(pushed, "generator bound").startswith("falls behind (it read too slowly")
+    # The generator at 95 % of its one thread: its own limit.
+    busy = compare.classify_step(step(256000, sent_per_s=230000.0, gen_cpu_pct=95.0), 256000, 1, False)
+    assert not busy["keeps_up"] and busy["generator_bound"]
+    assert compare.sweep_verdict(busy, "generator bound") == "generator bound"
+    # With two threads, 95 % of a core is half of what it has.
+    two = compare.classify_step(step(256000, sent_per_s=230000.0, gen_cpu_pct=95.0), 256000, 2, False)
+    assert not two["generator_bound"] and two["send_short"]
+    # Unknown generator CPU, or a busy-polling generator (always at 100 %): the generator's.
+    unknown = compare.classify_step(step(256000, send_lag_p99_ms=80.0, gen_cpu_pct=None), 256000, 1, False)
+    assert unknown["generator_bound"]
+    polled = compare.classify_step(step(256000, send_lag_p99_ms=80.0, gen_cpu_pct=60.0), 256000, 1, True)
+    assert polled["generator_bound"]
+
+
+def test_a_step_that_lost_or_was_slow_falls_behind_and_a_failed_run_is_neither(compare):
+    for kw in ({"lost": 3}, {"errors": 1}, {"p99_ms": 1500.0}, {"delivered_per_s": 60000.0}):
+        pt = compare.classify_step(step(64000, **kw), 64000, 1, False)
+        assert not pt["keeps_up"] and not pt["generator_bound"], kw
+        assert compare.sweep_verdict(pt, "generator bound") == "falls behind", kw
+    failed = compare.classify_step(step(64000, failed=True, sent_per_s=None), 64000, 1, False)
+    assert not failed["keeps_up"] and not failed["send_short"] and not failed["generator_bound"]
+    assert compare.sweep_verdict(failed, "generator bound") == "run failed (see its log)"
+
+
+def test_a_sweep_stopped_by_the_servers_pushback_is_limited_by_the_server(compare, monkeypatch):
+    def point(s, a, resdir, tag, rate, arch):
+        late = rate > 64000
+        pt = step(rate, send_lag_p99_ms=120.0 if late else 0.5, gen_cpu_pct=70.0,
+                  p99_ms=3.0 if rate <= 32000 else 9.0)
+        return compare.classify_step(pt, rate, 1, False)
+    monkeypatch.setattr(compare, "sweep_point", point)
+    monkeypatch.setattr(compare, "slo_search", lambda *x: None)
+    sw = compare.sweep(None, args(sweep_start=16000), None, "t", "off")
+    assert sw["peak_rate"] >= 64000 and sw["limited_by"] == "server"
