@@ -61,6 +61,7 @@ const SPEC_OF: &[(&str, Spec)] = &[
     ("urn:xmpp:blocking", Xep(191)),
     ("urn:xmpp:sid:0", Xep(359)),
     ("urn:xmpp:mam:2", Xep(313)),
+    ("urn:xmpp:http:upload:0", Xep(363)),
     ("http://jabber.org/protocol/pubsub", Xep(60)),
     ("http://jabber.org/protocol/pubsub#publish", Xep(60)),
     ("http://jabber.org/protocol/pubsub#publish-options", Xep(60)),
@@ -94,6 +95,7 @@ const IDENTITY_SPEC: &[((&str, &str), Spec)] = &[
     (("server", "im"), Xep(30)),
     (("account", "registered"), Xep(30)),
     (("pubsub", "pep"), Xep(163)),
+    (("store", "file"), Xep(363)),
 ];
 
 fn repo_file(name: &str) -> String {
@@ -388,7 +390,11 @@ async fn advertised_features_belong_to_specifications_in_the_doap() {
     assert!(bound.contains("type='result'"), "{bound}");
 
     let mut identities = Vec::new();
-    for (to, id) in [(DOMAIN, "server"), ("alice@localhost", "account")] {
+    for (to, id) in [
+        (DOMAIN, "server"),
+        ("alice@localhost", "account"),
+        ("upload.localhost", "upload"),
+    ] {
         let (ids, features) = disco_info(&mut c, to, id).await;
         assert!(!features.is_empty(), "{to} advertises nothing");
         identities.extend(ids.into_iter().map(|i| (to.to_owned(), i)));
@@ -407,6 +413,7 @@ async fn advertised_features_belong_to_specifications_in_the_doap() {
         "jabber:iq:roster",
         "urn:xmpp:mam:2",
         "http://jabber.org/protocol/pubsub",
+        "urn:xmpp:http:upload:0",
     ] {
         assert!(
             seen.iter().any(|(_, ns)| ns == expected),

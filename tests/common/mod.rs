@@ -37,6 +37,7 @@ impl TestServer {
         };
         config.listen.c2s = vec!["127.0.0.1:0".parse().unwrap()];
         config.listen.c2s_direct_tls = vec!["127.0.0.1:0".parse().unwrap()];
+        config.upload.listen = vec!["127.0.0.1:0".parse().unwrap()];
         config.auth.scram_iterations = 4096;
         tweak(&mut config);
         let server = Server::start(config).await.unwrap();

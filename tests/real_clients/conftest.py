@@ -11,6 +11,7 @@ To aim the same tests at an already running server instead (used to validate the
 Prosody), set STRAIT_TEST_EXTERNAL=1 and:
   STRAIT_TEST_HOST       address to connect to (default 127.0.0.1)
   STRAIT_TEST_C2S_PORT   STARTTLS port; STRAIT_TEST_TLS_PORT direct-TLS port
+  STRAIT_TEST_HTTPS_PORT port the upload service's slot URLs are served on (loopback)
   STRAIT_TEST_CA         PEM file of the CA that signed the server certificates
   STRAIT_TEST_DOMAINS    comma-separated virtual hosts (default "localhost,example.test")
   STRAIT_TEST_ADD_USER   shell command that creates an account; it gets XMPP_JID, XMPP_USER,
@@ -55,6 +56,8 @@ class Server:
     plain_allowed: bool
     add_user_fn: Callable[[str, str], None]
     log_path: Optional[str] = None
+    # XEP-0363 uploads' HTTPS port (slot URLs name upload.<domain>: tests connect here instead)
+    https_port: Optional[int] = None
     config_path: Optional[str] = None
     binary: Optional[str] = None
     workdir: Optional[str] = None
@@ -135,7 +138,7 @@ def start_strait() -> Server:
                     f"or set STRAIT_BIN)", pytrace=False)
     work = tempfile.mkdtemp(prefix="strait-realclients-")
     data = os.path.join(work, "data")
-    c2s, tls = free_ports(2)
+    c2s, tls, https = free_ports(3)
     domains = ["localhost", "example.test"]
     config = os.path.join(work, "strait.toml")
     with open(config, "w") as fh:
@@ -149,6 +152,11 @@ c2s_direct_tls = ["127.0.0.1:{tls}"]
 
 [limits]
 max_offline_messages = 100
+
+[upload]
+listen = ["127.0.0.1:{https}"]
+max_file_bytes = 1048576
+quota_bytes_per_account = 3145728
 
 [auth]
 allow_plain = false
@@ -165,7 +173,7 @@ allow_plain = false
                                 stdout=log, stderr=subprocess.STDOUT, env=env,
                                 start_new_session=True)
 
-    server = Server(kind="strait", host="127.0.0.1", c2s_port=c2s, tls_port=tls,
+    server = Server(kind="strait", host="127.0.0.1", c2s_port=c2s, tls_port=tls, https_port=https,
                     ca_file=os.path.join(data, "tls", "ca.pem"), domains=domains,
                     plain_allowed=False, add_user_fn=lambda j, p: None, log_path=log_path,
                     config_path=config, binary=binary, workdir=work, proc=proc)
@@ -227,6 +235,7 @@ def external_server() -> Server:
     return Server(kind="external", host=env.get("STRAIT_TEST_HOST", "127.0.0.1"),
                   c2s_port=int(env["STRAIT_TEST_C2S_PORT"]),
                   tls_port=int(env["STRAIT_TEST_TLS_PORT"]), ca_file=env["STRAIT_TEST_CA"],
+                  https_port=int(env["STRAIT_TEST_HTTPS_PORT"]) if env.get("STRAIT_TEST_HTTPS_PORT") else None,
                   domains=domains, plain_allowed=env.get("STRAIT_TEST_PLAIN_ALLOWED") == "1",
                   add_user_fn=add_user, log_path=env.get("STRAIT_TEST_LOG"),
                   mechs=[m.strip() for m in env.get("STRAIT_TEST_MECHS",

@@ -22,6 +22,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub stream_management: StreamManagementConfig,
     pub archive: ArchiveConfig,
+    pub upload: UploadConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -119,6 +120,52 @@ pub struct ArchiveConfig {
     pub enabled: bool,
 }
 
+/// XEP-0363 HTTP File Upload: a service `upload.<domain>` per domain, served over HTTPS.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UploadConfig {
+    /// Off: no upload service, no HTTPS listener.
+    pub enabled: bool,
+    /// HTTPS listeners for uploads (PUT) and downloads (GET). None: uploads are off.
+    pub listen: Vec<SocketAddr>,
+    /// The URL base of slots, such as `https://media.example.com`; `{domain}` in it stands for
+    /// the uploader's domain. Default: `https://upload.<domain>:<port of the first listener>`
+    /// (the local certificates cover `*.<domain>`).
+    pub public_url: Option<String>,
+    /// Largest file taken, in bytes (announced in disco as `max-file-size`).
+    pub max_file_bytes: u64,
+    /// Most bytes one account may keep stored (files kept plus slots not used yet).
+    pub quota_bytes_per_account: u64,
+    /// Days a file is kept after its upload.
+    pub keep_days: u64,
+    /// Seconds a slot may wait for its upload.
+    pub slot_timeout_secs: u64,
+    /// Most HTTPS connections at a time.
+    pub max_connections: usize,
+}
+
+impl Default for UploadConfig {
+    fn default() -> Self {
+        UploadConfig {
+            enabled: true,
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 5443))],
+            public_url: None,
+            max_file_bytes: 100 * 1024 * 1024,
+            quota_bytes_per_account: 1024 * 1024 * 1024,
+            keep_days: 30,
+            slot_timeout_secs: 300,
+            max_connections: 1024,
+        }
+    }
+}
+
+impl UploadConfig {
+    /// Whether the service runs: enabled, with a listener.
+    pub fn active(&self) -> bool {
+        self.enabled && !self.listen.is_empty()
+    }
+}
+
 impl Default for ArchiveConfig {
     fn default() -> Self {
         ArchiveConfig { enabled: true }
@@ -147,6 +194,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             stream_management: StreamManagementConfig::default(),
             archive: ArchiveConfig::default(),
+            upload: UploadConfig::default(),
         }
     }
 }
@@ -288,6 +336,25 @@ impl Config {
                 "workers must be at most {MAX_WORKERS} (0: automatic)"
             )));
         }
+        let u = &self.upload;
+        if u.active() {
+            if u.max_file_bytes == 0
+                || u.keep_days == 0
+                || u.slot_timeout_secs == 0
+                || u.max_connections == 0
+            {
+                return Err(ConfigError::Invalid(
+                    "upload.max_file_bytes, keep_days, slot_timeout_secs and max_connections must be positive".into(),
+                ));
+            }
+            if let Some(url) = &u.public_url
+                && !(url.starts_with("https://") && url.len() > "https://".len())
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "upload.public_url {url:?} must be an https:// URL"
+                )));
+            }
+        }
         if self.stream_management.enabled && self.stream_management.max_unacked < 10 {
             return Err(ConfigError::Invalid(
                 "stream_management.max_unacked must be at least 10".into(),
@@ -378,6 +445,9 @@ mod tests {
         assert!(c.listen.c2s.iter().all(|a| a.ip().is_loopback()));
         assert_eq!(c.listen.c2s[0].port(), 5222);
         assert_eq!(c.listen.c2s_direct_tls[0].port(), 5223);
+        assert!(c.upload.active());
+        assert!(c.upload.listen.iter().all(|a| a.ip().is_loopback()));
+        assert_eq!(c.upload.listen[0].port(), 5443);
         assert_eq!(c.limits.max_stanza_bytes_unauthenticated, 10_000);
         assert!(!c.auth.allow_plain);
         let cores = std::thread::available_parallelism().unwrap().get();
@@ -433,5 +503,28 @@ mod tests {
         assert!(e.contains("4096"), "{e}");
         let env = vec![("STRAIT__DOMAINS".to_string(), "[\"a@b\"]".to_string())];
         assert!(Config::load(None, env).is_err());
+        let env = vec![(
+            "STRAIT__UPLOAD__PUBLIC_URL".to_string(),
+            "http://media.example".to_string(),
+        )];
+        let e = Config::load(None, env).unwrap_err().to_string();
+        assert!(
+            e.contains("upload.public_url") && e.contains("https://"),
+            "{e}"
+        );
+        let env = vec![(
+            "STRAIT__UPLOAD__MAX_FILE_BYTES".to_string(),
+            "0".to_string(),
+        )];
+        assert!(Config::load(None, env).is_err());
+        // Off, its settings are not checked.
+        let env = vec![
+            ("STRAIT__UPLOAD__LISTEN".to_string(), "[]".to_string()),
+            (
+                "STRAIT__UPLOAD__MAX_FILE_BYTES".to_string(),
+                "0".to_string(),
+            ),
+        ];
+        assert!(!Config::load(None, env).unwrap().upload.active());
     }
 }

@@ -9,6 +9,7 @@ pub mod accounts;
 pub mod c2s;
 pub mod config;
 pub mod features;
+pub mod http;
 pub mod net;
 pub mod router;
 pub mod sasl;

@@ -48,6 +48,8 @@ pub struct ServerState {
     pub sm: crate::features::sm::Registry,
     /// Archive preferences (XEP-0313) of recently active accounts.
     pub archive_prefs: crate::features::mam::PrefsCache,
+    /// XEP-0363 uploads, when the service is on (`upload.enabled` with a listener).
+    pub uploads: Option<Arc<crate::features::upload::Uploads>>,
     /// The negotiation settings every client connection shares, made on first use.
     pub c2s_config: std::sync::OnceLock<Arc<strait_wire::negotiation::C2sConfig>>,
     /// Write batches queued by [`ServerState::queue_detached`] and not yet committed.
@@ -205,7 +207,50 @@ pub struct Server {
     shutdown_tx: watch::Sender<bool>,
     tasks: JoinSet<()>,
     local_addrs: Vec<(SocketAddr, bool)>,
+    local_https: Vec<SocketAddr>,
     store: Arc<SqliteStore>,
+}
+
+/// The URL base of each served domain's upload slots: `upload.public_url` with `{domain}`
+/// filled in, else `https://upload.<domain>:<port>` (the first HTTPS listener's port).
+fn upload_bases(config: &Config, port: u16) -> std::collections::HashMap<String, String> {
+    config
+        .domains
+        .iter()
+        .map(|d| {
+            let d = d.to_ascii_lowercase();
+            let base = match &config.upload.public_url {
+                Some(url) => url.replace("{domain}", &d).trim_end_matches('/').to_owned(),
+                None => format!(
+                    "https://{}:{port}",
+                    crate::features::upload::Uploads::service_jid(&d)
+                ),
+            };
+            (d, base)
+        })
+        .collect()
+}
+
+/// How often expired uploads are looked for.
+const UPLOAD_EXPIRY_EVERY: Duration = Duration::from_secs(3600);
+
+/// Deletes expired uploads every [`UPLOAD_EXPIRY_EVERY`] until shutdown.
+async fn expire_uploads(
+    uploads: Arc<crate::features::upload::Uploads>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tokio::time::sleep(UPLOAD_EXPIRY_EVERY) => {}
+        }
+        let u = uploads.clone();
+        if let Ok(n) = tokio::task::spawn_blocking(move || u.expire()).await
+            && n > 0
+        {
+            tracing::info!(files = n, "expired uploads deleted");
+        }
+    }
 }
 
 impl Server {
@@ -252,6 +297,40 @@ impl Server {
             }
             v
         };
+        // The HTTPS listeners are bound before anything starts, like the client ones: a port
+        // in use stops the start with a clear error.
+        let mut https = Vec::new();
+        if config.upload.active() {
+            for addr in &config.upload.listen {
+                let l = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| ServerError::Listen {
+                        addr: *addr,
+                        source,
+                    })?;
+                https.push(l);
+            }
+        }
+        let uploads = match https.first() {
+            Some(first) => {
+                let port = first
+                    .local_addr()
+                    .map_err(|source| ServerError::Listen {
+                        addr: config.upload.listen[0],
+                        source,
+                    })?
+                    .port();
+                let bases = upload_bases(&config, port);
+                let u =
+                    crate::features::upload::Uploads::open(&config.data_dir, &config.upload, bases)
+                        .map_err(|source| ServerError::DataDir {
+                            path: config.data_dir.join("upload"),
+                            source,
+                        })?;
+                Some(Arc::new(u))
+            }
+            None => None,
+        };
         let state = Arc::new(ServerState {
             connections: Arc::new(Semaphore::new(config.limits.max_connections)),
             config,
@@ -263,12 +342,14 @@ impl Server {
             shutdown,
             sm: Default::default(),
             archive_prefs: Default::default(),
+            uploads: uploads.clone(),
             c2s_config: Default::default(),
             detached_writes: Default::default(),
             next_conn_id: AtomicU64::new(1),
         });
         let mut tasks = JoinSet::new();
         let mut local_addrs = Vec::new();
+        let mut local_https = Vec::new();
         let mut sockets = Vec::new();
         for (socket, direct_tls) in listeners {
             let addr = socket.local_addr().map_err(|source| ServerError::Listen {
@@ -280,13 +361,35 @@ impl Server {
             sockets.push(listener::Listener { socket, direct_tls });
         }
         tasks.spawn(listener::accept_loop(state.clone(), sockets));
+        if let Some(uploads) = &uploads {
+            for socket in https {
+                if let Ok(addr) = socket.local_addr() {
+                    tracing::info!(%addr, "listening for HTTPS (uploads)");
+                    local_https.push(addr);
+                }
+                tasks.spawn(crate::http::accept_loop(
+                    socket,
+                    state.tls.https.clone(),
+                    uploads.clone(),
+                    state.config.upload.max_connections,
+                    state.shutdown.clone(),
+                ));
+            }
+            tasks.spawn(expire_uploads(uploads.clone(), state.shutdown.clone()));
+        }
         Ok(Server {
             state,
             shutdown_tx,
             tasks,
             local_addrs,
+            local_https,
             store,
         })
+    }
+
+    /// The bound HTTPS (upload) listener addresses.
+    pub fn https_addrs(&self) -> &[SocketAddr] {
+        &self.local_https
     }
 
     /// The bound listener addresses, with `true` for direct TLS (useful with port 0).
@@ -336,6 +439,7 @@ mod tests {
         };
         config.listen.c2s = vec!["127.0.0.1:0".parse().unwrap()];
         config.listen.c2s_direct_tls = Vec::new();
+        config.upload.listen = Vec::new();
         let db = config.store_path();
         let server = Server::start(config).await.unwrap();
         let state = server.state().clone();

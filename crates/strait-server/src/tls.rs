@@ -40,6 +40,8 @@ pub struct TlsConfigs {
     pub starttls: Arc<rustls::ServerConfig>,
     /// For direct TLS, advertising ALPN `xmpp-client`.
     pub direct: Arc<rustls::ServerConfig>,
+    /// For the HTTPS listeners (uploads), ALPN `http/1.1`.
+    pub https: Arc<rustls::ServerConfig>,
 }
 
 /// Loads the configured certificates, makes the missing ones, and builds the rustls configs.
@@ -60,25 +62,43 @@ pub fn load(config: &Config) -> Result<TlsConfigs, TlsError> {
             domain.to_ascii_lowercase(),
             certified_key(&provider, domain, &cert, &key)?,
         );
+        // The upload service's host name gets a local certificate of its own when the domain
+        // has one: the domain's covers `*.<domain>`, but certificate checkers refuse a
+        // wildcard right above a one-label name (`*.localhost`, the default domain).
+        let local = !config
+            .tls
+            .certificates
+            .iter()
+            .any(|c| c.domain.eq_ignore_ascii_case(domain));
+        if local && config.upload.active() {
+            let service = crate::features::upload::Uploads::service_jid(domain);
+            let (cert, key) = ensure_local_certificate(&config.data_dir.join("tls"), &service)?;
+            keys.insert(
+                service.clone(),
+                certified_key(&provider, &service, &cert, &key)?,
+            );
+        }
     }
     let resolver = Arc::new(SniResolver {
         default: keys[&config.domains[0].to_ascii_lowercase()].clone(),
         keys,
     });
-    let build = |alpn: Vec<Vec<u8>>| -> Result<Arc<rustls::ServerConfig>, TlsError> {
-        let mut c = rustls::ServerConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()?
-            .with_no_client_auth()
-            .with_cert_resolver(resolver.clone());
-        c.alpn_protocols = alpn;
-        // The transport takes an established TLS 1.3 session over from rustls with its
-        // traffic keys (net/tls13.rs); the keys never leave the process.
-        c.enable_secret_extraction = true;
-        Ok(Arc::new(c))
-    };
+    let build =
+        |alpn: Vec<Vec<u8>>, extract: bool| -> Result<Arc<rustls::ServerConfig>, TlsError> {
+            let mut c = rustls::ServerConfig::builder_with_provider(provider.clone())
+                .with_safe_default_protocol_versions()?
+                .with_no_client_auth()
+                .with_cert_resolver(resolver.clone());
+            c.alpn_protocols = alpn;
+            // The transport takes an established TLS 1.3 session over from rustls with its
+            // traffic keys (net/tls13.rs); the keys never leave the process.
+            c.enable_secret_extraction = extract;
+            Ok(Arc::new(c))
+        };
     Ok(TlsConfigs {
-        starttls: build(Vec::new())?,
-        direct: build(vec![ALPN_XMPP_CLIENT.to_vec()])?,
+        starttls: build(Vec::new(), true)?,
+        direct: build(vec![ALPN_XMPP_CLIENT.to_vec()], true)?,
+        https: build(vec![b"http/1.1".to_vec()], false)?,
     })
 }
 
@@ -113,8 +133,10 @@ fn certified_key(
     Ok(Arc::new(CertifiedKey::new(chain, signing)))
 }
 
-/// Picks the certificate by SNI; clients that send none (or an unknown name) get the first
-/// domain's, so that a plain `openssl s_client` still completes a handshake.
+/// Picks the certificate by SNI: the name's own, else its parent domain's (a service such as
+/// `upload.<domain>` is served with its domain's certificate, which the local CA makes for
+/// `*.<domain>` too); clients that send none (or an unknown name) get the first domain's, so
+/// that a plain `openssl s_client` still completes a handshake.
 #[derive(Debug)]
 struct SniResolver {
     keys: HashMap<String, Arc<CertifiedKey>>,
@@ -123,9 +145,13 @@ struct SniResolver {
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let by_name = hello
-            .server_name()
-            .and_then(|n| self.keys.get(&n.to_ascii_lowercase()));
+        let by_name = hello.server_name().and_then(|n| {
+            let n = n.to_ascii_lowercase();
+            self.keys.get(&n).or_else(|| {
+                n.split_once('.')
+                    .and_then(|(_, parent)| self.keys.get(parent))
+            })
+        });
         Some(by_name.unwrap_or(&self.default).clone())
     }
 }

@@ -197,6 +197,9 @@ async fn serve(config: Config) -> Result<()> {
         let kind = if *direct { "direct TLS" } else { "STARTTLS" };
         eprintln!("strait: serving {domains} on {addr} ({kind})");
     }
+    for addr in server.https_addrs() {
+        eprintln!("strait: file uploads (XEP-0363) over HTTPS on {addr}");
+    }
     eprintln!("strait: {workers} worker thread(s) for connections and routing");
     eprintln!(
         "strait: data in {}; clients can trust {}",

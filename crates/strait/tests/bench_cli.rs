@@ -31,7 +31,7 @@ fn busy_polling_generator_delivers_everything_and_says_so() {
         &cfg,
         format!(
             "data_dir = {data:?}\ndomains = [\"localhost\"]\n\n[listen]\nc2s = [\"127.0.0.1:{port}\"]\n\
-             c2s_direct_tls = []\n\n[auth]\nscram_iterations = 4096\n"
+             c2s_direct_tls = []\n\n[upload]\nenabled = false\n\n[auth]\nscram_iterations = 4096\n"
         ),
     )
     .unwrap();

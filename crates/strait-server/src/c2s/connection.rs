@@ -979,6 +979,7 @@ mod tests {
         };
         config.listen.c2s = vec!["127.0.0.1:0".parse().unwrap()];
         config.listen.c2s_direct_tls = Vec::new();
+        config.upload.listen = Vec::new();
         let server = crate::Server::start(config).await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = TcpStream::connect(listener.local_addr().unwrap())

@@ -63,6 +63,19 @@ pub fn empty_items() -> String {
     format!("<query xmlns='{ITEMS}'/>")
 }
 
+/// disco#items listing `jids` (the server's services).
+pub fn items(jids: &[String]) -> String {
+    if jids.is_empty() {
+        return empty_items();
+    }
+    let mut x = format!("<query xmlns='{ITEMS}'>");
+    for j in jids {
+        x.push_str(&format!("<item{}/>", attr("jid", j)));
+    }
+    x.push_str("</query>");
+    x
+}
+
 pub fn version() -> String {
     format!(
         "<query xmlns='{VERSION}'><name>Strait</name><version>{}</version></query>",

@@ -1,7 +1,7 @@
 //! IQ handling (RFC 6120 §8.2.3, RFC 6121 §8.5): answered by the server for itself and on
 //! behalf of accounts, routed to full JIDs, and always answered when a request cannot be.
 
-use super::{blocking, carbons, delivery, disco, iq_result, ping, roster};
+use super::{blocking, carbons, delivery, disco, iq_result, ping, roster, upload};
 use crate::c2s::session::Session;
 use strait_wire::{Stanza, StanzaError, StanzaErrorCondition};
 
@@ -51,6 +51,20 @@ pub async fn from_client(s: &mut Session, stanza: Stanza, to: Option<jid::Jid>) 
         return;
     }
     let domain = to.domain().as_str().to_owned();
+    // XEP-0363: `upload.<domain>`, a service of a served domain.
+    if let Some(served) = s
+        .state
+        .uploads
+        .as_ref()
+        .and_then(|u| u.service_domain(&domain))
+        .filter(|_| to.node().is_none() && to.resource().is_none())
+    {
+        let served = served.to_owned();
+        if request {
+            upload::handle(s, &stanza, &served).await;
+        }
+        return;
+    }
     if !s.state.is_local_domain(&domain) {
         if request {
             s.reply_error(&stanza, super::unreachable_domain(&domain));
@@ -129,7 +143,11 @@ async fn server_request(s: &mut Session, stanza: &Stanza) {
             s.reply(iq_result(stanza, Some(&disco::server_info())))
         }
         (disco::ITEMS, "query", true) if !has_node => {
-            s.reply(iq_result(stanza, Some(&disco::empty_items())))
+            let services = match (&s.state.uploads, stanza.to.as_deref()) {
+                (Some(_), Some(domain)) => vec![upload::Uploads::service_jid(domain)],
+                _ => Vec::new(),
+            };
+            s.reply(iq_result(stanza, Some(&disco::items(&services))))
         }
         (disco::INFO | disco::ITEMS, "query", true) => {
             s.reply_error(stanza, StanzaError::new(StanzaErrorCondition::ItemNotFound))

@@ -18,6 +18,7 @@ pub mod presence;
 pub mod roster;
 pub mod sm;
 pub mod stanza_id;
+pub mod upload;
 pub mod vcard;
 
 use strait_wire::{Stanza, StanzaError, escape_attr};
@@ -37,6 +38,16 @@ pub fn is_bare_of(j: &jid::Jid, bare: &str) -> bool {
 }
 
 pub fn error_reply(original: &Stanza, error: &StanzaError) -> Option<Stanza> {
+    error_reply_with(original, error, None)
+}
+
+/// [`error_reply`] with an application-specific condition (RFC 6120 §8.3.3.3, canonical XML)
+/// after the defined one and the text.
+pub fn error_reply_with(
+    original: &Stanza,
+    error: &StanzaError,
+    app_xml: Option<&str>,
+) -> Option<Stanza> {
     if original.type_.as_deref() == Some("error") {
         return None;
     }
@@ -45,7 +56,13 @@ pub fn error_reply(original: &Stanza, error: &StanzaError) -> Option<Stanza> {
     r.from = original.to.clone();
     r.to = original.from.clone();
     r.type_ = Some("error".into());
-    r.push_child_xml(&with_client_ns(&error.to_xml()));
+    let mut xml = with_client_ns(&error.to_xml());
+    if let Some(app) = app_xml
+        && let Some(body) = xml.strip_suffix("</error>")
+    {
+        xml = format!("{body}{app}</error>");
+    }
+    r.push_child_xml(&xml);
     Some(r)
 }
 
