@@ -221,3 +221,29 @@ def test_omemo_media_is_stored_as_ciphertext(server, new_account, uploads_throug
             assert b"only the two ends" not in stored
             assert c.plugin["xep_0454"].decrypt(io.BytesIO(stored), key) == plain
     run(body())
+
+
+def test_removing_an_account_deletes_its_files(server, new_account, uploads_through_loopback):
+    """`strait user remove` on a running server: the account's uploads stop being served; another
+    account's stay."""
+    if server.kind != "strait":
+        pytest.skip("strait CLI only")
+    a, b = new_account(prefix="up"), new_account(prefix="up")
+
+    async def body():
+        async with Clients(server) as cs:
+            urls = {}
+            for acct in (a, b):
+                c = await online(cs, acct)
+                data = os.urandom(300)
+                urls[acct.jid] = (await within(c.plugin["xep_0363"].upload_file(
+                    "note.ogg", domain=JID(server.domain), input_file=io.BytesIO(data), size=len(data),
+                    content_type="audio/ogg"), "upload_file"), data)
+                await c.logout()
+            out = server.cli("user", "remove", a.jid).stdout
+            assert "1 file(s)" in out, out
+            status, _, _ = await http(server, "GET", urls[a.jid][0])
+            assert status == 404
+            status, _, got = await http(server, "GET", urls[b.jid][0])
+            assert status == 200 and got == urls[b.jid][1]
+    run(body())

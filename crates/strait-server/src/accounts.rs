@@ -18,6 +18,8 @@ pub enum AccountError {
     Password(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("{0}")]
+    Files(String),
 }
 
 /// If `local` looks like a phone number (a leading `+` or `00`, then digits with the usual
@@ -120,11 +122,22 @@ pub fn set_password(
     Ok(jid)
 }
 
-/// Removes an account with its roster and offline messages.
-pub fn remove_user(config: &Config, store: &dyn Store, jid: &str) -> Result<String, AccountError> {
+/// Removes an account with its roster, offline messages and archive, then the files it
+/// uploaded (XEP-0363); the account's JID and how many files went.
+pub fn remove_user(
+    config: &Config,
+    store: &dyn Store,
+    jid: &str,
+) -> Result<(String, usize), AccountError> {
     let jid = account_jid(config, jid)?;
     store.remove_account(&jid)?;
-    Ok(jid)
+    let files =
+        crate::features::upload::remove_owner_files(&config.data_dir, &jid).map_err(|e| {
+            AccountError::Files(format!(
+                "the account is removed, but not all of its uploaded files: {e}"
+            ))
+        })?;
+    Ok((jid, files))
 }
 
 #[cfg(test)]

@@ -269,9 +269,12 @@ fn user(cmd: UserCommand) -> Result<()> {
         UserCommand::Remove { jid, config } => {
             let config = load_config(&config)?;
             let store = open_store(&config)?;
-            let jid = accounts::remove_user(&config, &store, &jid)?;
+            let (jid, files) = accounts::remove_user(&config, &store, &jid)?;
             store.close()?;
-            println!("removed {jid}");
+            match files {
+                0 => println!("removed {jid}"),
+                n => println!("removed {jid} and the {n} file(s) it uploaded"),
+            }
         }
         UserCommand::Passwd { jid, config } => {
             let config = load_config(&config)?;

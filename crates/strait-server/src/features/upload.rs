@@ -542,6 +542,45 @@ impl Uploads {
     }
 }
 
+/// Deletes every file `owner` uploaded, from `<data_dir>/upload/` (when its account is
+/// removed); how many. Works without a running server: a running one's quota count for the
+/// owner is merely left too high, and the files are gone for its downloads.
+pub fn remove_owner_files(data_dir: &Path, owner: &str) -> std::io::Result<usize> {
+    let dir = data_dir.join("upload");
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let mut removed = 0;
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".meta")) else {
+            continue;
+        };
+        if !valid_id(id) {
+            continue;
+        }
+        let meta = std::fs::read_to_string(entry.path())
+            .ok()
+            .and_then(|t| FileMeta::parse(&t));
+        if meta.is_some_and(|m| m.owner == owner) {
+            // The bytes first: metadata without its file is cleaned up at the next start.
+            std::fs::remove_file(dir.join(format!("{id}.bin"))).or_else(|e| {
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            })?;
+            std::fs::remove_file(entry.path())?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
 fn release(used: &mut HashMap<String, u64>, owner: &str, size: u64) {
     if let Some(u) = used.get_mut(owner) {
         *u = u.saturating_sub(size);
@@ -956,6 +995,29 @@ mod tests {
         assert_eq!(u.expire(), 1);
         assert!(!dir.path().join(format!("upload/{id}.bin")).exists());
         assert_eq!(u.used("a@example.test"), 0);
+    }
+
+    #[test]
+    fn removing_an_owner_deletes_only_its_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let u = open(dir.path());
+        let (a1, t1) = slot(&u, "a.txt", "3");
+        put(&u, &a1, &t1, "a.txt", b"abc");
+        let (a2, t2) = slot(&u, "b.txt", "2");
+        put(&u, &a2, &t2, "b.txt", b"ab");
+        let (b1, _, tb) = u
+            .request_slot("b@example.test", "example.test", "c.txt", "1", None)
+            .unwrap();
+        put(&u, &b1, &tb, "c.txt", b"c");
+        assert_eq!(remove_owner_files(dir.path(), "a@example.test").unwrap(), 2);
+        assert!(u.file(&a1, "a.txt").is_none() && u.file(&a2, "b.txt").is_none());
+        assert!(u.file(&b1, "c.txt").is_some());
+        assert_eq!(remove_owner_files(dir.path(), "a@example.test").unwrap(), 0);
+        let fresh = tempfile::tempdir().unwrap();
+        assert_eq!(
+            remove_owner_files(fresh.path(), "a@example.test").unwrap(),
+            0
+        );
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! (the slot itself is granted over XMPP, in `features::upload`). Paths end in
 //! `/<slot id>/<file name>`; whatever comes before (a reverse proxy's prefix) is ignored.
 //!
+//! Downloads honour a single byte range (resumed downloads, seeking in a video).
+//!
 //! Downloads are served as the uploader's content type, but never as an active page on this
 //! origin: `Content-Security-Policy: sandbox` and `nosniff`, and `attachment` for anything but
 //! images, audio, video and plain text. Any origin may fetch them (CORS), since web clients
@@ -18,7 +20,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
 /// An upload that sends nothing for this long is dropped.
 pub const BODY_IDLE: Duration = Duration::from_secs(60);
@@ -73,8 +75,15 @@ pub async fn respond(uploads: &Arc<Uploads>, req: Request<Incoming>) -> Response
     };
     match method {
         Method::PUT => put(uploads, id, &name, req).await,
-        Method::GET => download(uploads, id, &name, false).await,
-        Method::HEAD => download(uploads, id, &name, true).await,
+        Method::GET => {
+            let range = req
+                .headers()
+                .get(header::RANGE)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            download(uploads, id, &name, false, range.as_deref()).await
+        }
+        Method::HEAD => download(uploads, id, &name, true, None).await,
         _ => {
             let mut r = error(405, "only GET, HEAD, PUT and OPTIONS are served here");
             r.headers_mut().insert(
@@ -247,7 +256,62 @@ fn inline(content_type: &str) -> bool {
         || t == "text/plain"
 }
 
-async fn download(uploads: &Arc<Uploads>, id: &str, name: &str, head: bool) -> Response<Body> {
+/// What a `Range` header asks of a file (RFC 9110 §14). Clients resume interrupted downloads
+/// this way, and players seek.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ByteRange {
+    /// No range, several ranges, or one this server does not read: the whole file (a server
+    /// may ignore Range).
+    Whole,
+    /// One range, as its first and last byte.
+    Part(u64, u64),
+    /// A range wholly past the end: 416.
+    Unsatisfiable,
+}
+
+/// The [`ByteRange`] of a `Range` header for a file of `size` bytes.
+pub fn byte_range(range: Option<&str>, size: u64) -> ByteRange {
+    let Some(spec) = range.and_then(|r| r.trim().strip_prefix("bytes=")) else {
+        return ByteRange::Whole;
+    };
+    if spec.contains(',') {
+        return ByteRange::Whole;
+    }
+    let Some((first, last)) = spec.trim().split_once('-') else {
+        return ByteRange::Whole;
+    };
+    let (first, last) = (first.trim(), last.trim());
+    let parsed = match (first.is_empty(), last.is_empty()) {
+        // The last N bytes.
+        (true, false) => match last.parse::<u64>() {
+            Ok(0) => return ByteRange::Unsatisfiable,
+            Ok(n) => Some((size.saturating_sub(n), size.saturating_sub(1))),
+            Err(_) => None,
+        },
+        (false, true) => first
+            .parse::<u64>()
+            .ok()
+            .map(|f| (f, size.saturating_sub(1))),
+        (false, false) => match (first.parse::<u64>(), last.parse::<u64>()) {
+            (Ok(f), Ok(l)) if l >= f => Some((f, l.min(size.saturating_sub(1)))),
+            _ => None,
+        },
+        (true, true) => None,
+    };
+    match parsed {
+        Some((first, _)) if size == 0 || first >= size => ByteRange::Unsatisfiable,
+        Some((first, last)) => ByteRange::Part(first, last),
+        None => ByteRange::Whole,
+    }
+}
+
+async fn download(
+    uploads: &Arc<Uploads>,
+    id: &str,
+    name: &str,
+    head: bool,
+    range: Option<&str>,
+) -> Response<Body> {
     let found = {
         let (u, id, name) = (uploads.clone(), id.to_owned(), name.to_owned());
         tokio::task::spawn_blocking(move || u.file(&id, &name)).await
@@ -255,24 +319,49 @@ async fn download(uploads: &Arc<Uploads>, id: &str, name: &str, head: bool) -> R
     let Ok(Some((meta, path))) = found else {
         return error(404, "no such file (or it expired)");
     };
-    let file = match tokio::fs::File::open(&path).await {
+    let range = match byte_range(range, meta.size) {
+        ByteRange::Whole => None,
+        ByteRange::Part(first, last) => Some((first, last)),
+        ByteRange::Unsatisfiable => {
+            let mut r = error(416, "the range lies past the end of the file");
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{}", meta.size)) {
+                r.headers_mut().insert(header::CONTENT_RANGE, v);
+            }
+            return r;
+        }
+    };
+    let mut file = match tokio::fs::File::open(&path).await {
         Ok(f) => f,
         Err(_) => return error(404, "no such file (or it expired)"),
     };
+    let (start, length) = match range {
+        Some((first, last)) => (first, last - first + 1),
+        None => (0, meta.size),
+    };
+    if start > 0 && file.seek(std::io::SeekFrom::Start(start)).await.is_err() {
+        return error(500, "the file could not be read");
+    }
     let body = if head {
         empty()
     } else {
-        let chunks = tokio_util::io::ReaderStream::with_capacity(file, READ_CHUNK)
+        let chunks = tokio_util::io::ReaderStream::with_capacity(file.take(length), READ_CHUNK)
             .map(|chunk| chunk.map(Frame::data));
         BodyExt::boxed(StreamBody::new(chunks))
     };
     let mut r = Response::new(body);
-    let h = r.headers_mut();
     let value = |s: &str| HeaderValue::from_str(s).ok();
+    if let Some((first, last)) = range {
+        *r.status_mut() = StatusCode::PARTIAL_CONTENT;
+        if let Some(v) = value(&format!("bytes {first}-{last}/{}", meta.size)) {
+            r.headers_mut().insert(header::CONTENT_RANGE, v);
+        }
+    }
+    let h = r.headers_mut();
     if let Some(v) = value(&meta.content_type) {
         h.insert(header::CONTENT_TYPE, v);
     }
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from(meta.size));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     let disposition = if inline(&meta.content_type) {
         "inline"
     } else {
@@ -298,4 +387,34 @@ async fn download(uploads: &Arc<Uploads>, id: &str, name: &str, head: bool) -> R
         HeaderValue::from_static("private, max-age=31536000, immutable"),
     );
     cors(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{ByteRange, byte_range};
+
+    #[test]
+    fn one_byte_range_is_read_and_everything_else_served_whole() {
+        let r = |h: &str| byte_range(Some(h), 100);
+        assert_eq!(byte_range(None, 100), ByteRange::Whole);
+        assert_eq!(r("bytes=0-9"), ByteRange::Part(0, 9));
+        assert_eq!(r("bytes=90-"), ByteRange::Part(90, 99));
+        assert_eq!(r("bytes=90-200"), ByteRange::Part(90, 99));
+        assert_eq!(r("bytes=-10"), ByteRange::Part(90, 99));
+        assert_eq!(r("bytes=-500"), ByteRange::Part(0, 99));
+        assert_eq!(r("bytes=99-99"), ByteRange::Part(99, 99));
+        assert_eq!(r("bytes=100-"), ByteRange::Unsatisfiable);
+        assert_eq!(r("bytes=-0"), ByteRange::Unsatisfiable);
+        for ignored in [
+            "bytes=0-1,5-6",
+            "bytes=5-1",
+            "items=0-1",
+            "bytes=a-b",
+            "bytes=-",
+            "bytes=0",
+        ] {
+            assert_eq!(r(ignored), ByteRange::Whole, "{ignored}");
+        }
+        assert_eq!(byte_range(Some("bytes=0-"), 0), ByteRange::Unsatisfiable);
+    }
 }
