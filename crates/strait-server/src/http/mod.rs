@@ -4,9 +4,10 @@
 //!
 //! Bounded like the client listeners: at most `upload.max_connections` connections (more are
 //! closed at once), a TLS handshake and a request's headers must arrive within
-//! [`HANDSHAKE_TIMEOUT`] and [`HEADER_TIMEOUT`], and an upload that stalls for
-//! [`upload::BODY_IDLE`] is dropped. On shutdown, requests under way get [`SHUTDOWN_GRACE`]
-//! to finish.
+//! [`HANDSHAKE_TIMEOUT`] and [`HEADER_TIMEOUT`] (which also ends an idle kept-alive
+//! connection), an upload that stalls for [`upload::BODY_IDLE`] is dropped, and a refused
+//! upload's body is read for at most [`upload::DRAIN_DEADLINE`]. On shutdown, requests under
+//! way get [`SHUTDOWN_GRACE`] to finish.
 
 pub mod upload;
 

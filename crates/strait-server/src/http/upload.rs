@@ -24,6 +24,9 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
 /// An upload that sends nothing for this long is dropped.
 pub const BODY_IDLE: Duration = Duration::from_secs(60);
+/// Longest a refused upload's body is read before the refusal is sent (and the connection
+/// closed).
+pub const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
 /// Bytes read from a file per chunk of a download.
 const READ_CHUNK: usize = 64 * 1024;
 
@@ -193,9 +196,13 @@ async fn put(
     cors(r)
 }
 
-/// Reads a body to its end (or until it stalls for [`BODY_IDLE`]) and drops it.
+/// Reads a body to its end and drops it, for at most [`DRAIN_DEADLINE`]: a courtesy to the
+/// client, not a way to hold a connection with a trickle.
 async fn drain(mut body: Incoming) {
-    while let Ok(Some(Ok(_))) = tokio::time::timeout(BODY_IDLE, body.frame()).await {}
+    let _ = tokio::time::timeout(DRAIN_DEADLINE, async {
+        while let Some(Ok(_)) = body.frame().await {}
+    })
+    .await;
 }
 
 /// Writes the request body to `part`: exactly the slot's size, or an error.
