@@ -272,3 +272,42 @@ async fn a_refused_upload_is_answered_after_its_body() {
     assert_eq!(status, 403, "{headers}");
     ts.stop().await;
 }
+
+/// A connection that completes TLS and then sends nothing is closed once the header timeout
+/// passes (slowloris): it does not hold one of the listener's connections for good.
+#[tokio::test]
+async fn a_silent_connection_is_closed() {
+    let ts = TestServer::start(|_| {}).await;
+    let https_addr = ts.server.as_ref().unwrap().https_addrs()[0];
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile::certs(&mut &ts.ca_pem()[..]) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(https_addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("upload.localhost").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(
+        strait_server::http::HEADER_TIMEOUT + WAIT,
+        tls.read_to_end(&mut buf),
+    )
+    .await;
+    assert!(read.is_ok(), "the silent connection is still open");
+    assert!(
+        started.elapsed() >= strait_server::http::HEADER_TIMEOUT / 2,
+        "closed before the header timeout: {:?}",
+        started.elapsed()
+    );
+    ts.stop().await;
+}
