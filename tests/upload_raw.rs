@@ -4,8 +4,7 @@
 //! tests/real_clients/test_upload.py. Every wait is bounded (`common::WAIT`).
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use strait_tests::{RawClient, TestServer, WAIT, between};
+use strait_tests::{RawClient, TestServer, WAIT, between, tls_connect};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn ask(c: &mut RawClient, id: &str, xml: &str) -> String {
@@ -22,26 +21,7 @@ async fn https(
     head: &str,
     body: &[u8],
 ) -> (u16, String, Vec<u8>) {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_pemfile::certs(&mut &ca[..]) {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let name = rustls::pki_types::ServerName::try_from(host.to_owned()).unwrap();
-    let mut tls = tokio::time::timeout(
-        WAIT,
-        tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp),
-    )
-    .await
-    .unwrap()
-    .expect("TLS handshake with the upload listener");
+    let mut tls = tls_connect(addr, ca, host, &[b"http/1.1"]).await;
     let mut request = format!("{head}\r\nHost: {host}\r\nConnection: close\r\n\r\n").into_bytes();
     request.extend_from_slice(body);
     tls.write_all(&request).await.unwrap();
@@ -279,23 +259,7 @@ async fn a_refused_upload_is_answered_after_its_body() {
 async fn a_silent_connection_is_closed() {
     let ts = TestServer::start(|_| {}).await;
     let https_addr = ts.server.as_ref().unwrap().https_addrs()[0];
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_pemfile::certs(&mut &ts.ca_pem()[..]) {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let tcp = tokio::net::TcpStream::connect(https_addr).await.unwrap();
-    let name = rustls::pki_types::ServerName::try_from("upload.localhost").unwrap();
-    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(name, tcp)
-        .await
-        .unwrap();
+    let mut tls = tls_connect(https_addr, &ts.ca_pem(), "upload.localhost", &[]).await;
     let started = std::time::Instant::now();
     let mut buf = Vec::new();
     let read = tokio::time::timeout(

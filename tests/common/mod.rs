@@ -98,6 +98,42 @@ enum Stream {
     Gone,
 }
 
+/// A TLS client configuration that trusts only the PEM certificates in `ca`, offering the
+/// given ALPN protocols.
+pub fn client_tls_config(ca: &[u8], alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile::certs(&mut &ca[..]) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let mut c = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(c)
+}
+
+/// TLS over a new connection to `addr`, the certificate checked for `host` against `ca`.
+pub async fn tls_connect(
+    addr: SocketAddr,
+    ca: &[u8],
+    host: &str,
+    alpn: &[&[u8]],
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from(host.to_owned()).unwrap();
+    tokio::time::timeout(
+        WAIT,
+        tokio_rustls::TlsConnector::from(client_tls_config(ca, alpn)).connect(name, tcp),
+    )
+    .await
+    .expect("TLS handshake timed out")
+    .unwrap_or_else(|e| panic!("TLS handshake with {host} at {addr}: {e}"))
+}
+
 /// A hand-driven XMPP client over raw bytes.
 pub struct RawClient {
     stream: Stream,
@@ -124,21 +160,8 @@ impl RawClient {
     }
 
     fn tls_config(&self, alpn: bool) -> Arc<rustls::ClientConfig> {
-        let mut roots = rustls::RootCertStore::empty();
-        for c in rustls_pemfile::certs(&mut self.ca.as_slice()) {
-            roots.add(c.unwrap()).unwrap();
-        }
-        let mut c = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        if alpn {
-            c.alpn_protocols = vec![b"xmpp-client".to_vec()];
-        }
-        Arc::new(c)
+        let alpn: &[&[u8]] = if alpn { &[b"xmpp-client"] } else { &[] };
+        client_tls_config(&self.ca, alpn)
     }
 
     /// Connects with direct TLS (XEP-0368).

@@ -231,6 +231,13 @@ fn upload_bases(config: &Config, port: u16) -> std::collections::HashMap<String,
         .collect()
 }
 
+/// Binds a listening socket, or says which address could not be had.
+async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, ServerError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Listen { addr, source })
+}
+
 /// How often expired uploads are looked for.
 const UPLOAD_EXPIRY_EVERY: Duration = Duration::from_secs(3600);
 
@@ -286,13 +293,7 @@ impl Server {
                 (&config.listen.c2s_direct_tls, true),
             ] {
                 for addr in addrs {
-                    let l = tokio::net::TcpListener::bind(addr)
-                        .await
-                        .map_err(|source| ServerError::Listen {
-                            addr: *addr,
-                            source,
-                        })?;
-                    v.push((l, direct));
+                    v.push((bind(*addr).await?, direct));
                 }
             }
             v
@@ -302,13 +303,7 @@ impl Server {
         let mut https = Vec::new();
         if config.upload.active() {
             for addr in &config.upload.listen {
-                let l = tokio::net::TcpListener::bind(addr)
-                    .await
-                    .map_err(|source| ServerError::Listen {
-                        addr: *addr,
-                        source,
-                    })?;
-                https.push(l);
+                https.push(bind(*addr).await?);
             }
         }
         let uploads = match https.first() {
