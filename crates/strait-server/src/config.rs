@@ -138,6 +138,9 @@ pub struct UploadConfig {
     pub quota_bytes_per_account: u64,
     /// Days a file is kept after its upload.
     pub keep_days: u64,
+    /// Free space the upload directory's file system keeps: slots that would leave less are
+    /// refused, so that uploads never fill the disk the message store writes to.
+    pub min_free_bytes: u64,
     /// Seconds a slot may wait for its upload.
     pub slot_timeout_secs: u64,
     /// Most HTTPS connections at a time.
@@ -153,6 +156,7 @@ impl Default for UploadConfig {
             max_file_bytes: 100 * 1024 * 1024,
             quota_bytes_per_account: 1024 * 1024 * 1024,
             keep_days: 30,
+            min_free_bytes: 1024 * 1024 * 1024,
             slot_timeout_secs: 300,
             max_connections: 1024,
         }

@@ -89,9 +89,16 @@ impl FileMeta {
 #[derive(Debug, PartialEq, Eq)]
 pub enum SlotError {
     BadRequest(String),
-    TooLarge { max: u64 },
-    Quota { quota: u64, used: u64 },
+    TooLarge {
+        max: u64,
+    },
+    Quota {
+        quota: u64,
+        used: u64,
+    },
     TooManyPending,
+    /// The file system would keep less free space than `min_free_bytes`.
+    StorageFull,
     NotAllowed(String),
 }
 
@@ -128,6 +135,7 @@ pub struct Uploads {
     dir: PathBuf,
     pub max_file_bytes: u64,
     quota: u64,
+    min_free: u64,
     keep: Duration,
     slot_ttl: Duration,
     /// URL base per served domain (lowercase), without a trailing slash.
@@ -212,6 +220,7 @@ impl Uploads {
             dir,
             max_file_bytes: config.max_file_bytes,
             quota: config.quota_bytes_per_account,
+            min_free: config.min_free_bytes,
             keep: Duration::from_secs(config.keep_days.saturating_mul(86_400)),
             slot_ttl: Duration::from_secs(config.slot_timeout_secs),
             bases,
@@ -404,6 +413,17 @@ impl Uploads {
                 used: held,
             });
         }
+        // Room on the disk for this file and every slot not yet filled, with the reserve kept.
+        let pending_bytes: u64 = slots.values().map(|s| s.size).sum();
+        let free = free_bytes(&self.dir).unwrap_or(u64::MAX);
+        if free.saturating_sub(pending_bytes) < size.saturating_add(self.min_free) {
+            tracing::warn!(
+                free,
+                pending_bytes,
+                "upload refused: the upload directory's file system is nearly full"
+            );
+            return Err(SlotError::StorageFull);
+        }
         *used.entry(owner.to_owned()).or_default() += size;
         let id = uuid::Uuid::new_v4().simple().to_string();
         let url = format!("{base}/{id}/{}", encode_segment(name));
@@ -581,6 +601,13 @@ pub fn remove_owner_files(data_dir: &Path, owner: &str) -> std::io::Result<usize
     Ok(removed)
 }
 
+/// Bytes free for unprivileged writers on the file system holding `dir`; `None` when it
+/// cannot be read (then nothing is refused for it).
+fn free_bytes(dir: &Path) -> Option<u64> {
+    let s = rustix::fs::statvfs(dir).ok()?;
+    Some(s.f_bavail.saturating_mul(s.f_frsize))
+}
+
 fn release(used: &mut HashMap<String, u64>, owner: &str, size: u64) {
     if let Some(u) = used.get_mut(owner) {
         *u = u.saturating_sub(size);
@@ -666,6 +693,13 @@ fn slot_error(e: SlotError) -> (StanzaError, Option<String>) {
                 format!(
                     "{MAX_PENDING_PER_ACCOUNT} upload slots are unused: use them or let them expire first"
                 ),
+            ),
+            None,
+        ),
+        SlotError::StorageFull => (
+            StanzaError::with_text(
+                StanzaErrorCondition::ResourceConstraint,
+                "the server has no room for more files now",
             ),
             None,
         ),
@@ -995,6 +1029,53 @@ mod tests {
         assert_eq!(u.expire(), 1);
         assert!(!dir.path().join(format!("upload/{id}.bin")).exists());
         assert_eq!(u.used("a@example.test"), 0);
+    }
+
+    #[test]
+    fn slots_that_would_leave_the_disk_too_full_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let free = free_bytes(dir.path()).expect("statvfs of a temporary directory");
+        let bases = HashMap::from([(
+            "example.test".to_owned(),
+            "https://upload.example.test".to_owned(),
+        )]);
+        let config = |min_free_bytes| UploadConfig {
+            min_free_bytes,
+            quota_bytes_per_account: u64::MAX,
+            max_file_bytes: u64::MAX,
+            ..UploadConfig::default()
+        };
+        // A reserve larger than the disk's free space: nothing is taken.
+        let u = Uploads::open(
+            dir.path(),
+            &config(free.saturating_add(1 << 30)),
+            bases.clone(),
+        )
+        .unwrap();
+        assert_eq!(
+            u.request_slot("a@example.test", "example.test", "a", "1", None),
+            Err(SlotError::StorageFull)
+        );
+        assert_eq!(u.used("a@example.test"), 0);
+        // Unused slots count as taken space: with room for one and a half 1 GiB files over
+        // the reserve, the first slot is granted and the second refused (the margins are
+        // wide: other tests write to the same disk meanwhile).
+        if free < 4 << 30 {
+            eprintln!("less than 4 GiB free: the two-slot case is not run");
+            return;
+        }
+        let size: u64 = 1 << 30;
+        let reserve = free - (size + size / 2);
+        let u = Uploads::open(dir.path(), &config(reserve), bases).unwrap();
+        let s = size.to_string();
+        assert!(
+            u.request_slot("a@example.test", "example.test", "a", &s, None)
+                .is_ok()
+        );
+        assert_eq!(
+            u.request_slot("a@example.test", "example.test", "b", &s, None),
+            Err(SlotError::StorageFull)
+        );
     }
 
     #[test]
