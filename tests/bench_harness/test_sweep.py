@@ -136,7 +136,7 @@ def test_the_message_runs_pass_the_body_size(compare):
 
 def test_strait_workers_go_into_its_config_only_when_given(compare):
     a = types.SimpleNamespace(max_connections=100, max_resources=10, max_offline=100, scram_iterations=4096,
-                              strait_workers=None)
+                              strait_workers=None, strait_bin="/bin/true")
     assert "workers" not in compare.strait_config("/r", False, False, a, 15222)
     a.strait_workers = 2
     assert "\nworkers = 2\n" in compare.strait_config("/r", False, False, a, 15222)
@@ -236,3 +236,20 @@ def test_a_sweep_stopped_by_the_servers_pushback_is_limited_by_the_server(compar
     monkeypatch.setattr(compare, "slo_search", lambda *x: None)
     sw = compare.sweep(None, args(sweep_start=16000), None, "t", "off")
     assert sw["peak_rate"] >= 64000 and sw["limited_by"] == "server"
+
+
+def test_the_upload_service_is_turned_off_only_for_a_strait_that_has_one(compare, tmp_path):
+    """Strait runs no upload service in the comparison (the others have none); a Strait from
+    before the service refuses the section as unknown, so A/B runs against it leave it out."""
+    def fake(name, stderr, code):
+        path = tmp_path / name
+        path.write_text("#!/bin/sh\necho '%s' >&2\nexit %d\n" % (stderr, code))
+        path.chmod(0o755)
+        return str(path)
+    new = fake("strait-new", "", 0)
+    old = fake("strait-old", "invalid config: unknown field `upload`, expected one of ...", 1)
+    a = types.SimpleNamespace(strait_bin=new, strait_workers=None, max_connections=10,
+                              max_resources=10, max_offline=10, scram_iterations=4096)
+    assert "[upload]\nenabled = false" in compare.strait_config("/r", True, False, a, 15222)
+    a.strait_bin = old
+    assert "[upload]" not in compare.strait_config("/r", True, False, a, 15222)
