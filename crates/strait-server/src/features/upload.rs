@@ -233,7 +233,7 @@ impl Uploads {
         Ok(uploads)
     }
 
-    /// The service JID of `domain`'s uploads, when `domain` is a served domain's.
+    /// The served domain whose upload service `service` (a domain JID) is, if it is one.
     pub fn service_domain<'a>(&self, service: &'a str) -> Option<&'a str> {
         let (label, domain) = service.split_once('.')?;
         (label.eq_ignore_ascii_case(SUBDOMAIN)
@@ -241,7 +241,7 @@ impl Uploads {
         .then_some(domain)
     }
 
-    /// The service JIDs, one per served domain.
+    /// The JID of `domain`'s upload service, `upload.<domain>`.
     pub fn service_jid(domain: &str) -> String {
         format!("{SUBDOMAIN}.{}", domain.to_ascii_lowercase())
     }
