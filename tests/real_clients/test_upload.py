@@ -247,3 +247,35 @@ def test_removing_an_account_deletes_its_files(server, new_account, uploads_thro
             status, _, got = await http(server, "GET", urls[b.jid][0])
             assert status == 200 and got == urls[b.jid][1]
     run(body())
+
+
+def test_an_operator_lists_and_takes_down_a_file(server, new_account, uploads_through_loopback):
+    """`strait upload list` shows who uploaded what; `strait upload remove <url>` stops it being
+    served at once, on a running server; the uploader's other file stays."""
+    if server.kind != "strait":
+        pytest.skip("strait CLI only")
+    a = new_account(prefix="up")
+
+    async def body():
+        async with Clients(server) as cs:
+            c = await online(cs, a)
+            urls = []
+            for name in ("bad.jpg", "fine.jpg"):
+                data = os.urandom(200)
+                urls.append(await within(c.plugin["xep_0363"].upload_file(
+                    name, domain=JID(server.domain), input_file=io.BytesIO(data), size=len(data),
+                    content_type="image/jpeg"), "upload_file"))
+            rows = [line.split("\t") for line in server.cli("upload", "list", "--account", a.jid)
+                    .stdout.splitlines()]
+            assert sorted(r[5] for r in rows) == ["bad.jpg", "fine.jpg"], rows
+            assert all(r[1] == a.jid and r[2] == "200" and r[4] == "image/jpeg" for r in rows), rows
+            bad_id = urlsplit(urls[0]).path.split("/")[-2]
+            assert bad_id in {r[0] for r in rows}
+            assert "removed" in server.cli("upload", "remove", urls[0]).stdout
+            status, _, _ = await http(server, "GET", urls[0])
+            assert status == 404
+            status, _, _ = await http(server, "GET", urls[1])
+            assert status == 200
+            again = server.cli("upload", "remove", urls[0], check=False)
+            assert again.returncode != 0 and "no stored file" in again.stderr
+    run(body())

@@ -42,6 +42,9 @@ enum Command {
     /// Manage accounts: add, remove, passwd, list, import.
     #[command(subcommand)]
     User(UserCommand),
+    /// Manage uploaded files (XEP-0363): list them, or take one down.
+    #[command(subcommand)]
+    Upload(UploadCommand),
     /// Load-test an XMPP server (this one, Prosody, ejabberd, …): idle connections,
     /// ping-pong, message rates with offline delivery, login storms.
     ///
@@ -122,6 +125,60 @@ enum UserCommand {
     },
 }
 
+#[derive(Subcommand)]
+enum UploadCommand {
+    /// List stored files, oldest first: id, uploader, bytes, upload time (UTC), type, name.
+    List {
+        /// Only this account's files.
+        #[arg(long)]
+        account: Option<String>,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// Delete one file, named by its id or by its URL (works while the server runs: the
+    /// file stops being served at once).
+    Remove {
+        /// The file's id, or its download URL.
+        file: String,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+}
+
+fn upload(cmd: UploadCommand) -> Result<()> {
+    use strait_server::features::upload;
+    match cmd {
+        UploadCommand::List { account, config } => {
+            let config = load_config(&config)?;
+            let account = account
+                .map(|a| accounts::account_jid(&config, &a))
+                .transpose()?;
+            let files =
+                upload::list_files(&config.data_dir).context("reading the upload directory")?;
+            for (id, m) in files {
+                if account.as_ref().is_some_and(|a| *a != m.owner) {
+                    continue;
+                }
+                let when = strait_server::features::xep0082_stamp(m.created as i64 * 1000);
+                println!(
+                    "{id}\t{}\t{}\t{when}\t{}\t{}",
+                    m.owner, m.size, m.content_type, m.name
+                );
+            }
+        }
+        UploadCommand::Remove { file, config } => {
+            let config = load_config(&config)?;
+            let id = upload::id_of(&file)
+                .with_context(|| format!("{file:?} is neither a file id nor an upload URL"))?;
+            if !upload::remove_file(&config.data_dir, id).context("deleting the file")? {
+                bail!("no stored file has the id {id}");
+            }
+            println!("removed {id}");
+        }
+    }
+    Ok(())
+}
+
 fn load_config(args: &ConfigArgs) -> Result<Config> {
     let mut config = Config::load(args.config.as_deref(), std::env::vars())?;
     if let Some(d) = &args.data_dir {
@@ -184,6 +241,7 @@ fn run() -> Result<()> {
                 .block_on(serve(config))
         }
         Command::User(cmd) => user(cmd),
+        Command::Upload(cmd) => upload(cmd),
         Command::Bench(args) => strait_bench::main(*args),
     }
 }

@@ -604,6 +604,66 @@ fn free_bytes(dir: &Path) -> Option<u64> {
     Some(s.f_bavail.saturating_mul(s.f_frsize))
 }
 
+/// Every stored file in `<data_dir>/upload/`, oldest first: its id and metadata.
+pub fn list_files(data_dir: &Path) -> std::io::Result<Vec<(String, FileMeta)>> {
+    let dir = data_dir.join("upload");
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut files = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".meta")) else {
+            continue;
+        };
+        if !valid_id(id) || !dir.join(format!("{id}.bin")).exists() {
+            continue;
+        }
+        if let Some(meta) = std::fs::read_to_string(entry.path())
+            .ok()
+            .and_then(|t| FileMeta::parse(&t))
+        {
+            files.push((id.to_owned(), meta));
+        }
+    }
+    files.sort_by(|a, b| (a.1.created, &a.0).cmp(&(b.1.created, &b.0)));
+    Ok(files)
+}
+
+/// The file id in `file`: an id itself, or a download URL (`…/<id>/<name>`).
+pub fn id_of(file: &str) -> Option<&str> {
+    let file = file.split(['?', '#']).next().unwrap_or(file);
+    let id = if file.contains('/') {
+        let mut segments = file.trim_end_matches('/').rsplitn(3, '/');
+        segments.next()?;
+        segments.next()?
+    } else {
+        file
+    };
+    valid_id(id).then_some(id)
+}
+
+/// Deletes stored file `id` (both its bytes and its metadata); whether there was one. A
+/// running server stops serving it at once and gives its room back at the next hourly pass.
+pub fn remove_file(data_dir: &Path, id: &str) -> std::io::Result<bool> {
+    if !valid_id(id) {
+        return Ok(false);
+    }
+    let dir = data_dir.join("upload");
+    let gone = |r: std::io::Result<()>| match r {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    };
+    // The metadata first: without it the file is no longer served.
+    let had_meta = gone(std::fs::remove_file(dir.join(format!("{id}.meta"))))?;
+    let had_bytes = gone(std::fs::remove_file(dir.join(format!("{id}.bin"))))?;
+    Ok(had_meta || had_bytes)
+}
+
 fn release(used: &mut HashMap<String, u64>, owner: &str, size: u64) {
     if let Some(u) = used.get_mut(owner) {
         *u = u.saturating_sub(size);
@@ -1100,6 +1160,32 @@ mod tests {
             remove_owner_files(fresh.path(), "a@example.test").unwrap(),
             0
         );
+    }
+
+    #[test]
+    fn files_are_listed_and_taken_down_by_id_or_url() {
+        let dir = tempfile::tempdir().unwrap();
+        let u = open(dir.path());
+        let (a, ta) = slot(&u, "a.txt", "3");
+        put(&u, &a, &ta, "a.txt", b"abc");
+        let (b, tb) = slot(&u, "b.txt", "2");
+        put(&u, &b, &tb, "b.txt", b"ab");
+        // A slot not used yet is not a file.
+        let _ = slot(&u, "c.txt", "1");
+        let listed = list_files(dir.path()).unwrap();
+        let ids: Vec<&str> = listed.iter().map(|(id, _)| id.as_str()).collect();
+        assert_eq!(ids.len(), 2);
+        assert!(ids.contains(&a.as_str()) && ids.contains(&b.as_str()));
+        let url = format!("https://upload.example.test:5443/{a}/a.txt");
+        assert_eq!(id_of(&url), Some(a.as_str()));
+        assert_eq!(id_of(&format!("{url}?x=1#frag")), Some(a.as_str()));
+        assert_eq!(id_of(&b), Some(b.as_str()));
+        assert_eq!(id_of("https://upload.example.test/x/a.txt"), None);
+        assert_eq!(id_of("../../etc/passwd"), None);
+        assert!(remove_file(dir.path(), id_of(&url).unwrap()).unwrap());
+        assert!(u.file(&a, "a.txt").is_none());
+        assert!(!remove_file(dir.path(), &a).unwrap());
+        assert_eq!(list_files(dir.path()).unwrap().len(), 1);
     }
 
     #[test]
