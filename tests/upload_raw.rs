@@ -12,6 +12,16 @@ async fn ask(c: &mut RawClient, id: &str, xml: &str) -> String {
     c.expect_element(&["<iq", &format!("id='{id}'")]).await
 }
 
+/// The disco#items of the served domain `localhost`.
+async fn domain_items(c: &mut RawClient) -> String {
+    ask(
+        c,
+        "i1",
+        "<iq type='get' id='i1' to='localhost'><query xmlns='http://jabber.org/protocol/disco#items'/></iq>",
+    )
+    .await
+}
+
 /// One HTTP/1.1 request over TLS to `addr`, the certificate checked for `host`; the status,
 /// the raw header block and the body.
 async fn https(
@@ -57,12 +67,7 @@ async fn the_service_is_listed_grants_slots_and_serves_what_was_put() {
     let https_addr = ts.server.as_ref().unwrap().https_addrs()[0];
     let (mut alice, _bob) = ts.alice_and_bob().await;
 
-    let items = ask(
-        &mut alice,
-        "i1",
-        "<iq type='get' id='i1' to='localhost'><query xmlns='http://jabber.org/protocol/disco#items'/></iq>",
-    )
-    .await;
+    let items = domain_items(&mut alice).await;
     assert!(items.contains("<item jid='upload.localhost'/>"), "{items}");
     let info = ask(
         &mut alice,
@@ -203,12 +208,7 @@ async fn with_uploads_off_there_is_no_service() {
     let ts = TestServer::start(|c| c.upload.enabled = false).await;
     assert!(ts.server.as_ref().unwrap().https_addrs().is_empty());
     let (mut alice, _bob) = ts.alice_and_bob().await;
-    let items = ask(
-        &mut alice,
-        "i1",
-        "<iq type='get' id='i1' to='localhost'><query xmlns='http://jabber.org/protocol/disco#items'/></iq>",
-    )
-    .await;
+    let items = domain_items(&mut alice).await;
     assert!(!items.contains("upload."), "{items}");
     let slot = ask(
         &mut alice,
