@@ -25,7 +25,7 @@ mod testsuite;
 pub use archive::{ArchivePage, ArchivePrefs, ArchiveQuery, ArchiveStore, ArchivedMessage};
 pub use blocking::BlockingStore;
 pub use memory::MemoryStore;
-pub use pep::{PepItem, PepNodeConfig, PepStore, VcardStore, effective_max};
+pub use pep::{PepItem, PepNodeConfig, PepStore, PrivateStore, VcardStore, effective_max};
 pub use sqlite::SqliteStore;
 
 /// Result of every store operation.
@@ -38,7 +38,7 @@ pub enum StoreError {
     AlreadyExists(String),
     #[error("account {0} not found")]
     NotFound(String),
-    #[error("offline queue of {account} is full ({limit} messages)")]
+    #[error("{account} is at its limit ({limit})")]
     QuotaExceeded { account: String, limit: usize },
     #[error("storage backend: {0}")]
     Backend(String),
@@ -214,6 +214,7 @@ pub trait Store:
     + OfflineStore
     + PepStore
     + VcardStore
+    + PrivateStore
     + BlockingStore
     + ArchiveStore
     + BatchWrite

@@ -8,7 +8,7 @@ use crate::{
     AccountStore, Credentials, OfflineMessage, OfflineStore, Result, RosterItem, RosterStore,
     Store, StoreError, domain_of,
 };
-use crate::{PepItem, PepNodeConfig, PepStore, VcardStore, effective_max};
+use crate::{PepItem, PepNodeConfig, PepStore, PrivateStore, VcardStore, effective_max};
 
 #[derive(Default)]
 struct Inner {
@@ -22,6 +22,8 @@ struct Inner {
     /// (owner, node) → config and items oldest first.
     pep: BTreeMap<(String, String), (PepNodeConfig, Vec<PepItem>)>,
     vcards: HashMap<String, String>,
+    /// (owner, namespace) → element (XEP-0049).
+    private_xml: BTreeMap<(String, String), String>,
     /// owner → blocked JIDs (XEP-0191).
     blocklists: HashMap<String, std::collections::BTreeSet<String>>,
     /// owner → archived messages in archive order (XEP-0313).
@@ -66,6 +68,7 @@ impl AccountStore for MemoryStore {
         g.offline.remove(jid);
         g.pep.retain(|(o, _), _| o != jid);
         g.vcards.remove(jid);
+        g.private_xml.retain(|(o, _), _| o != jid);
         g.blocklists.remove(jid);
         g.archives.remove(jid);
         g.archive_prefs.remove(jid);
@@ -326,6 +329,62 @@ impl VcardStore for MemoryStore {
             Some(v) => g.vcards.insert(owner.to_owned(), v.to_owned()),
             None => g.vcards.remove(owner),
         };
+        Ok(())
+    }
+}
+
+impl PrivateStore for MemoryStore {
+    fn private_xml(&self, owner: &str, ns: &str) -> Result<Option<String>> {
+        Ok(self
+            .lock()
+            .private_xml
+            .get(&(owner.to_owned(), ns.to_owned()))
+            .cloned())
+    }
+
+    fn set_private_xml(
+        &self,
+        owner: &str,
+        writes: &[(String, Option<String>)],
+        max_namespaces: usize,
+    ) -> Result<()> {
+        let mut g = self.lock();
+        if !g.accounts.contains_key(owner) {
+            return Err(StoreError::NotFound(owner.to_owned()));
+        }
+        let held = g.private_xml.keys().filter(|(o, _)| o == owner).count();
+        let mut after = held;
+        let mut seen = std::collections::HashSet::new();
+        for (ns, _) in writes {
+            if !seen.insert(ns) {
+                continue;
+            }
+            let has = g.private_xml.contains_key(&(owner.to_owned(), ns.clone()));
+            // The last write of a namespace decides whether it is held.
+            let keeps = writes
+                .iter()
+                .rev()
+                .find(|(n, _)| n == ns)
+                .is_some_and(|(_, x)| x.is_some());
+            match (has, keeps) {
+                (false, true) => after += 1,
+                (true, false) => after -= 1,
+                _ => {}
+            }
+        }
+        if after > max_namespaces {
+            return Err(StoreError::QuotaExceeded {
+                account: owner.to_owned(),
+                limit: max_namespaces,
+            });
+        }
+        for (ns, xml) in writes {
+            let key = (owner.to_owned(), ns.clone());
+            match xml {
+                Some(x) => g.private_xml.insert(key, x.clone()),
+                None => g.private_xml.remove(&key),
+            };
+        }
         Ok(())
     }
 }

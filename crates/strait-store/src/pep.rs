@@ -79,6 +79,22 @@ pub trait VcardStore {
     fn set_vcard(&self, owner: &str, vcard: Option<&str>) -> Result<()>;
 }
 
+/// Private XML storage (XEP-0049): one element per namespace per account, readable and
+/// writable by its owner only.
+pub trait PrivateStore {
+    /// The stored element's XML for the namespace, if any.
+    fn private_xml(&self, owner: &str, ns: &str) -> Result<Option<String>>;
+    /// Replaces (or with `None` removes) the element stored under each namespace, all or
+    /// nothing. [`crate::StoreError::QuotaExceeded`] if the account would then hold more than
+    /// `max_namespaces`; [`crate::StoreError::NotFound`] if `owner` is not an account.
+    fn set_private_xml(
+        &self,
+        owner: &str,
+        writes: &[(String, Option<String>)],
+        max_namespaces: usize,
+    ) -> Result<()>;
+}
+
 /// The item limit of a node.
 pub fn effective_max(config: &PepNodeConfig, limit_items: usize) -> usize {
     config

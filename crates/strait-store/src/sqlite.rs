@@ -33,7 +33,7 @@ use crate::{
     ScramSecret, Store, StoreError, Subscription, domain_of,
 };
 use crate::{BatchWrite, WriteDone, WriteOp, WriteOutcome};
-use crate::{PepItem, PepNodeConfig, PepStore, VcardStore, effective_max};
+use crate::{PepItem, PepNodeConfig, PepStore, PrivateStore, VcardStore, effective_max};
 
 /// Most requests committed in one transaction.
 const MAX_BATCH: usize = 256;
@@ -333,6 +333,15 @@ const MIGRATIONS: &[&str] = &[
     // default: SQLite adds it without rewriting the table.)
     "
     ALTER TABLE archive_content ADD COLUMN refs INTEGER NOT NULL DEFAULT 1;
+    ",
+    // 12: private XML storage (XEP-0049): one element per namespace per account.
+    "
+    CREATE TABLE private_xml (
+        owner  TEXT NOT NULL,
+        ns     TEXT NOT NULL,
+        xml    TEXT NOT NULL,
+        PRIMARY KEY (owner, ns)
+    ) WITHOUT ROWID;
     ",
 ];
 
@@ -1718,6 +1727,7 @@ impl AccountStore for SqliteStore {
             c.execute("DELETE FROM pep_items WHERE owner = ?1", [&jid])?;
             c.execute("DELETE FROM pep_nodes WHERE owner = ?1", [&jid])?;
             c.execute("DELETE FROM vcards WHERE owner = ?1", [&jid])?;
+            c.execute("DELETE FROM private_xml WHERE owner = ?1", [&jid])?;
             c.execute("DELETE FROM blocklist WHERE owner = ?1", [&jid])?;
             archive_delete_owner(c, &jid)?;
             c.execute("DELETE FROM archive_prefs WHERE owner = ?1", [&jid])?;
@@ -2360,6 +2370,61 @@ impl VcardStore for SqliteStore {
                 )?,
                 None => c.execute("DELETE FROM vcards WHERE owner = ?1", [&owner])?,
             };
+            Ok(())
+        })
+    }
+}
+
+impl PrivateStore for SqliteStore {
+    fn private_xml(&self, owner: &str, ns: &str) -> Result<Option<String>> {
+        let (owner, ns) = (owner.to_owned(), ns.to_owned());
+        self.read(move |c| {
+            Ok(c.query_row(
+                "SELECT xml FROM private_xml WHERE owner = ?1 AND ns = ?2",
+                [&owner, &ns],
+                |r| r.get(0),
+            )
+            .optional()?)
+        })
+    }
+
+    fn set_private_xml(
+        &self,
+        owner: &str,
+        writes: &[(String, Option<String>)],
+        max_namespaces: usize,
+    ) -> Result<()> {
+        let owner = owner.to_owned();
+        let writes = writes.to_vec();
+        // `write` runs the job in a savepoint of its own: an error rolls all of it back.
+        self.write(move |c| {
+            if !exists(c, &owner)? {
+                return Err(StoreError::NotFound(owner));
+            }
+            for (ns, xml) in &writes {
+                match xml {
+                    Some(x) => c.execute(
+                        "INSERT INTO private_xml (owner, ns, xml) VALUES (?1, ?2, ?3)
+                         ON CONFLICT(owner, ns) DO UPDATE SET xml = ?3",
+                        [&owner, ns, x],
+                    )?,
+                    None => c.execute(
+                        "DELETE FROM private_xml WHERE owner = ?1 AND ns = ?2",
+                        [&owner, ns],
+                    )?,
+                };
+            }
+            let n: i64 = c.query_row(
+                "SELECT COUNT(*) FROM private_xml WHERE owner = ?1",
+                [&owner],
+                |r| r.get(0),
+            )?;
+            if n as usize > max_namespaces {
+                return Err(StoreError::QuotaExceeded {
+                    account: owner,
+                    limit: max_namespaces,
+                });
+            }
             Ok(())
         })
     }

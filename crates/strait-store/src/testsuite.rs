@@ -478,6 +478,86 @@ pub fn pep(s: &impl Store) {
     assert_eq!(s.vcard(a).unwrap(), None);
 }
 
+fn pw(ns: &str, xml: Option<&str>) -> (String, Option<String>) {
+    (ns.to_owned(), xml.map(str::to_owned))
+}
+
+pub fn private_xml(s: &impl Store) {
+    let (a, b) = ("a@x.example", "b@x.example");
+    let bm = "<storage xmlns='storage:bookmarks'><conference jid='r@muc.x.example'/></storage>";
+    assert!(matches!(
+        s.set_private_xml("nobody@x.example", &[pw("storage:bookmarks", Some(bm))], 4),
+        Err(StoreError::NotFound(_))
+    ));
+    s.create_account(a, &creds(1)).unwrap();
+    s.create_account(b, &creds(2)).unwrap();
+    assert_eq!(s.private_xml(a, "storage:bookmarks").unwrap(), None);
+    s.set_private_xml(a, &[pw("storage:bookmarks", Some(bm))], 2)
+        .unwrap();
+    assert_eq!(
+        s.private_xml(a, "storage:bookmarks").unwrap().as_deref(),
+        Some(bm)
+    );
+    // Per account and per namespace.
+    assert_eq!(s.private_xml(b, "storage:bookmarks").unwrap(), None);
+    assert_eq!(s.private_xml(a, "storage:rosternotes").unwrap(), None);
+    // Replacing does not count against the limit.
+    let empty = "<storage xmlns='storage:bookmarks'/>";
+    s.set_private_xml(a, &[pw("storage:bookmarks", Some(empty))], 1)
+        .unwrap();
+    assert_eq!(
+        s.private_xml(a, "storage:bookmarks").unwrap().as_deref(),
+        Some(empty)
+    );
+    // Several namespaces at once, all or nothing: past the limit none of them is stored.
+    assert!(matches!(
+        s.set_private_xml(
+            a,
+            &[
+                pw("storage:bookmarks", Some(bm)),
+                pw("x:one", Some("<q xmlns='x:one'/>")),
+                pw("x:two", Some("<q xmlns='x:two'/>")),
+            ],
+            2
+        ),
+        Err(StoreError::QuotaExceeded { limit: 2, .. })
+    ));
+    assert_eq!(s.private_xml(a, "x:one").unwrap(), None);
+    assert_eq!(
+        s.private_xml(a, "storage:bookmarks").unwrap().as_deref(),
+        Some(empty)
+    );
+    // Clearing one in the same write makes room for another.
+    s.set_private_xml(
+        a,
+        &[
+            pw("storage:bookmarks", None),
+            pw("x:one", Some("<q xmlns='x:one'/>")),
+            pw("x:two", Some("<q xmlns='x:two'/>")),
+        ],
+        2,
+    )
+    .unwrap();
+    assert_eq!(s.private_xml(a, "storage:bookmarks").unwrap(), None);
+    assert_eq!(
+        s.private_xml(a, "x:two").unwrap().as_deref(),
+        Some("<q xmlns='x:two'/>")
+    );
+    // Another account has its own allowance; clearing what is not there is no error.
+    s.set_private_xml(b, &[pw("x:two", Some("<q xmlns='x:two'/>"))], 1)
+        .unwrap();
+    s.set_private_xml(b, &[pw("x:none", None)], 1).unwrap();
+    // Account removal takes it along, and only that account's.
+    s.remove_account(a).unwrap();
+    s.create_account(a, &creds(1)).unwrap();
+    assert_eq!(s.private_xml(a, "x:one").unwrap(), None);
+    assert_eq!(s.private_xml(a, "x:two").unwrap(), None);
+    assert_eq!(
+        s.private_xml(b, "x:two").unwrap().as_deref(),
+        Some("<q xmlns='x:two'/>")
+    );
+}
+
 fn archived(id: &str, with: &str, stamp_ms: i64) -> crate::ArchivedMessage {
     crate::ArchivedMessage {
         id: id.to_owned(),
@@ -945,6 +1025,11 @@ macro_rules! suite {
             fn pep() {
                 let (s, _guard) = $make;
                 super::pep(&s);
+            }
+            #[test]
+            fn private_xml() {
+                let (s, _guard) = $make;
+                super::private_xml(&s);
             }
             #[test]
             fn concurrent_writers() {
