@@ -1,5 +1,5 @@
-//! PEP (XEP-0163 over XEP-0060), entity capabilities (XEP-0115) and vcard-temp (XEP-0054)
-//! as raw bytes: what exactly a client sees. Every wait is bounded (`common::WAIT`).
+//! PEP (XEP-0163 over XEP-0060), entity capabilities (XEP-0115), vcard-temp (XEP-0054) and
+//! private storage (XEP-0049, and XEP-0223 over PEP) as raw bytes: what exactly a client sees. Every wait is bounded (`common::WAIT`).
 
 use base64::Engine;
 use sha1::{Digest, Sha1};
@@ -557,5 +557,240 @@ async fn vcard_set_and_get_and_account_disco() {
     );
     let r = ask(&mut b, "d2", "<iq type='get' id='d2' to='localhost'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>").await;
     assert!(r.contains("var='vcard-temp'"), "{r}");
+    t.stop().await;
+}
+
+const PRIVATE: &str = "jabber:iq:private";
+
+fn private(id: &str, ty: &str, to: Option<&str>, inner: &str) -> String {
+    let to = to.map(|t| format!(" to='{t}'")).unwrap_or_default();
+    format!("<iq type='{ty}' id='{id}'{to}><query xmlns='{PRIVATE}'>{inner}</query></iq>")
+}
+
+#[tokio::test]
+async fn private_xml_storage_is_the_owners_alone() {
+    let t = TestServer::start(|_| {}).await;
+    let (mut a, mut b) = t.alice_and_bob().await;
+    // Nothing stored yet: the empty element asked for comes back.
+    let r = ask(
+        &mut a,
+        "p0",
+        &private("p0", "get", None, "<storage xmlns='storage:bookmarks'/>"),
+    )
+    .await;
+    assert!(ok(&r), "{r}");
+    assert!(
+        r.contains("<query xmlns='jabber:iq:private'><storage xmlns='storage:bookmarks'/></query>"),
+        "{r}"
+    );
+    // Stored, and re-serialized canonically (never the client's bytes).
+    let bookmarks = "<storage xmlns=\"storage:bookmarks\"><conference autojoin=\"true\" jid=\"room@muc.localhost\" name=\"R &amp; D\"><nick>al</nick></conference></storage>";
+    let r = ask(&mut a, "p1", &private("p1", "set", None, bookmarks)).await;
+    assert!(ok(&r), "{r}");
+    // Two namespaces in one set, and a child with the same namespace twice.
+    let r = ask(
+        &mut a,
+        "p2",
+        &private(
+            "p2",
+            "set",
+            Some("alice@localhost"),
+            "<prefs xmlns='x:prefs'><a>1</a></prefs><prefs xmlns='x:prefs'><b>2</b></prefs><note xmlns='storage:rosternotes'><note jid='bob@localhost'>met at the fair</note></note>",
+        ),
+    )
+    .await;
+    assert!(ok(&r), "{r}");
+    // Another resource of Alice's reads them back, one namespace at a time.
+    let mut a2 =
+        strait_tests::RawClient::login(t.starttls, t.ca_pem(), "alice@localhost", "pa", "a2").await;
+    let r = ask(
+        &mut a2,
+        "p3",
+        &private("p3", "get", None, "<storage xmlns='storage:bookmarks'/>"),
+    )
+    .await;
+    assert!(
+        r.contains("<query xmlns='jabber:iq:private'><storage xmlns='storage:bookmarks'><conference autojoin='true' jid='room@muc.localhost' name='R &amp; D'><nick>al</nick></conference></storage></query>"),
+        "{r}"
+    );
+    assert!(!r.contains("x:prefs"), "{r}");
+    let r = ask(
+        &mut a2,
+        "p4",
+        &private("p4", "get", None, "<prefs xmlns='x:prefs'/>"),
+    )
+    .await;
+    assert!(
+        r.contains(
+            "<prefs xmlns='x:prefs'><a>1</a></prefs><prefs xmlns='x:prefs'><b>2</b></prefs></query>"
+        ),
+        "{r}"
+    );
+    // Bob can neither read nor write Alice's, and has none of his own.
+    for (id, ty) in [("p5", "get"), ("p6", "set")] {
+        let inner = if ty == "get" {
+            "<storage xmlns='storage:bookmarks'/>"
+        } else {
+            "<storage xmlns='storage:bookmarks'><conference jid='evil@muc.localhost'/></storage>"
+        };
+        let r = ask(&mut b, id, &private(id, ty, Some("alice@localhost"), inner)).await;
+        assert!(
+            r.contains("type='error'") && r.contains("<forbidden"),
+            "{r}"
+        );
+        assert!(!r.contains("room@muc.localhost"), "{r}");
+    }
+    let r = ask(
+        &mut b,
+        "p7",
+        &private("p7", "get", None, "<storage xmlns='storage:bookmarks'/>"),
+    )
+    .await;
+    assert!(
+        r.contains("<query xmlns='jabber:iq:private'><storage xmlns='storage:bookmarks'/></query>"),
+        "{r}"
+    );
+    // Bad requests, each with its reason; none of them changes what is stored.
+    for (id, ty, inner, why) in [
+        ("e1", "get", "", "needs a child element"),
+        ("e2", "set", "", "needs a child element"),
+        ("e3", "set", "<storage><x/></storage>", "reserved"),
+        (
+            "e4",
+            "set",
+            "<vCard xmlns='vcard-temp'><FN>A</FN></vCard>",
+            "reserved",
+        ),
+        ("e5", "set", "<query xmlns='jabber:client'/>", "reserved"),
+        (
+            "e6",
+            "get",
+            "<a xmlns='x:a'/><b xmlns='x:b'/>",
+            "one namespace at a time",
+        ),
+        (
+            "e7",
+            "set",
+            "<storage xmlns='storage:bookmarks'/><query xmlns='jabber:iq:private'/>",
+            "reserved",
+        ),
+    ] {
+        let r = ask(&mut a, id, &private(id, ty, None, inner)).await;
+        assert!(
+            r.contains("type='error'") && r.contains("<not-acceptable"),
+            "{id}: {r}"
+        );
+        assert!(r.contains(why), "{id}: {r}");
+    }
+    let r = ask(
+        &mut a,
+        "p8",
+        &private("p8", "get", None, "<storage xmlns='storage:bookmarks'/>"),
+    )
+    .await;
+    assert!(r.contains("jid='room@muc.localhost'"), "{r}");
+    // An empty element clears its namespace.
+    let r = ask(
+        &mut a,
+        "p9",
+        &private("p9", "set", None, "<prefs xmlns='x:prefs'/>"),
+    )
+    .await;
+    assert!(ok(&r), "{r}");
+    let r = ask(
+        &mut a,
+        "p10",
+        &private("p10", "get", None, "<prefs xmlns='x:prefs'/>"),
+    )
+    .await;
+    assert!(
+        r.contains("<query xmlns='jabber:iq:private'><prefs xmlns='x:prefs'/></query>"),
+        "{r}"
+    );
+    // The limit on namespaces: a set past it stores none of its namespaces.
+    let many: String = (0..strait_server::features::private::MAX_NAMESPACES)
+        .map(|i| format!("<n xmlns='x:n{i}'>{i}</n>"))
+        .collect();
+    let r = ask(&mut a, "q1", &private("q1", "set", None, &many)).await;
+    assert!(
+        r.contains("<resource-constraint") && r.contains("at most 64"),
+        "{r}"
+    );
+    let r = ask(
+        &mut a,
+        "q2",
+        &private("q2", "get", None, "<n xmlns='x:n0'/>"),
+    )
+    .await;
+    assert!(r.contains("<n xmlns='x:n0'/></query>"), "{r}");
+    // The server says it does this.
+    let r = ask(&mut b, "d1", "<iq type='get' id='d1' to='localhost'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>").await;
+    assert!(r.contains("var='jabber:iq:private'"), "{r}");
+    t.stop().await;
+}
+
+/// XEP-0223: private data in a PEP node with `persist_items` and the `whitelist` access model
+/// (publish-options); the node's owner reads it back, nobody else does.
+#[tokio::test]
+async fn pep_private_storage_xep_0223() {
+    let t = TestServer::start(|_| {}).await;
+    let (mut a, mut b) = t.alice_and_bob().await;
+    befriend(&mut a, &mut b).await;
+    let opts = [
+        ("pubsub#persist_items", "true"),
+        ("pubsub#access_model", "whitelist"),
+    ];
+    let r = ask(
+        &mut a,
+        "x1",
+        &publish(
+            "x1",
+            "storage:bookmarks",
+            "current",
+            "<storage xmlns='storage:bookmarks'><conference jid='room@muc.localhost'/></storage>",
+            &opts,
+        ),
+    )
+    .await;
+    assert!(ok(&r), "{r}");
+    let r = ask(
+        &mut a,
+        "x2",
+        &get_items("x2", "alice@localhost", "storage:bookmarks", "", None),
+    )
+    .await;
+    assert!(ok(&r) && r.contains("jid='room@muc.localhost'"), "{r}");
+    // A contact with presence access still cannot read it.
+    let r = ask(
+        &mut b,
+        "x3",
+        &get_items("x3", "alice@localhost", "storage:bookmarks", "", None),
+    )
+    .await;
+    assert!(
+        r.contains("type='error'") && !r.contains("room@muc.localhost"),
+        "{r}"
+    );
+    // Publishing again with options that contradict the node's fails the precondition.
+    let r = ask(
+        &mut a,
+        "x4",
+        &publish(
+            "x4",
+            "storage:bookmarks",
+            "current",
+            "<storage xmlns='storage:bookmarks'/>",
+            &[("pubsub#access_model", "open")],
+        ),
+    )
+    .await;
+    assert!(r.contains("precondition-not-met"), "{r}");
+    let r = ask(
+        &mut a,
+        "x5",
+        &get_items("x5", "alice@localhost", "storage:bookmarks", "", None),
+    )
+    .await;
+    assert!(r.contains("jid='room@muc.localhost'"), "{r}");
     t.stop().await;
 }

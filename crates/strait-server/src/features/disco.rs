@@ -17,6 +17,7 @@ pub const SERVER_FEATURES: &[&str] = &[
     "jabber:iq:roster",
     "urn:xmpp:features:rosterver",
     super::vcard::NS,
+    super::private::NS,
     super::carbons::NS,
     super::blocking::NS,
 ];

@@ -190,6 +190,7 @@ async fn account_request(s: &mut Session, stanza: &Stanza, own: bool) {
             super::pep::handle(s, stanza, &p).await
         }
         (super::vcard::NS, "vCard", _, _) => super::vcard::handle(s, stanza, &p, own).await,
+        (super::private::NS, "query", _, _) => super::private::handle(s, stanza, &p, own).await,
         (disco::ITEMS, "query", true, _) => {
             s.reply_error(stanza, StanzaError::new(StanzaErrorCondition::ItemNotFound))
         }

@@ -15,6 +15,7 @@ pub mod offline;
 pub mod pep;
 pub mod ping;
 pub mod presence;
+pub mod private;
 pub mod roster;
 pub mod sm;
 pub mod stanza_id;
