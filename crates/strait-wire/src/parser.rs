@@ -18,7 +18,8 @@ pub struct StreamHeader {
     pub version: Option<String>,
     pub lang: Option<String>,
     pub id: Option<String>,
-    /// The content namespace (`jabber:client` or `jabber:server`).
+    /// The content namespace (`jabber:client`, `jabber:server` or, from an external
+    /// component, `jabber:component:accept`).
     pub default_ns: String,
 }
 
@@ -354,7 +355,7 @@ impl<T: Tokenize> StreamParser<T> {
             ));
         }
         let default_ns = self.resolver.default_ns().to_string();
-        if default_ns != ns::CLIENT && default_ns != ns::SERVER {
+        if default_ns != ns::CLIENT && default_ns != ns::SERVER && default_ns != ns::COMPONENT {
             return Err(StreamError::with_text(
                 C::InvalidNamespace,
                 "unsupported content namespace",

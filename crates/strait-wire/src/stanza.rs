@@ -11,6 +11,8 @@ use crate::xml::{CanonicalWriter, XmlEvent, push_attr, write_attrs};
 pub mod ns {
     pub const CLIENT: &str = "jabber:client";
     pub const SERVER: &str = "jabber:server";
+    /// External components (XEP-0114), on the server's side of the connection.
+    pub const COMPONENT: &str = "jabber:component:accept";
     pub const STREAM: &str = "http://etherx.jabber.org/streams";
     pub const TLS: &str = "urn:ietf:params:xml:ns:xmpp-tls";
     pub const SASL: &str = "urn:ietf:params:xml:ns:xmpp-sasl";
@@ -33,7 +35,7 @@ pub enum StanzaKind {
 
 impl StanzaKind {
     pub fn of(ns: &str, name: &str) -> Self {
-        if ns != ns::CLIENT && ns != ns::SERVER {
+        if ns != ns::CLIENT && ns != ns::SERVER && ns != ns::COMPONENT {
             return StanzaKind::Other;
         }
         match name {
@@ -691,6 +693,10 @@ mod tests {
     fn kinds() {
         assert_eq!(StanzaKind::of(ns::CLIENT, "message"), StanzaKind::Message);
         assert_eq!(StanzaKind::of(ns::SERVER, "iq"), StanzaKind::Iq);
+        assert_eq!(
+            StanzaKind::of(ns::COMPONENT, "message"),
+            StanzaKind::Message
+        );
         assert_eq!(StanzaKind::of("urn:x", "presence"), StanzaKind::Other);
     }
 }

@@ -277,7 +277,8 @@ fn stream_namespace_tricks() {
         C::BadFormat,
     );
     // Unsupported or missing content namespace.
-    assert_condition(b"<stream:stream xmlns='jabber:component:accept' xmlns:stream='http://etherx.jabber.org/streams'>", C::InvalidNamespace);
+    // (jabber:component:accept is supported since XEP-0114; the connect variant is not.)
+    assert_condition(b"<stream:stream xmlns='jabber:component:connect' xmlns:stream='http://etherx.jabber.org/streams'>", C::InvalidNamespace);
     assert_condition(
         b"<stream:stream xmlns:stream='http://etherx.jabber.org/streams'>",
         C::InvalidNamespace,

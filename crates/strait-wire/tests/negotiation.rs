@@ -365,6 +365,12 @@ fn header_errors() {
             "<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' to='example.com' version='1.0'>",
             C::InvalidNamespace,
         ),
+        // The parser accepts component streams (XEP-0114) for the component listener; a
+        // client stream never is one.
+        (
+            "<stream:stream xmlns='jabber:component:accept' xmlns:stream='http://etherx.jabber.org/streams' to='example.com' version='1.0'>",
+            C::InvalidNamespace,
+        ),
     ];
     for (header, condition) in cases {
         let mut c = Conn::new(config(), true);
