@@ -42,6 +42,8 @@ from xmpp_helpers import Account
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STARTUP_TIMEOUT = 30.0
+# The external component (XEP-0114) the test server accepts.
+COMPONENT_DOMAIN = "bot.localhost"
 CLI_TIMEOUT = 30.0
 
 
@@ -65,6 +67,10 @@ class Server:
     failed_tests: List[str] = field(default_factory=list)
     # SASL mechanisms every login/rejection test is run with
     mechs: List[str] = field(default_factory=lambda: ["SCRAM-SHA-256", "SCRAM-SHA-1"])
+    # An external component (XEP-0114) the server accepts: port, domain, secret
+    component_port: Optional[int] = None
+    component_domain: Optional[str] = None
+    component_secret: Optional[str] = None
 
     @property
     def domain(self) -> str:
@@ -138,7 +144,8 @@ def start_strait() -> Server:
                     f"or set STRAIT_BIN)", pytrace=False)
     work = tempfile.mkdtemp(prefix="strait-realclients-")
     data = os.path.join(work, "data")
-    c2s, tls, https = free_ports(3)
+    c2s, tls, https, comp = free_ports(4)
+    comp_secret = secrets.token_hex(16)
     domains = ["localhost", "example.test"]
     config = os.path.join(work, "strait.toml")
     with open(config, "w") as fh:
@@ -149,6 +156,7 @@ domains = ["{domains[0]}", "{domains[1]}"]
 [listen]
 c2s = ["127.0.0.1:{c2s}"]
 c2s_direct_tls = ["127.0.0.1:{tls}"]
+component = ["127.0.0.1:{comp}"]
 
 [limits]
 max_offline_messages = 100
@@ -161,6 +169,10 @@ min_free_bytes = 0  # test machines' disks can be nearly full
 
 [auth]
 allow_plain = false
+
+[[components]]
+domain = "{COMPONENT_DOMAIN}"
+secret = "{comp_secret}"
 """)
     # Note: the server locks out an address after repeated failed logins (auth.max_failures_*);
     # the rejection tests stay well below that, so other tests' logins are unaffected.
@@ -177,7 +189,9 @@ allow_plain = false
     server = Server(kind="strait", host="127.0.0.1", c2s_port=c2s, tls_port=tls, https_port=https,
                     ca_file=os.path.join(data, "tls", "ca.pem"), domains=domains,
                     plain_allowed=False, add_user_fn=lambda j, p: None, log_path=log_path,
-                    config_path=config, binary=binary, workdir=work, proc=proc)
+                    config_path=config, binary=binary, workdir=work, proc=proc,
+                    component_port=comp, component_domain=COMPONENT_DOMAIN,
+                    component_secret=comp_secret)
 
     def add_user(jid: str, password: str) -> None:
         server.cli("user", "add", jid, stdin=password + "\n")
@@ -239,6 +253,10 @@ def external_server() -> Server:
                   https_port=int(env["STRAIT_TEST_HTTPS_PORT"]) if env.get("STRAIT_TEST_HTTPS_PORT") else None,
                   domains=domains, plain_allowed=env.get("STRAIT_TEST_PLAIN_ALLOWED") == "1",
                   add_user_fn=add_user, log_path=env.get("STRAIT_TEST_LOG"),
+                  component_port=int(env["STRAIT_TEST_COMPONENT_PORT"])
+                  if env.get("STRAIT_TEST_COMPONENT_PORT") else None,
+                  component_domain=env.get("STRAIT_TEST_COMPONENT_DOMAIN"),
+                  component_secret=env.get("STRAIT_TEST_COMPONENT_SECRET"),
                   mechs=[m.strip() for m in env.get("STRAIT_TEST_MECHS",
                                                     "SCRAM-SHA-256,SCRAM-SHA-1").split(",")
                          if m.strip()])

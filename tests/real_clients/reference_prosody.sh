@@ -15,6 +15,8 @@ ROOT=$(cd "$HERE/../.." && pwd)
 D=${PROSODY_DIR:-/tmp/strait-prosody}
 C2S=${PROSODY_C2S_PORT:-25222}
 TLS=${PROSODY_TLS_PORT:-25223}
+COMP=${PROSODY_COMPONENT_PORT:-25347}
+COMP_SECRET=reference-component-secret
 CFG="$D/prosody.cfg.lua"
 DOMAINS="localhost example.test"
 
@@ -42,6 +44,8 @@ interfaces = { "127.0.0.1" }
 c2s_ports = { $C2S }
 c2s_direct_tls_ports = { $TLS }
 s2s_ports = { }
+component_ports = { $COMP }
+component_interfaces = { "127.0.0.1" }
 modules_enabled = { "roster"; "saslauth"; "tls"; "disco"; "ping"; "offline"; "posix"; "private"; "pep"; }
 c2s_require_encryption = true
 authentication = "internal_hashed"
@@ -51,6 +55,8 @@ VirtualHost "localhost"
     ssl = { certificate = "$D/certs/localhost.crt"; key = "$D/certs/localhost.key"; }
 VirtualHost "example.test"
     ssl = { certificate = "$D/certs/example.test.crt"; key = "$D/certs/example.test.key"; }
+Component "bot.localhost"
+    component_secret = "$COMP_SECRET"
 EOF
     chown -R prosody:prosody "$D"
     runuser -u prosody -- prosodyctl --config "$CFG" check config
@@ -87,6 +93,8 @@ run_tests() {
     STRAIT_TEST_TLS_PORT=$TLS STRAIT_TEST_CA="$D/certs/ca.pem" \
     STRAIT_TEST_DOMAINS="localhost,example.test" STRAIT_TEST_PLAIN_ALLOWED=1 STRAIT_TEST_MECHS=SCRAM-SHA-1 \
     STRAIT_TEST_LOG="$D/prosody.log" STRAIT_TEST_ADD_USER="'$HERE/reference_prosody.sh' adduser" \
+    STRAIT_TEST_COMPONENT_PORT=$COMP STRAIT_TEST_COMPONENT_DOMAIN=bot.localhost \
+    STRAIT_TEST_COMPONENT_SECRET=$COMP_SECRET \
         "$ROOT/.venv/bin/python" -m pytest -c "$HERE/pytest.ini" -p no:cacheprovider "$HERE" "$@"
 }
 

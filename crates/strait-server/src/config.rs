@@ -23,6 +23,27 @@ pub struct Config {
     pub stream_management: StreamManagementConfig,
     pub archive: ArchiveConfig,
     pub upload: UploadConfig,
+    /// External components (XEP-0114), each with its own domain and shared secret.
+    pub components: Vec<ComponentConfig>,
+}
+
+/// One external component (XEP-0114): it connects to `listen.component`, opens a stream to
+/// `domain` and proves it knows `secret`; then it sends and receives every stanza for that
+/// domain.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComponentConfig {
+    pub domain: String,
+    pub secret: String,
+}
+
+impl std::fmt::Debug for ComponentConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ComponentConfig")
+            .field("domain", &self.domain)
+            .field("secret", &"(hidden)")
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -32,6 +53,8 @@ pub struct ListenConfig {
     pub c2s: Vec<SocketAddr>,
     /// Client listeners that start with TLS (XEP-0368), ALPN `xmpp-client`.
     pub c2s_direct_tls: Vec<SocketAddr>,
+    /// External component listeners (XEP-0114). The protocol has no TLS: loopback only.
+    pub component: Vec<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -199,6 +222,7 @@ impl Default for Config {
             stream_management: StreamManagementConfig::default(),
             archive: ArchiveConfig::default(),
             upload: UploadConfig::default(),
+            components: Vec::new(),
         }
     }
 }
@@ -208,6 +232,7 @@ impl Default for ListenConfig {
         ListenConfig {
             c2s: vec![SocketAddr::from(([127, 0, 0, 1], 5222))],
             c2s_direct_tls: vec![SocketAddr::from(([127, 0, 0, 1], 5223))],
+            component: vec![SocketAddr::from(([127, 0, 0, 1], 5347))],
         }
     }
 }
@@ -319,6 +344,7 @@ impl Config {
                 return Err(ConfigError::Invalid(format!("{d:?} is not a valid domain")));
             }
         }
+        self.validate_components()?;
         let l = &self.limits;
         if l.max_stanza_bytes_unauthenticated < 1024 || l.max_stanza_bytes < 1024 {
             return Err(ConfigError::Invalid(
@@ -398,6 +424,55 @@ impl Config {
     }
 
     /// The served domain that `domain` names, if any (domains compare case-insensitively).
+    fn validate_components(&self) -> Result<(), ConfigError> {
+        let mut seen = std::collections::HashSet::new();
+        for c in &self.components {
+            let d = c.domain.to_ascii_lowercase();
+            if jid::BareJid::new(&d)
+                .map(|j| j.node().is_some())
+                .unwrap_or(true)
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "component domain {:?} is not a valid domain",
+                    c.domain
+                )));
+            }
+            if self.served_domain(&d).is_some()
+                || self.domains.iter().any(|s| {
+                    crate::features::upload::Uploads::service_jid(&s.to_ascii_lowercase()) == d
+                })
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "component domain {d:?} is already a served domain or its upload service"
+                )));
+            }
+            if !seen.insert(d.clone()) {
+                return Err(ConfigError::Invalid(format!(
+                    "component domain {d:?} is configured twice"
+                )));
+            }
+            if c.secret.len() < 16 {
+                return Err(ConfigError::Invalid(format!(
+                    "the secret of component {d:?} is shorter than 16 characters"
+                )));
+            }
+        }
+        if let Some(a) = self.listen.component.iter().find(|a| !a.ip().is_loopback()) {
+            return Err(ConfigError::Invalid(format!(
+                "listen.component {a} is not a loopback address: components (XEP-0114) \
+                 connect without TLS, so they must run on this machine"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The configured component that serves `domain`, if any.
+    pub fn component(&self, domain: &str) -> Option<&ComponentConfig> {
+        self.components
+            .iter()
+            .find(|c| c.domain.eq_ignore_ascii_case(domain))
+    }
+
     pub fn served_domain(&self, domain: &str) -> Option<&str> {
         self.domains
             .iter()
@@ -457,6 +532,56 @@ mod tests {
         let cores = std::thread::available_parallelism().unwrap().get();
         assert_eq!(c.workers, 0);
         assert_eq!(c.worker_threads(), cores.saturating_sub(1).max(1));
+    }
+
+    #[test]
+    fn components_from_a_file_and_their_checks() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        let load = |toml: &str| {
+            std::fs::write(&f, toml).unwrap();
+            Config::load(Some(&f), Vec::new())
+        };
+        let c = load(
+            "domains = [\"a.test\"]\n[[components]]\ndomain = \"Push.A.test\"\nsecret = \"0123456789abcdef\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.component("push.a.test").unwrap().secret,
+            "0123456789abcdef"
+        );
+        assert_eq!(c.listen.component[0].port(), 5347);
+        // The secret stays out of logs.
+        assert!(!format!("{:?}", c.components).contains("0123456789abcdef"));
+        for (toml, why) in [
+            (
+                "[[components]]\ndomain = \"localhost\"\nsecret = \"0123456789abcdef\"\n",
+                "already a served domain",
+            ),
+            (
+                "[[components]]\ndomain = \"upload.localhost\"\nsecret = \"0123456789abcdef\"\n",
+                "upload service",
+            ),
+            (
+                "[[components]]\ndomain = \"p.localhost\"\nsecret = \"short\"\n",
+                "shorter than 16",
+            ),
+            (
+                "[[components]]\ndomain = \"p.localhost\"\nsecret = \"0123456789abcdef\"\n[[components]]\ndomain = \"P.localhost\"\nsecret = \"0123456789abcdef\"\n",
+                "configured twice",
+            ),
+            (
+                "[[components]]\ndomain = \"u@p.localhost\"\nsecret = \"0123456789abcdef\"\n",
+                "not a valid domain",
+            ),
+            (
+                "[listen]\ncomponent = [\"0.0.0.0:5347\"]\n",
+                "not a loopback address",
+            ),
+        ] {
+            let e = load(toml).unwrap_err().to_string();
+            assert!(e.contains(why), "{toml}: {e}");
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@
 
 pub mod accounts;
 pub mod c2s;
+pub mod component;
 pub mod config;
 pub mod features;
 pub mod http;

@@ -50,6 +50,8 @@ pub struct ServerState {
     pub archive_prefs: crate::features::mam::PrefsCache,
     /// XEP-0363 uploads, when the service is on (`upload.enabled` with a listener).
     pub uploads: Option<Arc<crate::features::upload::Uploads>>,
+    /// External components (XEP-0114) connected now.
+    pub components: crate::component::Components,
     /// The negotiation settings every client connection shares, made on first use.
     pub c2s_config: std::sync::OnceLock<Arc<strait_wire::negotiation::C2sConfig>>,
     /// Write batches queued by [`ServerState::queue_detached`] and not yet committed.
@@ -208,6 +210,7 @@ pub struct Server {
     tasks: JoinSet<()>,
     local_addrs: Vec<(SocketAddr, bool)>,
     local_https: Vec<SocketAddr>,
+    local_components: Vec<SocketAddr>,
     store: Arc<SqliteStore>,
 }
 
@@ -298,6 +301,13 @@ impl Server {
             }
             v
         };
+        // Component listeners only when components are configured.
+        let mut component_sockets = Vec::new();
+        if !config.components.is_empty() {
+            for addr in &config.listen.component {
+                component_sockets.push(bind(*addr).await?);
+            }
+        }
         // The HTTPS listeners are bound before anything starts, like the client ones: a port
         // in use stops the start with a clear error.
         let mut https = Vec::new();
@@ -338,6 +348,7 @@ impl Server {
             sm: Default::default(),
             archive_prefs: Default::default(),
             uploads: uploads.clone(),
+            components: Default::default(),
             c2s_config: Default::default(),
             detached_writes: Default::default(),
             next_conn_id: AtomicU64::new(1),
@@ -345,6 +356,7 @@ impl Server {
         let mut tasks = JoinSet::new();
         let mut local_addrs = Vec::new();
         let mut local_https = Vec::new();
+        let mut local_components = Vec::new();
         let mut sockets = Vec::new();
         for (socket, direct_tls) in listeners {
             let addr = socket.local_addr().map_err(|source| ServerError::Listen {
@@ -356,6 +368,13 @@ impl Server {
             sockets.push(listener::Listener { socket, direct_tls });
         }
         tasks.spawn(listener::accept_loop(state.clone(), sockets));
+        for socket in component_sockets {
+            if let Ok(addr) = socket.local_addr() {
+                tracing::info!(%addr, "listening for components (XEP-0114)");
+                local_components.push(addr);
+            }
+            tasks.spawn(crate::component::accept_loop(state.clone(), socket));
+        }
         if let Some(uploads) = &uploads {
             for socket in https {
                 if let Ok(addr) = socket.local_addr() {
@@ -378,8 +397,14 @@ impl Server {
             tasks,
             local_addrs,
             local_https,
+            local_components,
             store,
         })
+    }
+
+    /// The bound component (XEP-0114) listener addresses.
+    pub fn component_addrs(&self) -> &[SocketAddr] {
+        &self.local_components
     }
 
     /// The bound HTTPS (upload) listener addresses.

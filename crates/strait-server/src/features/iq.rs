@@ -66,8 +66,14 @@ pub async fn from_client(s: &mut Session, stanza: Stanza, to: Option<jid::Jid>) 
         return;
     }
     if !s.state.is_local_domain(&domain) {
+        // To an external component (XEP-0114), or unreachable.
+        let err = match crate::component::route(&s.state, &domain, stanza.clone()) {
+            Some(Ok(())) => return,
+            Some(Err(e)) => e,
+            None => super::unreachable_domain(&domain),
+        };
         if request {
-            s.reply_error(&stanza, super::unreachable_domain(&domain));
+            s.reply_error(&stanza, err);
         }
         return;
     }
@@ -143,10 +149,18 @@ async fn server_request(s: &mut Session, stanza: &Stanza) {
             s.reply(iq_result(stanza, Some(&disco::server_info())))
         }
         (disco::ITEMS, "query", true) if !has_node => {
-            let services = match (&s.state.uploads, stanza.to.as_deref()) {
+            let mut services = match (&s.state.uploads, stanza.to.as_deref()) {
                 (Some(_), Some(domain)) => vec![upload::Uploads::service_jid(domain)],
                 _ => Vec::new(),
             };
+            // Components (XEP-0114) are the server's services too.
+            services.extend(
+                s.state
+                    .config
+                    .components
+                    .iter()
+                    .map(|c| c.domain.to_ascii_lowercase()),
+            );
             s.reply(iq_result(stanza, Some(&disco::items(&services))))
         }
         (disco::INFO | disco::ITEMS, "query", true) => {

@@ -42,7 +42,15 @@ pub async fn from_client(s: &mut Session, mut stanza: Stanza, to: Option<jid::Ji
         }
     };
     let Some(domain) = s.state.config.served_domain(domain).map(str::to_owned) else {
-        s.reply_error(&stanza, super::unreachable_domain(domain));
+        // To an external component (XEP-0114), or unreachable.
+        let err = match crate::component::route(&s.state, domain, stanza.clone()) {
+            Some(Ok(())) => return,
+            Some(Err(e)) => e,
+            None => super::unreachable_domain(domain),
+        };
+        if !matches!(stanza.type_.as_deref(), Some("error")) {
+            s.reply_error(&stanza, err);
+        }
         return;
     };
     let Some(node) = node else {

@@ -69,7 +69,13 @@ async fn broadcast(s: &mut Session, mut p: Stanza) {
         .filter(|i| !blocking::matches(&blocked, &i.jid))
         .filter(|i| !blocking::blocks_if_online(&s.state, &i.jid, &s.full))
     {
-        delivery::to_available(&s.state, &item.jid, &p, true);
+        if crate::component::owns(&s.state, &item.jid) {
+            let mut to_component = p.clone();
+            to_component.to = Some(item.jid.clone());
+            let _ = crate::component::route_to_jid(&s.state, &item.jid, to_component);
+        } else {
+            delivery::to_available(&s.state, &item.jid, &p, true);
+        }
     }
     for r in s.state.router.resources(&s.bare) {
         if r.resource != s.resource && r.is_available() {
@@ -146,8 +152,13 @@ async fn directed(s: &mut Session, p: Stanza, to: jid::Jid) {
     route_directed(&s.state, p, &target).await;
 }
 
-async fn route_directed(state: &ServerState, p: Stanza, target: &str) {
+pub async fn route_directed(state: &ServerState, p: Stanza, target: &str) {
     let Ok(j) = jid::Jid::new(target) else { return };
+    if crate::component::owns(state, target) {
+        // Presence to a component: queued for it, or dropped when it is away.
+        let _ = crate::component::route(state, j.domain().as_str(), p);
+        return;
+    }
     if !state.is_local_domain(j.domain().as_str()) || j.node().is_none() {
         return; // no interop link yet: presence to other servers goes nowhere
     }
@@ -252,6 +263,12 @@ fn is_local_account_domain(state: &ServerState, bare: &str) -> bool {
 
 /// `user` asks to see `contact`'s presence: at the contact's side.
 pub async fn inbound_subscribe(state: &ServerState, user: &str, contact: &str) {
+    if crate::component::owns(state, contact) {
+        // To a component: it keeps its own subscriptions.
+        let p = subscription_presence("subscribe", user, contact);
+        let _ = crate::component::route_to_jid(state, contact, p);
+        return;
+    }
     if !is_local_account_domain(state, contact) || !delivery::account_exists(state, contact).await {
         return;
     }
@@ -278,6 +295,12 @@ pub async fn inbound_subscribe(state: &ServerState, user: &str, contact: &str) {
 
 /// `contact` approved `user`'s request: at the user's side.
 pub async fn inbound_subscribed(state: &ServerState, contact: &str, user: &str) {
+    if crate::component::owns(state, user) {
+        // To a component: it keeps its own subscriptions.
+        let p = subscription_presence("subscribed", contact, user);
+        let _ = crate::component::route_to_jid(state, user, p);
+        return;
+    }
     if !is_local_account_domain(state, user) {
         return;
     }
@@ -310,6 +333,12 @@ pub async fn inbound_subscribed(state: &ServerState, contact: &str, user: &str) 
 
 /// `user` no longer wants `contact`'s presence: at the contact's side.
 pub async fn inbound_unsubscribe(state: &ServerState, user: &str, contact: &str) {
+    if crate::component::owns(state, contact) {
+        // To a component: it keeps its own subscriptions.
+        let p = subscription_presence("unsubscribe", user, contact);
+        let _ = crate::component::route_to_jid(state, contact, p);
+        return;
+    }
     if !is_local_account_domain(state, contact) {
         return;
     }
@@ -338,6 +367,12 @@ pub async fn inbound_unsubscribe(state: &ServerState, user: &str, contact: &str)
 
 /// `contact` cancelled or refused `user`'s subscription: at the user's side.
 pub async fn inbound_unsubscribed(state: &ServerState, contact: &str, user: &str) {
+    if crate::component::owns(state, user) {
+        // To a component: it keeps its own subscriptions.
+        let p = subscription_presence("unsubscribed", contact, user);
+        let _ = crate::component::route_to_jid(state, user, p);
+        return;
+    }
     if !is_local_account_domain(state, user) {
         return;
     }

@@ -1,0 +1,229 @@
+//! External components (XEP-0114) as raw bytes: the handshake and its failures, routing both
+//! ways between a component and accounts, forged addresses, and what senders see when the
+//! component is away. Every wait is bounded (`common::WAIT`).
+
+use sha1::{Digest, Sha1};
+use std::net::SocketAddr;
+use std::time::Duration;
+use strait_server::config::ComponentConfig;
+use strait_tests::{RawClient, TestServer, between};
+
+const BOT: &str = "bot.localhost";
+const SECRET: &str = "a-long-shared-secret";
+
+async fn server() -> TestServer {
+    TestServer::start(|c| {
+        c.listen.component = vec!["127.0.0.1:0".parse().unwrap()];
+        c.components = vec![ComponentConfig {
+            domain: BOT.into(),
+            secret: SECRET.into(),
+        }];
+    })
+    .await
+}
+
+fn component_addr(t: &TestServer) -> SocketAddr {
+    t.server.as_ref().unwrap().component_addrs()[0]
+}
+
+fn digest(id: &str, secret: &str) -> String {
+    Sha1::digest(format!("{id}{secret}").as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Opens a component stream to `domain`; returns the connection and the stream id.
+async fn open(addr: SocketAddr, domain: &str) -> (RawClient, String) {
+    let mut c = RawClient::connect(addr, Vec::new()).await;
+    c.send(&format!(
+        "<stream:stream xmlns='jabber:component:accept' xmlns:stream='http://etherx.jabber.org/streams' to='{domain}'>"
+    ))
+    .await;
+    let header = c.expect(">").await;
+    let header = if header.starts_with("<?xml") {
+        c.expect(">").await
+    } else {
+        header
+    };
+    let id = between(&header, "id='", "'").to_owned();
+    (c, id)
+}
+
+/// A component logged in as `BOT`.
+async fn component(t: &TestServer) -> RawClient {
+    let (mut c, id) = open(component_addr(t), BOT).await;
+    c.send(&format!("<handshake>{}</handshake>", digest(&id, SECRET)))
+        .await;
+    c.expect("<handshake/>").await;
+    c
+}
+
+#[tokio::test]
+async fn handshake_failures_are_stream_errors() {
+    let t = server().await;
+    let addr = component_addr(&t);
+    // Wrong secret.
+    let (mut c, id) = open(addr, BOT).await;
+    assert!(!id.is_empty());
+    c.send(&format!("<handshake>{}</handshake>", digest(&id, "wrong")))
+        .await;
+    let r = c.read_to_close().await;
+    assert!(
+        r.contains("<not-authorized") && r.contains("wrong handshake"),
+        "{r}"
+    );
+    // A domain that is no component's.
+    let (mut c, _) = open(addr, "other.localhost").await;
+    let r = c.read_to_close().await;
+    assert!(r.contains("<host-unknown"), "{r}");
+    // A client namespace on the component port.
+    let mut c = RawClient::connect(addr, Vec::new()).await;
+    c.send("<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='bot.localhost' version='1.0'>").await;
+    let r = c.read_to_close().await;
+    assert!(r.contains("<invalid-namespace"), "{r}");
+    // Not a handshake.
+    let (mut c, _) = open(addr, BOT).await;
+    c.send("<message to='alice@localhost'><body>hi</body></message>")
+        .await;
+    let r = c.read_to_close().await;
+    assert!(r.contains("<not-authorized"), "{r}");
+    // A second connection for a connected component's domain.
+    let _first = component(&t).await;
+    let (mut c, id) = open(addr, BOT).await;
+    c.send(&format!("<handshake>{}</handshake>", digest(&id, SECRET)))
+        .await;
+    let r = c.read_to_close().await;
+    assert!(r.contains("<conflict"), "{r}");
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn stanzas_flow_both_ways() {
+    let t = server().await;
+    let (mut a, _b) = t.alice_and_bob().await;
+    // The server lists the component among its services.
+    a.send("<iq type='get' id='d1' to='localhost'><query xmlns='http://jabber.org/protocol/disco#items'/></iq>").await;
+    let r = a.expect_element(&["<iq", "id='d1'"]).await;
+    assert!(r.contains("jid='bot.localhost'"), "{r}");
+    // While the component is away, senders are told.
+    a.send("<message to='bot.localhost' id='m0' type='chat'><body>anyone?</body></message>")
+        .await;
+    let r = a.expect_element(&["<message", "id='m0'"]).await;
+    assert!(
+        r.contains("type='error'")
+            && r.contains("<service-unavailable")
+            && r.contains("not connected"),
+        "{r}"
+    );
+    let mut c = component(&t).await;
+    // Client to component: the component gets it in its own namespace, from the full JID.
+    a.send("<message to='echo@bot.localhost' id='m1' type='chat'><body>ping &amp; more</body></message>").await;
+    let m = c.expect_element(&["<message", "id='m1'"]).await;
+    assert!(m.contains("from='alice@localhost/a1'"), "{m}");
+    assert!(m.contains("to='echo@bot.localhost'"), "{m}");
+    assert!(!m.contains("jabber:client"), "{m}");
+    assert!(m.contains(">ping &amp; more</body>"), "{m}");
+    // Component to client, from an address at its domain.
+    c.send("<message from='echo@bot.localhost' to='alice@localhost' id='m2' type='chat'><body>pong</body></message>").await;
+    let m = a.expect_element(&["<message", "id='m2'"]).await;
+    assert!(
+        m.contains("from='echo@bot.localhost'") && m.contains(">pong</body>"),
+        "{m}"
+    );
+    // Kept for an account that is offline, delivered at its next login.
+    t.add_user("carol@localhost", "pc");
+    c.send("<message from='bot.localhost' to='carol@localhost' id='m3' type='chat'><body>while you were out</body></message>").await;
+    // The component's stanzas are handled in order: once this is answered, m3 is stored.
+    c.send("<iq type='get' id='q0' from='bot.localhost' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>").await;
+    c.expect_element(&["<iq", "id='q0'", "type='result'"]).await;
+    let mut carol = RawClient::login(t.starttls, t.ca_pem(), "carol@localhost", "pc", "c1").await;
+    carol.send("<presence/>").await;
+    let m = carol.expect_element(&["<message", "id='m3'"]).await;
+    assert!(
+        m.contains("while you were out") && m.contains("urn:xmpp:delay"),
+        "{m}"
+    );
+    // To an account that does not exist: the component gets the error.
+    c.send("<message from='bot.localhost' to='nobody@localhost' id='m4'><body>x</body></message>")
+        .await;
+    let e = c.expect_element(&["<message", "id='m4'"]).await;
+    assert!(
+        e.contains("type='error'") && e.contains("<service-unavailable"),
+        "{e}"
+    );
+    // IQs both ways: the client asks the component, the component answers.
+    a.send("<iq type='get' id='q1' to='bot.localhost'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>").await;
+    let q = c.expect_element(&["<iq", "id='q1'"]).await;
+    assert!(q.contains("from='alice@localhost/a1'"), "{q}");
+    c.send("<iq type='result' id='q1' from='bot.localhost' to='alice@localhost/a1'><query xmlns='http://jabber.org/protocol/disco#info'><identity category='component' type='generic' name='Echo'/></query></iq>").await;
+    let r = a.expect_element(&["<iq", "id='q1'"]).await;
+    assert!(
+        r.contains("type='result'") && r.contains("name='Echo'"),
+        "{r}"
+    );
+    // The component asks the server.
+    c.send("<iq type='get' id='q2' from='bot.localhost' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>").await;
+    let r = c.expect_element(&["<iq", "id='q2'"]).await;
+    assert!(
+        r.contains("type='result'") && r.contains("from='localhost'"),
+        "{r}"
+    );
+    // An IQ to a resource that is not there.
+    c.send("<iq type='get' id='q3' from='bot.localhost' to='alice@localhost/nope'><ping xmlns='urn:xmpp:ping'/></iq>").await;
+    let r = c.expect_element(&["<iq", "id='q3'"]).await;
+    assert!(
+        r.contains("type='error'") && r.contains("<service-unavailable"),
+        "{r}"
+    );
+    // Presence subscription: the user asks, the component approves, the roster says so.
+    a.send("<presence to='echo@bot.localhost' type='subscribe'/>")
+        .await;
+    let p = c.expect_element(&["<presence", "type='subscribe'"]).await;
+    assert!(p.contains("from='alice@localhost'"), "{p}");
+    c.send("<presence from='echo@bot.localhost' to='alice@localhost' type='subscribed'/>")
+        .await;
+    a.expect_element(&[
+        "<presence",
+        "type='subscribed'",
+        "from='echo@bot.localhost'",
+    ])
+    .await;
+    a.send("<iq type='get' id='r1'><query xmlns='jabber:iq:roster'/></iq>")
+        .await;
+    let roster = a.expect_element(&["<iq", "id='r1'"]).await;
+    assert!(
+        roster.contains("jid='echo@bot.localhost'") && roster.contains("subscription='to'"),
+        "{roster}"
+    );
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn forged_from_ends_the_component_stream_and_queued_stanzas_bounce() {
+    let t = server().await;
+    let (mut a, _b) = t.alice_and_bob().await;
+    let mut c = component(&t).await;
+    // A stanza claiming to be from an account of this server.
+    c.send(
+        "<message from='bob@localhost' to='alice@localhost'><body>it is me, bob</body></message>",
+    )
+    .await;
+    let r = c.read_to_close().await;
+    assert!(r.contains("<invalid-from"), "{r}");
+    a.expect_silence("it is me, bob", Duration::from_millis(300))
+        .await;
+    // Once the component is gone, an IQ to it gets an error rather than silence.
+    a.send("<iq type='get' id='q9' to='bot.localhost'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>").await;
+    let r = a.expect_element(&["<iq", "id='q9'"]).await;
+    assert!(
+        r.contains("type='error'") && r.contains("<service-unavailable"),
+        "{r}"
+    );
+    // It can come back.
+    let mut c = component(&t).await;
+    a.send("<message to='bot.localhost' id='m9'><body>back?</body></message>")
+        .await;
+    c.expect_element(&["<message", "id='m9'"]).await;
+    t.stop().await;
+}
