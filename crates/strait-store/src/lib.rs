@@ -25,7 +25,10 @@ mod testsuite;
 pub use archive::{ArchivePage, ArchivePrefs, ArchiveQuery, ArchiveStore, ArchivedMessage};
 pub use blocking::BlockingStore;
 pub use memory::MemoryStore;
-pub use pep::{PepItem, PepNodeConfig, PepStore, PrivateStore, VcardStore, effective_max};
+pub use pep::{
+    PepItem, PepNodeConfig, PepStore, PrivateStore, PushRegistration, PushStore, VcardStore,
+    effective_max,
+};
 pub use sqlite::SqliteStore;
 
 /// Result of every store operation.
@@ -215,6 +218,7 @@ pub trait Store:
     + PepStore
     + VcardStore
     + PrivateStore
+    + PushStore
     + BlockingStore
     + ArchiveStore
     + BatchWrite

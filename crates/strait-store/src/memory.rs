@@ -8,7 +8,10 @@ use crate::{
     AccountStore, Credentials, OfflineMessage, OfflineStore, Result, RosterItem, RosterStore,
     Store, StoreError, domain_of,
 };
-use crate::{PepItem, PepNodeConfig, PepStore, PrivateStore, VcardStore, effective_max};
+use crate::{
+    PepItem, PepNodeConfig, PepStore, PrivateStore, PushRegistration, PushStore, VcardStore,
+    effective_max,
+};
 
 #[derive(Default)]
 struct Inner {
@@ -24,6 +27,8 @@ struct Inner {
     vcards: HashMap<String, String>,
     /// (owner, namespace) → element (XEP-0049).
     private_xml: BTreeMap<(String, String), String>,
+    /// owner → push registrations oldest first (XEP-0357).
+    push: HashMap<String, Vec<PushRegistration>>,
     /// owner → blocked JIDs (XEP-0191).
     blocklists: HashMap<String, std::collections::BTreeSet<String>>,
     /// owner → archived messages in archive order (XEP-0313).
@@ -69,6 +74,7 @@ impl AccountStore for MemoryStore {
         g.pep.retain(|(o, _), _| o != jid);
         g.vcards.remove(jid);
         g.private_xml.retain(|(o, _), _| o != jid);
+        g.push.remove(jid);
         g.blocklists.remove(jid);
         g.archives.remove(jid);
         g.archive_prefs.remove(jid);
@@ -386,6 +392,45 @@ impl PrivateStore for MemoryStore {
             };
         }
         Ok(())
+    }
+}
+
+impl PushStore for MemoryStore {
+    fn push_enable(&self, owner: &str, reg: &PushRegistration, max: usize) -> Result<()> {
+        let mut g = self.lock();
+        if !g.accounts.contains_key(owner) {
+            return Err(StoreError::NotFound(owner.to_owned()));
+        }
+        let regs = g.push.entry(owner.to_owned()).or_default();
+        if let Some(r) = regs
+            .iter_mut()
+            .find(|r| r.jid == reg.jid && r.node == reg.node)
+        {
+            r.options = reg.options.clone();
+            return Ok(());
+        }
+        if regs.len() >= max {
+            return Err(StoreError::QuotaExceeded {
+                account: owner.to_owned(),
+                limit: max,
+            });
+        }
+        regs.push(reg.clone());
+        Ok(())
+    }
+
+    fn push_disable(&self, owner: &str, jid: &str, node: Option<&str>) -> Result<usize> {
+        let mut g = self.lock();
+        let Some(regs) = g.push.get_mut(owner) else {
+            return Ok(0);
+        };
+        let before = regs.len();
+        regs.retain(|r| !(r.jid == jid && node.is_none_or(|n| r.node == n)));
+        Ok(before - regs.len())
+    }
+
+    fn push_registrations(&self, owner: &str) -> Result<Vec<PushRegistration>> {
+        Ok(self.lock().push.get(owner).cloned().unwrap_or_default())
     }
 }
 

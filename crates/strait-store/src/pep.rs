@@ -95,6 +95,31 @@ pub trait PrivateStore {
     ) -> Result<()>;
 }
 
+/// One push service an account enabled (XEP-0357): where notifications go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PushRegistration {
+    /// The app server's JID.
+    pub jid: String,
+    /// The node at the app server (it names the device).
+    pub node: String,
+    /// The publish-options form (`<x xmlns='jabber:x:data'/>`, canonical XML) sent with each
+    /// notification, if the client gave one.
+    pub options: Option<String>,
+}
+
+/// Push registrations (XEP-0357), kept across sessions: the point is to reach a device
+/// that is not connected.
+pub trait PushStore {
+    /// Adds or replaces the registration for (`jid`, `node`). Adding one past `max` per
+    /// account is [`crate::StoreError::QuotaExceeded`]; [`crate::StoreError::NotFound`] if
+    /// `owner` is not an account.
+    fn push_enable(&self, owner: &str, reg: &PushRegistration, max: usize) -> Result<()>;
+    /// Removes the registrations at `jid` (only the one for `node`, if given); how many.
+    fn push_disable(&self, owner: &str, jid: &str, node: Option<&str>) -> Result<usize>;
+    /// The account's registrations, oldest first.
+    fn push_registrations(&self, owner: &str) -> Result<Vec<PushRegistration>>;
+}
+
 /// The item limit of a node.
 pub fn effective_max(config: &PepNodeConfig, limit_items: usize) -> usize {
     config

@@ -33,7 +33,10 @@ use crate::{
     ScramSecret, Store, StoreError, Subscription, domain_of,
 };
 use crate::{BatchWrite, WriteDone, WriteOp, WriteOutcome};
-use crate::{PepItem, PepNodeConfig, PepStore, PrivateStore, VcardStore, effective_max};
+use crate::{
+    PepItem, PepNodeConfig, PepStore, PrivateStore, PushRegistration, PushStore, VcardStore,
+    effective_max,
+};
 
 /// Most requests committed in one transaction.
 const MAX_BATCH: usize = 256;
@@ -342,6 +345,17 @@ const MIGRATIONS: &[&str] = &[
         xml    TEXT NOT NULL,
         PRIMARY KEY (owner, ns)
     ) WITHOUT ROWID;
+    ",
+    // 13: push registrations (XEP-0357): where to notify an account's sleeping devices.
+    "
+    CREATE TABLE push_registrations (
+        seq      INTEGER PRIMARY KEY,
+        owner    TEXT NOT NULL,
+        jid      TEXT NOT NULL,
+        node     TEXT NOT NULL,
+        options  TEXT,
+        UNIQUE (owner, jid, node)
+    );
     ",
 ];
 
@@ -1728,6 +1742,7 @@ impl AccountStore for SqliteStore {
             c.execute("DELETE FROM pep_nodes WHERE owner = ?1", [&jid])?;
             c.execute("DELETE FROM vcards WHERE owner = ?1", [&jid])?;
             c.execute("DELETE FROM private_xml WHERE owner = ?1", [&jid])?;
+            c.execute("DELETE FROM push_registrations WHERE owner = ?1", [&jid])?;
             c.execute("DELETE FROM blocklist WHERE owner = ?1", [&jid])?;
             archive_delete_owner(c, &jid)?;
             c.execute("DELETE FROM archive_prefs WHERE owner = ?1", [&jid])?;
@@ -2426,6 +2441,75 @@ impl PrivateStore for SqliteStore {
                 });
             }
             Ok(())
+        })
+    }
+}
+
+impl PushStore for SqliteStore {
+    fn push_enable(&self, owner: &str, reg: &PushRegistration, max: usize) -> Result<()> {
+        let owner = owner.to_owned();
+        let reg = reg.clone();
+        self.write(move |c| {
+            if !exists(c, &owner)? {
+                return Err(StoreError::NotFound(owner));
+            }
+            let updated = c.execute(
+                "UPDATE push_registrations SET options = ?4
+                 WHERE owner = ?1 AND jid = ?2 AND node = ?3",
+                rusqlite::params![owner, reg.jid, reg.node, reg.options],
+            )?;
+            if updated > 0 {
+                return Ok(());
+            }
+            let n: i64 = c.query_row(
+                "SELECT COUNT(*) FROM push_registrations WHERE owner = ?1",
+                [&owner],
+                |r| r.get(0),
+            )?;
+            if n as usize >= max {
+                return Err(StoreError::QuotaExceeded {
+                    account: owner,
+                    limit: max,
+                });
+            }
+            c.execute(
+                "INSERT INTO push_registrations (owner, jid, node, options) VALUES (?1, ?2, ?3, ?4)",
+                rusqlite::params![owner, reg.jid, reg.node, reg.options],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn push_disable(&self, owner: &str, jid: &str, node: Option<&str>) -> Result<usize> {
+        let (owner, jid, node) = (owner.to_owned(), jid.to_owned(), node.map(str::to_owned));
+        self.write(move |c| {
+            Ok(match node {
+                Some(n) => c.execute(
+                    "DELETE FROM push_registrations WHERE owner = ?1 AND jid = ?2 AND node = ?3",
+                    [&owner, &jid, &n],
+                )?,
+                None => c.execute(
+                    "DELETE FROM push_registrations WHERE owner = ?1 AND jid = ?2",
+                    [&owner, &jid],
+                )?,
+            })
+        })
+    }
+
+    fn push_registrations(&self, owner: &str) -> Result<Vec<PushRegistration>> {
+        let owner = owner.to_owned();
+        self.read(move |c| {
+            let mut st = c.prepare_cached(
+                "SELECT jid, node, options FROM push_registrations WHERE owner = ?1 ORDER BY seq",
+            )?;
+            let rows = st.query_map([&owner], |r| {
+                Ok(PushRegistration {
+                    jid: r.get(0)?,
+                    node: r.get(1)?,
+                    options: r.get(2)?,
+                })
+            })?;
+            Ok(rows.collect::<std::result::Result<Vec<_>, _>>()?)
         })
     }
 }

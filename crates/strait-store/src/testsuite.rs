@@ -558,6 +558,74 @@ pub fn private_xml(s: &impl Store) {
     );
 }
 
+fn reg(jid: &str, node: &str, options: Option<&str>) -> crate::PushRegistration {
+    crate::PushRegistration {
+        jid: jid.to_owned(),
+        node: node.to_owned(),
+        options: options.map(str::to_owned),
+    }
+}
+
+pub fn push(s: &impl Store) {
+    let (a, b) = ("a@x.example", "b@x.example");
+    assert!(matches!(
+        s.push_enable(a, &reg("push.x.example", "n1", None), 4),
+        Err(StoreError::NotFound(_))
+    ));
+    s.create_account(a, &creds(1)).unwrap();
+    s.create_account(b, &creds(2)).unwrap();
+    assert!(s.push_registrations(a).unwrap().is_empty());
+    s.push_enable(
+        a,
+        &reg(
+            "push.x.example",
+            "phone",
+            Some("<x xmlns='jabber:x:data'/>"),
+        ),
+        2,
+    )
+    .unwrap();
+    s.push_enable(a, &reg("push.x.example", "tablet", None), 2)
+        .unwrap();
+    // Same service and node: replaced, not added (no room needed).
+    s.push_enable(a, &reg("push.x.example", "phone", None), 2)
+        .unwrap();
+    assert_eq!(
+        s.push_registrations(a).unwrap(),
+        vec![
+            reg("push.x.example", "phone", None),
+            reg("push.x.example", "tablet", None)
+        ]
+    );
+    assert!(matches!(
+        s.push_enable(a, &reg("other.x.example", "laptop", None), 2),
+        Err(StoreError::QuotaExceeded { limit: 2, .. })
+    ));
+    s.push_enable(b, &reg("push.x.example", "phone", None), 2)
+        .unwrap();
+    // Disabling one node, then the whole service.
+    assert_eq!(
+        s.push_disable(a, "push.x.example", Some("tablet")).unwrap(),
+        1
+    );
+    assert_eq!(
+        s.push_disable(a, "push.x.example", Some("tablet")).unwrap(),
+        0
+    );
+    s.push_enable(a, &reg("other.x.example", "laptop", None), 2)
+        .unwrap();
+    assert_eq!(s.push_disable(a, "push.x.example", None).unwrap(), 1);
+    assert_eq!(
+        s.push_registrations(a).unwrap(),
+        vec![reg("other.x.example", "laptop", None)]
+    );
+    // Account removal takes them along, and only that account's.
+    s.remove_account(a).unwrap();
+    s.create_account(a, &creds(1)).unwrap();
+    assert!(s.push_registrations(a).unwrap().is_empty());
+    assert_eq!(s.push_registrations(b).unwrap().len(), 1);
+}
+
 fn archived(id: &str, with: &str, stamp_ms: i64) -> crate::ArchivedMessage {
     crate::ArchivedMessage {
         id: id.to_owned(),
@@ -1025,6 +1093,11 @@ macro_rules! suite {
             fn pep() {
                 let (s, _guard) = $make;
                 super::pep(&s);
+            }
+            #[test]
+            fn push() {
+                let (s, _guard) = $make;
+                super::push(&s);
             }
             #[test]
             fn private_xml() {
