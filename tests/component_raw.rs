@@ -227,3 +227,99 @@ async fn forged_from_ends_the_component_stream_and_queued_stanzas_bounce() {
     c.expect_element(&["<message", "id='m9'"]).await;
     t.stop().await;
 }
+
+const PUSH: &str = "urn:xmpp:push:0";
+
+fn enable(id: &str, jid: &str, node: Option<&str>, secret: Option<&str>) -> String {
+    let node = node.map(|n| format!(" node='{n}'")).unwrap_or_default();
+    let form = secret
+        .map(|s| format!("<x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE'><value>http://jabber.org/protocol/pubsub#publish-options</value></field><field var='secret'><value>{s}</value></field></x>"))
+        .unwrap_or_default();
+    format!(
+        "<iq type='set' id='{id}'><enable xmlns='{PUSH}' jid='{jid}'{node}>{form}</enable></iq>"
+    )
+}
+
+/// XEP-0357 through a component app server: enabling, a notification for a message kept
+/// offline and for one queued while a session hibernates (XEP-0198), no content in the
+/// notification, and an app server's error answer removing the registration.
+#[tokio::test]
+async fn push_notifications_reach_the_app_server() {
+    let t = server().await;
+    let (mut a, mut b) = t.alice_and_bob().await;
+    // The account advertises push (components, which reach app servers, are configured).
+    a.send("<iq type='get' id='d1' to='alice@localhost'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>").await;
+    let r = a.expect_element(&["<iq", "id='d1'"]).await;
+    assert!(r.contains("var='urn:xmpp:push:0'"), "{r}");
+    // Refused: a service that is not a component, no node, another account's registrations.
+    for (id, xml, why) in [
+        (
+            "e1",
+            enable("e1", "push.example.org", Some("n"), None),
+            "<not-acceptable",
+        ),
+        ("e2", enable("e2", BOT, None, None), "<bad-request"),
+    ] {
+        a.send(&xml).await;
+        let r = a.expect_element(&["<iq", &format!("id='{id}'")]).await;
+        assert!(r.contains("type='error'") && r.contains(why), "{id}: {r}");
+    }
+    b.send(&format!("<iq type='set' id='e3' to='alice@localhost'><enable xmlns='{PUSH}' jid='{BOT}' node='evil'/></iq>")).await;
+    let r = b.expect_element(&["<iq", "id='e3'"]).await;
+    assert!(r.contains("type='error'"), "{r}");
+    let mut c = component(&t).await;
+    a.send(&enable("p1", BOT, Some("phone-1"), Some("s3cret")))
+        .await;
+    let r = a.expect_element(&["<iq", "id='p1'"]).await;
+    assert!(r.contains("type='result'"), "{r}");
+    // Alice leaves; Bob writes; the app server is told, without sender or body.
+    a.send("</stream:stream>").await;
+    a.read_to_close().await;
+    b.send(
+        "<message to='alice@localhost' type='chat' id='m1'><body>are you there?</body></message>",
+    )
+    .await;
+    let n = c
+        .expect_element(&["<iq", "type='set'", "from='alice@localhost'"])
+        .await;
+    assert!(n.contains("to='bot.localhost'"), "{n}");
+    assert!(n.contains("<publish node='phone-1'>"), "{n}");
+    assert!(n.contains("urn:xmpp:push:summary"), "{n}");
+    assert!(n.contains("<value>s3cret</value>"), "{n}");
+    assert!(!n.contains("are you there") && !n.contains("bob@"), "{n}");
+    let id = between(&n, "id='", "'").to_owned();
+    c.send(&format!(
+        "<iq type='result' id='{id}' from='bot.localhost' to='alice@localhost'/>"
+    ))
+    .await;
+    // A chat state alone is not kept, and wakes nobody.
+    b.send("<message to='alice@localhost' type='chat'><composing xmlns='http://jabber.org/protocol/chatstates'/></message>").await;
+    c.expect_silence("<iq", Duration::from_millis(300)).await;
+    // Hibernation: Alice's phone loses its connection with stream management on.
+    let mut a = RawClient::login(t.starttls, t.ca_pem(), "alice@localhost", "pa", "a1").await;
+    a.send("<presence/>").await;
+    a.expect_element(&[">are you there?</body>"]).await;
+    a.send("<enable xmlns='urn:xmpp:sm:3' resume='true'/>")
+        .await;
+    a.expect_element(&["<enabled"]).await;
+    a.ping("sync").await;
+    drop(a);
+    b.ping("after-loss").await;
+    b.send("<message to='alice@localhost' type='chat' id='m2'><body>wake up</body></message>")
+        .await;
+    let n = c
+        .expect_element(&["<iq", "type='set'", "from='alice@localhost'"])
+        .await;
+    assert!(n.contains("<publish node='phone-1'>"), "{n}");
+    // The app server says the device is gone: the registration is removed.
+    let id = between(&n, "id='", "'").to_owned();
+    c.send(&format!("<iq type='error' id='{id}' from='bot.localhost' to='alice@localhost'><error type='cancel'><item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>")).await;
+    c.send("<iq type='get' id='s1' from='bot.localhost' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>").await;
+    c.expect_element(&["<iq", "id='s1'"]).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    b.send("<message to='alice@localhost' type='chat' id='m3'><body>still?</body></message>")
+        .await;
+    c.expect_silence("publish node='phone-1'", Duration::from_millis(500))
+        .await;
+    t.stop().await;
+}

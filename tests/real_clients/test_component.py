@@ -1,15 +1,19 @@
 """External components (XEP-0114) as slixmpp writes them: a ComponentXMPP bot connects with the
 shared secret, clients talk to it (messages, disco, presence subscription) and it talks to them
-(also while they are offline); a wrong secret is refused."""
+(also while they are offline); a wrong secret is refused. And push notifications (XEP-0357) to a
+slixmpp app server reached as a component."""
 
 from __future__ import annotations
 
 import asyncio
+import xml.etree.ElementTree as ET
 from typing import Any, List
 
 import pytest
 from slixmpp import ComponentXMPP
 from slixmpp.exceptions import IqError
+from slixmpp.xmlstream.handler import Callback
+from slixmpp.xmlstream.matcher import StanzaPath
 
 from xmpp_helpers import Clients, delay_of, run, within
 
@@ -128,5 +132,71 @@ def test_component_gone_and_wrong_secret(server, new_account):
                 # remote-server-timeout. Either way an error, at once.
                 assert e.iq["error"]["condition"] in ("service-unavailable",
                                                       "remote-server-timeout"), e.iq
+
+    run(body())
+
+
+class PushAppServer(ComponentXMPP):
+    """A XEP-0357 app server: records the notifications it gets (slixmpp parses the pubsub
+    publish) and acknowledges them."""
+
+    def __init__(self, server: Any) -> None:
+        super().__init__(server.component_domain, server.component_secret, server.host,
+                         server.component_port)
+        self.register_plugin("xep_0004")
+        self.register_plugin("xep_0060")
+        self.notifications: List[Any] = []
+        self.got = asyncio.Event()
+        self.started = asyncio.Event()
+        self.ended = asyncio.Event()
+        self.add_event_handler("session_start", lambda _: self.started.set())
+        self.add_event_handler("disconnected", lambda _: self.ended.set())
+        self.register_handler(Callback("push notification",
+                                       StanzaPath("iq@type=set/pubsub/publish"),
+                                       self.on_publish))
+
+    def on_publish(self, iq: Any) -> None:
+        self.notifications.append(iq)
+        self.got.set()
+        iq.reply().send()
+
+
+def test_push_notifications_to_an_app_server(server, new_account):
+    needs_component(server)
+    a, b = new_account(prefix="a"), new_account(prefix="b")
+    dom = server.component_domain
+
+    async def body():
+        app = PushAppServer(server)
+        app.connect()
+        await within(app.started.wait(), "app server handshake")
+        try:
+            async with Clients(server) as cs:
+                ca = await cs.online(a, resource="phone", label="A")
+                info = await within(ca["xep_0030"].get_info(jid=a.jid), "account disco#info")
+                if "urn:xmpp:push:0" not in info["disco_info"]["features"]:
+                    pytest.skip("the server under test does not advertise XEP-0357")
+                iq = ca.make_iq_set()
+                iq.append(ET.fromstring(
+                    f"<enable xmlns='urn:xmpp:push:0' jid='{dom}' node='device-a'>"
+                    "<x xmlns='jabber:x:data' type='submit'>"
+                    "<field var='FORM_TYPE'><value>"
+                    "http://jabber.org/protocol/pubsub#publish-options</value></field>"
+                    "<field var='secret'><value>tok-123</value></field></x></enable>"))
+                await within(iq.send(), "enable push")
+                await ca.logout()
+                cb = await cs.online(b, label="B")
+                cb.send_message(mto=a.jid, mbody="wake up, the kettle is on", mtype="chat")
+                await within(app.got.wait(), "the notification at the app server")
+                n = app.notifications[0]
+                assert n["from"].bare == a.jid and n["from"].resource == "", n
+                assert n["pubsub"]["publish"]["node"] == "device-a", n
+                form = n["pubsub"]["publish_options"]
+                assert form.get_values().get("secret") == "tok-123", n
+                assert "kettle" not in str(n) and b.jid not in str(n), n
+                assert "urn:xmpp:push:summary" in str(n), n
+        finally:
+            app.disconnect()
+            await within(app.ended.wait(), "app server disconnects")
 
     run(body())

@@ -500,6 +500,14 @@ async fn from_component(
             {
                 return Ok(Vec::new());
             }
+            // An app server refusing a push notification (XEP-0357).
+            if resource.is_none()
+                && st.type_.as_deref() == Some("error")
+                && let (Some(id), Some(from)) = (st.id.as_deref(), st.from.as_deref())
+                && id.starts_with(features::push::ID_PREFIX)
+            {
+                features::push::on_error(state, &bare, from, id);
+            }
             Ok(if request {
                 error_for(
                     &st,

@@ -102,6 +102,19 @@ async fn hibernate(state: &Arc<ServerState>, mut d: Detached) -> Option<Detached
     let deadline = Instant::now() + Duration::from_secs(d.sm.resume_secs);
     let mut shutdown = state.shutdown.clone();
     tracing::info!(full = %d.session.full, secs = d.sm.resume_secs, "connection lost; session kept for resumption");
+    // The device did not confirm a message it was sent, or gets one while away: wake it
+    // through its push service (XEP-0357), once for what was unconfirmed and then per message.
+    let wakes = |stanza: &Stanza| {
+        stanza.name == "message" && crate::features::offline::should_store(stanza)
+    };
+    let bare = d.session.bare.clone();
+    let wake = || {
+        let (state, bare) = (state.clone(), bare.clone());
+        tokio::spawn(async move { crate::features::push::notify(&state, &bare).await });
+    };
+    if d.sm.unacked.iter().any(|u| wakes(&u.stanza)) {
+        wake();
+    }
     loop {
         if *shutdown.borrow() {
             return Some(d);
@@ -122,7 +135,14 @@ async fn hibernate(state: &Arc<ServerState>, mut d: Detached) -> Option<Detached
         };
         match ev {
             Ev::End => return Some(d),
-            Ev::Queued(o) => d.pending.push_back(o),
+            Ev::Queued(o) => {
+                if let Outbound::Stanza(st) | Outbound::Durable(st, _) = &o
+                    && wakes(st)
+                {
+                    wake();
+                }
+                d.pending.push_back(o)
+            }
             Ev::Takeover(t) => match t.reply.send(Box::new(d)) {
                 Ok(()) => return None,
                 Err(back) => d = *back,

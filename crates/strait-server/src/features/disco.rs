@@ -22,7 +22,8 @@ pub const SERVER_FEATURES: &[&str] = &[
     super::blocking::NS,
 ];
 
-/// Features an account advertises on its bare JID (and `urn:xmpp:mam:2` when archives are on).
+/// Features an account advertises on its bare JID (and `urn:xmpp:mam:2` when archives are
+/// on, `urn:xmpp:push:0` when components, through which push services are reached, are).
 pub const ACCOUNT_FEATURES: &[&str] = &[INFO, ITEMS, super::stanza_id::NS];
 
 pub fn info(category: &str, type_: &str, name: Option<&str>, features: &[&str]) -> String {
@@ -46,10 +47,13 @@ pub fn server_info() -> String {
     info("server", "im", Some("Strait"), SERVER_FEATURES)
 }
 
-pub fn account_info(archive: bool) -> String {
+pub fn account_info(archive: bool, push: bool) -> String {
     let mut features: Vec<&str> = ACCOUNT_FEATURES.to_vec();
     if archive {
         features.push(super::mam::NS);
+    }
+    if push {
+        features.push(super::push::NS);
     }
     features.extend_from_slice(super::pep::FEATURES);
     // An account is also its own PEP service (XEP-0163 §1).

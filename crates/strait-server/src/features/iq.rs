@@ -193,7 +193,10 @@ async fn account_request(s: &mut Session, stanza: &Stanza, own: bool) {
         }
         (disco::INFO, "query", true, _) if !has_node => s.reply(iq_result(
             stanza,
-            Some(&disco::account_info(s.state.config.archive.enabled)),
+            Some(&disco::account_info(
+                s.state.config.archive.enabled,
+                !s.state.config.components.is_empty(),
+            )),
         )),
         (disco::ITEMS, "query", true, _) if !has_node => super::pep::disco_items(s, stanza).await,
         (disco::INFO, "query", true, _) => {
@@ -205,6 +208,9 @@ async fn account_request(s: &mut Session, stanza: &Stanza, own: bool) {
         }
         (super::vcard::NS, "vCard", _, _) => super::vcard::handle(s, stanza, &p, own).await,
         (super::private::NS, "query", _, _) => super::private::handle(s, stanza, &p, own).await,
+        (super::push::NS, "enable" | "disable", false, true) => {
+            super::push::handle(s, stanza, &p).await
+        }
         (disco::ITEMS, "query", true, _) => {
             s.reply_error(stanza, StanzaError::new(StanzaErrorCondition::ItemNotFound))
         }

@@ -254,10 +254,15 @@ async fn route(
                 Ok(())
             } else {
                 let limit = state.config.limits.max_offline_messages;
-                let outcome = writes
-                    .commit(state, offline::push_op(bare, stanza, limit))
-                    .await;
-                offline::push_result(bare, outcome).map(|_| ())
+                let op = offline::push_op(bare, stanza, limit);
+                let stored = op.is_some();
+                let outcome = writes.commit(state, op).await;
+                offline::push_result(bare, outcome)?;
+                // Kept for a device that is not connected: wake it (XEP-0357).
+                if stored {
+                    super::push::notify(state, bare).await;
+                }
+                Ok(())
             }
         }
     }

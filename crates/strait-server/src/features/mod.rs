@@ -16,6 +16,7 @@ pub mod pep;
 pub mod ping;
 pub mod presence;
 pub mod private;
+pub mod push;
 pub mod roster;
 pub mod sm;
 pub mod stanza_id;
