@@ -794,3 +794,198 @@ async fn pep_private_storage_xep_0223() {
     assert!(r.contains("jid='room@muc.localhost'"), "{r}");
     t.stop().await;
 }
+
+const HELLO_SHA1: &str = "aaf4c61ddcc5e8a2dabede0f3b482cd9aea9434d";
+const WORLD_SHA1: &str = "7c211433f02071597741e6ff5a8ea34789abbf43";
+const SECRET_SHA1: &str = "e5e9fa1ba31ecd1ae84f75caaa474f3a663f05f4";
+
+/// XEP-0398: a vCard photo becomes the PEP avatar, an open PEP avatar becomes the vCard photo,
+/// and presence carries the hash. (SHA-1 values from Python's hashlib.)
+#[tokio::test]
+async fn avatar_conversion_both_ways_and_presence_hash() {
+    let t = TestServer::start(|_| {}).await;
+    let (mut a, mut b) = t.alice_and_bob().await;
+    befriend(&mut a, &mut b).await;
+    let r = ask(&mut a, "d0", "<iq type='get' id='d0' to='alice@localhost'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>").await;
+    assert!(r.contains("var='urn:xmpp:pep-vcard-conversion:0'"), "{r}");
+    // vCard to PEP.
+    let r = ask(&mut a, "v1", "<iq type='set' id='v1'><vCard xmlns='vcard-temp'><FN>Alice</FN><PHOTO><TYPE>image/png</TYPE><BINVAL>aGVs\nbG8=</BINVAL></PHOTO></vCard></iq>").await;
+    assert!(ok(&r), "{r}");
+    let r = ask(
+        &mut b,
+        "g1",
+        &get_items(
+            "g1",
+            "alice@localhost",
+            "urn:xmpp:avatar:metadata",
+            "",
+            None,
+        ),
+    )
+    .await;
+    assert!(ok(&r), "{r}");
+    assert!(
+        r.contains(&format!("id='{HELLO_SHA1}'"))
+            && r.contains("bytes='5'")
+            && r.contains("type='image/png'"),
+        "{r}"
+    );
+    let r = ask(
+        &mut b,
+        "g2",
+        &get_items("g2", "alice@localhost", "urn:xmpp:avatar:data", "", None),
+    )
+    .await;
+    assert!(
+        r.contains(&format!("<item id='{HELLO_SHA1}'>")) && r.contains(">aGVsbG8=</data>"),
+        "{r}"
+    );
+    // Presence carries the hash; a client's own <photo/> is left alone.
+    a.send("<presence><show>away</show></presence>").await;
+    let p = b.expect_element(&["<presence", ">away</show>"]).await;
+    assert!(p.contains(&format!("<photo>{HELLO_SHA1}</photo>")), "{p}");
+    a.send("<presence><show>dnd</show><x xmlns='vcard-temp:x:update'><photo/></x></presence>")
+        .await;
+    let p = b.expect_element(&["<presence", ">dnd</show>"]).await;
+    assert!(p.contains("<photo/>") && !p.contains(HELLO_SHA1), "{p}");
+    // PEP to vCard: an open avatar replaces the photo, and the rest of the vCard stays.
+    let open = [("pubsub#access_model", "open")];
+    let r = ask(
+        &mut a,
+        "p1",
+        &publish(
+            "p1",
+            "urn:xmpp:avatar:data",
+            WORLD_SHA1,
+            "<data xmlns='urn:xmpp:avatar:data'>d29ybGQ=</data>",
+            &open,
+        ),
+    )
+    .await;
+    assert!(ok(&r), "{r}");
+    let meta = format!(
+        "<metadata xmlns='urn:xmpp:avatar:metadata'><info id='{WORLD_SHA1}' bytes='5' type='image/jpeg' url='https://example.org/a.jpg'/><info id='{WORLD_SHA1}' bytes='5' type='image/jpeg'/></metadata>"
+    );
+    let r = ask(
+        &mut a,
+        "p2",
+        &publish("p2", "urn:xmpp:avatar:metadata", WORLD_SHA1, &meta, &open),
+    )
+    .await;
+    assert!(ok(&r), "{r}");
+    let r = ask(
+        &mut b,
+        "v2",
+        "<iq type='get' id='v2' to='alice@localhost'><vCard xmlns='vcard-temp'/></iq>",
+    )
+    .await;
+    assert!(
+        r.contains("<FN>Alice</FN>")
+            && r.contains("<TYPE>image/jpeg</TYPE><BINVAL>d29ybGQ=</BINVAL>"),
+        "{r}"
+    );
+    assert!(!r.contains("aGVsbG8="), "{r}");
+    a.send("<presence><show>chat</show></presence>").await;
+    let p = b.expect_element(&["<presence", ">chat</show>"]).await;
+    assert!(p.contains(&format!("<photo>{WORLD_SHA1}</photo>")), "{p}");
+    // Metadata whose id is not the image's SHA-1 changes nothing.
+    let r = ask(
+        &mut a,
+        "p3",
+        &publish(
+            "p3",
+            "urn:xmpp:avatar:data",
+            HELLO_SHA1,
+            "<data xmlns='urn:xmpp:avatar:data'>c2VjcmV0</data>",
+            &open,
+        ),
+    )
+    .await;
+    assert!(ok(&r), "{r}");
+    let meta = format!(
+        "<metadata xmlns='urn:xmpp:avatar:metadata'><info id='{HELLO_SHA1}' bytes='6' type='image/png'/></metadata>"
+    );
+    let r = ask(
+        &mut a,
+        "p4",
+        &publish("p4", "urn:xmpp:avatar:metadata", HELLO_SHA1, &meta, &open),
+    )
+    .await;
+    assert!(ok(&r), "{r}");
+    let r = ask(
+        &mut b,
+        "v3",
+        "<iq type='get' id='v3' to='alice@localhost'><vCard xmlns='vcard-temp'/></iq>",
+    )
+    .await;
+    assert!(
+        r.contains("<BINVAL>d29ybGQ=</BINVAL>") && !r.contains("c2VjcmV0"),
+        "{r}"
+    );
+    // Empty metadata: the avatar is gone from the vCard too.
+    let r = ask(
+        &mut a,
+        "p5",
+        &publish(
+            "p5",
+            "urn:xmpp:avatar:metadata",
+            "none",
+            "<metadata xmlns='urn:xmpp:avatar:metadata'/>",
+            &open,
+        ),
+    )
+    .await;
+    assert!(ok(&r), "{r}");
+    let r = ask(
+        &mut b,
+        "v4",
+        "<iq type='get' id='v4' to='alice@localhost'><vCard xmlns='vcard-temp'/></iq>",
+    )
+    .await;
+    assert!(r.contains("<FN>Alice</FN>") && !r.contains("<PHOTO"), "{r}");
+    a.send("<presence><show>xa</show></presence>").await;
+    let p = b.expect_element(&["<presence", ">xa</show>"]).await;
+    assert!(!p.contains("<photo>"), "{p}");
+    t.stop().await;
+}
+
+/// XEP-0398 §6: an avatar published for contacts only does not become public in the vCard.
+#[tokio::test]
+async fn avatar_for_contacts_only_stays_out_of_the_vcard() {
+    let t = TestServer::start(|_| {}).await;
+    let (mut a, mut b) = t.alice_and_bob().await;
+    let r = ask(
+        &mut a,
+        "p1",
+        &publish(
+            "p1",
+            "urn:xmpp:avatar:data",
+            SECRET_SHA1,
+            "<data xmlns='urn:xmpp:avatar:data'>c2VjcmV0</data>",
+            &[],
+        ),
+    )
+    .await;
+    assert!(ok(&r), "{r}");
+    let meta = format!(
+        "<metadata xmlns='urn:xmpp:avatar:metadata'><info id='{SECRET_SHA1}' bytes='6' type='image/png'/></metadata>"
+    );
+    let r = ask(
+        &mut a,
+        "p2",
+        &publish("p2", "urn:xmpp:avatar:metadata", SECRET_SHA1, &meta, &[]),
+    )
+    .await;
+    assert!(ok(&r), "{r}");
+    let r = ask(
+        &mut b,
+        "v1",
+        "<iq type='get' id='v1' to='alice@localhost'><vCard xmlns='vcard-temp'/></iq>",
+    )
+    .await;
+    assert!(
+        ok(&r) && !r.contains("c2VjcmV0") && !r.contains("<PHOTO"),
+        "{r}"
+    );
+    t.stop().await;
+}

@@ -50,6 +50,8 @@ pub struct ServerState {
     pub archive_prefs: crate::features::mam::PrefsCache,
     /// XEP-0363 uploads, when the service is on (`upload.enabled` with a listener).
     pub uploads: Option<Arc<crate::features::upload::Uploads>>,
+    /// Accounts' vCard photo hashes (XEP-0398 presence stamping).
+    pub avatar_hashes: crate::features::avatar::HashCache,
     /// External components (XEP-0114) connected now.
     pub components: crate::component::Components,
     /// The negotiation settings every client connection shares, made on first use.
@@ -349,6 +351,7 @@ impl Server {
             archive_prefs: Default::default(),
             uploads: uploads.clone(),
             components: Default::default(),
+            avatar_hashes: Default::default(),
             c2s_config: Default::default(),
             detached_writes: Default::default(),
             next_conn_id: AtomicU64::new(1),

@@ -24,7 +24,7 @@ pub const SERVER_FEATURES: &[&str] = &[
 
 /// Features an account advertises on its bare JID (and `urn:xmpp:mam:2` when archives are
 /// on, `urn:xmpp:push:0` when components, through which push services are reached, are).
-pub const ACCOUNT_FEATURES: &[&str] = &[INFO, ITEMS, super::stanza_id::NS];
+pub const ACCOUNT_FEATURES: &[&str] = &[INFO, ITEMS, super::stanza_id::NS, super::avatar::NS];
 
 pub fn info(category: &str, type_: &str, name: Option<&str>, features: &[&str]) -> String {
     let mut x = format!(

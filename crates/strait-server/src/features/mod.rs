@@ -2,6 +2,7 @@
 //! subscriptions (RFC 6121 §3-4), roster (RFC 6121 §2), IQ dispatch, disco (XEP-0030),
 //! ping (XEP-0199), offline storage (XEP-0160 with XEP-0203 delay stamps).
 
+pub mod avatar;
 pub mod blocking;
 pub mod caps;
 pub mod carbons;

@@ -591,6 +591,10 @@ async fn publish(s: &mut Session, req: &Stanza, p: &Element, verb: &Element) {
         item_xml(&stored)
     );
     notify(&s.state, &owner, &node, &config, &event).await;
+    // XEP-0398: a new avatar goes into the vCard too.
+    if node == super::avatar::NODE_METADATA {
+        super::avatar::metadata_published(&s.state, &owner, payload).await;
+    }
 }
 
 async fn retract(s: &mut Session, req: &Stanza, verb: &Element) {
@@ -794,6 +798,47 @@ async fn delete(s: &mut Session, req: &Stanza, verb: &Element) {
         attr("node", &node)
     );
     notify(&s.state, &owner, &node, &config, &event).await;
+}
+
+/// Publishes `payload_xml` as item `id` of the owner's `node` on the server's own initiative
+/// (XEP-0398's conversion), creating the node with `new_config` if it does not exist, and
+/// notifies as a client's publication would. Returns the node's configuration.
+pub async fn publish_for(
+    state: &ServerState,
+    owner: &str,
+    node: &str,
+    id: &str,
+    payload_xml: &str,
+    new_config: &PepNodeConfig,
+) -> Result<PepNodeConfig, StoreError> {
+    let (o, n) = (owner.to_owned(), node.to_owned());
+    let config = match state.store(move |st| st.pep_node(&o, &n)).await? {
+        Some(c) => c,
+        None => {
+            let (o, n, c) = (owner.to_owned(), node.to_owned(), new_config.clone());
+            state
+                .store(move |st| st.pep_configure(&o, &n, &c, MAX_NODES, MAX_ITEMS_PER_NODE))
+                .await?;
+            new_config.clone()
+        }
+    };
+    let stored = PepItem {
+        id: id.to_owned(),
+        payload: payload_xml.to_owned(),
+        stamp_ms: super::now_ms(),
+    };
+    let keep = effective_max(&config, MAX_ITEMS_PER_NODE);
+    let (o, n, it) = (owner.to_owned(), node.to_owned(), stored.clone());
+    state
+        .store(move |st| st.pep_publish(&o, &n, &it, keep))
+        .await?;
+    let event = format!(
+        "<event xmlns='{NS_EVENT}'><items{}>{}</items></event>",
+        attr("node", node),
+        item_xml(&stored)
+    );
+    notify(state, owner, node, &config, &event).await;
+    Ok(config)
 }
 
 fn event_message(owner: &str, to: &str, event_xml: &str) -> Stanza {

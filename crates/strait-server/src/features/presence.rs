@@ -42,6 +42,8 @@ pub async fn from_client(s: &mut Session, stanza: Stanza, to: Option<jid::Jid>) 
 /// subscription requests and offline messages.
 async fn broadcast(s: &mut Session, mut p: Stanza) {
     let available = p.type_.is_none();
+    // XEP-0398: the avatar's hash, on the user's behalf.
+    super::avatar::stamp_presence(&s.state, &s.bare, &mut p).await;
     let initial = available && !s.available;
     p.to = None;
     let owner = s.bare.clone();
@@ -138,8 +140,9 @@ pub async fn went_offline(s: &mut Session) {
 
 /// Directed presence (RFC 6121 §4.6): sent to one entity regardless of subscriptions, and
 /// remembered so that it learns when the user goes offline.
-async fn directed(s: &mut Session, p: Stanza, to: jid::Jid) {
+async fn directed(s: &mut Session, mut p: Stanza, to: jid::Jid) {
     let target = to.to_string();
+    super::avatar::stamp_presence(&s.state, &s.bare, &mut p).await;
     match p.type_.as_deref() {
         None => {
             s.directed.insert(target.clone());

@@ -50,12 +50,19 @@ pub async fn handle(s: &mut Session, stanza: &Stanza, p: &Element, own: bool) {
             } else {
                 Some(xml)
             };
+            let previous = super::avatar::photo_hash(&s.state, &owner).await;
+            let o = owner.clone();
             match s
                 .state
-                .store(move |st| st.set_vcard(&owner, value.as_deref()))
+                .store(move |st| st.set_vcard(&o, value.as_deref()))
                 .await
             {
-                Ok(()) => s.reply(iq_result(stanza, None)),
+                Ok(()) => {
+                    s.reply(iq_result(stanza, None));
+                    // XEP-0398: the photo goes to the avatar nodes too.
+                    let stored = p.children().next().map(|_| p);
+                    super::avatar::vcard_stored(&s.state, &owner, stored, previous).await;
+                }
                 Err(e) => {
                     tracing::error!(account = %s.bare, "storing the vCard: {e}");
                     s.reply_error(
