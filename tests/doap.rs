@@ -59,6 +59,7 @@ const SPEC_OF: &[(&str, Spec)] = &[
     ("vcard-temp", Xep(54)),
     ("jabber:iq:private", Xep(49)),
     ("urn:xmpp:push:0", Xep(357)),
+    ("http://jabber.org/protocol/caps", Xep(115)),
     ("urn:xmpp:pep-vcard-conversion:0", Xep(398)),
     ("urn:xmpp:carbons:2", Xep(280)),
     ("urn:xmpp:blocking", Xep(191)),

@@ -587,3 +587,72 @@ async fn tls_many_small_records_and_a_large_stanza() {
     assert!(got.contains("id='after'"), "{got}");
     t.stop().await;
 }
+
+/// XEP-0115 §6.3: the server announces its capabilities in the stream features, and the
+/// announced hash is the verification string (§5.1, computed here independently) of what
+/// disco#info answers for that node.
+#[tokio::test]
+async fn server_caps_in_stream_features_verify() {
+    use base64::Engine;
+    use sha1::{Digest, Sha1};
+    let t = TestServer::start(|_| {}).await;
+    t.add_user("alice@localhost", "secret-1");
+    let mut c = RawClient::connect(t.starttls, t.ca_pem()).await;
+    c.starttls(DOMAIN).await;
+    let r = c.scram_sha256("alice", "secret-1").await;
+    assert!(r.contains("<success"), "{r}");
+    let f = c.open_stream(DOMAIN).await;
+    let head =
+        "<c xmlns='http://jabber.org/protocol/caps' hash='sha-1' node='urn:strait:server' ver='";
+    assert!(f.contains(head), "{f}");
+    let ver = between(&f, head, "'").to_owned();
+    c.send("<iq type='set' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>r</resource></bind></iq>").await;
+    c.expect("</iq>").await;
+    c.send(&format!("<iq type='get' id='c1' to='localhost'><query xmlns='http://jabber.org/protocol/disco#info' node='urn:strait:server#{ver}'/></iq>")).await;
+    let r = c.expect_element(&["<iq", "id='c1'"]).await;
+    assert!(r.contains("type='result'"), "{r}");
+    let doc = roxmltree::Document::parse(&r).unwrap();
+    let query = doc.descendants().find(|n| n.has_tag_name("query")).unwrap();
+    assert_eq!(
+        query.attribute("node"),
+        Some(format!("urn:strait:server#{ver}").as_str())
+    );
+    let mut ids: Vec<String> = query
+        .children()
+        .filter(|n| n.has_tag_name("identity"))
+        .map(|n| {
+            format!(
+                "{}/{}/{}/{}",
+                n.attribute("category").unwrap_or(""),
+                n.attribute("type").unwrap_or(""),
+                n.attribute(("http://www.w3.org/XML/1998/namespace", "lang"))
+                    .unwrap_or(""),
+                n.attribute("name").unwrap_or("")
+            )
+        })
+        .collect();
+    ids.sort();
+    let mut features: Vec<&str> = query
+        .children()
+        .filter(|n| n.has_tag_name("feature"))
+        .filter_map(|n| n.attribute("var"))
+        .collect();
+    features.sort();
+    assert!(ids.contains(&"server/im//Strait".to_owned()), "{ids:?}");
+    let mut s = String::new();
+    for i in &ids {
+        s.push_str(i);
+        s.push('<');
+    }
+    for f in &features {
+        s.push_str(f);
+        s.push('<');
+    }
+    let computed = base64::engine::general_purpose::STANDARD.encode(Sha1::digest(s.as_bytes()));
+    assert_eq!(computed, ver, "{s}");
+    // Another node is not ours.
+    c.send("<iq type='get' id='c2' to='localhost'><query xmlns='http://jabber.org/protocol/disco#info' node='urn:strait:server#nope'/></iq>").await;
+    let r = c.expect_element(&["<iq", "id='c2'"]).await;
+    assert!(r.contains("<item-not-found"), "{r}");
+    t.stop().await;
+}

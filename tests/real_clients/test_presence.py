@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import secrets
 
+import pytest
 from slixmpp import JID
 
-from xmpp_helpers import Clients, run
+from xmpp_helpers import Clients, run, within
 
 
 def pres_from(jid_full: str, ptype: str):
@@ -139,6 +140,31 @@ def test_disco_info_and_ping(server, new_account):
             # and the other virtual host answers for itself
             info2 = await c.plugin["xep_0030"].get_info(jid=server.other_domain, timeout=10)
             assert ("server", "im") in {(i[0], i[1]) for i in info2["disco_info"]["identities"]}
+    run(body())
+
+
+def test_server_caps_verified_by_slixmpp(server, new_account):
+    """XEP-0115 §6.3: the server announces caps in its stream features; slixmpp's caps plugin
+    fetches the node's disco#info, checks the hash and only then records it."""
+    a = new_account()
+
+    async def body():
+        async with Clients(server) as cs:
+            c = cs.new(a, label="A")
+            c.register_plugin("xep_0115")
+            await c.login()
+            if "caps" not in c.features:
+                pytest.skip("the server under test announces no caps in its stream features")
+
+            async def verified():
+                while not await c.plugin["xep_0115"].get_verstring(JID(server.domain)):
+                    await asyncio.sleep(0.05)
+                return await c.plugin["xep_0115"].get_verstring(JID(server.domain))
+
+            ver = await within(verified(), "slixmpp verifies the server's caps")
+            info = await c.plugin["xep_0115"].get_caps(jid=JID(server.domain), verstring=ver)
+            assert info is not None
+            assert "urn:xmpp:ping" in info["features"], info
     run(body())
 
 

@@ -47,6 +47,41 @@ pub fn server_info() -> String {
     info("server", "im", Some("Strait"), SERVER_FEATURES)
 }
 
+/// The `node` of the server's entity capabilities (XEP-0115 §4: a URI naming the software).
+pub const CAPS_NODE: &str = "urn:strait:server";
+
+/// The XEP-0115 verification hash of [`server_info`], computed once.
+pub fn server_caps_ver() -> &'static str {
+    static VER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    VER.get_or_init(|| {
+        let q: minidom::Element = server_info()
+            .parse()
+            .expect("the server's disco#info is well-formed");
+        super::caps::sha1_ver(&q)
+    })
+}
+
+/// The `<c/>` stream feature announcing the server's capabilities (XEP-0115 §6.3).
+pub fn server_caps_feature() -> String {
+    format!(
+        "<c xmlns='http://jabber.org/protocol/caps' hash='sha-1'{}{}/>",
+        attr("node", CAPS_NODE),
+        attr("ver", server_caps_ver())
+    )
+}
+
+/// [`server_info`] for the caps node `CAPS_NODE#ver`, which echoes the node.
+pub fn server_info_for_node(node: &str) -> Option<String> {
+    let ours = format!("{CAPS_NODE}#{}", server_caps_ver());
+    (node == ours).then(|| {
+        server_info().replacen(
+            &format!("<query xmlns='{INFO}'>"),
+            &format!("<query xmlns='{INFO}'{}>", attr("node", node)),
+            1,
+        )
+    })
+}
+
 pub fn account_info(archive: bool, push: bool) -> String {
     let mut features: Vec<&str> = ACCOUNT_FEATURES.to_vec();
     if archive {

@@ -144,6 +144,7 @@ async fn server_request(s: &mut Session, stanza: &Stanza) {
     let get = stanza.type_.as_deref() == Some("get");
     let ns = p.ns();
     let has_node = p.attr("node").is_some();
+    let caps_info = p.attr("node").and_then(disco::server_info_for_node);
     match (ns.as_str(), p.name(), get) {
         (disco::INFO, "query", true) if !has_node => {
             s.reply(iq_result(stanza, Some(&disco::server_info())))
@@ -162,6 +163,10 @@ async fn server_request(s: &mut Session, stanza: &Stanza) {
                     .map(|c| c.domain.to_ascii_lowercase()),
             );
             s.reply(iq_result(stanza, Some(&disco::items(&services))))
+        }
+        // XEP-0115: the node of the server's announced capabilities.
+        (disco::INFO, "query", true) if caps_info.is_some() => {
+            s.reply(iq_result(stanza, caps_info.as_deref()))
         }
         (disco::INFO | disco::ITEMS, "query", true) => {
             s.reply_error(stanza, StanzaError::new(StanzaErrorCondition::ItemNotFound))
