@@ -58,6 +58,7 @@ const SPEC_OF: &[(&str, Spec)] = &[
     ("urn:xmpp:delay", Xep(203)),
     ("vcard-temp", Xep(54)),
     ("jabber:iq:private", Xep(49)),
+    ("jabber:iq:register", Xep(77)),
     ("urn:xmpp:push:0", Xep(357)),
     ("http://jabber.org/protocol/caps", Xep(115)),
     ("urn:xmpp:pep-vcard-conversion:0", Xep(398)),

@@ -656,3 +656,114 @@ async fn server_caps_in_stream_features_verify() {
     assert!(r.contains("<item-not-found"), "{r}");
     t.stop().await;
 }
+
+/// XEP-0077 for logged-in users: registered, password change (old one refused after), account
+/// removal (every session closed, the account gone with its data), and what is refused.
+#[tokio::test]
+async fn in_band_password_change_and_account_removal() {
+    let t = TestServer::start(|_| {}).await;
+    let (mut a, mut b) = t.alice_and_bob().await;
+    let r = {
+        a.send("<iq type='get' id='g1' to='localhost'><query xmlns='jabber:iq:register'/></iq>")
+            .await;
+        a.expect_element(&["<iq", "id='g1'"]).await
+    };
+    assert!(
+        r.contains("<registered/>") && r.contains("<username>alice</username>"),
+        "{r}"
+    );
+    // Another account's name, or no password: refused.
+    for (id, inner, why) in [
+        (
+            "e1",
+            "<username>bob</username><password>x</password>",
+            "<not-allowed",
+        ),
+        ("e2", "<username>alice</username>", "<bad-request"),
+        (
+            "e3",
+            "<username>alice</username><password></password>",
+            "<not-acceptable",
+        ),
+    ] {
+        a.send(&format!(
+            "<iq type='set' id='{id}'><query xmlns='jabber:iq:register'>{inner}</query></iq>"
+        ))
+        .await;
+        let r = a.expect_element(&["<iq", &format!("id='{id}'")]).await;
+        assert!(r.contains("type='error'") && r.contains(why), "{id}: {r}");
+    }
+    a.send("<iq type='set' id='c1' to='localhost'><query xmlns='jabber:iq:register'><username>alice</username><password>new &amp; long</password></query></iq>").await;
+    let r = a.expect_element(&["<iq", "id='c1'"]).await;
+    assert!(r.contains("type='result'"), "{r}");
+    // The old password no longer works; the new one does.
+    let mut c = RawClient::connect(t.starttls, t.ca_pem()).await;
+    c.starttls(DOMAIN).await;
+    let r = c.scram_sha256("alice", "pa").await;
+    assert!(r.contains("<failure"), "{r}");
+    let mut a2 = RawClient::login(
+        t.starttls,
+        t.ca_pem(),
+        "alice@localhost",
+        "new & long",
+        "a2",
+    )
+    .await;
+    // Bob cannot remove Alice's account: to her JID, or to her server, it is never hers.
+    b.send("<iq type='set' id='y1' to='alice@localhost'><query xmlns='jabber:iq:register'><remove/></query></iq>").await;
+    let r = b.expect_element(&["<iq", "id='y1'"]).await;
+    assert!(r.contains("type='error'"), "{r}");
+    assert!(a2.ping("alive").await.contains("type='result'"));
+    // Removal: answered, then both of Alice's sessions are closed.
+    a.send("<iq type='set' id='x1'><query xmlns='jabber:iq:register'><remove/></query></iq>")
+        .await;
+    let r = a.expect_element(&["<iq", "id='x1'"]).await;
+    assert!(r.contains("type='result'"), "{r}");
+    let rest = a.read_to_close().await;
+    assert!(
+        rest.contains("<not-authorized") && rest.contains("the account was removed"),
+        "{rest}"
+    );
+    let rest = a2.read_to_close().await;
+    assert!(rest.contains("<not-authorized"), "{rest}");
+    // Gone: no login, and messages to it bounce.
+    let mut c = RawClient::connect(t.starttls, t.ca_pem()).await;
+    c.starttls(DOMAIN).await;
+    let r = c.scram_sha256("alice", "new & long").await;
+    assert!(r.contains("<failure"), "{r}");
+    b.send("<message to='alice@localhost' id='m1' type='chat'><body>hello?</body></message>")
+        .await;
+    let r = b.expect_element(&["<message", "id='m1'"]).await;
+    assert!(
+        r.contains("type='error'") && r.contains("<service-unavailable"),
+        "{r}"
+    );
+    t.stop().await;
+}
+
+/// XEP-0077 account management can be turned off.
+#[tokio::test]
+async fn in_band_account_management_can_be_off() {
+    let t = TestServer::start(|c| {
+        c.auth.allow_password_change = false;
+        c.auth.allow_account_removal = false;
+    })
+    .await;
+    let (mut a, _b) = t.alice_and_bob().await;
+    for (id, inner) in [
+        ("n1", "<username>alice</username><password>x</password>"),
+        ("n2", "<remove/>"),
+    ] {
+        a.send(&format!(
+            "<iq type='set' id='{id}'><query xmlns='jabber:iq:register'>{inner}</query></iq>"
+        ))
+        .await;
+        let r = a.expect_element(&["<iq", &format!("id='{id}'")]).await;
+        assert!(
+            r.contains("type='error'") && r.contains("<not-allowed") && r.contains("operator"),
+            "{id}: {r}"
+        );
+    }
+    assert!(a.ping("still").await.contains("type='result'"));
+    t.stop().await;
+}

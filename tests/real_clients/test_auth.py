@@ -10,7 +10,7 @@ import ssl
 import pytest
 
 from xmpp_helpers import (NS_SASL, NS_TLS, Account, Clients, LoginFailed, RawStream, parse_features,
-                          run)
+                          run, within)
 
 TLS_VERSIONS = ("TLSv1.2", "TLSv1.3")
 
@@ -262,4 +262,35 @@ def test_no_routing_before_authentication(server, new_account):
                     "a stanza sent before authentication was delivered"
             finally:
                 raw.close()
+    run(body())
+
+
+def test_change_password_and_delete_account_in_band(server, new_account):
+    """XEP-0077 as slixmpp does it: a logged-in user changes the password (the old one stops
+    working, the new one works), then deletes the account (its other session is closed and
+    nobody can log in as it any more)."""
+    a = new_account(prefix="a")
+
+    async def body():
+        async with Clients(server) as cs:
+            c = cs.new(a, label="A")
+            c.register_plugin("xep_0077")
+            await c.login()
+            reg = await within(c["xep_0077"].get_registration(), "registration info")
+            assert reg["register"]["registered"], reg
+            new_pw = "n3w " + a.password
+            await within(c["xep_0077"].change_password(new_pw), "change password")
+            with pytest.raises(LoginFailed):
+                await cs.new(a, label="old password").login()
+            fresh = Account(jid=a.jid, password=new_pw)
+            other = await cs.online(fresh, resource="laptop", label="A2")
+            await within(c["xep_0077"].cancel_registration(), "delete the account")
+            await other.wait_cond(
+                lambda: any(e.startswith("disconnected") for e in other.events),
+                "the other session closed")
+            assert any(e.startswith("stream_error(not-authorized") for e in other.events), \
+                other.events
+            with pytest.raises(LoginFailed):
+                await cs.new(fresh, label="after removal").login()
+
     run(body())

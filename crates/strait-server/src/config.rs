@@ -118,6 +118,10 @@ pub struct AuthConfig {
     pub failure_window_secs: u64,
     /// First lockout; it doubles on each repeat, up to an hour.
     pub lockout_secs: u64,
+    /// Logged-in users may change their password (XEP-0077 §3.3).
+    pub allow_password_change: bool,
+    /// Logged-in users may delete their own account (XEP-0077 §3.2), with everything it holds.
+    pub allow_account_removal: bool,
 }
 
 /// XEP-0198 Stream Management.
@@ -265,6 +269,8 @@ impl Default for AuthConfig {
             max_failures_per_address: 20,
             failure_window_secs: 300,
             lockout_secs: 60,
+            allow_password_change: true,
+            allow_account_removal: true,
         }
     }
 }

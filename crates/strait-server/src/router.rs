@@ -584,6 +584,14 @@ impl Router {
             .contains_key(bare)
     }
 
+    /// Tells every session of one account to close (the account was removed).
+    pub fn close_account(&self, bare: &str, error: &StreamError) {
+        let map = self.sessions.read().expect("router lock");
+        for r in map.get(bare).into_iter().flatten() {
+            let _ = r.handle.tx.try_send(Outbound::Close(error.clone()));
+        }
+    }
+
     /// Tells every connection to close (server shutdown).
     pub fn close_all(&self, error: &StreamError) {
         let map = self.sessions.read().expect("router lock");

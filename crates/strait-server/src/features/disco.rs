@@ -18,6 +18,7 @@ pub const SERVER_FEATURES: &[&str] = &[
     "urn:xmpp:features:rosterver",
     super::vcard::NS,
     super::private::NS,
+    super::register::NS,
     super::carbons::NS,
     super::blocking::NS,
 ];

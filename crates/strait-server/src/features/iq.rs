@@ -178,6 +178,10 @@ async fn server_request(s: &mut Session, stanza: &Stanza) {
         (super::vcard::NS, "vCard", _) => super::vcard::server_vcard(s, stanza),
         (roster::NS, "query", _) => roster::handle(s, stanza, &p).await,
         (carbons::NS, _, false) => carbons::handle(s, stanza, &p),
+        // XEP-0077 to the user's own server only.
+        (super::register::NS, "query", _) if stanza.to.as_deref() == Some(s.domain.as_str()) => {
+            super::register::handle(s, stanza, &p).await
+        }
         _ => s.reply_error(
             stanza,
             StanzaError::new(StanzaErrorCondition::ServiceUnavailable),
@@ -213,6 +217,10 @@ async fn account_request(s: &mut Session, stanza: &Stanza, own: bool) {
         }
         (super::vcard::NS, "vCard", _, _) => super::vcard::handle(s, stanza, &p, own).await,
         (super::private::NS, "query", _, _) => super::private::handle(s, stanza, &p, own).await,
+        // XEP-0077 without a `to` (some clients send it so): the same as to the server.
+        (super::register::NS, "query", _, true) if stanza.to.is_none() => {
+            super::register::handle(s, stanza, &p).await
+        }
         (super::push::NS, "enable" | "disable", false, true) => {
             super::push::handle(s, stanza, &p).await
         }

@@ -18,6 +18,7 @@ pub mod ping;
 pub mod presence;
 pub mod private;
 pub mod push;
+pub mod register;
 pub mod roster;
 pub mod sm;
 pub mod stanza_id;

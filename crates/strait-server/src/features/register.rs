@@ -1,0 +1,139 @@
+//! In-band account management (XEP-0077, `jabber:iq:register`) for logged-in users: see
+//! that one is registered, change one's password, delete one's account. Creating accounts in
+//! band is not offered (no stream feature, no form before authentication): accounts are made
+//! by the operator (`strait user add`), as XEP-0479 advises for servers by default.
+
+use minidom::Element;
+use strait_wire::{Stanza, StanzaError, StanzaErrorCondition, StreamError, StreamErrorCondition};
+
+use super::iq_result;
+use crate::c2s::session::Session;
+use strait_wire::escape_text;
+
+pub const NS: &str = "jabber:iq:register";
+
+/// A `jabber:iq:register` query from a logged-in user to its server.
+pub async fn handle(s: &mut Session, stanza: &Stanza, q: &Element) {
+    let localpart = s.bare.split_once('@').map_or("", |(l, _)| l).to_owned();
+    if stanza.type_.as_deref() == Some("get") {
+        // §3.1: already registered.
+        let payload = format!(
+            "<query xmlns='{NS}'><registered/><username>{}</username><password/></query>",
+            escape_text(&localpart)
+        );
+        s.reply(iq_result(stanza, Some(&payload)));
+        return;
+    }
+    if q.get_child("remove", NS).is_some() {
+        return remove(s, stanza).await;
+    }
+    let username = q.get_child("username", NS).map(|u| u.text());
+    let password = q.get_child("password", NS).map(|p| p.text());
+    let (Some(username), Some(password)) = (username, password) else {
+        s.reply_error(
+            stanza,
+            StanzaError::with_text(
+                StanzaErrorCondition::BadRequest,
+                "a password change needs <username/> and <password/>",
+            ),
+        );
+        return;
+    };
+    if !s.state.config.auth.allow_password_change {
+        s.reply_error(
+            stanza,
+            StanzaError::with_text(
+                StanzaErrorCondition::NotAllowed,
+                "passwords are changed by the operator on this server",
+            ),
+        );
+        return;
+    }
+    // Normalized like a login name (phone numbers to E.164), then it must be this account.
+    let same = crate::accounts::normalize_localpart(username.trim()).is_ok_and(|u| u == localpart);
+    if !same {
+        s.reply_error(
+            stanza,
+            StanzaError::with_text(
+                StanzaErrorCondition::NotAllowed,
+                "the username is not this account's",
+            ),
+        );
+        return;
+    }
+    if password.is_empty() {
+        s.reply_error(
+            stanza,
+            StanzaError::with_text(StanzaErrorCondition::NotAcceptable, "empty password"),
+        );
+        return;
+    }
+    let config = s.state.config.clone();
+    let bare = s.bare.clone();
+    // PBKDF2 for both SCRAM variants runs on the blocking pool with the store write.
+    let r = s
+        .state
+        .store(move |st| {
+            crate::accounts::set_password(&config, st, &bare, &password)
+                .map_err(|e| strait_store::StoreError::Backend(e.to_string()))
+        })
+        .await;
+    match r {
+        Ok(_) => {
+            tracing::info!(account = %s.bare, "password changed in band");
+            s.reply(iq_result(stanza, None));
+        }
+        Err(e) => {
+            tracing::error!(account = %s.bare, "changing the password: {e}");
+            s.reply_error(
+                stanza,
+                StanzaError::new(StanzaErrorCondition::InternalServerError),
+            );
+        }
+    }
+}
+
+/// §3.2: the account is deleted with everything it holds (roster, offline messages,
+/// archive, PEP, private data, push registrations, uploaded files); the request is answered,
+/// then every session of the account is closed.
+async fn remove(s: &mut Session, stanza: &Stanza) {
+    if !s.state.config.auth.allow_account_removal {
+        s.reply_error(
+            stanza,
+            StanzaError::with_text(
+                StanzaErrorCondition::NotAllowed,
+                "accounts are removed by the operator on this server",
+            ),
+        );
+        return;
+    }
+    let config = s.state.config.clone();
+    let bare = s.bare.clone();
+    let r = s
+        .state
+        .store(move |st| {
+            crate::accounts::remove_user(&config, st, &bare)
+                .map_err(|e| strait_store::StoreError::Backend(e.to_string()))
+        })
+        .await;
+    match r {
+        Ok((_, files)) => {
+            tracing::info!(account = %s.bare, files, "account removed in band");
+            s.reply(iq_result(stanza, None));
+            s.state.router.close_account(
+                &s.bare,
+                &StreamError::with_text(
+                    StreamErrorCondition::NotAuthorized,
+                    "the account was removed",
+                ),
+            );
+        }
+        Err(e) => {
+            tracing::error!(account = %s.bare, "removing the account: {e}");
+            s.reply_error(
+                stanza,
+                StanzaError::new(StanzaErrorCondition::InternalServerError),
+            );
+        }
+    }
+}
