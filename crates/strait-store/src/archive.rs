@@ -105,6 +105,10 @@ pub trait ArchiveStore {
     fn archive_count(&self, owner: &str) -> Result<usize>;
     /// Deletes `owner`'s archive (the preferences are kept).
     fn archive_clear(&self, owner: &str) -> Result<()>;
+    /// Retention: deletes at most `max` archived copies (of any owner) archived before
+    /// `before_ms`, oldest first, and returns how many went; callers repeat until fewer than
+    /// `max` go, so that no single write holds the store for long.
+    fn archive_expire(&self, before_ms: i64, max: usize) -> Result<usize>;
     /// The stored preferences, or the defaults.
     fn archive_prefs(&self, owner: &str) -> Result<ArchivePrefs>;
     /// Replaces the preferences. [`crate::StoreError::NotFound`] if `owner` is not an account.

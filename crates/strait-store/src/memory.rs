@@ -539,6 +539,28 @@ impl crate::ArchiveStore for MemoryStore {
         Ok(())
     }
 
+    fn archive_expire(&self, before_ms: i64, max: usize) -> Result<usize> {
+        let mut g = self.lock();
+        // Oldest first across owners, as the SQLite backend does.
+        let mut old: Vec<(i64, String, String)> = g
+            .archives
+            .iter()
+            .flat_map(|(o, msgs)| {
+                msgs.iter()
+                    .filter(|m| m.stamp_ms < before_ms)
+                    .map(move |m| (m.stamp_ms, o.clone(), m.id.clone()))
+            })
+            .collect();
+        old.sort();
+        old.truncate(max);
+        for (_, owner, id) in &old {
+            if let Some(msgs) = g.archives.get_mut(owner) {
+                msgs.retain(|m| &m.id != id);
+            }
+        }
+        Ok(old.len())
+    }
+
     fn archive_prefs(&self, owner: &str) -> Result<crate::ArchivePrefs> {
         Ok(self
             .lock()

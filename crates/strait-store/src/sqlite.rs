@@ -2079,6 +2079,48 @@ fn archive_delete_owner(c: &Connection, owner: &str) -> Result<()> {
     Ok(())
 }
 
+/// Deletes up to `max` merged archive copies archived before `before_ms`, oldest first:
+/// their partners' counts go down, their stanzas lose a reference each (and go with the
+/// last one). Returns how many copies went.
+fn archive_expire_round(c: &Connection, before_ms: i64, max: usize) -> Result<usize> {
+    c.execute_batch(
+        "CREATE TEMP TABLE IF NOT EXISTS expire_round (
+             seq        INTEGER PRIMARY KEY,
+             owner      TEXT NOT NULL,
+             with_bare  TEXT NOT NULL,
+             content    INTEGER NOT NULL
+         );
+         DELETE FROM temp.expire_round;",
+    )?;
+    let n = c.execute(
+        "INSERT INTO temp.expire_round (seq, owner, with_bare, content)
+         SELECT seq, owner, with_bare, content FROM archive
+         WHERE stamp_ms < ?1 ORDER BY seq LIMIT ?2",
+        rusqlite::params![before_ms, max as i64],
+    )?;
+    if n == 0 {
+        return Ok(0);
+    }
+    c.execute_batch(
+        "UPDATE archive_with_counts
+         SET n = n - (SELECT COUNT(*) FROM temp.expire_round e
+                      WHERE e.owner = archive_with_counts.owner
+                        AND e.with_bare = archive_with_counts.with_bare)
+         WHERE (owner, with_bare) IN (SELECT owner, with_bare FROM temp.expire_round);
+         DELETE FROM archive_with_counts
+         WHERE n <= 0 AND (owner, with_bare) IN (SELECT owner, with_bare FROM temp.expire_round);
+         UPDATE archive_content
+         SET refs = refs - (SELECT COUNT(*) FROM temp.expire_round e
+                            WHERE e.content = archive_content.cid)
+         WHERE cid IN (SELECT content FROM temp.expire_round);
+         DELETE FROM archive_content
+         WHERE refs <= 0 AND cid IN (SELECT content FROM temp.expire_round);
+         DELETE FROM archive WHERE seq IN (SELECT seq FROM temp.expire_round);
+         DELETE FROM temp.expire_round;",
+    )?;
+    Ok(n)
+}
+
 /// The archive copy the previous op of a batch appended ([`run_op`]).
 struct LastCopy {
     owner: String,
@@ -2902,6 +2944,15 @@ impl crate::ArchiveStore for SqliteStore {
     fn archive_clear(&self, owner: &str) -> Result<()> {
         let owner = owner.to_owned();
         self.write(move |c| archive_delete_owner(c, &owner))
+    }
+
+    fn archive_expire(&self, before_ms: i64, max: usize) -> Result<usize> {
+        // Only merged copies are expired: the log holds the last second's worth, so once it
+        // is merged nothing older than `before_ms` is left in it.
+        self.merge_archive_log()?;
+        // One savepoint (`write`): the counts, the stanzas' references and the rows change
+        // together or not at all.
+        self.write(move |c| archive_expire_round(c, before_ms, max))
     }
 
     fn archive_prefs(&self, owner: &str) -> Result<crate::ArchivePrefs> {

@@ -636,6 +636,69 @@ fn archived(id: &str, with: &str, stamp_ms: i64) -> crate::ArchivedMessage {
     }
 }
 
+/// Retention: the oldest copies go first, `max` at a time, across owners; counts (whole
+/// archive and per partner) and pages follow, and copies of one message that two owners
+/// share go independently.
+pub fn archive_expire(s: &impl Store) {
+    use crate::{ArchiveQuery, WriteOp};
+    let (a, b) = ("a@x.example", "b@x.example");
+    s.create_account(a, &creds(1)).unwrap();
+    s.create_account(b, &creds(2)).unwrap();
+    // One message a→b archived for both (a shared stanza in SQLite), then more for a.
+    let out = batch(
+        s,
+        vec![
+            WriteOp::Archive {
+                owner: a.into(),
+                msg: archived("x1", "b@x.example", 1_000),
+            },
+            WriteOp::Archive {
+                owner: b.into(),
+                msg: archived("x1", "a@x.example", 1_000),
+            },
+        ],
+    );
+    assert!(out.iter().all(|o| o.is_ok()), "{out:?}");
+    s.archive_append(a, &archived("m2", "b@x.example", 2_000))
+        .unwrap();
+    s.archive_append(a, &archived("m3", "c@x.example", 3_000))
+        .unwrap();
+    s.archive_append(b, &archived("n4", "c@x.example", 4_000))
+        .unwrap();
+    assert_eq!(s.archive_expire(500, 10).unwrap(), 0);
+    // Both copies of x1 are the oldest; one round of one takes one of them.
+    assert_eq!(s.archive_expire(2_500, 1).unwrap(), 1);
+    assert_eq!(s.archive_count(a).unwrap() + s.archive_count(b).unwrap(), 4);
+    assert_eq!(s.archive_expire(2_500, 10).unwrap(), 2);
+    assert_eq!(s.archive_expire(2_500, 10).unwrap(), 0);
+    assert_eq!(s.archive_count(a).unwrap(), 1);
+    assert_eq!(s.archive_count(b).unwrap(), 1);
+    let all = |_owner: &str, with: Option<&str>| ArchiveQuery {
+        with: with.map(str::to_owned),
+        max: 50,
+        ..ArchiveQuery::default()
+    };
+    let p = s.archive_query(a, &all(a, None)).unwrap().unwrap();
+    assert_eq!((page_ids(&p), p.count), (vec!["m3"], 1));
+    let p = s
+        .archive_query(a, &all(a, Some("b@x.example")))
+        .unwrap()
+        .unwrap();
+    assert_eq!((page_ids(&p), p.count), (vec![], 0));
+    let p = s.archive_query(b, &all(b, None)).unwrap().unwrap();
+    assert_eq!((page_ids(&p), p.count), (vec!["n4"], 1));
+    // Archiving goes on as before, also with the partner whose count reached zero.
+    s.archive_append(a, &archived("m5", "b@x.example", 5_000))
+        .unwrap();
+    let p = s
+        .archive_query(a, &all(a, Some("b@x.example")))
+        .unwrap()
+        .unwrap();
+    assert_eq!((page_ids(&p), p.count), (vec!["m5"], 1));
+    assert_eq!(s.archive_expire(i64::MAX, 100).unwrap(), 3);
+    assert_eq!(s.archive_count(a).unwrap(), 0);
+}
+
 fn page_ids(p: &crate::ArchivePage) -> Vec<&str> {
     p.messages.iter().map(|m| m.id.as_str()).collect()
 }
@@ -1095,6 +1158,11 @@ macro_rules! suite {
                 super::pep(&s);
             }
             #[test]
+            fn archive_expire() {
+                let (s, _guard) = $make;
+                super::archive_expire(&s);
+            }
+            #[test]
             fn push() {
                 let (s, _guard) = $make;
                 super::push(&s);
@@ -1141,6 +1209,73 @@ macro_rules! suite {
 suite!(memory, (MemoryStore::new(), ()));
 suite!(sqlite_mem, (SqliteStore::open_in_memory().unwrap(), ()));
 suite!(sqlite_file, temp_sqlite());
+
+/// After retention rounds the archive's bookkeeping still adds up: every stanza is referred
+/// to exactly `refs` times, no stanza is left that nothing refers to, and the per-partner
+/// counts sum to the archive's rows.
+#[test]
+fn sqlite_archive_expiry_keeps_stanzas_and_counts_consistent() {
+    use crate::{ArchiveStore, WriteOp};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("strait.db");
+    {
+        let s = SqliteStore::open(&path).unwrap();
+        let owners: Vec<String> = (0..4).map(|i| format!("u{i}@x.example")).collect();
+        for (i, o) in owners.iter().enumerate() {
+            s.create_account(o, &creds(i as u8)).unwrap();
+        }
+        // 200 messages, each archived for its sender and its recipient (one shared stanza).
+        for i in 0..200usize {
+            let (from, to) = (&owners[i % 4], &owners[(i + 1) % 4]);
+            let id = format!("m{i}");
+            let out = batch(
+                &s,
+                vec![
+                    WriteOp::Archive {
+                        owner: from.clone(),
+                        msg: archived(&id, to, i as i64 * 10),
+                    },
+                    WriteOp::Archive {
+                        owner: to.clone(),
+                        msg: archived(&id, from, i as i64 * 10),
+                    },
+                ],
+            );
+            assert!(out.iter().all(|o| o.is_ok()));
+        }
+        // Rounds of 7 up to a cutoff in the middle (an odd size splits shared pairs).
+        let mut gone = 0;
+        loop {
+            let n = s.archive_expire(1_005, 7).unwrap();
+            gone += n;
+            if n < 7 {
+                break;
+            }
+        }
+        assert_eq!(gone, 2 * 101);
+        let left: usize = owners.iter().map(|o| s.archive_count(o).unwrap()).sum();
+        assert_eq!(left, 2 * 99);
+        s.close().unwrap();
+    }
+    let c = rusqlite::Connection::open(&path).unwrap();
+    let q = |sql: &str| -> i64 { c.query_row(sql, [], |r| r.get(0)).unwrap() };
+    assert_eq!(q("SELECT COUNT(*) FROM archive_log"), 0);
+    assert_eq!(q("SELECT COUNT(*) FROM archive"), 198);
+    assert_eq!(
+        q("SELECT COALESCE(SUM(n), 0) FROM archive_with_counts"),
+        198
+    );
+    assert_eq!(
+        q("SELECT COUNT(*) FROM archive_with_counts WHERE n <= 0"),
+        0
+    );
+    assert_eq!(
+        q("SELECT COUNT(*) FROM archive_content c
+           WHERE c.refs != (SELECT COUNT(*) FROM archive a WHERE a.content = c.cid)"),
+        0
+    );
+    assert_eq!(q("SELECT COUNT(*) FROM archive_content"), 99);
+}
 
 fn temp_sqlite() -> (SqliteStore, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
