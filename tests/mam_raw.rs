@@ -461,3 +461,52 @@ async fn archives_can_be_turned_off() {
     assert!(!r.contains("<result"), "{r}");
     t.stop().await;
 }
+
+/// `archive.keep_days`: messages archived longer ago than that are deleted at start (and
+/// hourly); newer ones, and everything else of the account, stay.
+#[tokio::test]
+async fn archive_retention_deletes_old_messages() {
+    use strait_store::{AccountStore, ArchiveStore, ArchivedMessage, SqliteStore};
+    let now = time::OffsetDateTime::now_utc().unix_timestamp() * 1000;
+    let day = 86_400_000i64;
+    let t = TestServer::start(|c| {
+        c.archive.keep_days = 30;
+        // An archive with history, written before the server starts.
+        std::fs::create_dir_all(&c.data_dir).unwrap();
+        let store = SqliteStore::open(&c.store_path()).unwrap();
+        strait_server::accounts::add_user(c, &store, "carol@localhost", "pc").unwrap();
+        for (id, age_days) in [("old1", 400), ("old2", 31), ("new1", 29), ("new2", 1)] {
+            let msg = ArchivedMessage {
+                id: id.into(),
+                with_bare: "bob@localhost".into(),
+                with_full: "bob@localhost/b1".into(),
+                stanza: format!("<message xmlns='jabber:client' type='chat' from='bob@localhost/b1' to='carol@localhost' id='{id}'><body>{id}</body></message>"),
+                stamp_ms: now - age_days * day,
+            };
+            store.archive_append("carol@localhost", &msg).unwrap();
+        }
+        assert!(store.account_exists("carol@localhost").unwrap());
+        store.close().unwrap();
+    })
+    .await;
+    let mut c = RawClient::login(t.starttls, t.ca_pem(), "carol@localhost", "pc", "c1").await;
+    // The expiry runs in the background at start: wait for it (bounded).
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut n = 0;
+    let ids = loop {
+        n += 1;
+        let (ids, _fin, _) = mam_query(&mut c, &format!("r{n}"), &[], "").await;
+        if ids.len() == 2 || tokio::time::Instant::now() > deadline {
+            break ids;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    let (_, _, results) = mam_query(&mut c, "final", &[], "").await;
+    let bodies: Vec<&str> = results
+        .iter()
+        .map(|r| between(r, "<body>", "</body>"))
+        .collect();
+    assert_eq!(bodies, ["new1", "new2"]);
+    t.stop().await;
+}

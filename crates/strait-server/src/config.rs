@@ -145,6 +145,9 @@ pub struct ArchiveConfig {
     /// Keep a message archive per account (and answer archive queries). Off: nothing is
     /// archived, `urn:xmpp:mam:2` is not advertised and queries get `service-unavailable`.
     pub enabled: bool,
+    /// Archived messages are deleted this many days after they were archived (checked
+    /// hourly and at start); 0 keeps them until the account is removed.
+    pub keep_days: u32,
 }
 
 /// XEP-0363 HTTP File Upload: a service `upload.<domain>` per domain, served over HTTPS.
@@ -199,7 +202,10 @@ impl UploadConfig {
 
 impl Default for ArchiveConfig {
     fn default() -> Self {
-        ArchiveConfig { enabled: true }
+        ArchiveConfig {
+            enabled: true,
+            keep_days: 0,
+        }
     }
 }
 

@@ -243,6 +243,55 @@ async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, ServerError> 
         .map_err(|source| ServerError::Listen { addr, source })
 }
 
+/// How often archived messages past `archive.keep_days` are looked for.
+const ARCHIVE_EXPIRY_EVERY: Duration = Duration::from_secs(3600);
+/// Archived copies deleted per store write: each round is one short write, so messages
+/// keep flowing while a large backlog of expired copies goes.
+const ARCHIVE_EXPIRY_ROUND: usize = 2_000;
+
+/// Deletes archived messages older than `keep_days`, at start and then every
+/// [`ARCHIVE_EXPIRY_EVERY`], until shutdown.
+async fn expire_archives(state: Arc<ServerState>, keep_days: u32) {
+    let mut shutdown = state.shutdown.clone();
+    loop {
+        let before = crate::features::now_ms() - i64::from(keep_days) * 86_400_000;
+        let mut gone = 0usize;
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            match state
+                .store(move |st| st.archive_expire(before, ARCHIVE_EXPIRY_ROUND))
+                .await
+            {
+                Ok(n) => {
+                    gone += n;
+                    if n < ARCHIVE_EXPIRY_ROUND {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::error!("expiring archived messages: {e}");
+                    break;
+                }
+            }
+            // Let other writes through between rounds.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if gone > 0 {
+            tracing::info!(
+                messages = gone,
+                keep_days,
+                "expired archived messages deleted"
+            );
+        }
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tokio::time::sleep(ARCHIVE_EXPIRY_EVERY) => {}
+        }
+    }
+}
+
 /// How often expired uploads are looked for.
 const UPLOAD_EXPIRY_EVERY: Duration = Duration::from_secs(3600);
 
@@ -371,6 +420,12 @@ impl Server {
             sockets.push(listener::Listener { socket, direct_tls });
         }
         tasks.spawn(listener::accept_loop(state.clone(), sockets));
+        if state.config.archive.keep_days > 0 {
+            tasks.spawn(expire_archives(
+                state.clone(),
+                state.config.archive.keep_days,
+            ));
+        }
         for socket in component_sockets {
             if let Ok(addr) = socket.local_addr() {
                 tracing::info!(%addr, "listening for components (XEP-0114)");
