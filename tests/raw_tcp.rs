@@ -589,13 +589,21 @@ async fn tls_many_small_records_and_a_large_stanza() {
 }
 
 /// XEP-0115 §6.3: the server announces its capabilities in the stream features, and the
-/// announced hash is the verification string (§5.1, computed here independently) of what
-/// disco#info answers for that node.
+/// announced hash is the verification string (§5.1 with §5.4's forms, computed here
+/// independently) of what disco#info answers for that node, which carries the XEP-0157
+/// contact addresses.
 #[tokio::test]
 async fn server_caps_in_stream_features_verify() {
     use base64::Engine;
     use sha1::{Digest, Sha1};
-    let t = TestServer::start(|_| {}).await;
+    let t = TestServer::start(|c| {
+        c.contact.abuse = vec!["mailto:abuse@localhost".into()];
+        c.contact.security = vec![
+            "xmpp:security@localhost".into(),
+            "https://localhost/security?a=1&b=2".into(),
+        ];
+    })
+    .await;
     t.add_user("alice@localhost", "secret-1");
     let mut c = RawClient::connect(t.starttls, t.ca_pem()).await;
     c.starttls(DOMAIN).await;
@@ -648,6 +656,44 @@ async fn server_caps_in_stream_features_verify() {
         s.push_str(f);
         s.push('<');
     }
+    // The one form (XEP-0157): FORM_TYPE, then fields by var, values sorted.
+    let x = query
+        .children()
+        .find(|n| n.has_tag_name("x"))
+        .expect("a form");
+    let mut fields: Vec<(String, Vec<String>)> = x
+        .children()
+        .filter(|n| n.has_tag_name("field"))
+        .map(|f| {
+            let mut values: Vec<String> = f
+                .children()
+                .filter(|v| v.has_tag_name("value"))
+                .map(|v| v.text().unwrap_or("").to_owned())
+                .collect();
+            values.sort();
+            (f.attribute("var").unwrap_or("").to_owned(), values)
+        })
+        .collect();
+    fields.sort();
+    let form_type = fields.iter().find(|(v, _)| v == "FORM_TYPE").unwrap().1[0].clone();
+    assert_eq!(form_type, "http://jabber.org/network/serverinfo");
+    s.push_str(&form_type);
+    s.push('<');
+    for (var, values) in fields.iter().filter(|(v, _)| v != "FORM_TYPE") {
+        s.push_str(var);
+        s.push('<');
+        for v in values {
+            s.push_str(v);
+            s.push('<');
+        }
+    }
+    assert!(s.contains("abuse-addresses<mailto:abuse@localhost<"), "{s}");
+    assert!(
+        s.contains(
+            "security-addresses<https://localhost/security?a=1&b=2<xmpp:security@localhost<"
+        ),
+        "{s}"
+    );
     let computed = base64::engine::general_purpose::STANDARD.encode(Sha1::digest(s.as_bytes()));
     assert_eq!(computed, ver, "{s}");
     // Another node is not ours.

@@ -170,6 +170,9 @@ min_free_bytes = 0  # test machines' disks can be nearly full
 [auth]
 allow_plain = false
 
+[contact]
+abuse = ["mailto:abuse@localhost", "xmpp:abuse@localhost"]
+
 [[components]]
 domain = "{COMPONENT_DOMAIN}"
 secret = "{comp_secret}"

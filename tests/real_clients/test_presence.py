@@ -135,6 +135,13 @@ def test_disco_info_and_ping(server, new_account):
             feats = set(q["features"])
             for f in ("http://jabber.org/protocol/disco#info", "urn:xmpp:ping"):
                 assert f in feats, f"{f} not advertised: {sorted(feats)}"
+            # XEP-0157 contact addresses, when the server under test has them
+            if server.kind == "strait":
+                values = [v.text for f in info.xml.iter("{jabber:x:data}field")
+                          if f.get("var") == "abuse-addresses"
+                          for v in f.iter("{jabber:x:data}value")]
+                assert sorted(values) == ["mailto:abuse@localhost", "xmpp:abuse@localhost"], \
+                    values
             rtt = await c.plugin["xep_0199"].ping(jid=JID(server.domain), timeout=10)
             assert rtt is not None and rtt >= 0
             # and the other virtual host answers for itself

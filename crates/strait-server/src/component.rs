@@ -464,7 +464,7 @@ async fn from_component(
         });
     };
     let Some(node) = to.node() else {
-        return Ok(to_server(&st, request));
+        return Ok(to_server(state, &st, request));
     };
     let bare = format!("{}@{served}", node.as_str());
     let resource = to.resource().map(|r| r.as_str().to_owned());
@@ -522,7 +522,7 @@ async fn from_component(
 
 /// A stanza from a component to the server's own domain: the server answers discovery,
 /// pings and version requests; anything else is refused.
-fn to_server(st: &Stanza, request: bool) -> Vec<Stanza> {
+fn to_server(state: &ServerState, st: &Stanza, request: bool) -> Vec<Stanza> {
     if !request {
         return Vec::new();
     }
@@ -530,7 +530,7 @@ fn to_server(st: &Stanza, request: bool) -> Vec<Stanza> {
     let payload = st.first_payload().ok().flatten();
     let answer = match payload.as_ref().map(|p| (p.ns(), p.name().to_owned())) {
         Some((n, q)) if get && n == disco::INFO && q == "query" => {
-            Some(iq_result(st, Some(&disco::server_info())))
+            Some(iq_result(st, Some(&state.server_info)))
         }
         Some((n, q)) if get && n == ping::NS && q == "ping" => Some(iq_result(st, None)),
         Some((n, q)) if get && n == disco::VERSION && q == "query" => {

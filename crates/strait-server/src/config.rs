@@ -25,6 +25,40 @@ pub struct Config {
     pub upload: UploadConfig,
     /// External components (XEP-0114), each with its own domain and shared secret.
     pub components: Vec<ComponentConfig>,
+    /// Where people reach the operator (XEP-0157), announced in the server's disco#info.
+    pub contact: ContactConfig,
+}
+
+/// Contact addresses (XEP-0157): URIs (`mailto:`, `xmpp:`, `https:`…) for each purpose.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ContactConfig {
+    pub abuse: Vec<String>,
+    pub admin: Vec<String>,
+    pub feedback: Vec<String>,
+    pub sales: Vec<String>,
+    pub security: Vec<String>,
+    pub status: Vec<String>,
+    pub support: Vec<String>,
+}
+
+impl ContactConfig {
+    /// (XEP-0157 field name, addresses) for each purpose that has addresses.
+    pub fn fields(&self) -> Vec<(&'static str, &[String])> {
+        [
+            ("abuse-addresses", &self.abuse),
+            ("admin-addresses", &self.admin),
+            ("feedback-addresses", &self.feedback),
+            ("sales-addresses", &self.sales),
+            ("security-addresses", &self.security),
+            ("status-addresses", &self.status),
+            ("support-addresses", &self.support),
+        ]
+        .into_iter()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(n, v)| (n, v.as_slice()))
+        .collect()
+    }
 }
 
 /// One external component (XEP-0114): it connects to `listen.component`, opens a stream to
@@ -233,6 +267,7 @@ impl Default for Config {
             archive: ArchiveConfig::default(),
             upload: UploadConfig::default(),
             components: Vec::new(),
+            contact: ContactConfig::default(),
         }
     }
 }
@@ -357,6 +392,19 @@ impl Config {
             }
         }
         self.validate_components()?;
+        for (field, addrs) in self.contact.fields() {
+            if let Some(a) = addrs.iter().find(|a| {
+                let scheme = a.split_once(':').map_or("", |(s, _)| s);
+                scheme.is_empty()
+                    || !scheme
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+            }) {
+                return Err(ConfigError::Invalid(format!(
+                    "contact address {a:?} ({field}) is not a URI such as mailto:abuse@example.org"
+                )));
+            }
+        }
         let l = &self.limits;
         if l.max_stanza_bytes_unauthenticated < 1024 || l.max_stanza_bytes < 1024 {
             return Err(ConfigError::Invalid(
@@ -594,6 +642,22 @@ mod tests {
             let e = load(toml).unwrap_err().to_string();
             assert!(e.contains(why), "{toml}: {e}");
         }
+    }
+
+    #[test]
+    fn contact_addresses_must_be_uris() {
+        let env = vec![(
+            "STRAIT__CONTACT__ABUSE".to_string(),
+            "[\"mailto:abuse@example.org\", \"https://example.org/abuse\"]".to_string(),
+        )];
+        let c = Config::load(None, env).unwrap();
+        assert_eq!(c.contact.fields().len(), 1);
+        let env = vec![(
+            "STRAIT__CONTACT__SECURITY".to_string(),
+            "[\"security@example.org\"]".to_string(),
+        )];
+        let e = Config::load(None, env).unwrap_err().to_string();
+        assert!(e.contains("security-addresses") && e.contains("not a URI"), "{e}");
     }
 
     #[test]

@@ -50,6 +50,10 @@ pub struct ServerState {
     pub archive_prefs: crate::features::mam::PrefsCache,
     /// XEP-0363 uploads, when the service is on (`upload.enabled` with a listener).
     pub uploads: Option<Arc<crate::features::upload::Uploads>>,
+    /// The server's disco#info answer (features and XEP-0157 contact addresses) and its
+    /// XEP-0115 verification hash, made at start from the configuration.
+    pub server_info: String,
+    pub server_caps_ver: String,
     /// Accounts' vCard photo hashes (XEP-0398 presence stamping).
     pub avatar_hashes: crate::features::avatar::HashCache,
     /// External components (XEP-0114) connected now.
@@ -387,7 +391,11 @@ impl Server {
             }
             None => None,
         };
+        let server_info = crate::features::disco::server_info(&config.contact);
+        let server_caps_ver = crate::features::disco::caps_ver(&server_info);
         let state = Arc::new(ServerState {
+            server_info,
+            server_caps_ver,
             connections: Arc::new(Semaphore::new(config.limits.max_connections)),
             config,
             store: store.clone(),

@@ -302,7 +302,7 @@ fn make_c2s_config(state: &ServerState) -> C2sConfig {
             let mut v = vec![
                 "<ver xmlns='urn:xmpp:features:rosterver'/>".to_string(),
                 crate::features::csi::FEATURE.into(),
-                crate::features::disco::server_caps_feature(),
+                crate::features::disco::server_caps_feature(&state.server_caps_ver),
             ];
             if state.config.stream_management.enabled {
                 v.push(sm::FEATURE.into());

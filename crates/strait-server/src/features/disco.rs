@@ -44,38 +44,53 @@ pub fn info(category: &str, type_: &str, name: Option<&str>, features: &[&str]) 
     x
 }
 
-pub fn server_info() -> String {
-    info("server", "im", Some("Strait"), SERVER_FEATURES)
+/// The server's disco#info: its identity, features and (XEP-0157) contact addresses.
+pub fn server_info(contact: &crate::config::ContactConfig) -> String {
+    let x = info("server", "im", Some("Strait"), SERVER_FEATURES);
+    let fields = contact.fields();
+    if fields.is_empty() {
+        return x;
+    }
+    let mut form = String::from(
+        "<x xmlns='jabber:x:data' type='result'><field var='FORM_TYPE' type='hidden'>\
+         <value>http://jabber.org/network/serverinfo</value></field>",
+    );
+    for (var, values) in fields {
+        form.push_str(&format!("<field{}>", attr("var", var)));
+        for v in values {
+            form.push_str(&format!("<value>{}</value>", strait_wire::escape_text(v)));
+        }
+        form.push_str("</field>");
+    }
+    form.push_str("</x>");
+    x.replacen("</query>", &(form + "</query>"), 1)
 }
 
 /// The `node` of the server's entity capabilities (XEP-0115 §4: a URI naming the software).
 pub const CAPS_NODE: &str = "urn:strait:server";
 
-/// The XEP-0115 verification hash of [`server_info`], computed once.
-pub fn server_caps_ver() -> &'static str {
-    static VER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    VER.get_or_init(|| {
-        let q: minidom::Element = server_info()
-            .parse()
-            .expect("the server's disco#info is well-formed");
-        super::caps::sha1_ver(&q)
-    })
+/// The XEP-0115 verification hash of a disco#info answer (the server's, [`server_info`]).
+pub fn caps_ver(info: &str) -> String {
+    let q: minidom::Element = info
+        .parse()
+        .expect("the server's disco#info is well-formed");
+    super::caps::sha1_ver(&q)
 }
 
 /// The `<c/>` stream feature announcing the server's capabilities (XEP-0115 §6.3).
-pub fn server_caps_feature() -> String {
+pub fn server_caps_feature(ver: &str) -> String {
     format!(
         "<c xmlns='http://jabber.org/protocol/caps' hash='sha-1'{}{}/>",
         attr("node", CAPS_NODE),
-        attr("ver", server_caps_ver())
+        attr("ver", ver)
     )
 }
 
-/// [`server_info`] for the caps node `CAPS_NODE#ver`, which echoes the node.
-pub fn server_info_for_node(node: &str) -> Option<String> {
-    let ours = format!("{CAPS_NODE}#{}", server_caps_ver());
+/// The server's disco#info for the caps node `CAPS_NODE#ver`, which echoes the node.
+pub fn server_info_for_node(info: &str, ver: &str, node: &str) -> Option<String> {
+    let ours = format!("{CAPS_NODE}#{ver}");
     (node == ours).then(|| {
-        server_info().replacen(
+        info.replacen(
             &format!("<query xmlns='{INFO}'>"),
             &format!("<query xmlns='{INFO}'{}>", attr("node", node)),
             1,

@@ -144,10 +144,12 @@ async fn server_request(s: &mut Session, stanza: &Stanza) {
     let get = stanza.type_.as_deref() == Some("get");
     let ns = p.ns();
     let has_node = p.attr("node").is_some();
-    let caps_info = p.attr("node").and_then(disco::server_info_for_node);
+    let caps_info = p.attr("node").and_then(|n| {
+        disco::server_info_for_node(&s.state.server_info, &s.state.server_caps_ver, n)
+    });
     match (ns.as_str(), p.name(), get) {
         (disco::INFO, "query", true) if !has_node => {
-            s.reply(iq_result(stanza, Some(&disco::server_info())))
+            s.reply(iq_result(stanza, Some(&s.state.server_info)))
         }
         (disco::ITEMS, "query", true) if !has_node => {
             let mut services = match (&s.state.uploads, stanza.to.as_deref()) {
