@@ -101,6 +101,9 @@ pub trait ArchiveStore {
     /// archive. It sees every message appended or queued for `owner` (a
     /// [`crate::BatchWrite`] batch, waited for or not) before the call.
     fn archive_query(&self, owner: &str, q: &ArchiveQuery) -> Result<Option<ArchivePage>>;
+    /// The messages with these ids, in archive order; `None` if any id is not in `owner`'s
+    /// archive. Sees what [`ArchiveStore::archive_query`] sees.
+    fn archive_get(&self, owner: &str, ids: &[String]) -> Result<Option<Vec<ArchivedMessage>>>;
     /// How many messages `owner`'s archive holds.
     fn archive_count(&self, owner: &str) -> Result<usize>;
     /// Deletes `owner`'s archive (the preferences are kept).

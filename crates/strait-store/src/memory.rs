@@ -534,6 +534,25 @@ impl crate::ArchiveStore for MemoryStore {
         Ok(self.lock().archives.get(owner).map_or(0, Vec::len))
     }
 
+    fn archive_get(
+        &self,
+        owner: &str,
+        ids: &[String],
+    ) -> Result<Option<Vec<crate::ArchivedMessage>>> {
+        let g = self.lock();
+        let all = g.archives.get(owner).map(Vec::as_slice).unwrap_or_default();
+        let mut at = Vec::new();
+        for id in ids {
+            match all.iter().position(|m| &m.id == id) {
+                Some(i) if !at.contains(&i) => at.push(i),
+                Some(_) => {}
+                None => return Ok(None),
+            }
+        }
+        at.sort_unstable();
+        Ok(Some(at.into_iter().map(|i| all[i].clone()).collect()))
+    }
+
     fn archive_clear(&self, owner: &str) -> Result<()> {
         self.lock().archives.remove(owner);
         Ok(())

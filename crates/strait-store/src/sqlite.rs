@@ -2928,6 +2928,53 @@ impl crate::ArchiveStore for SqliteStore {
         self.read_archive(owner, move |c| query_archive(c, &o, &q))
     }
 
+    fn archive_get(
+        &self,
+        owner: &str,
+        ids: &[String],
+    ) -> Result<Option<Vec<crate::ArchivedMessage>>> {
+        let o = owner.to_owned();
+        let ids = ids.to_vec();
+        self.read_archive(owner, move |c| {
+            let log = logged_copies(c, &o)?;
+            let mut st = c.prepare_cached(
+                "SELECT a.seq, a.with_bare, a.with_full, a.stamp_ms, c.stanza
+                 FROM archive a JOIN archive_content c ON c.cid = a.content
+                 WHERE a.owner = ?1 AND a.id = ?2",
+            )?;
+            // (merged copies by seq, then logged ones by position: the archive order)
+            let mut found: Vec<((u8, i64), crate::ArchivedMessage)> = Vec::new();
+            for id in &ids {
+                if found.iter().any(|(_, m)| &m.id == id) {
+                    continue;
+                }
+                let merged = st
+                    .query_row([&o, id], |r| {
+                        Ok((
+                            r.get::<_, i64>(0)?,
+                            crate::ArchivedMessage {
+                                id: id.clone(),
+                                with_bare: r.get(1)?,
+                                with_full: r.get(2)?,
+                                stamp_ms: r.get(3)?,
+                                stanza: r.get(4)?,
+                            },
+                        ))
+                    })
+                    .optional()?;
+                match merged {
+                    Some((seq, m)) => found.push(((0, seq), m)),
+                    None => match log.iter().position(|m| &m.id == id) {
+                        Some(i) => found.push(((1, i as i64), log[i].clone())),
+                        None => return Ok(None),
+                    },
+                }
+            }
+            found.sort_by_key(|(k, _)| *k);
+            Ok(Some(found.into_iter().map(|(_, m)| m).collect()))
+        })
+    }
+
     fn archive_count(&self, owner: &str) -> Result<usize> {
         let o = owner.to_owned();
         self.read_archive(owner, move |c| {
