@@ -66,6 +66,7 @@ const SPEC_OF: &[(&str, Spec)] = &[
     ("urn:xmpp:blocking", Xep(191)),
     ("urn:xmpp:sid:0", Xep(359)),
     ("urn:xmpp:mam:2", Xep(313)),
+    ("urn:xmpp:mam:2#extended", Xep(313)),
     ("urn:xmpp:http:upload:0", Xep(363)),
     ("http://jabber.org/protocol/pubsub", Xep(60)),
     ("http://jabber.org/protocol/pubsub#publish", Xep(60)),

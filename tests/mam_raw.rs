@@ -510,3 +510,101 @@ async fn archive_retention_deletes_old_messages() {
     assert_eq!(bodies, ["new1", "new2"]);
     t.stop().await;
 }
+
+/// `urn:xmpp:mam:2#extended`: archive metadata, the `ids` field, flipped pages, and unknown
+/// fields refused as XEP-0313 asks (feature-not-implemented).
+#[tokio::test]
+async fn extended_metadata_ids_and_flipped_pages() {
+    let t = TestServer::start(|_| {}).await;
+    let (mut a, mut b) = t.alice_and_bob().await;
+    a.send("<iq type='get' id='d1' to='alice@localhost'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>").await;
+    let r = a.expect_element(&["<iq", "id='d1'"]).await;
+    assert!(r.contains("var='urn:xmpp:mam:2#extended'"), "{r}");
+    a.send(&format!(
+        "<iq type='get' id='md0'><metadata xmlns='{MAM}'/></iq>"
+    ))
+    .await;
+    let r = a.expect_element(&["<iq", "id='md0'"]).await;
+    assert!(r.contains(&format!("<metadata xmlns='{MAM}'/>")), "{r}");
+    for body in ["one", "two", "three", "four"] {
+        chat(&mut b, &mut a, "alice@localhost", body).await;
+    }
+    let (all, fin, _) = mam_query(&mut a, "q1", &[], "").await;
+    assert_eq!(all.len(), 4, "{fin}");
+    // Metadata: the first and the last.
+    a.send(&format!(
+        "<iq type='get' id='md1'><metadata xmlns='{MAM}'/></iq>"
+    ))
+    .await;
+    let r = a.expect_element(&["<iq", "id='md1'"]).await;
+    assert!(
+        r.contains(&format!("<start id='{}' timestamp='", all[0])),
+        "{r}"
+    );
+    assert!(
+        r.contains(&format!("<end id='{}' timestamp='", all[3])),
+        "{r}"
+    );
+    // ids: those asked for, in archive order, whatever the order asked.
+    let ask = format!(
+        "<x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE' type='hidden'><value>{MAM}</value></field><field var='ids'><value>{}</value><value>{}</value></field></x>",
+        all[2], all[0]
+    );
+    a.ping("s2").await;
+    a.send(&format!(
+        "<iq type='set' id='q2'><query xmlns='{MAM}' queryid='i2'>{ask}</query></iq>"
+    ))
+    .await;
+    let got = a.expect("id='q2'").await + &a.expect("</iq>").await;
+    let ids: Vec<&str> = got
+        .split("<result ")
+        .skip(1)
+        .map(|p| between(p, " id='", "'"))
+        .collect();
+    assert_eq!(ids, [all[0].as_str(), all[2].as_str()], "{got}");
+    assert!(
+        got.contains("complete='true'") && got.contains("<count>2</count>"),
+        "{got}"
+    );
+    // An id not in the archive, or ids with paging: refused.
+    let bad_ids = format!(
+        "<x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE' type='hidden'><value>{MAM}</value></field><field var='ids'><value>{}</value><value>nope</value></field></x>",
+        all[1]
+    );
+    a.send(&format!(
+        "<iq type='set' id='q3'><query xmlns='{MAM}'>{bad_ids}</query></iq>"
+    ))
+    .await;
+    let r = a.expect_element(&["<iq", "id='q3'"]).await;
+    assert!(r.contains("<item-not-found"), "{r}");
+    a.send(&format!("<iq type='set' id='q4'><query xmlns='{MAM}'>{ask}<set xmlns='http://jabber.org/protocol/rsm'><after>{}</after></set></query></iq>", all[0])).await;
+    let r = a.expect_element(&["<iq", "id='q4'"]).await;
+    assert!(
+        r.contains("<bad-request") && r.contains("ids cannot be combined"),
+        "{r}"
+    );
+    // Flipped: the same page (RSM first and last unchanged), sent newest first.
+    let (plain, plain_fin, _) = mam_query(&mut a, "q5", &[], "<max>3</max>").await;
+    a.ping("s6").await;
+    a.send(&format!("<iq type='set' id='q6'><query xmlns='{MAM}' queryid='f6'><set xmlns='http://jabber.org/protocol/rsm'><max>3</max></set><flip-page/></query></iq>")).await;
+    let got = a.expect("id='q6'").await + &a.expect("</iq>").await;
+    let flipped: Vec<String> = got
+        .split("<result ")
+        .skip(1)
+        .map(|p| between(p, " id='", "'").to_owned())
+        .collect();
+    let mut reversed = plain.clone();
+    reversed.reverse();
+    assert_eq!(flipped, reversed);
+    let fin = &got[got.rfind("<fin").unwrap()..];
+    assert_eq!(
+        between(fin, "<first", "</first>"),
+        between(&plain_fin, "<first", "</first>")
+    );
+    assert_eq!(between(fin, "<last>", "</last>"), plain[2]);
+    // A field this server does not know.
+    a.send(&format!("<iq type='set' id='q7'><query xmlns='{MAM}'><x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE' type='hidden'><value>{MAM}</value></field><field var='urn:example:xmpp:free-text-search'><value>two</value></field></x></query></iq>")).await;
+    let r = a.expect_element(&["<iq", "id='q7'"]).await;
+    assert!(r.contains("<feature-not-implemented"), "{r}");
+    t.stop().await;
+}

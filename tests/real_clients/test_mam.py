@@ -71,6 +71,13 @@ def test_mam_archives_and_pages(server, new_account):
             last = await archived(ca, with_jid=JID(b.jid), reverse=True, rsm={"max": 5}, total=5)
             assert [m["mam_result"]["forwarded"]["stanza"]["body"] for m in last] == \
                 list(reversed(bodies))[:5]
+            # Archive metadata (#extended), as slixmpp asks for it: the first and last ids.
+            if "urn:xmpp:mam:2#extended" in info["disco_info"]["features"]:
+                md = await within(ca.plugin["xep_0313"].get_archive_metadata(), "metadata")
+                start = md.xml.find("{urn:xmpp:mam:2}metadata/{urn:xmpp:mam:2}start")
+                end = md.xml.find("{urn:xmpp:mam:2}metadata/{urn:xmpp:mam:2}end")
+                assert (start.get("id"), end.get("id")) == (ids[0], ids[-1]), md
+                assert start.get("timestamp") and end.get("timestamp"), md
 
     run(body())
 

@@ -657,7 +657,10 @@ mod tests {
             "[\"security@example.org\"]".to_string(),
         )];
         let e = Config::load(None, env).unwrap_err().to_string();
-        assert!(e.contains("security-addresses") && e.contains("not a URI"), "{e}");
+        assert!(
+            e.contains("security-addresses") && e.contains("not a URI"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -102,6 +102,7 @@ pub fn account_info(archive: bool, push: bool) -> String {
     let mut features: Vec<&str> = ACCOUNT_FEATURES.to_vec();
     if archive {
         features.push(super::mam::NS);
+        features.push(super::mam::NS_EXTENDED);
     }
     if push {
         features.push(super::push::NS);

@@ -1,6 +1,7 @@
-//! Message Archive Management (XEP-0313, `urn:xmpp:mam:2`): every account keeps an archive of
-//! the messages it sends and receives, queried with a data form (`with`, `start`, `end`) and
-//! paged with Result Set Management (XEP-0059). The archive id of a received message is the
+//! Message Archive Management (XEP-0313, `urn:xmpp:mam:2` and `#extended`): every account
+//! keeps an archive of the messages it sends and receives, queried with a data form (`with`,
+//! `start`, `end`, `after-id`, `before-id`, `ids`), paged with Result Set Management
+//! (XEP-0059), pages flipped on request, and its first and last message told as metadata. The archive id of a received message is the
 //! XEP-0359 stanza-id the recipient got; a sent message gets its own id, also put on the
 //! `<sent/>` carbon.
 
@@ -185,6 +186,7 @@ pub async fn handle(s: &mut Session, stanza: &Stanza, el: &minidom::Element) {
     match (el.name(), get) {
         ("query", true) => s.reply(iq_result(stanza, Some(&form(el.attr("queryid"))))),
         ("query", false) => query(s, stanza, el).await,
+        ("metadata", true) => metadata(s, stanza).await,
         ("prefs", true) => {
             let o = s.bare.clone();
             match s.state.store(move |st| st.archive_prefs(&o)).await {
@@ -236,6 +238,9 @@ fn form(queryid: Option<&str>) -> String {
          <field var='end' type='text-single'/>\
          <field var='after-id' type='text-single'/>\
          <field var='before-id' type='text-single'/>\
+         <field var='ids' type='list-multi'>\
+         <validate xmlns='http://jabber.org/protocol/xdata-validate' datatype='xs:string'>\
+         <open/></validate></field>\
          </x></query>"
     )
 }
@@ -246,23 +251,49 @@ fn parse_stamp(v: &str) -> Option<i64> {
     Some((t.unix_timestamp_nanos() / 1_000_000) as i64)
 }
 
-/// Reads the query's form and RSM set; `Err` is the text of a bad-request.
-fn parse_query(el: &minidom::Element) -> Result<ArchiveQuery, String> {
+/// A parsed archive query: the store's query, the `ids` asked for (XEP-0313 #extended),
+/// and whether the page goes out newest first (`<flip-page/>`).
+#[derive(Debug)]
+struct Parsed {
+    q: ArchiveQuery,
+    ids: Option<Vec<String>>,
+    flip: bool,
+}
+
+/// Why a query was refused: a malformed one (`bad-request`) or a form field this server does
+/// not know (`feature-not-implemented`, XEP-0313 §4.1.1).
+#[derive(Debug, PartialEq)]
+enum QueryError {
+    Bad(String),
+    UnknownField(String),
+}
+
+impl From<&str> for QueryError {
+    fn from(s: &str) -> Self {
+        QueryError::Bad(s.to_owned())
+    }
+}
+
+/// Reads the query's form, RSM set and flip-page.
+fn parse_query(el: &minidom::Element) -> Result<Parsed, QueryError> {
     let mut q = ArchiveQuery {
         max: DEFAULT_MAX,
         ..Default::default()
     };
+    let mut ids = None;
     if let Some(x) = el.get_child("x", DATA) {
         for f in x.children().filter(|c| c.name() == "field") {
             let var = f.attr("var").unwrap_or("");
-            let value = f
+            let values: Vec<String> = f
                 .children()
-                .find(|c| c.name() == "value")
-                .map(|v| v.text())
-                .unwrap_or_default();
-            let value = value.trim();
+                .filter(|c| c.name() == "value")
+                .map(|v| v.text().trim().to_owned())
+                .collect();
+            let value = values.first().map(String::as_str).unwrap_or("");
             match var {
-                "FORM_TYPE" if value != NS => return Err(format!("unknown FORM_TYPE {value}")),
+                "FORM_TYPE" if value != NS => {
+                    return Err(QueryError::Bad(format!("unknown FORM_TYPE {value}")));
+                }
                 "FORM_TYPE" => {}
                 "with" => {
                     let j: jid::Jid = value.parse().map_err(|_| "invalid with JID")?;
@@ -272,7 +303,13 @@ fn parse_query(el: &minidom::Element) -> Result<ArchiveQuery, String> {
                 "end" => q.end = Some(parse_stamp(value).ok_or("invalid end")?),
                 "after-id" => q.after_id = Some(value.to_owned()),
                 "before-id" => q.before_id = Some(value.to_owned()),
-                other => return Err(format!("unknown field {other}")),
+                "ids" => {
+                    if values.len() > MAX_MAX {
+                        return Err(QueryError::Bad(format!("at most {MAX_MAX} ids")));
+                    }
+                    ids = Some(values);
+                }
+                other => return Err(QueryError::UnknownField(other.to_owned())),
             }
         }
     }
@@ -292,14 +329,97 @@ fn parse_query(el: &minidom::Element) -> Result<ArchiveQuery, String> {
             }
         }
     }
+    if ids.is_some() && (q.after_id.is_some() || q.before_id.is_some() || q.from_end) {
+        return Err("ids cannot be combined with after-id, before-id or RSM paging".into());
+    }
     q.max = q.max.min(MAX_MAX);
-    Ok(q)
+    Ok(Parsed {
+        q,
+        ids,
+        flip: el.get_child("flip-page", NS).is_some(),
+    })
+}
+
+/// Archive metadata (XEP-0313 §6): the first and the last message of the archive.
+async fn metadata(s: &mut Session, stanza: &Stanza) {
+    let o = s.bare.clone();
+    let ends = s
+        .state
+        .store(move |st| {
+            let one = |from_end| ArchiveQuery {
+                max: 1,
+                from_end,
+                ..Default::default()
+            };
+            let first = st.archive_query(&o, &one(false))?;
+            let last = st.archive_query(&o, &one(true))?;
+            Ok((
+                first.and_then(|p| p.messages.into_iter().next()),
+                last.and_then(|p| p.messages.into_iter().next()),
+            ))
+        })
+        .await;
+    match ends {
+        Ok((Some(first), Some(last))) => {
+            let point = |name: &str, m: &ArchivedMessage| {
+                format!(
+                    "<{name}{}{}/>",
+                    attr("id", &m.id),
+                    attr("timestamp", &xep0082_stamp(m.stamp_ms))
+                )
+            };
+            let xml = format!(
+                "<metadata xmlns='{NS}'>{}{}</metadata>",
+                point("start", &first),
+                point("end", &last)
+            );
+            s.reply(iq_result(stanza, Some(&xml)));
+        }
+        Ok(_) => s.reply(iq_result(
+            stanza,
+            Some(&format!("<metadata xmlns='{NS}'/>")),
+        )),
+        Err(e) => internal(s, stanza, &e),
+    }
+}
+
+/// The messages with `ids` that also match the query's other filters, as one complete page.
+fn ids_page(found: Vec<ArchivedMessage>, q: &ArchiveQuery) -> strait_store::ArchivePage {
+    let messages: Vec<ArchivedMessage> = found
+        .into_iter()
+        .filter(|m| {
+            q.with.as_deref().is_none_or(|w| {
+                if w.contains('/') {
+                    m.with_full == w
+                } else {
+                    m.with_bare == w
+                }
+            }) && q.start.is_none_or(|t| m.stamp_ms >= t)
+                && q.end.is_none_or(|t| m.stamp_ms <= t)
+        })
+        .take(q.max)
+        .collect();
+    strait_store::ArchivePage {
+        count: messages.len(),
+        complete: true,
+        first_index: (!messages.is_empty()).then_some(0),
+        messages,
+    }
 }
 
 async fn query(s: &mut Session, stanza: &Stanza, el: &minidom::Element) {
-    let q = match parse_query(el) {
-        Ok(q) => q,
-        Err(t) => return bad(s, stanza, &t),
+    let Parsed { q, ids, flip } = match parse_query(el) {
+        Ok(p) => p,
+        Err(QueryError::Bad(t)) => return bad(s, stanza, &t),
+        Err(QueryError::UnknownField(f)) => {
+            return s.reply_error(
+                stanza,
+                StanzaError::with_text(
+                    StanzaErrorCondition::FeatureNotImplemented,
+                    format!("unknown field {f}"),
+                ),
+            );
+        }
     };
     let queryid = el.attr("queryid").map(str::to_owned);
     // A message goes to online resources once its archive copies are queued, without waiting
@@ -309,7 +429,14 @@ async fn query(s: &mut Session, stanza: &Stanza, el: &minidom::Element) {
     // own queued copies, not for everything queued (75 ms median beside 8,000 msg/s with
     // archiving on, when every query waited for the whole queue).
     let (o, qq) = (s.bare.clone(), q.clone());
-    let page = match s.state.store(move |st| st.archive_query(&o, &qq)).await {
+    let page = match s
+        .state
+        .store(move |st| match ids {
+            Some(ids) => Ok(st.archive_get(&o, &ids)?.map(|found| ids_page(found, &qq))),
+            None => st.archive_query(&o, &qq),
+        })
+        .await
+    {
         Ok(Some(p)) => p,
         Ok(None) => {
             return s.reply_error(
@@ -326,7 +453,14 @@ async fn query(s: &mut Session, stanza: &Stanza, el: &minidom::Element) {
         .as_deref()
         .map(|q| attr("queryid", q))
         .unwrap_or_default();
-    for m in &page.messages {
+    // `<flip-page/>`: the same page, sent newest first (XEP-0313 §4.3.4); RSM still names
+    // its first and last message in archive order.
+    let order: Box<dyn Iterator<Item = &ArchivedMessage>> = if flip {
+        Box::new(page.messages.iter().rev())
+    } else {
+        Box::new(page.messages.iter())
+    };
+    for m in order {
         let mut w = super::server_stanza("message", None, &s.bare, &s.full, None);
         let xml = format!(
             "<result xmlns='{NS}'{qid}{}><forwarded xmlns='{}'>\
@@ -487,10 +621,29 @@ mod tests {
             <set xmlns='http://jabber.org/protocol/rsm'><max>500</max><before/></set></query>"
                 .parse()
                 .unwrap();
-        let q = parse_query(&el).unwrap();
+        let Parsed { q, ids, flip } = parse_query(&el).unwrap();
+        assert!(ids.is_none() && !flip);
         assert_eq!(q.with.as_deref(), Some("b@x"));
         assert_eq!(q.start, Some(1_700_000_000_000));
         assert_eq!(q.max, MAX_MAX);
         assert!(q.from_end && q.before_id.is_none());
+        let el: minidom::Element =
+            "<query xmlns='urn:xmpp:mam:2'><x xmlns='jabber:x:data' type='submit'>\
+            <field var='ids'><value>a</value><value>b</value></field>\
+            <field var='urn:example:search'><value>x</value></field></x></query>"
+                .parse()
+                .unwrap();
+        assert_eq!(
+            parse_query(&el).unwrap_err(),
+            QueryError::UnknownField("urn:example:search".into())
+        );
+        let el: minidom::Element =
+            "<query xmlns='urn:xmpp:mam:2'><x xmlns='jabber:x:data' type='submit'>\
+            <field var='ids'><value>a</value><value>b</value></field></x><flip-page/></query>"
+                .parse()
+                .unwrap();
+        let p = parse_query(&el).unwrap();
+        assert_eq!(p.ids, Some(vec!["a".to_string(), "b".to_string()]));
+        assert!(p.flip);
     }
 }
