@@ -13,6 +13,7 @@ const SECRET: &str = "a-long-shared-secret";
 
 async fn server() -> TestServer {
     TestServer::start(|c| {
+        c.stream_management.ack_push_secs = 1;
         c.listen.component = vec!["127.0.0.1:0".parse().unwrap()];
         c.components = vec![ComponentConfig {
             domain: BOT.into(),
@@ -321,5 +322,43 @@ async fn push_notifications_reach_the_app_server() {
         .await;
     c.expect_silence("publish node='phone-1'", Duration::from_millis(500))
         .await;
+    t.stop().await;
+}
+
+/// A phone asleep behind a connection that still looks open: it does not acknowledge the
+/// messages it was sent (XEP-0198), and after `stream_management.ack_push_secs` its push
+/// service is told, once per unanswered request; the session stays.
+#[tokio::test]
+async fn late_acknowledgement_wakes_the_device() {
+    let t = server().await;
+    let (mut a, mut b) = t.alice_and_bob().await;
+    let mut c = component(&t).await;
+    a.send(&enable("p1", BOT, Some("phone-2"), None)).await;
+    a.expect_element(&["<iq", "id='p1'", "type='result'"]).await;
+    a.send("<enable xmlns='urn:xmpp:sm:3' resume='true'/>")
+        .await;
+    a.expect_element(&["<enabled"]).await;
+    // Acknowledged in time: no push.
+    b.send("<message to='alice@localhost' type='chat' id='k1'><body>quick</body></message>")
+        .await;
+    a.expect_element(&[">quick</body>"]).await;
+    a.expect("<r xmlns='urn:xmpp:sm:3'/>").await;
+    a.send("<a xmlns='urn:xmpp:sm:3' h='1'/>").await;
+    c.expect_silence("publish node='phone-2'", Duration::from_millis(1500))
+        .await;
+    // Not acknowledged: one push after about a second, not one per second.
+    b.send("<message to='alice@localhost' type='chat' id='k2'><body>asleep?</body></message>")
+        .await;
+    a.expect_element(&[">asleep?</body>"]).await;
+    a.expect("<r xmlns='urn:xmpp:sm:3'/>").await;
+    let n = c
+        .expect_element(&["<iq", "type='set'", "from='alice@localhost'"])
+        .await;
+    assert!(n.contains("<publish node='phone-2'>"), "{n}");
+    c.expect_silence("publish node='phone-2'", Duration::from_millis(1500))
+        .await;
+    // The session is still there and works: the late ack is taken.
+    a.send("<a xmlns='urn:xmpp:sm:3' h='2'/>").await;
+    assert!(a.ping("alive").await.contains("type='result'"));
     t.stop().await;
 }

@@ -170,6 +170,10 @@ pub struct StreamManagementConfig {
     /// Stanzas sent to a client and not yet acknowledged, past which the client is
     /// disconnected (its session then ends and the stanzas go to other devices or storage).
     pub max_unacked: usize,
+    /// Seconds an acknowledgement of messages may be outstanding before the account's push
+    /// services (XEP-0357) are told, as for a session whose connection is known lost: a
+    /// phone asleep behind a connection that still looks open gets woken. 0: never.
+    pub ack_push_secs: u64,
 }
 
 /// XEP-0313 message archives.
@@ -249,6 +253,7 @@ impl Default for StreamManagementConfig {
             enabled: true,
             resume_timeout_secs: 300,
             max_unacked: 1000,
+            ack_push_secs: 30,
         }
     }
 }

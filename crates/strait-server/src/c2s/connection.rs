@@ -371,7 +371,32 @@ impl Connection {
     /// pause if that comes first.
     fn wake_at(&self) -> Instant {
         let deadline = self.deadline();
-        self.resume_reading_at.map_or(deadline, |r| r.min(deadline))
+        let wake = self.resume_reading_at.map_or(deadline, |r| r.min(deadline));
+        self.ack_late_at().map_or(wake, |a| a.min(wake))
+    }
+
+    /// When the outstanding acknowledgement counts as late and the account's push services
+    /// are to be told (XEP-0357): only when a push service can be reached (a component).
+    fn ack_late_at(&self) -> Option<Instant> {
+        if self.state.config.components.is_empty() || self.session.is_none() {
+            return None;
+        }
+        let after = Duration::from_secs(self.state.config.stream_management.ack_push_secs);
+        self.sm.as_ref()?.ack_late_at(after)
+    }
+
+    /// An acknowledgement is late: the device may be asleep behind a connection that looks
+    /// open (no FIN, and the idle timeout is long). Its push services are told once per
+    /// request, as when the session hibernates; the connection stays as it is.
+    fn ack_is_late(&mut self) {
+        if let Some(sm) = self.sm.as_mut() {
+            sm.ack_push_sent = true;
+        }
+        if let Some(s) = &self.session {
+            tracing::debug!(conn = self.conn_id, full = %s.full, "acknowledgement late: push");
+            let (state, bare) = (self.state.clone(), s.bare.clone());
+            tokio::spawn(async move { crate::features::push::notify(&state, &bare).await });
+        }
     }
 
     fn deadline(&self) -> Instant {
@@ -418,7 +443,8 @@ impl Connection {
         {
             self.out
                 .extend_from_slice(format!("<r xmlns='{}'/>", sm::NS).as_bytes());
-            sm.requested = true;
+            sm.requested = Some(Instant::now());
+            sm.ack_push_sent = false;
         }
         if self.out.is_empty() {
             return Ok(());
@@ -520,7 +546,11 @@ impl Connection {
                 }
                 _ = &mut timer => {
                     let now = Instant::now();
-                    if self.resume_reading_at.is_some_and(|r| now >= r) {
+                    if self.ack_late_at().is_some_and(|a| now >= a) {
+                        self.ack_is_late();
+                        armed = self.wake_at();
+                        timer.as_mut().reset(armed);
+                    } else if self.resume_reading_at.is_some_and(|r| now >= r) {
                         self.resume_reading_at = None;
                         armed = self.wake_at();
                         timer.as_mut().reset(armed);
@@ -785,7 +815,7 @@ impl Connection {
                     ));
                     return;
                 };
-                sm.requested = false;
+                sm.requested = None;
                 match sm.ack(h) {
                     Ok(ids) => {
                         if let Some(s) = &self.session {
@@ -916,7 +946,7 @@ impl Connection {
         crate::features::offline::delete(&self.state, &bare, acked);
         let resend: Vec<sm::Unacked> = sm.unacked.drain(..).collect();
         sm.sent = sm.acked();
-        sm.requested = false;
+        sm.requested = None;
         self.negotiation.resumed(session.full.clone());
         tracing::info!(conn = self.conn_id, full = %session.full, resent = resend.len(), queued = pending.len(), "session resumed");
         self.send_nonza(&format!(

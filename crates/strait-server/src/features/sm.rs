@@ -47,8 +47,10 @@ pub struct StreamState {
     pub sent: u32,
     /// Sent and not acknowledged, oldest first; the last is number `sent`.
     pub unacked: VecDeque<Unacked>,
-    /// Whether an `<r/>` is outstanding.
-    pub requested: bool,
+    /// When the outstanding `<r/>` was sent, if one is.
+    pub requested: Option<tokio::time::Instant>,
+    /// Whether the account's push services were told of this request's delay (XEP-0357).
+    pub ack_push_sent: bool,
     /// The resumption id, when the session is resumable.
     pub resume_id: Option<String>,
     /// Seconds the session is kept after its connection is lost.
@@ -60,6 +62,20 @@ impl StreamState {
     pub fn sent(&mut self, stanza: Stanza, durable: Option<i64>) {
         self.sent = self.sent.wrapping_add(1);
         self.unacked.push_back(Unacked { stanza, durable });
+    }
+
+    /// When an acknowledgement counts as late ([`crate::config::StreamManagementConfig::ack_push_secs`]):
+    /// an `<r/>` outstanding since then, not yet reported, for stanzas among which is a
+    /// message worth a notification.
+    pub fn ack_late_at(&self, after: std::time::Duration) -> Option<tokio::time::Instant> {
+        if after.is_zero() || self.ack_push_sent {
+            return None;
+        }
+        let since = self.requested?;
+        self.unacked
+            .iter()
+            .any(|u| u.stanza.name == "message" && super::offline::should_store(&u.stanza))
+            .then_some(since + after)
     }
 
     /// How many stanzas the client has acknowledged so far.
@@ -89,7 +105,7 @@ impl StreamState {
 
     /// Whether an `<r/>` should follow what was just written.
     pub fn wants_request(&self) -> bool {
-        !self.requested && !self.unacked.is_empty()
+        self.requested.is_none() && !self.unacked.is_empty()
     }
 }
 
