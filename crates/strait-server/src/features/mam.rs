@@ -261,7 +261,7 @@ struct Parsed {
 }
 
 /// Why a query was refused: a malformed one (`bad-request`) or a form field this server does
-/// not know (`feature-not-implemented`, XEP-0313 §4.1.1).
+/// not know (`feature-not-implemented`, as XEP-0313 asks).
 #[derive(Debug, PartialEq)]
 enum QueryError {
     Bad(String),
@@ -340,7 +340,8 @@ fn parse_query(el: &minidom::Element) -> Result<Parsed, QueryError> {
     })
 }
 
-/// Archive metadata (XEP-0313 §6): the first and the last message of the archive.
+/// Archive metadata (XEP-0313, "Archive metadata"): the first and the last message of the
+/// archive.
 async fn metadata(s: &mut Session, stanza: &Stanza) {
     let o = s.bare.clone();
     let ends = s
@@ -453,8 +454,8 @@ async fn query(s: &mut Session, stanza: &Stanza, el: &minidom::Element) {
         .as_deref()
         .map(|q| attr("queryid", q))
         .unwrap_or_default();
-    // `<flip-page/>`: the same page, sent newest first (XEP-0313 §4.3.4); RSM still names
-    // its first and last message in archive order.
+    // `<flip-page/>`: the same page, sent newest first (XEP-0313, "Flipped pages"); RSM still
+    // names its first and last message in archive order.
     let order: Box<dyn Iterator<Item = &ArchivedMessage>> = if flip {
         Box::new(page.messages.iter().rev())
     } else {
