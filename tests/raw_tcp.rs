@@ -589,7 +589,7 @@ async fn tls_many_small_records_and_a_large_stanza() {
 }
 
 /// XEP-0115 §6.3: the server announces its capabilities in the stream features, and the
-/// announced hash is the verification string (§5.1 with §5.4's forms, computed here
+/// announced hash is the verification string (§5.1, forms included, computed here
 /// independently) of what disco#info answers for that node, which carries the XEP-0157
 /// contact addresses.
 #[tokio::test]
