@@ -795,6 +795,36 @@ async fn pep_private_storage_xep_0223() {
     t.stop().await;
 }
 
+/// Publishes an avatar as a client does (XEP-0084): the image (base64) as item `id` of the
+/// data node, then `infos` in the metadata node, both with `options`; both must succeed.
+async fn publish_avatar(
+    c: &mut RawClient,
+    tag: &str,
+    id: &str,
+    data_b64: &str,
+    infos: &str,
+    options: &[(&str, &str)],
+) {
+    let data = format!("<data xmlns='urn:xmpp:avatar:data'>{data_b64}</data>");
+    let d = format!("{tag}d");
+    let r = ask(
+        c,
+        &d,
+        &publish(&d, "urn:xmpp:avatar:data", id, &data, options),
+    )
+    .await;
+    assert!(ok(&r), "{r}");
+    let meta = format!("<metadata xmlns='urn:xmpp:avatar:metadata'>{infos}</metadata>");
+    let m = format!("{tag}m");
+    let r = ask(
+        c,
+        &m,
+        &publish(&m, "urn:xmpp:avatar:metadata", id, &meta, options),
+    )
+    .await;
+    assert!(ok(&r), "{r}");
+}
+
 const HELLO_SHA1: &str = "aaf4c61ddcc5e8a2dabede0f3b482cd9aea9434d";
 const WORLD_SHA1: &str = "7c211433f02071597741e6ff5a8ea34789abbf43";
 const SECRET_SHA1: &str = "e5e9fa1ba31ecd1ae84f75caaa474f3a663f05f4";
@@ -850,29 +880,10 @@ async fn avatar_conversion_both_ways_and_presence_hash() {
     assert!(p.contains("<photo/>") && !p.contains(HELLO_SHA1), "{p}");
     // PEP to vCard: an open avatar replaces the photo, and the rest of the vCard stays.
     let open = [("pubsub#access_model", "open")];
-    let r = ask(
-        &mut a,
-        "p1",
-        &publish(
-            "p1",
-            "urn:xmpp:avatar:data",
-            WORLD_SHA1,
-            "<data xmlns='urn:xmpp:avatar:data'>d29ybGQ=</data>",
-            &open,
-        ),
-    )
-    .await;
-    assert!(ok(&r), "{r}");
-    let meta = format!(
-        "<metadata xmlns='urn:xmpp:avatar:metadata'><info id='{WORLD_SHA1}' bytes='5' type='image/jpeg' url='https://example.org/a.jpg'/><info id='{WORLD_SHA1}' bytes='5' type='image/jpeg'/></metadata>"
+    let infos = format!(
+        "<info id='{WORLD_SHA1}' bytes='5' type='image/jpeg' url='https://example.org/a.jpg'/><info id='{WORLD_SHA1}' bytes='5' type='image/jpeg'/>"
     );
-    let r = ask(
-        &mut a,
-        "p2",
-        &publish("p2", "urn:xmpp:avatar:metadata", WORLD_SHA1, &meta, &open),
-    )
-    .await;
-    assert!(ok(&r), "{r}");
+    publish_avatar(&mut a, "w", WORLD_SHA1, "d29ybGQ=", &infos, &open).await;
     let r = ask(
         &mut b,
         "v2",
@@ -889,29 +900,8 @@ async fn avatar_conversion_both_ways_and_presence_hash() {
     let p = b.expect_element(&["<presence", ">chat</show>"]).await;
     assert!(p.contains(&format!("<photo>{WORLD_SHA1}</photo>")), "{p}");
     // Metadata whose id is not the image's SHA-1 changes nothing.
-    let r = ask(
-        &mut a,
-        "p3",
-        &publish(
-            "p3",
-            "urn:xmpp:avatar:data",
-            HELLO_SHA1,
-            "<data xmlns='urn:xmpp:avatar:data'>c2VjcmV0</data>",
-            &open,
-        ),
-    )
-    .await;
-    assert!(ok(&r), "{r}");
-    let meta = format!(
-        "<metadata xmlns='urn:xmpp:avatar:metadata'><info id='{HELLO_SHA1}' bytes='6' type='image/png'/></metadata>"
-    );
-    let r = ask(
-        &mut a,
-        "p4",
-        &publish("p4", "urn:xmpp:avatar:metadata", HELLO_SHA1, &meta, &open),
-    )
-    .await;
-    assert!(ok(&r), "{r}");
+    let infos = format!("<info id='{HELLO_SHA1}' bytes='6' type='image/png'/>");
+    publish_avatar(&mut a, "x", HELLO_SHA1, "c2VjcmV0", &infos, &open).await;
     let r = ask(
         &mut b,
         "v3",
@@ -954,29 +944,8 @@ async fn avatar_conversion_both_ways_and_presence_hash() {
 async fn avatar_for_contacts_only_stays_out_of_the_vcard() {
     let t = TestServer::start(|_| {}).await;
     let (mut a, mut b) = t.alice_and_bob().await;
-    let r = ask(
-        &mut a,
-        "p1",
-        &publish(
-            "p1",
-            "urn:xmpp:avatar:data",
-            SECRET_SHA1,
-            "<data xmlns='urn:xmpp:avatar:data'>c2VjcmV0</data>",
-            &[],
-        ),
-    )
-    .await;
-    assert!(ok(&r), "{r}");
-    let meta = format!(
-        "<metadata xmlns='urn:xmpp:avatar:metadata'><info id='{SECRET_SHA1}' bytes='6' type='image/png'/></metadata>"
-    );
-    let r = ask(
-        &mut a,
-        "p2",
-        &publish("p2", "urn:xmpp:avatar:metadata", SECRET_SHA1, &meta, &[]),
-    )
-    .await;
-    assert!(ok(&r), "{r}");
+    let infos = format!("<info id='{SECRET_SHA1}' bytes='6' type='image/png'/>");
+    publish_avatar(&mut a, "s", SECRET_SHA1, "c2VjcmV0", &infos, &[]).await;
     let r = ask(
         &mut b,
         "v1",

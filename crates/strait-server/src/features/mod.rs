@@ -81,6 +81,21 @@ fn with_client_ns(error_xml: &str) -> String {
     }
 }
 
+/// Answers `internal-server-error` to a request the store failed, and logs why (`what`: what
+/// was being done) for the operator; the client learns nothing of the store.
+pub fn store_failed(
+    s: &mut crate::c2s::session::Session,
+    request: &Stanza,
+    what: &str,
+    e: &dyn std::fmt::Display,
+) {
+    tracing::error!(account = %s.bare, "{what}: {e}");
+    s.reply_error(
+        request,
+        StanzaError::new(strait_wire::StanzaErrorCondition::InternalServerError),
+    );
+}
+
 /// The error for an address on a domain this server cannot reach (no interop link to it).
 pub fn unreachable_domain(domain: &str) -> StanzaError {
     StanzaError::with_text(

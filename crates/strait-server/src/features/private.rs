@@ -93,13 +93,7 @@ async fn get(s: &mut Session, stanza: &Stanza, children: &[&Element]) {
             let payload = format!("<query xmlns='{NS}'>{inner}</query>");
             s.reply(iq_result(stanza, Some(&payload)));
         }
-        Err(e) => {
-            tracing::error!(account = %s.bare, "reading private XML: {e}");
-            s.reply_error(
-                stanza,
-                StanzaError::new(StanzaErrorCondition::InternalServerError),
-            );
-        }
+        Err(e) => super::store_failed(s, stanza, "reading private XML", &e),
     }
 }
 
@@ -137,12 +131,6 @@ async fn set(s: &mut Session, stanza: &Stanza, children: &[&Element]) {
                 format!("private storage holds at most {limit} namespaces per account"),
             ),
         ),
-        Err(e) => {
-            tracing::error!(account = %s.bare, "storing private XML: {e}");
-            s.reply_error(
-                stanza,
-                StanzaError::new(StanzaErrorCondition::InternalServerError),
-            );
-        }
+        Err(e) => super::store_failed(s, stanza, "storing private XML", &e),
     }
 }

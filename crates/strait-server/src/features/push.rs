@@ -105,13 +105,7 @@ pub async fn handle(s: &mut Session, stanza: &Stanza, p: &Element) {
                         format!("an account may enable push for at most {limit} devices"),
                     ),
                 ),
-                Err(e) => {
-                    tracing::error!(account = %s.bare, "storing a push registration: {e}");
-                    s.reply_error(
-                        stanza,
-                        StanzaError::new(StanzaErrorCondition::InternalServerError),
-                    );
-                }
+                Err(e) => super::store_failed(s, stanza, "storing a push registration", &e),
             }
         }
         _ => {
@@ -121,13 +115,7 @@ pub async fn handle(s: &mut Session, stanza: &Stanza, p: &Element) {
                 .await;
             match r {
                 Ok(_) => s.reply(iq_result(stanza, None)),
-                Err(e) => {
-                    tracing::error!(account = %s.bare, "removing push registrations: {e}");
-                    s.reply_error(
-                        stanza,
-                        StanzaError::new(StanzaErrorCondition::InternalServerError),
-                    );
-                }
+                Err(e) => super::store_failed(s, stanza, "removing push registrations", &e),
             }
         }
     }

@@ -12,6 +12,14 @@ use strait_wire::escape_text;
 
 pub const NS: &str = "jabber:iq:register";
 
+/// `not-allowed`: the configuration leaves this to the operator.
+fn operator_only(what: &str) -> StanzaError {
+    StanzaError::with_text(
+        StanzaErrorCondition::NotAllowed,
+        format!("{what} by the operator on this server"),
+    )
+}
+
 /// A `jabber:iq:register` query from a logged-in user to its server.
 pub async fn handle(s: &mut Session, stanza: &Stanza, q: &Element) {
     let localpart = s.bare.split_once('@').map_or("", |(l, _)| l).to_owned();
@@ -40,14 +48,7 @@ pub async fn handle(s: &mut Session, stanza: &Stanza, q: &Element) {
         return;
     };
     if !s.state.config.auth.allow_password_change {
-        s.reply_error(
-            stanza,
-            StanzaError::with_text(
-                StanzaErrorCondition::NotAllowed,
-                "passwords are changed by the operator on this server",
-            ),
-        );
-        return;
+        return s.reply_error(stanza, operator_only("passwords are changed"));
     }
     // Normalized like a login name (phone numbers to E.164), then it must be this account.
     let same = crate::accounts::normalize_localpart(username.trim()).is_ok_and(|u| u == localpart);
@@ -83,13 +84,7 @@ pub async fn handle(s: &mut Session, stanza: &Stanza, q: &Element) {
             tracing::info!(account = %s.bare, "password changed in band");
             s.reply(iq_result(stanza, None));
         }
-        Err(e) => {
-            tracing::error!(account = %s.bare, "changing the password: {e}");
-            s.reply_error(
-                stanza,
-                StanzaError::new(StanzaErrorCondition::InternalServerError),
-            );
-        }
+        Err(e) => super::store_failed(s, stanza, "changing the password", &e),
     }
 }
 
@@ -98,14 +93,7 @@ pub async fn handle(s: &mut Session, stanza: &Stanza, q: &Element) {
 /// then every session of the account is closed.
 async fn remove(s: &mut Session, stanza: &Stanza) {
     if !s.state.config.auth.allow_account_removal {
-        s.reply_error(
-            stanza,
-            StanzaError::with_text(
-                StanzaErrorCondition::NotAllowed,
-                "accounts are removed by the operator on this server",
-            ),
-        );
-        return;
+        return s.reply_error(stanza, operator_only("accounts are removed"));
     }
     let config = s.state.config.clone();
     let bare = s.bare.clone();
@@ -128,12 +116,6 @@ async fn remove(s: &mut Session, stanza: &Stanza) {
                 ),
             );
         }
-        Err(e) => {
-            tracing::error!(account = %s.bare, "removing the account: {e}");
-            s.reply_error(
-                stanza,
-                StanzaError::new(StanzaErrorCondition::InternalServerError),
-            );
-        }
+        Err(e) => super::store_failed(s, stanza, "removing the account", &e),
     }
 }
