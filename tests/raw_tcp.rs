@@ -742,6 +742,15 @@ async fn in_band_password_change_and_account_removal() {
     a.send("<iq type='set' id='c1' to='localhost'><query xmlns='jabber:iq:register'><username>alice</username><password>new &amp; long</password></query></iq>").await;
     let r = a.expect_element(&["<iq", "id='c1'"]).await;
     assert!(r.contains("type='result'"), "{r}");
+    // Deriving keys costs CPU: a second change right after is refused for a while.
+    a.send("<iq type='set' id='c2'><query xmlns='jabber:iq:register'><username>alice</username><password>again</password></query></iq>").await;
+    let r = a.expect_element(&["<iq", "id='c2'"]).await;
+    assert!(
+        r.contains("type='error'")
+            && r.contains("<resource-constraint")
+            && r.contains("try again in"),
+        "{r}"
+    );
     // The old password no longer works; the new one does.
     let mut c = RawClient::connect(t.starttls, t.ca_pem()).await;
     c.starttls(DOMAIN).await;

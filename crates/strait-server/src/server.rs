@@ -54,6 +54,8 @@ pub struct ServerState {
     /// XEP-0115 verification hash, made at start from the configuration.
     pub server_info: String,
     pub server_caps_ver: String,
+    /// Recent in-band password changes (XEP-0077), to space them out.
+    pub password_changes: crate::features::register::PasswordChanges,
     /// Accounts' vCard photo hashes (XEP-0398 presence stamping).
     pub avatar_hashes: crate::features::avatar::HashCache,
     /// External components (XEP-0114) connected now.
@@ -409,6 +411,7 @@ impl Server {
             uploads: uploads.clone(),
             components: Default::default(),
             avatar_hashes: Default::default(),
+            password_changes: Default::default(),
             c2s_config: Default::default(),
             detached_writes: Default::default(),
             next_conn_id: AtomicU64::new(1),

@@ -12,6 +12,27 @@ use strait_wire::escape_text;
 
 pub const NS: &str = "jabber:iq:register";
 
+/// Shortest time between two password changes of one account.
+pub const PASSWORD_CHANGE_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// When each account last changed its password in band (only recent ones are kept).
+#[derive(Default)]
+pub struct PasswordChanges(std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>);
+
+impl PasswordChanges {
+    /// Admits a change for `bare` now, or says how long it has to wait.
+    pub fn admit(&self, bare: &str) -> Result<(), std::time::Duration> {
+        let now = std::time::Instant::now();
+        let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        g.retain(|_, at| now.duration_since(*at) < PASSWORD_CHANGE_EVERY);
+        if let Some(at) = g.get(bare) {
+            return Err(PASSWORD_CHANGE_EVERY - now.duration_since(*at));
+        }
+        g.insert(bare.to_owned(), now);
+        Ok(())
+    }
+}
+
 /// `not-allowed`: the configuration leaves this to the operator.
 fn operator_only(what: &str) -> StanzaError {
     StanzaError::with_text(
@@ -66,6 +87,23 @@ pub async fn handle(s: &mut Session, stanza: &Stanza, q: &Element) {
         s.reply_error(
             stanza,
             StanzaError::with_text(StanzaErrorCondition::NotAcceptable, "empty password"),
+        );
+        return;
+    }
+    // Deriving the SCRAM keys costs the server milliseconds of CPU: one change per account
+    // per PASSWORD_CHANGE_EVERY, so that a client cannot keep the blocking pool busy.
+    if let Err(wait) = s.state.password_changes.admit(&s.bare) {
+        s.reply_error(
+            stanza,
+            StanzaError {
+                error_type: strait_wire::ErrorType::Wait,
+                condition: StanzaErrorCondition::ResourceConstraint,
+                text: Some(format!(
+                    "the password was just changed; try again in {} s",
+                    wait.as_secs().max(1)
+                )),
+                by: None,
+            },
         );
         return;
     }
