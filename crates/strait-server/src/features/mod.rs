@@ -96,6 +96,28 @@ pub fn store_failed(
     );
 }
 
+/// Answers a request once its store write has run: the empty result; past a per-account
+/// limit `resource-constraint` with `quota(limit)` as the text; otherwise [`store_failed`].
+pub fn answer_write(
+    s: &mut crate::c2s::session::Session,
+    request: &Stanza,
+    r: Result<(), strait_store::StoreError>,
+    quota: impl FnOnce(usize) -> String,
+    what: &str,
+) {
+    match r {
+        Ok(()) => s.reply(iq_result(request, None)),
+        Err(strait_store::StoreError::QuotaExceeded { limit, .. }) => s.reply_error(
+            request,
+            StanzaError::with_text(
+                strait_wire::StanzaErrorCondition::ResourceConstraint,
+                quota(limit),
+            ),
+        ),
+        Err(e) => store_failed(s, request, what, &e),
+    }
+}
+
 /// The error for an address on a domain this server cannot reach (no interop link to it).
 pub fn unreachable_domain(domain: &str) -> StanzaError {
     StanzaError::with_text(

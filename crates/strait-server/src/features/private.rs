@@ -8,7 +8,6 @@
 //! for when nothing is stored: the client cannot tell the two apart.
 
 use minidom::Element;
-use strait_store::StoreError;
 use strait_wire::{Stanza, StanzaError, StanzaErrorCondition, ns};
 
 use super::{escape_attr, iq_result};
@@ -122,15 +121,11 @@ async fn set(s: &mut Session, stanza: &Stanza, children: &[&Element]) {
         .state
         .store(move |st| st.set_private_xml(&owner, &writes, MAX_NAMESPACES))
         .await;
-    match r {
-        Ok(()) => s.reply(iq_result(stanza, None)),
-        Err(StoreError::QuotaExceeded { limit, .. }) => s.reply_error(
-            stanza,
-            StanzaError::with_text(
-                StanzaErrorCondition::ResourceConstraint,
-                format!("private storage holds at most {limit} namespaces per account"),
-            ),
-        ),
-        Err(e) => super::store_failed(s, stanza, "storing private XML", &e),
-    }
+    super::answer_write(
+        s,
+        stanza,
+        r,
+        |limit| format!("private storage holds at most {limit} namespaces per account"),
+        "storing private XML",
+    );
 }

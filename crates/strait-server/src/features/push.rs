@@ -13,7 +13,7 @@
 //! server that answers a notification with an error has that registration removed.
 
 use minidom::Element;
-use strait_store::{PushRegistration, StoreError};
+use strait_store::PushRegistration;
 use strait_wire::{Stanza, StanzaError, StanzaErrorCondition, ns};
 
 use super::{attr, iq_result};
@@ -96,17 +96,13 @@ pub async fn handle(s: &mut Session, stanza: &Stanza, p: &Element) {
                 .state
                 .store(move |st| st.push_enable(&owner, &reg, MAX_REGISTRATIONS))
                 .await;
-            match r {
-                Ok(()) => s.reply(iq_result(stanza, None)),
-                Err(StoreError::QuotaExceeded { limit, .. }) => s.reply_error(
-                    stanza,
-                    StanzaError::with_text(
-                        StanzaErrorCondition::ResourceConstraint,
-                        format!("an account may enable push for at most {limit} devices"),
-                    ),
-                ),
-                Err(e) => super::store_failed(s, stanza, "storing a push registration", &e),
-            }
+            super::answer_write(
+                s,
+                stanza,
+                r,
+                |limit| format!("an account may enable push for at most {limit} devices"),
+                "storing a push registration",
+            );
         }
         _ => {
             let r = s
