@@ -11,6 +11,7 @@ pub mod component;
 pub mod config;
 pub mod features;
 pub mod http;
+pub mod interop;
 pub mod net;
 pub mod router;
 pub mod sasl;

@@ -15,6 +15,7 @@
 
 mod archive;
 mod blocking;
+mod interop;
 mod memory;
 mod pep;
 mod sqlite;
@@ -24,6 +25,10 @@ mod testsuite;
 
 pub use archive::{ArchivePage, ArchivePrefs, ArchiveQuery, ArchiveStore, ArchivedMessage};
 pub use blocking::BlockingStore;
+pub use interop::{
+    AuditEntry, AuditNote, Consent, ConsentStore, InboxMode, Provider, ProviderStatus,
+    ProviderStore, Scope, TermsAcceptance,
+};
 pub use memory::MemoryStore;
 pub use pep::{
     PepItem, PepNodeConfig, PepStore, PrivateStore, PushRegistration, PushStore, VcardStore,
@@ -43,6 +48,10 @@ pub enum StoreError {
     NotFound(String),
     #[error("{account} is at its limit ({limit})")]
     QuotaExceeded { account: String, limit: usize },
+    /// The write would break a uniqueness rule beyond the key itself (a domain that
+    /// belongs to another provider).
+    #[error("{0}")]
+    Conflict(String),
     #[error("storage backend: {0}")]
     Backend(String),
 }
@@ -219,6 +228,8 @@ pub trait Store:
     + VcardStore
     + PrivateStore
     + PushStore
+    + ProviderStore
+    + ConsentStore
     + BlockingStore
     + ArchiveStore
     + BatchWrite

@@ -34,6 +34,10 @@ struct Inner {
     /// owner → archived messages in archive order (XEP-0313).
     archives: HashMap<String, Vec<crate::ArchivedMessage>>,
     archive_prefs: HashMap<String, crate::ArchivePrefs>,
+    /// id → provider.
+    providers: BTreeMap<String, crate::Provider>,
+    provider_audit: Vec<crate::AuditEntry>,
+    consent: HashMap<String, crate::Consent>,
 }
 
 /// In-memory store; everything is lost when it is dropped.
@@ -78,6 +82,7 @@ impl AccountStore for MemoryStore {
         g.blocklists.remove(jid);
         g.archives.remove(jid);
         g.archive_prefs.remove(jid);
+        g.consent.remove(jid);
         Ok(())
     }
 
@@ -431,6 +436,106 @@ impl PushStore for MemoryStore {
 
     fn push_registrations(&self, owner: &str) -> Result<Vec<PushRegistration>> {
         Ok(self.lock().push.get(owner).cloned().unwrap_or_default())
+    }
+}
+
+impl Inner {
+    /// The provider other than `p` that holds one of `p`'s domains, if any, as the error.
+    fn domain_conflict(&self, p: &crate::Provider) -> Result<()> {
+        for other in self.providers.values().filter(|o| o.id != p.id) {
+            if let Some(d) = p.domains.iter().find(|d| other.domains.contains(d)) {
+                return Err(StoreError::Conflict(format!(
+                    "the domain {d} belongs to the provider {}",
+                    other.id
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn audit(&mut self, provider: &str, n: &crate::AuditNote<'_>) {
+        let seq = self.provider_audit.last().map_or(1, |e| e.seq + 1);
+        self.provider_audit.push(crate::AuditEntry {
+            seq,
+            at_ms: n.at_ms,
+            provider: provider.to_owned(),
+            actor: n.actor.to_owned(),
+            action: n.action.to_owned(),
+            detail: n.detail.to_owned(),
+        });
+    }
+}
+
+impl crate::ProviderStore for MemoryStore {
+    fn provider_add(&self, p: &crate::Provider, note: &crate::AuditNote<'_>) -> Result<()> {
+        let mut g = self.lock();
+        if g.providers.contains_key(&p.id) {
+            return Err(StoreError::Conflict(format!(
+                "the provider {} already exists",
+                p.id
+            )));
+        }
+        g.domain_conflict(p)?;
+        g.providers.insert(p.id.clone(), p.clone());
+        g.audit(&p.id, note);
+        Ok(())
+    }
+
+    fn provider_update(&self, p: &crate::Provider, note: &crate::AuditNote<'_>) -> Result<()> {
+        let mut g = self.lock();
+        if !g.providers.contains_key(&p.id) {
+            return Err(StoreError::NotFound(format!("provider {}", p.id)));
+        }
+        g.domain_conflict(p)?;
+        g.providers.insert(p.id.clone(), p.clone());
+        g.audit(&p.id, note);
+        Ok(())
+    }
+
+    fn provider(&self, id: &str) -> Result<Option<crate::Provider>> {
+        Ok(self.lock().providers.get(id).cloned())
+    }
+
+    fn providers(&self) -> Result<Vec<crate::Provider>> {
+        Ok(self.lock().providers.values().cloned().collect())
+    }
+
+    fn provider_audit(
+        &self,
+        provider: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<crate::AuditEntry>> {
+        let g = self.lock();
+        let mut v: Vec<_> = g
+            .provider_audit
+            .iter()
+            .rev()
+            .filter(|e| provider.is_none_or(|p| e.provider == p))
+            .take(limit)
+            .cloned()
+            .collect();
+        v.reverse();
+        Ok(v)
+    }
+
+    fn registry_version(&self) -> Result<i64> {
+        Ok(self.lock().provider_audit.last().map_or(0, |e| e.seq))
+    }
+}
+
+impl crate::ConsentStore for MemoryStore {
+    fn consent(&self, owner: &str) -> Result<crate::Consent> {
+        Ok(self.lock().consent.get(owner).cloned().unwrap_or_default())
+    }
+
+    fn set_consent(&self, owner: &str, consent: &crate::Consent) -> Result<()> {
+        let mut g = self.lock();
+        if !g.accounts.contains_key(owner) {
+            return Err(StoreError::NotFound(owner.to_owned()));
+        }
+        g.consent
+            .insert(owner.to_owned(), consent.clone().normalized());
+        Ok(())
     }
 }
 

@@ -26,6 +26,8 @@ use std::sync::{Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+mod interop;
+
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use crate::{
@@ -356,6 +358,46 @@ const MIGRATIONS: &[&str] = &[
         options  TEXT,
         UNIQUE (owner, jid, node)
     );
+    ",
+    // 14: the interop registry (providers, their domains, the audit log of every change)
+    // and users' consent to third-party chats.
+    "
+    CREATE TABLE providers (
+        id             TEXT PRIMARY KEY NOT NULL,
+        name           TEXT NOT NULL,
+        status         TEXT NOT NULL,
+        terms_version  TEXT,
+        terms_ms       INTEGER,
+        terms_by       TEXT,
+        issuer         TEXT,
+        jwks           TEXT,
+        cert_pins      TEXT NOT NULL,
+        scopes         TEXT NOT NULL,
+        rate           INTEGER,
+        user_rate      INTEGER
+    ) WITHOUT ROWID;
+    CREATE TABLE provider_domains (
+        domain    TEXT PRIMARY KEY NOT NULL,
+        provider  TEXT NOT NULL,
+        pos       INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX provider_domains_by_provider ON provider_domains (provider);
+    CREATE TABLE provider_audit (
+        seq       INTEGER PRIMARY KEY,
+        at_ms     INTEGER NOT NULL,
+        provider  TEXT NOT NULL,
+        actor     TEXT NOT NULL,
+        action    TEXT NOT NULL,
+        detail    TEXT NOT NULL
+    );
+    CREATE INDEX provider_audit_by_provider ON provider_audit (provider, seq);
+    CREATE TABLE consent (
+        owner       TEXT PRIMARY KEY NOT NULL,
+        enabled     INTEGER NOT NULL,
+        inbox       TEXT NOT NULL,
+        providers   TEXT NOT NULL,
+        updated_ms  INTEGER NOT NULL
+    ) WITHOUT ROWID;
     ",
 ];
 
@@ -1743,6 +1785,7 @@ impl AccountStore for SqliteStore {
             c.execute("DELETE FROM vcards WHERE owner = ?1", [&jid])?;
             c.execute("DELETE FROM private_xml WHERE owner = ?1", [&jid])?;
             c.execute("DELETE FROM push_registrations WHERE owner = ?1", [&jid])?;
+            c.execute("DELETE FROM consent WHERE owner = ?1", [&jid])?;
             c.execute("DELETE FROM blocklist WHERE owner = ?1", [&jid])?;
             archive_delete_owner(c, &jid)?;
             c.execute("DELETE FROM archive_prefs WHERE owner = ?1", [&jid])?;

@@ -1149,6 +1149,138 @@ pub fn archive_time_order(s: &impl Store) {
     assert_eq!(again.messages[0].stamp_ms, 100);
 }
 
+fn note<'a>(at_ms: i64, action: &'a str, detail: &'a str) -> crate::AuditNote<'a> {
+    crate::AuditNote {
+        at_ms,
+        actor: "op",
+        action,
+        detail,
+    }
+}
+
+pub fn providers(s: &impl Store) {
+    use crate::{Provider, ProviderStatus, Scope, StoreError, TermsAcceptance};
+    assert_eq!(s.registry_version().unwrap(), 0);
+    assert!(s.providers().unwrap().is_empty());
+    let mut acme = Provider::new(
+        "acme",
+        "Acme Chat",
+        vec!["acme.example".into(), "a.example".into()],
+    );
+    s.provider_add(&acme, &note(10, "add", "")).unwrap();
+    let v1 = s.registry_version().unwrap();
+    assert!(v1 > 0);
+    assert_eq!(s.provider("acme").unwrap().as_ref(), Some(&acme));
+    assert_eq!(s.provider("nope").unwrap(), None);
+
+    // Ids and domains are unique; a refused write changes nothing, not even the audit log.
+    match s.provider_add(&acme, &note(11, "add", "")) {
+        Err(StoreError::Conflict(m)) => assert!(m.contains("acme"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    let beta = Provider::new("beta", "Beta", vec!["b.example".into(), "a.example".into()]);
+    match s.provider_add(&beta, &note(12, "add", "")) {
+        Err(StoreError::Conflict(m)) => {
+            assert!(m.contains("a.example") && m.contains("acme"), "{m}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(s.provider("beta").unwrap(), None);
+    assert_eq!(s.registry_version().unwrap(), v1);
+    let beta = Provider::new("beta", "Beta", vec!["b.example".into()]);
+    s.provider_add(&beta, &note(13, "add", "")).unwrap();
+
+    // Every field survives a round trip, and domains keep their order.
+    acme.status = ProviderStatus::Active;
+    acme.terms = Some(TermsAcceptance {
+        version: "2024-03".into(),
+        accepted_ms: 1_700_000_000_000,
+        accepted_by: "Jo Signer".into(),
+    });
+    acme.issuer = Some("https://acme.example".into());
+    acme.jwks = Some(r#"{"keys":[]}"#.into());
+    acme.cert_pins = vec!["ab".repeat(32), "cd".repeat(32)];
+    acme.scopes = vec![Scope::Text, Scope::Media, Scope::Files];
+    acme.rate_per_sec = Some(500);
+    acme.user_rate_per_sec = Some(5);
+    acme.domains = vec!["z.example".into(), "acme.example".into()];
+    s.provider_update(&acme, &note(20, "activate", "signed"))
+        .unwrap();
+    assert_eq!(s.provider("acme").unwrap().as_ref(), Some(&acme));
+    // a.example is free again.
+    let gamma = Provider::new("gamma", "Gamma", vec!["a.example".into()]);
+    s.provider_add(&gamma, &note(21, "add", "")).unwrap();
+    let mut taken = beta.clone();
+    taken.domains.push("z.example".into());
+    assert!(matches!(
+        s.provider_update(&taken, &note(22, "update", "")),
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(s.provider("beta").unwrap().as_ref(), Some(&beta));
+    assert!(matches!(
+        s.provider_update(&Provider::new("nope", "N", vec![]), &note(23, "update", "")),
+        Err(StoreError::NotFound(_))
+    ));
+    let ids: Vec<String> = s.providers().unwrap().into_iter().map(|p| p.id).collect();
+    assert_eq!(ids, ["acme", "beta", "gamma"]);
+
+    // The audit log: one entry per change, oldest first, per provider or all.
+    let all = s.provider_audit(None, 100).unwrap();
+    let actions: Vec<(&str, &str, i64)> = all
+        .iter()
+        .map(|e| (e.provider.as_str(), e.action.as_str(), e.at_ms))
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            ("acme", "add", 10),
+            ("beta", "add", 13),
+            ("acme", "activate", 20),
+            ("gamma", "add", 21)
+        ]
+    );
+    assert!(all.windows(2).all(|w| w[0].seq < w[1].seq));
+    assert_eq!(s.registry_version().unwrap(), all[3].seq);
+    let acme_log = s.provider_audit(Some("acme"), 100).unwrap();
+    assert_eq!(acme_log.len(), 2);
+    assert_eq!(
+        (acme_log[1].actor.as_str(), acme_log[1].detail.as_str()),
+        ("op", "signed")
+    );
+    let last = s.provider_audit(None, 1).unwrap();
+    assert_eq!(last[0].provider, "gamma");
+}
+
+pub fn consent(s: &impl Store) {
+    use crate::{Consent, InboxMode, StoreError};
+    let o = "a@x.example";
+    s.create_account(o, &creds(1)).unwrap();
+    assert_eq!(s.consent(o).unwrap(), Consent::default());
+    assert!(!s.consent(o).unwrap().allows("acme"));
+    let c = Consent {
+        enabled: true,
+        inbox: InboxMode::Combined,
+        providers: vec!["zeta".into(), "acme".into(), "acme".into()],
+        updated_ms: 42,
+    };
+    s.set_consent(o, &c).unwrap();
+    let got = s.consent(o).unwrap();
+    assert_eq!(got.providers, ["acme", "zeta"]);
+    assert_eq!(
+        (got.enabled, got.inbox, got.updated_ms),
+        (true, InboxMode::Combined, 42)
+    );
+    assert!(got.allows("acme") && !got.allows("beta"));
+    assert!(matches!(
+        s.set_consent("nobody@x.example", &c),
+        Err(StoreError::NotFound(_))
+    ));
+    // Removing the account forgets its consent; a new account of the same name starts off.
+    s.remove_account(o).unwrap();
+    s.create_account(o, &creds(1)).unwrap();
+    assert_eq!(s.consent(o).unwrap(), Consent::default());
+}
+
 macro_rules! suite {
     ($modname:ident, $make:expr) => {
         mod $modname {
@@ -1198,6 +1330,16 @@ macro_rules! suite {
             fn push() {
                 let (s, _guard) = $make;
                 super::push(&s);
+            }
+            #[test]
+            fn providers() {
+                let (s, _guard) = $make;
+                super::providers(&s);
+            }
+            #[test]
+            fn consent() {
+                let (s, _guard) = $make;
+                super::consent(&s);
             }
             #[test]
             fn private_xml() {

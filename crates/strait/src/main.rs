@@ -10,6 +10,7 @@ use strait_server::{Config, Server, accounts};
 use strait_store::{AccountStore, SqliteStore};
 
 mod import;
+mod provider;
 
 /// jemalloc instead of glibc's malloc. Connection tasks move between tokio's worker threads,
 /// so buffers are often freed on another thread than the one that allocated them; glibc frees
@@ -42,6 +43,10 @@ enum Command {
     /// Manage accounts: add, remove, passwd, list, import.
     #[command(subcommand)]
     User(UserCommand),
+    /// Manage third-party providers and their agreements: add, set, terms, activate,
+    /// suspend, terminate, list, show, audit.
+    #[command(subcommand)]
+    Provider(provider::ProviderCommand),
     /// Manage uploaded files (XEP-0363): list them, or take one down.
     #[command(subcommand)]
     Upload(UploadCommand),
@@ -116,6 +121,9 @@ enum UserCommand {
         #[arg(long)]
         update_existing: bool,
     },
+    /// Show or change a user's consent to third-party chats (off until the user opts in):
+    /// on or off, which providers may reach them, separate or combined inbox.
+    Consent(provider::ConsentArgs),
     /// List accounts, optionally of one domain.
     List {
         /// Only this domain's accounts.
@@ -241,6 +249,7 @@ fn run() -> Result<()> {
                 .block_on(serve(config))
         }
         Command::User(cmd) => user(cmd),
+        Command::Provider(cmd) => provider::run(cmd),
         Command::Upload(cmd) => upload(cmd),
         Command::Bench(args) => strait_bench::main(*args),
     }
@@ -374,6 +383,7 @@ fn user(cmd: UserCommand) -> Result<()> {
                 summary.skipped
             );
         }
+        UserCommand::Consent(a) => provider::consent(a)?,
         UserCommand::List { of_domain, config } => {
             let config = load_config(&config)?;
             let store = open_store(&config)?;
@@ -384,4 +394,16 @@ fn user(cmd: UserCommand) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// clap checks its argument definitions (unique names, valid conflicts) only when a
+    /// command runs; this runs the checks for every subcommand.
+    #[test]
+    fn command_line_definitions_are_consistent() {
+        super::Cli::command().debug_assert();
+    }
 }
