@@ -45,6 +45,12 @@ const SPEC_OF: &[(&str, Spec)] = &[
         "urn:ietf:params:xml:ns:xmpp-session",
         NotClaimed("RFC 3921 session establishment, offered as optional for old clients"),
     ),
+    (
+        "urn:strait:interop:0",
+        NotClaimed(
+            "Strait's own interop protocol (consent, origin stamps), specified in docs/interop.md",
+        ),
+    ),
     ("urn:xmpp:features:rosterver", Rfc(6121)),
     ("urn:xmpp:csi:0", Xep(352)),
     ("urn:xmpp:sm:3", Xep(198)),

@@ -592,6 +592,23 @@ impl Router {
         }
     }
 
+    /// Tells every session of accounts under these domains to close (a provider's agreement
+    /// was suspended or ended); how many were told.
+    pub fn close_domains(&self, domains: &[String], error: &StreamError) -> usize {
+        let map = self.sessions.read().expect("router lock");
+        let mut n = 0;
+        for (bare, resources) in map.iter() {
+            let domain = bare.rsplit_once('@').map_or(bare.as_str(), |(_, d)| d);
+            if domains.iter().any(|d| d == domain) {
+                for r in resources {
+                    let _ = r.handle.tx.try_send(Outbound::Close(error.clone()));
+                    n += 1;
+                }
+            }
+        }
+        n
+    }
+
     /// Tells every connection to close (server shutdown).
     pub fn close_all(&self, error: &StreamError) {
         let map = self.sessions.read().expect("router lock");

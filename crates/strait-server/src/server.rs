@@ -60,6 +60,8 @@ pub struct ServerState {
     pub avatar_hashes: crate::features::avatar::HashCache,
     /// External components (XEP-0114) connected now.
     pub components: crate::component::Components,
+    /// Third-party providers and the boundary policy's state.
+    pub interop: crate::interop::Interop,
     /// The negotiation settings every client connection shares, made on first use.
     pub c2s_config: std::sync::OnceLock<Arc<strait_wire::negotiation::C2sConfig>>,
     /// Write batches queued by [`ServerState::queue_detached`] and not yet committed.
@@ -206,8 +208,23 @@ impl ServerState {
         );
     }
 
+    /// Whether accounts under `domain` live here: the platform's own domains, and those
+    /// served on behalf of registered providers (their enlisted users).
     pub fn is_local_domain(&self, domain: &str) -> bool {
-        self.config.served_domain(domain).is_some()
+        self.local_domain(domain).is_some()
+    }
+
+    /// The stored form of a domain whose accounts live here (see [`Self::is_local_domain`]).
+    pub fn local_domain(&self, domain: &str) -> Option<String> {
+        if let Some(d) = self.config.served_domain(domain) {
+            return Some(d.to_owned());
+        }
+        let snapshot = self.interop.snapshot();
+        let p = snapshot.provider_of_domain(domain)?;
+        p.domains
+            .iter()
+            .find(|d| d.eq_ignore_ascii_case(domain))
+            .cloned()
     }
 }
 
@@ -410,6 +427,7 @@ impl Server {
             archive_prefs: Default::default(),
             uploads: uploads.clone(),
             components: Default::default(),
+            interop: Default::default(),
             avatar_hashes: Default::default(),
             password_changes: Default::default(),
             c2s_config: Default::default(),
@@ -417,6 +435,9 @@ impl Server {
             next_conn_id: AtomicU64::new(1),
         });
         let mut tasks = JoinSet::new();
+        // The provider registry is read before the first client connects.
+        let registry = crate::interop::refresh(&state, -1).await;
+        tasks.spawn(crate::interop::watch_registry(state.clone(), registry));
         let mut local_addrs = Vec::new();
         let mut local_https = Vec::new();
         let mut local_components = Vec::new();

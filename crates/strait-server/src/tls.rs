@@ -42,6 +42,44 @@ pub struct TlsConfigs {
     pub direct: Arc<rustls::ServerConfig>,
     /// For the HTTPS listeners (uploads), ALPN `http/1.1`.
     pub https: Arc<rustls::ServerConfig>,
+    /// The certificates by name, shared by the three; domains served for providers join it
+    /// while the server runs ([`TlsConfigs::add_domain`]).
+    resolver: Arc<SniResolver>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl TlsConfigs {
+    /// Makes `domain` (one served on a provider's behalf) present a certificate of its own:
+    /// the one configured for it in `[[tls.certificates]]`, else one the local CA signs.
+    /// Blocking (file I/O, maybe key generation). `false` if it already had one.
+    pub fn add_domain(&self, config: &Config, domain: &str) -> Result<bool, TlsError> {
+        let name = domain.to_ascii_lowercase();
+        if self
+            .resolver
+            .keys
+            .read()
+            .expect("tls lock")
+            .contains_key(&name)
+        {
+            return Ok(false);
+        }
+        let (cert, key) = match config
+            .tls
+            .certificates
+            .iter()
+            .find(|c| c.domain.eq_ignore_ascii_case(domain))
+        {
+            Some(c) => (c.cert.clone(), c.key.clone()),
+            None => ensure_local_certificate(&config.data_dir.join("tls"), &name)?,
+        };
+        let k = certified_key(&self.provider, &name, &cert, &key)?;
+        self.resolver
+            .keys
+            .write()
+            .expect("tls lock")
+            .insert(name, k);
+        Ok(true)
+    }
 }
 
 /// Loads the configured certificates, makes the missing ones, and builds the rustls configs.
@@ -81,7 +119,7 @@ pub fn load(config: &Config) -> Result<TlsConfigs, TlsError> {
     }
     let resolver = Arc::new(SniResolver {
         default: keys[&config.domains[0].to_ascii_lowercase()].clone(),
-        keys,
+        keys: std::sync::RwLock::new(keys),
     });
     let build =
         |alpn: Vec<Vec<u8>>, extract: bool| -> Result<Arc<rustls::ServerConfig>, TlsError> {
@@ -99,6 +137,8 @@ pub fn load(config: &Config) -> Result<TlsConfigs, TlsError> {
         starttls: build(Vec::new(), true)?,
         direct: build(vec![ALPN_XMPP_CLIENT.to_vec()], true)?,
         https: build(vec![b"http/1.1".to_vec()], false)?,
+        resolver,
+        provider,
     })
 }
 
@@ -139,18 +179,17 @@ fn certified_key(
 /// that a plain `openssl s_client` still completes a handshake.
 #[derive(Debug)]
 struct SniResolver {
-    keys: HashMap<String, Arc<CertifiedKey>>,
+    keys: std::sync::RwLock<HashMap<String, Arc<CertifiedKey>>>,
     default: Arc<CertifiedKey>,
 }
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let keys = self.keys.read().expect("tls lock");
         let by_name = hello.server_name().and_then(|n| {
             let n = n.to_ascii_lowercase();
-            self.keys.get(&n).or_else(|| {
-                n.split_once('.')
-                    .and_then(|(_, parent)| self.keys.get(parent))
-            })
+            keys.get(&n)
+                .or_else(|| n.split_once('.').and_then(|(_, parent)| keys.get(parent)))
         });
         Some(by_name.unwrap_or(&self.default).clone())
     }

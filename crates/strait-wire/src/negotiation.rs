@@ -11,8 +11,14 @@ use crate::stanza::{Stanza, StanzaKind, escape_attr, escape_text, ns};
 /// What the server offers and requires on client streams.
 #[derive(Clone, Debug)]
 pub struct C2sConfig {
-    /// Served domains; a header whose `to` is not one of them gets host-unknown.
+    /// Served domains; a header whose `to` is not one of them (nor a provider domain) gets
+    /// host-unknown.
     pub domains: Vec<String>,
+    /// Domains served on behalf of third-party providers: their users log in with
+    /// [`C2sConfig::mechanisms_provider`] instead of the platform's own mechanisms.
+    pub provider_domains: Vec<String>,
+    /// SASL mechanisms offered over TLS on a provider domain's streams, in order.
+    pub mechanisms_provider: Vec<String>,
     /// STARTTLS can be offered.
     pub tls_available: bool,
     /// No SASL before TLS.
@@ -31,6 +37,8 @@ impl Default for C2sConfig {
     fn default() -> Self {
         C2sConfig {
             domains: Vec::new(),
+            provider_domains: Vec::new(),
+            mechanisms_provider: vec!["OAUTHBEARER".into()],
             tls_available: true,
             require_tls: true,
             mechanisms_secure: vec!["SCRAM-SHA-256".into(), "SCRAM-SHA-1".into()],
@@ -307,9 +315,10 @@ impl C2sNegotiation {
     fn on_header(&mut self, h: &StreamHeader) -> Vec<Action> {
         let to = h.to.as_deref().map(|t| t.to_ascii_lowercase());
         let served = to.as_deref().filter(|t| {
-            self.config
-                .domains
+            let c = &self.config;
+            c.domains
                 .iter()
+                .chain(&c.provider_domains)
                 .any(|d| d.eq_ignore_ascii_case(t))
         });
         match (&self.domain, served) {
@@ -344,8 +353,20 @@ impl C2sNegotiation {
         self.secure || !self.config.require_tls
     }
 
+    /// Whether this stream is to a domain served on behalf of a provider.
+    pub fn is_provider_stream(&self) -> bool {
+        self.domain.as_deref().is_some_and(|d| {
+            self.config
+                .provider_domains
+                .iter()
+                .any(|p| p.eq_ignore_ascii_case(d))
+        })
+    }
+
     fn offered_mechanisms(&self) -> &[String] {
-        if self.secure {
+        if self.secure && self.is_provider_stream() {
+            &self.config.mechanisms_provider
+        } else if self.secure {
             &self.config.mechanisms_secure
         } else if self.config.require_tls {
             &[]

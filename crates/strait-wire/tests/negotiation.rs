@@ -467,3 +467,38 @@ fn peer_close_before_establishment() {
     assert_eq!(c.client("</stream:stream>"), vec![Action::PeerClosed]);
     assert!(c.neg.is_closed());
 }
+
+#[test]
+fn provider_domains_offer_only_the_provider_mechanisms() {
+    let config = C2sConfig {
+        provider_domains: vec!["acme.example".into()],
+        ..config()
+    };
+    let mut c = Conn::new(config.clone(), true);
+    c.client(&CLIENT_HEADER.replace("to='example.com'", "to='ACME.example'"));
+    let sent = c.take_sent();
+    assert!(c.neg.is_provider_stream());
+    assert!(
+        sent.contains("from='acme.example'")
+            && sent.contains("<mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><mechanism>OAUTHBEARER</mechanism></mechanisms>"),
+        "{sent}"
+    );
+    // The platform's own mechanisms are not accepted there.
+    c.client("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='SCRAM-SHA-256'>biwsbj11LHI9YQ==</auth>");
+    assert!(c.take_sent().contains("<invalid-mechanism/>"));
+    // Nor OAUTHBEARER on the platform's own domain.
+    let mut c = Conn::new(config.clone(), true);
+    c.client(CLIENT_HEADER);
+    assert!(!c.neg.is_provider_stream());
+    assert!(!c.take_sent().contains("OAUTHBEARER"));
+    c.client("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='OAUTHBEARER'>eA==</auth>");
+    assert!(c.take_sent().contains("<invalid-mechanism/>"));
+    // Before TLS, nothing is offered on a provider domain either.
+    let mut c = Conn::new(config, false);
+    c.client(&CLIENT_HEADER.replace("to='example.com'", "to='acme.example'"));
+    let sent = c.take_sent();
+    assert!(
+        sent.contains("<starttls") && !sent.contains("<mechanism>"),
+        "{sent}"
+    );
+}

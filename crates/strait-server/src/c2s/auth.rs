@@ -3,6 +3,7 @@
 
 use super::connection::Connection;
 use crate::accounts;
+use crate::interop::enlist;
 use crate::sasl::{self, ScramHash, ScramServer};
 use strait_wire::SaslFailure;
 use strait_wire::negotiation::SaslStep;
@@ -16,6 +17,11 @@ pub(super) enum SaslExchange {
     },
     /// SCRAM started without an initial response: the next response is the client-first.
     ScramAwaitingFirst(ScramHash),
+    /// OAUTHBEARER started without an initial response: the next response is the message.
+    BearerAwaitingMessage,
+    /// OAUTHBEARER refused: the error challenge went out, and the client's dummy response
+    /// (RFC 7628 §3.2.3) gets this failure text.
+    BearerFailed(String),
 }
 
 fn failure(condition: SaslFailure, text: impl Into<String>) -> SaslStep {
@@ -69,6 +75,15 @@ impl Connection {
             "SCRAM-SHA-256" => ScramHash::Sha256,
             "SCRAM-SHA-1" => ScramHash::Sha1,
             "PLAIN" => return self.plain(initial.unwrap_or_default()).await,
+            enlist::MECHANISM => {
+                return match initial {
+                    Some(m) if !m.is_empty() => self.bearer(&m).await,
+                    _ => {
+                        self.sasl = Some(SaslExchange::BearerAwaitingMessage);
+                        SaslStep::Challenge(Vec::new())
+                    }
+                };
+            }
             _ => return failure(SaslFailure::InvalidMechanism, "mechanism not offered"),
         };
         match initial {
@@ -83,6 +98,8 @@ impl Connection {
     pub(super) async fn sasl_response(&mut self, data: &[u8]) -> SaslStep {
         match self.sasl.take() {
             Some(SaslExchange::ScramAwaitingFirst(hash)) => self.scram_first(hash, data).await,
+            Some(SaslExchange::BearerAwaitingMessage) => self.bearer(data).await,
+            Some(SaslExchange::BearerFailed(text)) => failure(SaslFailure::NotAuthorized, text),
             Some(SaslExchange::Scram {
                 mut server,
                 account,
@@ -151,6 +168,72 @@ impl Connection {
             account,
         });
         SaslStep::Challenge(first)
+    }
+
+    /// OAUTHBEARER (enlistment): a token the provider signed for its user. The account is
+    /// made on the first login.
+    async fn bearer(&mut self, msg: &[u8]) -> SaslStep {
+        let Some(domain) = self.negotiation_domain() else {
+            return failure(SaslFailure::NotAuthorized, "no domain");
+        };
+        let snapshot = self.state.interop.snapshot();
+        let result = match snapshot.provider_of_domain(&domain) {
+            None => Err(enlist::EnlistError::NoKeys(domain.clone())),
+            Some(provider) => enlist::parse_message(msg).and_then(|m| {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                let local =
+                    enlist::verify_token(provider, &m.token, &self.state.config.domains, now)?;
+                let jid = format!("{local}@{domain}");
+                match m.authzid {
+                    Some(a)
+                        if accounts::normalize_jid(&a).map(|j| j.to_string())
+                            != Ok(jid.clone()) =>
+                    {
+                        Err(enlist::EnlistError::Authzid(jid))
+                    }
+                    _ => Ok((jid, provider.id.clone())),
+                }
+            }),
+        };
+        let (jid, provider) = match result {
+            Ok(ok) => ok,
+            Err(e) => {
+                tracing::info!(conn = self.conn_id, peer = %self.peer, %domain, "enlisted login refused: {e}");
+                let text = e.to_string();
+                self.sasl = Some(SaslExchange::BearerFailed(text));
+                return SaslStep::Challenge(enlist::error_challenge(&domain));
+            }
+        };
+        let account = jid.clone();
+        let made = self
+            .state
+            .store(move |s| {
+                if s.account_exists(&account)? {
+                    return Ok(false);
+                }
+                match s.create_account(&account, &enlist::unusable_credentials()) {
+                    Ok(()) => Ok(true),
+                    // Two first logins at once: the other one made it.
+                    Err(strait_store::StoreError::AlreadyExists(_)) => Ok(false),
+                    Err(e) => Err(e),
+                }
+            })
+            .await;
+        match made {
+            Ok(made) => {
+                tracing::info!(conn = self.conn_id, peer = %self.peer, %jid, %provider, made, "enlisted user authenticated");
+                SaslStep::Success {
+                    additional: None,
+                    authenticated_jid: jid,
+                }
+            }
+            Err(e) => {
+                tracing::error!("enlisted account {jid}: {e}");
+                failure(SaslFailure::TemporaryAuthFailure, "storage unavailable")
+            }
+        }
     }
 
     async fn plain(&mut self, msg: Vec<u8>) -> SaslStep {

@@ -277,7 +277,17 @@ fn stream_id() -> String {
 }
 
 /// The negotiation settings, shared by every connection rather than copied into each.
+/// The negotiation settings for a new connection: the platform's own, with the domains of
+/// the registered providers once the registry is loaded.
 fn c2s_config(state: &ServerState) -> Arc<C2sConfig> {
+    match &state.interop.snapshot().c2s {
+        Some(c) => c.clone(),
+        None => base_c2s_config(state),
+    }
+}
+
+/// The platform's own negotiation settings, made on first use.
+pub(crate) fn base_c2s_config(state: &ServerState) -> Arc<C2sConfig> {
     state
         .c2s_config
         .get_or_init(|| Arc::new(make_c2s_config(state)))
@@ -294,6 +304,8 @@ fn make_c2s_config(state: &ServerState) -> C2sConfig {
     }
     C2sConfig {
         domains: state.config.domains.clone(),
+        provider_domains: Vec::new(),
+        mechanisms_provider: vec![crate::interop::enlist::MECHANISM.into()],
         tls_available: true,
         require_tls: true,
         mechanisms_secure: secure,

@@ -21,6 +21,7 @@ pub const SERVER_FEATURES: &[&str] = &[
     super::register::NS,
     super::carbons::NS,
     super::blocking::NS,
+    crate::interop::NS,
 ];
 
 /// Features an account advertises on its bare JID (and `urn:xmpp:mam:2` when archives are

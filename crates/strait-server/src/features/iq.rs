@@ -7,7 +7,7 @@ use strait_wire::{Stanza, StanzaError, StanzaErrorCondition};
 
 const SESSION_NS: &str = "urn:ietf:params:xml:ns:xmpp-session";
 
-pub async fn from_client(s: &mut Session, stanza: Stanza, to: Option<jid::Jid>) {
+pub async fn from_client(s: &mut Session, mut stanza: Stanza, to: Option<jid::Jid>) {
     let ty = stanza.type_.as_deref().unwrap_or("");
     let request = matches!(ty, "get" | "set");
     if !request && !matches!(ty, "result" | "error") {
@@ -85,6 +85,16 @@ pub async fn from_client(s: &mut Session, stanza: Stanza, to: Option<jid::Jid>) 
                 &stanza,
                 StanzaError::new(StanzaErrorCondition::ServiceUnavailable),
             );
+        }
+        return;
+    }
+    // Between a platform user and a provider's user: the boundary policy (interop).
+    if to.node().is_some()
+        && bare != s.bare
+        && let Err(e) = crate::interop::boundary::check(&s.state, &s.bare, &bare, &mut stanza).await
+    {
+        if request {
+            s.reply_error(&stanza, e);
         }
         return;
     }
@@ -219,6 +229,9 @@ async fn account_request(s: &mut Session, stanza: &Stanza, own: bool) {
         }
         (super::vcard::NS, "vCard", _, _) => super::vcard::handle(s, stanza, &p, own).await,
         (super::private::NS, "query", _, _) => super::private::handle(s, stanza, &p, own).await,
+        (crate::interop::NS, "consent", _, true) => {
+            crate::interop::consent_iq::handle(s, stanza, &p).await
+        }
         // XEP-0077 without a `to` (some clients send it so): the same as to the server.
         (super::register::NS, "query", _, true) if stanza.to.is_none() => {
             super::register::handle(s, stanza, &p).await

@@ -41,7 +41,12 @@ pub async fn from_client(s: &mut Session, mut stanza: Stanza, to: Option<jid::Ji
             (own.0.as_deref(), own.1.as_str(), None)
         }
     };
-    let Some(domain) = s.state.config.served_domain(domain).map(str::to_owned) else {
+    let local = match s.state.config.served_domain(domain) {
+        Some(d) => Some(d.to_owned()),
+        // A domain served on a provider's behalf (its enlisted users).
+        None => s.state.local_domain(domain),
+    };
+    let Some(domain) = local else {
         // To an external component (XEP-0114), or unreachable.
         let err = match crate::component::route(&s.state, domain, stanza.clone()) {
             Some(Ok(())) => return,
@@ -80,6 +85,13 @@ pub async fn from_client(s: &mut Session, mut stanza: Stanza, to: Option<jid::Ji
     // The sender's copy (archived, carbon-copied) is made only when something takes it:
     // with archiving off and no other carbons-enabled resource, a message is routed as it
     // came, without a clone, a stanza-id and the archive's bookkeeping.
+    // Between a platform user and a provider's user: the boundary policy (interop).
+    if bare != s.bare
+        && let Err(e) = crate::interop::boundary::check(&s.state, &s.bare, &bare, &mut stanza).await
+    {
+        s.reply_error(&stanza, e);
+        return;
+    }
     let carbon_targets = if bare != s.bare && copies {
         carbons::sent_targets(&s.state, &s.bare, &s.resource)
     } else {

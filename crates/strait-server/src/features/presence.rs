@@ -13,13 +13,33 @@ use strait_store::Subscription;
 use strait_wire::{Stanza, ns};
 
 /// A presence stanza from a client of this server.
-pub async fn from_client(s: &mut Session, stanza: Stanza, to: Option<jid::Jid>) {
+pub async fn from_client(s: &mut Session, mut stanza: Stanza, to: Option<jid::Jid>) {
     let ty = stanza.type_.clone();
     // XEP-0191: presence to a JID the user blocked is dropped.
     if let Some(j) = &to
         && !super::is_bare_of(j, &s.bare)
         && blocking::blocks(&s.state, &s.bare, &j.to_string()).await
     {
+        return;
+    }
+    // The boundary policy, for what asks for or shows presence across it (ending a
+    // subscription always passes).
+    if let Some(j) = &to
+        && j.node().is_some()
+        && !super::is_bare_of(j, &s.bare)
+        && matches!(
+            ty.as_deref(),
+            None | Some("subscribe" | "subscribed" | "probe")
+        )
+        && let Err(e) = crate::interop::boundary::check(
+            &s.state,
+            &s.bare,
+            &j.to_bare().to_string(),
+            &mut stanza,
+        )
+        .await
+    {
+        s.reply_error(&stanza, e);
         return;
     }
     match (to, ty.as_deref()) {

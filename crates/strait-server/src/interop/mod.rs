@@ -1,10 +1,195 @@
 //! The interop layer (DESIGN.md, "The interop model"; docs/interop.md): third-party providers
-//! and their agreements, users' consent to third-party chats.
+//! and their agreements, their users' logins, users' consent, and the boundary policy that
+//! every stanza between parties passes.
 //!
-//! So far: the provider registry with its audit log ([`registry`]) and users' consent
-//! ([`consent`]). Enlistment (provider-signed logins), interop links and the boundary policy
-//! that enforces all of this on the wire are still to come; until they are, no stanza crosses
-//! from a provider to the platform's users.
+//! - [`registry`]: the rules of the provider registry (`strait provider …`);
+//! - [`consent`]: users' choice of third-party chats (`strait user consent`, and the
+//!   `urn:strait:interop:0` IQ in [`consent_iq`]);
+//! - [`enlist`]: a provider's users log in with a token the provider signed (SASL
+//!   OAUTHBEARER, RFC 7628, JWT checked against the provider's registered key set);
+//! - [`boundary`]: the policy on stanzas that cross from one party to another.
+//!
+//! The running server holds a [`Snapshot`] of the registry, read again whenever the registry
+//! changes (it polls the audit log's newest entry, [`POLL`]): `strait provider suspend`
+//! takes effect within that interval, closing the provider's users' sessions.
 
+pub mod boundary;
 pub mod consent;
+pub mod consent_iq;
+pub mod enlist;
 pub mod registry;
+
+use crate::server::ServerState;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use strait_store::{Provider, ProviderStatus};
+use strait_wire::negotiation::C2sConfig;
+use strait_wire::{StreamError, StreamErrorCondition};
+
+/// How often the running server looks for registry changes made outside it.
+pub const POLL: Duration = Duration::from_secs(1);
+
+/// The namespace of Strait's interop elements (consent, origin stamps).
+pub const NS: &str = "urn:strait:interop:0";
+
+/// The registry as the running server sees it.
+#[derive(Default)]
+pub struct Snapshot {
+    /// The audit log's newest `seq` when this was read.
+    pub version: i64,
+    /// Every provider that is not terminated, by id.
+    by_id: HashMap<String, Arc<Provider>>,
+    /// The same, by each of their domains (lowercase).
+    by_domain: HashMap<String, Arc<Provider>>,
+    /// The client negotiation settings: the platform's, plus these providers' domains.
+    pub c2s: Option<Arc<C2sConfig>>,
+}
+
+impl Snapshot {
+    fn new(version: i64, providers: Vec<Provider>, base: &C2sConfig) -> Self {
+        let mut s = Snapshot {
+            version,
+            ..Snapshot::default()
+        };
+        for p in providers {
+            if p.status == ProviderStatus::Terminated {
+                continue;
+            }
+            let p = Arc::new(p);
+            for d in &p.domains {
+                s.by_domain.insert(d.to_ascii_lowercase(), p.clone());
+            }
+            s.by_id.insert(p.id.clone(), p);
+        }
+        let mut c2s = base.clone();
+        c2s.provider_domains = s.by_domain.keys().cloned().collect();
+        c2s.provider_domains.sort();
+        s.c2s = Some(Arc::new(c2s));
+        s
+    }
+
+    pub fn provider(&self, id: &str) -> Option<&Arc<Provider>> {
+        self.by_id.get(id)
+    }
+
+    /// The provider whose users' addresses are under `domain` (any case).
+    pub fn provider_of_domain(&self, domain: &str) -> Option<&Arc<Provider>> {
+        if self.by_domain.is_empty() {
+            return None;
+        }
+        match self.by_domain.get(domain) {
+            Some(p) => Some(p),
+            None if domain.bytes().any(|b| b.is_ascii_uppercase()) => {
+                self.by_domain.get(&domain.to_ascii_lowercase())
+            }
+            None => None,
+        }
+    }
+
+    /// The providers, by id.
+    pub fn providers(&self) -> Vec<Arc<Provider>> {
+        let mut v: Vec<_> = self.by_id.values().cloned().collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v
+    }
+}
+
+/// The interop layer's state in a running server.
+#[derive(Default)]
+pub struct Interop {
+    snapshot: RwLock<Arc<Snapshot>>,
+    /// Message rates across the boundary (per provider, per sender).
+    pub rates: boundary::Rates,
+}
+
+impl Interop {
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.read().expect("interop lock").clone()
+    }
+
+    /// Whether any provider is registered (so that the platform-only path skips the rest).
+    pub fn has_providers(&self) -> bool {
+        !self.snapshot.read().expect("interop lock").by_id.is_empty()
+    }
+
+    fn install(&self, s: Snapshot) -> Arc<Snapshot> {
+        let s = Arc::new(s);
+        *self.snapshot.write().expect("interop lock") = s.clone();
+        s
+    }
+}
+
+/// Reads the registry into the server's snapshot if it changed since `known`, closing the
+/// sessions of providers whose agreement is no longer active. Returns the version read.
+pub async fn refresh(state: &Arc<ServerState>, known: i64) -> i64 {
+    let version = match state.store(|s| s.registry_version()).await {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::error!("reading the provider registry: {e}");
+            return known;
+        }
+    };
+    if version == known {
+        return known;
+    }
+    let providers = match state.store(|s| s.providers()).await {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!("reading the provider registry: {e}");
+            return known;
+        }
+    };
+    let inactive: Vec<(String, &'static str, Vec<String>)> = providers
+        .iter()
+        .filter(|p| p.status != ProviderStatus::Active)
+        .map(|p| (p.id.clone(), p.status.as_str(), p.domains.clone()))
+        .collect();
+    // Each provider domain presents a certificate for its own name.
+    let domains: Vec<String> = providers
+        .iter()
+        .filter(|p| p.status != ProviderStatus::Terminated)
+        .flat_map(|p| p.domains.clone())
+        .collect();
+    let st = state.clone();
+    let certs = tokio::task::spawn_blocking(move || {
+        for d in domains {
+            if let Err(e) = st.tls.add_domain(&st.config, &d) {
+                tracing::error!(domain = %d, "certificate for a provider domain: {e}");
+            }
+        }
+    });
+    let _ = certs.await;
+    let base = crate::c2s::connection::base_c2s_config(state);
+    let snapshot = state
+        .interop
+        .install(Snapshot::new(version, providers, &base));
+    tracing::info!(
+        version,
+        providers = snapshot.by_id.len(),
+        "provider registry loaded"
+    );
+    for (id, status, domains) in inactive {
+        let error = StreamError::with_text(
+            StreamErrorCondition::PolicyViolation,
+            format!("the agreement of the provider {id} is {status}"),
+        );
+        let n = state.router.close_domains(&domains, &error);
+        if n > 0 {
+            tracing::info!(provider = %id, status, sessions = n, "closed the provider's sessions");
+        }
+    }
+    version
+}
+
+/// Keeps the snapshot current until shutdown.
+pub async fn watch_registry(state: Arc<ServerState>, mut known: i64) {
+    let mut shutdown = state.shutdown.clone();
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(POLL) => {}
+            _ = shutdown.changed() => return,
+        }
+        known = refresh(&state, known).await;
+    }
+}

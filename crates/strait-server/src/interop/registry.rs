@@ -132,11 +132,7 @@ pub fn check(config: &Config, p: &Provider) -> Result<Provider, RegistryError> {
     out.scopes.sort();
     out.scopes.dedup();
     if let Some(jwks) = &p.jwks {
-        let v: serde_json::Value =
-            serde_json::from_str(jwks).map_err(|e| RegistryError::InvalidJwks(e.to_string()))?;
-        if !v.get("keys").is_some_and(serde_json::Value::is_array) {
-            return Err(RegistryError::InvalidJwks("no \"keys\" array".into()));
-        }
+        super::enlist::check_key_set(jwks).map_err(RegistryError::InvalidJwks)?;
     }
     if p.rate_per_sec == Some(0) || p.user_rate_per_sec == Some(0) {
         return Err(RegistryError::ZeroRate);

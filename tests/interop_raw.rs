@@ -1,0 +1,430 @@
+//! The interop layer on the wire, raw bytes against a running server: a provider's users
+//! log in with tokens it signed (SASL OAUTHBEARER), and the boundary policy holds between
+//! them and the platform's users (consent, the agreement's status and scopes, end-to-end
+//! encryption, rates, the origin stamp).
+
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD as B64URL};
+use ring::signature::KeyPair;
+use std::sync::Arc;
+use std::time::Duration;
+use strait_server::interop::registry::{self, Actor};
+use strait_server::server::ServerState;
+use strait_store::{Provider, ProviderStatus, Scope};
+use strait_tests::{RawClient, TestServer, between};
+
+const OP: Actor<'static> = Actor {
+    name: "test-operator",
+    now_ms: 1,
+};
+
+/// A provider's signing key (Ed25519) and its registered key set.
+struct ProviderKey {
+    pkcs8: Vec<u8>,
+    jwks: String,
+}
+
+impl ProviderKey {
+    fn new() -> Self {
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+        let pair = ring::signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
+        let x = B64URL.encode(pair.public_key().as_ref());
+        ProviderKey {
+            pkcs8: pkcs8.as_ref().to_vec(),
+            jwks: format!(r#"{{"keys":[{{"kty":"OKP","crv":"Ed25519","x":"{x}","kid":"k1"}}]}}"#),
+        }
+    }
+
+    fn token(&self, iss: &str, sub: &str, exp_in: i64) -> String {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
+        h.kid = Some("k1".into());
+        let claims =
+            serde_json::json!({"iss": iss, "aud": "localhost", "sub": sub, "exp": now + exp_in});
+        jsonwebtoken::encode(
+            &h,
+            &claims,
+            &jsonwebtoken::EncodingKey::from_ed_der(&self.pkcs8),
+        )
+        .unwrap()
+    }
+}
+
+fn state(t: &TestServer) -> &Arc<ServerState> {
+    t.server.as_ref().unwrap().state()
+}
+
+/// Registers an active provider with enlistment, and makes the running server read it.
+async fn provider(t: &TestServer, id: &str, domain: &str, key: &ProviderKey) -> Provider {
+    let st = state(t);
+    let mut p = Provider::new(id, &format!("{id} chat"), vec![domain.into()]);
+    p.issuer = Some(format!("https://{domain}"));
+    p.jwks = Some(key.jwks.clone());
+    registry::add(&st.config, &*st.store, &p, OP).unwrap();
+    registry::accept_terms(&*st.store, id, "2024-03", "Jo Signer", OP).unwrap();
+    let p = registry::set_status(&*st.store, id, ProviderStatus::Active, "", OP).unwrap();
+    reload(t).await;
+    p
+}
+
+async fn reload(t: &TestServer) {
+    strait_server::interop::refresh(state(t), -1).await;
+}
+
+/// STARTTLS on the provider's domain, then the OAUTHBEARER exchange with `token`; returns
+/// the server's last answer (`<success…>`, or the failure after the error challenge).
+async fn bearer(t: &TestServer, domain: &str, token: &str) -> (RawClient, String) {
+    let mut c = RawClient::connect(t.starttls, t.ca_pem()).await;
+    let features = c.starttls(domain).await;
+    assert!(
+        features.contains("<mechanism>OAUTHBEARER</mechanism>") && !features.contains("SCRAM"),
+        "{features}"
+    );
+    let msg = format!("n,,\x01host=localhost\x01auth=Bearer {token}\x01\x01");
+    c.send(&format!(
+        "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='OAUTHBEARER'>{}</auth>",
+        B64.encode(msg)
+    ))
+    .await;
+    let r = c.expect_one_of(&["</success>", "/>", "</challenge>"]).await;
+    if r.contains("<challenge") {
+        // RFC 7628 §3.2.2: an error challenge, answered by a dummy 0x01, then the failure.
+        let json = B64.decode(between(&r, "'>", "</challenge>")).unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        assert_eq!(json["status"], "invalid_token", "{json}");
+        c.send("<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>AQ==</response>")
+            .await;
+        let f = c.expect("</failure>").await;
+        return (c, f);
+    }
+    (c, r)
+}
+
+async fn enlisted(t: &TestServer, key: &ProviderKey, domain: &str, user: &str) -> RawClient {
+    let (mut c, r) = bearer(
+        t,
+        domain,
+        &key.token(&format!("https://{domain}"), user, 300),
+    )
+    .await;
+    assert!(r.contains("<success"), "{r}");
+    let jid = c.bind(domain, "phone").await;
+    assert_eq!(jid, format!("{}@{domain}/phone", user.to_lowercase()));
+    c.available().await;
+    c
+}
+
+const OMEMO: &str = "<encrypted xmlns='eu.siacs.conversations.axolotl'><header sid='7'><key rid='9'>AAAA</key><iv>AAAAAAAAAAAAAAAA</iv></header><payload>AAAA</payload></encrypted>";
+
+async fn consent(c: &mut RawClient, id: &str, xml: &str) -> String {
+    c.send(&format!("<iq type='set' id='{id}'>{xml}</iq>"))
+        .await;
+    c.expect_element(&[&format!("id='{id}'")]).await
+}
+
+#[tokio::test]
+async fn enlisted_users_log_in_with_provider_signed_tokens() {
+    let t = TestServer::start(|_| {}).await;
+    let key = ProviderKey::new();
+    provider(&t, "acme", "acme.example", &key).await;
+
+    // The first login makes the account; its address is sub@the provider's domain.
+    let mut bob = enlisted(&t, &key, "acme.example", "Bob").await;
+    assert!(state(&t).store.account_exists("bob@acme.example").unwrap());
+    let pong = bob.ping("p1").await;
+    assert!(pong.contains("type='result'"), "{pong}");
+    drop(bob);
+    enlisted(&t, &key, "acme.example", "bob").await; // again, same account
+
+    // Refusals, each saying why.
+    let iss = "https://acme.example";
+    for (token, why) in [
+        (key.token(iss, "bob", -600), "ExpiredSignature"),
+        (
+            key.token("https://evil.example", "bob", 300),
+            "InvalidIssuer",
+        ),
+        (
+            ProviderKey::new().token(iss, "bob", 300),
+            "InvalidSignature",
+        ),
+        ("not.a.jwt".to_string(), "invalid token"),
+    ] {
+        let (_, r) = bearer(&t, "acme.example", &token).await;
+        assert!(
+            r.contains("<not-authorized/>") && r.contains(why),
+            "{why}: {r}"
+        );
+    }
+    // The platform's password mechanisms are not offered on a provider domain, nor tokens
+    // on the platform's own.
+    let mut c = RawClient::connect(t.starttls, t.ca_pem()).await;
+    c.starttls("acme.example").await;
+    let r = c.scram_sha256("bob", "x").await;
+    assert!(r.contains("<invalid-mechanism/>"), "{r}");
+    let mut c = RawClient::connect(t.starttls, t.ca_pem()).await;
+    let f = c.starttls("localhost").await;
+    assert!(!f.contains("OAUTHBEARER"), "{f}");
+    // A domain of no provider is unknown.
+    let mut c = RawClient::connect(t.starttls, t.ca_pem()).await;
+    c.send("<?xml version='1.0'?><stream:stream to='nobody.example' version='1.0' xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>").await;
+    assert!(c.read_to_close().await.contains("host-unknown"));
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn the_boundary_policy_holds_between_platform_and_provider_users() {
+    let t = TestServer::start(|_| {}).await;
+    let key = ProviderKey::new();
+    provider(&t, "acme", "acme.example", &key).await;
+    t.add_user("alice@localhost", "pa");
+    t.add_user("carol@localhost", "pc");
+    let mut alice = RawClient::login(t.starttls, t.ca_pem(), "alice@localhost", "pa", "a1").await;
+    alice.available().await;
+    let mut bob = enlisted(&t, &key, "acme.example", "bob").await;
+
+    // Alice has not opted in: nothing reaches her, and bob learns why.
+    bob.send(&format!(
+        "<message to='alice@localhost' id='m1' type='chat'>{OMEMO}</message>"
+    ))
+    .await;
+    let e = bob.expect_element(&["id='m1'"]).await;
+    assert!(
+        e.contains("type='error'")
+            && e.contains("<not-allowed")
+            && e.contains("does not accept chats from acme chat (acme)"),
+        "{e}"
+    );
+    // The consent IQ: providers on offer, then alice's choice.
+    alice
+        .send("<iq type='get' id='c0'><consent xmlns='urn:strait:interop:0'/></iq>")
+        .await;
+    let r = alice.expect_element(&["id='c0'"]).await;
+    assert!(
+        r.contains("enabled='false'")
+            && r.contains("<provider id='acme' name='acme chat' status='active' allowed='false'/>"),
+        "{r}"
+    );
+    let r = consent(&mut alice, "c1", "<consent xmlns='urn:strait:interop:0' enabled='true'><provider id='nope' allowed='true'/></consent>").await;
+    assert!(
+        r.contains("<item-not-found") && r.contains("no provider nope"),
+        "{r}"
+    );
+    let r = consent(&mut alice, "c2", "<consent xmlns='urn:strait:interop:0' enabled='true' inbox='combined'><provider id='acme' allowed='true'/></consent>").await;
+    assert!(
+        r.contains("type='result'")
+            && r.contains("enabled='true'")
+            && r.contains("inbox='combined'")
+            && r.contains("allowed='true'"),
+        "{r}"
+    );
+    // Consent is the platform's users' own: an enlisted user cannot set it.
+    let r = consent(
+        &mut bob,
+        "c3",
+        "<consent xmlns='urn:strait:interop:0' enabled='true'/>",
+    )
+    .await;
+    assert!(r.contains("<not-allowed"), "{r}");
+
+    // Plaintext is refused, and nothing of it is kept (alice's archive stays empty).
+    bob.send("<message to='alice@localhost' id='m2' type='chat'><body>hello in the clear</body></message>").await;
+    let e = bob.expect_element(&["id='m2'"]).await;
+    assert!(
+        e.contains("<policy-violation") && e.contains("must be end-to-end encrypted"),
+        "{e}"
+    );
+    // Ciphertext passes, stamped with its origin, without the plaintext fallback, and
+    // without the origin stamp bob tried to forge.
+    bob.send(&format!("<message to='alice@localhost' id='m3' type='chat'><body>I sent you an OMEMO message</body>{OMEMO}<origin xmlns='urn:strait:interop:0' provider='platform' name='Your bank'/><request xmlns='urn:xmpp:receipts'/></message>")).await;
+    let m = alice.expect_element(&["id='m3'"]).await;
+    assert!(
+        m.contains("eu.siacs.conversations.axolotl") && m.contains("from='bob@acme.example/phone'"),
+        "{m}"
+    );
+    assert!(!m.contains("<body") && !m.contains("Your bank"), "{m}");
+    assert_eq!(m.matches("<origin ").count(), 1, "{m}");
+    assert!(
+        m.contains("<origin xmlns='urn:strait:interop:0' provider='acme' name='acme chat'/>"),
+        "{m}"
+    );
+    // Receipts and chat states cross as they are.
+    alice.send("<message to='bob@acme.example/phone' id='r3'><received xmlns='urn:xmpp:receipts' id='m3'/></message>").await;
+    bob.expect_element(&["id='r3'", "urn:xmpp:receipts"]).await;
+    alice
+        .send(&format!(
+            "<message to='bob@acme.example' id='m4' type='chat'>{OMEMO}</message>"
+        ))
+        .await;
+    let m = bob.expect_element(&["id='m4'"]).await;
+    assert!(
+        m.contains("from='alice@localhost/a1'") && !m.contains("<origin"),
+        "{m}"
+    );
+    alice
+        .send("<message to='bob@acme.example' id='m5' type='chat'><body>hi</body></message>")
+        .await;
+    assert!(
+        alice
+            .expect_element(&["id='m5'"])
+            .await
+            .contains("<policy-violation")
+    );
+    // OMEMO key bundles (PEP) are reachable across the boundary: alice publishes, bob reads.
+    alice.send("<iq type='set' id='pub1'><pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='eu.siacs.conversations.axolotl.devicelist'><item id='current'><list xmlns='eu.siacs.conversations.axolotl'><device id='7'/></list></item></publish><publish-options><x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE' type='hidden'><value>http://jabber.org/protocol/pubsub#publish-options</value></field><field var='pubsub#access_model'><value>open</value></field></x></publish-options></pubsub></iq>").await;
+    alice.expect_element(&["id='pub1'", "type='result'"]).await;
+    bob.send("<iq type='get' id='get1' to='alice@localhost'><pubsub xmlns='http://jabber.org/protocol/pubsub'><items node='eu.siacs.conversations.axolotl.devicelist'/></pubsub></iq>").await;
+    let r = bob.expect_element(&["id='get1'"]).await;
+    assert!(
+        r.contains("type='result'") && r.contains("<device id='7'/>"),
+        "{r}"
+    );
+
+    // Carol never opted in: she cannot start a chat with bob either.
+    let mut carol = RawClient::login(t.starttls, t.ca_pem(), "carol@localhost", "pc", "c1").await;
+    carol
+        .send(&format!(
+            "<message to='bob@acme.example' id='k1' type='chat'>{OMEMO}</message>"
+        ))
+        .await;
+    let e = carol.expect_element(&["id='k1'"]).await;
+    assert!(
+        e.contains("<not-allowed") && e.contains("are off for your account"),
+        "{e}"
+    );
+    // Nor can bob subscribe to her presence.
+    bob.send("<presence to='carol@localhost' type='subscribe' id='s1'/>")
+        .await;
+    let e = bob.expect_element(&["id='s1'"]).await;
+    assert!(
+        e.contains("type='error'") && e.contains("<not-allowed"),
+        "{e}"
+    );
+
+    // Calls are not in the agreement's scopes.
+    bob.send("<message to='alice@localhost' id='call1'><propose xmlns='urn:xmpp:jingle-message:0' id='x'><description xmlns='urn:xmpp:jingle:apps:rtp:1' media='audio'/></propose></message>").await;
+    let e = bob.expect_element(&["id='call1'"]).await;
+    assert!(
+        e.contains("<feature-not-implemented") && e.contains("scope calls"),
+        "{e}"
+    );
+
+    // Suspension: bob's session closes at once and he cannot log in again; alice learns why
+    // her message does not go.
+    let st = state(&t);
+    registry::set_status(
+        &*st.store,
+        "acme",
+        ProviderStatus::Suspended,
+        "abuse report 17",
+        OP,
+    )
+    .unwrap();
+    reload(&t).await;
+    let closed = bob.read_to_close().await;
+    assert!(
+        closed.contains("<policy-violation") && closed.contains("acme is suspended"),
+        "{closed}"
+    );
+    let (_, r) = bearer(
+        &t,
+        "acme.example",
+        &key.token("https://acme.example", "bob", 300),
+    )
+    .await;
+    assert!(r.contains("not active (suspended)"), "{r}");
+    alice
+        .send(&format!(
+            "<message to='bob@acme.example' id='m6' type='chat'>{OMEMO}</message>"
+        ))
+        .await;
+    let e = alice.expect_element(&["id='m6'"]).await;
+    assert!(
+        e.contains("<not-allowed") && e.contains("acme is suspended"),
+        "{e}"
+    );
+    // Nothing refused was archived: alice's archive holds what crossed (m3, r3, m4).
+    alice
+        .send("<iq type='set' id='q1'><query xmlns='urn:xmpp:mam:2' queryid='q1'/></iq>")
+        .await;
+    let archive = alice.expect("<fin").await;
+    for id in ["'m3'", "'r3'", "'m4'"] {
+        assert!(
+            archive.contains(&format!("id={id}")),
+            "{id} missing: {archive}"
+        );
+    }
+    for id in ["'m1'", "'m2'", "'m5'", "'m6'", "'k1'", "'call1'"] {
+        assert!(
+            !archive.contains(&format!("id={id}")),
+            "{id} archived: {archive}"
+        );
+    }
+    assert!(!archive.contains("in the clear"), "{archive}");
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn rates_and_providers_apart() {
+    let t = TestServer::start(|_| {}).await;
+    let key = ProviderKey::new();
+    let mut p = provider(&t, "acme", "acme.example", &key).await;
+    let other = ProviderKey::new();
+    provider(&t, "zeta", "zeta.example", &other).await;
+    let st = state(&t);
+    p.user_rate_per_sec = Some(2);
+    p.scopes = vec![Scope::Text];
+    registry::update(&st.config, &*st.store, &p, OP).unwrap();
+    reload(&t).await;
+    t.add_user("alice@localhost", "pa");
+    let mut alice = RawClient::login(t.starttls, t.ca_pem(), "alice@localhost", "pa", "a1").await;
+    alice.available().await;
+    consent(&mut alice, "c1", "<consent xmlns='urn:strait:interop:0' enabled='true'><provider id='acme' allowed='true'/></consent>").await;
+    let mut bob = enlisted(&t, &key, "acme.example", "bob").await;
+    let mut zed = enlisted(&t, &other, "zeta.example", "zed").await;
+
+    // Users of two providers do not reach each other through the platform.
+    zed.send(&format!(
+        "<message to='bob@acme.example' id='z1' type='chat'>{OMEMO}</message>"
+    ))
+    .await;
+    let e = zed.expect_element(&["id='z1'"]).await;
+    assert!(
+        e.contains("<not-allowed") && e.contains("two different providers"),
+        "{e}"
+    );
+    // Bob may send 2 messages a second; the burst's third is refused with a wait.
+    for i in 0..3 {
+        bob.send(&format!(
+            "<message to='alice@localhost' id='b{i}' type='chat'>{OMEMO}</message>"
+        ))
+        .await;
+    }
+    let e = bob.expect_element(&["id='b2'"]).await;
+    assert!(
+        e.contains("type='wait'")
+            && e.contains("<resource-constraint")
+            && e.contains("more than 2 messages a second"),
+        "{e}"
+    );
+    alice.expect_element(&["id='b0'"]).await;
+    alice.expect_element(&["id='b1'"]).await;
+    alice
+        .expect_silence("id='b2'", Duration::from_millis(300))
+        .await;
+    // A change made outside the running server (as `strait provider suspend` makes it)
+    // reaches it by itself within a poll: zed's session closes.
+    registry::set_status(&*st.store, "zeta", ProviderStatus::Suspended, "test", OP).unwrap();
+    let closed = zed.read_to_close().await;
+    assert!(closed.contains("zeta is suspended"), "{closed}");
+    // The registry's audit log has every change, by whom.
+    let log = st.store.provider_audit(Some("acme"), 10).unwrap();
+    let actions: Vec<&str> = log.iter().map(|e| e.action.as_str()).collect();
+    assert_eq!(actions, ["add", "terms", "activate", "update"]);
+    assert!(log.iter().all(|e| e.actor == "test-operator"));
+    t.stop().await;
+}
