@@ -8,6 +8,7 @@ use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD as B64URL
 use ring::signature::KeyPair;
 use std::sync::Arc;
 use std::time::Duration;
+use strait_server::interop::boundary::FALLBACK;
 use strait_server::interop::registry::{self, Actor};
 use strait_server::server::ServerState;
 use strait_store::{Provider, ProviderStatus, Scope};
@@ -238,15 +239,22 @@ async fn the_boundary_policy_holds_between_platform_and_provider_users() {
         e.contains("<policy-violation") && e.contains("must be end-to-end encrypted"),
         "{e}"
     );
-    // Ciphertext passes, stamped with its origin, without the plaintext fallback, and
-    // without the origin stamp bob tried to forge.
-    bob.send(&format!("<message to='alice@localhost' id='m3' type='chat'><body>I sent you an OMEMO message</body>{OMEMO}<origin xmlns='urn:strait:interop:0' provider='platform' name='Your bank'/><request xmlns='urn:xmpp:receipts'/></message>")).await;
+    // Ciphertext passes, stamped with its origin, with the server's fallback text instead of
+    // the sender's, and without the origin stamp bob tried to forge.
+    bob.send(&format!("<message to='alice@localhost' id='m3' type='chat'><body>psst, in the clear</body>{OMEMO}<origin xmlns='urn:strait:interop:0' provider='platform' name='Your bank'/><request xmlns='urn:xmpp:receipts'/></message>")).await;
     let m = alice.expect_element(&["id='m3'"]).await;
     assert!(
         m.contains("eu.siacs.conversations.axolotl") && m.contains("from='bob@acme.example/phone'"),
         "{m}"
     );
-    assert!(!m.contains("<body") && !m.contains("Your bank"), "{m}");
+    assert!(
+        !m.contains("in the clear") && !m.contains("Your bank"),
+        "{m}"
+    );
+    assert!(
+        m.contains(&format!("<body xmlns='jabber:client'>{FALLBACK}</body>")),
+        "{m}"
+    );
     assert_eq!(m.matches("<origin ").count(), 1, "{m}");
     assert!(
         m.contains("<origin xmlns='urn:strait:interop:0' provider='acme' name='acme chat'/>"),

@@ -90,10 +90,16 @@ def tok(prefix: str) -> str:
 
 
 async def omemo_client(cs: Clients, account, label: str, *, storage: Optional[DictStorage] = None,
-                       resource: Optional[str] = None, extra_plugins: Iterable[str] = ()):
+                       resource: Optional[str] = None, extra_plugins: Iterable[str] = (),
+                       token: Optional[str] = None):
     """A logged-in client whose OMEMO keys are generated (or loaded from `storage`) and
-    published. The storage is `client.plugin["xep_0384"].storage_obj`."""
-    c = cs.new(account, label=label, resource=resource or f"omemo-{label}")
+    published. The storage is `client.plugin["xep_0384"].storage_obj`. With `token`, it logs
+    in with SASL OAUTHBEARER (a provider's enlisted user, test_interop.py) instead of its
+    password."""
+    c = cs.new(account, label=label, resource=resource or f"omemo-{label}",
+               mech="OAUTHBEARER" if token else None)
+    if token:
+        c.credentials["access_token"] = token
     for p in (*OMEMO_PLUGINS, *extra_plugins):
         c.register_plugin(p)
     store = storage if storage is not None else DictStorage()

@@ -12,8 +12,10 @@
 //!    `groups`, any other message content `text` (`feature-not-implemented`);
 //! 4. a message with content is end-to-end encrypted (an OMEMO `<encrypted/>`), otherwise
 //!    `policy-violation`; receipts, chat states, markers and other content-free elements
-//!    pass, and a plaintext `<body/>` next to the ciphertext (OMEMO's fallback text) is
-//!    removed, so that only ciphertext crosses;
+//!    pass; a `<body/>` next to the ciphertext (OMEMO's fallback text) is replaced by the
+//!    server's own [`FALLBACK`] notice, so that whatever the sender wrote in plaintext stays
+//!    behind while clients that only act on messages with a body (slixmpp, for one) still see
+//!    one;
 //! 5. an inbound message keeps within the provider's rate and its sender's (`resource-
 //!    constraint`, type wait);
 //! 6. an inbound message is stamped `<origin xmlns='urn:strait:interop:0' provider=… name=…/>`
@@ -50,6 +52,11 @@ const CONTENT_FREE: &[&str] = &[
     "urn:xmpp:reply:0",                      // XEP-0461: points at a message by id
     NS,                                      // <origin/>, removed before
 ];
+
+/// The fallback text of an encrypted message that crosses (XEP-0384 §5.3 asks for one, for
+/// clients without OMEMO).
+pub const FALLBACK: &str =
+    "This message is end-to-end encrypted (OMEMO); your client cannot show it.";
 
 /// Call offers (XEP-0353) and group invitations (XEP-0249, XEP-0045 mediated).
 const CALLS: &[&str] = &["urn:xmpp:jingle-message:0", "urn:xmpp:jingle:1"];
@@ -204,7 +211,7 @@ fn needs_scope(provider: &Provider, scope: Scope, what: &str) -> Result<(), Stan
     ))
 }
 
-/// Rules 3 and 4 on a message's children (the body's removal included).
+/// Rules 3 and 4 on a message's children (the fallback body's replacement included).
 fn check_content(provider: &Provider, stanza: &mut Stanza) -> Result<(), StanzaError> {
     let children = stanza.children();
     if children.iter().any(|c| CALLS.contains(&c.ns.as_str())) {
@@ -220,7 +227,7 @@ fn check_content(provider: &Provider, stanza: &mut Stanza) -> Result<(), StanzaE
         let ns = c.ns.as_str();
         let metadata = CONTENT_FREE.contains(&ns) || CALLS.contains(&ns) || GROUPS.contains(&ns);
         let ciphertext = c.name == "encrypted" && ENCRYPTED.contains(&ns);
-        // OMEMO's fallback text, removed below.
+        // OMEMO's fallback text, replaced below.
         let fallback = encrypted && c.name == "body" && c.ns == stanza.ns;
         !(metadata || ciphertext || fallback)
     });
@@ -240,7 +247,10 @@ fn check_content(provider: &Provider, stanza: &mut Stanza) -> Result<(), StanzaE
     if encrypted {
         needs_scope(provider, Scope::Text, "messages")?;
         let ns = stanza.ns.clone();
-        stanza.remove_children(|c| c.name == "body" && c.ns == ns);
+        if stanza.has_child(&ns, "body") {
+            stanza.remove_children(|c| c.name == "body" && c.ns == ns);
+            stanza.push_child_xml(&format!("<body xmlns='{ns}'>{FALLBACK}</body>"));
+        }
     }
     Ok(())
 }
@@ -353,13 +363,22 @@ mod tests {
     fn only_ciphertext_crosses() {
         let p = provider(&[Scope::Text]);
         let mut m = message(&format!(
-            "<body>I sent you an OMEMO encrypted message</body>{OMEMO}<store xmlns='urn:xmpp:hints'/>"
+            "<body>my secret in the clear</body>{OMEMO}<store xmlns='urn:xmpp:hints'/>"
         ));
         check_content(&p, &mut m).unwrap();
-        assert!(
-            !m.has_child("jabber:client", "body"),
-            "the fallback body is removed"
+        assert_eq!(
+            m.text_of_child("jabber:client", "body").as_deref(),
+            Some(FALLBACK)
         );
+        assert!(!m.inner_xml().contains("my secret"), "{}", m.inner_xml());
+        // Without a body, none is added.
+        let mut m = message(OMEMO);
+        check_content(&p, &mut m).unwrap();
+        assert!(!m.has_child("jabber:client", "body"));
+        let mut m = message(&format!(
+            "<body>x</body>{OMEMO}<store xmlns='urn:xmpp:hints'/>"
+        ));
+        check_content(&p, &mut m).unwrap();
         assert!(m.has_child("eu.siacs.conversations.axolotl", "encrypted"));
         assert!(m.has_child("urn:xmpp:hints", "store"));
 

@@ -1,0 +1,213 @@
+"""The interop layer with real clients: a provider's user (enlisted with a token the provider
+signed) and a platform user chat end to end encrypted with slixmpp-omemo, across the boundary.
+
+The provider is registered the way an operator does it (`strait provider add/terms/activate`,
+`strait user consent`); the running server notices within its registry poll. slixmpp has no
+OAUTHBEARER (RFC 7628), so this file registers one with slixmpp's own SASL registry: a few
+lines that build the client's message; everything else (TLS, the stream, bind, PEP, OMEMO) is
+slixmpp and slixmpp-omemo as shipped. The token is a JWT (RFC 7519) signed with Ed25519
+(EdDSA, RFC 8037) by `cryptography`, as a provider's backend would sign it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import secrets
+import time
+
+import pytest
+
+oldmemo = pytest.importorskip("oldmemo")
+twomemo = pytest.importorskip("twomemo")
+slixmpp_omemo = pytest.importorskip("slixmpp_omemo")
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: E402
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat  # noqa: E402
+from slixmpp.util.sasl.client import Mech, sasl_mech  # noqa: E402
+
+from omemo_helpers import (NS_OLD, NS_TWO, OMEMO_TIMEOUT, befriend, omemo_client,  # noqa: E402
+                           receive_encrypted, send_encrypted, tok, wait_devices_known)
+from xmpp_helpers import Account, Clients, LoginFailed, run  # noqa: E402
+
+NS_INTEROP = "urn:strait:interop:0"
+
+
+@sasl_mech(1)
+class OAUTHBEARER(Mech):
+    """RFC 7628 §3.1, client side: the GS2 header, then `auth=Bearer <token>`; an error
+    challenge (a JSON status) is answered with the dummy %x01 of §3.2.3."""
+
+    name = "OAUTHBEARER"
+    required_credentials = {"access_token"}
+
+    def setup(self, name):
+        self.sent = False
+
+    def process(self, challenge=b""):
+        if self.sent:
+            return b"\x01"
+        self.sent = True
+        token = self.credentials["access_token"]
+        if isinstance(token, str):
+            token = token.encode()
+        return b"n,,\x01auth=Bearer " + token + b"\x01\x01"
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+class ProviderBackend:
+    """What a provider runs on its side: an Ed25519 key, its JWKS, tokens for its users."""
+
+    def __init__(self, domain: str) -> None:
+        self.key = Ed25519PrivateKey.generate()
+        self.issuer = f"https://{domain}"
+        x = self.key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        self.jwks = json.dumps({"keys": [{"kty": "OKP", "crv": "Ed25519", "x": b64url(x),
+                                          "kid": "k1", "use": "sig"}]})
+
+    def token(self, sub: str, audience: str, lifetime: int = 300) -> str:
+        header = {"alg": "EdDSA", "typ": "JWT", "kid": "k1"}
+        claims = {"iss": self.issuer, "aud": audience, "sub": sub,
+                  "exp": int(time.time()) + lifetime}
+        signing_input = (b64url(json.dumps(header).encode()) + "." +
+                         b64url(json.dumps(claims).encode()))
+        return signing_input + "." + b64url(self.key.sign(signing_input.encode()))
+
+
+def register_provider(server, scopes: str = "text,media,files"):
+    """A fresh active provider with enlistment; returns (id, domain, backend)."""
+    pid = f"p{secrets.token_hex(4)}"
+    domain = f"{pid}.test"
+    backend = ProviderBackend(domain)
+    jwks = os.path.join(server.workdir, f"{pid}.jwks")
+    with open(jwks, "w") as fh:
+        fh.write(backend.jwks)
+    server.cli("provider", "add", pid, "--name", f"{pid} Chat", "--provider-domain", domain,
+               "--scopes", scopes, "--issuer", backend.issuer, "--jwks", jwks,
+               "--actor", "test")
+    server.cli("provider", "terms", pid, "--version", "2024-03", "--accepted-by", "Jo Signer",
+               "--actor", "test")
+    server.cli("provider", "activate", pid, "--actor", "test")
+    return pid, domain, backend
+
+
+async def enlisted(cs: Clients, server, backend: ProviderBackend, domain: str, label: str):
+    """A new user of the provider, logged in with a token; retried while the server has not
+    yet read the registry (it polls once a second)."""
+    account = Account(jid=f"e{secrets.token_hex(4)}@{domain}", password="unused")
+    deadline = time.monotonic() + 8
+    while True:
+        try:
+            return await enlisted_again(cs, server, backend, account, label)
+        except LoginFailed:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.5)
+
+
+async def enlisted_again(cs, server, backend, account, label):
+    c = cs.new(account, label=label, mech="OAUTHBEARER")
+    c.credentials["access_token"] = backend.token(account.jid.split("@")[0], server.domain)
+    return await c.login()
+
+
+def condition_of(err) -> str:
+    """The stanza error's defined condition, read from the XML: slixmpp 1.17 does not know
+    RFC 6120's policy-violation and reports it as ''."""
+    e = err.xml.find("{jabber:client}error")
+    for child in (e if e is not None else []):
+        if child.tag.startswith("{urn:ietf:params:xml:ns:xmpp-stanzas}") and \
+                not child.tag.endswith("}text"):
+            return child.tag.split("}")[1]
+    return ""
+
+
+def origin_of(msg):
+    return msg.xml.find(f"{{{NS_INTEROP}}}origin")
+
+
+@pytest.mark.timeout(4 * OMEMO_TIMEOUT)
+def test_platform_and_provider_users_chat_end_to_end_encrypted(server, new_account):
+    if server.kind != "strait":
+        pytest.skip("needs strait's provider registry")
+    pid, domain, backend = register_provider(server)
+    a = new_account(prefix="ia")
+
+    async def body():
+        async with Clients(server) as cs:
+            b = await enlisted(cs, server, backend, domain, "B-probe")
+            assert b.sasl_mechanism() == "OAUTHBEARER"
+            assert b.boundjid.domain == domain
+            assert ["OAUTHBEARER"] in b.mechs_offered, b.mechs_offered
+            # Before alice opts in, bob's messages bounce with the reason.
+            pa = await cs.online(a, label="A-prep")
+            b.send_message(mto=a.jid, mbody="hello?", mtype="chat")
+            err = await b.wait_cond(lambda: b.message_errors and b.message_errors[-1],
+                                    "bounce before consent")
+            assert condition_of(err) == "not-allowed", err
+            assert "does not accept chats" in err["error"]["text"], err
+            server.cli("user", "consent", a.jid, "--on", "--allow", pid)
+            # Plaintext is refused even with consent; nothing arrives.
+            b.message_errors.clear()
+            b.send_message(mto=a.jid, mbody="plain words", mtype="chat")
+            err = await b.wait_cond(lambda: b.message_errors and b.message_errors[-1],
+                                    "plaintext bounce")
+            assert condition_of(err) == "policy-violation", err
+            assert "must be end-to-end encrypted" in err["error"]["text"], err
+            assert not [m for m in pa.messages if "plain words" in str(m)]
+            bob = Account(jid=b.boundjid.bare, password="unused")
+            await b.logout()
+
+            pb = await enlisted_again(cs, server, backend, bob, "B-prep")
+            await befriend(pa, pb)
+            await asyncio.gather(pa.logout(), pb.logout())
+            ca = await omemo_client(cs, a, "A")
+            cb = await omemo_client(cs, bob, "B",
+                                    token=backend.token(bob.jid.split("@")[0], server.domain))
+            await wait_devices_known([(ca, cb), (cb, ca)])
+            for ns in (NS_OLD, NS_TWO):
+                secret = tok("to-bob")
+                mid = await send_encrypted(ca, bob.jid, ns, secret)
+                await receive_encrypted(cb, ca, mid, ns, secret)
+                m = next(m for m in cb.messages if m["id"] == mid)
+                assert origin_of(m) is None, f"a platform user's message has no origin: {m}"
+                secret = tok("to-alice")
+                mid = await send_encrypted(cb, a.jid, ns, secret)
+                await receive_encrypted(ca, cb, mid, ns, secret)
+                m = next(m for m in ca.messages if m["id"] == mid)
+                o = origin_of(m)
+                assert o is not None and o.get("provider") == pid, f"origin stamp: {m}"
+                assert o.get("name") == f"{pid} Chat"
+                # The sender's fallback text stays behind; the server's own goes instead.
+                assert m["body"].startswith("This message is end-to-end encrypted"), m
+                assert "OMEMO encrypted (strait test)" not in str(m), m
+
+    run(body(), timeout=4 * OMEMO_TIMEOUT)
+
+
+
+def test_suspension_ends_enlisted_sessions(server, new_account):
+    if server.kind != "strait":
+        pytest.skip("needs strait's provider registry")
+    pid, domain, backend = register_provider(server)
+
+    async def body():
+        async with Clients(server) as cs:
+            b = await enlisted(cs, server, backend, domain, "B")
+            bob = Account(jid=b.boundjid.bare, password="unused")
+            server.cli("provider", "suspend", pid, "--reason", "abuse report", "--actor", "test")
+            await b.wait_cond(lambda: any(e.startswith("stream_error(policy-violation")
+                                          for e in b.events), "the stream error", timeout=8)
+            assert any(f"{pid} is suspended" in e for e in b.events), b.events
+            with pytest.raises(LoginFailed):
+                await enlisted_again(cs, server, backend, bob, "B-again")
+            res = server.cli("provider", "audit", pid)
+            actions = [line.split("\t")[3] for line in res.stdout.splitlines()]
+            assert actions == ["add", "terms", "activate", "suspend"], res.stdout
+
+    run(body())
