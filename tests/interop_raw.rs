@@ -141,6 +141,25 @@ async fn enlisted_users_log_in_with_provider_signed_tokens() {
     drop(bob);
     enlisted(&t, &key, "acme.example", "bob").await; // again, same account
 
+    // Direct TLS (XEP-0368) to the provider's domain: its own certificate, the same login.
+    let mut c = RawClient::connect_direct(t.direct, t.ca_pem(), "acme.example").await;
+    let f = c.open_stream("acme.example").await;
+    assert!(f.contains("<mechanism>OAUTHBEARER</mechanism>"), "{f}");
+    let msg = format!(
+        "n,,\x01auth=Bearer {}\x01\x01",
+        key.token("https://acme.example", "carol", 300)
+    );
+    c.send(&format!(
+        "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='OAUTHBEARER'>{}</auth>",
+        B64.encode(msg)
+    ))
+    .await;
+    assert!(
+        c.expect_one_of(&["<success", "<failure"])
+            .await
+            .contains("<success")
+    );
+
     // Refusals, each saying why.
     let iss = "https://acme.example";
     for (token, why) in [
