@@ -396,6 +396,149 @@ async fn the_boundary_policy_holds_between_platform_and_provider_users() {
 }
 
 #[tokio::test]
+async fn revoking_consent_stops_presence_already_granted() {
+    let t = TestServer::start(|_| {}).await;
+    let key = ProviderKey::new();
+    provider(&t, "acme", "acme.example", &key).await;
+    t.add_user("alice@localhost", "pa");
+    let mut alice = RawClient::login(t.starttls, t.ca_pem(), "alice@localhost", "pa", "a1").await;
+    alice.available().await;
+    consent(&mut alice, "c1", "<consent xmlns='urn:strait:interop:0' enabled='true'><provider id='acme' allowed='true'/></consent>").await;
+    let mut bob = enlisted(&t, &key, "acme.example", "bob").await;
+    // A mutual subscription, by hand.
+    bob.send("<presence to='alice@localhost' type='subscribe'/>")
+        .await;
+    alice
+        .expect_element(&["type='subscribe'", "from='bob@acme.example'"])
+        .await;
+    alice.send("<presence to='bob@acme.example' type='subscribed'/><presence to='bob@acme.example' type='subscribe'/>").await;
+    bob.expect_element(&["type='subscribe'", "from='alice@localhost'"])
+        .await;
+    bob.send("<presence to='alice@localhost' type='subscribed'/>")
+        .await;
+    alice
+        .send("<presence><status>here</status></presence>")
+        .await;
+    bob.expect_element(&[">here</status>"]).await;
+    // Bob's presence carries caps asking for OMEMO device-list events (XEP-0115, XEP-0163).
+    let features = [
+        "http://jabber.org/protocol/caps",
+        "urn:xmpp:omemo:2:devices+notify",
+    ];
+    let ver = {
+        use sha1::Digest;
+        let mut f = features.to_vec();
+        f.sort();
+        let mut s = "client/phone//raw<".to_owned();
+        for x in f {
+            s.push_str(x);
+            s.push('<');
+        }
+        B64.encode(sha1::Sha1::digest(s.as_bytes()))
+    };
+    bob.send(&format!("<presence><status>bob here</status><c xmlns='http://jabber.org/protocol/caps' hash='sha-1' node='urn:test:raw' ver='{ver}'/></presence>")).await;
+    let q = bob
+        .expect_element(&["<iq", "type='get'", "disco#info"])
+        .await;
+    let (id, from) = (between(&q, "id='", "'"), between(&q, "from='", "'"));
+    let mut answer = format!(
+        "<iq type='result' to='{from}' id='{id}'><query xmlns='http://jabber.org/protocol/disco#info' node='urn:test:raw#{ver}'><identity category='client' type='phone' name='raw'/>"
+    );
+    for f in features {
+        answer.push_str(&format!("<feature var='{f}'/>"));
+    }
+    answer.push_str("</query></iq>");
+    bob.send(&answer).await;
+    alice.expect_element(&[">bob here</status>"]).await;
+    // Device-list events reach bob while alice consents (the positive control).
+    let publish = |n: u32| {
+        format!(
+            "<iq type='set' id='pub{n}'><pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='urn:xmpp:omemo:2:devices'><item id='current'><devices xmlns='urn:xmpp:omemo:2'><device id='{n}'/></devices></item></publish></pubsub></iq>"
+        )
+    };
+    alice.send(&publish(76)).await;
+    bob.expect_element(&["<device id='76'/>"]).await;
+    // Alice takes acme off: presence stops both ways, though the subscriptions stand.
+    consent(
+        &mut alice,
+        "c2",
+        "<consent xmlns='urn:strait:interop:0'><provider id='acme' allowed='false'/></consent>",
+    )
+    .await;
+    // (A ping consumes what arrived before its answer: each side pings only before the
+    // other side is checked.)
+    alice
+        .send("<presence><status>gone quiet</status></presence>")
+        .await;
+    alice.ping("settle-a").await;
+    bob.expect_silence("gone quiet", Duration::from_millis(300))
+        .await;
+    bob.send("<presence><status>still here</status></presence>")
+        .await;
+    bob.ping("settle-b").await;
+    alice
+        .expect_silence("still here", Duration::from_millis(300))
+        .await;
+    // And PEP events with it.
+    alice.send(&publish(77)).await;
+    alice.expect_element(&["id='pub77'"]).await;
+    bob.expect_silence("device id='77'", Duration::from_millis(300))
+        .await;
+    t.stop().await;
+}
+
+async fn slot(c: &mut RawClient, id: &str, to: &str, ctype: &str) -> String {
+    c.send(&format!(
+        "<iq type='get' id='{id}' to='{to}'><request xmlns='urn:xmpp:http:upload:0' filename='f' size='10' content-type='{ctype}'/></iq>"
+    ))
+    .await;
+    c.expect_element(&[&format!("id='{id}'")]).await
+}
+
+#[tokio::test]
+async fn provider_users_upload_through_the_platform_within_their_scopes() {
+    let t = TestServer::start(|_| {}).await;
+    let key = ProviderKey::new();
+    let mut p = provider(&t, "acme", "acme.example", &key).await; // scope: text only
+    let mut bob = enlisted(&t, &key, "acme.example", "bob").await;
+    // The service their domain lists is the platform's.
+    bob.send("<iq type='get' id='d1' to='acme.example'><query xmlns='http://jabber.org/protocol/disco#items'/></iq>").await;
+    let items = bob.expect_element(&["id='d1'"]).await;
+    assert!(items.contains("jid='upload.localhost'"), "{items}");
+    let r = slot(&mut bob, "u1", "upload.localhost", "image/jpeg").await;
+    assert!(
+        r.contains("<feature-not-implemented") && r.contains("scope media"),
+        "{r}"
+    );
+    let st = state(&t);
+    p.scopes = vec![Scope::Text, Scope::Media];
+    registry::update(&st.config, &*st.store, &p, OP).unwrap();
+    reload(&t).await;
+    let r = slot(&mut bob, "u2", "upload.localhost", "image/jpeg").await;
+    assert!(
+        r.contains("type='result'") && r.contains("<put url='https://upload.localhost"),
+        "{r}"
+    );
+    let r = slot(&mut bob, "u3", "upload.localhost", "application/pdf").await;
+    assert!(r.contains("scope files"), "{r}");
+    let r = slot(&mut bob, "u4", "upload.example.test", "image/jpeg").await;
+    assert!(
+        r.contains("<not-allowed") && r.contains("upload through upload.localhost"),
+        "{r}"
+    );
+    // An operator removes an enlisted account like any other.
+    drop(bob);
+    let (jid, _) =
+        strait_server::accounts::remove_user(&st.config, &*st.store, "Bob@acme.example").unwrap();
+    assert_eq!(jid, "bob@acme.example");
+    assert!(matches!(
+        strait_server::accounts::remove_user(&st.config, &*st.store, "bob@nobody.example"),
+        Err(strait_server::accounts::AccountError::UnknownDomain(..))
+    ));
+    t.stop().await;
+}
+
+#[tokio::test]
 async fn rates_and_providers_apart() {
     let t = TestServer::start(|_| {}).await;
     let key = ProviderKey::new();

@@ -129,7 +129,22 @@ pub fn remove_user(
     store: &dyn Store,
     jid: &str,
 ) -> Result<(String, usize), AccountError> {
-    let jid = account_jid(config, jid)?;
+    let jid = match account_jid(config, jid) {
+        Err(AccountError::UnknownDomain(domain, served)) => {
+            // A provider's enlisted user (docs/interop.md) lives here too.
+            let provider_domain = store
+                .providers()?
+                .iter()
+                .any(|p| p.domains.contains(&domain));
+            if !provider_domain {
+                return Err(AccountError::UnknownDomain(domain, served));
+            }
+            let normalized =
+                normalize_jid(jid.trim()).map_err(|e| AccountError::InvalidJid(jid.into(), e))?;
+            normalized.to_bare().to_string()
+        }
+        other => other?,
+    };
     store.remove_account(&jid)?;
     let files =
         crate::features::upload::remove_owner_files(&config.data_dir, &jid).map_err(|e| {

@@ -163,6 +163,10 @@ async fn server_request(s: &mut Session, stanza: &Stanza) {
         }
         (disco::ITEMS, "query", true) if !has_node => {
             let mut services = match (&s.state.uploads, stanza.to.as_deref()) {
+                // A provider's domain: its users upload through the platform's service.
+                (Some(_), Some(domain)) if s.state.config.served_domain(domain).is_none() => {
+                    vec![upload::Uploads::service_jid(&s.state.config.domains[0])]
+                }
                 (Some(_), Some(domain)) => vec![upload::Uploads::service_jid(domain)],
                 _ => Vec::new(),
             };

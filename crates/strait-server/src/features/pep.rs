@@ -882,6 +882,9 @@ async fn notify(
         .iter()
         .filter(|i| matches!(i.subscription, Subscription::From | Subscription::Both))
     {
+        if !crate::interop::boundary::shares(state, owner, &c.jid).await {
+            continue;
+        }
         for r in state.router.resources(&c.jid) {
             if r.is_available() && caps::wants_notify(state, &r.full, node) {
                 delivery::to_full(
@@ -910,6 +913,9 @@ pub async fn send_last_items(s: &mut Session) {
         Err(e) => tracing::error!(account = %s.bare, "reading the roster for PEP: {e}"),
     }
     for publisher in publishers {
+        if !crate::interop::boundary::shares(&s.state, &s.bare, &publisher).await {
+            continue;
+        }
         let p = publisher.clone();
         let Ok(nodes) = s.state.store(move |st| st.pep_nodes(&p)).await else {
             continue;

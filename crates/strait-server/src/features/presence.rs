@@ -91,6 +91,9 @@ async fn broadcast(s: &mut Session, mut p: Stanza) {
         .filter(|i| !blocking::matches(&blocked, &i.jid))
         .filter(|i| !blocking::blocks_if_online(&s.state, &i.jid, &s.full))
     {
+        if !crate::interop::boundary::shares(&s.state, &s.bare, &item.jid).await {
+            continue;
+        }
         if crate::component::owns(&s.state, &item.jid) {
             let mut to_component = p.clone();
             to_component.to = Some(item.jid.clone());
@@ -129,6 +132,9 @@ async fn broadcast(s: &mut Session, mut p: Stanza) {
     });
     watched.push(s.bare.clone());
     for contact in watched {
+        if !crate::interop::boundary::shares(&s.state, &s.bare, &contact).await {
+            continue;
+        }
         for r in s.state.router.resources(&contact) {
             if r.full == s.full {
                 continue;
@@ -206,6 +212,9 @@ pub async fn route_directed(state: &ServerState, p: Stanza, target: &str) {
 async fn probe(s: &mut Session, contact: &str) {
     let item = item_or_new(&s.state, &s.bare, contact).await;
     if contact != s.bare && !matches!(item.subscription, Subscription::To | Subscription::Both) {
+        return;
+    }
+    if !crate::interop::boundary::shares(&s.state, &s.bare, contact).await {
         return;
     }
     for r in s.state.router.resources(contact) {

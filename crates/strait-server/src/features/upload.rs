@@ -805,12 +805,25 @@ pub async fn handle(s: &mut Session, stanza: &Stanza, domain: &str) {
             s.reply(super::iq_result(stanza, Some(&super::disco::empty_items())))
         }
         (NS, "request", true) => {
-            // An account uploads through its own domain's service only.
+            // An account uploads through its own domain's service only; a provider's user
+            // through the platform's (its first domain's), within its agreement's scopes.
             let owner = s.bare.clone();
-            let own_domain = owner
-                .rsplit_once('@')
-                .is_some_and(|(_, d)| d.eq_ignore_ascii_case(domain));
-            let granted = if own_domain {
+            let owner_domain = owner.rsplit_once('@').map_or("", |(_, d)| d);
+            let own_domain = owner_domain.eq_ignore_ascii_case(domain);
+            let enlisted = !own_domain && s.state.config.served_domain(owner_domain).is_none();
+            if enlisted {
+                let platform = s.state.config.domains[0].eq_ignore_ascii_case(domain);
+                if let Err(e) = crate::interop::boundary::upload_allowed(
+                    &s.state,
+                    owner_domain,
+                    platform,
+                    p.attr("content-type"),
+                ) {
+                    s.reply_error(stanza, e);
+                    return;
+                }
+            }
+            let granted = if own_domain || enlisted {
                 uploads.request_slot(
                     &owner,
                     domain,

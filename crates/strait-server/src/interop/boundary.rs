@@ -255,6 +255,89 @@ fn check_content(provider: &Provider, stanza: &mut Stanza) -> Result<(), StanzaE
     Ok(())
 }
 
+/// Whether presence and PEP events (OMEMO device lists, avatars) may flow between the accounts
+/// `a` and `b` now, through subscriptions granted earlier: the server's own fan-out, which
+/// [`check`] does not see. Across the boundary it needs what rules 0 to 2 need: not two
+/// providers, the agreement active, the platform user's consent. So a user who revokes
+/// consent stops showing (and seeing) presence at once, without ending the subscriptions.
+pub async fn shares(state: &ServerState, a: &str, b: &str) -> bool {
+    if !state.interop.has_providers() {
+        return true;
+    }
+    let snapshot = state.interop.snapshot();
+    let (pa, pb) = (
+        party(state, &snapshot, domain_of(a)),
+        party(state, &snapshot, domain_of(b)),
+    );
+    let (provider, platform_user) = match (&pa, &pb) {
+        (Party::Provider(p), Party::Platform) => (p, b),
+        (Party::Platform, Party::Provider(p)) => (p, a),
+        (Party::Provider(x), Party::Provider(y)) => return x.id == y.id,
+        _ => return true,
+    };
+    if provider.status != ProviderStatus::Active {
+        return false;
+    }
+    let owner = platform_user.to_owned();
+    match state.store(move |s| s.consent(&owner)).await {
+        Ok(c) => c.allows(&provider.id),
+        Err(e) => {
+            tracing::error!("consent of {platform_user}: {e}");
+            false
+        }
+    }
+}
+
+/// Whether a provider's user (an account under `domain`) may ask the platform's upload service
+/// for a slot for a file of `content_type`: images, audio and video need the `media` scope,
+/// other files `files` (DMA Art. 7: images, voice messages, videos and files). `platform`
+/// says the request went to the platform's own service (its first domain's), the one a
+/// provider's users upload through.
+pub fn upload_allowed(
+    state: &ServerState,
+    domain: &str,
+    platform: bool,
+    content_type: Option<&str>,
+) -> Result<(), StanzaError> {
+    let snapshot = state.interop.snapshot();
+    let Some(p) = snapshot.provider_of_domain(domain) else {
+        return Err(refuse(
+            Cond::NotAllowed,
+            "only this platform's and its providers' users may upload here".into(),
+        ));
+    };
+    if !platform {
+        return Err(refuse(
+            Cond::NotAllowed,
+            format!(
+                "users of {} upload through upload.{}",
+                p.id, state.config.domains[0]
+            ),
+        ));
+    }
+    if p.status != ProviderStatus::Active {
+        return Err(refuse(
+            Cond::NotAllowed,
+            format!(
+                "the agreement of the provider {} is {}",
+                p.id,
+                p.status.as_str()
+            ),
+        ));
+    }
+    let media = content_type.is_some_and(|t| {
+        let t = t.trim().to_ascii_lowercase();
+        ["image/", "audio/", "video/"]
+            .iter()
+            .any(|m| t.starts_with(m))
+    });
+    if media {
+        needs_scope(p, Scope::Media, "images, voice messages and videos")
+    } else {
+        needs_scope(p, Scope::Files, "files")
+    }
+}
+
 /// Token buckets for the providers' message rates (whole provider, and each sender).
 #[derive(Default)]
 pub struct Rates {
