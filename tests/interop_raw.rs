@@ -313,6 +313,11 @@ async fn the_boundary_policy_holds_between_platform_and_provider_users() {
 
     // Carol never opted in: she cannot start a chat with bob either.
     let mut carol = RawClient::login(t.starttls, t.ca_pem(), "carol@localhost", "pc", "c1").await;
+    // (A chat between two platform users, for the archive's selection by origin below.)
+    carol
+        .send("<message to='alice@localhost' id='k2' type='chat'><body>platform chat</body></message>")
+        .await;
+    alice.expect_element(&["id='k2'"]).await;
     carol
         .send(&format!(
             "<message to='bob@acme.example' id='k1' type='chat'>{OMEMO}</message>"
@@ -392,6 +397,30 @@ async fn the_boundary_policy_holds_between_platform_and_provider_users() {
         );
     }
     assert!(!archive.contains("in the clear"), "{archive}");
+    assert!(archive.contains("id='k2'"), "{archive}");
+    // The third-party section: the archive selected by origin (a provider, or all of them).
+    for (n, origin) in [(2, "acme"), (3, "*")] {
+        alice
+            .send(&format!("<iq type='set' id='q{n}'><query xmlns='urn:xmpp:mam:2' queryid='q{n}'><x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE' type='hidden'><value>urn:xmpp:mam:2</value></field><field var='urn:strait:interop:0#origin'><value>{origin}</value></field></x></query></iq>"))
+            .await;
+        let section = alice.expect("<fin").await;
+        for id in ["'m3'", "'r3'", "'m4'"] {
+            assert!(
+                section.contains(&format!("id={id}")),
+                "{origin}: {id} missing: {section}"
+            );
+        }
+        assert!(!section.contains("id='k2'"), "{origin}: {section}");
+        alice.expect("</iq>").await;
+    }
+    alice
+        .send("<iq type='set' id='q4'><query xmlns='urn:xmpp:mam:2'><x xmlns='jabber:x:data' type='submit'><field var='urn:strait:interop:0#origin'><value>nope</value></field></x></query></iq>")
+        .await;
+    let e = alice.expect_element(&["id='q4'"]).await;
+    assert!(
+        e.contains("<bad-request") && e.contains("no provider nope"),
+        "{e}"
+    );
     t.stop().await;
 }
 

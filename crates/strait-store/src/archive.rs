@@ -25,6 +25,9 @@ pub struct ArchivedMessage {
 pub struct ArchiveQuery {
     /// A bare JID matches the partner's bare JID; a full JID (with `/`) the partner's full JID.
     pub with: Option<String>,
+    /// Only messages whose partner's domain is one of these (lowercase), when not empty: the
+    /// chats with one provider's users, or with any provider's (the third-party section).
+    pub with_domains: Vec<String>,
     /// Only messages archived at or after this time (Unix ms).
     pub start: Option<i64>,
     /// Only messages archived at or before this time (Unix ms).
@@ -168,6 +171,15 @@ pub(crate) fn matches(m: &ArchivedMessage, q: &ArchiveQuery) -> bool {
             &m.with_bare == w
         };
         if !hit {
+            return false;
+        }
+    }
+    if !q.with_domains.is_empty() {
+        let domain = m
+            .with_bare
+            .rsplit_once('@')
+            .map_or(m.with_bare.as_str(), |(_, d)| d);
+        if !q.with_domains.iter().any(|d| d == domain) {
             return false;
         }
     }

@@ -2668,6 +2668,19 @@ fn archive_filter(owner: &str, q: &crate::ArchiveQuery) -> (String, Vec<rusqlite
         };
         sql.push_str(&format!(" AND {col} = ?2"));
     }
+    if !q.with_domains.is_empty() {
+        // The partner's domain: what follows its '@', or all of it (a domain JID). No index
+        // serves this; it reads the owner's range (a third-party section's query).
+        let first = p.len() + 1;
+        let marks: Vec<String> = (first..first + q.with_domains.len())
+            .map(|i| format!("?{i}"))
+            .collect();
+        sql.push_str(&format!(
+            " AND substr(with_bare, instr(with_bare, '@') + 1) IN ({})",
+            marks.join(", ")
+        ));
+        p.extend(q.with_domains.iter().cloned().map(Value::Text));
+    }
     (sql, p)
 }
 
@@ -2804,15 +2817,10 @@ fn logged_copies(c: &Connection, owner: &str) -> Result<Vec<crate::ArchivedMessa
     Ok(rows)
 }
 
-/// Whether a copy matches a query's filters (`with`, `start`, `end`), as
-/// [`archive_filter`] and [`ArchiveRange::of_times`] select in SQL.
+/// Whether a copy matches a query's filters (`with`, `with_domains`, `start`, `end`), as
+/// [`archive_filter`] and [`ArchiveRange::of_times`] select in SQL: the reference's rule.
 fn archive_matches(q: &crate::ArchiveQuery, m: &crate::ArchivedMessage) -> bool {
-    let with = match q.with.as_deref() {
-        None => true,
-        Some(w) if w.contains('/') => m.with_full == w,
-        Some(w) => m.with_bare == w,
-    };
-    with && q.start.is_none_or(|s| m.stamp_ms >= s) && q.end.is_none_or(|e| m.stamp_ms <= e)
+    crate::archive::matches(m, q)
 }
 
 /// One page of `owner`'s archive: its merged copies (`archive`, by index ranges) followed
@@ -2895,7 +2903,9 @@ fn merged_count(
     times: ArchiveRange,
 ) -> Result<usize> {
     let bare_with = q.with.as_deref().filter(|w| !w.contains('/'));
-    match (q.with.as_deref(), bare_with, times.is_everything()) {
+    // The kept counts are per partner, not per partner's domain.
+    let kept = times.is_everything() && q.with_domains.is_empty();
+    match (q.with.as_deref(), bare_with, kept) {
         // No filter but the owner: the kept count.
         (None, _, true) => owner_count(c, owner),
         // No filter but the owner and a bare partner: kept too.

@@ -2526,6 +2526,33 @@ fn sqlite_archive_pages_match_the_reference_everywhere() {
             });
         }
     }
+    // By the partner's domain (a provider's chats), alone and with the other filters.
+    let by_domain: Vec<ArchiveQuery> = queries
+        .iter()
+        .filter(|q| q.with.is_none())
+        .flat_map(|q| {
+            [
+                vec!["y.example".to_owned()],
+                vec!["nope.example".into(), "x.example".into()],
+            ]
+            .map(|d| ArchiveQuery {
+                with_domains: d,
+                ..q.clone()
+            })
+        })
+        .collect();
+    queries.extend(by_domain);
+    let third_party = ArchiveQuery {
+        with_domains: vec!["y.example".into()],
+        max: 1000,
+        ..ArchiveQuery::default()
+    };
+    let page = m
+        .archive_query("a@x.example", &third_party)
+        .unwrap()
+        .unwrap();
+    assert!(page.count > 20 && page.count < ids.len(), "{}", page.count);
+    assert!(page.messages.iter().all(|m| m.with_bare == "e@y.example"));
     // Ids nobody archived (in `a`'s archive: `b`'s are not).
     for id in ["m000", "nope"] {
         queries.push(ArchiveQuery {

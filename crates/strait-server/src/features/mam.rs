@@ -241,6 +241,7 @@ fn form(queryid: Option<&str>) -> String {
          <field var='ids' type='list-multi'>\
          <validate xmlns='http://jabber.org/protocol/xdata-validate' datatype='xs:string'>\
          <open/></validate></field>\
+         <field var='{ORIGIN_FIELD}' type='list-multi' label='Chats with these providers&apos; users (* for all)'/>\
          </x></query>"
     )
 }
@@ -258,7 +259,13 @@ struct Parsed {
     q: ArchiveQuery,
     ids: Option<Vec<String>>,
     flip: bool,
+    /// Providers whose chats to select ([`ORIGIN_FIELD`]); `*`: every provider's.
+    origin: Option<Vec<String>>,
 }
+
+/// The search form's field selecting chats by their origin (docs/interop.md): provider ids,
+/// or `*` for every provider's, that is the third-party section.
+pub const ORIGIN_FIELD: &str = "urn:strait:interop:0#origin";
 
 /// Why a query was refused: a malformed one (`bad-request`) or a form field this server does
 /// not know (`feature-not-implemented`, as XEP-0313 asks).
@@ -281,6 +288,7 @@ fn parse_query(el: &minidom::Element) -> Result<Parsed, QueryError> {
         ..Default::default()
     };
     let mut ids = None;
+    let mut origin = None;
     if let Some(x) = el.get_child("x", DATA) {
         for f in x.children().filter(|c| c.name() == "field") {
             let var = f.attr("var").unwrap_or("");
@@ -309,6 +317,10 @@ fn parse_query(el: &minidom::Element) -> Result<Parsed, QueryError> {
                     }
                     ids = Some(values);
                 }
+                ORIGIN_FIELD if values.iter().all(|v| v.is_empty()) => {
+                    return Err("the origin field needs a provider id or *".into());
+                }
+                ORIGIN_FIELD => origin = Some(values),
                 other => return Err(QueryError::UnknownField(other.to_owned())),
             }
         }
@@ -337,6 +349,7 @@ fn parse_query(el: &minidom::Element) -> Result<Parsed, QueryError> {
         q,
         ids,
         flip: el.get_child("flip-page", NS).is_some(),
+        origin,
     })
 }
 
@@ -409,7 +422,12 @@ fn ids_page(found: Vec<ArchivedMessage>, q: &ArchiveQuery) -> strait_store::Arch
 }
 
 async fn query(s: &mut Session, stanza: &Stanza, el: &minidom::Element) {
-    let Parsed { q, ids, flip } = match parse_query(el) {
+    let Parsed {
+        mut q,
+        ids,
+        flip,
+        origin,
+    } = match parse_query(el) {
         Ok(p) => p,
         Err(QueryError::Bad(t)) => return bad(s, stanza, &t),
         Err(QueryError::UnknownField(f)) => {
@@ -422,6 +440,16 @@ async fn query(s: &mut Session, stanza: &Stanza, el: &minidom::Element) {
             );
         }
     };
+    if let Some(origin) = origin {
+        match crate::interop::origin_domains(&s.state.interop.snapshot(), &origin) {
+            Ok(domains) if domains.is_empty() => {
+                // `*` with no provider ever registered: nothing can match.
+                q.with_domains = vec![String::new()];
+            }
+            Ok(domains) => q.with_domains = domains,
+            Err(id) => return bad(s, stanza, &format!("no provider {id} is registered")),
+        }
+    }
     let queryid = el.attr("queryid").map(str::to_owned);
     // A message goes to online resources once its archive copies are queued, without waiting
     // for their commit (delivery::send_message): the store's query sees every copy of the
@@ -622,7 +650,7 @@ mod tests {
             <set xmlns='http://jabber.org/protocol/rsm'><max>500</max><before/></set></query>"
                 .parse()
                 .unwrap();
-        let Parsed { q, ids, flip } = parse_query(&el).unwrap();
+        let Parsed { q, ids, flip, .. } = parse_query(&el).unwrap();
         assert!(ids.is_none() && !flip);
         assert_eq!(q.with.as_deref(), Some("b@x"));
         assert_eq!(q.start, Some(1_700_000_000_000));

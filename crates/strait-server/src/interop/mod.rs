@@ -44,6 +44,8 @@ pub struct Snapshot {
     by_domain: HashMap<String, Arc<Provider>>,
     /// The client negotiation settings: the platform's, plus these providers' domains.
     pub c2s: Option<Arc<C2sConfig>>,
+    /// Every provider's domains, terminated ones too (their chats stay in archives), by id.
+    all_domains: HashMap<String, Vec<String>>,
 }
 
 impl Snapshot {
@@ -53,6 +55,7 @@ impl Snapshot {
             ..Snapshot::default()
         };
         for p in providers {
+            s.all_domains.insert(p.id.clone(), p.domains.clone());
             if p.status == ProviderStatus::Terminated {
                 continue;
             }
@@ -93,6 +96,25 @@ impl Snapshot {
         v.sort_by(|a, b| a.id.cmp(&b.id));
         v
     }
+}
+
+/// The domains of the providers named (ids, or `*` for all of them), for selecting archived
+/// chats by origin; `Err(id)` for an id that was never registered.
+pub fn origin_domains(snapshot: &Snapshot, ids: &[String]) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    for id in ids {
+        if id == "*" {
+            out.extend(snapshot.all_domains.values().flatten().cloned());
+        } else {
+            match snapshot.all_domains.get(id) {
+                Some(d) => out.extend(d.iter().cloned()),
+                None => return Err(id.clone()),
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
 }
 
 /// The interop layer's state in a running server.
