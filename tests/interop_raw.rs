@@ -627,3 +627,121 @@ async fn rates_and_providers_apart() {
     assert!(log.iter().all(|e| e.actor == "test-operator"));
     t.stop().await;
 }
+
+/// A self-signed client certificate for a proxy, written to `dir`; returns (cert, key, pin).
+fn proxy_identity(
+    dir: &std::path::Path,
+    name: &str,
+) -> (std::path::PathBuf, std::path::PathBuf, String) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec![name.to_owned()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let pin = strait_server::tls::spki_pin(cert.der()).unwrap();
+    let (c, k) = (
+        dir.join(format!("{name}.pem")),
+        dir.join(format!("{name}.key")),
+    );
+    std::fs::write(&c, cert.pem()).unwrap();
+    std::fs::write(&k, key.serialize_pem()).unwrap();
+    (c, k, strait_server::tls::pin_hex(&pin))
+}
+
+async fn start_proxy(
+    t: &TestServer,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> strait_proxy::Proxy {
+    let tls = t.config().data_dir.join("tls");
+    strait_proxy::Proxy::start(strait_proxy::ProxyConfig {
+        listen: vec!["127.0.0.1:0".parse().unwrap()],
+        // The proxy presents the provider domain's certificate to the apps (here the one the
+        // platform's local CA made for it, which the test client trusts).
+        app_cert: tls.join("acme.example.pem"),
+        app_key: tls.join("acme.example.key"),
+        upstream: t.direct.to_string(),
+        upstream_ca: tls.join("ca.pem"),
+        upstream_name: None,
+        client_cert: cert.to_owned(),
+        client_key: key.to_owned(),
+        max_connections: 10,
+    })
+    .await
+    .unwrap()
+}
+
+/// OAUTHBEARER over an already open direct-TLS connection; the server's answer.
+async fn bearer_direct(c: &mut RawClient, token: &str) -> String {
+    let f = c.open_stream("acme.example").await;
+    assert!(f.contains("<mechanism>OAUTHBEARER</mechanism>"), "{f}");
+    let msg = format!("n,,\x01auth=Bearer {token}\x01\x01");
+    c.send(&format!(
+        "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='OAUTHBEARER'>{}</auth>",
+        B64.encode(msg)
+    ))
+    .await;
+    let r = c.expect_one_of(&["</success>", "/>", "</challenge>"]).await;
+    if r.contains("<challenge") {
+        c.send("<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>AQ==</response>")
+            .await;
+        return c.expect("</failure>").await;
+    }
+    r
+}
+
+#[tokio::test]
+async fn a_provider_that_pins_its_proxy_admits_its_users_only_through_it() {
+    let t = TestServer::start(|_| {}).await;
+    let key = ProviderKey::new();
+    let mut p = provider(&t, "acme", "acme.example", &key).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, ckey, pin) = proxy_identity(dir.path(), "proxy.acme.example");
+    let st = state(&t);
+    p.cert_pins = vec![pin];
+    registry::update(&st.config, &*st.store, &p, OP).unwrap();
+    reload(&t).await;
+    let proxy = start_proxy(&t, &cert, &ckey).await;
+    let token = |sub: &str| key.token("https://acme.example", sub, 300);
+
+    // Through the registered proxy: the app's own login, stream and session, relayed.
+    let mut bob =
+        RawClient::connect_direct(proxy.local_addrs()[0], t.ca_pem(), "acme.example").await;
+    let r = bearer_direct(&mut bob, &token("bob")).await;
+    assert!(r.contains("<success"), "{r}");
+    assert_eq!(
+        bob.bind("acme.example", "phone").await,
+        "bob@acme.example/phone"
+    );
+    assert!(bob.ping("p1").await.contains("type='result'"));
+
+    // Straight to the platform, or through a proxy whose key is not registered: refused.
+    let mut direct = RawClient::connect_direct(t.direct, t.ca_pem(), "acme.example").await;
+    let r = bearer_direct(&mut direct, &token("carol")).await;
+    assert!(
+        r.contains("<not-authorized/>") && r.contains("only through its registered proxy"),
+        "{r}"
+    );
+    let (other_cert, other_key, _) = proxy_identity(dir.path(), "rogue.example");
+    let rogue = start_proxy(&t, &other_cert, &other_key).await;
+    let mut via_rogue =
+        RawClient::connect_direct(rogue.local_addrs()[0], t.ca_pem(), "acme.example").await;
+    let r = bearer_direct(&mut via_rogue, &token("carol")).await;
+    assert!(r.contains("only through its registered proxy"), "{r}");
+    // The platform's own users are not asked for anything new (the certificate request is
+    // optional), over either port.
+    t.add_user("alice@localhost", "pa");
+    let mut alice = RawClient::login(t.starttls, t.ca_pem(), "alice@localhost", "pa", "a1").await;
+    assert!(alice.ping("a1").await.contains("type='result'"));
+    let mut alice2 = RawClient::connect_direct(t.direct, t.ca_pem(), "localhost").await;
+    alice2.open_stream("localhost").await;
+    assert!(
+        alice2
+            .scram_sha256("alice", "pa")
+            .await
+            .contains("<success")
+    );
+    proxy.shutdown().await;
+    rogue.shutdown().await;
+    t.stop().await;
+}

@@ -211,3 +211,92 @@ def test_suspension_ends_enlisted_sessions(server, new_account):
             assert actions == ["add", "terms", "activate", "suspend"], res.stdout
 
     run(body())
+
+
+def test_provider_users_through_the_providers_proxy(server, new_account):
+    """`strait proxy run` as a provider runs it: its key pinned in the registry; slixmpp
+    connects to it with direct TLS, logs in with the provider's token and reaches a platform
+    user; the same login straight to the platform is refused."""
+    if server.kind != "strait":
+        pytest.skip("needs strait's provider registry and proxy")
+    import dataclasses
+    import subprocess
+
+    from conftest import free_ports, port_open
+
+    pid, domain, backend = register_provider(server)
+    # (`strait proxy` takes no server configuration: it runs on the provider's side.)
+    keygen = subprocess.run([server.binary, "proxy", "keygen", "--out",
+                             os.path.join(server.workdir, f"{pid}-proxy"),
+                             "--name", f"proxy.{domain}"],
+                            capture_output=True, text=True, timeout=30, check=True)
+    pin = keygen.stdout.split("pin ")[1].strip()
+    server.cli("provider", "set", pid, "--pin", pin, "--actor", "test")
+    tls_dir = os.path.join(server.workdir, "data", "tls")
+    deadline = time.monotonic() + 8
+    while not os.path.exists(os.path.join(tls_dir, f"{domain}.key")):
+        assert time.monotonic() < deadline, "the provider domain's certificate was not made"
+        time.sleep(0.2)
+    (port,) = free_ports(1)
+    log = open(os.path.join(server.workdir, f"{pid}-proxy.log"), "wb")
+    proxy = subprocess.Popen(
+        [server.binary, "proxy", "run", "--listen", f"127.0.0.1:{port}",
+         "--cert", os.path.join(tls_dir, f"{domain}.pem"),
+         "--key", os.path.join(tls_dir, f"{domain}.key"),
+         "--upstream", f"127.0.0.1:{server.tls_port}",
+         "--upstream-ca", os.path.join(tls_dir, "ca.pem"),
+         "--client-cert", os.path.join(server.workdir, f"{pid}-proxy.pem"),
+         "--client-key", os.path.join(server.workdir, f"{pid}-proxy.key")],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 10
+        while not port_open("127.0.0.1", port):
+            assert proxy.poll() is None, f"strait proxy exited with {proxy.returncode}"
+            assert time.monotonic() < deadline, "strait proxy did not start"
+            time.sleep(0.1)
+        via_proxy = dataclasses.replace(server, tls_port=port)
+        a = new_account(prefix="px")
+        server.cli("user", "consent", a.jid, "--on", "--allow", pid)
+
+        async def body():
+            async with Clients(server) as cs:
+                pa = await cs.online(a, label="A")
+                bob = Account(jid=f"b{secrets.token_hex(4)}@{domain}", password="unused")
+                # Straight to the platform: refused, saying why (the pin took effect within
+                # the server's registry poll).
+                deadline = time.monotonic() + 8
+                while True:
+                    direct = cs.new(bob, label="B-direct", mech="OAUTHBEARER", direct_tls=True)
+                    direct.credentials["access_token"] = backend.token(bob.jid.split("@")[0],
+                                                                       server.domain)
+                    try:
+                        await direct.login(presence=False)
+                        await direct.logout()   # the pin is not read yet: try again
+                    except LoginFailed:
+                        if any("sasl_failure" in e for e in direct.events):
+                            break
+                    assert time.monotonic() < deadline, direct.events
+                    await asyncio.sleep(0.5)
+                # Through the proxy: the same client, the same token, a session.
+                cb = Clients(via_proxy)
+                cs.all.extend(cb.all)
+                b = cb.new(bob, label="B-proxy", mech="OAUTHBEARER", direct_tls=True)
+                cs.all.append(b)
+                b.credentials["access_token"] = backend.token(bob.jid.split("@")[0],
+                                                              server.domain)
+                await b.login()
+                assert b.boundjid.bare == bob.jid
+                # And on to the platform user, through the boundary.
+                b.send_presence(pto=a.jid, ptype="subscribe")
+                await pa.wait_presence(lambda p: p["from"].bare == bob.jid and
+                                       p["type"] == "subscribe", "bob's request via the proxy")
+
+        run(body())
+    finally:
+        proxy.terminate()
+        try:
+            proxy.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proxy.kill()
+            proxy.wait(timeout=10)
+        log.close()

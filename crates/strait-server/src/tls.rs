@@ -10,6 +10,7 @@ use rustls::sign::CertifiedKey;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// ALPN protocol id for client-to-server XMPP (XEP-0368).
 pub const ALPN_XMPP_CLIENT: &[u8] = b"xmpp-client";
@@ -46,9 +47,16 @@ pub struct TlsConfigs {
     /// while the server runs ([`TlsConfigs::add_domain`]).
     resolver: Arc<SniResolver>,
     provider: Arc<CryptoProvider>,
+    /// Whether client connections are asked for a certificate ([`ProxyCertificates`]).
+    client_certs: Arc<AtomicBool>,
 }
 
 impl TlsConfigs {
+    /// Asks clients for a certificate from now on (`true`: some provider pins its proxies'
+    /// keys) or no longer. Existing connections keep what they negotiated.
+    pub fn want_client_certificates(&self, on: bool) {
+        self.client_certs.store(on, Ordering::Relaxed);
+    }
     /// Makes `domain` (one served on a provider's behalf) present a certificate of its own:
     /// the one configured for it in `[[tls.certificates]]`, else one the local CA signs.
     /// Blocking (file I/O, maybe key generation). `false` if it already had one.
@@ -121,12 +129,24 @@ pub fn load(config: &Config) -> Result<TlsConfigs, TlsError> {
         default: keys[&config.domains[0].to_ascii_lowercase()].clone(),
         keys: std::sync::RwLock::new(keys),
     });
+    let client_certs = Arc::new(AtomicBool::new(false));
+    let proxies: Arc<dyn rustls::server::danger::ClientCertVerifier> =
+        Arc::new(ProxyCertificates {
+            provider: provider.clone(),
+            wanted: client_certs.clone(),
+        });
     let build =
         |alpn: Vec<Vec<u8>>, extract: bool| -> Result<Arc<rustls::ServerConfig>, TlsError> {
-            let mut c = rustls::ServerConfig::builder_with_provider(provider.clone())
-                .with_safe_default_protocol_versions()?
-                .with_no_client_auth()
-                .with_cert_resolver(resolver.clone());
+            // Clients may present a certificate (a provider's proxy does) on the XMPP
+            // listeners; HTTPS asks for none.
+            let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+                .with_safe_default_protocol_versions()?;
+            let builder = if extract {
+                builder.with_client_cert_verifier(proxies.clone())
+            } else {
+                builder.with_no_client_auth()
+            };
+            let mut c = builder.with_cert_resolver(resolver.clone());
             c.alpn_protocols = alpn;
             // The transport takes an established TLS 1.3 session over from rustls with its
             // traffic keys (net/tls13.rs); the keys never leave the process.
@@ -139,6 +159,7 @@ pub fn load(config: &Config) -> Result<TlsConfigs, TlsError> {
         https: build(vec![b"http/1.1".to_vec()], false)?,
         resolver,
         provider,
+        client_certs,
     })
 }
 
@@ -193,6 +214,89 @@ impl ResolvesServerCert for SniResolver {
         });
         Some(by_name.unwrap_or(&self.default).clone())
     }
+}
+
+/// Client certificates on the XMPP listeners: optional, and not checked against any CA. A
+/// provider's proxy presents one whose public key the provider registered (its pin,
+/// [`spki_pin`]); the interop layer compares the pin when the proxy logs a user in
+/// (docs/interop.md). rustls still checks that the client holds the certificate's key (the
+/// handshake signature). Clients are asked for one only while some provider pins keys, so
+/// that ordinary handshakes stay as they were.
+#[derive(Debug)]
+struct ProxyCertificates {
+    provider: Arc<CryptoProvider>,
+    wanted: Arc<AtomicBool>,
+}
+
+impl rustls::server::danger::ClientCertVerifier for ProxyCertificates {
+    fn offer_client_auth(&self) -> bool {
+        self.wanted.load(Ordering::Relaxed)
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        // Pinned, not chained: the pin is checked where it matters (enlistment).
+        Ok(rustls::server::danger::ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// The pin of a certificate: SHA-256 of its SubjectPublicKeyInfo (RFC 7469's pin), the form a
+/// provider registers for its proxies. `None` if the certificate cannot be parsed.
+pub fn spki_pin(cert: &CertificateDer<'_>) -> Option<[u8; 32]> {
+    use sha2::Digest;
+    let ee = webpki::EndEntityCert::try_from(cert).ok()?;
+    Some(sha2::Sha256::digest(ee.subject_public_key_info().as_ref()).into())
+}
+
+/// [`spki_pin`] as registered: lowercase hex.
+pub fn pin_hex(pin: &[u8; 32]) -> String {
+    pin.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 const CA_NAME: &str = "Strait local CA";
@@ -268,7 +372,8 @@ fn local_ca(dir: &Path) -> Result<(rcgen::Certificate, rcgen::KeyPair), TlsError
     Ok((cert, key))
 }
 
-fn write_private(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
+/// Writes a file readable by its owner only (private keys).
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
     use std::io::Write;
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create(true).truncate(true);

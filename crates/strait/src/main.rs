@@ -11,6 +11,7 @@ use strait_store::{AccountStore, SqliteStore};
 
 mod import;
 mod provider;
+mod proxy;
 
 /// jemalloc instead of glibc's malloc. Connection tasks move between tokio's worker threads,
 /// so buffers are often freed on another thread than the one that allocated them; glibc frees
@@ -47,6 +48,10 @@ enum Command {
     /// suspend, terminate, list, show, audit.
     #[command(subcommand)]
     Provider(provider::ProviderCommand),
+    /// The provider-side proxy between a provider's apps and the platform: run it, make its
+    /// key, show its pin (docs/interop.md, "Proxies").
+    #[command(subcommand)]
+    Proxy(proxy::ProxyCommand),
     /// Manage uploaded files (XEP-0363): list them, or take one down.
     #[command(subcommand)]
     Upload(UploadCommand),
@@ -250,6 +255,13 @@ fn run() -> Result<()> {
         }
         Command::User(cmd) => user(cmd),
         Command::Provider(cmd) => provider::run(cmd),
+        Command::Proxy(cmd) => {
+            init_logging();
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(proxy::run(cmd))
+        }
         Command::Upload(cmd) => upload(cmd),
         Command::Bench(args) => strait_bench::main(*args),
     }

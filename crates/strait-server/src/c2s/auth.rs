@@ -177,25 +177,28 @@ impl Connection {
             return failure(SaslFailure::NotAuthorized, "no domain");
         };
         let snapshot = self.state.interop.snapshot();
+        let pin = self.client_pin().copied();
         let result = match snapshot.provider_of_domain(&domain) {
             None => Err(enlist::EnlistError::NoKeys(domain.clone())),
-            Some(provider) => enlist::parse_message(msg).and_then(|m| {
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs());
-                let local =
-                    enlist::verify_token(provider, &m.token, &self.state.config.domains, now)?;
-                let jid = format!("{local}@{domain}");
-                match m.authzid {
-                    Some(a)
-                        if accounts::normalize_jid(&a).map(|j| j.to_string())
-                            != Ok(jid.clone()) =>
-                    {
-                        Err(enlist::EnlistError::Authzid(jid))
+            Some(provider) => enlist::check_proxy(provider, pin.as_ref())
+                .and_then(|()| enlist::parse_message(msg))
+                .and_then(|m| {
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs());
+                    let local =
+                        enlist::verify_token(provider, &m.token, &self.state.config.domains, now)?;
+                    let jid = format!("{local}@{domain}");
+                    match m.authzid {
+                        Some(a)
+                            if accounts::normalize_jid(&a).map(|j| j.to_string())
+                                != Ok(jid.clone()) =>
+                        {
+                            Err(enlist::EnlistError::Authzid(jid))
+                        }
+                        _ => Ok((jid, provider.id.clone())),
                     }
-                    _ => Ok((jid, provider.id.clone())),
-                }
-            }),
+                }),
         };
         let (jid, provider) = match result {
             Ok(ok) => ok,

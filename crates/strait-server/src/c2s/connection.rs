@@ -375,6 +375,11 @@ impl Connection {
         }
     }
 
+    /// The pin of the client's TLS certificate, if it presented one (a provider's proxy).
+    pub(super) fn client_pin(&self) -> Option<&[u8; 32]> {
+        self.transport.client_pin()
+    }
+
     pub(super) fn negotiation_domain(&self) -> Option<String> {
         self.negotiation.domain().map(str::to_owned)
     }

@@ -42,6 +42,10 @@ pub enum EnlistError {
     BadSubject(String),
     #[error("the authorization identity must be the token's user ({0})")]
     Authzid(String),
+    #[error(
+        "the provider {0} admits its users only through its registered proxy (no client certificate with a registered pin)"
+    )]
+    ProxyRequired(String),
 }
 
 /// The parts of a client's OAUTHBEARER initial response (RFC 7628 §3.1).
@@ -95,6 +99,18 @@ pub fn parse_message(msg: &[u8]) -> Result<BearerMessage, EnlistError> {
         return Err(EnlistError::TooLong);
     }
     Ok(BearerMessage { authzid, token })
+}
+
+/// A provider that registered certificate pins admits its users only through its proxies:
+/// the connection's client certificate (`client_pin`) must have one of those pins.
+pub fn check_proxy(provider: &Provider, client_pin: Option<&[u8; 32]>) -> Result<(), EnlistError> {
+    if provider.cert_pins.is_empty() {
+        return Ok(());
+    }
+    match client_pin.map(crate::tls::pin_hex) {
+        Some(pin) if provider.cert_pins.contains(&pin) => Ok(()),
+        _ => Err(EnlistError::ProxyRequired(provider.id.clone())),
+    }
 }
 
 /// Credentials for an enlisted account: random, known to nobody. Its users log in with

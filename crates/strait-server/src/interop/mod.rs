@@ -173,6 +173,13 @@ pub async fn refresh(state: &Arc<ServerState>, known: i64) -> i64 {
         .filter(|p| p.status != ProviderStatus::Terminated)
         .flat_map(|p| p.domains.clone())
         .collect();
+    // Clients are asked for a certificate while some provider admits its users only through
+    // its proxies (pins registered).
+    state.tls.want_client_certificates(
+        providers
+            .iter()
+            .any(|p| p.status != ProviderStatus::Terminated && !p.cert_pins.is_empty()),
+    );
     let st = state.clone();
     let certs = tokio::task::spawn_blocking(move || {
         for d in domains {

@@ -80,6 +80,8 @@ pub struct TlsStream {
     read_closed: bool,
     /// We queued our close_notify.
     sent_close: bool,
+    /// The pin of the certificate the client presented, if any (a provider's proxy).
+    client_pin: Option<Box<[u8; 32]>>,
 }
 
 /// What processing the buffered TLS records led to.
@@ -248,6 +250,7 @@ impl TlsStream {
             stash: Vec::new(),
             read_closed: false,
             sent_close: false,
+            client_pin: None,
         };
         loop {
             let mut used = 0;
@@ -290,6 +293,13 @@ impl TlsStream {
         }
         if s.incoming.is_empty() {
             s.incoming = Vec::new();
+        }
+        if let Engine::Rustls(conn) = &s.engine {
+            s.client_pin = conn
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .and_then(crate::tls::spki_pin)
+                .map(Box::new);
         }
         s.engine = match std::mem::replace(&mut s.engine, Engine::HandingOver) {
             Engine::Rustls(conn) => hand_over(conn)?,
@@ -585,6 +595,14 @@ impl TlsStream {
 impl Transport {
     pub fn is_tls(&self) -> bool {
         matches!(self, Transport::Tls(_))
+    }
+
+    /// The pin of the certificate the client presented in the TLS handshake, if any.
+    pub fn client_pin(&self) -> Option<&[u8; 32]> {
+        match self {
+            Transport::Tls(s) => s.client_pin.as_deref(),
+            _ => None,
+        }
     }
 
     /// The negotiated TLS version, for logs.
