@@ -76,15 +76,9 @@ async fn reload(t: &TestServer) {
     strait_server::interop::refresh(state(t), -1).await;
 }
 
-/// STARTTLS on the provider's domain, then the OAUTHBEARER exchange with `token`; returns
-/// the server's last answer (`<success…>`, or the failure after the error challenge).
-async fn bearer(t: &TestServer, domain: &str, token: &str) -> (RawClient, String) {
-    let mut c = RawClient::connect(t.starttls, t.ca_pem()).await;
-    let features = c.starttls(domain).await;
-    assert!(
-        features.contains("<mechanism>OAUTHBEARER</mechanism>") && !features.contains("SCRAM"),
-        "{features}"
-    );
+/// The OAUTHBEARER exchange with `token` on a stream whose features offered it; returns the
+/// server's last answer (`<success…>`, or the failure after the error challenge).
+async fn oauthbearer(c: &mut RawClient, token: &str) -> String {
     let msg = format!("n,,\x01host=localhost\x01auth=Bearer {token}\x01\x01");
     c.send(&format!(
         "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='OAUTHBEARER'>{}</auth>",
@@ -92,16 +86,27 @@ async fn bearer(t: &TestServer, domain: &str, token: &str) -> (RawClient, String
     ))
     .await;
     let r = c.expect_one_of(&["</success>", "/>", "</challenge>"]).await;
-    if r.contains("<challenge") {
-        // RFC 7628 §3.2.2: an error challenge, answered by a dummy 0x01, then the failure.
-        let json = B64.decode(between(&r, "'>", "</challenge>")).unwrap();
-        let json: serde_json::Value = serde_json::from_slice(&json).unwrap();
-        assert_eq!(json["status"], "invalid_token", "{json}");
-        c.send("<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>AQ==</response>")
-            .await;
-        let f = c.expect("</failure>").await;
-        return (c, f);
+    if !r.contains("<challenge") {
+        return r;
     }
+    // RFC 7628 §3.2.2: an error challenge, answered by a dummy 0x01, then the failure.
+    let json = B64.decode(between(&r, "'>", "</challenge>")).unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&json).unwrap();
+    assert_eq!(json["status"], "invalid_token", "{json}");
+    c.send("<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>AQ==</response>")
+        .await;
+    c.expect("</failure>").await
+}
+
+/// STARTTLS on the provider's domain, then [`oauthbearer`].
+async fn bearer(t: &TestServer, domain: &str, token: &str) -> (RawClient, String) {
+    let mut c = RawClient::connect(t.starttls, t.ca_pem()).await;
+    let features = c.starttls(domain).await;
+    assert!(
+        features.contains("<mechanism>OAUTHBEARER</mechanism>") && !features.contains("SCRAM"),
+        "{features}"
+    );
+    let r = oauthbearer(&mut c, token).await;
     (c, r)
 }
 
@@ -143,22 +148,8 @@ async fn enlisted_users_log_in_with_provider_signed_tokens() {
 
     // Direct TLS (XEP-0368) to the provider's domain: its own certificate, the same login.
     let mut c = RawClient::connect_direct(t.direct, t.ca_pem(), "acme.example").await;
-    let f = c.open_stream("acme.example").await;
-    assert!(f.contains("<mechanism>OAUTHBEARER</mechanism>"), "{f}");
-    let msg = format!(
-        "n,,\x01auth=Bearer {}\x01\x01",
-        key.token("https://acme.example", "carol", 300)
-    );
-    c.send(&format!(
-        "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='OAUTHBEARER'>{}</auth>",
-        B64.encode(msg)
-    ))
-    .await;
-    assert!(
-        c.expect_one_of(&["<success", "<failure"])
-            .await
-            .contains("<success")
-    );
+    let token = key.token("https://acme.example", "carol", 300);
+    assert!(bearer_direct(&mut c, &token).await.contains("<success"));
 
     // Refusals, each saying why.
     let iss = "https://acme.example";
@@ -671,23 +662,11 @@ async fn start_proxy(
     .unwrap()
 }
 
-/// OAUTHBEARER over an already open direct-TLS connection; the server's answer.
+/// [`oauthbearer`] on a direct-TLS connection to acme.example.
 async fn bearer_direct(c: &mut RawClient, token: &str) -> String {
     let f = c.open_stream("acme.example").await;
     assert!(f.contains("<mechanism>OAUTHBEARER</mechanism>"), "{f}");
-    let msg = format!("n,,\x01auth=Bearer {token}\x01\x01");
-    c.send(&format!(
-        "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='OAUTHBEARER'>{}</auth>",
-        B64.encode(msg)
-    ))
-    .await;
-    let r = c.expect_one_of(&["</success>", "/>", "</challenge>"]).await;
-    if r.contains("<challenge") {
-        c.send("<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>AQ==</response>")
-            .await;
-        return c.expect("</failure>").await;
-    }
-    r
+    oauthbearer(c, token).await
 }
 
 #[tokio::test]

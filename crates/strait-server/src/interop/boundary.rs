@@ -132,23 +132,9 @@ pub async fn check(
         return Ok(());
     }
     // 1. The agreement.
-    if provider.status != ProviderStatus::Active {
-        return Err(refuse(
-            Cond::NotAllowed,
-            format!(
-                "the agreement of the provider {} is {}",
-                provider.id,
-                provider.status.as_str()
-            ),
-        ));
-    }
+    active(&provider)?;
     // 2. Consent.
-    let owner = platform_user.to_owned();
-    let consent = state.store(move |s| s.consent(&owner)).await.map_err(|e| {
-        tracing::error!("consent of {platform_user}: {e}");
-        StanzaError::new(Cond::InternalServerError)
-    })?;
-    if !consent.allows(&provider.id) {
+    if !consents(state, platform_user, &provider.id).await? {
         return Err(refuse(
             Cond::NotAllowed,
             if inbound {
@@ -188,6 +174,38 @@ pub async fn check(
         );
     }
     Ok(())
+}
+
+/// Rule 1: the provider's agreement is active.
+fn active(provider: &Provider) -> Result<(), StanzaError> {
+    if provider.status == ProviderStatus::Active {
+        return Ok(());
+    }
+    Err(refuse(
+        Cond::NotAllowed,
+        format!(
+            "the agreement of the provider {} is {}",
+            provider.id,
+            provider.status.as_str()
+        ),
+    ))
+}
+
+/// Rule 2's question: whether the platform user accepts chats with the provider's users
+/// (read from the store: a change applies to the next stanza).
+async fn consents(
+    state: &ServerState,
+    platform_user: &str,
+    provider: &str,
+) -> Result<bool, StanzaError> {
+    let owner = platform_user.to_owned();
+    match state.store(move |s| s.consent(&owner)).await {
+        Ok(c) => Ok(c.allows(provider)),
+        Err(e) => {
+            tracing::error!("consent of {platform_user}: {e}");
+            Err(StanzaError::new(Cond::InternalServerError))
+        }
+    }
 }
 
 fn has_content(stanza: &Stanza) -> bool {
@@ -275,17 +293,10 @@ pub async fn shares(state: &ServerState, a: &str, b: &str) -> bool {
         (Party::Provider(x), Party::Provider(y)) => return x.id == y.id,
         _ => return true,
     };
-    if provider.status != ProviderStatus::Active {
-        return false;
-    }
-    let owner = platform_user.to_owned();
-    match state.store(move |s| s.consent(&owner)).await {
-        Ok(c) => c.allows(&provider.id),
-        Err(e) => {
-            tracing::error!("consent of {platform_user}: {e}");
-            false
-        }
-    }
+    provider.status == ProviderStatus::Active
+        && consents(state, platform_user, &provider.id)
+            .await
+            .unwrap_or(false)
 }
 
 /// Whether a provider's user (an account under `domain`) may ask the platform's upload service
@@ -315,16 +326,7 @@ pub fn upload_allowed(
             ),
         ));
     }
-    if p.status != ProviderStatus::Active {
-        return Err(refuse(
-            Cond::NotAllowed,
-            format!(
-                "the agreement of the provider {} is {}",
-                p.id,
-                p.status.as_str()
-            ),
-        ));
-    }
+    active(p)?;
     let media = content_type.is_some_and(|t| {
         let t = t.trim().to_ascii_lowercase();
         ["image/", "audio/", "video/"]
