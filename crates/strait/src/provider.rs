@@ -360,14 +360,30 @@ pub fn run(cmd: ProviderCommand) -> Result<()> {
             }
         }
         ProviderCommand::Show { id, config } => {
+            use strait_store::AccountStore;
             let config = load_config(&config)?;
             let store = open_store(&config)?;
-            let p = store.provider(&id);
+            let result = (|| -> Result<(Provider, Vec<usize>)> {
+                let Some(p) = store.provider(&id)? else {
+                    bail!("no provider {id} is registered");
+                };
+                let users = p
+                    .domains
+                    .iter()
+                    .map(|d| Ok(store.list_accounts(Some(d))?.len()))
+                    .collect::<Result<_>>()?;
+                Ok((p, users))
+            })();
             store.close()?;
-            match p? {
-                Some(p) => show(&p),
-                None => bail!("no provider {id} is registered"),
-            }
+            let (p, users) = result?;
+            show(&p);
+            let per: Vec<String> = p
+                .domains
+                .iter()
+                .zip(&users)
+                .map(|(d, n)| format!("{n} under {d}"))
+                .collect();
+            println!("users:       {}", per.join(", "));
         }
         ProviderCommand::Audit { id, limit, config } => {
             let config = load_config(&config)?;

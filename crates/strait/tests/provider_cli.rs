@@ -198,6 +198,13 @@ fn provider_lifecycle_is_checked_and_audited() {
         ok(strait(d, &["provider", "list"])),
         "acme\tterminated\ttext,media,files\tacme.example\tAcme Chat\n"
     );
+    let shown = ok(strait(d, &["provider", "show", "acme"]));
+    assert!(
+        shown.contains("terms:       version 2024-03, accepted by Jo Signer at ")
+            && shown.contains("users:       0 under acme.example"),
+        "{shown}"
+    );
+    refused(strait(d, &["provider", "show", "nope"]), "no provider nope");
     let audit = ok(strait(d, &["provider", "audit", "acme"]));
     let rows: Vec<Vec<&str>> = audit.lines().map(|l| l.split('\t').collect()).collect();
     let actions: Vec<&str> = rows.iter().map(|r| r[3]).collect();

@@ -46,6 +46,10 @@ pub enum RegistryError {
     NoTerms(String),
     #[error("the provider {0} is terminated; its record can no longer change")]
     Terminated(String),
+    #[error(
+        "{accounts} account(s) of the provider's users live under {domain}; remove them first (strait user remove) before the provider gives up the domain"
+    )]
+    DomainInUse { domain: String, accounts: usize },
     #[error("say why (--reason): suspensions and terminations are audited")]
     ReasonRequired,
     #[error("the terms version and the name of who accepted them must not be empty")]
@@ -185,6 +189,16 @@ pub fn update(
     let mut p = check(config, new)?;
     p.status = old.status;
     p.terms = old.terms.clone();
+    // A domain given up must not leave enlisted accounts behind, unreachable.
+    for d in old.domains.iter().filter(|d| !p.domains.contains(d)) {
+        let accounts = store.list_accounts(Some(d))?.len();
+        if accounts > 0 {
+            return Err(RegistryError::DomainInUse {
+                domain: d.clone(),
+                accounts,
+            });
+        }
+    }
     let detail = describe_changes(&old, &p);
     if detail.is_empty() {
         return Ok(old);
@@ -454,5 +468,20 @@ mod tests {
         let before = s.registry_version().unwrap();
         update(&c, &s, &p, OP).unwrap();
         assert_eq!(s.registry_version().unwrap(), before);
+        // Giving up a domain is refused while accounts live under it.
+        use strait_store::AccountStore;
+        let creds = crate::interop::enlist::unusable_credentials();
+        s.create_account("bob@acme.example", &creds).unwrap();
+        let mut moved = p.clone();
+        moved.domains = vec!["new.example".into()];
+        assert!(matches!(
+            update(&c, &s, &moved, OP),
+            Err(RegistryError::DomainInUse { accounts: 1, .. })
+        ));
+        moved.domains = vec!["acme.example".into(), "new.example".into()];
+        update(&c, &s, &moved, OP).unwrap();
+        s.remove_account("bob@acme.example").unwrap();
+        moved.domains = vec!["new.example".into()];
+        update(&c, &s, &moved, OP).unwrap();
     }
 }
