@@ -2,18 +2,14 @@
 signed) and a platform user chat end to end encrypted with slixmpp-omemo, across the boundary.
 
 The provider is registered the way an operator does it (`strait provider add/terms/activate`,
-`strait user consent`); the running server notices within its registry poll. slixmpp has no
-OAUTHBEARER (RFC 7628), so this file registers one with slixmpp's own SASL registry: a few
-lines that build the client's message; everything else (TLS, the stream, bind, PEP, OMEMO) is
-slixmpp and slixmpp-omemo as shipped. The token is a JWT (RFC 7519) signed with Ed25519
-(EdDSA, RFC 8037) by `cryptography`, as a provider's backend would sign it.
+`strait user consent`); the running server notices within its registry poll. The provider's
+backend and slixmpp's missing OAUTHBEARER come from interop_helpers.py; everything else (TLS,
+the stream, bind, PEP, OMEMO) is slixmpp and slixmpp-omemo as shipped.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
 import os
 import secrets
 import time
@@ -24,59 +20,13 @@ oldmemo = pytest.importorskip("oldmemo")
 twomemo = pytest.importorskip("twomemo")
 slixmpp_omemo = pytest.importorskip("slixmpp_omemo")
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: E402
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat  # noqa: E402
-from slixmpp.util.sasl.client import Mech, sasl_mech  # noqa: E402
+from interop_helpers import ProviderBackend  # noqa: E402  (also registers OAUTHBEARER)
 
 from omemo_helpers import (NS_OLD, NS_TWO, OMEMO_TIMEOUT, befriend, omemo_client,  # noqa: E402
                            receive_encrypted, send_encrypted, tok, wait_devices_known)
 from xmpp_helpers import Account, Clients, LoginFailed, run  # noqa: E402
 
 NS_INTEROP = "urn:strait:interop:0"
-
-
-@sasl_mech(1)
-class OAUTHBEARER(Mech):
-    """RFC 7628 §3.1, client side: the GS2 header, then `auth=Bearer <token>`; an error
-    challenge (a JSON status) is answered with the dummy %x01 of §3.2.3."""
-
-    name = "OAUTHBEARER"
-    required_credentials = {"access_token"}
-
-    def setup(self, name):
-        self.sent = False
-
-    def process(self, challenge=b""):
-        if self.sent:
-            return b"\x01"
-        self.sent = True
-        token = self.credentials["access_token"]
-        if isinstance(token, str):
-            token = token.encode()
-        return b"n,,\x01auth=Bearer " + token + b"\x01\x01"
-
-
-def b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-class ProviderBackend:
-    """What a provider runs on its side: an Ed25519 key, its JWKS, tokens for its users."""
-
-    def __init__(self, domain: str) -> None:
-        self.key = Ed25519PrivateKey.generate()
-        self.issuer = f"https://{domain}"
-        x = self.key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-        self.jwks = json.dumps({"keys": [{"kty": "OKP", "crv": "Ed25519", "x": b64url(x),
-                                          "kid": "k1", "use": "sig"}]})
-
-    def token(self, sub: str, audience: str, lifetime: int = 300) -> str:
-        header = {"alg": "EdDSA", "typ": "JWT", "kid": "k1"}
-        claims = {"iss": self.issuer, "aud": audience, "sub": sub,
-                  "exp": int(time.time()) + lifetime}
-        signing_input = (b64url(json.dumps(header).encode()) + "." +
-                         b64url(json.dumps(claims).encode()))
-        return signing_input + "." + b64url(self.key.sign(signing_input.encode()))
 
 
 def register_provider(server, scopes: str = "text,media,files"):

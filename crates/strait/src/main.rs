@@ -9,6 +9,7 @@ use std::time::Duration;
 use strait_server::{Config, Server, accounts};
 use strait_store::{AccountStore, SqliteStore};
 
+mod conformance;
 mod import;
 mod provider;
 mod proxy;
@@ -52,6 +53,9 @@ enum Command {
     /// key, show its pin (docs/interop.md, "Proxies").
     #[command(subcommand)]
     Proxy(proxy::ProxyCommand),
+    /// Check a provider's client against a private platform: token login, OMEMO keys
+    /// published, an encrypted exchange with an echo bot (docs/interop.md, "Conformance kit").
+    Conformance(conformance::ConformanceArgs),
     /// Manage uploaded files (XEP-0363): list them, or take one down.
     #[command(subcommand)]
     Upload(UploadCommand),
@@ -209,10 +213,16 @@ fn load_config(args: &ConfigArgs) -> Result<Config> {
 }
 
 fn init_logging() {
+    init_logging_at("info");
+}
+
+/// Logs to stderr at `level` unless STRAIT_LOG says otherwise; colors only on a terminal.
+fn init_logging_at(level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("STRAIT_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
 }
@@ -261,6 +271,11 @@ fn run() -> Result<()> {
                 .enable_all()
                 .build()?
                 .block_on(proxy::run(cmd))
+        }
+        Command::Conformance(args) => {
+            // The kit's own lines are the report; the platform's log only when it fails.
+            init_logging_at("warn");
+            conformance::main(args)
         }
         Command::Upload(cmd) => upload(cmd),
         Command::Bench(args) => strait_bench::main(*args),

@@ -1,0 +1,549 @@
+//! `strait conformance`: the kit a provider runs against its own client (docs/interop.md,
+//! "Conformance kit").
+//!
+//! It starts a private platform on loopback (an embedded `strait serve` in a scratch
+//! directory), registers the provider with the issuer and key set given, and puts an echo
+//! bot on it: a platform user who has opted in to the provider, with an OMEMO 0.3 device
+//! (strait-signal). The provider's client logs a user in with one of its tokens and talks to
+//! the bot; each step the bot sees is a check:
+//!
+//! 1. `login`: a user of the provider reached the platform (its token was accepted);
+//! 2. `device-list`: the bot can read the user's OMEMO device list (published, readable by a
+//!    contact that is not subscribed: the `open` access model);
+//! 3. `bundle`: and the bundle of each listed device, with a valid signed prekey;
+//! 4. `encrypted`: the client's OMEMO message decrypts;
+//! 5. `reply`: the client decrypts the bot's encrypted answer: it sends back the code the
+//!    answer carries, encrypted.
+//!
+//! The run ends when all five pass (exit 0) or at the time limit (exit 1, saying what is
+//! missing).
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use rand_core::{OsRng, RngCore};
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use strait_bench::client::{self, ClientSettings, Connection, Login, Verify};
+use strait_bench::xml::{Element, escape};
+use strait_server::interop::consent::{self, ConsentChange};
+use strait_server::interop::registry::{self, Actor};
+use strait_server::{Config, Server};
+use strait_signal::device::DeviceV03;
+use strait_signal::omemo::xml::v03::{BundleV03, DeviceListV03, EncryptedV03};
+use strait_signal::omemo::{NODE_V03_BUNDLES_PREFIX, NODE_V03_DEVICELIST, NS_V03};
+use strait_signal::store::memory::InMemoryStore;
+use strait_store::{Provider, ProviderStatus, Scope};
+
+/// `strait conformance`.
+#[derive(Args)]
+pub struct ConformanceArgs {
+    /// The issuer (`iss`) of the provider's tokens.
+    #[arg(long)]
+    issuer: String,
+    /// The provider's JSON Web Key Set (a file).
+    #[arg(long)]
+    jwks: PathBuf,
+    /// The domain of the provider's users' addresses.
+    #[arg(long, default_value = "provider.test")]
+    provider_domain: String,
+    /// The private platform's domain (tokens' `aud`).
+    #[arg(long, default_value = "platform.test")]
+    platform_domain: String,
+    /// Where the platform listens for STARTTLS.
+    #[arg(long, default_value = "127.0.0.1:5222")]
+    listen: SocketAddr,
+    /// Where it listens for direct TLS (XEP-0368).
+    #[arg(long, default_value = "127.0.0.1:5223")]
+    listen_tls: SocketAddr,
+    /// The platform's data directory (default: a scratch directory, removed at the end).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Seconds to wait for the client to pass every check.
+    #[arg(long, default_value_t = 600)]
+    timeout: u64,
+}
+
+const ECHO: &str = "echo";
+const CHECKS: [&str; 5] = ["login", "device-list", "bundle", "encrypted", "reply"];
+
+/// What has passed, and what went wrong, in the order it happened.
+#[derive(Default)]
+struct Report {
+    passed: BTreeMap<&'static str, String>,
+}
+
+impl Report {
+    fn pass(&mut self, check: &'static str, detail: String) {
+        if !self.passed.contains_key(check) {
+            println!("PASS {check}: {detail}");
+            self.passed.insert(check, detail);
+        }
+    }
+
+    fn fail(&self, check: &str, why: String) {
+        println!("FAIL {check}: {why}");
+    }
+
+    fn done(&self) -> bool {
+        CHECKS.iter().all(|c| self.passed.contains_key(c))
+    }
+}
+
+pub async fn run(a: ConformanceArgs) -> Result<bool> {
+    let jwks = std::fs::read_to_string(&a.jwks)
+        .with_context(|| format!("reading the key set {}", a.jwks.display()))?;
+    let scratch = tempfile::tempdir()?;
+    let data_dir = a
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| scratch.path().join("data"));
+    let mut config = Config {
+        data_dir: data_dir.clone(),
+        domains: vec![a.platform_domain.clone()],
+        ..Config::default()
+    };
+    config.listen.c2s = vec![a.listen];
+    config.listen.c2s_direct_tls = vec![a.listen_tls];
+    config.upload.listen = Vec::new();
+    config.validate()?;
+    let server = Server::start(config)
+        .await
+        .context("starting the platform")?;
+    let state = server.state().clone();
+    let actor = Actor {
+        name: "conformance-kit",
+        now_ms: now_ms(),
+    };
+    let mut p = Provider::new("provider", "Your app", vec![a.provider_domain.clone()]);
+    p.issuer = Some(a.issuer.clone());
+    p.jwks = Some(jwks);
+    p.scopes = vec![Scope::Text, Scope::Media, Scope::Files];
+    registry::add(&state.config, &*state.store, &p, actor)?;
+    registry::accept_terms(&*state.store, "provider", "conformance", "the kit", actor)?;
+    registry::set_status(&*state.store, "provider", ProviderStatus::Active, "", actor)?;
+    let mut pw = [0u8; 18];
+    OsRng.fill_bytes(&mut pw);
+    let password: String = pw.iter().map(|b| format!("{b:02x}")).collect();
+    let echo = strait_server::accounts::add_user(
+        &state.config,
+        &*state.store,
+        &format!("{ECHO}@{}", a.platform_domain),
+        &password,
+    )?;
+    let on = ConsentChange {
+        enabled: Some(true),
+        allow: vec!["provider".into()],
+        ..ConsentChange::default()
+    };
+    consent::change(&*state.store, &echo, &on, now_ms())?;
+    strait_server::interop::refresh(&state, -1).await;
+    let addrs: Vec<String> = server
+        .local_addrs()
+        .iter()
+        .map(|(addr, direct)| {
+            format!(
+                "{addr} ({})",
+                if *direct { "direct TLS" } else { "STARTTLS" }
+            )
+        })
+        .collect();
+    let ca = data_dir.join("tls/ca.pem");
+    println!(
+        "strait conformance: a platform ({}) on {}; trust {}",
+        a.platform_domain,
+        addrs.join(" and "),
+        ca.display()
+    );
+    println!(
+        "strait conformance: log a user in as <name>@{} with SASL OAUTHBEARER and a token from {} (aud {})",
+        a.provider_domain, a.issuer, a.platform_domain
+    );
+    println!(
+        "strait conformance: send an OMEMO 0.3 message to {echo}, then send back, encrypted, the code its answer carries"
+    );
+    let starttls = server
+        .local_addrs()
+        .iter()
+        .find(|(_, d)| !d)
+        .map(|(a, _)| *a)
+        .context("no STARTTLS listener")?;
+    let settings = ClientSettings {
+        server: starttls,
+        domain: a.platform_domain.clone(),
+        tls_name: rustls::pki_types::ServerName::try_from(a.platform_domain.clone())?,
+        direct_tls: false,
+        tls: client::tls_config(&Verify::CaFile(ca), false)?,
+        mechanism: None,
+        allow_plain: false,
+        source_ips: 0,
+        stream_management: false,
+        login_timeout: Duration::from_secs(10),
+        keys: Arc::new(strait_bench::scram::KeyCache::new()),
+    };
+    let who = Login {
+        user: ECHO,
+        password: &password,
+        resource: "bot",
+        presence: true,
+    };
+    let conn = client::login(&settings, 0, &who)
+        .await
+        .map_err(|e| anyhow::anyhow!("the echo bot could not log in: {e}"))?;
+    let mut bot = Bot::new(&echo, &a.provider_domain)?;
+    let deadline = Instant::now() + Duration::from_secs(a.timeout);
+    let ok = bot.serve(conn, deadline).await;
+    if ok {
+        println!("strait conformance: all {} checks passed", CHECKS.len());
+    } else {
+        let missing: Vec<&str> = CHECKS
+            .iter()
+            .filter(|c| !bot.report.passed.contains_key(*c))
+            .copied()
+            .collect();
+        println!(
+            "strait conformance: not passed within {} s: {}",
+            a.timeout,
+            missing.join(", ")
+        );
+    }
+    server.shutdown(Duration::from_secs(5)).await;
+    Ok(ok)
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// What an IQ the bot sent was for.
+enum Pending {
+    Publish,
+    DeviceList(String),
+    Bundle(String, u32),
+}
+
+/// The echo bot: an OMEMO 0.3 device on a platform account.
+struct Bot {
+    provider_domain: String,
+    device: DeviceV03<InMemoryStore>,
+    next_id: u64,
+    pending: HashMap<String, Pending>,
+    /// Per peer: bundles still awaited before the answer can be encrypted, and the answers
+    /// waiting for them.
+    awaiting: HashMap<String, (usize, Vec<String>)>,
+    /// Per peer: the code its last answer carried.
+    codes: HashMap<String, String>,
+    report: Report,
+}
+
+impl Bot {
+    fn new(jid: &str, provider_domain: &str) -> Result<Bot> {
+        let store = InMemoryStore::generate(&mut OsRng);
+        let device_id = (OsRng.next_u32() % 0x7FFF_FFFE) + 1;
+        Ok(Bot {
+            provider_domain: provider_domain.to_ascii_lowercase(),
+            device: DeviceV03::new(jid, device_id, store, &mut OsRng)?,
+            next_id: 0,
+            pending: HashMap::new(),
+            awaiting: HashMap::new(),
+            codes: HashMap::new(),
+            report: Report::default(),
+        })
+    }
+
+    fn id(&mut self, purpose: Pending) -> String {
+        self.next_id += 1;
+        let id = format!("kit{}", self.next_id);
+        self.pending.insert(id.clone(), purpose);
+        id
+    }
+
+    /// Publishes the bot's device list and bundle, readable by anyone (`open`).
+    fn publish(&mut self, out: &mut Vec<u8>) -> Result<()> {
+        let list = DeviceListV03 {
+            devices: vec![self.device.device_id()],
+        }
+        .to_xml();
+        let bundle = self.device.bundle()?.to_xml();
+        let open = "<publish-options><x xmlns='jabber:x:data' type='submit'>\
+             <field var='FORM_TYPE' type='hidden'><value>http://jabber.org/protocol/pubsub#publish-options</value></field>\
+             <field var='pubsub#access_model'><value>open</value></field></x></publish-options>";
+        for (node, item) in [
+            (NODE_V03_DEVICELIST.to_owned(), list),
+            (
+                format!("{NODE_V03_BUNDLES_PREFIX}{}", self.device.device_id()),
+                bundle,
+            ),
+        ] {
+            let id = self.id(Pending::Publish);
+            out.extend_from_slice(
+                format!(
+                    "<iq type='set' id='{id}'><pubsub xmlns='http://jabber.org/protocol/pubsub'>\
+                     <publish node='{node}'><item id='current'>{item}</item></publish>{open}</pubsub></iq>"
+                )
+                .as_bytes(),
+            );
+        }
+        Ok(())
+    }
+
+    async fn serve(&mut self, mut conn: Connection, deadline: Instant) -> bool {
+        if let Err(e) = self.publish(&mut conn.out) {
+            self.report
+                .fail("setup", format!("publishing the bot's keys: {e}"));
+            return false;
+        }
+        loop {
+            if self.report.done() {
+                let _ = conn.flush().await;
+                return true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, conn.pump()).await {
+                Err(_) => return false,
+                Ok(Err(e)) => {
+                    self.report
+                        .fail("setup", format!("the echo bot's connection: {e}"));
+                    return false;
+                }
+                Ok(Ok(())) => {}
+            }
+            let r = conn.process(|el, out| self.handle(&el, out));
+            if let Err(e) = r {
+                self.report
+                    .fail("setup", format!("the echo bot's stream: {e}"));
+                return false;
+            }
+        }
+    }
+
+    fn is_provider_user(&self, from: &str) -> bool {
+        let bare = from.split('/').next().unwrap_or(from);
+        bare.rsplit_once('@')
+            .is_some_and(|(_, d)| d.eq_ignore_ascii_case(&self.provider_domain))
+    }
+
+    fn handle(&mut self, el: &Element<'_>, out: &mut Vec<u8>) {
+        let from = el.attr("from").map(|f| f.into_owned()).unwrap_or_default();
+        let bare = from.split('/').next().unwrap_or(&from).to_owned();
+        if el.is("iq") {
+            let id = el.attr("id").map(|i| i.into_owned()).unwrap_or_default();
+            if let Some(p) = self.pending.remove(&id) {
+                self.on_answer(p, el, out);
+            }
+            return;
+        }
+        if !self.is_provider_user(&from) {
+            return;
+        }
+        self.report
+            .pass("login", format!("{bare} reached the platform"));
+        if el.is("presence") {
+            // Subscription requests are approved, and returned.
+            if el.attr("type").as_deref() == Some("subscribe") {
+                let to = escape(&bare);
+                out.extend_from_slice(
+                    format!(
+                        "<presence to='{to}' type='subscribed'/><presence to='{to}' type='subscribe'/>"
+                    )
+                    .as_bytes(),
+                );
+            }
+            return;
+        }
+        if !el.is("message") || el.attr("type").as_deref() == Some("error") {
+            return;
+        }
+        let Some(enc) = el.child("encrypted") else {
+            if el.child("body").is_some() {
+                self.report.fail(
+                    "encrypted",
+                    format!("{bare} sent a message without an OMEMO 0.3 <encrypted/> element"),
+                );
+            }
+            return;
+        };
+        if enc.attr("xmlns").as_deref() != Some(NS_V03) {
+            self.report.fail(
+                "encrypted",
+                format!(
+                    "{bare} sent {}: only OMEMO 0.3 ({NS_V03}) is checked so far",
+                    enc.attr("xmlns").unwrap_or_default()
+                ),
+            );
+            return;
+        }
+        let xml = String::from_utf8_lossy(enc.raw()).into_owned();
+        let parsed = match EncryptedV03::parse(&xml) {
+            Ok(p) => p,
+            Err(e) => {
+                return self
+                    .report
+                    .fail("encrypted", format!("{bare}: malformed <encrypted/>: {e}"));
+            }
+        };
+        let decrypted = match self.device.decrypt(&bare, &parsed, &mut OsRng) {
+            Ok(d) => d,
+            Err(e) => {
+                return self.report.fail(
+                    "encrypted",
+                    format!("{bare}: the message does not decrypt for the bot's device: {e}"),
+                );
+            }
+        };
+        let Some(text) = decrypted
+            .plaintext
+            .map(|p| String::from_utf8_lossy(&p).into_owned())
+        else {
+            return; // key transport or heartbeat
+        };
+        self.report.pass(
+            "encrypted",
+            format!(
+                "an OMEMO 0.3 message from {bare} decrypted ({} bytes)",
+                text.len()
+            ),
+        );
+        if self
+            .codes
+            .get(&bare)
+            .is_some_and(|c| text.contains(c.as_str()))
+        {
+            self.report.pass(
+                "reply",
+                format!("{bare} decrypted the bot's answer and sent its code back"),
+            );
+            return;
+        }
+        let code = format!("{:06}", OsRng.next_u32() % 1_000_000);
+        self.codes.insert(bare.clone(), code.clone());
+        let answer = format!("echo: {text} (code {code})");
+        // The answer is encrypted for every device the user lists: fetch the list and the
+        // bundles first (which are checks of their own).
+        let waiting = self.awaiting.entry(bare.clone()).or_insert((0, Vec::new()));
+        waiting.1.push(answer);
+        let id = self.id(Pending::DeviceList(bare.clone()));
+        out.extend_from_slice(
+            format!(
+                "<iq type='get' id='{id}' to='{}'><pubsub xmlns='http://jabber.org/protocol/pubsub'><items node='{NODE_V03_DEVICELIST}'/></pubsub></iq>",
+                escape(&bare)
+            )
+            .as_bytes(),
+        );
+    }
+
+    fn on_answer(&mut self, p: Pending, el: &Element<'_>, out: &mut Vec<u8>) {
+        let ok = el.attr("type").as_deref() == Some("result");
+        match p {
+            Pending::Publish if !ok => self.report.fail(
+                "setup",
+                format!("publishing the bot's keys: {}", el.error_condition()),
+            ),
+            Pending::Publish => {}
+            Pending::DeviceList(peer) => {
+                let list = item_payload(el).and_then(|x| DeviceListV03::parse(&x).ok());
+                let Some(list) = list.filter(|l| !l.devices.is_empty()) else {
+                    self.report.fail(
+                        "device-list",
+                        format!(
+                            "{peer}'s {NODE_V03_DEVICELIST} is not readable or empty ({}): publish it with the open access model",
+                            if ok { "no device" } else { el.error_condition() }
+                        ),
+                    );
+                    return;
+                };
+                self.report.pass(
+                    "device-list",
+                    format!("{peer} lists device(s) {:?}", list.devices),
+                );
+                self.device
+                    .set_device_list(&peer, list.devices.iter().copied());
+                if let Some(w) = self.awaiting.get_mut(&peer) {
+                    w.0 = list.devices.len();
+                }
+                for d in list.devices {
+                    let id = self.id(Pending::Bundle(peer.clone(), d));
+                    out.extend_from_slice(
+                        format!(
+                            "<iq type='get' id='{id}' to='{}'><pubsub xmlns='http://jabber.org/protocol/pubsub'><items node='{NODE_V03_BUNDLES_PREFIX}{d}'/></pubsub></iq>",
+                            escape(&peer)
+                        )
+                        .as_bytes(),
+                    );
+                }
+            }
+            Pending::Bundle(peer, device) => {
+                match item_payload(el).map(|x| BundleV03::parse(&x)) {
+                    Some(Ok(b)) => match self.device.add_bundle(&peer, device, b) {
+                        Ok(()) => self
+                            .report
+                            .pass("bundle", format!("{peer}/{device}'s bundle verifies")),
+                        Err(e) => self.report.fail("bundle", format!("{peer}/{device}: {e}")),
+                    },
+                    Some(Err(e)) => self
+                        .report
+                        .fail("bundle", format!("{peer}/{device}: malformed bundle: {e}")),
+                    None => self.report.fail(
+                        "bundle",
+                        format!(
+                            "{peer}/{device}'s bundle is not readable ({})",
+                            el.error_condition()
+                        ),
+                    ),
+                }
+                let ready = match self.awaiting.get_mut(&peer) {
+                    Some(w) => {
+                        w.0 = w.0.saturating_sub(1);
+                        w.0 == 0
+                    }
+                    None => false,
+                };
+                if ready {
+                    let answers = self.awaiting.remove(&peer).map(|w| w.1).unwrap_or_default();
+                    for a in answers {
+                        self.send_encrypted(&peer, &a, out);
+                    }
+                }
+            }
+        }
+    }
+
+    fn send_encrypted(&mut self, peer: &str, text: &str, out: &mut Vec<u8>) {
+        match self.device.encrypt(peer, text.as_bytes(), &mut OsRng) {
+            Ok(enc) => out.extend_from_slice(
+                format!(
+                    "<message to='{}' type='chat'><body>This message is OMEMO encrypted.</body>{}<store xmlns='urn:xmpp:hints'/></message>",
+                    escape(peer),
+                    enc.to_xml()
+                )
+                .as_bytes(),
+            ),
+            Err(e) => self
+                .report
+                .fail("reply", format!("the bot cannot encrypt for {peer}: {e}")),
+        }
+    }
+}
+
+/// The payload of the first item in a pubsub items result, as XML.
+fn item_payload(iq: &Element<'_>) -> Option<String> {
+    let item = iq.child("pubsub")?.child("items")?.child("item")?;
+    let payload = item.children().next()?;
+    Some(String::from_utf8_lossy(payload.raw()).into_owned())
+}
+
+/// Runs the kit; the process's exit status says whether every check passed.
+pub fn main(a: ConformanceArgs) -> Result<()> {
+    let ok = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run(a))?;
+    if !ok {
+        bail!("the client did not pass every check");
+    }
+    Ok(())
+}

@@ -1,0 +1,62 @@
+"""Helpers for the interop tests: a provider's backend (its Ed25519 key, its JWKS, the tokens
+it signs for its users) and SASL OAUTHBEARER (RFC 7628) for slixmpp, which has none.
+
+slixmpp's SASL registry takes the mechanism below when this module is imported: a few lines that
+build the client's message; everything else (TLS, the stream, bind) stays slixmpp's. Tokens are
+JWTs (RFC 7519) signed with Ed25519 (EdDSA, RFC 8037) by `cryptography`, as a provider's backend
+would sign them.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from slixmpp.util.sasl.client import Mech, sasl_mech
+
+
+@sasl_mech(1)
+class OAUTHBEARER(Mech):
+    """RFC 7628 §3.1, client side: the GS2 header, then `auth=Bearer <token>`; an error
+    challenge (a JSON status) is answered with the dummy %x01 of §3.2.3."""
+
+    name = "OAUTHBEARER"
+    required_credentials = {"access_token"}
+
+    def setup(self, name):
+        self.sent = False
+
+    def process(self, challenge=b""):
+        if self.sent:
+            return b"\x01"
+        self.sent = True
+        token = self.credentials["access_token"]
+        if isinstance(token, str):
+            token = token.encode()
+        return b"n,,\x01auth=Bearer " + token + b"\x01\x01"
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+class ProviderBackend:
+    """What a provider runs on its side: an Ed25519 key, its JWKS, tokens for its users."""
+
+    def __init__(self, domain: str) -> None:
+        self.key = Ed25519PrivateKey.generate()
+        self.issuer = f"https://{domain}"
+        x = self.key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        self.jwks = json.dumps({"keys": [{"kty": "OKP", "crv": "Ed25519", "x": b64url(x),
+                                          "kid": "k1", "use": "sig"}]})
+
+    def token(self, sub: str, audience: str, lifetime: int = 300) -> str:
+        header = {"alg": "EdDSA", "typ": "JWT", "kid": "k1"}
+        claims = {"iss": self.issuer, "aud": audience, "sub": sub,
+                  "exp": int(time.time()) + lifetime}
+        signing_input = (b64url(json.dumps(header).encode()) + "." +
+                         b64url(json.dumps(claims).encode()))
+        return signing_input + "." + b64url(self.key.sign(signing_input.encode()))
