@@ -598,7 +598,15 @@ async fn rates_and_providers_apart() {
     assert!(
         e.contains("type='wait'")
             && e.contains("<resource-constraint")
-            && e.contains("more than 2 messages a second"),
+            && e.contains("more than 2 stanzas a second"),
+        "{e}"
+    );
+    // Presence counts too: a subscription request right after is refused the same way.
+    bob.send("<presence to='alice@localhost' type='subscribe' id='sp1'/>")
+        .await;
+    let e = bob.expect_element(&["id='sp1'"]).await;
+    assert!(
+        e.contains("type='error'") && e.contains("<resource-constraint"),
         "{e}"
     );
     alice.expect_element(&["id='b0'"]).await;

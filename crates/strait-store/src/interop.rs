@@ -123,9 +123,9 @@ pub struct Provider {
     pub cert_pins: Vec<String>,
     /// Sorted, without repeats.
     pub scopes: Vec<Scope>,
-    /// Messages per second that all its users together may send to the platform's users.
+    /// Stanzas per second that all its users together may send to the platform's users.
     pub rate_per_sec: Option<u32>,
-    /// Messages per second that one of its users may send to the platform's users.
+    /// Stanzas per second that one of its users may send to the platform's users.
     pub user_rate_per_sec: Option<u32>,
 }
 

@@ -133,10 +133,11 @@ pub struct Details {
     /// repeat); replaces the list.
     #[arg(long = "pin")]
     pins: Vec<String>,
-    /// Messages per second all its users together may send to this platform's users.
+    /// Stanzas (messages, presence, IQs) per second all its users together may send to this
+    /// platform's users.
     #[arg(long)]
     rate: Option<u32>,
-    /// Messages per second one of its users may send to this platform's users.
+    /// Stanzas per second one of its users may send to this platform's users.
     #[arg(long)]
     user_rate: Option<u32>,
 }
@@ -204,7 +205,7 @@ fn scopes(p: &Provider) -> String {
 
 fn show(p: &Provider) {
     let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
-    let rate = |v: Option<u32>| v.map_or_else(|| "no limit".into(), |r| format!("{r} msg/s"));
+    let rate = |v: Option<u32>| v.map_or_else(|| "no limit".into(), |r| format!("{r} stanzas/s"));
     println!("id:          {}", p.id);
     println!("name:        {}", p.name);
     println!("status:      {}", p.status.as_str());

@@ -168,7 +168,7 @@ fn provider_lifecycle_is_checked_and_audited() {
         ],
     ));
     assert!(
-        shown.contains("status:      active") && shown.contains("rate:        200 msg/s"),
+        shown.contains("status:      active") && shown.contains("rate:        200 stanzas/s"),
         "{shown}"
     );
     refused(

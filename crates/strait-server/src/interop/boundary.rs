@@ -16,8 +16,8 @@
 //!    server's own [`FALLBACK`] notice, so that whatever the sender wrote in plaintext stays
 //!    behind while clients that only act on messages with a body (slixmpp, for one) still see
 //!    one;
-//! 5. an inbound message keeps within the provider's rate and its sender's (`resource-
-//!    constraint`, type wait);
+//! 5. what a provider's users send across (messages, presence, IQs) keeps within the
+//!    provider's rate and its sender's (`resource-constraint`, type wait);
 //! 6. an inbound message is stamped `<origin xmlns='urn:strait:interop:0' provider=… name=…/>`
 //!    for clients to place it in the third-party section (an `<origin/>` a client sent is
 //!    removed from every message).
@@ -150,17 +150,20 @@ pub async fn check(
             },
         ));
     }
-    if stanza.kind != StanzaKind::Message {
-        return Ok(());
-    }
     // 3 and 4: scope and encryption.
-    check_content(&provider, stanza)?;
-    // 5. Rates.
-    if inbound && has_content(stanza) {
+    if stanza.kind == StanzaKind::Message {
+        check_content(&provider, stanza)?;
+    }
+    // 5. Rates: everything the provider's users send across counts (messages, and presence
+    // and IQs, so that subscription requests cannot flood the platform's users either).
+    if inbound {
         state
             .interop
             .rates
             .admit(&provider, from_bare, Instant::now())?;
+    }
+    if stanza.kind != StanzaKind::Message {
+        return Ok(());
     }
     // 6. The origin stamp.
     if inbound {
@@ -206,13 +209,6 @@ async fn consents(
             Err(StanzaError::new(Cond::InternalServerError))
         }
     }
-}
-
-fn has_content(stanza: &Stanza) -> bool {
-    stanza
-        .children()
-        .iter()
-        .any(|c| !CONTENT_FREE.contains(&c.ns.as_str()))
 }
 
 fn needs_scope(provider: &Provider, scope: Scope, what: &str) -> Result<(), StanzaError> {
@@ -394,14 +390,14 @@ impl Rates {
             && !take(format!("u {sender}"), r)
         {
             return Err(rate_error(format!(
-                "you are sending more than {r} messages a second to this platform's users"
+                "you are sending more than {r} stanzas a second to this platform's users"
             )));
         }
         if let Some(r) = provider.rate_per_sec
             && !take(format!("p {}", provider.id), r)
         {
             return Err(rate_error(format!(
-                "the provider {} is sending more than its {r} messages a second",
+                "the provider {} is sending more than its {r} stanzas a second",
                 provider.id
             )));
         }
@@ -497,7 +493,7 @@ mod tests {
         ] {
             let mut m = message(free);
             check_content(&p, &mut m).unwrap();
-            assert!(!has_content(&m), "{free}");
+            assert!(!m.inner_xml().contains("<body"), "{free}");
         }
     }
 
@@ -539,7 +535,7 @@ mod tests {
         assert!(r.admit(&p, "a@acme.example", t0).is_ok());
         let e = r.admit(&p, "a@acme.example", t0).unwrap_err();
         assert_eq!(e.condition, Cond::ResourceConstraint);
-        assert!(e.text.unwrap().contains("more than 2 messages a second"));
+        assert!(e.text.unwrap().contains("more than 2 stanzas a second"));
         // Another sender has its own bucket, but the provider's is shared: 3 a second.
         assert!(r.admit(&p, "b@acme.example", t0).is_ok());
         let e = r.admit(&p, "b@acme.example", t0).unwrap_err();
