@@ -16,11 +16,12 @@ import time
 import pytest
 
 oldmemo = pytest.importorskip("oldmemo")
+twomemo = pytest.importorskip("twomemo")
 slixmpp_omemo = pytest.importorskip("slixmpp_omemo")
 
 from conftest import free_ports, port_open  # noqa: E402
 from interop_helpers import ProviderBackend  # noqa: E402
-from omemo_helpers import (NS_OLD, OMEMO_TIMEOUT, decrypt, omemo_client,  # noqa: E402
+from omemo_helpers import (NS_OLD, NS_TWO, OMEMO_TIMEOUT, decrypt, omemo_client,  # noqa: E402
                            send_encrypted)
 from xmpp_helpers import Account, Clients, run  # noqa: E402
 
@@ -78,7 +79,8 @@ class Kit:
 
 
 @pytest.mark.timeout(4 * OMEMO_TIMEOUT)
-def test_the_kit_passes_a_conforming_client(server):
+@pytest.mark.parametrize("ns", [NS_OLD, NS_TWO], ids=["omemo-0.3", "omemo-2"])
+def test_the_kit_passes_a_conforming_client(server, ns):
     if server.kind != "strait":
         pytest.skip("runs the strait binary's conformance kit")
     backend = ProviderBackend(PROVIDER)
@@ -89,15 +91,19 @@ def test_the_kit_passes_a_conforming_client(server):
                 me = Account(jid=f"app-user@{PROVIDER}", password="unused")
                 c = await omemo_client(cs, me, "app", token=backend.token("app-user", PLATFORM))
                 echo = f"echo@{PLATFORM}"
-                await send_encrypted(c, echo, NS_OLD, "hello, kit")
+                # Not subscribed to the bot, the client learns its devices by asking (what a
+                # client does before writing to someone new).
+                sm = await c.plugin["xep_0384"].get_session_manager()
+                await sm.refresh_device_lists(echo)
+                await send_encrypted(c, echo, ns, "hello, kit")
                 answer = await c.wait_message(
                     lambda m: m["from"].bare == echo
-                    and m.xml.find(f"{{{NS_OLD}}}encrypted") is not None,
+                    and m.xml.find(f"{{{ns}}}encrypted") is not None,
                     "the echo bot's encrypted answer", timeout=OMEMO_TIMEOUT)
-                text, _ = await decrypt(c, answer, NS_OLD)
+                text, _ = await decrypt(c, answer, ns)
                 assert text.startswith("echo: hello, kit (code "), text
                 code = re.search(r"code (\d{6})", text).group(1)
-                await send_encrypted(c, echo, NS_OLD, f"the code is {code}")
+                await send_encrypted(c, echo, ns, f"the code is {code}")
                 # (Waited for on a thread: the client's loop must keep running to send.)
                 status = await asyncio.get_running_loop().run_in_executor(
                     None, kit.wait, OMEMO_TIMEOUT)
@@ -108,6 +114,8 @@ def test_the_kit_passes_a_conforming_client(server):
         for check in ("login", "device-list", "bundle", "encrypted", "reply"):
             assert f"PASS {check}:" in out, out
         assert "all 5 checks passed" in out, out
+        version = "OMEMO 0.3" if ns == NS_OLD else "OMEMO 2"
+        assert f"PASS encrypted: an {version} message" in out, out
     finally:
         kit.stop()
 

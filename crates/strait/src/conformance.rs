@@ -31,9 +31,14 @@ use strait_bench::xml::{Element, escape};
 use strait_server::interop::consent::{self, ConsentChange};
 use strait_server::interop::registry::{self, Actor};
 use strait_server::{Config, Server};
-use strait_signal::device::DeviceV03;
+use strait_signal::device::{DeviceV2, DeviceV03};
+use strait_signal::keys::IdentityKeyPair;
+use strait_signal::omemo::xml::v2::{self as x2, BundleV2, DeviceListV2, EncryptedV2};
 use strait_signal::omemo::xml::v03::{BundleV03, DeviceListV03, EncryptedV03};
-use strait_signal::omemo::{NODE_V03_BUNDLES_PREFIX, NODE_V03_DEVICELIST, NS_V03};
+use strait_signal::omemo::{
+    NODE_V2_BUNDLES, NODE_V2_DEVICES, NODE_V03_BUNDLES_PREFIX, NODE_V03_DEVICELIST, NS_V2, NS_V03,
+};
+use strait_signal::omemo2::store::InMemoryOmemo2Store;
 use strait_signal::store::memory::InMemoryStore;
 use strait_store::{Provider, ProviderStatus, Scope};
 
@@ -162,7 +167,7 @@ pub async fn run(a: ConformanceArgs) -> Result<bool> {
         a.provider_domain, a.issuer, a.platform_domain
     );
     println!(
-        "strait conformance: send an OMEMO 0.3 message to {echo}, then send back, encrypted, the code its answer carries"
+        "strait conformance: send an OMEMO (0.3 or 2) message to {echo}, then send back, encrypted, the code its answer carries"
     );
     let starttls = server
         .local_addrs()
@@ -219,22 +224,64 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// The two OMEMO versions (XEP-0384 0.3, `eu.siacs.conversations.axolotl`, and 2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Omemo {
+    V03,
+    V2,
+}
+
+impl Omemo {
+    fn name(self) -> &'static str {
+        match self {
+            Omemo::V03 => "OMEMO 0.3",
+            Omemo::V2 => "OMEMO 2",
+        }
+    }
+
+    fn ns(self) -> &'static str {
+        match self {
+            Omemo::V03 => NS_V03,
+            Omemo::V2 => NS_V2,
+        }
+    }
+
+    fn devices_node(self) -> &'static str {
+        match self {
+            Omemo::V03 => NODE_V03_DEVICELIST,
+            Omemo::V2 => NODE_V2_DEVICES,
+        }
+    }
+
+    /// The node and item of a device's bundle.
+    fn bundle_item(self, device: u32) -> (String, String) {
+        match self {
+            Omemo::V03 => (
+                format!("{NODE_V03_BUNDLES_PREFIX}{device}"),
+                "current".into(),
+            ),
+            Omemo::V2 => (NODE_V2_BUNDLES.into(), device.to_string()),
+        }
+    }
+}
+
 /// What an IQ the bot sent was for.
 enum Pending {
     Publish,
-    DeviceList(String),
-    Bundle(String, u32),
+    DeviceList(String, Omemo),
+    Bundle(String, u32, Omemo),
 }
 
 /// The echo bot: an OMEMO 0.3 device on a platform account.
 struct Bot {
     provider_domain: String,
     device: DeviceV03<InMemoryStore>,
+    device2: DeviceV2<InMemoryOmemo2Store>,
     next_id: u64,
     pending: HashMap<String, Pending>,
-    /// Per peer: bundles still awaited before the answer can be encrypted, and the answers
-    /// waiting for them.
-    awaiting: HashMap<String, (usize, Vec<String>)>,
+    /// Per peer and protocol: bundles still awaited before the answer can be encrypted, and
+    /// the answers waiting for them.
+    awaiting: HashMap<(String, Omemo), (usize, Vec<String>)>,
     /// Per peer: the code its last answer carried.
     codes: HashMap<String, String>,
     report: Report,
@@ -244,9 +291,18 @@ impl Bot {
     fn new(jid: &str, provider_domain: &str) -> Result<Bot> {
         let store = InMemoryStore::generate(&mut OsRng);
         let device_id = (OsRng.next_u32() % 0x7FFF_FFFE) + 1;
+        let device2_id = (OsRng.next_u32() % 0x7FFF_FFFE) + 1;
+        let identity = IdentityKeyPair::generate(&mut OsRng);
         Ok(Bot {
             provider_domain: provider_domain.to_ascii_lowercase(),
             device: DeviceV03::new(jid, device_id, store, &mut OsRng)?,
+            device2: DeviceV2::new(
+                jid,
+                device2_id,
+                identity,
+                InMemoryOmemo2Store::default(),
+                &mut OsRng,
+            )?,
             next_id: 0,
             pending: HashMap::new(),
             awaiting: HashMap::new(),
@@ -262,28 +318,45 @@ impl Bot {
         id
     }
 
-    /// Publishes the bot's device list and bundle, readable by anyone (`open`).
+    /// Publishes the bot's device lists and bundles (both versions), readable by anyone
+    /// (`open`; OMEMO 2's bundles node keeps every item).
     fn publish(&mut self, out: &mut Vec<u8>) -> Result<()> {
-        let list = DeviceListV03 {
-            devices: vec![self.device.device_id()],
+        let (d03, d2) = (self.device.device_id(), self.device2.device_id());
+        let list03 = DeviceListV03 { devices: vec![d03] }.to_xml();
+        let list2 = DeviceListV2 {
+            devices: vec![x2::DeviceV2 {
+                id: d2,
+                label: None,
+                label_sig: None,
+            }],
         }
         .to_xml();
-        let bundle = self.device.bundle()?.to_xml();
-        let open = "<publish-options><x xmlns='jabber:x:data' type='submit'>\
-             <field var='FORM_TYPE' type='hidden'><value>http://jabber.org/protocol/pubsub#publish-options</value></field>\
-             <field var='pubsub#access_model'><value>open</value></field></x></publish-options>";
-        for (node, item) in [
-            (NODE_V03_DEVICELIST.to_owned(), list),
+        let (b03, b2) = (Omemo::V03.bundle_item(d03), Omemo::V2.bundle_item(d2));
+        for (node, item_id, item, max) in [
             (
-                format!("{NODE_V03_BUNDLES_PREFIX}{}", self.device.device_id()),
-                bundle,
+                NODE_V03_DEVICELIST.to_owned(),
+                "current".to_owned(),
+                list03,
+                "",
+            ),
+            (b03.0, b03.1, self.device.bundle()?.to_xml(), ""),
+            (NODE_V2_DEVICES.to_owned(), "current".to_owned(), list2, ""),
+            (
+                b2.0,
+                b2.1,
+                self.device2.bundle()?.to_xml(),
+                "<field var='pubsub#max_items'><value>max</value></field>",
             ),
         ] {
             let id = self.id(Pending::Publish);
             out.extend_from_slice(
                 format!(
                     "<iq type='set' id='{id}'><pubsub xmlns='http://jabber.org/protocol/pubsub'>\
-                     <publish node='{node}'><item id='current'>{item}</item></publish>{open}</pubsub></iq>"
+                     <publish node='{node}'><item id='{item_id}'>{item}</item></publish>\
+                     <publish-options><x xmlns='jabber:x:data' type='submit'>\
+                     <field var='FORM_TYPE' type='hidden'><value>http://jabber.org/protocol/pubsub#publish-options</value></field>\
+                     <field var='pubsub#access_model'><value>open</value></field>{max}</x></publish-options>\
+                     </pubsub></iq>"
                 )
                 .as_bytes(),
             );
@@ -362,49 +435,40 @@ impl Bot {
             if el.child("body").is_some() {
                 self.report.fail(
                     "encrypted",
-                    format!("{bare} sent a message without an OMEMO 0.3 <encrypted/> element"),
+                    format!("{bare} sent a message without an OMEMO <encrypted/> element"),
                 );
             }
             return;
         };
-        if enc.attr("xmlns").as_deref() != Some(NS_V03) {
-            self.report.fail(
-                "encrypted",
-                format!(
-                    "{bare} sent {}: only OMEMO 0.3 ({NS_V03}) is checked so far",
-                    enc.attr("xmlns").unwrap_or_default()
-                ),
-            );
-            return;
-        }
-        let xml = String::from_utf8_lossy(enc.raw()).into_owned();
-        let parsed = match EncryptedV03::parse(&xml) {
-            Ok(p) => p,
-            Err(e) => {
-                return self
-                    .report
-                    .fail("encrypted", format!("{bare}: malformed <encrypted/>: {e}"));
+        let version = match enc.attr("xmlns").as_deref() {
+            Some(NS_V03) => Omemo::V03,
+            Some(NS_V2) => Omemo::V2,
+            other => {
+                return self.report.fail(
+                    "encrypted",
+                    format!("{bare} sent an <encrypted/> of namespace {other:?}, not OMEMO"),
+                );
             }
         };
-        let decrypted = match self.device.decrypt(&bare, &parsed, &mut OsRng) {
-            Ok(d) => d,
+        let xml = String::from_utf8_lossy(enc.raw()).into_owned();
+        let text = match self.decrypt(version, &bare, &xml) {
+            Ok(Some(text)) => text,
+            Ok(None) => return, // key transport or heartbeat
             Err(e) => {
                 return self.report.fail(
                     "encrypted",
-                    format!("{bare}: the message does not decrypt for the bot's device: {e}"),
+                    format!(
+                        "{bare}: the {} message does not decrypt: {e}",
+                        version.name()
+                    ),
                 );
             }
-        };
-        let Some(text) = decrypted
-            .plaintext
-            .map(|p| String::from_utf8_lossy(&p).into_owned())
-        else {
-            return; // key transport or heartbeat
         };
         self.report.pass(
             "encrypted",
             format!(
-                "an OMEMO 0.3 message from {bare} decrypted ({} bytes)",
+                "an {} message from {bare} decrypted ({} bytes)",
+                version.name(),
                 text.len()
             ),
         );
@@ -415,25 +479,49 @@ impl Bot {
         {
             self.report.pass(
                 "reply",
-                format!("{bare} decrypted the bot's answer and sent its code back"),
+                format!(
+                    "{bare} decrypted the bot's answer and sent its code back ({})",
+                    version.name()
+                ),
             );
             return;
         }
         let code = format!("{:06}", OsRng.next_u32() % 1_000_000);
         self.codes.insert(bare.clone(), code.clone());
         let answer = format!("echo: {text} (code {code})");
-        // The answer is encrypted for every device the user lists: fetch the list and the
-        // bundles first (which are checks of their own).
-        let waiting = self.awaiting.entry(bare.clone()).or_insert((0, Vec::new()));
+        // The answer is encrypted, in the protocol the user wrote in, for every device it
+        // lists: fetch the list and the bundles first (which are checks of their own).
+        let waiting = self
+            .awaiting
+            .entry((bare.clone(), version))
+            .or_insert((0, Vec::new()));
         waiting.1.push(answer);
-        let id = self.id(Pending::DeviceList(bare.clone()));
+        let id = self.id(Pending::DeviceList(bare.clone(), version));
         out.extend_from_slice(
             format!(
-                "<iq type='get' id='{id}' to='{}'><pubsub xmlns='http://jabber.org/protocol/pubsub'><items node='{NODE_V03_DEVICELIST}'/></pubsub></iq>",
-                escape(&bare)
+                "<iq type='get' id='{id}' to='{}'><pubsub xmlns='http://jabber.org/protocol/pubsub'><items node='{}'/></pubsub></iq>",
+                escape(&bare),
+                version.devices_node()
             )
             .as_bytes(),
         );
+    }
+
+    /// Decrypts an `<encrypted/>` of `version` from `peer`: the text (OMEMO 2: the envelope's
+    /// body), `None` for a message without a payload.
+    fn decrypt(&mut self, version: Omemo, peer: &str, xml: &str) -> Result<Option<String>> {
+        let d = match version {
+            Omemo::V03 => {
+                let e = EncryptedV03::parse(xml)?;
+                self.device.decrypt(peer, &e, &mut OsRng)?
+            }
+            Omemo::V2 => {
+                let e = EncryptedV2::parse(xml)?;
+                self.device2.decrypt(peer, &e, &mut OsRng)?
+            }
+        };
+        Ok(d.plaintext
+            .map(|p| String::from_utf8_lossy(&p).into_owned()))
     }
 
     fn on_answer(&mut self, p: Pending, el: &Element<'_>, out: &mut Vec<u8>) {
@@ -444,13 +532,19 @@ impl Bot {
                 format!("publishing the bot's keys: {}", el.error_condition()),
             ),
             Pending::Publish => {}
-            Pending::DeviceList(peer) => {
-                let list = item_payload(el).and_then(|x| DeviceListV03::parse(&x).ok());
-                let Some(list) = list.filter(|l| !l.devices.is_empty()) else {
+            Pending::DeviceList(peer, version) => {
+                let devices = item_payload(el).and_then(|x| match version {
+                    Omemo::V03 => DeviceListV03::parse(&x).ok().map(|l| l.devices),
+                    Omemo::V2 => DeviceListV2::parse(&x)
+                        .ok()
+                        .map(|l| l.devices.iter().map(|d| d.id).collect()),
+                });
+                let Some(devices) = devices.filter(|d: &Vec<u32>| !d.is_empty()) else {
                     self.report.fail(
                         "device-list",
                         format!(
-                            "{peer}'s {NODE_V03_DEVICELIST} is not readable or empty ({}): publish it with the open access model",
+                            "{peer}'s {} is not readable or empty ({}): publish it with the open access model",
+                            version.devices_node(),
                             if ok { "no device" } else { el.error_condition() }
                         ),
                     );
@@ -458,44 +552,63 @@ impl Bot {
                 };
                 self.report.pass(
                     "device-list",
-                    format!("{peer} lists device(s) {:?}", list.devices),
+                    format!("{peer} lists {} device(s) {devices:?}", version.name()),
                 );
-                self.device
-                    .set_device_list(&peer, list.devices.iter().copied());
-                if let Some(w) = self.awaiting.get_mut(&peer) {
-                    w.0 = list.devices.len();
+                match version {
+                    Omemo::V03 => self.device.set_device_list(&peer, devices.iter().copied()),
+                    Omemo::V2 => self.device2.set_device_list(&peer, devices.iter().copied()),
                 }
-                for d in list.devices {
-                    let id = self.id(Pending::Bundle(peer.clone(), d));
+                if let Some(w) = self.awaiting.get_mut(&(peer.clone(), version)) {
+                    w.0 = devices.len();
+                }
+                for d in devices {
+                    let id = self.id(Pending::Bundle(peer.clone(), d, version));
+                    let (node, item) = version.bundle_item(d);
+                    let item = match version {
+                        Omemo::V03 => String::new(),
+                        Omemo::V2 => format!("<item id='{item}'/>"),
+                    };
                     out.extend_from_slice(
                         format!(
-                            "<iq type='get' id='{id}' to='{}'><pubsub xmlns='http://jabber.org/protocol/pubsub'><items node='{NODE_V03_BUNDLES_PREFIX}{d}'/></pubsub></iq>",
+                            "<iq type='get' id='{id}' to='{}'><pubsub xmlns='http://jabber.org/protocol/pubsub'><items node='{node}'>{item}</items></pubsub></iq>",
                             escape(&peer)
                         )
                         .as_bytes(),
                     );
                 }
             }
-            Pending::Bundle(peer, device) => {
-                match item_payload(el).map(|x| BundleV03::parse(&x)) {
-                    Some(Ok(b)) => match self.device.add_bundle(&peer, device, b) {
-                        Ok(()) => self
-                            .report
-                            .pass("bundle", format!("{peer}/{device}'s bundle verifies")),
-                        Err(e) => self.report.fail("bundle", format!("{peer}/{device}: {e}")),
+            Pending::Bundle(peer, device, version) => {
+                let added = match item_payload(el) {
+                    None => Err(format!("not readable ({})", el.error_condition())),
+                    Some(x) => match version {
+                        Omemo::V03 => BundleV03::parse(&x)
+                            .map_err(|e| format!("malformed: {e}"))
+                            .and_then(|b| {
+                                self.device
+                                    .add_bundle(&peer, device, b)
+                                    .map_err(|e| e.to_string())
+                            }),
+                        Omemo::V2 => BundleV2::parse(&x)
+                            .map_err(|e| format!("malformed: {e}"))
+                            .and_then(|b| {
+                                self.device2
+                                    .add_bundle(&peer, device, &b)
+                                    .map_err(|e| e.to_string())
+                            }),
                     },
-                    Some(Err(e)) => self
-                        .report
-                        .fail("bundle", format!("{peer}/{device}: malformed bundle: {e}")),
-                    None => self.report.fail(
+                };
+                match added {
+                    Ok(()) => self.report.pass(
                         "bundle",
-                        format!(
-                            "{peer}/{device}'s bundle is not readable ({})",
-                            el.error_condition()
-                        ),
+                        format!("{peer}/{device}'s {} bundle verifies", version.name()),
+                    ),
+                    Err(e) => self.report.fail(
+                        "bundle",
+                        format!("{peer}/{device}'s {} bundle: {e}", version.name()),
                     ),
                 }
-                let ready = match self.awaiting.get_mut(&peer) {
+                let key = (peer.clone(), version);
+                let ready = match self.awaiting.get_mut(&key) {
                     Some(w) => {
                         w.0 = w.0.saturating_sub(1);
                         w.0 == 0
@@ -503,22 +616,33 @@ impl Bot {
                     None => false,
                 };
                 if ready {
-                    let answers = self.awaiting.remove(&peer).map(|w| w.1).unwrap_or_default();
+                    let answers = self.awaiting.remove(&key).map(|w| w.1).unwrap_or_default();
                     for a in answers {
-                        self.send_encrypted(&peer, &a, out);
+                        self.send_encrypted(version, &peer, &a, out);
                     }
                 }
             }
         }
     }
 
-    fn send_encrypted(&mut self, peer: &str, text: &str, out: &mut Vec<u8>) {
-        match self.device.encrypt(peer, text.as_bytes(), &mut OsRng) {
+    fn send_encrypted(&mut self, version: Omemo, peer: &str, text: &str, out: &mut Vec<u8>) {
+        let enc = match version {
+            Omemo::V03 => self
+                .device
+                .encrypt(peer, text.as_bytes(), &mut OsRng)
+                .map(|e| e.to_xml()),
+            Omemo::V2 => self
+                .device2
+                .encrypt(peer, text, &mut OsRng)
+                .map(|e| e.to_xml()),
+        };
+        match enc {
             Ok(enc) => out.extend_from_slice(
                 format!(
-                    "<message to='{}' type='chat'><body>This message is OMEMO encrypted.</body>{}<store xmlns='urn:xmpp:hints'/></message>",
+                    "<message to='{}' type='chat'><body>This message is OMEMO encrypted.</body>{enc}\
+                     <encryption xmlns='urn:xmpp:eme:0' namespace='{}'/><store xmlns='urn:xmpp:hints'/></message>",
                     escape(peer),
-                    enc.to_xml()
+                    version.ns()
                 )
                 .as_bytes(),
             ),
@@ -528,7 +652,6 @@ impl Bot {
         }
     }
 }
-
 /// The payload of the first item in a pubsub items result, as XML.
 fn item_payload(iq: &Element<'_>) -> Option<String> {
     let item = iq.child("pubsub")?.child("items")?.child("item")?;

@@ -252,8 +252,10 @@ impl<S: Omemo2Store> DeviceV2<S> {
             let envelope = payload::decrypt_v2(&d.plaintext, payload)?;
             let envelope =
                 Envelope::parse(&envelope).map_err(|e| DeviceError::Envelope(e.to_string()))?;
+            // XEP-0420 leaves the affix's JID bare or full (slixmpp-omemo's users write the
+            // full one); what must match is the account.
             if let Some(from) = envelope.from.as_deref()
-                && !from.eq_ignore_ascii_case(jid)
+                && !crate::omemo::sce::bare_of(from).eq_ignore_ascii_case(jid)
             {
                 return Err(DeviceError::Envelope(format!(
                     "sent by {jid} but the envelope says {from}"

@@ -225,7 +225,8 @@ impl Envelope {
 
     /// Check the affixes against the enclosing stanza (XEP-0420: receivers MUST check them).
     ///
-    /// * `<from/>`, when present, must equal `stanza_from_bare`;
+    /// * `<from/>`, when present, must name `stanza_from_bare`'s account (its JID may be bare
+    ///   or full: XEP-0420 allows either);
     /// * `<to/>`, when present, must equal `stanza_to_bare`; with `require_to` (messages via a
     ///   group chat, where the OMEMO profile makes `<to/>` mandatory) it must be present.
     ///
@@ -240,7 +241,7 @@ impl Envelope {
         if self
             .from
             .as_deref()
-            .is_some_and(|from| !from.eq_ignore_ascii_case(stanza_from_bare))
+            .is_some_and(|from| !bare_of(from).eq_ignore_ascii_case(stanza_from_bare))
         {
             return Err(OmemoError::AffixMismatch("from"));
         }
@@ -252,6 +253,11 @@ impl Envelope {
             _ => Ok(()),
         }
     }
+}
+
+/// The bare part of a JID (what precedes a `/`).
+pub(crate) fn bare_of(jid: &str) -> &str {
+    jid.split_once('/').map_or(jid, |(bare, _)| bare)
 }
 
 fn affix_jid(el: &Element, name: &'static str) -> Result<String> {
@@ -311,6 +317,27 @@ fn is_xep0082_datetime(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_from_affix_names_the_account_bare_or_full() {
+        let mut rng = rand_core::OsRng;
+        let full = Envelope::with_body("hi", "juliet@capulet.lit/balcony", None, &mut rng);
+        assert!(
+            full.verify_affixes("juliet@capulet.lit", "romeo@montague.lit", false)
+                .is_ok()
+        );
+        let bare = Envelope::with_body("hi", "Juliet@capulet.lit", None, &mut rng);
+        assert!(
+            bare.verify_affixes("juliet@capulet.lit", "romeo@montague.lit", false)
+                .is_ok()
+        );
+        let other =
+            Envelope::with_body("hi", "nurse@capulet.lit/juliet@capulet.lit", None, &mut rng);
+        assert!(matches!(
+            other.verify_affixes("juliet@capulet.lit", "romeo@montague.lit", false),
+            Err(OmemoError::AffixMismatch("from"))
+        ));
+    }
 
     #[test]
     fn datetimes() {
