@@ -78,7 +78,18 @@ impl TlsConfigs {
             .find(|c| c.domain.eq_ignore_ascii_case(domain))
         {
             Some(c) => (c.cert.clone(), c.key.clone()),
-            None => ensure_local_certificate(&config.data_dir.join("tls"), &name)?,
+            None => {
+                if !config.tls.certificates.is_empty() {
+                    // Certificates are configured for the platform's own domains, so this is
+                    // probably a public deployment, where a local CA's certificate fails
+                    // every client's check.
+                    tracing::warn!(
+                        domain = %name,
+                        "no certificate configured for this provider domain ([tls] certificates); serving one from the local CA"
+                    );
+                }
+                ensure_local_certificate(&config.data_dir.join("tls"), &name)?
+            }
         };
         let k = certified_key(&self.provider, &name, &cert, &key)?;
         self.resolver
