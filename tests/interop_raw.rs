@@ -12,7 +12,7 @@ use strait_server::interop::boundary::FALLBACK;
 use strait_server::interop::registry::{self, Actor};
 use strait_server::server::ServerState;
 use strait_store::{Provider, ProviderStatus, Scope};
-use strait_tests::{RawClient, TestServer, between};
+use strait_tests::{RawClient, TestServer, between, caps_presence, caps_ver};
 
 const OP: Actor<'static> = Actor {
     name: "test-operator",
@@ -445,30 +445,14 @@ async fn revoking_consent_stops_presence_already_granted() {
         "http://jabber.org/protocol/caps",
         "urn:xmpp:omemo:2:devices+notify",
     ];
-    let ver = {
-        use sha1::Digest;
-        let mut f = features.to_vec();
-        f.sort();
-        let mut s = "client/phone//raw<".to_owned();
-        for x in f {
-            s.push_str(x);
-            s.push('<');
-        }
-        B64.encode(sha1::Sha1::digest(s.as_bytes()))
-    };
-    bob.send(&format!("<presence><status>bob here</status><c xmlns='http://jabber.org/protocol/caps' hash='sha-1' node='urn:test:raw' ver='{ver}'/></presence>")).await;
-    let q = bob
-        .expect_element(&["<iq", "type='get'", "disco#info"])
-        .await;
-    let (id, from) = (between(&q, "id='", "'"), between(&q, "from='", "'"));
-    let mut answer = format!(
-        "<iq type='result' to='{from}' id='{id}'><query xmlns='http://jabber.org/protocol/disco#info' node='urn:test:raw#{ver}'><identity category='client' type='phone' name='raw'/>"
-    );
-    for f in features {
-        answer.push_str(&format!("<feature var='{f}'/>"));
-    }
-    answer.push_str("</query></iq>");
-    bob.send(&answer).await;
+    caps_presence(
+        &mut bob,
+        &caps_ver(&features),
+        &features,
+        true,
+        "<status>bob here</status>",
+    )
+    .await;
     alice.expect_element(&[">bob here</status>"]).await;
     // Device-list events reach bob while alice consents (the positive control).
     let publish = |n: u32| {

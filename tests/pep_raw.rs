@@ -1,9 +1,7 @@
 //! PEP (XEP-0163 over XEP-0060), entity capabilities (XEP-0115), vcard-temp (XEP-0054) and
 //! private storage (XEP-0049, and XEP-0223 over PEP) as raw bytes: what exactly a client sees. Every wait is bounded (`common::WAIT`).
 
-use base64::Engine;
-use sha1::{Digest, Sha1};
-use strait_tests::{RawClient, TestServer, between};
+use strait_tests::{RawClient, TestServer, caps_presence, caps_ver};
 
 const PUBSUB: &str = "http://jabber.org/protocol/pubsub";
 const OWNER: &str = "http://jabber.org/protocol/pubsub#owner";
@@ -58,47 +56,6 @@ async fn befriend(a: &mut RawClient, b: &mut RawClient) {
     b.expect_element(&["<presence", "type='subscribed'"]).await;
     a.ping("f1").await;
     b.ping("f2").await;
-}
-
-/// XEP-0115 §5.1 for one identity `client/pc//raw` and the given features.
-fn ver(features: &[&str]) -> String {
-    let mut f = features.to_vec();
-    f.sort();
-    let mut s = "client/pc//raw<".to_owned();
-    for x in f {
-        s.push_str(x);
-        s.push('<');
-    }
-    base64::engine::general_purpose::STANDARD.encode(Sha1::digest(s.as_bytes()))
-}
-
-/// Sends presence with caps and answers the server's disco#info query with `features`
-/// (advertising `ver`). `expect_query`: whether the server must ask. Consumes nothing
-/// after the query, so events that follow the answer stay buffered.
-async fn caps_presence(c: &mut RawClient, ver: &str, features: &[&str], expect_query: bool) {
-    c.send(&format!(
-        "<presence><c xmlns='http://jabber.org/protocol/caps' hash='sha-1' node='urn:test:raw' ver='{ver}'/></presence>"
-    ))
-    .await;
-    if expect_query {
-        let q = c
-            .expect_element(&[
-                "<iq",
-                "type='get'",
-                "disco#info",
-                &format!("node='urn:test:raw#{ver}'"),
-            ])
-            .await;
-        let id = between(&q, "id='", "'").to_owned();
-        let mut answer = format!(
-            "<iq type='result' to='localhost' id='{id}'><query xmlns='http://jabber.org/protocol/disco#info' node='urn:test:raw#{ver}'><identity category='client' type='pc' name='raw'/>"
-        );
-        for f in features {
-            answer.push_str(&format!("<feature var='{f}'/>"));
-        }
-        answer.push_str("</query></iq>");
-        c.send(&answer).await;
-    }
 }
 
 #[tokio::test]
@@ -420,7 +377,7 @@ async fn notifications_follow_caps_plus_notify() {
         "http://jabber.org/protocol/disco#info",
         "urn:test:notify1+notify",
     ];
-    caps_presence(&mut b, &ver(&features), &features, true).await;
+    caps_presence(&mut b, &caps_ver(&features), &features, true, "").await;
     b.ping("caps-settled").await;
     let payload = "<tune xmlns='urn:test:notify1'>first</tune>";
     assert!(ok(&ask(
@@ -459,7 +416,7 @@ async fn notifications_follow_caps_plus_notify() {
     let mut b2 = RawClient::login(t.starttls, t.ca_pem(), "bob@localhost", "pb", "b2").await;
     b2.send(&format!(
         "<presence><c xmlns='http://jabber.org/protocol/caps' hash='sha-1' node='urn:test:raw' ver='{}'/></presence>",
-        ver(&features)
+        caps_ver(&features)
     ))
     .await;
     let ev = b2.expect_element(&["<message", "urn:test:notify1"]).await;
@@ -482,12 +439,13 @@ async fn last_item_when_caps_first_show_up_and_no_cache_poisoning() {
     )
     .await));
     // Bob's answer does not match the ver he advertised: it counts for his resource only.
-    let claimed = ver(&["http://jabber.org/protocol/caps"]);
+    let claimed = caps_ver(&["http://jabber.org/protocol/caps"]);
     caps_presence(
         &mut b,
         &claimed,
         &["http://jabber.org/protocol/caps", "urn:test:last+notify"],
         true,
+        "",
     )
     .await;
     let ev = b.expect_element(&["<message", "urn:test:last"]).await;
@@ -497,7 +455,14 @@ async fn last_item_when_caps_first_show_up_and_no_cache_poisoning() {
     );
     // Carol advertising the same ver is asked again (the forged answer was not cached).
     let mut c = RawClient::login(t.starttls, t.ca_pem(), "carol@localhost", "pc", "c1").await;
-    caps_presence(&mut c, &claimed, &["http://jabber.org/protocol/caps"], true).await;
+    caps_presence(
+        &mut c,
+        &claimed,
+        &["http://jabber.org/protocol/caps"],
+        true,
+        "",
+    )
+    .await;
     t.stop().await;
 }
 

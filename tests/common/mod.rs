@@ -481,3 +481,52 @@ pub fn between<'a>(s: &'a str, start: &str, end: &str) -> &'a str {
     let b = s[a..].find(end).map(|i| a + i).unwrap_or(s.len());
     &s[a..b]
 }
+
+/// XEP-0115 §5.1's verification string for one identity, `client/pc//raw`, and `features`.
+pub fn caps_ver(features: &[&str]) -> String {
+    let mut f = features.to_vec();
+    f.sort();
+    let mut s = "client/pc//raw<".to_owned();
+    for x in f {
+        s.push_str(x);
+        s.push('<');
+    }
+    B64.encode(sha1::Sha1::digest(s.as_bytes()))
+}
+
+/// Sends presence with caps (and `extra` inside it, such as a `<status/>`) and answers the
+/// server's disco#info query with `features` (advertising `ver`). `expect_query`: whether the
+/// server must ask. Consumes nothing after the query, so events that follow the answer stay
+/// buffered.
+pub async fn caps_presence(
+    c: &mut RawClient,
+    ver: &str,
+    features: &[&str],
+    expect_query: bool,
+    extra: &str,
+) {
+    c.send(&format!(
+        "<presence>{extra}<c xmlns='http://jabber.org/protocol/caps' hash='sha-1' node='urn:test:raw' ver='{ver}'/></presence>"
+    ))
+    .await;
+    if expect_query {
+        let q = c
+            .expect_element(&[
+                "<iq",
+                "type='get'",
+                "disco#info",
+                &format!("node='urn:test:raw#{ver}'"),
+            ])
+            .await;
+        // The server asks from the domain the client's stream is to.
+        let (id, from) = (between(&q, "id='", "'"), between(&q, "from='", "'"));
+        let mut answer = format!(
+            "<iq type='result' to='{from}' id='{id}'><query xmlns='http://jabber.org/protocol/disco#info' node='urn:test:raw#{ver}'><identity category='client' type='pc' name='raw'/>"
+        );
+        for f in features {
+            answer.push_str(&format!("<feature var='{f}'/>"));
+        }
+        answer.push_str("</query></iq>");
+        c.send(&answer).await;
+    }
+}
