@@ -1,9 +1,10 @@
 //! `strait bench`: a load generator for XMPP servers (Strait, Prosody, ejabberd, …).
 //!
-//! Its own lean client ([`client`]) on tokio and rustls: connections from many loopback
-//! source addresses, STARTTLS or direct TLS, SCRAM-SHA-256/SHA-1 ([`scram`]), bind, XEP-0198;
-//! incoming streams are cut into stanzas by a byte scanner ([`xml`]) rather than parsed, so
-//! that the generator costs little on a machine it shares with the server it measures.
+//! Its client is the SDK's lean connection (strait-client's `conn`, re-exported here as
+//! [`client`]) on tokio and rustls: connections from many loopback source addresses, STARTTLS
+//! or direct TLS, SCRAM-SHA-256/SHA-1 ([`scram`]), bind, XEP-0198; incoming streams are cut
+//! into stanzas by a byte scanner ([`xml`]) rather than parsed, so that the generator costs
+//! little on a machine it shares with the server it measures.
 //! Scenarios (`idle`, `pingpong`, `messages`, `login-storm`) each run for a bounded time or
 //! count and produce a [`report::Report`]: latency histograms (HDR), throughput, failures by
 //! kind, and the server's and the generator's CPU time and memory read from /proc
@@ -11,11 +12,9 @@
 #![forbid(unsafe_code)]
 
 pub mod cli;
-pub mod client;
 pub mod report;
-pub mod scram;
 pub mod stats;
-pub mod xml;
+pub use strait_client::{conn as client, scram, xml};
 
 mod scenarios;
 

@@ -1,8 +1,9 @@
-//! The generator's XMPP client: TCP from a chosen loopback source address, STARTTLS or direct
-//! TLS (rustls, ring), SASL (SCRAM-SHA-256, SCRAM-SHA-1, PLAIN on request), resource binding,
-//! legacy session establishment where a server still requires it, XEP-0198 enable, initial
-//! presence. After login a [`Connection`] reads frames with [`crate::xml::Framer`] and answers
-//! the server's housekeeping (XEP-0198 `<r/>`, XEP-0199 pings, unknown IQs) by itself.
+//! The connection, the SDK's and the load generator's: TCP (from a chosen loopback source
+//! address, for the generator), STARTTLS or direct TLS (rustls, ring), SASL (SCRAM-SHA-256,
+//! SCRAM-SHA-1, PLAIN on request), resource binding, legacy session establishment where a
+//! server still requires it, XEP-0198 enable, initial presence. After login a [`Connection`]
+//! reads frames with [`crate::xml::Framer`] and answers the server's housekeeping (XEP-0198
+//! `<r/>`, XEP-0199 pings, unknown IQs) by itself.
 
 use crate::scram::{KeyCache, Mechanism, ScramClient, plain_message};
 use crate::xml::{Element, Frame, Framer, XmlError, escape};
@@ -847,7 +848,7 @@ impl Connection {
     }
 
     /// Hands each complete element received so far to `f`, which may queue bytes to send in
-    /// `out`; the housekeeping of [`Connection::next_ready`] is done first.
+    /// `out`; the housekeeping of `next_ready` is done first.
     pub fn process(
         &mut self,
         mut f: impl FnMut(Element<'_>, &mut Vec<u8>),

@@ -105,6 +105,7 @@ impl Framer {
 
     /// The buffer to read into, with consumed bytes dropped and room for a read. Reading
     /// appends; the caller must not touch what is already there.
+    #[inline]
     pub fn read_buf(&mut self) -> &mut Vec<u8> {
         if self.start > 0 {
             self.buf.drain(..self.start);
@@ -134,6 +135,7 @@ impl Framer {
     }
 
     /// The element (or stream header) at `range`.
+    #[inline]
     pub fn element(&self, range: &Range<usize>) -> Element<'_> {
         Element {
             raw: &self.buf[range.clone()],
@@ -284,6 +286,7 @@ pub struct Element<'a> {
     raw: &'a [u8],
 }
 
+#[inline]
 fn is_name_end(b: u8) -> bool {
     matches!(b, b' ' | b'\t' | b'\r' | b'\n' | b'/' | b'>')
 }
@@ -298,11 +301,13 @@ impl<'a> Element<'a> {
     }
 
     /// The bytes of the whole element.
+    #[inline]
     pub fn raw(&self) -> &'a [u8] {
         self.raw
     }
 
     /// The qualified name, e.g. `stream:features`.
+    #[inline]
     pub fn name(&self) -> &'a [u8] {
         let n = self.raw[1..]
             .iter()
@@ -312,6 +317,7 @@ impl<'a> Element<'a> {
     }
 
     /// The name without its prefix, e.g. `features`.
+    #[inline]
     pub fn local_name(&self) -> &'a [u8] {
         let n = self.name();
         match memchr::memchr(b':', n) {
@@ -320,10 +326,12 @@ impl<'a> Element<'a> {
         }
     }
 
+    #[inline]
     pub fn is(&self, local_name: &str) -> bool {
         self.local_name() == local_name.as_bytes()
     }
 
+    #[inline]
     fn start_tag(&self) -> &'a [u8] {
         let len = start_tag_len(self.raw).unwrap_or(self.raw.len());
         &self.raw[..len]
@@ -336,11 +344,13 @@ impl<'a> Element<'a> {
     }
 
     /// An attribute's value (entities decoded), by qualified name.
+    #[inline]
     pub fn attr(&self, name: &str) -> Option<Cow<'a, str>> {
         self.attr_raw(name).map(decode)
     }
 
     /// An attribute's value as written (entities not decoded).
+    #[inline]
     pub fn attr_raw(&self, name: &str) -> Option<&'a [u8]> {
         let tag = self.start_tag();
         let mut i = 1 + self.name().len();
