@@ -5,7 +5,7 @@
 //! reads frames with [`crate::xml::Framer`] and answers the server's housekeeping (XEP-0198
 //! `<r/>`, XEP-0199 pings, unknown IQs) by itself.
 
-use crate::scram::{KeyCache, Mechanism, ScramClient, plain_message};
+use crate::scram::{KeyCache, Mechanism, ScramClient, oauthbearer_message, plain_message};
 use crate::xml::{Element, Frame, Framer, XmlError, escape};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -37,6 +37,9 @@ pub const MAX_ELEMENT: usize = 4 << 20;
 pub enum Verify {
     /// Against the CA certificates in a PEM file.
     CaFile(std::path::PathBuf),
+    /// Against the web's public roots (Mozilla's, from the webpki-roots crate): for servers
+    /// with a certificate from a public CA.
+    PublicRoots,
     /// Not at all: any certificate is accepted (handshake signatures are still checked).
     Insecure,
 }
@@ -51,7 +54,8 @@ pub struct ClientSettings {
     pub tls_name: ServerName<'static>,
     pub direct_tls: bool,
     pub tls: Arc<rustls::ClientConfig>,
-    /// A mechanism to use instead of the best one offered.
+    /// A mechanism to use instead of the best one offered. OAUTHBEARER is used only when
+    /// asked for here; [`Login::password`] is then the token.
     pub mechanism: Option<Mechanism>,
     /// Whether PLAIN may be picked when no SCRAM mechanism is offered.
     pub allow_plain: bool,
@@ -101,6 +105,12 @@ pub fn tls_config(verify: &Verify, alpn: bool) -> anyhow::Result<Arc<rustls::Cli
             if n == 0 {
                 anyhow::bail!("no certificate in the CA file {}", path.display());
             }
+            builder.with_root_certificates(roots).with_no_client_auth()
+        }
+        Verify::PublicRoots => {
+            let roots = rustls::RootCertStore {
+                roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+            };
             builder.with_root_certificates(roots).with_no_client_auth()
         }
         Verify::Insecure => builder
@@ -340,6 +350,7 @@ impl std::error::Error for LoginError {}
 #[derive(Clone, Debug)]
 pub struct Login<'a> {
     pub user: &'a str,
+    /// The password; with OAUTHBEARER, the bearer token.
     pub password: &'a str,
     pub resource: &'a str,
     /// Send initial presence once bound.
@@ -358,6 +369,9 @@ pub struct Connection {
     pub mechanism: Mechanism,
     /// Stanzas handled, when XEP-0198 is on.
     sm_handled: Option<u32>,
+    /// Stanzas sent, when XEP-0198 is on: those written with [`Connection::send_stanza`] and
+    /// the answers this connection gave by itself. The server's `<a h/>` counts these.
+    sm_sent: Option<u32>,
     /// Written to TLS but maybe not yet to the socket.
     unflushed: bool,
 }
@@ -428,6 +442,7 @@ async fn login_steps(
         jid: String::new(),
         mechanism: Mechanism::ScramSha256,
         sm_handled: None,
+        sm_sent: None,
         unflushed: false,
     };
     if settings.direct_tls {
@@ -512,6 +527,7 @@ async fn finish_login(
             .iter()
             .copied()
             .filter(|m| *m != Mechanism::Plain || settings.allow_plain)
+            .filter(|m| *m != Mechanism::OAuthBearer)
             .max()
             .ok_or_else(|| {
                 LoginError::new(
@@ -616,10 +632,11 @@ async fn finish_login(
             ));
         }
         c.sm_handled = Some(0);
+        c.sm_sent = Some(0);
     }
 
     if who.presence {
-        c.out.extend_from_slice(b"<presence/>");
+        c.send_stanza(b"<presence/>");
         c.flush().await.map_err(|e| LoginError::at(*stage, e))?;
     }
     Ok(c)
@@ -638,6 +655,8 @@ impl Connection {
         let mut scram = None;
         let initial = if mechanism == Mechanism::Plain {
             plain_message(who.user, who.password)
+        } else if mechanism == Mechanism::OAuthBearer {
+            oauthbearer_message(who.password)
         } else {
             let s = ScramClient::new(
                 mechanism,
@@ -660,6 +679,8 @@ impl Connection {
         );
         self.flush().await.map_err(fail)?;
         let mut verified = false;
+        // OAUTHBEARER's error status, said before the failure.
+        let mut status = String::new();
         loop {
             let r = self.next_element().await.map_err(fail)?;
             let el = self.framer.element(&r);
@@ -678,7 +699,7 @@ impl Connection {
             if local == b"failure" {
                 return Err(LoginError::new(
                     format!("sasl: {}", el.first_child_name()),
-                    format!("sasl ({mechanism}): {}", self.describe(&r)),
+                    format!("sasl ({mechanism}): {}{status}", self.describe(&r)),
                 ));
             }
             let is_success = local == b"success";
@@ -691,6 +712,20 @@ impl Connection {
             let Some(s) = scram.as_mut() else {
                 if is_success {
                     return Ok(());
+                }
+                if mechanism == Mechanism::OAuthBearer {
+                    status = format!(" (status {})", data().unwrap_or_default());
+                    // An error status (RFC 7628 §3.2.2): the client's answer is a single
+                    // %x01, and the server's <failure/> follows.
+                    self.out.extend_from_slice(
+                        format!(
+                            "<response xmlns='{NS_SASL}'>{}</response>",
+                            B64.encode([1u8])
+                        )
+                        .as_bytes(),
+                    );
+                    self.flush().await.map_err(fail)?;
+                    continue;
                 }
                 return Err(LoginError::new(
                     "sasl: unexpected challenge",
@@ -777,6 +812,9 @@ impl Connection {
                     let ty = el.attr_raw("type").unwrap_or_default();
                     if ty == b"get" || ty == b"set" {
                         answer_iq(&el, &mut self.out);
+                        if let Some(n) = &mut self.sm_sent {
+                            *n = n.wrapping_add(1);
+                        }
                         continue;
                     }
                 }
@@ -904,6 +942,20 @@ impl Connection {
         }
     }
 
+    /// Queues a stanza (counted for XEP-0198; bytes written straight to `out` are not).
+    pub fn send_stanza(&mut self, stanza: &[u8]) {
+        self.out.extend_from_slice(stanza);
+        if let Some(n) = &mut self.sm_sent {
+            *n = n.wrapping_add(1);
+        }
+    }
+
+    /// Stanzas sent so far, when XEP-0198 is on: once the server's `<a h/>` reaches this
+    /// count, it has taken responsibility for all of them.
+    pub fn sm_sent(&self) -> Option<u32> {
+        self.sm_sent
+    }
+
     /// Sends what is queued in `out`.
     pub async fn flush(&mut self) -> Result<(), ConnError> {
         if self.out.is_empty() && !self.unflushed {
@@ -977,6 +1029,7 @@ fn answer_iq(iq: &Element<'_>, out: &mut Vec<u8>) {
 pub fn describe_verify(v: &Verify) -> String {
     match v {
         Verify::CaFile(p) => format!("CA file {}", Path::new(p).display()),
+        Verify::PublicRoots => "the public CAs (webpki-roots)".into(),
         Verify::Insecure => "INSECURE: server certificate not verified".into(),
     }
 }

@@ -22,13 +22,17 @@ use std::sync::Mutex;
 /// A SASL mechanism the generator can use, weakest first (so `max` picks the best).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Mechanism {
+    /// RFC 7628, with a token the user's provider issued; never picked on its own (only when
+    /// asked for), so it sorts lowest.
+    OAuthBearer,
     Plain,
     ScramSha1,
     ScramSha256,
 }
 
 impl Mechanism {
-    pub const ALL: [Mechanism; 3] = [
+    pub const ALL: [Mechanism; 4] = [
+        Mechanism::OAuthBearer,
         Mechanism::Plain,
         Mechanism::ScramSha1,
         Mechanism::ScramSha256,
@@ -36,6 +40,7 @@ impl Mechanism {
 
     pub fn name(self) -> &'static str {
         match self {
+            Mechanism::OAuthBearer => "OAUTHBEARER",
             Mechanism::Plain => "PLAIN",
             Mechanism::ScramSha1 => "SCRAM-SHA-1",
             Mechanism::ScramSha256 => "SCRAM-SHA-256",
@@ -48,7 +53,7 @@ impl Mechanism {
 
     fn hash(self) -> Option<ScramHash> {
         match self {
-            Mechanism::Plain => None,
+            Mechanism::OAuthBearer | Mechanism::Plain => None,
             Mechanism::ScramSha1 => Some(ScramHash::Sha1),
             Mechanism::ScramSha256 => Some(ScramHash::Sha256),
         }
@@ -156,6 +161,12 @@ fn escape_username(u: &str) -> String {
 /// The PLAIN message: no authorization identity, user name, password.
 pub fn plain_message(user: &str, password: &str) -> Vec<u8> {
     format!("\0{user}\0{password}").into_bytes()
+}
+
+/// The OAUTHBEARER initial response (RFC 7628 §3.1): a GS2 header without an authorization
+/// identity (the token names the user), then the bearer token.
+pub fn oauthbearer_message(token: &str) -> Vec<u8> {
+    format!("n,,\x01auth=Bearer {token}\x01\x01").into_bytes()
 }
 
 /// ClientKey and ServerKey, what a login needs of the password.

@@ -26,8 +26,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use strait_bench::client::{self, ClientSettings, Connection, Login, Verify};
-use strait_bench::xml::{Element, escape};
+use strait_client::conn::{self as client, ClientSettings, Connection, Login, Verify};
+use strait_client::omemo::{self, Omemo, item_payload};
+use strait_client::xml::{Element, escape};
 use strait_server::interop::consent::{self, ConsentChange};
 use strait_server::interop::registry::{self, Actor};
 use strait_server::{Config, Server};
@@ -35,9 +36,7 @@ use strait_signal::device::{DeviceV2, DeviceV03};
 use strait_signal::keys::IdentityKeyPair;
 use strait_signal::omemo::xml::v2::{self as x2, BundleV2, DeviceListV2, EncryptedV2};
 use strait_signal::omemo::xml::v03::{BundleV03, DeviceListV03, EncryptedV03};
-use strait_signal::omemo::{
-    NODE_V2_BUNDLES, NODE_V2_DEVICES, NODE_V03_BUNDLES_PREFIX, NODE_V03_DEVICELIST, NS_V2, NS_V03,
-};
+use strait_signal::omemo::{NODE_V2_DEVICES, NODE_V03_DEVICELIST, NS_V2, NS_V03};
 use strait_signal::omemo2::store::InMemoryOmemo2Store;
 use strait_signal::store::memory::InMemoryStore;
 use strait_store::{Provider, ProviderStatus, Scope};
@@ -186,7 +185,7 @@ pub async fn run(a: ConformanceArgs) -> Result<bool> {
         source_ips: 0,
         stream_management: false,
         login_timeout: Duration::from_secs(10),
-        keys: Arc::new(strait_bench::scram::KeyCache::new()),
+        keys: Arc::new(strait_client::scram::KeyCache::new()),
     };
     let who = Login {
         user: ECHO,
@@ -222,47 +221,6 @@ fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
-}
-
-/// The two OMEMO versions (XEP-0384 0.3, `eu.siacs.conversations.axolotl`, and 2).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-enum Omemo {
-    V03,
-    V2,
-}
-
-impl Omemo {
-    fn name(self) -> &'static str {
-        match self {
-            Omemo::V03 => "OMEMO 0.3",
-            Omemo::V2 => "OMEMO 2",
-        }
-    }
-
-    fn ns(self) -> &'static str {
-        match self {
-            Omemo::V03 => NS_V03,
-            Omemo::V2 => NS_V2,
-        }
-    }
-
-    fn devices_node(self) -> &'static str {
-        match self {
-            Omemo::V03 => NODE_V03_DEVICELIST,
-            Omemo::V2 => NODE_V2_DEVICES,
-        }
-    }
-
-    /// The node and item of a device's bundle.
-    fn bundle_item(self, device: u32) -> (String, String) {
-        match self {
-            Omemo::V03 => (
-                format!("{NODE_V03_BUNDLES_PREFIX}{device}"),
-                "current".into(),
-            ),
-            Omemo::V2 => (NODE_V2_BUNDLES.into(), device.to_string()),
-        }
-    }
 }
 
 /// What an IQ the bot sent was for.
@@ -332,33 +290,25 @@ impl Bot {
         }
         .to_xml();
         let (b03, b2) = (Omemo::V03.bundle_item(d03), Omemo::V2.bundle_item(d2));
-        for (node, item_id, item, max) in [
+        for (node, item_id, item, keep_all) in [
             (
                 NODE_V03_DEVICELIST.to_owned(),
                 "current".to_owned(),
                 list03,
-                "",
+                false,
             ),
-            (b03.0, b03.1, self.device.bundle()?.to_xml(), ""),
-            (NODE_V2_DEVICES.to_owned(), "current".to_owned(), list2, ""),
+            (b03.0, b03.1, self.device.bundle()?.to_xml(), false),
             (
-                b2.0,
-                b2.1,
-                self.device2.bundle()?.to_xml(),
-                "<field var='pubsub#max_items'><value>max</value></field>",
+                NODE_V2_DEVICES.to_owned(),
+                "current".to_owned(),
+                list2,
+                false,
             ),
+            (b2.0, b2.1, self.device2.bundle()?.to_xml(), true),
         ] {
             let id = self.id(Pending::Publish);
             out.extend_from_slice(
-                format!(
-                    "<iq type='set' id='{id}'><pubsub xmlns='http://jabber.org/protocol/pubsub'>\
-                     <publish node='{node}'><item id='{item_id}'>{item}</item></publish>\
-                     <publish-options><x xmlns='jabber:x:data' type='submit'>\
-                     <field var='FORM_TYPE' type='hidden'><value>http://jabber.org/protocol/pubsub#publish-options</value></field>\
-                     <field var='pubsub#access_model'><value>open</value></field>{max}</x></publish-options>\
-                     </pubsub></iq>"
-                )
-                .as_bytes(),
+                omemo::publish_iq(&id, &node, &item_id, &item, keep_all).as_bytes(),
             );
         }
         Ok(())
@@ -498,12 +448,7 @@ impl Bot {
         waiting.1.push(answer);
         let id = self.id(Pending::DeviceList(bare.clone(), version));
         out.extend_from_slice(
-            format!(
-                "<iq type='get' id='{id}' to='{}'><pubsub xmlns='http://jabber.org/protocol/pubsub'><items node='{}'/></pubsub></iq>",
-                escape(&bare),
-                version.devices_node()
-            )
-            .as_bytes(),
+            omemo::items_query(&id, Some(&bare), version.devices_node(), None).as_bytes(),
         );
     }
 
@@ -564,16 +509,9 @@ impl Bot {
                 for d in devices {
                     let id = self.id(Pending::Bundle(peer.clone(), d, version));
                     let (node, item) = version.bundle_item(d);
-                    let item = match version {
-                        Omemo::V03 => String::new(),
-                        Omemo::V2 => format!("<item id='{item}'/>"),
-                    };
+                    let item = (version == Omemo::V2).then_some(item.as_str());
                     out.extend_from_slice(
-                        format!(
-                            "<iq type='get' id='{id}' to='{}'><pubsub xmlns='http://jabber.org/protocol/pubsub'><items node='{node}'>{item}</items></pubsub></iq>",
-                            escape(&peer)
-                        )
-                        .as_bytes(),
+                        omemo::items_query(&id, Some(&peer), &node, item).as_bytes(),
                     );
                 }
             }
@@ -637,28 +575,16 @@ impl Bot {
                 .map(|e| e.to_xml()),
         };
         match enc {
-            Ok(enc) => out.extend_from_slice(
-                format!(
-                    "<message to='{}' type='chat'><body>This message is OMEMO encrypted.</body>{enc}\
-                     <encryption xmlns='urn:xmpp:eme:0' namespace='{}'/><store xmlns='urn:xmpp:hints'/></message>",
-                    escape(peer),
-                    version.ns()
-                )
-                .as_bytes(),
-            ),
+            Ok(enc) => {
+                let id = format!("kit-answer-{}", self.next_id);
+                out.extend_from_slice(omemo::message(peer, &id, &enc, version).as_bytes())
+            }
             Err(e) => self
                 .report
                 .fail("reply", format!("the bot cannot encrypt for {peer}: {e}")),
         }
     }
 }
-/// The payload of the first item in a pubsub items result, as XML.
-fn item_payload(iq: &Element<'_>) -> Option<String> {
-    let item = iq.child("pubsub")?.child("items")?.child("item")?;
-    let payload = item.children().next()?;
-    Some(String::from_utf8_lossy(payload.raw()).into_owned())
-}
-
 /// Runs the kit; the process's exit status says whether every check passed.
 pub fn main(a: ConformanceArgs) -> Result<()> {
     let ok = tokio::runtime::Builder::new_multi_thread()

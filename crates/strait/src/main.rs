@@ -9,6 +9,7 @@ use std::time::Duration;
 use strait_server::{Config, Server, accounts};
 use strait_store::{AccountStore, SqliteStore};
 
+mod chat;
 mod conformance;
 mod import;
 mod provider;
@@ -53,6 +54,12 @@ enum Command {
     /// key, show its pin (docs/interop.md, "Proxies").
     #[command(subcommand)]
     Proxy(proxy::ProxyCommand),
+    /// Chat, end-to-end encrypted (OMEMO, the Signal protocol), with any account on this
+    /// platform or another XMPP server: send, listen, with (interactive), history.
+    ///
+    /// Example: STRAIT_CHAT_PASSWORD=… strait chat --jid alice@localhost --ca-file
+    /// strait-data/tls/ca.pem send bob@localhost hello
+    Chat(chat::ChatArgs),
     /// Check a provider's client against a private platform: token login, OMEMO keys
     /// published, an encrypted exchange with an echo bot (docs/interop.md, "Conformance kit").
     Conformance(conformance::ConformanceArgs),
@@ -271,6 +278,13 @@ fn run() -> Result<()> {
                 .enable_all()
                 .build()?
                 .block_on(proxy::run(cmd))
+        }
+        Command::Chat(args) => {
+            init_logging_at("warn");
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(chat::run(args))
         }
         Command::Conformance(args) => {
             // The kit's own lines are the report; the platform's log only when it fails.

@@ -1,0 +1,924 @@
+//! A logged-in account with end-to-end encryption: what `strait chat` is, and what an app links.
+//!
+//! [`Client::connect`] opens the account's local store (a directory: `signal.db`, the Signal
+//! protocol's keys and sessions, and `chat.db`, the device id and the message history), logs in
+//! (SCRAM with a password, or OAUTHBEARER with a token from the user's provider), publishes
+//! the device in the OMEMO 0.3 device list and its bundle (open access, so that users of other
+//! providers can start a session), then says it is available, so that messages queued while it
+//! was away arrive.
+//!
+//! [`Client::send`] encrypts for every device of the contact and of the account's own other
+//! devices (fetching device lists and bundles as needed) and returns once the server has taken
+//! responsibility for the message: its XEP-0198 acknowledgement, which a Strait server sends
+//! only once the message is delivered or durably queued. A refusal (the interop boundary's
+//! `policy-violation`, no consent, a suspended provider) is returned as
+//! [`ChatError::Refused`] with the server's reason. [`Client::next_event`] waits for the next
+//! incoming message, decrypted, with the platform's origin stamp when it comes from a
+//! third-party provider's user (`urn:strait:interop:0`).
+//!
+//! The local store is locked while a client has it open: two processes on one store would
+//! advance the same ratchets and break each other's sessions.
+//!
+//! Not here yet: OMEMO 2 (the store for its sessions is in memory only), media (XEP-0454 with
+//! XEP-0363 uploads), group chats.
+
+use crate::conn::{self, ClientSettings, ConnError, Connection, Login, LoginError, Verify};
+use crate::omemo::{self, Omemo};
+use crate::scram::{KeyCache, Mechanism};
+use crate::xml::{Element, decode};
+use rand_core::{OsRng, RngCore};
+use rusqlite::OptionalExtension;
+use std::collections::{HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use strait_signal::device::{DeviceError, DeviceV03};
+use strait_signal::fingerprint::{display_groups, omemo_fingerprint};
+use strait_signal::omemo::xml::v03::{BundleV03, DeviceListV03, EncryptedV03};
+use strait_signal::omemo::{DEVICE_ID_MAX, NS_V03};
+use strait_signal::store::sqlite::SqliteSignalStore;
+use strait_signal::store::{Address, IdentityKeyStore, SessionStore};
+
+const NS_SM: &str = "urn:xmpp:sm:3";
+const NS_INTEROP: &str = "urn:strait:interop:0";
+/// How long a request to the server may take before the client gives up on it.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How the account proves who it is.
+#[derive(Clone)]
+pub enum Credential {
+    /// The platform's own users (and any XMPP account): SASL SCRAM.
+    Password(String),
+    /// A third-party provider's users: SASL OAUTHBEARER with a token the provider signed
+    /// (docs/interop.md, "Enlistment").
+    Token(String),
+}
+
+/// An account and where its server and local store are.
+#[derive(Clone)]
+pub struct Account {
+    /// The bare JID, `user@domain`.
+    pub jid: String,
+    pub credential: Credential,
+    pub server: SocketAddr,
+    /// The name the server's certificate must carry (default: the JID's domain).
+    pub tls_name: Option<String>,
+    /// Direct TLS (XEP-0368) instead of STARTTLS.
+    pub direct_tls: bool,
+    pub verify: Verify,
+    pub resource: String,
+    /// The local store's directory (created, private to the user).
+    pub store: PathBuf,
+}
+
+/// Why a chat operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ChatError {
+    #[error("the account: {0}")]
+    Account(String),
+    #[error("the local store ({0}): {1}")]
+    Store(PathBuf, String),
+    #[error("login failed: {0}")]
+    Login(#[from] LoginError),
+    #[error("the connection: {0}")]
+    Connection(#[from] ConnError),
+    #[error("no answer from the server within {0:?}")]
+    Timeout(Duration),
+    #[error("publishing this device's keys: {0}")]
+    Publish(String),
+    #[error("{0} has no OMEMO device this client can encrypt for ({1})")]
+    NoDevices(String, String),
+    #[error("encryption: {0}")]
+    Crypto(#[from] DeviceError),
+    /// The server bounced the message: the condition (`policy-violation`, `forbidden`, ...)
+    /// and its text.
+    #[error("the server refused the message: {condition}{}", text.as_deref().map(|t| format!(" ({t})")).unwrap_or_default())]
+    Refused {
+        condition: String,
+        text: Option<String>,
+    },
+}
+
+/// The platform's stamp on a message from a third-party provider's user.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Origin {
+    /// The provider's id in the platform's registry.
+    pub provider: String,
+    /// Its name, for the third-party section's heading.
+    pub name: String,
+}
+
+/// A message received.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Incoming {
+    /// The sender's bare JID.
+    pub from: String,
+    /// The text (decrypted when `encrypted`).
+    pub text: String,
+    /// Whether it came end-to-end encrypted (OMEMO); a plaintext message is shown as such.
+    pub encrypted: bool,
+    /// The sending device, for an encrypted message.
+    pub device: Option<u32>,
+    /// Set when a third-party provider's user sent it (its place: the third-party section).
+    pub origin: Option<Origin>,
+    /// When it was sent, if it waited on the server (XEP-0203 stamp).
+    pub delayed: Option<String>,
+    pub id: Option<String>,
+}
+
+/// What [`Client::next_event`] returns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    Message(Incoming),
+    /// A message arrived that could not be decrypted (not for this device, a broken session,
+    /// an OMEMO version this client does not speak).
+    Undecryptable {
+        from: String,
+        reason: String,
+    },
+    /// A message this account sent was bounced later (the usual refusals come from
+    /// [`Client::send`] itself).
+    Bounced {
+        id: Option<String>,
+        condition: String,
+        text: Option<String>,
+    },
+}
+
+/// A line of the local history.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HistoryEntry {
+    pub at_ms: i64,
+    pub peer: String,
+    pub outgoing: bool,
+    pub text: String,
+    pub encrypted: bool,
+    /// The provider's name, for messages from a third-party provider's user.
+    pub origin: Option<String>,
+}
+
+/// What a sent message became.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sent {
+    pub id: String,
+    /// The devices it was encrypted for (the contact's and this account's other devices).
+    pub devices: usize,
+}
+
+/// A connected account. See the module documentation.
+pub struct Client {
+    conn: Connection,
+    jid: String,
+    device: DeviceV03<SqliteSignalStore>,
+    history: rusqlite::Connection,
+    /// Stanzas read while waiting for something else, in order.
+    inbox: VecDeque<Vec<u8>>,
+    /// Bundles fetched on this connection (not fetched twice).
+    fetched: HashSet<(String, u32)>,
+    next_id: u64,
+    id_prefix: String,
+    /// Held while the client lives: the store's lock.
+    _lock: std::fs::File,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn bare(jid: &str) -> &str {
+    jid.split('/').next().unwrap_or(jid)
+}
+
+/// Opens the store directory: created private, locked for this process.
+fn open_store(account: &Account) -> Result<(std::fs::File, rusqlite::Connection), ChatError> {
+    let dir = &account.store;
+    let err = |e: &dyn std::fmt::Display| ChatError::Store(dir.clone(), e.to_string());
+    std::fs::create_dir_all(dir).map_err(|e| err(&e))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| err(&e))?;
+    }
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("lock"))
+        .map_err(|e| err(&e))?;
+    lock.try_lock().map_err(|_| {
+        err(&"another client has this store open (one process per store: two would break each other's sessions)")
+    })?;
+    let db = rusqlite::Connection::open(dir.join("chat.db")).map_err(|e| err(&e))?;
+    db.execute_batch(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;
+         CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+         CREATE TABLE IF NOT EXISTS messages (
+             seq INTEGER PRIMARY KEY,
+             at_ms INTEGER NOT NULL,
+             peer TEXT NOT NULL,
+             outgoing INTEGER NOT NULL,
+             text TEXT NOT NULL,
+             encrypted INTEGER NOT NULL,
+             origin TEXT
+         );
+         CREATE INDEX IF NOT EXISTS messages_peer ON messages (peer, seq);",
+    )
+    .map_err(|e| err(&e))?;
+    Ok((lock, db))
+}
+
+fn meta(db: &rusqlite::Connection, key: &str) -> rusqlite::Result<Option<String>> {
+    db.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+        .optional()
+}
+
+fn set_meta(db: &rusqlite::Connection, key: &str, value: &str) -> rusqlite::Result<()> {
+    db.execute(
+        "INSERT INTO meta (key, value) VALUES (?1, ?2)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        [key, value],
+    )
+    .map(|_| ())
+}
+
+/// This store's account and device: checked against the account (a store belongs to one
+/// account), or recorded with a new random device id on the first use.
+fn device_id(db: &rusqlite::Connection, account: &Account) -> Result<u32, ChatError> {
+    let err = |e: &dyn std::fmt::Display| ChatError::Store(account.store.clone(), e.to_string());
+    match meta(db, "jid").map_err(|e| err(&e))? {
+        Some(j) if !j.eq_ignore_ascii_case(&account.jid) => {
+            return Err(err(&format!(
+                "it belongs to {j}, not {}: use another directory",
+                account.jid
+            )));
+        }
+        Some(_) => {}
+        None => set_meta(db, "jid", &account.jid).map_err(|e| err(&e))?,
+    }
+    if let Some(id) = meta(db, "device_id").map_err(|e| err(&e))? {
+        return id
+            .parse()
+            .map_err(|_| err(&format!("stored device id {id:?} is not a number")));
+    }
+    let id = 1 + OsRng.next_u32() % DEVICE_ID_MAX;
+    set_meta(db, "device_id", &id.to_string()).map_err(|e| err(&e))?;
+    Ok(id)
+}
+
+impl Client {
+    /// Opens the store, logs in, publishes the device's keys and goes online. See the module
+    /// documentation.
+    pub async fn connect(account: &Account) -> Result<Client, ChatError> {
+        let jid = account.jid.trim().to_owned();
+        let (local, domain) = jid
+            .split_once('@')
+            .filter(|(l, d)| !l.is_empty() && !d.is_empty() && !d.contains('/'))
+            .ok_or_else(|| ChatError::Account(format!("{jid:?} is not a bare JID user@domain")))?;
+        let (lock, history) = open_store(account)?;
+        let device_id = device_id(&history, account)?;
+        let store_err =
+            |e: &dyn std::fmt::Display| ChatError::Store(account.store.clone(), e.to_string());
+        let store =
+            SqliteSignalStore::open_or_generate(account.store.join("signal.db"), &mut OsRng)
+                .map_err(|e| store_err(&e))?;
+        let device = DeviceV03::new(&jid, device_id, store, &mut OsRng)?;
+
+        let tls_name = account
+            .tls_name
+            .clone()
+            .unwrap_or_else(|| domain.to_owned());
+        let mut settings = ClientSettings {
+            server: account.server,
+            domain: domain.to_owned(),
+            tls_name: rustls::pki_types::ServerName::try_from(tls_name.clone())
+                .map_err(|_| ChatError::Account(format!("{tls_name:?} is not a server name")))?,
+            direct_tls: account.direct_tls,
+            tls: conn::tls_config(&account.verify, false)
+                .map_err(|e| ChatError::Account(format!("TLS: {e:#}")))?,
+            mechanism: None,
+            allow_plain: false,
+            source_ips: 0,
+            stream_management: true,
+            login_timeout: Duration::from_secs(20),
+            keys: Arc::new(KeyCache::new()),
+        };
+        let secret = match &account.credential {
+            Credential::Password(p) => p.as_str(),
+            Credential::Token(t) => {
+                settings.mechanism = Some(Mechanism::OAuthBearer);
+                t.as_str()
+            }
+        };
+        let who = Login {
+            user: local,
+            password: secret,
+            resource: &account.resource,
+            presence: false,
+        };
+        let conn = match conn::login(&settings, 0, &who).await {
+            // A server without XEP-0198: sends are then confirmed by a ping round trip.
+            Err(e) if e.kind == "sm: not offered" => {
+                settings.stream_management = false;
+                conn::login(&settings, 0, &who).await?
+            }
+            other => other?,
+        };
+        let mut prefix = [0u8; 6];
+        OsRng.fill_bytes(&mut prefix);
+        let mut c = Client {
+            conn,
+            jid,
+            device,
+            history,
+            inbox: VecDeque::new(),
+            fetched: HashSet::new(),
+            next_id: 0,
+            id_prefix: prefix.iter().map(|b| format!("{b:02x}")).collect(),
+            _lock: lock,
+        };
+        c.publish().await?;
+        c.conn.send_stanza(b"<presence/>");
+        c.conn.flush().await?;
+        Ok(c)
+    }
+
+    /// The account's bare JID.
+    pub fn jid(&self) -> &str {
+        &self.jid
+    }
+
+    /// The full JID the server bound.
+    pub fn bound_jid(&self) -> &str {
+        &self.conn.jid
+    }
+
+    pub fn device_id(&self) -> u32 {
+        self.device.device_id()
+    }
+
+    /// This device's identity fingerprint as OMEMO clients show it (groups of eight hex
+    /// digits), for comparing out of band.
+    pub fn fingerprint(&self) -> Result<String, ChatError> {
+        let ik = self
+            .device
+            .store()
+            .identity_key_pair()
+            .map_err(DeviceError::from)?;
+        let fp = omemo_fingerprint(&ik.public_key().serialize())
+            .map_err(|e| ChatError::Publish(e.to_string()))?;
+        Ok(display_groups(&fp))
+    }
+
+    fn new_id(&mut self) -> String {
+        self.next_id += 1;
+        format!("sc-{}-{}", self.id_prefix, self.next_id)
+    }
+
+    /// Reads what the server sent into the inbox (writing what is queued meanwhile).
+    async fn read_more(&mut self) -> Result<(), ChatError> {
+        self.conn.pump().await?;
+        let inbox = &mut self.inbox;
+        self.conn
+            .process(|el, _| inbox.push_back(el.raw().to_vec()))?;
+        Ok(())
+    }
+
+    /// The first stanza (already read or still to come) that `want` accepts, taken out of the
+    /// inbox; the others stay there in order.
+    async fn wait_for(
+        &mut self,
+        mut want: impl FnMut(&Element<'_>) -> bool,
+    ) -> Result<Vec<u8>, ChatError> {
+        let deadline = tokio::time::Instant::now() + ANSWER_TIMEOUT;
+        let mut seen = 0;
+        loop {
+            while seen < self.inbox.len() {
+                let hit = Element::parse(&self.inbox[seen]).is_some_and(|e| want(&e));
+                if hit {
+                    return Ok(self.inbox.remove(seen).unwrap_or_default());
+                }
+                seen += 1;
+            }
+            tokio::time::timeout_at(deadline, self.read_more())
+                .await
+                .map_err(|_| ChatError::Timeout(ANSWER_TIMEOUT))??;
+        }
+    }
+
+    /// Sends an IQ and waits for its answer.
+    async fn iq(&mut self, make: impl FnOnce(&str) -> String) -> Result<Vec<u8>, ChatError> {
+        let id = self.new_id();
+        let stanza = make(&id);
+        self.conn.send_stanza(stanza.as_bytes());
+        self.conn.flush().await?;
+        self.wait_for(|e| e.is("iq") && e.attr("id").as_deref() == Some(id.as_str()))
+            .await
+    }
+
+    /// A device list from PEP (`None`: the account has none, or it cannot be read, with the
+    /// error condition).
+    async fn device_list(
+        &mut self,
+        of: Option<&str>,
+    ) -> Result<Result<Vec<u32>, String>, ChatError> {
+        let node = Omemo::V03.devices_node();
+        let raw = self.iq(|id| omemo::items_query(id, of, node, None)).await?;
+        let el = Element::parse(&raw).ok_or(ConnError::Protocol("unparsable answer".into()))?;
+        if el.attr("type").as_deref() != Some("result") {
+            return Ok(Err(el.error_condition().to_owned()));
+        }
+        Ok(match omemo::item_payload(&el) {
+            None => Ok(Vec::new()),
+            Some(x) => DeviceListV03::parse(&x)
+                .map(|l| l.devices)
+                .map_err(|e| format!("malformed device list: {e}")),
+        })
+    }
+
+    /// Publishes this device in the account's device list (keeping the other devices) and its
+    /// bundle.
+    async fn publish(&mut self) -> Result<(), ChatError> {
+        let own = self.jid.clone();
+        let mut devices = match self.device_list(None).await? {
+            Ok(d) => d,
+            // No list yet (a new account).
+            Err(c) if c == "item-not-found" => Vec::new(),
+            Err(c) => return Err(ChatError::Publish(format!("reading the device list: {c}"))),
+        };
+        let me = self.device.device_id();
+        let others: Vec<u32> = devices.iter().copied().filter(|d| *d != me).collect();
+        self.device.set_device_list(&own, others);
+        if !devices.contains(&me) {
+            devices.push(me);
+            let list = DeviceListV03 { devices }.to_xml();
+            self.publish_item(Omemo::V03.devices_node(), "current", &list)
+                .await?;
+        }
+        self.publish_bundle().await
+    }
+
+    async fn publish_bundle(&mut self) -> Result<(), ChatError> {
+        let bundle = self.device.bundle()?.to_xml();
+        let (node, item) = Omemo::V03.bundle_item(self.device.device_id());
+        self.publish_item(&node, &item, &bundle).await
+    }
+
+    async fn publish_item(
+        &mut self,
+        node: &str,
+        item: &str,
+        payload: &str,
+    ) -> Result<(), ChatError> {
+        let raw = self
+            .iq(|id| omemo::publish_iq(id, node, item, payload, false))
+            .await?;
+        let el = Element::parse(&raw).ok_or(ConnError::Protocol("unparsable answer".into()))?;
+        if el.attr("type").as_deref() != Some("result") {
+            return Err(ChatError::Publish(format!(
+                "{node}: {}",
+                el.error_condition()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Fetches the bundles of `jid`'s listed devices that have no session yet.
+    async fn fetch_bundles(&mut self, jid: &str) -> Result<(), ChatError> {
+        for d in self.device.devices_of(jid) {
+            let address = Address::new(jid, d);
+            let has_session = self
+                .device
+                .store()
+                .load_session(&address)
+                .map_err(DeviceError::from)?
+                .is_some();
+            if has_session || !self.fetched.insert((jid.to_owned(), d)) {
+                continue;
+            }
+            let (node, _) = Omemo::V03.bundle_item(d);
+            let to = (jid != self.jid).then_some(jid);
+            let raw = self
+                .iq(|id| omemo::items_query(id, to, &node, None))
+                .await?;
+            let Some(el) = Element::parse(&raw) else {
+                continue;
+            };
+            // A device whose bundle cannot be read or verified is skipped: the others still
+            // get the message, and encryption fails only if none is left.
+            if let Some(b) = omemo::item_payload(&el).and_then(|x| BundleV03::parse(&x).ok()) {
+                let _ = self.device.add_bundle(jid, d, b);
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends `text` to `to`, end-to-end encrypted; returns once the server has it (see the
+    /// module documentation).
+    pub async fn send(&mut self, to: &str, text: &str) -> Result<Sent, ChatError> {
+        let to = bare(to.trim()).to_owned();
+        if to.eq_ignore_ascii_case(&self.jid) {
+            return Err(ChatError::Account(
+                "sending to oneself is not supported".into(),
+            ));
+        }
+        match self.device_list(Some(&to)).await? {
+            Ok(d) if !d.is_empty() => self.device.set_device_list(&to, d),
+            Ok(_) => {
+                return Err(ChatError::NoDevices(to, "its device list is empty".into()));
+            }
+            Err(c) if self.device.devices_of(&to).is_empty() => {
+                return Err(ChatError::NoDevices(
+                    to,
+                    format!("its device list cannot be read: {c}"),
+                ));
+            }
+            Err(_) => {} // use the devices known from its messages
+        }
+        let own = self.jid.clone();
+        self.fetch_bundles(&to).await?;
+        self.fetch_bundles(&own).await?;
+        let enc = match self.device.encrypt(&to, text.as_bytes(), &mut OsRng) {
+            Ok(e) => e,
+            Err(DeviceError::NoDevices(_)) => {
+                return Err(ChatError::NoDevices(
+                    to,
+                    "no bundle could be fetched".into(),
+                ));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let devices = enc.keys.len();
+        let id = self.new_id();
+        let stanza = omemo::message(&to, &id, &enc.to_xml(), Omemo::V03);
+        self.conn.send_stanza(stanza.as_bytes());
+        self.confirm().await?;
+        // A refusal arrives before the acknowledgement of the message it refuses.
+        let bounced = self.inbox.iter().position(|raw| {
+            Element::parse(raw).is_some_and(|e| {
+                e.is("message")
+                    && e.attr("type").as_deref() == Some("error")
+                    && e.attr("id").as_deref() == Some(id.as_str())
+            })
+        });
+        if let Some(i) = bounced {
+            let raw = self.inbox.remove(i).unwrap_or_default();
+            let (condition, text) = error_of(&raw);
+            return Err(ChatError::Refused { condition, text });
+        }
+        self.record(&to, true, text, true, None)?;
+        Ok(Sent { id, devices })
+    }
+
+    /// Waits until the server has processed everything sent so far: its XEP-0198 count, or
+    /// (without stream management) a ping's answer.
+    async fn confirm(&mut self) -> Result<(), ChatError> {
+        match self.conn.sm_sent() {
+            Some(target) => {
+                self.conn
+                    .out
+                    .extend_from_slice(format!("<r xmlns='{NS_SM}'/>").as_bytes());
+                self.conn.flush().await?;
+                self.wait_for(|e| {
+                    e.is("a")
+                        && e.attr("h")
+                            .and_then(|h| h.parse::<u32>().ok())
+                            // wrapping: h counts modulo 2^32 (XEP-0198 §4)
+                            .is_some_and(|h| target.wrapping_sub(h) > u32::MAX / 2 || h == target)
+                })
+                .await?;
+            }
+            None => {
+                self.iq(|id| {
+                    format!("<iq type='get' id='{id}'><ping xmlns='urn:xmpp:ping'/></iq>")
+                })
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The next incoming message (decrypted) or bounce, waiting for it. Cancel-safe: its only
+    /// wait is for bytes from the server, so it can race other futures in a `select!`
+    /// (a stanza is taken out of the inbox only when it is handled, without waiting). What
+    /// handling queues for the server (an empty message that completes a session, a
+    /// republished bundle) is written by the next call, or by [`Client::send`] or
+    /// [`Client::close`].
+    pub async fn next_event(&mut self) -> Result<Event, ChatError> {
+        loop {
+            match self.inbox.pop_front() {
+                Some(raw) => {
+                    if let Some(ev) = self.handle(&raw)? {
+                        return Ok(ev);
+                    }
+                }
+                None => self.read_more().await?,
+            }
+        }
+    }
+
+    /// What a stanza means for the user, if anything (acknowledgements, answers nobody waits
+    /// for, presence and key transport elements are handled here).
+    fn handle(&mut self, raw: &[u8]) -> Result<Option<Event>, ChatError> {
+        let Some(el) = Element::parse(raw) else {
+            return Ok(None);
+        };
+        if !el.is("message") {
+            return Ok(None);
+        }
+        let from = bare(&el.attr("from").unwrap_or_default()).to_ascii_lowercase();
+        let id = el.attr("id").map(|i| i.into_owned());
+        if el.attr("type").as_deref() == Some("error") {
+            let (condition, text) = error_of(raw);
+            return Ok(Some(Event::Bounced {
+                id,
+                condition,
+                text,
+            }));
+        }
+        if let Some(ev) = self.device_list_update(&el, &from) {
+            return Ok(ev);
+        }
+        let origin = el
+            .child("origin")
+            .filter(|o| o.attr("xmlns").as_deref() == Some(NS_INTEROP))
+            .map(|o| Origin {
+                provider: o.attr("provider").unwrap_or_default().into_owned(),
+                name: o.attr("name").unwrap_or_default().into_owned(),
+            });
+        let delayed = el
+            .child("delay")
+            .and_then(|d| d.attr("stamp"))
+            .map(|s| s.into_owned());
+        let Some(enc) = el.child("encrypted") else {
+            let Some(body) = el.child("body") else {
+                return Ok(None); // chat states, receipts, ...
+            };
+            let text = decode(body.inner()).into_owned();
+            self.record(&from, false, &text, false, origin.as_ref())?;
+            return Ok(Some(Event::Message(Incoming {
+                from,
+                text,
+                encrypted: false,
+                device: None,
+                origin,
+                delayed,
+                id,
+            })));
+        };
+        if enc.attr("xmlns").as_deref() != Some(NS_V03) {
+            return Ok(Some(Event::Undecryptable {
+                from,
+                reason: format!(
+                    "{} is not supported by this client (it speaks OMEMO 0.3)",
+                    enc.attr("xmlns")
+                        .and_then(|n| Omemo::from_ns(&n))
+                        .map_or("this encryption", |v| v.name())
+                ),
+            }));
+        }
+        let xml = String::from_utf8_lossy(enc.raw()).into_owned();
+        let decrypted = EncryptedV03::parse(&xml)
+            .map_err(DeviceError::from)
+            .and_then(|e| self.device.decrypt(&from, &e, &mut OsRng));
+        let d = match decrypted {
+            Ok(d) => d,
+            Err(e) => {
+                return Ok(Some(Event::Undecryptable {
+                    from,
+                    reason: e.to_string(),
+                }));
+            }
+        };
+        if d.key_exchange {
+            // A one-time prekey was used up: publish the topped-up bundle.
+            let bundle = self.device.bundle()?.to_xml();
+            let (node, item) = Omemo::V03.bundle_item(self.device.device_id());
+            let id = self.new_id();
+            self.conn
+                .send_stanza(omemo::publish_iq(&id, &node, &item, &bundle, false).as_bytes());
+        }
+        if d.send_empty {
+            // Completes the session, so the sender stops sending key exchanges.
+            let e = self
+                .device
+                .empty_message(&from, d.sender_device, &mut OsRng)?;
+            let id = self.new_id();
+            self.conn.send_stanza(
+                format!(
+                    "<message to='{}' id='{id}' type='chat'>{}<store xmlns='urn:xmpp:hints'/></message>",
+                    crate::xml::escape(&from),
+                    e.to_xml()
+                )
+                .as_bytes(),
+            );
+        }
+        let Some(plain) = d.plaintext else {
+            return Ok(None);
+        };
+        let text = String::from_utf8_lossy(&plain).into_owned();
+        self.record(&from, false, &text, true, origin.as_ref())?;
+        Ok(Some(Event::Message(Incoming {
+            from,
+            text,
+            encrypted: true,
+            device: Some(d.sender_device),
+            origin,
+            delayed,
+            id,
+        })))
+    }
+
+    /// A PEP notification of a contact's new device list: recorded; no event for the user.
+    fn device_list_update(&mut self, el: &Element<'_>, from: &str) -> Option<Option<Event>> {
+        let items = el.child("event")?.child("items")?;
+        if items.attr("node").as_deref() != Some(Omemo::V03.devices_node()) {
+            return Some(None);
+        }
+        let list = items
+            .child("item")
+            .and_then(|i| i.children().next())
+            .and_then(|p| DeviceListV03::parse(&String::from_utf8_lossy(p.raw())).ok());
+        if let Some(l) = list {
+            let me = (from == self.jid).then(|| self.device.device_id());
+            let devices: Vec<u32> = l.devices.into_iter().filter(|d| Some(*d) != me).collect();
+            self.device.set_device_list(from, devices);
+        }
+        Some(None)
+    }
+
+    fn record(
+        &self,
+        peer: &str,
+        outgoing: bool,
+        text: &str,
+        encrypted: bool,
+        origin: Option<&Origin>,
+    ) -> Result<(), ChatError> {
+        self.history
+            .execute(
+                "INSERT INTO messages (at_ms, peer, outgoing, text, encrypted, origin)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                rusqlite::params![
+                    now_ms(),
+                    peer,
+                    outgoing,
+                    text,
+                    encrypted,
+                    origin.map(|o| o.name.as_str())
+                ],
+            )
+            .map_err(|e| ChatError::Store(PathBuf::from("chat.db"), e.to_string()))?;
+        Ok(())
+    }
+
+    /// The newest `limit` lines of the local history (with `peer` only, if given), oldest
+    /// first.
+    pub fn history(
+        &self,
+        peer: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<HistoryEntry>, ChatError> {
+        read_history(&self.history, peer, limit)
+            .map_err(|e| ChatError::Store(PathBuf::from("chat.db"), e.to_string()))
+    }
+
+    /// Ends the stream politely (writing what is still queued first).
+    pub async fn close(mut self) {
+        let _ = self.conn.flush().await;
+        self.conn.close(Duration::from_secs(2)).await;
+    }
+}
+
+/// The local history of a store, read without logging in (`strait chat history`).
+pub fn history(
+    store: &Path,
+    peer: Option<&str>,
+    limit: usize,
+) -> Result<Vec<HistoryEntry>, ChatError> {
+    let err = |e: &dyn std::fmt::Display| ChatError::Store(store.to_owned(), e.to_string());
+    let path = store.join("chat.db");
+    if !path.exists() {
+        return Err(err(&"no chat history here"));
+    }
+    let db =
+        rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(|e| err(&e))?;
+    read_history(&db, peer, limit).map_err(|e| err(&e))
+}
+
+fn read_history(
+    db: &rusqlite::Connection,
+    peer: Option<&str>,
+    limit: usize,
+) -> rusqlite::Result<Vec<HistoryEntry>> {
+    let mut st = db.prepare(
+        "SELECT at_ms, peer, outgoing, text, encrypted, origin FROM messages
+         WHERE ?1 IS NULL OR peer = ?1 ORDER BY seq DESC LIMIT ?2",
+    )?;
+    let mut rows: Vec<HistoryEntry> = st
+        .query_map(
+            rusqlite::params![peer.map(|p| p.to_ascii_lowercase()), limit as i64],
+            |r| {
+                Ok(HistoryEntry {
+                    at_ms: r.get(0)?,
+                    peer: r.get(1)?,
+                    outgoing: r.get(2)?,
+                    text: r.get(3)?,
+                    encrypted: r.get(4)?,
+                    origin: r.get(5)?,
+                })
+            },
+        )?
+        .collect::<rusqlite::Result<_>>()?;
+    rows.reverse();
+    Ok(rows)
+}
+
+/// A stanza error's condition and text.
+fn error_of(raw: &[u8]) -> (String, Option<String>) {
+    let Some(el) = Element::parse(raw) else {
+        return ("undefined-condition".into(), None);
+    };
+    let condition = el.error_condition().to_owned();
+    let text = el
+        .child("error")
+        .and_then(|e| e.child("text"))
+        .map(|t| decode(t.inner()).into_owned())
+        .filter(|t| !t.is_empty());
+    (condition, text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn account(dir: &Path, jid: &str) -> Account {
+        Account {
+            jid: jid.into(),
+            credential: Credential::Password("x".into()),
+            server: "127.0.0.1:1".parse().unwrap(),
+            tls_name: None,
+            direct_tls: false,
+            verify: Verify::Insecure,
+            resource: "r".into(),
+            store: dir.to_owned(),
+        }
+    }
+
+    #[test]
+    fn a_store_keeps_its_device_and_belongs_to_one_account() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = account(dir.path(), "alice@example.org");
+        let (lock, db) = open_store(&a).unwrap();
+        let id = device_id(&db, &a).unwrap();
+        assert!((1..=DEVICE_ID_MAX).contains(&id));
+        // Locked while open.
+        let again = open_store(&a).map(|_| ()).unwrap_err().to_string();
+        assert!(again.contains("another client"), "{again}");
+        drop((lock, db));
+        let (_lock, db) = open_store(&a).unwrap();
+        assert_eq!(device_id(&db, &a).unwrap(), id);
+        let other = account(dir.path(), "bob@example.org");
+        let e = device_id(&db, &other).unwrap_err().to_string();
+        assert!(e.contains("belongs to alice@example.org"), "{e}");
+    }
+
+    #[test]
+    fn history_reads_newest_lines_oldest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = account(dir.path(), "alice@example.org");
+        let (_lock, db) = open_store(&a).unwrap();
+        for (i, peer) in ["bob@x", "carol@y", "bob@x"].iter().enumerate() {
+            db.execute(
+                "INSERT INTO messages (at_ms, peer, outgoing, text, encrypted, origin) VALUES (?1, ?2, 1, ?3, 1, NULL)",
+                rusqlite::params![i as i64, peer, format!("m{i}")],
+            )
+            .unwrap();
+        }
+        let all = read_history(&db, None, 2).unwrap();
+        assert_eq!(
+            all.iter().map(|h| h.text.as_str()).collect::<Vec<_>>(),
+            ["m1", "m2"]
+        );
+        let bob = read_history(&db, Some("Bob@X"), 10).unwrap();
+        assert_eq!(
+            bob.iter().map(|h| h.text.as_str()).collect::<Vec<_>>(),
+            ["m0", "m2"]
+        );
+    }
+
+    #[test]
+    fn errors_say_the_condition_and_text() {
+        let raw = b"<message type='error' id='m1'><error type='modify'><policy-violation xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/><text xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'>messages to acme must be OMEMO encrypted</text></error></message>";
+        let (c, t) = error_of(raw);
+        assert_eq!(c, "policy-violation");
+        assert_eq!(
+            t.as_deref(),
+            Some("messages to acme must be OMEMO encrypted")
+        );
+    }
+}

@@ -1,0 +1,293 @@
+//! `strait chat`: end-to-end encrypted chat on the command line, on the client SDK
+//! (strait-client's `chat`). One account per store directory; the store keeps the Signal
+//! protocol's keys and sessions and the history between runs.
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+use strait_client::chat::{self, Account, Client, Credential, Event, Incoming};
+use strait_client::conn::Verify;
+use tokio::io::AsyncBufReadExt;
+
+/// `strait chat`.
+#[derive(Args)]
+pub struct ChatArgs {
+    /// The account, a bare JID (user@domain).
+    #[arg(long, env = "STRAIT_CHAT_JID")]
+    jid: String,
+    /// The server, host:port (default: the JID's domain, port 5222).
+    #[arg(long)]
+    server: Option<String>,
+    /// Direct TLS (XEP-0368, usually port 5223) instead of STARTTLS.
+    #[arg(long)]
+    direct_tls: bool,
+    /// Trust the CA certificates in this PEM file (a `strait serve` on its defaults: its
+    /// strait-data/tls/ca.pem). Without it, the public CAs are trusted.
+    #[arg(long, conflicts_with = "insecure")]
+    ca_file: Option<PathBuf>,
+    /// Do not check the server's certificate at all (tests only).
+    #[arg(long)]
+    insecure: bool,
+    /// The name the server's certificate must carry (default: the JID's domain).
+    #[arg(long)]
+    tls_name: Option<String>,
+    /// Log in with a token from the user's provider (SASL OAUTHBEARER), read from this file,
+    /// instead of a password. The password otherwise comes from STRAIT_CHAT_PASSWORD or a
+    /// prompt.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// The resource to bind.
+    #[arg(long, default_value = "strait-chat")]
+    resource: String,
+    /// The local store: keys, sessions, history (default: $XDG_DATA_HOME/strait/chat/<jid>,
+    /// or ~/.local/share/strait/chat/<jid>).
+    #[arg(long, env = "STRAIT_CHAT_STORE")]
+    store: Option<PathBuf>,
+    #[command(subcommand)]
+    command: ChatCommand,
+}
+
+#[derive(Subcommand)]
+enum ChatCommand {
+    /// Send one message, end-to-end encrypted; returns once the server has it.
+    Send {
+        /// The recipient's JID.
+        to: String,
+        /// The text (the words are joined with spaces).
+        #[arg(required = true)]
+        text: Vec<String>,
+    },
+    /// Print the messages that arrive (those queued while away first), one per line.
+    Listen {
+        /// Stop after this many messages.
+        #[arg(long)]
+        count: Option<usize>,
+        /// Stop after this many seconds (default: never; Ctrl-C ends it).
+        #[arg(long)]
+        timeout: Option<u64>,
+    },
+    /// Chat with one contact: each line typed is sent, what arrives is printed; end with
+    /// Ctrl-D.
+    With {
+        /// The contact's JID.
+        peer: String,
+    },
+    /// Show the local history (no login needed).
+    History {
+        /// Only the messages with this contact.
+        #[arg(long)]
+        with: Option<String>,
+        /// How many of the newest lines.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+}
+
+fn default_store(jid: &str) -> Result<PathBuf> {
+    let base = match std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        Some(d) => PathBuf::from(d),
+        None => PathBuf::from(
+            std::env::var_os("HOME").context("no HOME: give --store for the chat store")?,
+        )
+        .join(".local/share"),
+    };
+    Ok(base.join("strait/chat").join(jid.to_ascii_lowercase()))
+}
+
+/// The server's address: `--server`, else the JID's domain on 5222 (IPv4 first: a `strait
+/// serve` on its defaults listens on 127.0.0.1).
+async fn server_addr(a: &ChatArgs, domain: &str) -> Result<SocketAddr> {
+    let target = a.server.clone().unwrap_or_else(|| format!("{domain}:5222"));
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host(&target)
+        .await
+        .with_context(|| format!("resolving {target}"))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .with_context(|| format!("{target} resolves to no address"))
+}
+
+async fn account(a: &ChatArgs, store: PathBuf) -> Result<Account> {
+    let domain = a
+        .jid
+        .split_once('@')
+        .map(|(_, d)| d)
+        .context("--jid must be user@domain")?;
+    let credential = match &a.token_file {
+        Some(f) => Credential::Token(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("reading the token {}", f.display()))?
+                .trim()
+                .to_owned(),
+        ),
+        None => Credential::Password(match std::env::var("STRAIT_CHAT_PASSWORD") {
+            Ok(p) => p,
+            Err(_) if std::io::stdin().is_terminal() => {
+                rpassword::prompt_password(format!("password for {}: ", a.jid))?
+            }
+            Err(_) => bail!("no password: set STRAIT_CHAT_PASSWORD, or give --token-file"),
+        }),
+    };
+    let verify = match (&a.ca_file, a.insecure) {
+        (Some(f), _) => Verify::CaFile(f.clone()),
+        (None, true) => Verify::Insecure,
+        (None, false) => Verify::PublicRoots,
+    };
+    Ok(Account {
+        jid: a.jid.clone(),
+        credential,
+        server: server_addr(a, domain).await?,
+        tls_name: a.tls_name.clone(),
+        direct_tls: a.direct_tls,
+        verify,
+        resource: a.resource.clone(),
+        store,
+    })
+}
+
+/// One incoming message as a line: who, how it came, the text.
+fn line(m: &Incoming) -> String {
+    let mut tags = Vec::new();
+    tags.push(if m.encrypted {
+        "encrypted".to_owned()
+    } else {
+        "NOT ENCRYPTED".to_owned()
+    });
+    if let Some(o) = &m.origin {
+        tags.push(format!("third-party: {}", o.name));
+    }
+    if let Some(d) = &m.delayed {
+        tags.push(format!("sent {d}"));
+    }
+    format!("{} [{}]: {}", m.from, tags.join(", "), m.text)
+}
+
+fn print_event(ev: &Event) {
+    match ev {
+        Event::Message(m) => println!("{}", line(m)),
+        Event::Undecryptable { from, reason } => {
+            println!("{from} [could not decrypt]: {reason}")
+        }
+        Event::Bounced {
+            id,
+            condition,
+            text,
+        } => println!(
+            "bounced{}: {condition}{}",
+            id.as_deref().map(|i| format!(" {i}")).unwrap_or_default(),
+            text.as_deref()
+                .map(|t| format!(" ({t})"))
+                .unwrap_or_default()
+        ),
+    }
+}
+
+pub async fn run(a: ChatArgs) -> Result<()> {
+    let store = match &a.store {
+        Some(s) => s.clone(),
+        None => default_store(&a.jid)?,
+    };
+    if let ChatCommand::History { with, limit } = &a.command {
+        for h in chat::history(&store, with.as_deref(), *limit)? {
+            let who = if h.outgoing {
+                format!("to {}", h.peer)
+            } else {
+                format!("from {}", h.peer)
+            };
+            let mut tags = Vec::new();
+            if !h.encrypted {
+                tags.push("NOT ENCRYPTED".to_owned());
+            }
+            if let Some(o) = &h.origin {
+                tags.push(format!("third-party: {o}"));
+            }
+            let at = time::OffsetDateTime::from_unix_timestamp_nanos(h.at_ms as i128 * 1_000_000)
+                .ok()
+                .and_then(|t| {
+                    t.format(&time::format_description::well_known::Rfc3339)
+                        .ok()
+                })
+                .unwrap_or_default();
+            let tags = if tags.is_empty() {
+                String::new()
+            } else {
+                format!(" [{}]", tags.join(", "))
+            };
+            println!("{at} {who}{tags}: {}", h.text);
+        }
+        return Ok(());
+    }
+    let account = account(&a, store).await?;
+    let mut client = Client::connect(&account)
+        .await
+        .with_context(|| format!("connecting as {}", account.jid))?;
+    eprintln!(
+        "strait chat: {} online (device {}, fingerprint {})",
+        client.bound_jid(),
+        client.device_id(),
+        client.fingerprint()?
+    );
+    let r = session(&mut client, a.command).await;
+    client.close().await;
+    r
+}
+
+async fn session(client: &mut Client, command: ChatCommand) -> Result<()> {
+    match command {
+        ChatCommand::Send { to, text } => {
+            let sent = client.send(&to, &text.join(" ")).await?;
+            println!(
+                "sent to {to}: encrypted for {} device(s), id {}",
+                sent.devices, sent.id
+            );
+        }
+        ChatCommand::Listen { count, timeout } => {
+            let deadline = timeout.map(|s| tokio::time::Instant::now() + Duration::from_secs(s));
+            let mut seen = 0;
+            while count.is_none_or(|c| seen < c) {
+                let ev = match deadline {
+                    Some(d) => match tokio::time::timeout_at(d, client.next_event()).await {
+                        Ok(ev) => ev?,
+                        Err(_) => break,
+                    },
+                    None => tokio::select! {
+                        ev = client.next_event() => ev?,
+                        _ = tokio::signal::ctrl_c() => break,
+                    },
+                };
+                print_event(&ev);
+                if matches!(ev, Event::Message(_)) {
+                    seen += 1;
+                }
+            }
+            if let Some(c) = count.filter(|c| seen < *c) {
+                bail!("{seen} of {c} messages arrived in time");
+            }
+        }
+        ChatCommand::With { peer } => {
+            let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+            loop {
+                tokio::select! {
+                    l = lines.next_line() => {
+                        let Some(l) = l? else { break };
+                        if l.trim().is_empty() {
+                            continue;
+                        }
+                        if let Err(e) = client.send(&peer, &l).await {
+                            eprintln!("not sent: {e}");
+                        }
+                    }
+                    ev = client.next_event() => print_event(&ev?),
+                }
+            }
+        }
+        ChatCommand::History { .. } => unreachable!("answered without logging in"),
+    }
+    Ok(())
+}
