@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import secrets
 import time
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -60,3 +62,20 @@ class ProviderBackend:
         signing_input = (b64url(json.dumps(header).encode()) + "." +
                          b64url(json.dumps(claims).encode()))
         return signing_input + "." + b64url(self.key.sign(signing_input.encode()))
+
+
+def register_provider(server, scopes: str = "text,media,files"):
+    """A fresh active provider with enlistment; returns (id, domain, backend)."""
+    pid = f"p{secrets.token_hex(4)}"
+    domain = f"{pid}.test"
+    backend = ProviderBackend(domain)
+    jwks = os.path.join(server.workdir, f"{pid}.jwks")
+    with open(jwks, "w") as fh:
+        fh.write(backend.jwks)
+    server.cli("provider", "add", pid, "--name", f"{pid} Chat", "--provider-domain", domain,
+               "--scopes", scopes, "--issuer", backend.issuer, "--jwks", jwks,
+               "--actor", "test")
+    server.cli("provider", "terms", pid, "--version", "2024-03", "--accepted-by", "Jo Signer",
+               "--actor", "test")
+    server.cli("provider", "activate", pid, "--actor", "test")
+    return pid, domain, backend

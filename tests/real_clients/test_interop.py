@@ -20,30 +20,13 @@ oldmemo = pytest.importorskip("oldmemo")
 twomemo = pytest.importorskip("twomemo")
 slixmpp_omemo = pytest.importorskip("slixmpp_omemo")
 
-from interop_helpers import ProviderBackend  # noqa: E402  (also registers OAUTHBEARER)
+from interop_helpers import ProviderBackend, register_provider  # noqa: E402  (also registers OAUTHBEARER)
 
 from omemo_helpers import (NS_OLD, NS_TWO, OMEMO_TIMEOUT, befriend, omemo_client,  # noqa: E402
                            receive_encrypted, send_encrypted, tok, wait_devices_known)
 from xmpp_helpers import Account, Clients, LoginFailed, run  # noqa: E402
 
 NS_INTEROP = "urn:strait:interop:0"
-
-
-def register_provider(server, scopes: str = "text,media,files"):
-    """A fresh active provider with enlistment; returns (id, domain, backend)."""
-    pid = f"p{secrets.token_hex(4)}"
-    domain = f"{pid}.test"
-    backend = ProviderBackend(domain)
-    jwks = os.path.join(server.workdir, f"{pid}.jwks")
-    with open(jwks, "w") as fh:
-        fh.write(backend.jwks)
-    server.cli("provider", "add", pid, "--name", f"{pid} Chat", "--provider-domain", domain,
-               "--scopes", scopes, "--issuer", backend.issuer, "--jwks", jwks,
-               "--actor", "test")
-    server.cli("provider", "terms", pid, "--version", "2024-03", "--accepted-by", "Jo Signer",
-               "--actor", "test")
-    server.cli("provider", "activate", pid, "--actor", "test")
-    return pid, domain, backend
 
 
 async def enlisted(cs: Clients, server, backend: ProviderBackend, domain: str, label: str):

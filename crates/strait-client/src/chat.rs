@@ -67,6 +67,8 @@ pub struct Account {
     /// Direct TLS (XEP-0368) instead of STARTTLS.
     pub direct_tls: bool,
     pub verify: Verify,
+    /// The resource to bind; empty: `strait-<device id>`, so that the account's devices never
+    /// take each other's place (the server closes a session whose resource another one binds).
     pub resource: String,
     /// The local store's directory (created, private to the user).
     pub store: PathBuf,
@@ -174,6 +176,8 @@ pub struct Client {
     history: rusqlite::Connection,
     /// Stanzas read while waiting for something else, in order.
     inbox: VecDeque<Vec<u8>>,
+    /// An event handled but not yet returned: its acknowledgement is being written.
+    ready: Option<Event>,
     /// Bundles fetched on this connection (not fetched twice).
     fetched: HashSet<(String, u32)>,
     next_id: u64,
@@ -313,10 +317,14 @@ impl Client {
                 t.as_str()
             }
         };
+        let resource = match account.resource.as_str() {
+            "" => format!("strait-{device_id}"),
+            r => r.to_owned(),
+        };
         let who = Login {
             user: local,
             password: secret,
-            resource: &account.resource,
+            resource: &resource,
             presence: false,
         };
         let conn = match conn::login(&settings, 0, &who).await {
@@ -335,6 +343,7 @@ impl Client {
             device,
             history,
             inbox: VecDeque::new(),
+            ready: None,
             fetched: HashSet::new(),
             next_id: 0,
             id_prefix: prefix.iter().map(|b| format!("{b:02x}")).collect(),
@@ -429,7 +438,11 @@ impl Client {
         let raw = self.iq(|id| omemo::items_query(id, of, node, None)).await?;
         let el = Element::parse(&raw).ok_or(ConnError::Protocol("unparsable answer".into()))?;
         if el.attr("type").as_deref() != Some("result") {
-            return Ok(Err(el.error_condition().to_owned()));
+            let (condition, text) = error_of(&raw);
+            return Ok(Err(match text {
+                Some(t) => format!("{condition}: {t}"),
+                None => condition,
+            }));
         }
         Ok(match omemo::item_payload(&el) {
             None => Ok(Vec::new()),
@@ -446,7 +459,7 @@ impl Client {
         let mut devices = match self.device_list(None).await? {
             Ok(d) => d,
             // No list yet (a new account).
-            Err(c) if c == "item-not-found" => Vec::new(),
+            Err(c) if c.starts_with("item-not-found") => Vec::new(),
             Err(c) => return Err(ChatError::Publish(format!("reading the device list: {c}"))),
         };
         let me = self.device.device_id();
@@ -601,18 +614,31 @@ impl Client {
         Ok(())
     }
 
-    /// The next incoming message (decrypted) or bounce, waiting for it. Cancel-safe: its only
-    /// wait is for bytes from the server, so it can race other futures in a `select!`
-    /// (a stanza is taken out of the inbox only when it is handled, without waiting). What
-    /// handling queues for the server (an empty message that completes a session, a
-    /// republished bundle) is written by the next call, or by [`Client::send`] or
-    /// [`Client::close`].
+    /// The next incoming message (decrypted) or bounce, waiting for it. Before it returns,
+    /// the server has been told (XEP-0198) that what was read so far arrived, so that it does
+    /// not hand the same messages to the account's next device to come online; with them goes
+    /// whatever handling queued (an empty message that completes a session, a republished
+    /// bundle).
+    ///
+    /// Cancel-safe: it can race other futures in a `select!`. A stanza leaves the inbox only
+    /// when it is handled, without waiting, and an event not yet returned is kept for the
+    /// next call.
     pub async fn next_event(&mut self) -> Result<Event, ChatError> {
         loop {
+            if self.ready.is_some() {
+                self.conn.write_out().await?;
+                if let Some(ev) = self.ready.take() {
+                    return Ok(ev);
+                }
+            }
             match self.inbox.pop_front() {
                 Some(raw) => {
-                    if let Some(ev) = self.handle(&raw)? {
-                        return Ok(ev);
+                    self.ready = self.handle(&raw)?;
+                    if self.inbox.is_empty() {
+                        // Acknowledges exactly what was handled: the count covers every
+                        // stanza read, and the inbox holds none unhandled. (Without an event
+                        // to return, the next read writes it.)
+                        self.conn.ack();
                     }
                 }
                 None => self.read_more().await?,

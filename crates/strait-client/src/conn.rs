@@ -372,6 +372,8 @@ pub struct Connection {
     /// Stanzas sent, when XEP-0198 is on: those written with [`Connection::send_stanza`] and
     /// the answers this connection gave by itself. The server's `<a h/>` counts these.
     sm_sent: Option<u32>,
+    /// The count last acknowledged to the server.
+    sm_acked: u32,
     /// Written to TLS but maybe not yet to the socket.
     unflushed: bool,
 }
@@ -443,6 +445,7 @@ async fn login_steps(
         mechanism: Mechanism::ScramSha256,
         sm_handled: None,
         sm_sent: None,
+        sm_acked: 0,
         unflushed: false,
     };
     if settings.direct_tls {
@@ -820,6 +823,7 @@ impl Connection {
                 }
                 b"r" => {
                     if let Some(h) = self.sm_handled {
+                        self.sm_acked = h;
                         self.out
                             .extend_from_slice(format!("<a xmlns='{NS_SM}' h='{h}'/>").as_bytes());
                         continue;
@@ -948,6 +952,50 @@ impl Connection {
         if let Some(n) = &mut self.sm_sent {
             *n = n.wrapping_add(1);
         }
+    }
+
+    /// Queues an XEP-0198 acknowledgement of every stanza received so far (unasked: §4 allows
+    /// it at any time), so that the server can let go of them; nothing without stream
+    /// management, or when nothing arrived since the last one.
+    pub fn ack(&mut self) {
+        if let Some(h) = self.sm_handled.filter(|h| *h != self.sm_acked) {
+            self.sm_acked = h;
+            self.out
+                .extend_from_slice(format!("<a xmlns='{NS_SM}' h='{h}'/>").as_bytes());
+        }
+    }
+
+    /// Writes what is queued in `out`. Cancel-safe, unlike [`Connection::flush`]: what was
+    /// written is taken out of `out` as it goes.
+    pub async fn write_out(&mut self) -> Result<(), ConnError> {
+        std::future::poll_fn(|cx| {
+            while !self.out.is_empty() || self.unflushed {
+                let io = Pin::new(&mut self.io);
+                if self.out.is_empty() {
+                    match io.poll_flush(cx) {
+                        Poll::Ready(Ok(())) => self.unflushed = false,
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
+                        Poll::Pending => return Poll::Pending,
+                    }
+                } else {
+                    match io.poll_write(cx, &self.out) {
+                        Poll::Ready(Ok(0)) => {
+                            return Poll::Ready(Err(
+                                io::Error::from(io::ErrorKind::WriteZero).into()
+                            ));
+                        }
+                        Poll::Ready(Ok(n)) => {
+                            self.out.drain(..n);
+                            self.unflushed = true;
+                        }
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
+                        Poll::Pending => return Poll::Pending,
+                    }
+                }
+            }
+            Poll::Ready(Ok(()))
+        })
+        .await
     }
 
     /// Stanzas sent so far, when XEP-0198 is on: once the server's `<a h/>` reaches this

@@ -39,8 +39,8 @@ pub struct ChatArgs {
     /// prompt.
     #[arg(long)]
     token_file: Option<PathBuf>,
-    /// The resource to bind.
-    #[arg(long, default_value = "strait-chat")]
+    /// The resource to bind (default: strait-<device id>, one per store).
+    #[arg(long, default_value = "")]
     resource: String,
     /// The local store: keys, sessions, history (default: $XDG_DATA_HOME/strait/chat/<jid>,
     /// or ~/.local/share/strait/chat/<jid>).

@@ -1,0 +1,154 @@
+//! The client SDK (strait-client's `chat`) against a live server: two accounts and three
+//! devices, each with its own local store. Alice's first device gets a message that waited
+//! for it offline; her second device joins her device list without pushing the first out;
+//! a message to her is then encrypted for both, and each of her devices decrypts it; what
+//! she sends is encrypted for her other device too. A second connection on a store keeps its
+//! device and sessions. (slixmpp-omemo is the other end in tests/real_clients/test_chat.py.)
+
+use std::path::Path;
+use std::time::Duration;
+use strait_client::chat::{Account, ChatError, Client, Credential, Event, Incoming};
+use strait_client::conn::Verify;
+use strait_tests::{TestServer, WAIT};
+
+fn account(ts: &TestServer, jid: &str, password: &str, store: &Path) -> Account {
+    Account {
+        jid: jid.into(),
+        credential: Credential::Password(password.into()),
+        server: ts.starttls,
+        tls_name: None,
+        direct_tls: false,
+        verify: Verify::CaFile(ts.config().data_dir.join("tls/ca.pem")),
+        resource: String::new(),
+        store: store.to_owned(),
+    }
+}
+
+async fn message(c: &mut Client) -> Incoming {
+    match tokio::time::timeout(WAIT, c.next_event()).await {
+        Ok(Ok(Event::Message(m))) => m,
+        Ok(Ok(other)) => panic!("expected a message, got {other:?}"),
+        Ok(Err(e)) => panic!("{e}"),
+        Err(_) => panic!("no message within {WAIT:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_devices_exchange_encrypted_messages_online_and_offline() {
+    let ts = TestServer::start(|_| {}).await;
+    ts.add_user("alice@localhost", "pa");
+    ts.add_user("bob@localhost", "pb");
+    let dir = tempfile::tempdir().unwrap();
+    let (a1_store, a2_store, b_store) = (
+        dir.path().join("a1"),
+        dir.path().join("a2"),
+        dir.path().join("b"),
+    );
+    let a1_account = account(&ts, "alice@localhost", "pa", &a1_store);
+
+    // Alice's first device publishes its keys and leaves; Bob writes to her while she is away.
+    let a1 = Client::connect(&a1_account).await.unwrap();
+    let a1_id = a1.device_id();
+    a1.close().await;
+    let mut b = Client::connect(&account(&ts, "bob@localhost", "pb", &b_store))
+        .await
+        .unwrap();
+    let sent = b
+        .send("alice@localhost", "while you were out")
+        .await
+        .unwrap();
+    assert_eq!(sent.devices, 1);
+
+    let mut a1 = Client::connect(&a1_account).await.unwrap();
+    assert_eq!(a1.device_id(), a1_id, "the store keeps the device");
+    let m = message(&mut a1).await;
+    assert_eq!(m.from, "bob@localhost");
+    assert_eq!(m.text, "while you were out");
+    assert!(m.encrypted);
+    assert!(m.delayed.is_some(), "it waited on the server: {m:?}");
+    assert_eq!(m.origin, None);
+
+    // Her second device joins the list; Bob's next message is for both of her devices.
+    let mut a2 = Client::connect(&account(&ts, "alice@localhost", "pa", &a2_store))
+        .await
+        .unwrap();
+    assert_ne!(a2.device_id(), a1_id);
+    let sent = b.send("alice@localhost", "to both of you").await.unwrap();
+    assert_eq!(sent.devices, 2, "both of alice's devices are listed");
+    for c in [&mut a1, &mut a2] {
+        let m = message(c).await;
+        assert_eq!(m.text, "to both of you");
+        assert!(m.encrypted);
+    }
+
+    // What alice sends is also encrypted for her other device.
+    let sent = a2
+        .send("bob@localhost", "hello from my second device")
+        .await
+        .unwrap();
+    assert_eq!(sent.devices, 2, "bob's device and alice's first");
+    let m = message(&mut b).await;
+    assert_eq!(m.from, "alice@localhost");
+    assert_eq!(m.text, "hello from my second device");
+
+    // The history of each store.
+    let h = a1.history(Some("bob@localhost"), 10).unwrap();
+    assert_eq!(
+        h.iter().map(|e| e.text.as_str()).collect::<Vec<_>>(),
+        ["while you were out", "to both of you"]
+    );
+    assert!(h.iter().all(|e| !e.outgoing && e.encrypted));
+    let h = a2.history(None, 10).unwrap();
+    assert_eq!(h.last().map(|e| e.outgoing), Some(true));
+
+    // A store is one client's at a time.
+    let e = Client::connect(&account(&ts, "alice@localhost", "pa", &a2_store))
+        .await
+        .err()
+        .expect("a second client on an open store");
+    assert!(matches!(e, ChatError::Store(..)), "{e}");
+
+    for c in [a1, a2, b] {
+        c.close().await;
+    }
+    ts.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_login_errors_and_contacts_without_keys_are_reported() {
+    let ts = TestServer::start(|_| {}).await;
+    ts.add_user("alice@localhost", "pa");
+    ts.add_user("carol@localhost", "pc");
+    let dir = tempfile::tempdir().unwrap();
+    let wrong = account(&ts, "alice@localhost", "nope", &dir.path().join("w"));
+    match Client::connect(&wrong).await {
+        Err(ChatError::Login(e)) => assert_eq!(e.kind, "sasl: not-authorized", "{e}"),
+        Err(e) => panic!("expected a login error, got {e}"),
+        Ok(_) => panic!("a wrong password logged in"),
+    }
+    let mut a = Client::connect(&account(
+        &ts,
+        "alice@localhost",
+        "pa",
+        &dir.path().join("a"),
+    ))
+    .await
+    .unwrap();
+    // Carol never published keys: nothing is sent, and the error says why.
+    match a.send("carol@localhost", "hi").await {
+        Err(ChatError::NoDevices(who, why)) => {
+            assert_eq!(who, "carol@localhost");
+            assert!(why.contains("item-not-found"), "{why}");
+        }
+        other => panic!("expected NoDevices, got {other:?}"),
+    }
+    // The connection is still good afterwards.
+    tokio::time::timeout(Duration::from_secs(5), async {
+        let e = a.send("alice@localhost", "me").await.unwrap_err();
+        assert!(matches!(e, ChatError::Account(_)), "{e}");
+    })
+    .await
+    .unwrap();
+    a.close().await;
+    ts.stop().await;
+}

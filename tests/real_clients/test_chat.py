@@ -1,0 +1,164 @@
+"""`strait chat` (the client SDK on the command line) against real clients.
+
+slixmpp with slixmpp-omemo, an OMEMO implementation none of us wrote, is the other end: a
+message `strait chat send` encrypts must decrypt there, and one the plugin encrypts must come
+out of `strait chat listen` in clear, including after it waited offline. Then a provider's user
+runs `strait chat` with a token (OAUTHBEARER) and talks to a platform user across the interop
+boundary: refused with the server's reason before consent, then delivered with the platform's
+origin stamp, which `strait chat` shows as a third-party chat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import secrets
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+oldmemo = pytest.importorskip("oldmemo")
+slixmpp_omemo = pytest.importorskip("slixmpp_omemo")
+
+from conftest import strait_binary  # noqa: E402
+from interop_helpers import register_provider  # noqa: E402
+from omemo_helpers import (NS_OLD, OMEMO_TIMEOUT, decrypt, omemo_client,  # noqa: E402
+                           send_encrypted, tok)
+from xmpp_helpers import Account, Clients, run  # noqa: E402
+
+CHAT_TIMEOUT = 60
+
+
+def chat(server, account: Account, store: str, *args: str, token: str | None = None,
+         check: bool = True) -> subprocess.CompletedProcess:
+    """`strait chat` as `account` with its own store; the password by environment, or a
+    token file."""
+    cmd = [server.binary or strait_binary(), "chat", "--jid", account.jid,
+           "--server", f"{server.host}:{server.c2s_port}", "--ca-file", server.ca_file,
+           "--store", store]
+    env = dict(os.environ, STRAIT_CHAT_PASSWORD=account.password)
+    if token is not None:
+        path = os.path.join(store + ".token")
+        with open(path, "w") as fh:
+            fh.write(token)
+        cmd += ["--token-file", path]
+        env.pop("STRAIT_CHAT_PASSWORD")
+    res = subprocess.run(cmd + list(args), env=env, capture_output=True, text=True,
+                         timeout=CHAT_TIMEOUT)
+    if check and res.returncode != 0:
+        raise AssertionError(f"strait chat {' '.join(args)} exited {res.returncode}\n"
+                             f"stdout: {res.stdout}\nstderr: {res.stderr}")
+    return res
+
+
+def sent_id(res: subprocess.CompletedProcess) -> str:
+    m = re.search(r"id (\S+)$", res.stdout.strip())
+    assert m, f"no message id in {res.stdout!r}"
+    return m.group(1)
+
+
+@pytest.mark.timeout(4 * OMEMO_TIMEOUT)
+def test_strait_chat_and_slixmpp_omemo_both_ways(server, new_account):
+    a, b = new_account(prefix="ca"), new_account(prefix="cb")
+    store = tempfile.mkdtemp(prefix="strait-chat-")
+    sa = os.path.join(store, "a")
+    first, second = tok("CHAT-one"), tok("CHAT-two")
+    back, offline = tok("OMEMO-back"), tok("OMEMO-offline")
+
+    async def body():
+        async with Clients(server) as cs:
+            cb = await omemo_client(cs, b, "B")
+            # strait chat -> slixmpp-omemo: a new session (a key exchange), then on it.
+            for secret in (first, second):
+                res = await asyncio.to_thread(chat, server, a, sa, "send", b.jid, secret)
+                assert "encrypted for 1 device(s)" in res.stdout, res.stdout
+                mid = sent_id(res)
+                m = await cb.wait_message(lambda m, mid=mid: m["id"] == mid, f"message {mid}")
+                assert secret not in str(m), "plaintext on the wire"
+                assert m.xml.find(f"{{{NS_OLD}}}encrypted") is not None, m
+                body, dev = await decrypt(cb, m, NS_OLD)
+                assert body == secret, (body, secret)
+                assert dev.bare_jid == a.jid
+            # slixmpp-omemo -> strait chat, while strait chat is offline: queued, then
+            # delivered and decrypted when it comes online.
+            await send_encrypted(cb, a.jid, NS_OLD, back)
+            await cb.sync()
+            res = await asyncio.to_thread(chat, server, a, sa, "listen", "--count", "1",
+                                          "--timeout", "30")
+            assert f"{b.jid} [encrypted, sent " in res.stdout, res.stdout
+            assert res.stdout.rstrip().endswith(f": {back}"), res.stdout
+            # And once more with strait chat online, listening.
+            listen = asyncio.create_task(asyncio.to_thread(
+                chat, server, a, sa, "listen", "--count", "1", "--timeout", "30"))
+            await asyncio.sleep(2)
+            await send_encrypted(cb, a.jid, NS_OLD, offline)
+            res = await listen
+            assert f"{b.jid} [encrypted]: {offline}" in res.stdout, res.stdout
+
+    run(body(), timeout=3 * OMEMO_TIMEOUT)
+    hist = chat(server, a, sa, "history", "--with", b.jid).stdout
+    lines = [l for l in hist.splitlines() if l.strip()]
+    assert [l.rsplit(": ", 1)[1] for l in lines] == [first, second, back, offline], hist
+    assert lines[0].split(" ", 1)[1].startswith(f"to {b.jid}"), hist
+    assert lines[2].split(" ", 1)[1].startswith(f"from {b.jid}"), hist
+    assert "NOT ENCRYPTED" not in hist
+
+
+def test_strait_chat_refuses_wrong_password_and_a_locked_store(server, new_account):
+    a = new_account(prefix="cw")
+    store = tempfile.mkdtemp(prefix="strait-chat-")
+    wrong = Account(jid=a.jid, password="not-" + a.password)
+    res = chat(server, wrong, os.path.join(store, "a"), "send", a.jid, "x", check=False)
+    assert res.returncode != 0
+    assert "not-authorized" in res.stderr, res.stderr
+    # A store belongs to one account.
+    other = new_account(prefix="cx")
+    chat(server, other, os.path.join(store, "o"), "listen", "--timeout", "1")
+    res = chat(server, a, os.path.join(store, "o"), "listen", "--timeout", "1", check=False)
+    assert res.returncode != 0
+    assert f"belongs to {other.jid}" in res.stderr, res.stderr
+
+
+@pytest.mark.timeout(4 * OMEMO_TIMEOUT)
+def test_strait_chat_as_a_providers_user_across_the_boundary(server, new_account):
+    if server.kind != "strait":
+        pytest.skip("needs strait's provider registry")
+    pid, domain, backend = register_provider(server)
+    a = new_account(prefix="cp")
+    e = Account(jid=f"e{secrets.token_hex(4)}@{domain}", password="unused")
+    store = tempfile.mkdtemp(prefix="strait-chat-")
+    sa, se = os.path.join(store, "a"), os.path.join(store, "e")
+
+    def as_e(*args: str, check: bool = True):
+        return chat(server, e, se, *args, token=backend.token(e.jid.split("@")[0], server.domain),
+                    check=check)
+
+    # The platform user's keys are published; the provider's user logs in with its token
+    # (retried while the running server has not yet read the new provider: it polls each
+    # second).
+    chat(server, a, sa, "listen", "--timeout", "1")
+    deadline = time.monotonic() + 10
+    while True:
+        res = as_e("send", a.jid, "hello?", check=False)
+        if "login failed" not in res.stderr or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    # Without the platform user's consent: refused, with the server's reason.
+    assert res.returncode != 0, res.stdout
+    assert "not-allowed" in res.stderr and "does not accept chats" in res.stderr, res.stderr
+    server.cli("user", "consent", a.jid, "--on", "--allow", pid)
+    secret = tok("FROM-PROVIDER")
+    as_e("send", a.jid, secret)
+    out = chat(server, a, sa, "listen", "--count", "1", "--timeout", "30").stdout
+    assert f"{e.jid} [encrypted, third-party: {pid} Chat, sent " in out, out
+    assert out.rstrip().endswith(f": {secret}"), out
+    reply = tok("FROM-PLATFORM")
+    chat(server, a, sa, "send", e.jid, reply)
+    out = as_e("listen", "--count", "1", "--timeout", "30").stdout
+    assert f"{a.jid} [encrypted, sent " in out and "third-party" not in out, out
+    assert out.rstrip().endswith(f": {reply}"), out
+    hist = chat(server, a, sa, "history").stdout
+    assert f"from {e.jid} [third-party: {pid} Chat]: {secret}" in hist, hist
