@@ -3,7 +3,7 @@
 //! for it offline; her second device joins her device list without pushing the first out;
 //! a message to her is then encrypted for both, and each of her devices decrypts it; what
 //! she sends is encrypted for her other device too. A second connection on a store keeps its
-//! device and sessions. (slixmpp-omemo is the other end in tests/real_clients/test_chat.py.)
+//! device and sessions. A shared file crosses as ciphertext and decrypts on arrival. (slixmpp-omemo is the other end in tests/real_clients/test_chat.py.)
 
 use std::path::Path;
 use std::time::Duration;
@@ -21,6 +21,7 @@ fn account(ts: &TestServer, jid: &str, password: &str, store: &Path) -> Account 
         verify: Verify::CaFile(ts.config().data_dir.join("tls/ca.pem")),
         resource: String::new(),
         store: store.to_owned(),
+        http_via: ts.server.as_ref().unwrap().https_addrs().first().copied(),
     }
 }
 
@@ -31,6 +32,20 @@ async fn message(c: &mut Client) -> Incoming {
         Ok(Err(e)) => panic!("{e}"),
         Err(_) => panic!("no message within {WAIT:?}"),
     }
+}
+
+/// Every file's bytes under `dir`.
+fn walk(dir: &Path) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else if let Ok(b) = std::fs::read(&p) {
+            out.push(b);
+        }
+    }
+    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -91,15 +106,52 @@ async fn sdk_devices_exchange_encrypted_messages_online_and_offline() {
     assert_eq!(m.from, "alice@localhost");
     assert_eq!(m.text, "hello from my second device");
 
+    // A file: the server holds only ciphertext; the link (with the key) arrives encrypted.
+    let photo: Vec<u8> = (0..70_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let sent = b
+        .send_file("alice@localhost", "holiday photo é.jpg", &photo)
+        .await
+        .unwrap();
+    assert_eq!(sent.devices, 2);
+    let m = message(&mut a1).await;
+    let media = m.media.clone().expect("a shared file");
+    assert_eq!(media.name, "holiday photo é.jpg");
+    assert!(
+        m.text.starts_with("aesgcm://upload.localhost:"),
+        "{}",
+        m.text
+    );
+    assert_eq!(a1.download(&media).await.unwrap(), photo);
+    let stored: Vec<Vec<u8>> = walk(&ts.config().data_dir.join("upload"));
+    assert!(
+        stored.iter().any(|f| f.len() == photo.len() + 16),
+        "the ciphertext (file and tag) is stored"
+    );
+    assert!(
+        !stored
+            .iter()
+            .any(|f| f.windows(64).any(|w| w == &photo[1000..1064])),
+        "no plaintext on the server"
+    );
+    let m2 = message(&mut a2).await;
+    assert_eq!(
+        a2.download(m2.media.as_ref().unwrap()).await.unwrap(),
+        photo
+    );
+
     // The history of each store.
     let h = a1.history(Some("bob@localhost"), 10).unwrap();
     assert_eq!(
-        h.iter().map(|e| e.text.as_str()).collect::<Vec<_>>(),
+        h.iter().map(|e| e.text.as_str()).collect::<Vec<_>>()[..2],
         ["while you were out", "to both of you"]
     );
     assert!(h.iter().all(|e| !e.outgoing && e.encrypted));
     let h = a2.history(None, 10).unwrap();
-    assert_eq!(h.last().map(|e| e.outgoing), Some(true));
+    assert!(
+        h.iter()
+            .any(|e| e.outgoing && e.text == "hello from my second device"),
+        "{h:?}"
+    );
 
     // A store is one client's at a time.
     let e = Client::connect(&account(&ts, "alice@localhost", "pa", &a2_store))

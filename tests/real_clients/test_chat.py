@@ -5,18 +5,22 @@ message `strait chat send` encrypts must decrypt there, and one the plugin encry
 out of `strait chat listen` in clear, including after it waited offline. Then a provider's user
 runs `strait chat` with a token (OAUTHBEARER) and talks to a platform user across the interop
 boundary: refused with the server's reason before consent, then delivered with the platform's
-origin stamp, which `strait chat` shows as a third-party chat.
+origin stamp, which `strait chat` shows as a third-party chat. Files go both ways as
+XEP-0454 media: `strait chat send-file` uploads ciphertext that slixmpp's xep_0454 decrypts, and
+what slixmpp uploads and links is saved decrypted by `strait chat listen --save`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import re
 import secrets
 import subprocess
 import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
@@ -27,7 +31,9 @@ from conftest import strait_binary  # noqa: E402
 from interop_helpers import register_provider  # noqa: E402
 from omemo_helpers import (NS_OLD, OMEMO_TIMEOUT, decrypt, omemo_client,  # noqa: E402
                            send_encrypted, tok)
-from xmpp_helpers import Account, Clients, run  # noqa: E402
+from xmpp_helpers import Account, Clients, run, within  # noqa: E402
+from test_upload import http, uploads_through_loopback  # noqa: E402,F401  (a fixture)
+from slixmpp import JID  # noqa: E402
 
 CHAT_TIMEOUT = 60
 
@@ -39,6 +45,9 @@ def chat(server, account: Account, store: str, *args: str, token: str | None = N
     cmd = [server.binary or strait_binary(), "chat", "--jid", account.jid,
            "--server", f"{server.host}:{server.c2s_port}", "--ca-file", server.ca_file,
            "--store", store]
+    if server.https_port:
+        # upload.<domain> need not resolve here: file transfers go to the server's address.
+        cmd += ["--http-via", f"{server.host}:{server.https_port}"]
     env = dict(os.environ, STRAIT_CHAT_PASSWORD=account.password)
     if token is not None:
         path = os.path.join(store + ".token")
@@ -162,3 +171,53 @@ def test_strait_chat_as_a_providers_user_across_the_boundary(server, new_account
     assert out.rstrip().endswith(f": {reply}"), out
     hist = chat(server, a, sa, "history").stdout
     assert f"from {e.jid} [third-party: {pid} Chat]: {secret}" in hist, hist
+
+
+@pytest.mark.timeout(4 * OMEMO_TIMEOUT)
+def test_strait_chat_shares_files_with_slixmpp_omemo(server, new_account,
+                                                      uploads_through_loopback):
+    a, b = new_account(prefix="fa"), new_account(prefix="fb")
+    store = tempfile.mkdtemp(prefix="strait-chat-")
+    sa, saved = os.path.join(store, "a"), os.path.join(store, "saved")
+    photo = os.urandom(3000) + b"a photo only the two ends can see"
+    path = os.path.join(store, "beach photo.jpg")
+    with open(path, "wb") as fh:
+        fh.write(photo)
+    voice = os.urandom(4000) + b"a voice note only the two ends can hear"
+
+    async def body():
+        async with Clients(server) as cs:
+            cb = await omemo_client(cs, b, "B")
+            for p in ("xep_0363", "xep_0454"):
+                cb.register_plugin(p)
+            # strait chat -> slixmpp: the link arrives encrypted; the file is ciphertext.
+            res = await asyncio.to_thread(chat, server, a, sa, "send-file", b.jid, path)
+            assert f"sent beach photo.jpg ({len(photo)} bytes)" in res.stdout, res.stdout
+            mid = sent_id(res)
+            m = await cb.wait_message(lambda m: m["id"] == mid, f"message {mid}")
+            assert "aesgcm" not in str(m), "the link (and its key) crossed in clear"
+            link, dev = await decrypt(cb, m, NS_OLD)
+            assert link.startswith("aesgcm://") and "/beach%20photo.jpg#" in link, link
+            url, key = "https://" + link[len("aesgcm://"):].split("#")[0], link.split("#", 1)[1]
+            status, _, stored = await http(server, "GET", url)
+            assert status == 200
+            assert b"only the two ends" not in stored
+            assert cb.plugin["xep_0454"].decrypt(io.BytesIO(stored), key) == photo
+            # slixmpp -> strait chat: what its xep_0454 uploads, strait chat saves decrypted.
+            link = await within(cb.plugin["xep_0454"].upload_file(
+                Path("voice note.m4a"), input_file=io.BytesIO(voice), domain=JID(server.domain)),
+                "aesgcm upload")
+            await send_encrypted(cb, a.jid, NS_OLD, link)
+            await cb.sync()
+            res = await asyncio.to_thread(chat, server, a, sa, "listen", "--count", "1",
+                                          "--timeout", "30", "--save", saved)
+            # (slixmpp's uploader names the file at random, keeping the extension.)
+            m = re.search(r"\[encrypted, sent [^,]+, file (\w+\.m4a)\]", res.stdout)
+            assert m, res.stdout
+            assert f"saved {saved}/{m.group(1)} ({len(voice)} bytes)" in res.stdout, res.stdout
+            return m.group(1)
+
+    name = run(body(), timeout=3 * OMEMO_TIMEOUT)
+    assert os.listdir(saved) == [name]
+    with open(os.path.join(saved, name), "rb") as fh:
+        assert fh.read() == voice

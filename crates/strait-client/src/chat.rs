@@ -19,10 +19,16 @@
 //! The local store is locked while a client has it open: two processes on one store would
 //! advance the same ratchets and break each other's sessions.
 //!
-//! Not here yet: OMEMO 2 (the store for its sessions is in memory only), media (XEP-0454 with
-//! XEP-0363 uploads), group chats.
+//! Files (images, voice notes, videos, documents) go as XEP-0454 media: [`Client::send_file`]
+//! encrypts the file with a fresh key (AES-256-GCM), uploads the ciphertext to the server's
+//! XEP-0363 service, and sends the `aesgcm://` link, which carries the key, inside an
+//! encrypted message; the server only ever holds ciphertext. An incoming link is reported as
+//! [`Incoming::media`], and [`Client::download`] fetches and decrypts it.
+//!
+//! Not here yet: OMEMO 2 (the store for its sessions is in memory only), group chats.
 
 use crate::conn::{self, ClientSettings, ConnError, Connection, Login, LoginError, Verify};
+use crate::https::{Https, HttpsError};
 use crate::omemo::{self, Omemo};
 use crate::scram::{KeyCache, Mechanism};
 use crate::xml::{Element, decode};
@@ -35,6 +41,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use strait_signal::device::{DeviceError, DeviceV03};
 use strait_signal::fingerprint::{display_groups, omemo_fingerprint};
+use strait_signal::media::{self, AesgcmUrl, MediaError, parse_media_body};
 use strait_signal::omemo::xml::v03::{BundleV03, DeviceListV03, EncryptedV03};
 use strait_signal::omemo::{DEVICE_ID_MAX, NS_V03};
 use strait_signal::store::sqlite::SqliteSignalStore;
@@ -42,6 +49,11 @@ use strait_signal::store::{Address, IdentityKeyStore, SessionStore};
 
 const NS_SM: &str = "urn:xmpp:sm:3";
 const NS_INTEROP: &str = "urn:strait:interop:0";
+const NS_UPLOAD: &str = "urn:xmpp:http:upload:0";
+const NS_DISCO_ITEMS: &str = "http://jabber.org/protocol/disco#items";
+const NS_DISCO_INFO: &str = "http://jabber.org/protocol/disco#info";
+/// The largest shared file [`Client::download`] takes.
+pub const MAX_DOWNLOAD: usize = 512 << 20;
 /// How long a request to the server may take before the client gives up on it.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -72,6 +84,10 @@ pub struct Account {
     pub resource: String,
     /// The local store's directory (created, private to the user).
     pub store: PathBuf,
+    /// Connect file transfers here instead of resolving the upload service's host name (the
+    /// certificate must still carry that name): for a server whose `upload.<domain>` does not
+    /// resolve from where the client runs.
+    pub http_via: Option<SocketAddr>,
 }
 
 /// Why a chat operation failed.
@@ -93,6 +109,11 @@ pub enum ChatError {
     NoDevices(String, String),
     #[error("encryption: {0}")]
     Crypto(#[from] DeviceError),
+    /// Sharing a file failed before its message was sent.
+    #[error("uploading: {0}")]
+    Upload(String),
+    #[error("downloading: {0}")]
+    Download(String),
     /// The server bounced the message: the condition (`policy-violation`, `forbidden`, ...)
     /// and its text.
     #[error("the server refused the message: {condition}{}", text.as_deref().map(|t| format!(" ({t})")).unwrap_or_default())]
@@ -108,6 +129,14 @@ pub struct Origin {
     /// The provider's id in the platform's registry.
     pub provider: String,
     /// Its name, for the third-party section's heading.
+    pub name: String,
+}
+
+/// A shared file (XEP-0454): where its ciphertext is and the key, from an encrypted message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Media {
+    pub url: AesgcmUrl,
+    /// The file's name, from the link (the last path segment, percent-decoded).
     pub name: String,
 }
 
@@ -127,6 +156,8 @@ pub struct Incoming {
     /// When it was sent, if it waited on the server (XEP-0203 stamp).
     pub delayed: Option<String>,
     pub id: Option<String>,
+    /// Set when the (encrypted) text is an `aesgcm://` link: a shared file.
+    pub media: Option<Media>,
 }
 
 /// What [`Client::next_event`] returns.
@@ -182,6 +213,9 @@ pub struct Client {
     fetched: HashSet<(String, u32)>,
     next_id: u64,
     id_prefix: String,
+    https: Https,
+    /// The upload service and its size limit, once found.
+    upload: Option<(String, Option<u64>)>,
     /// Held while the client lives: the store's lock.
     _lock: std::fs::File,
 }
@@ -295,14 +329,15 @@ impl Client {
             .tls_name
             .clone()
             .unwrap_or_else(|| domain.to_owned());
+        let tls = conn::tls_config(&account.verify, false)
+            .map_err(|e| ChatError::Account(format!("TLS: {e:#}")))?;
         let mut settings = ClientSettings {
             server: account.server,
             domain: domain.to_owned(),
             tls_name: rustls::pki_types::ServerName::try_from(tls_name.clone())
                 .map_err(|_| ChatError::Account(format!("{tls_name:?} is not a server name")))?,
             direct_tls: account.direct_tls,
-            tls: conn::tls_config(&account.verify, false)
-                .map_err(|e| ChatError::Account(format!("TLS: {e:#}")))?,
+            tls: tls.clone(),
             mechanism: None,
             allow_plain: false,
             source_ips: 0,
@@ -347,6 +382,8 @@ impl Client {
             fetched: HashSet::new(),
             next_id: 0,
             id_prefix: prefix.iter().map(|b| format!("{b:02x}")).collect(),
+            https: Https::new(tls, account.http_via),
+            upload: None,
             _lock: lock,
         };
         c.publish().await?;
@@ -586,6 +623,153 @@ impl Client {
         Ok(Sent { id, devices })
     }
 
+    /// Shares a file with `to` (XEP-0454, see the module documentation): encrypted, uploaded,
+    /// and its link sent in an encrypted message.
+    pub async fn send_file(
+        &mut self,
+        to: &str,
+        name: &str,
+        data: &[u8],
+    ) -> Result<Sent, ChatError> {
+        let (service, max) = self.upload_service().await?;
+        let (ciphertext, key, iv) = media::encrypt_file(data, &mut OsRng);
+        let size = ciphertext.len() as u64;
+        if let Some(max) = max.filter(|m| size > *m) {
+            return Err(ChatError::Upload(format!(
+                "{name} is {size} bytes encrypted; {service} takes at most {max}"
+            )));
+        }
+        let raw = self
+            .iq(|id| {
+                format!(
+                    "<iq type='get' id='{id}' to='{}'><request xmlns='{NS_UPLOAD}' filename='{}' size='{size}' content-type='application/octet-stream'/></iq>",
+                    crate::xml::escape(&service),
+                    crate::xml::escape(name)
+                )
+            })
+            .await?;
+        let el = Element::parse(&raw).ok_or(ConnError::Protocol("unparsable answer".into()))?;
+        if el.attr("type").as_deref() != Some("result") {
+            let (condition, text) = error_of(&raw);
+            return Err(ChatError::Upload(format!(
+                "{service} gave no slot: {condition}{}",
+                text.map(|t| format!(" ({t})")).unwrap_or_default()
+            )));
+        }
+        let slot = el
+            .child("slot")
+            .ok_or_else(|| ChatError::Upload("the answer holds no slot".into()))?;
+        let put = slot.child("put");
+        let (Some(put_url), Some(get_url)) = (
+            put.and_then(|p| p.attr("url")).map(|u| u.into_owned()),
+            slot.child("get")
+                .and_then(|g| g.attr("url"))
+                .map(|u| u.into_owned()),
+        ) else {
+            return Err(ChatError::Upload(
+                "the slot lacks its put or get URL".into(),
+            ));
+        };
+        // XEP-0363 §5: only these headers may come from the slot.
+        let headers: Vec<(String, String)> = put
+            .map(|p| {
+                p.children()
+                    .filter(|h| h.is("header"))
+                    .filter_map(|h| {
+                        let n = h.attr("name")?.into_owned();
+                        ["Authorization", "Cookie", "Expires"]
+                            .iter()
+                            .any(|a| a.eq_ignore_ascii_case(&n))
+                            .then(|| (n, decode(h.inner()).into_owned()))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        self.https
+            .put(&put_url, &headers, "application/octet-stream", ciphertext)
+            .await
+            .map_err(|e| ChatError::Upload(e.to_string()))?;
+        let link = AesgcmUrl::from_https(&get_url, key, &iv)
+            .map_err(|e: MediaError| ChatError::Upload(format!("the slot's URL: {e}")))?;
+        self.send(to, &link.to_string()).await
+    }
+
+    /// Fetches and decrypts a shared file.
+    pub async fn download(&self, media: &Media) -> Result<Vec<u8>, ChatError> {
+        let url = media.url.https_url();
+        let ciphertext = self
+            .https
+            .get(&url, MAX_DOWNLOAD)
+            .await
+            .map_err(|e: HttpsError| ChatError::Download(e.to_string()))?;
+        media
+            .url
+            .decrypt(&ciphertext)
+            .map_err(|e| ChatError::Download(format!("{url}: {e}")))
+    }
+
+    /// The server's XEP-0363 service (found through disco once) and its size limit.
+    async fn upload_service(&mut self) -> Result<(String, Option<u64>), ChatError> {
+        if let Some(u) = &self.upload {
+            return Ok(u.clone());
+        }
+        let domain = self
+            .jid
+            .rsplit_once('@')
+            .map(|(_, d)| d.to_owned())
+            .unwrap_or_default();
+        let raw = self
+            .iq(|id| {
+                format!(
+                    "<iq type='get' id='{id}' to='{}'><query xmlns='{NS_DISCO_ITEMS}'/></iq>",
+                    crate::xml::escape(&domain)
+                )
+            })
+            .await?;
+        let items: Vec<String> = Element::parse(&raw)
+            .and_then(|el| el.child("query"))
+            .map(|q| {
+                q.children()
+                    .filter(|i| i.is("item"))
+                    .filter_map(|i| i.attr("jid").map(|j| j.into_owned()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        // The domain itself may be the service (as some servers do it).
+        for jid in items.iter().map(String::as_str).chain([domain.as_str()]) {
+            let raw = self
+                .iq(|id| {
+                    format!(
+                        "<iq type='get' id='{id}' to='{}'><query xmlns='{NS_DISCO_INFO}'/></iq>",
+                        crate::xml::escape(jid)
+                    )
+                })
+                .await?;
+            let Some(q) = Element::parse(&raw).and_then(|el| el.child("query")) else {
+                continue;
+            };
+            let offers = q
+                .children()
+                .any(|f| f.is("feature") && f.attr("var").as_deref() == Some(NS_UPLOAD));
+            if !offers {
+                continue;
+            }
+            let max = q
+                .children()
+                .filter(|x| x.is("x"))
+                .flat_map(|x| x.children().collect::<Vec<_>>())
+                .find(|f| f.is("field") && f.attr("var").as_deref() == Some("max-file-size"))
+                .and_then(|f| f.child("value"))
+                .and_then(|v| v.text().trim().parse::<u64>().ok());
+            let found = (jid.to_owned(), max);
+            self.upload = Some(found.clone());
+            return Ok(found);
+        }
+        Err(ChatError::Upload(format!(
+            "{domain} offers no file upload service (XEP-0363)"
+        )))
+    }
+
     /// Waits until the server has processed everything sent so far: its XEP-0198 count, or
     /// (without stream management) a ping's answer.
     async fn confirm(&mut self) -> Result<(), ChatError> {
@@ -693,6 +877,8 @@ impl Client {
                 origin,
                 delayed,
                 id,
+                // A link in clear is not media: its key would have crossed in plaintext.
+                media: None,
             })));
         };
         if enc.attr("xmlns").as_deref() != Some(NS_V03) {
@@ -747,6 +933,10 @@ impl Client {
         };
         let text = String::from_utf8_lossy(&plain).into_owned();
         self.record(&from, false, &text, true, origin.as_ref())?;
+        let media = parse_media_body(&text).map(|(url, _thumbnail)| Media {
+            name: file_name(&url),
+            url,
+        });
         Ok(Some(Event::Message(Incoming {
             from,
             text,
@@ -755,6 +945,7 @@ impl Client {
             origin,
             delayed,
             id,
+            media,
         })))
     }
 
@@ -864,6 +1055,37 @@ fn read_history(
     Ok(rows)
 }
 
+/// A shared file's name: the link's last path segment, percent-decoded, without any path.
+fn file_name(url: &AesgcmUrl) -> String {
+    let path = url.location.split(['?', '#']).next().unwrap_or_default();
+    let last = path.rsplit('/').next().unwrap_or_default();
+    let bytes = last.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (
+            bytes[i],
+            bytes.get(i + 1).copied().and_then(hex),
+            bytes.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    let name = String::from_utf8_lossy(&out).replace(['/', '\\', '\0'], "_");
+    match name.trim_start_matches('.') {
+        "" => "file".into(),
+        n => n.to_owned(),
+    }
+}
+
 /// A stanza error's condition and text.
 fn error_of(raw: &[u8]) -> (String, Option<String>) {
     let Some(el) = Element::parse(raw) else {
@@ -892,6 +1114,7 @@ mod tests {
             verify: Verify::Insecure,
             resource: "r".into(),
             store: dir.to_owned(),
+            http_via: None,
         }
     }
 
@@ -935,6 +1158,21 @@ mod tests {
             bob.iter().map(|h| h.text.as_str()).collect::<Vec<_>>(),
             ["m0", "m2"]
         );
+    }
+
+    #[test]
+    fn file_names_come_from_the_link_without_paths() {
+        let name = |u: &str| file_name(&AesgcmUrl::parse(u).unwrap());
+        let frag = format!("#{}{}", "00".repeat(12), "11".repeat(32));
+        assert_eq!(
+            name(&format!("aesgcm://h/x/holiday%20photo%20%C3%A9.jpg{frag}")),
+            "holiday photo é.jpg"
+        );
+        assert_eq!(
+            name(&format!("aesgcm://h/x/..%2F..%2Fetc%2Fpasswd{frag}")),
+            "_.._etc_passwd"
+        );
+        assert_eq!(name(&format!("aesgcm://h/x/{frag}")), "file");
     }
 
     #[test]

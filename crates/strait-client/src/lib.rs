@@ -17,6 +17,7 @@
 
 pub mod chat;
 pub mod conn;
+pub mod https;
 pub mod omemo;
 pub mod scram;
 pub mod xml;

@@ -42,6 +42,11 @@ pub struct ChatArgs {
     /// The resource to bind (default: strait-<device id>, one per store).
     #[arg(long, default_value = "")]
     resource: String,
+    /// Connect file transfers (XEP-0363 uploads, downloads) here instead of resolving the
+    /// upload service's name, e.g. 127.0.0.1:5443 for a `strait serve` on its defaults where
+    /// upload.localhost does not resolve (the certificate must still carry the name).
+    #[arg(long)]
+    http_via: Option<SocketAddr>,
     /// The local store: keys, sessions, history (default: $XDG_DATA_HOME/strait/chat/<jid>,
     /// or ~/.local/share/strait/chat/<jid>).
     #[arg(long, env = "STRAIT_CHAT_STORE")]
@@ -60,8 +65,19 @@ enum ChatCommand {
         #[arg(required = true)]
         text: Vec<String>,
     },
+    /// Share a file (an image, a voice note, a video, a document): encrypted with a fresh key,
+    /// uploaded to the server's file service (XEP-0363), its link sent encrypted (XEP-0454).
+    SendFile {
+        /// The recipient's JID.
+        to: String,
+        /// The file.
+        file: PathBuf,
+    },
     /// Print the messages that arrive (those queued while away first), one per line.
     Listen {
+        /// Download shared files into this directory (decrypted).
+        #[arg(long)]
+        save: Option<PathBuf>,
         /// Stop after this many messages.
         #[arg(long)]
         count: Option<usize>,
@@ -69,8 +85,8 @@ enum ChatCommand {
         #[arg(long)]
         timeout: Option<u64>,
     },
-    /// Chat with one contact: each line typed is sent, what arrives is printed; end with
-    /// Ctrl-D.
+    /// Chat with one contact: each line typed is sent (`/file PATH` shares a file), what
+    /// arrives is printed; end with Ctrl-D.
     With {
         /// The contact's JID.
         peer: String,
@@ -148,6 +164,7 @@ async fn account(a: &ChatArgs, store: PathBuf) -> Result<Account> {
         verify,
         resource: a.resource.clone(),
         store,
+        http_via: a.http_via,
     })
 }
 
@@ -164,6 +181,9 @@ fn line(m: &Incoming) -> String {
     }
     if let Some(d) = &m.delayed {
         tags.push(format!("sent {d}"));
+    }
+    if let Some(f) = &m.media {
+        tags.push(format!("file {}", f.name));
     }
     format!("{} [{}]: {}", m.from, tags.join(", "), m.text)
 }
@@ -186,6 +206,37 @@ fn print_event(ev: &Event) {
                 .unwrap_or_default()
         ),
     }
+}
+
+/// Writes a downloaded file into `dir` under its name, never over an existing file
+/// (`name (2).ext`, ...).
+fn save_file(dir: &std::path::Path, name: &str, data: &[u8]) -> Result<PathBuf> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let (stem, ext) = match name.rsplit_once('.') {
+        Some((s, e)) if !s.is_empty() => (s.to_owned(), format!(".{e}")),
+        _ => (name.to_owned(), String::new()),
+    };
+    for n in 1.. {
+        let candidate = match n {
+            1 => dir.join(name),
+            n => dir.join(format!("{stem} ({n}){ext}")),
+        };
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&candidate)
+        {
+            Ok(mut f) => {
+                use std::io::Write;
+                f.write_all(data)
+                    .with_context(|| format!("writing {}", candidate.display()))?;
+                return Ok(candidate);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e).with_context(|| format!("creating {}", candidate.display())),
+        }
+    }
+    unreachable!("some name is free")
 }
 
 pub async fn run(a: ChatArgs) -> Result<()> {
@@ -247,7 +298,26 @@ async fn session(client: &mut Client, command: ChatCommand) -> Result<()> {
                 sent.devices, sent.id
             );
         }
-        ChatCommand::Listen { count, timeout } => {
+        ChatCommand::SendFile { to, file } => {
+            let data =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let name = file
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "file".into());
+            let sent = client.send_file(&to, &name, &data).await?;
+            println!(
+                "sent {name} ({} bytes) to {to}: encrypted for {} device(s), id {}",
+                data.len(),
+                sent.devices,
+                sent.id
+            );
+        }
+        ChatCommand::Listen {
+            save,
+            count,
+            timeout,
+        } => {
             let deadline = timeout.map(|s| tokio::time::Instant::now() + Duration::from_secs(s));
             let mut seen = 0;
             while count.is_none_or(|c| seen < c) {
@@ -262,6 +332,17 @@ async fn session(client: &mut Client, command: ChatCommand) -> Result<()> {
                     },
                 };
                 print_event(&ev);
+                if let (Event::Message(m), Some(dir)) = (&ev, &save)
+                    && let Some(media) = &m.media
+                {
+                    match client.download(media).await {
+                        Ok(data) => {
+                            let path = save_file(dir, &media.name, &data)?;
+                            println!("  saved {} ({} bytes)", path.display(), data.len());
+                        }
+                        Err(e) => println!("  not saved: {e}"),
+                    }
+                }
                 if matches!(ev, Event::Message(_)) {
                     seen += 1;
                 }
@@ -279,7 +360,23 @@ async fn session(client: &mut Client, command: ChatCommand) -> Result<()> {
                         if l.trim().is_empty() {
                             continue;
                         }
-                        if let Err(e) = client.send(&peer, &l).await {
+                        let r = match l.strip_prefix("/file ") {
+                            Some(path) => match std::fs::read(path.trim()) {
+                                Ok(data) => {
+                                    let name = std::path::Path::new(path.trim())
+                                        .file_name()
+                                        .map(|n| n.to_string_lossy().into_owned())
+                                        .unwrap_or_else(|| "file".into());
+                                    client.send_file(&peer, &name, &data).await.map(|_| ())
+                                }
+                                Err(e) => {
+                                    eprintln!("not sent: reading {}: {e}", path.trim());
+                                    continue;
+                                }
+                            },
+                            None => client.send(&peer, &l).await.map(|_| ()),
+                        };
+                        if let Err(e) = r {
                             eprintln!("not sent: {e}");
                         }
                     }
