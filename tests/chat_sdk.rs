@@ -25,12 +25,16 @@ fn account(ts: &TestServer, jid: &str, password: &str, store: &Path) -> Account 
     }
 }
 
+/// The next message, past delivery receipts (which the other tests look at).
 async fn message(c: &mut Client) -> Incoming {
-    match tokio::time::timeout(WAIT, c.next_event()).await {
-        Ok(Ok(Event::Message(m))) => m,
-        Ok(Ok(other)) => panic!("expected a message, got {other:?}"),
-        Ok(Err(e)) => panic!("{e}"),
-        Err(_) => panic!("no message within {WAIT:?}"),
+    loop {
+        match tokio::time::timeout(WAIT, c.next_event()).await {
+            Ok(Ok(Event::Message(m))) => return m,
+            Ok(Ok(Event::Delivered { .. })) => {}
+            Ok(Ok(other)) => panic!("expected a message, got {other:?}"),
+            Ok(Err(e)) => panic!("{e}"),
+            Err(_) => panic!("no message within {WAIT:?}"),
+        }
     }
 }
 
@@ -105,6 +109,14 @@ async fn sdk_devices_exchange_encrypted_messages_online_and_offline() {
     let m = message(&mut b).await;
     assert_eq!(m.from, "alice@localhost");
     assert_eq!(m.text, "hello from my second device");
+    // Bob's device confirms receipt (XEP-0184), and alice's second device hears of it.
+    match tokio::time::timeout(WAIT, a2.next_event()).await {
+        Ok(Ok(Event::Delivered { from, id })) => {
+            assert_eq!(from, "bob@localhost");
+            assert_eq!(id, sent.id);
+        }
+        other => panic!("expected a delivery receipt, got {other:?}"),
+    }
 
     // A file: the server holds only ciphertext; the link (with the key) arrives encrypted.
     let photo: Vec<u8> = (0..70_000u32).map(|i| (i * 7 % 251) as u8).collect();

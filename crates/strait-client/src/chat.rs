@@ -50,6 +50,7 @@ use strait_signal::store::{Address, IdentityKeyStore, SessionStore};
 const NS_SM: &str = "urn:xmpp:sm:3";
 const NS_INTEROP: &str = "urn:strait:interop:0";
 const NS_UPLOAD: &str = "urn:xmpp:http:upload:0";
+const NS_RECEIPTS: &str = "urn:xmpp:receipts";
 const NS_DISCO_ITEMS: &str = "http://jabber.org/protocol/disco#items";
 const NS_DISCO_INFO: &str = "http://jabber.org/protocol/disco#info";
 /// The largest shared file [`Client::download`] takes.
@@ -169,6 +170,11 @@ pub enum Event {
     Undecryptable {
         from: String,
         reason: String,
+    },
+    /// A contact's device confirmed it received message `id` (XEP-0184).
+    Delivered {
+        from: String,
+        id: String,
     },
     /// A message this account sent was bounced later (the usual refusals come from
     /// [`Client::send`] itself).
@@ -603,7 +609,7 @@ impl Client {
         };
         let devices = enc.keys.len();
         let id = self.new_id();
-        let stanza = omemo::message(&to, &id, &enc.to_xml(), Omemo::V03);
+        let stanza = omemo::message(&to, &id, &enc.to_xml(), Omemo::V03, true);
         self.conn.send_stanza(stanza.as_bytes());
         self.confirm().await?;
         // A refusal arrives before the acknowledgement of the message it refuses.
@@ -849,9 +855,25 @@ impl Client {
                 text,
             }));
         }
+        if let Some(r) = el
+            .child("received")
+            .filter(|r| r.attr("xmlns").as_deref() == Some(NS_RECEIPTS))
+        {
+            return Ok(r.attr("id").map(|id| Event::Delivered {
+                from,
+                id: id.into_owned(),
+            }));
+        }
         if let Some(ev) = self.device_list_update(&el, &from) {
             return Ok(ev);
         }
+        // A delivery receipt, if asked for, once the message is handled (below) and only for a
+        // message that is shown: one that could not be decrypted is not confirmed.
+        let wants_receipt = id.is_some()
+            && el
+                .child("request")
+                .is_some_and(|r| r.attr("xmlns").as_deref() == Some(NS_RECEIPTS));
+        let reply_to = el.attr("from").map(|f| f.into_owned()).unwrap_or_default();
         let origin = el
             .child("origin")
             .filter(|o| o.attr("xmlns").as_deref() == Some(NS_INTEROP))
@@ -869,6 +891,9 @@ impl Client {
             };
             let text = decode(body.inner()).into_owned();
             self.record(&from, false, &text, false, origin.as_ref())?;
+            if wants_receipt {
+                self.send_receipt(&reply_to, id.as_deref().unwrap_or_default());
+            }
             return Ok(Some(Event::Message(Incoming {
                 from,
                 text,
@@ -933,6 +958,9 @@ impl Client {
         };
         let text = String::from_utf8_lossy(&plain).into_owned();
         self.record(&from, false, &text, true, origin.as_ref())?;
+        if wants_receipt {
+            self.send_receipt(&reply_to, id.as_deref().unwrap_or_default());
+        }
         let media = parse_media_body(&text).map(|(url, _thumbnail)| Media {
             name: file_name(&url),
             url,
@@ -947,6 +975,12 @@ impl Client {
             id,
             media,
         })))
+    }
+
+    fn send_receipt(&mut self, to: &str, for_id: &str) {
+        let id = self.new_id();
+        self.conn
+            .send_stanza(omemo::receipt(to, &id, for_id).as_bytes());
     }
 
     /// A PEP notification of a contact's new device list: recorded; no event for the user.

@@ -116,14 +116,30 @@ pub fn item_payload(iq: &Element<'_>) -> Option<String> {
 
 /// A chat message to `to` carrying `encrypted` (an `<encrypted/>` element of version `v`), with
 /// the fallback body, the XEP-0380 marker and a storage hint (XEP-0334) so that the server
-/// archives and queues it although it has no readable body.
-pub fn message(to: &str, id: &str, encrypted: &str, v: Omemo) -> String {
+/// archives and queues it although it has no readable body; `receipt`: it asks for a delivery
+/// receipt (XEP-0184).
+pub fn message(to: &str, id: &str, encrypted: &str, v: Omemo, receipt: bool) -> String {
     format!(
         "<message to='{}' id='{}' type='chat'><body>{FALLBACK_BODY}</body>{encrypted}\
-         <encryption xmlns='urn:xmpp:eme:0' namespace='{}'/><store xmlns='urn:xmpp:hints'/></message>",
+         <encryption xmlns='urn:xmpp:eme:0' namespace='{}'/><store xmlns='urn:xmpp:hints'/>{}</message>",
         escape(to),
         escape(id),
-        v.ns()
+        v.ns(),
+        if receipt {
+            "<request xmlns='urn:xmpp:receipts'/>"
+        } else {
+            ""
+        }
+    )
+}
+
+/// A delivery receipt (XEP-0184) for message `id`, to its sender's full JID.
+pub fn receipt(to: &str, id: &str, for_id: &str) -> String {
+    format!(
+        "<message to='{}' id='{}'><received xmlns='urn:xmpp:receipts' id='{}'/><store xmlns='urn:xmpp:hints'/></message>",
+        escape(to),
+        escape(id),
+        escape(for_id)
     )
 }
 
@@ -141,6 +157,7 @@ mod tests {
             "m1",
             "<encrypted xmlns='eu.siacs.conversations.axolotl'/>",
             Omemo::V03,
+            true,
         );
         let el = Element::parse(m.as_bytes()).unwrap();
         assert_eq!(el.attr("to").as_deref(), Some("b@x"));
@@ -150,6 +167,13 @@ mod tests {
                 .and_then(|e| e.attr("namespace"))
                 .as_deref(),
             Some(NS_V03)
+        );
+        assert!(el.child("request").is_some());
+        let r = receipt("b@x/r", "m2", "m'1");
+        let el = Element::parse(r.as_bytes()).unwrap();
+        assert_eq!(
+            el.child("received").and_then(|x| x.attr("id")).as_deref(),
+            Some("m'1")
         );
     }
 

@@ -191,6 +191,7 @@ fn line(m: &Incoming) -> String {
 fn print_event(ev: &Event) {
     match ev {
         Event::Message(m) => println!("{}", line(m)),
+        Event::Delivered { from, id } => println!("{from} [delivered]: {id}"),
         Event::Undecryptable { from, reason } => {
             println!("{from} [could not decrypt]: {reason}")
         }

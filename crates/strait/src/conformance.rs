@@ -577,7 +577,7 @@ impl Bot {
         match enc {
             Ok(enc) => {
                 let id = format!("kit-answer-{}", self.next_id);
-                out.extend_from_slice(omemo::message(peer, &id, &enc, version).as_bytes())
+                out.extend_from_slice(omemo::message(peer, &id, &enc, version, false).as_bytes())
             }
             Err(e) => self
                 .report
