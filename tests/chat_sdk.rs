@@ -2,8 +2,10 @@
 //! devices, each with its own local store. Alice's first device gets a message that waited
 //! for it offline; her second device joins her device list without pushing the first out;
 //! a message to her is then encrypted for both, and each of her devices decrypts it; what
-//! she sends is encrypted for her other device too. A second connection on a store keeps its
-//! device and sessions. A shared file crosses as ciphertext and decrypts on arrival. (slixmpp-omemo is the other end in tests/real_clients/test_chat.py.)
+//! she sends is encrypted for her other device too, which gets a copy (carbons) and reads
+//! it. A second connection on a store keeps its device and sessions. A shared file crosses
+//! as ciphertext and decrypts on arrival. (slixmpp-omemo is the other end in
+//! tests/real_clients/test_chat.py.)
 
 use std::path::Path;
 use std::time::Duration;
@@ -29,7 +31,7 @@ fn account(ts: &TestServer, jid: &str, password: &str, store: &Path) -> Account 
 async fn message(c: &mut Client) -> Incoming {
     loop {
         match tokio::time::timeout(WAIT, c.next_event()).await {
-            Ok(Ok(Event::Message(m))) => return m,
+            Ok(Ok(Event::Message(m))) => return *m,
             Ok(Ok(Event::Delivered { .. })) => {}
             Ok(Ok(other)) => panic!("expected a message, got {other:?}"),
             Ok(Err(e)) => panic!("{e}"),
@@ -109,6 +111,12 @@ async fn sdk_devices_exchange_encrypted_messages_online_and_offline() {
     let m = message(&mut b).await;
     assert_eq!(m.from, "alice@localhost");
     assert_eq!(m.text, "hello from my second device");
+    // Her first device gets a copy (XEP-0280 carbons), decrypted as hers.
+    let copy = message(&mut a1).await;
+    assert_eq!(copy.from, "alice@localhost");
+    assert_eq!(copy.sent_to.as_deref(), Some("bob@localhost"));
+    assert_eq!(copy.text, "hello from my second device");
+    assert!(copy.encrypted);
     // Bob's device confirms receipt (XEP-0184), and alice's second device hears of it.
     match tokio::time::timeout(WAIT, a2.next_event()).await {
         Ok(Ok(Event::Delivered { from, id })) => {
@@ -152,17 +160,35 @@ async fn sdk_devices_exchange_encrypted_messages_online_and_offline() {
     );
 
     // The history of each store.
-    let h = a1.history(Some("bob@localhost"), 10).unwrap();
+    let lines = |c: &Client| {
+        c.history(Some("bob@localhost"), 10)
+            .unwrap()
+            .into_iter()
+            .map(|e| {
+                assert!(e.encrypted);
+                (e.outgoing, e.text)
+            })
+            .filter(|(_, t)| !t.starts_with("aesgcm://"))
+            .collect::<Vec<_>>()
+    };
+    let from_bob = |t: &str| (false, t.to_owned());
+    let to_bob = |t: &str| (true, t.to_owned());
+    // The first device has all of it, its sibling's message included (the carbon); the
+    // second only what happened after it joined.
     assert_eq!(
-        h.iter().map(|e| e.text.as_str()).collect::<Vec<_>>()[..2],
-        ["while you were out", "to both of you"]
+        lines(&a1),
+        [
+            from_bob("while you were out"),
+            from_bob("to both of you"),
+            to_bob("hello from my second device")
+        ]
     );
-    assert!(h.iter().all(|e| !e.outgoing && e.encrypted));
-    let h = a2.history(None, 10).unwrap();
-    assert!(
-        h.iter()
-            .any(|e| e.outgoing && e.text == "hello from my second device"),
-        "{h:?}"
+    assert_eq!(
+        lines(&a2),
+        [
+            from_bob("to both of you"),
+            to_bob("hello from my second device")
+        ]
     );
 
     // A store is one client's at a time.

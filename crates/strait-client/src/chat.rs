@@ -19,6 +19,11 @@
 //! The local store is locked while a client has it open: two processes on one store would
 //! advance the same ratchets and break each other's sessions.
 //!
+//! The account's devices stay in step: each message is encrypted for the account's other
+//! devices too, and the server's copies of what they send and receive (XEP-0280 carbons) are
+//! decrypted and reported ([`Incoming::sent_to`] marks the account's own). Delivery receipts
+//! (XEP-0184) are asked for and given: [`Event::Delivered`].
+//!
 //! Files (images, voice notes, videos, documents) go as XEP-0454 media: [`Client::send_file`]
 //! encrypts the file with a fresh key (AES-256-GCM), uploads the ciphertext to the server's
 //! XEP-0363 service, and sends the `aesgcm://` link, which carries the key, inside an
@@ -51,6 +56,7 @@ const NS_SM: &str = "urn:xmpp:sm:3";
 const NS_INTEROP: &str = "urn:strait:interop:0";
 const NS_UPLOAD: &str = "urn:xmpp:http:upload:0";
 const NS_RECEIPTS: &str = "urn:xmpp:receipts";
+const NS_CARBONS: &str = "urn:xmpp:carbons:2";
 const NS_DISCO_ITEMS: &str = "http://jabber.org/protocol/disco#items";
 const NS_DISCO_INFO: &str = "http://jabber.org/protocol/disco#info";
 /// The largest shared file [`Client::download`] takes.
@@ -159,12 +165,15 @@ pub struct Incoming {
     pub id: Option<String>,
     /// Set when the (encrypted) text is an `aesgcm://` link: a shared file.
     pub media: Option<Media>,
+    /// Set for the copy of a message another device of this account sent (XEP-0280 carbons):
+    /// its recipient. `from` is then this account.
+    pub sent_to: Option<String>,
 }
 
 /// What [`Client::next_event`] returns.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
-    Message(Incoming),
+    Message(Box<Incoming>),
     /// A message arrived that could not be decrypted (not for this device, a broken session,
     /// an OMEMO version this client does not speak).
     Undecryptable {
@@ -393,6 +402,10 @@ impl Client {
             _lock: lock,
         };
         c.publish().await?;
+        // Copies of what the account's other devices send and receive (XEP-0280); a server
+        // without carbons answers with an error, and the client goes on without.
+        c.iq(|id| format!("<iq type='set' id='{id}'><enable xmlns='{NS_CARBONS}'/></iq>"))
+            .await?;
         c.conn.send_stanza(b"<presence/>");
         c.conn.flush().await?;
         Ok(c)
@@ -845,9 +858,46 @@ impl Client {
         if !el.is("message") {
             return Ok(None);
         }
+        let carbon = ["sent", "received"].into_iter().find_map(|kind| {
+            el.child(kind)
+                .filter(|c| c.attr("xmlns").as_deref() == Some(NS_CARBONS))
+                .and_then(|c| c.child("forwarded"))
+                .and_then(|f| f.child("message"))
+                .map(|m| (kind == "sent", m))
+        });
+        match carbon {
+            // XEP-0280 §11: only the account itself (its bare JID) hands out carbons.
+            Some(_)
+                if !el
+                    .attr("from")
+                    .is_some_and(|f| f.eq_ignore_ascii_case(&self.jid)) =>
+            {
+                Ok(None)
+            }
+            Some((sent, inner)) => self.handle_message(&inner, Some(sent)),
+            None => self.handle_message(&el, None),
+        }
+    }
+
+    /// A message, or (`carbon`: `Some(sent)`) the copy of one that another device of the
+    /// account sent or received.
+    fn handle_message(
+        &mut self,
+        el: &Element<'_>,
+        carbon: Option<bool>,
+    ) -> Result<Option<Event>, ChatError> {
+        let raw = el.raw();
         let from = bare(&el.attr("from").unwrap_or_default()).to_ascii_lowercase();
         let id = el.attr("id").map(|i| i.into_owned());
+        // A copy of what another device sent: its recipient is the chat.
+        let sent_to = match carbon {
+            Some(true) => Some(bare(&el.attr("to").unwrap_or_default()).to_ascii_lowercase()),
+            _ => None,
+        };
         if el.attr("type").as_deref() == Some("error") {
+            if carbon.is_some() {
+                return Ok(None);
+            }
             let (condition, text) = error_of(raw);
             return Ok(Some(Event::Bounced {
                 id,
@@ -859,17 +909,22 @@ impl Client {
             .child("received")
             .filter(|r| r.attr("xmlns").as_deref() == Some(NS_RECEIPTS))
         {
+            if carbon.is_some() {
+                return Ok(None); // a receipt another device gave or got
+            }
             return Ok(r.attr("id").map(|id| Event::Delivered {
                 from,
                 id: id.into_owned(),
             }));
         }
-        if let Some(ev) = self.device_list_update(&el, &from) {
+        if let Some(ev) = self.device_list_update(el, &from) {
             return Ok(ev);
         }
         // A delivery receipt, if asked for, once the message is handled (below) and only for a
-        // message that is shown: one that could not be decrypted is not confirmed.
+        // message that is shown: one that could not be decrypted is not confirmed. (For a
+        // carbon, the device that got the message confirms it.)
         let wants_receipt = id.is_some()
+            && carbon.is_none()
             && el
                 .child("request")
                 .is_some_and(|r| r.attr("xmlns").as_deref() == Some(NS_RECEIPTS));
@@ -890,11 +945,14 @@ impl Client {
                 return Ok(None); // chat states, receipts, ...
             };
             let text = decode(body.inner()).into_owned();
-            self.record(&from, false, &text, false, origin.as_ref())?;
+            match &sent_to {
+                Some(peer) => self.record(peer, true, &text, false, None)?,
+                None => self.record(&from, false, &text, false, origin.as_ref())?,
+            }
             if wants_receipt {
                 self.send_receipt(&reply_to, id.as_deref().unwrap_or_default());
             }
-            return Ok(Some(Event::Message(Incoming {
+            return Ok(Some(Event::Message(Box::new(Incoming {
                 from,
                 text,
                 encrypted: false,
@@ -904,7 +962,8 @@ impl Client {
                 id,
                 // A link in clear is not media: its key would have crossed in plaintext.
                 media: None,
-            })));
+                sent_to,
+            }))));
         };
         if enc.attr("xmlns").as_deref() != Some(NS_V03) {
             return Ok(Some(Event::Undecryptable {
@@ -918,11 +977,14 @@ impl Client {
             }));
         }
         let xml = String::from_utf8_lossy(enc.raw()).into_owned();
-        let decrypted = EncryptedV03::parse(&xml)
-            .map_err(DeviceError::from)
-            .and_then(|e| self.device.decrypt(&from, &e, &mut OsRng));
+        let parsed = EncryptedV03::parse(&xml).map_err(DeviceError::from);
+        let key_transport = parsed.as_ref().is_ok_and(|e| e.payload.is_none());
+        let decrypted = parsed.and_then(|e| self.device.decrypt(&from, &e, &mut OsRng));
         let d = match decrypted {
             Ok(d) => d,
+            // An empty message for another device (one completing its session, seen here as a
+            // carbon): nothing for the user.
+            Err(DeviceError::NotForUs(_)) if key_transport => return Ok(None),
             Err(e) => {
                 return Ok(Some(Event::Undecryptable {
                     from,
@@ -957,7 +1019,10 @@ impl Client {
             return Ok(None);
         };
         let text = String::from_utf8_lossy(&plain).into_owned();
-        self.record(&from, false, &text, true, origin.as_ref())?;
+        match &sent_to {
+            Some(peer) => self.record(peer, true, &text, true, None)?,
+            None => self.record(&from, false, &text, true, origin.as_ref())?,
+        }
         if wants_receipt {
             self.send_receipt(&reply_to, id.as_deref().unwrap_or_default());
         }
@@ -965,7 +1030,7 @@ impl Client {
             name: file_name(&url),
             url,
         });
-        Ok(Some(Event::Message(Incoming {
+        Ok(Some(Event::Message(Box::new(Incoming {
             from,
             text,
             encrypted: true,
@@ -974,7 +1039,8 @@ impl Client {
             delayed,
             id,
             media,
-        })))
+            sent_to,
+        }))))
     }
 
     fn send_receipt(&mut self, to: &str, for_id: &str) {

@@ -185,7 +185,13 @@ fn line(m: &Incoming) -> String {
     if let Some(f) = &m.media {
         tags.push(format!("file {}", f.name));
     }
-    format!("{} [{}]: {}", m.from, tags.join(", "), m.text)
+    match &m.sent_to {
+        Some(to) => {
+            tags.push("from another device".into());
+            format!("{} to {to} [{}]: {}", m.from, tags.join(", "), m.text)
+        }
+        None => format!("{} [{}]: {}", m.from, tags.join(", "), m.text),
+    }
 }
 
 fn print_event(ev: &Event) {
