@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import io
 import os
 import re
 import subprocess
 import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
@@ -24,6 +26,7 @@ from interop_helpers import ProviderBackend  # noqa: E402
 from omemo_helpers import (NS_OLD, NS_TWO, OMEMO_TIMEOUT, decrypt, omemo_client,  # noqa: E402
                            send_encrypted)
 from xmpp_helpers import Account, Clients, run  # noqa: E402
+from slixmpp import JID  # noqa: E402
 
 PLATFORM = "platform.test"
 PROVIDER = "provider.test"
@@ -32,19 +35,22 @@ PROVIDER = "provider.test"
 class Kit:
     """`strait conformance` in a subprocess, on free loopback ports."""
 
-    def __init__(self, server, backend: ProviderBackend, timeout: int) -> None:
+    def __init__(self, server, backend: ProviderBackend, timeout: int,
+                 check_media: bool = False) -> None:
         self.work = tempfile.mkdtemp(prefix="strait-kit-")
         jwks = os.path.join(self.work, "jwks.json")
         with open(jwks, "w") as fh:
             fh.write(backend.jwks)
-        self.c2s, self.tls = free_ports(2)
+        self.c2s, self.tls, self.https = free_ports(3)
         self.log_path = os.path.join(self.work, "kit.log")
         self.log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
             [server.binary, "conformance", "--issuer", backend.issuer, "--jwks", jwks,
              "--provider-domain", PROVIDER, "--platform-domain", PLATFORM,
              "--listen", f"127.0.0.1:{self.c2s}", "--listen-tls", f"127.0.0.1:{self.tls}",
-             "--data-dir", os.path.join(self.work, "data"), "--timeout", str(timeout)],
+             "--listen-https", f"127.0.0.1:{self.https}",
+             "--data-dir", os.path.join(self.work, "data"), "--timeout", str(timeout)]
+            + (["--check-media"] if check_media else []),
             stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         self.ca = os.path.join(self.work, "data", "tls", "ca.pem")
         deadline = time.monotonic() + 30
@@ -55,7 +61,8 @@ class Kit:
             time.sleep(0.1)
         # The clients' view of the kit's platform.
         self.server = dataclasses.replace(server, c2s_port=self.c2s, tls_port=self.tls,
-                                          ca_file=self.ca, domains=[PLATFORM, PROVIDER])
+                                          https_port=self.https, ca_file=self.ca,
+                                          domains=[PLATFORM, PROVIDER])
 
     def output(self) -> str:
         with open(self.log_path, "rb") as fh:
@@ -142,5 +149,92 @@ def test_the_kit_fails_a_client_that_does_not_answer(server):
         out = kit.output()
         assert "PASS encrypted:" in out and "PASS reply" not in out, out
         assert "not passed within" in out and "reply" in out.split("not passed within")[1], out
+    finally:
+        kit.stop()
+
+
+@pytest.mark.timeout(4 * OMEMO_TIMEOUT)
+def test_the_kit_checks_a_shared_file(server, monkeypatch):
+    """With --check-media the client must also share a file as OMEMO clients do (XEP-0454):
+    slixmpp's xep_0454 encrypts and uploads it to the kit's platform, and the link goes to the
+    bot encrypted; the bot downloads it and it decrypts."""
+    if server.kind != "strait":
+        pytest.skip("runs the strait binary's conformance kit")
+    from test_upload import session
+    import slixmpp.plugins.xep_0363.http_upload as hu
+    backend = ProviderBackend(PROVIDER)
+    kit = Kit(server, backend, timeout=int(3 * OMEMO_TIMEOUT), check_media=True)
+    monkeypatch.setattr(hu, "ClientSession", lambda *a, **kw: session(kit.server, *a, **kw))
+    try:
+        async def body():
+            async with Clients(kit.server) as cs:
+                me = Account(jid=f"sharer@{PROVIDER}", password="unused")
+                c = await omemo_client(cs, me, "app", token=backend.token("sharer", PLATFORM))
+                for p in ("xep_0363", "xep_0454"):
+                    c.register_plugin(p)
+                echo = f"echo@{PLATFORM}"
+                sm = await c.plugin["xep_0384"].get_session_manager()
+                await sm.refresh_device_lists(echo)
+                await send_encrypted(c, echo, NS_OLD, "hello, kit")
+                answer = await c.wait_message(
+                    lambda m: m["from"].bare == echo
+                    and m.xml.find(f"{{{NS_OLD}}}encrypted") is not None,
+                    "the echo bot's encrypted answer", timeout=OMEMO_TIMEOUT)
+                text, _ = await decrypt(c, answer, NS_OLD)
+                code = re.search(r"code (\d{6})", text).group(1)
+                await send_encrypted(c, echo, NS_OLD, f"the code is {code}")
+                link = await c.plugin["xep_0454"].upload_file(
+                    Path("photo.jpg"), input_file=io.BytesIO(b"\xff\xd8" + os.urandom(5000)),
+                    domain=JID(PLATFORM))
+                await send_encrypted(c, echo, NS_OLD, link)
+                status = await asyncio.get_running_loop().run_in_executor(
+                    None, kit.wait, OMEMO_TIMEOUT)
+                assert status == 0, kit.output()
+
+        run(body(), timeout=3 * OMEMO_TIMEOUT)
+        out = kit.output()
+        assert "PASS media:" in out and "5018 bytes stored encrypted, 5002 bytes once" in out, out
+        assert "all 6 checks passed" in out, out
+    finally:
+        kit.stop()
+
+
+@pytest.mark.timeout(4 * OMEMO_TIMEOUT)
+def test_strait_chat_passes_the_kit(server):
+    """The client SDK, as `strait chat` with a token, is itself a conforming client: it
+    passes every check, the shared file included."""
+    if server.kind != "strait":
+        pytest.skip("runs the strait binary's conformance kit")
+    backend = ProviderBackend(PROVIDER)
+    kit = Kit(server, backend, timeout=int(3 * OMEMO_TIMEOUT), check_media=True)
+    work = tempfile.mkdtemp(prefix="strait-chat-kit-")
+    token = os.path.join(work, "token")
+    with open(token, "w") as fh:
+        fh.write(backend.token("sdk-user", PLATFORM))
+    photo = os.path.join(work, "photo.jpg")
+    with open(photo, "wb") as fh:
+        fh.write(os.urandom(3000))
+    echo = f"echo@{PLATFORM}"
+
+    def chat(*args: str) -> str:
+        res = subprocess.run(
+            [server.binary, "chat", "--jid", f"sdk-user@{PROVIDER}", "--token-file", token,
+             "--server", f"127.0.0.1:{kit.c2s}", "--ca-file", kit.ca,
+             "--http-via", f"127.0.0.1:{kit.https}", "--store", os.path.join(work, "store"),
+             *args], capture_output=True, text=True, timeout=60)
+        assert res.returncode == 0, f"strait chat {args}: {res.stdout}\n{res.stderr}\n{kit.output()}"
+        return res.stdout
+
+    try:
+        chat("send", echo, "hello, kit")
+        answer = chat("listen", "--count", "1", "--timeout", "30")
+        code = re.search(r"code (\d{6})", answer)
+        assert code, answer
+        chat("send", echo, f"the code is {code.group(1)}")
+        chat("send-file", echo, photo)
+        assert kit.wait(OMEMO_TIMEOUT) == 0, kit.output()
+        out = kit.output()
+        assert "PASS encrypted: an OMEMO 0.3 message" in out, out
+        assert "PASS media:" in out and "all 6 checks passed" in out, out
     finally:
         kit.stop()

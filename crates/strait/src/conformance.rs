@@ -15,8 +15,12 @@
 //! 5. `reply`: the client decrypts the bot's encrypted answer: it sends back the code the
 //!    answer carries, encrypted.
 //!
-//! The run ends when all five pass (exit 0) or at the time limit (exit 1, saying what is
-//! missing).
+//! 6. `media` (with `--check-media`, else reported if it happens): the client shares a file
+//!    as OMEMO media do (XEP-0454): uploaded encrypted to the platform's XEP-0363 service,
+//!    its `aesgcm://` link in an encrypted message; the bot downloads it and it decrypts.
+//!
+//! The run ends when all required checks pass (exit 0) or at the time limit (exit 1, saying
+//! what is missing).
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
@@ -27,6 +31,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use strait_client::conn::{self as client, ClientSettings, Connection, Login, Verify};
+use strait_client::https::Https;
 use strait_client::omemo::{self, Omemo, item_payload};
 use strait_client::xml::{Element, escape};
 use strait_server::interop::consent::{self, ConsentChange};
@@ -34,6 +39,7 @@ use strait_server::interop::registry::{self, Actor};
 use strait_server::{Config, Server};
 use strait_signal::device::{DeviceV2, DeviceV03};
 use strait_signal::keys::IdentityKeyPair;
+use strait_signal::media::{AesgcmUrl, parse_media_body};
 use strait_signal::omemo::xml::v2::{self as x2, BundleV2, DeviceListV2, EncryptedV2};
 use strait_signal::omemo::xml::v03::{BundleV03, DeviceListV03, EncryptedV03};
 use strait_signal::omemo::{NODE_V2_DEVICES, NODE_V03_DEVICELIST, NS_V2, NS_V03};
@@ -62,6 +68,13 @@ pub struct ConformanceArgs {
     /// Where it listens for direct TLS (XEP-0368).
     #[arg(long, default_value = "127.0.0.1:5223")]
     listen_tls: SocketAddr,
+    /// Where its file service (XEP-0363) listens for HTTPS; its slots name
+    /// upload.<platform domain> on this port.
+    #[arg(long, default_value = "127.0.0.1:5443")]
+    listen_https: SocketAddr,
+    /// Require the `media` check too: share a file with the bot (XEP-0454).
+    #[arg(long)]
+    check_media: bool,
     /// The platform's data directory (default: a scratch directory, removed at the end).
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -72,11 +85,15 @@ pub struct ConformanceArgs {
 
 const ECHO: &str = "echo";
 const CHECKS: [&str; 5] = ["login", "device-list", "bundle", "encrypted", "reply"];
+const MEDIA: &str = "media";
+/// The largest file the bot downloads.
+const MAX_FILE: usize = 100 << 20;
 
 /// What has passed, and what went wrong, in the order it happened.
 #[derive(Default)]
 struct Report {
     passed: BTreeMap<&'static str, String>,
+    media_required: bool,
 }
 
 impl Report {
@@ -91,8 +108,17 @@ impl Report {
         println!("FAIL {check}: {why}");
     }
 
+    /// The checks this run requires.
+    fn required(&self) -> Vec<&'static str> {
+        let mut c = CHECKS.to_vec();
+        if self.media_required {
+            c.push(MEDIA);
+        }
+        c
+    }
+
     fn done(&self) -> bool {
-        CHECKS.iter().all(|c| self.passed.contains_key(c))
+        self.required().iter().all(|c| self.passed.contains_key(c))
     }
 }
 
@@ -111,7 +137,9 @@ pub async fn run(a: ConformanceArgs) -> Result<bool> {
     };
     config.listen.c2s = vec![a.listen];
     config.listen.c2s_direct_tls = vec![a.listen_tls];
-    config.upload.listen = Vec::new();
+    config.upload.listen = vec![a.listen_https];
+    // A scratch platform: the disk's free-space reserve is the real platform's business.
+    config.upload.min_free_bytes = 0;
     config.validate()?;
     let server = Server::start(config)
         .await
@@ -168,6 +196,17 @@ pub async fn run(a: ConformanceArgs) -> Result<bool> {
     println!(
         "strait conformance: send an OMEMO (0.3 or 2) message to {echo}, then send back, encrypted, the code its answer carries"
     );
+    let https = server
+        .https_addrs()
+        .first()
+        .copied()
+        .context("no HTTPS listener")?;
+    println!(
+        "strait conformance: {}share a file with {echo} (XEP-0454: encrypted, uploaded to upload.{} on {https}; make that name resolve to {})",
+        if a.check_media { "" } else { "optionally, " },
+        a.platform_domain,
+        https.ip()
+    );
     let starttls = server
         .local_addrs()
         .iter()
@@ -179,7 +218,7 @@ pub async fn run(a: ConformanceArgs) -> Result<bool> {
         domain: a.platform_domain.clone(),
         tls_name: rustls::pki_types::ServerName::try_from(a.platform_domain.clone())?,
         direct_tls: false,
-        tls: client::tls_config(&Verify::CaFile(ca), false)?,
+        tls: client::tls_config(&Verify::CaFile(ca.clone()), false)?,
         mechanism: None,
         allow_plain: false,
         source_ips: 0,
@@ -197,12 +236,22 @@ pub async fn run(a: ConformanceArgs) -> Result<bool> {
         .await
         .map_err(|e| anyhow::anyhow!("the echo bot could not log in: {e}"))?;
     let mut bot = Bot::new(&echo, &a.provider_domain)?;
+    bot.report.media_required = a.check_media;
+    bot.https = Some(Https::new(
+        client::tls_config(&Verify::CaFile(ca), false)?,
+        Some(https),
+    ));
     let deadline = Instant::now() + Duration::from_secs(a.timeout);
     let ok = bot.serve(conn, deadline).await;
     if ok {
-        println!("strait conformance: all {} checks passed", CHECKS.len());
+        println!(
+            "strait conformance: all {} checks passed",
+            bot.report.required().len()
+        );
     } else {
-        let missing: Vec<&str> = CHECKS
+        let missing: Vec<&str> = bot
+            .report
+            .required()
             .iter()
             .filter(|c| !bot.report.passed.contains_key(*c))
             .copied()
@@ -243,6 +292,10 @@ struct Bot {
     /// Per peer: the code its last answer carried.
     codes: HashMap<String, String>,
     report: Report,
+    /// For the files shared with the bot.
+    https: Option<Https>,
+    /// Shared files to fetch: who shared it, the link.
+    downloads: Vec<(String, AesgcmUrl)>,
 }
 
 impl Bot {
@@ -266,6 +319,8 @@ impl Bot {
             awaiting: HashMap::new(),
             codes: HashMap::new(),
             report: Report::default(),
+            https: None,
+            downloads: Vec::new(),
         })
     }
 
@@ -341,6 +396,34 @@ impl Bot {
                     .fail("setup", format!("the echo bot's stream: {e}"));
                 return false;
             }
+            for (peer, url) in std::mem::take(&mut self.downloads) {
+                self.check_media(&peer, &url).await;
+            }
+        }
+    }
+
+    /// The `media` check: the shared file downloads from the platform's file service and
+    /// decrypts with the link's key.
+    async fn check_media(&mut self, peer: &str, url: &AesgcmUrl) {
+        let Some(https) = self.https.clone() else {
+            return;
+        };
+        let at = url.https_url();
+        let result = match https.get(&at, MAX_FILE).await {
+            Err(e) => Err(format!("downloading {at}: {e}")),
+            Ok(ciphertext) => url
+                .decrypt(&ciphertext)
+                .map(|plain| (ciphertext.len(), plain.len()))
+                .map_err(|e| format!("{at} does not decrypt with the link's key: {e}")),
+        };
+        match result {
+            Ok((stored, plain)) => self.report.pass(
+                MEDIA,
+                format!(
+                    "{peer} shared a file: {stored} bytes stored encrypted, {plain} bytes once decrypted"
+                ),
+            ),
+            Err(e) => self.report.fail(MEDIA, format!("{peer}: {e}")),
         }
     }
 
@@ -422,6 +505,11 @@ impl Bot {
                 text.len()
             ),
         );
+        if let Some((url, _thumbnail)) = parse_media_body(&text) {
+            // A shared file: fetched after this batch of stanzas (the download is async).
+            self.downloads.push((bare, url));
+            return;
+        }
         if self
             .codes
             .get(&bare)
