@@ -11,6 +11,7 @@ use std::path::Path;
 use std::time::Duration;
 use strait_client::chat::{Account, ChatError, Client, Credential, Event, Incoming};
 use strait_client::conn::Verify;
+use strait_client::omemo::Omemo;
 use strait_tests::{TestServer, WAIT};
 
 fn account(ts: &TestServer, jid: &str, password: &str, store: &Path) -> Account {
@@ -79,6 +80,11 @@ async fn sdk_devices_exchange_encrypted_messages_online_and_offline() {
         .await
         .unwrap();
     assert_eq!(sent.devices, 1);
+    assert_eq!(
+        sent.omemo,
+        Omemo::V03,
+        "0.3 first, when the contact lists 0.3 devices"
+    );
 
     let mut a1 = Client::connect(&a1_account).await.unwrap();
     assert_eq!(a1.device_id(), a1_id, "the store keeps the device");

@@ -29,7 +29,7 @@ slixmpp_omemo = pytest.importorskip("slixmpp_omemo")
 
 from conftest import strait_binary  # noqa: E402
 from interop_helpers import register_provider  # noqa: E402
-from omemo_helpers import (NS_OLD, OMEMO_TIMEOUT, decrypt, omemo_client,  # noqa: E402
+from omemo_helpers import (NS_OLD, NS_TWO, OMEMO_TIMEOUT, decrypt, omemo_client,  # noqa: E402
                            send_encrypted, tok)
 from xmpp_helpers import Account, Clients, run, within  # noqa: E402
 from test_upload import http, uploads_through_loopback  # noqa: E402,F401  (a fixture)
@@ -221,3 +221,38 @@ def test_strait_chat_shares_files_with_slixmpp_omemo(server, new_account,
     assert os.listdir(saved) == [name]
     with open(os.path.join(saved, name), "rb") as fh:
         assert fh.read() == voice
+
+
+@pytest.mark.timeout(4 * OMEMO_TIMEOUT)
+def test_strait_chat_speaks_omemo_2_with_a_client_that_has_only_omemo_2(server, new_account):
+    """strait chat writes OMEMO 0.3 to a contact that lists 0.3 devices and OMEMO 2 to one that
+    lists only OMEMO 2 devices; it reads both. slixmpp-omemo publishes both, so its OMEMO 0.3
+    device list is deleted first."""
+    pytest.importorskip("twomemo")
+    a, b = new_account(prefix="ta"), new_account(prefix="tb")
+    store = tempfile.mkdtemp(prefix="strait-chat-")
+    sa = os.path.join(store, "a")
+    to_b, to_a = tok("TWO-to-b"), tok("TWO-to-a")
+
+    async def body():
+        async with Clients(server) as cs:
+            cb = await omemo_client(cs, b, "B")
+            await cb.plugin["xep_0060"].delete_node(
+                JID(b.jid), "eu.siacs.conversations.axolotl.devicelist", timeout=10)
+            res = await asyncio.to_thread(chat, server, a, sa, "send", b.jid, to_b)
+            mid = sent_id(res)
+            m = await cb.wait_message(lambda m: m["id"] == mid, f"message {mid}")
+            assert m.xml.find(f"{{{NS_TWO}}}encrypted") is not None, m
+            assert m.xml.find(f"{{{NS_OLD}}}encrypted") is None, m
+            assert to_b not in str(m)
+            body, dev = await decrypt(cb, m, NS_TWO)
+            assert body == to_b, (body, to_b)
+            # And back, in OMEMO 2 (the plugin encrypts for the devices strait chat listed).
+            await send_encrypted(cb, a.jid, NS_TWO, to_a)
+            await cb.sync()
+            res = await asyncio.to_thread(chat, server, a, sa, "listen", "--count", "1",
+                                          "--timeout", "30")
+            assert res.stdout.rstrip().endswith(f": {to_a}"), res.stdout
+            assert "[encrypted" in res.stdout, res.stdout
+
+    run(body(), timeout=3 * OMEMO_TIMEOUT)

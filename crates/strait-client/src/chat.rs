@@ -3,9 +3,11 @@
 //! [`Client::connect`] opens the account's local store (a directory: `signal.db`, the Signal
 //! protocol's keys and sessions, and `chat.db`, the device id and the message history), logs in
 //! (SCRAM with a password, or OAUTHBEARER with a token from the user's provider), publishes
-//! the device in the OMEMO 0.3 device list and its bundle (open access, so that users of other
-//! providers can start a session), then says it is available, so that messages queued while it
-//! was away arrive.
+//! the device in the OMEMO 0.3 and OMEMO 2 device lists with its bundles (open access, so that
+//! users of other providers can start a session), then says it is available, so that messages
+//! queued while it was away arrive. It writes OMEMO 0.3 (the Signal protocol's own format, as
+//! DESIGN.md makes primary) to contacts that list 0.3 devices and OMEMO 2 to those that list
+//! only OMEMO 2 ones; it reads both.
 //!
 //! [`Client::send`] encrypts for every device of the contact and of the account's own other
 //! devices (fetching device lists and bundles as needed) and returns once the server has taken
@@ -30,7 +32,7 @@
 //! encrypted message; the server only ever holds ciphertext. An incoming link is reported as
 //! [`Incoming::media`], and [`Client::download`] fetches and decrypts it.
 //!
-//! Not here yet: OMEMO 2 (the store for its sessions is in memory only), group chats.
+//! Not here yet: group chats.
 
 use crate::conn::{self, ClientSettings, ConnError, Connection, Login, LoginError, Verify};
 use crate::https::{Https, HttpsError};
@@ -44,11 +46,13 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use strait_signal::device::{DeviceError, DeviceV03};
+use strait_signal::device::{DeviceError, DeviceV2, DeviceV03};
 use strait_signal::fingerprint::{display_groups, omemo_fingerprint};
 use strait_signal::media::{self, AesgcmUrl, MediaError, parse_media_body};
+use strait_signal::omemo::DEVICE_ID_MAX;
+use strait_signal::omemo::xml::v2::{self as x2, BundleV2, DeviceListV2, EncryptedV2};
 use strait_signal::omemo::xml::v03::{BundleV03, DeviceListV03, EncryptedV03};
-use strait_signal::omemo::{DEVICE_ID_MAX, NS_V03};
+use strait_signal::omemo2::store::Omemo2Store;
 use strait_signal::store::sqlite::SqliteSignalStore;
 use strait_signal::store::{Address, IdentityKeyStore, SessionStore};
 
@@ -212,6 +216,8 @@ pub struct Sent {
     pub id: String,
     /// The devices it was encrypted for (the contact's and this account's other devices).
     pub devices: usize,
+    /// The OMEMO version it went in.
+    pub omemo: Omemo,
 }
 
 /// A connected account. See the module documentation.
@@ -219,13 +225,16 @@ pub struct Client {
     conn: Connection,
     jid: String,
     device: DeviceV03<SqliteSignalStore>,
+    /// The same device in OMEMO 2 (same id and identity key; its own sessions and prekeys, in
+    /// the same database).
+    device2: DeviceV2<SqliteSignalStore>,
     history: rusqlite::Connection,
     /// Stanzas read while waiting for something else, in order.
     inbox: VecDeque<Vec<u8>>,
     /// An event handled but not yet returned: its acknowledgement is being written.
     ready: Option<Event>,
     /// Bundles fetched on this connection (not fetched twice).
-    fetched: HashSet<(String, u32)>,
+    fetched: HashSet<(String, u32, Omemo)>,
     next_id: u64,
     id_prefix: String,
     https: Https,
@@ -339,6 +348,13 @@ impl Client {
             SqliteSignalStore::open_or_generate(account.store.join("signal.db"), &mut OsRng)
                 .map_err(|e| store_err(&e))?;
         let device = DeviceV03::new(&jid, device_id, store, &mut OsRng)?;
+        let store2 = SqliteSignalStore::open_existing(account.store.join("signal.db"))
+            .map_err(|e| store_err(&e))?;
+        let identity = device
+            .store()
+            .identity_key_pair()
+            .map_err(DeviceError::from)?;
+        let device2 = DeviceV2::new(&jid, device_id, identity, store2, &mut OsRng)?;
 
         let tls_name = account
             .tls_name
@@ -391,6 +407,7 @@ impl Client {
             conn,
             jid,
             device,
+            device2,
             history,
             inbox: VecDeque::new(),
             ready: None,
@@ -484,13 +501,14 @@ impl Client {
             .await
     }
 
-    /// A device list from PEP (`None`: the account has none, or it cannot be read, with the
-    /// error condition).
+    /// A device list of version `v` from PEP: the device ids with the list itself as XML (or
+    /// an empty list if the account has none), or why it cannot be read.
     async fn device_list(
         &mut self,
         of: Option<&str>,
-    ) -> Result<Result<Vec<u32>, String>, ChatError> {
-        let node = Omemo::V03.devices_node();
+        v: Omemo,
+    ) -> Result<Result<(Vec<u32>, Option<DeviceListV2>), String>, ChatError> {
+        let node = v.devices_node();
         let raw = self.iq(|id| omemo::items_query(id, of, node, None)).await?;
         let el = Element::parse(&raw).ok_or(ConnError::Protocol("unparsable answer".into()))?;
         if el.attr("type").as_deref() != Some("result") {
@@ -500,40 +518,77 @@ impl Client {
                 None => condition,
             }));
         }
-        Ok(match omemo::item_payload(&el) {
-            None => Ok(Vec::new()),
-            Some(x) => DeviceListV03::parse(&x)
-                .map(|l| l.devices)
+        let Some(x) = omemo::item_payload(&el) else {
+            return Ok(Ok((Vec::new(), None)));
+        };
+        Ok(match v {
+            Omemo::V03 => DeviceListV03::parse(&x)
+                .map(|l| (l.devices, None))
+                .map_err(|e| format!("malformed device list: {e}")),
+            Omemo::V2 => DeviceListV2::parse(&x)
+                .map(|l| (l.devices.iter().map(|d| d.id).collect(), Some(l)))
                 .map_err(|e| format!("malformed device list: {e}")),
         })
     }
 
-    /// Publishes this device in the account's device list (keeping the other devices) and its
-    /// bundle.
+    /// Publishes this device in the account's device lists of both versions (keeping the
+    /// other devices, and their labels) and its bundles.
     async fn publish(&mut self) -> Result<(), ChatError> {
         let own = self.jid.clone();
-        let mut devices = match self.device_list(None).await? {
-            Ok(d) => d,
-            // No list yet (a new account).
-            Err(c) if c.starts_with("item-not-found") => Vec::new(),
-            Err(c) => return Err(ChatError::Publish(format!("reading the device list: {c}"))),
-        };
         let me = self.device.device_id();
-        let others: Vec<u32> = devices.iter().copied().filter(|d| *d != me).collect();
-        self.device.set_device_list(&own, others);
-        if !devices.contains(&me) {
-            devices.push(me);
-            let list = DeviceListV03 { devices }.to_xml();
-            self.publish_item(Omemo::V03.devices_node(), "current", &list)
+        for v in [Omemo::V03, Omemo::V2] {
+            let (devices, list2) = match self.device_list(None, v).await? {
+                Ok(d) => d,
+                // No list yet (a new account).
+                Err(c) if c.starts_with("item-not-found") => (Vec::new(), None),
+                Err(c) => {
+                    return Err(ChatError::Publish(format!(
+                        "reading the {} device list: {c}",
+                        v.name()
+                    )));
+                }
+            };
+            let others = devices.iter().copied().filter(|d| *d != me);
+            match v {
+                Omemo::V03 => self.device.set_device_list(&own, others),
+                Omemo::V2 => self.device2.set_device_list(&own, others),
+            }
+            if !devices.contains(&me) {
+                let list = match v {
+                    Omemo::V03 => DeviceListV03 {
+                        devices: devices.iter().copied().chain([me]).collect(),
+                    }
+                    .to_xml(),
+                    Omemo::V2 => {
+                        let mut l = list2.unwrap_or(DeviceListV2 {
+                            devices: Vec::new(),
+                        });
+                        l.devices.push(x2::DeviceV2 {
+                            id: me,
+                            label: None,
+                            label_sig: None,
+                        });
+                        l.to_xml()
+                    }
+                };
+                self.publish_item(v.devices_node(), "current", &list, false)
+                    .await?;
+            }
+            let (node, item, bundle) = self.bundle_item(v)?;
+            self.publish_item(&node, &item, &bundle, v == Omemo::V2)
                 .await?;
         }
-        self.publish_bundle().await
+        Ok(())
     }
 
-    async fn publish_bundle(&mut self) -> Result<(), ChatError> {
-        let bundle = self.device.bundle()?.to_xml();
-        let (node, item) = Omemo::V03.bundle_item(self.device.device_id());
-        self.publish_item(&node, &item, &bundle).await
+    /// This device's bundle of version `v`: its node, item id and XML.
+    fn bundle_item(&self, v: Omemo) -> Result<(String, String, String), ChatError> {
+        let (node, item) = v.bundle_item(self.device.device_id());
+        let xml = match v {
+            Omemo::V03 => self.device.bundle()?.to_xml(),
+            Omemo::V2 => self.device2.bundle()?.to_xml(),
+        };
+        Ok((node, item, xml))
     }
 
     async fn publish_item(
@@ -541,9 +596,10 @@ impl Client {
         node: &str,
         item: &str,
         payload: &str,
+        keep_all: bool,
     ) -> Result<(), ChatError> {
         let raw = self
-            .iq(|id| omemo::publish_iq(id, node, item, payload, false))
+            .iq(|id| omemo::publish_iq(id, node, item, payload, keep_all))
             .await?;
         let el = Element::parse(&raw).ok_or(ConnError::Protocol("unparsable answer".into()))?;
         if el.attr("type").as_deref() != Some("result") {
@@ -555,38 +611,82 @@ impl Client {
         Ok(())
     }
 
-    /// Fetches the bundles of `jid`'s listed devices that have no session yet.
-    async fn fetch_bundles(&mut self, jid: &str) -> Result<(), ChatError> {
-        for d in self.device.devices_of(jid) {
+    /// Fetches the version-`v` bundles of `jid`'s listed devices that have no session yet.
+    async fn fetch_bundles(&mut self, jid: &str, v: Omemo) -> Result<(), ChatError> {
+        let devices = match v {
+            Omemo::V03 => self.device.devices_of(jid),
+            Omemo::V2 => self.device2.devices_of(jid),
+        };
+        for d in devices {
             let address = Address::new(jid, d);
-            let has_session = self
-                .device
-                .store()
-                .load_session(&address)
-                .map_err(DeviceError::from)?
-                .is_some();
-            if has_session || !self.fetched.insert((jid.to_owned(), d)) {
+            let has_session = match v {
+                Omemo::V03 => self
+                    .device
+                    .store()
+                    .load_session(&address)
+                    .map(|r| r.is_some()),
+                Omemo::V2 => self
+                    .device2
+                    .store()
+                    .omemo2_load_session(&address)
+                    .map(|r| r.is_some_and(|b| !b.is_empty())),
+            }
+            .map_err(DeviceError::from)?;
+            if has_session || !self.fetched.insert((jid.to_owned(), d, v)) {
                 continue;
             }
-            let (node, _) = Omemo::V03.bundle_item(d);
+            let (node, item) = v.bundle_item(d);
             let to = (jid != self.jid).then_some(jid);
+            let item = (v == Omemo::V2).then_some(item.as_str());
             let raw = self
-                .iq(|id| omemo::items_query(id, to, &node, None))
+                .iq(|id| omemo::items_query(id, to, &node, item))
                 .await?;
-            let Some(el) = Element::parse(&raw) else {
+            let Some(x) = Element::parse(&raw).and_then(|el| omemo::item_payload(&el)) else {
                 continue;
             };
             // A device whose bundle cannot be read or verified is skipped: the others still
             // get the message, and encryption fails only if none is left.
-            if let Some(b) = omemo::item_payload(&el).and_then(|x| BundleV03::parse(&x).ok()) {
-                let _ = self.device.add_bundle(jid, d, b);
-            }
+            let _ = match v {
+                Omemo::V03 => BundleV03::parse(&x)
+                    .map_err(DeviceError::from)
+                    .and_then(|b| self.device.add_bundle(jid, d, b)),
+                Omemo::V2 => BundleV2::parse(&x)
+                    .map_err(DeviceError::from)
+                    .and_then(|b| self.device2.add_bundle(jid, d, &b)),
+            };
         }
         Ok(())
     }
 
-    /// Sends `text` to `to`, end-to-end encrypted; returns once the server has it (see the
-    /// module documentation).
+    /// The OMEMO version to write to `to` in: 0.3 (the Signal protocol's own format) when it
+    /// lists devices there, else 2; with its devices recorded.
+    async fn version_for(&mut self, to: &str) -> Result<Omemo, ChatError> {
+        let mut why = String::new();
+        for v in [Omemo::V03, Omemo::V2] {
+            match self.device_list(Some(to), v).await? {
+                Ok((d, _)) if !d.is_empty() => {
+                    match v {
+                        Omemo::V03 => self.device.set_device_list(to, d),
+                        Omemo::V2 => self.device2.set_device_list(to, d),
+                    }
+                    return Ok(v);
+                }
+                Ok(_) => why = "its device lists are empty".into(),
+                Err(c) => why = format!("its device list cannot be read: {c}"),
+            }
+        }
+        // Devices known from its messages, if any.
+        if !self.device.devices_of(to).is_empty() {
+            return Ok(Omemo::V03);
+        }
+        if !self.device2.devices_of(to).is_empty() {
+            return Ok(Omemo::V2);
+        }
+        Err(ChatError::NoDevices(to.to_owned(), why))
+    }
+
+    /// Sends `text` to `to`, end-to-end encrypted (OMEMO 0.3, or 2 for a contact that has
+    /// only OMEMO 2 devices); returns once the server has it (see the module documentation).
     pub async fn send(&mut self, to: &str, text: &str) -> Result<Sent, ChatError> {
         let to = bare(to.trim()).to_owned();
         if to.eq_ignore_ascii_case(&self.jid) {
@@ -594,23 +694,21 @@ impl Client {
                 "sending to oneself is not supported".into(),
             ));
         }
-        match self.device_list(Some(&to)).await? {
-            Ok(d) if !d.is_empty() => self.device.set_device_list(&to, d),
-            Ok(_) => {
-                return Err(ChatError::NoDevices(to, "its device list is empty".into()));
-            }
-            Err(c) if self.device.devices_of(&to).is_empty() => {
-                return Err(ChatError::NoDevices(
-                    to,
-                    format!("its device list cannot be read: {c}"),
-                ));
-            }
-            Err(_) => {} // use the devices known from its messages
-        }
+        let v = self.version_for(&to).await?;
         let own = self.jid.clone();
-        self.fetch_bundles(&to).await?;
-        self.fetch_bundles(&own).await?;
-        let enc = match self.device.encrypt(&to, text.as_bytes(), &mut OsRng) {
+        self.fetch_bundles(&to, v).await?;
+        self.fetch_bundles(&own, v).await?;
+        let encrypted = match v {
+            Omemo::V03 => self
+                .device
+                .encrypt(&to, text.as_bytes(), &mut OsRng)
+                .map(|e| (e.keys.len(), e.to_xml())),
+            Omemo::V2 => self
+                .device2
+                .encrypt(&to, text, &mut OsRng)
+                .map(|e| (e.recipients.iter().map(|r| r.keys.len()).sum(), e.to_xml())),
+        };
+        let (devices, xml) = match encrypted {
             Ok(e) => e,
             Err(DeviceError::NoDevices(_)) => {
                 return Err(ChatError::NoDevices(
@@ -620,9 +718,8 @@ impl Client {
             }
             Err(e) => return Err(e.into()),
         };
-        let devices = enc.keys.len();
         let id = self.new_id();
-        let stanza = omemo::message(&to, &id, &enc.to_xml(), Omemo::V03, true);
+        let stanza = omemo::message(&to, &id, &xml, v, true);
         self.conn.send_stanza(stanza.as_bytes());
         self.confirm().await?;
         // A refusal arrives before the acknowledgement of the message it refuses.
@@ -639,7 +736,11 @@ impl Client {
             return Err(ChatError::Refused { condition, text });
         }
         self.record(&to, true, text, true, None)?;
-        Ok(Sent { id, devices })
+        Ok(Sent {
+            id,
+            devices,
+            omemo: v,
+        })
     }
 
     /// Shares a file with `to` (XEP-0454, see the module documentation): encrypted, uploaded,
@@ -965,21 +1066,34 @@ impl Client {
                 sent_to,
             }))));
         };
-        if enc.attr("xmlns").as_deref() != Some(NS_V03) {
+        let Some(v) = enc.attr("xmlns").and_then(|n| Omemo::from_ns(&n)) else {
             return Ok(Some(Event::Undecryptable {
                 from,
                 reason: format!(
-                    "{} is not supported by this client (it speaks OMEMO 0.3)",
-                    enc.attr("xmlns")
-                        .and_then(|n| Omemo::from_ns(&n))
-                        .map_or("this encryption", |v| v.name())
+                    "{:?} is not an encryption this client speaks (OMEMO 0.3 and 2)",
+                    enc.attr("xmlns").unwrap_or_default()
                 ),
             }));
-        }
+        };
         let xml = String::from_utf8_lossy(enc.raw()).into_owned();
-        let parsed = EncryptedV03::parse(&xml).map_err(DeviceError::from);
-        let key_transport = parsed.as_ref().is_ok_and(|e| e.payload.is_none());
-        let decrypted = parsed.and_then(|e| self.device.decrypt(&from, &e, &mut OsRng));
+        let (key_transport, decrypted) = match v {
+            Omemo::V03 => {
+                let parsed = EncryptedV03::parse(&xml).map_err(DeviceError::from);
+                let kt = parsed.as_ref().is_ok_and(|e| e.payload.is_none());
+                (
+                    kt,
+                    parsed.and_then(|e| self.device.decrypt(&from, &e, &mut OsRng)),
+                )
+            }
+            Omemo::V2 => {
+                let parsed = EncryptedV2::parse(&xml).map_err(DeviceError::from);
+                let kt = parsed.as_ref().is_ok_and(|e| e.payload.is_none());
+                (
+                    kt,
+                    parsed.and_then(|e| self.device2.decrypt(&from, &e, &mut OsRng)),
+                )
+            }
+        };
         let d = match decrypted {
             Ok(d) => d,
             // An empty message for another device (one completing its session, seen here as a
@@ -994,23 +1108,31 @@ impl Client {
         };
         if d.key_exchange {
             // A one-time prekey was used up: publish the topped-up bundle.
-            let bundle = self.device.bundle()?.to_xml();
-            let (node, item) = Omemo::V03.bundle_item(self.device.device_id());
+            let (node, item, bundle) = self.bundle_item(v)?;
             let id = self.new_id();
-            self.conn
-                .send_stanza(omemo::publish_iq(&id, &node, &item, &bundle, false).as_bytes());
+            self.conn.send_stanza(
+                omemo::publish_iq(&id, &node, &item, &bundle, v == Omemo::V2).as_bytes(),
+            );
         }
         if d.send_empty {
-            // Completes the session, so the sender stops sending key exchanges.
-            let e = self
-                .device
-                .empty_message(&from, d.sender_device, &mut OsRng)?;
+            // Completes the session, so the sender stops sending key exchanges (OMEMO 2: also
+            // a heartbeat after many messages received).
+            let e = match v {
+                Omemo::V03 => self
+                    .device
+                    .empty_message(&from, d.sender_device, &mut OsRng)?
+                    .to_xml(),
+                Omemo::V2 => self
+                    .device2
+                    .empty_message(&from, d.sender_device, &mut OsRng)?
+                    .to_xml(),
+            };
             let id = self.new_id();
             self.conn.send_stanza(
                 format!(
                     "<message to='{}' id='{id}' type='chat'>{}<store xmlns='urn:xmpp:hints'/></message>",
                     crate::xml::escape(&from),
-                    e.to_xml()
+                    e
                 )
                 .as_bytes(),
             );
@@ -1052,17 +1174,30 @@ impl Client {
     /// A PEP notification of a contact's new device list: recorded; no event for the user.
     fn device_list_update(&mut self, el: &Element<'_>, from: &str) -> Option<Option<Event>> {
         let items = el.child("event")?.child("items")?;
-        if items.attr("node").as_deref() != Some(Omemo::V03.devices_node()) {
+        let node = items.attr("node");
+        let Some(v) = [Omemo::V03, Omemo::V2]
+            .into_iter()
+            .find(|v| node.as_deref() == Some(v.devices_node()))
+        else {
             return Some(None);
-        }
-        let list = items
+        };
+        let payload = items
             .child("item")
             .and_then(|i| i.children().next())
-            .and_then(|p| DeviceListV03::parse(&String::from_utf8_lossy(p.raw())).ok());
+            .map(|p| String::from_utf8_lossy(p.raw()).into_owned());
+        let list: Option<Vec<u32>> = payload.and_then(|x| match v {
+            Omemo::V03 => DeviceListV03::parse(&x).ok().map(|l| l.devices),
+            Omemo::V2 => DeviceListV2::parse(&x)
+                .ok()
+                .map(|l| l.devices.iter().map(|d| d.id).collect()),
+        });
         if let Some(l) = list {
             let me = (from == self.jid).then(|| self.device.device_id());
-            let devices: Vec<u32> = l.devices.into_iter().filter(|d| Some(*d) != me).collect();
-            self.device.set_device_list(from, devices);
+            let devices = l.into_iter().filter(|d| Some(*d) != me);
+            match v {
+                Omemo::V03 => self.device.set_device_list(from, devices),
+                Omemo::V2 => self.device2.set_device_list(from, devices),
+            }
         }
         Some(None)
     }

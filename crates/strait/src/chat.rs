@@ -301,8 +301,10 @@ async fn session(client: &mut Client, command: ChatCommand) -> Result<()> {
         ChatCommand::Send { to, text } => {
             let sent = client.send(&to, &text.join(" ")).await?;
             println!(
-                "sent to {to}: encrypted for {} device(s), id {}",
-                sent.devices, sent.id
+                "sent to {to}: {}, encrypted for {} device(s), id {}",
+                sent.omemo.name(),
+                sent.devices,
+                sent.id
             );
         }
         ChatCommand::SendFile { to, file } => {
