@@ -85,6 +85,24 @@ class Kit:
         self.log.close()
 
 
+async def talk_to_the_bot(c, ns: str) -> None:
+    """What a conforming client does with the echo bot: write to it, decrypt its answer, and
+    send back the code the answer carries, all encrypted in `ns`."""
+    echo = f"echo@{PLATFORM}"
+    # Not subscribed to the bot, the client learns its devices by asking (what a client does
+    # before writing to someone new).
+    sm = await c.plugin["xep_0384"].get_session_manager()
+    await sm.refresh_device_lists(echo)
+    await send_encrypted(c, echo, ns, "hello, kit")
+    answer = await c.wait_message(
+        lambda m: m["from"].bare == echo and m.xml.find(f"{{{ns}}}encrypted") is not None,
+        "the echo bot's encrypted answer", timeout=OMEMO_TIMEOUT)
+    text, _ = await decrypt(c, answer, ns)
+    assert text.startswith("echo: hello, kit (code "), text
+    code = re.search(r"code (\d{6})", text).group(1)
+    await send_encrypted(c, echo, ns, f"the code is {code}")
+
+
 @pytest.mark.timeout(4 * OMEMO_TIMEOUT)
 @pytest.mark.parametrize("ns", [NS_OLD, NS_TWO], ids=["omemo-0.3", "omemo-2"])
 def test_the_kit_passes_a_conforming_client(server, ns):
@@ -97,20 +115,7 @@ def test_the_kit_passes_a_conforming_client(server, ns):
             async with Clients(kit.server) as cs:
                 me = Account(jid=f"app-user@{PROVIDER}", password="unused")
                 c = await omemo_client(cs, me, "app", token=backend.token("app-user", PLATFORM))
-                echo = f"echo@{PLATFORM}"
-                # Not subscribed to the bot, the client learns its devices by asking (what a
-                # client does before writing to someone new).
-                sm = await c.plugin["xep_0384"].get_session_manager()
-                await sm.refresh_device_lists(echo)
-                await send_encrypted(c, echo, ns, "hello, kit")
-                answer = await c.wait_message(
-                    lambda m: m["from"].bare == echo
-                    and m.xml.find(f"{{{ns}}}encrypted") is not None,
-                    "the echo bot's encrypted answer", timeout=OMEMO_TIMEOUT)
-                text, _ = await decrypt(c, answer, ns)
-                assert text.startswith("echo: hello, kit (code "), text
-                code = re.search(r"code (\d{6})", text).group(1)
-                await send_encrypted(c, echo, ns, f"the code is {code}")
+                await talk_to_the_bot(c, ns)
                 # (Waited for on a thread: the client's loop must keep running to send.)
                 status = await asyncio.get_running_loop().run_in_executor(
                     None, kit.wait, OMEMO_TIMEOUT)
@@ -172,21 +177,11 @@ def test_the_kit_checks_a_shared_file(server, monkeypatch):
                 c = await omemo_client(cs, me, "app", token=backend.token("sharer", PLATFORM))
                 for p in ("xep_0363", "xep_0454"):
                     c.register_plugin(p)
-                echo = f"echo@{PLATFORM}"
-                sm = await c.plugin["xep_0384"].get_session_manager()
-                await sm.refresh_device_lists(echo)
-                await send_encrypted(c, echo, NS_OLD, "hello, kit")
-                answer = await c.wait_message(
-                    lambda m: m["from"].bare == echo
-                    and m.xml.find(f"{{{NS_OLD}}}encrypted") is not None,
-                    "the echo bot's encrypted answer", timeout=OMEMO_TIMEOUT)
-                text, _ = await decrypt(c, answer, NS_OLD)
-                code = re.search(r"code (\d{6})", text).group(1)
-                await send_encrypted(c, echo, NS_OLD, f"the code is {code}")
+                await talk_to_the_bot(c, NS_OLD)
                 link = await c.plugin["xep_0454"].upload_file(
                     Path("photo.jpg"), input_file=io.BytesIO(b"\xff\xd8" + os.urandom(5000)),
                     domain=JID(PLATFORM))
-                await send_encrypted(c, echo, NS_OLD, link)
+                await send_encrypted(c, f"echo@{PLATFORM}", NS_OLD, link)
                 status = await asyncio.get_running_loop().run_in_executor(
                     None, kit.wait, OMEMO_TIMEOUT)
                 assert status == 0, kit.output()

@@ -910,27 +910,9 @@ impl Connection {
     }
 
     fn poll_pump(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ConnError>> {
-        while !self.out.is_empty() || self.unflushed {
-            let io = Pin::new(&mut self.io);
-            if self.out.is_empty() {
-                match io.poll_flush(cx) {
-                    Poll::Ready(Ok(())) => self.unflushed = false,
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
-                    Poll::Pending => break,
-                }
-            } else {
-                match io.poll_write(cx, &self.out) {
-                    Poll::Ready(Ok(0)) => {
-                        return Poll::Ready(Err(io::Error::from(io::ErrorKind::WriteZero).into()));
-                    }
-                    Poll::Ready(Ok(n)) => {
-                        self.out.drain(..n);
-                        self.unflushed = true;
-                    }
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
-                    Poll::Pending => break,
-                }
-            }
+        // Written as far as the socket takes it (the rest waits for the next poll).
+        if let Poll::Ready(Err(e)) = self.poll_write_out(cx) {
+            return Poll::Ready(Err(e));
         }
         // Read straight into the buffer's spare room: tokio's `read_buf` fills a `Vec`'s
         // uninitialized capacity, which this crate could not do without `unsafe`. (Zeroing a
@@ -968,34 +950,35 @@ impl Connection {
     /// Writes what is queued in `out`. Cancel-safe, unlike [`Connection::flush`]: what was
     /// written is taken out of `out` as it goes.
     pub async fn write_out(&mut self) -> Result<(), ConnError> {
-        std::future::poll_fn(|cx| {
-            while !self.out.is_empty() || self.unflushed {
-                let io = Pin::new(&mut self.io);
-                if self.out.is_empty() {
-                    match io.poll_flush(cx) {
-                        Poll::Ready(Ok(())) => self.unflushed = false,
-                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
-                        Poll::Pending => return Poll::Pending,
+        std::future::poll_fn(|cx| self.poll_write_out(cx)).await
+    }
+
+    /// Writes `out` (taking out what is written) and flushes: ready once all of it is, pending
+    /// while the socket takes no more.
+    fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ConnError>> {
+        while !self.out.is_empty() || self.unflushed {
+            let io = Pin::new(&mut self.io);
+            if self.out.is_empty() {
+                match io.poll_flush(cx) {
+                    Poll::Ready(Ok(())) => self.unflushed = false,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
+                    Poll::Pending => return Poll::Pending,
+                }
+            } else {
+                match io.poll_write(cx, &self.out) {
+                    Poll::Ready(Ok(0)) => {
+                        return Poll::Ready(Err(io::Error::from(io::ErrorKind::WriteZero).into()));
                     }
-                } else {
-                    match io.poll_write(cx, &self.out) {
-                        Poll::Ready(Ok(0)) => {
-                            return Poll::Ready(Err(
-                                io::Error::from(io::ErrorKind::WriteZero).into()
-                            ));
-                        }
-                        Poll::Ready(Ok(n)) => {
-                            self.out.drain(..n);
-                            self.unflushed = true;
-                        }
-                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
-                        Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Ok(n)) => {
+                        self.out.drain(..n);
+                        self.unflushed = true;
                     }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
+                    Poll::Pending => return Poll::Pending,
                 }
             }
-            Poll::Ready(Ok(()))
-        })
-        .await
+        }
+        Poll::Ready(Ok(()))
     }
 
     /// Stanzas sent so far, when XEP-0198 is on: once the server's `<a h/>` reaches this
