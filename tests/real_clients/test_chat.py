@@ -4,8 +4,8 @@ slixmpp with slixmpp-omemo, an OMEMO implementation none of us wrote, is the oth
 message `strait chat send` encrypts must decrypt there, and one the plugin encrypts must come
 out of `strait chat listen` in clear, including after it waited offline. Then a provider's user
 runs `strait chat` with a token (OAUTHBEARER) and talks to a platform user across the interop
-boundary: refused with the server's reason before consent, then delivered with the platform's
-origin stamp, which `strait chat` shows as a third-party chat. Files go both ways as
+boundary: refused with the server's reason before consent, which the platform user then gives
+from `strait chat consent`, then delivered with the platform's origin stamp, which `strait chat` shows as a third-party chat. Files go both ways as
 XEP-0454 media: `strait chat send-file` uploads ciphertext that slixmpp's xep_0454 decrypts, and
 what slixmpp uploads and links is saved decrypted by `strait chat listen --save`.
 """
@@ -158,7 +158,16 @@ def test_strait_chat_as_a_providers_user_across_the_boundary(server, new_account
     # Without the platform user's consent: refused, with the server's reason.
     assert res.returncode != 0, res.stdout
     assert "not-allowed" in res.stderr and "does not accept chats" in res.stderr, res.stderr
-    server.cli("user", "consent", a.jid, "--on", "--allow", pid)
+    # The platform user opts in from their own client (the consent IQ), not the operator.
+    out = chat(server, a, sa, "consent").stdout
+    assert "third-party chats: off (separate inbox)" in out, out
+    assert f"  {pid} ({pid} Chat, active): not allowed" in out, out
+    out = chat(server, a, sa, "consent", "--on", "--allow", pid).stdout
+    assert "third-party chats: on (separate inbox)" in out, out
+    assert f"  {pid} ({pid} Chat, active): allowed" in out, out
+    # A provider's user has no consent of its own to set.
+    res = as_e("consent", "--on", check=False)
+    assert res.returncode != 0 and "consent: not-allowed" in res.stderr, res.stderr
     secret = tok("FROM-PROVIDER")
     as_e("send", a.jid, secret)
     out = chat(server, a, sa, "listen", "--count", "1", "--timeout", "30").stdout

@@ -91,6 +91,25 @@ enum ChatCommand {
         /// The contact's JID.
         peer: String,
     },
+    /// Show or change this platform user's consent to third-party chats: whether they are on,
+    /// which providers' users may write, a separate section or a combined inbox.
+    Consent {
+        /// Turn third-party chats on.
+        #[arg(long, conflicts_with = "off")]
+        on: bool,
+        /// Turn them off (the providers' choices are kept).
+        #[arg(long)]
+        off: bool,
+        /// Let this provider's users write (repeat, or separate with commas).
+        #[arg(long, value_delimiter = ',')]
+        allow: Vec<String>,
+        /// Stop this provider's users.
+        #[arg(long, value_delimiter = ',')]
+        deny: Vec<String>,
+        /// Where third-party chats show: separate or combined.
+        #[arg(long, value_parser = ["separate", "combined"])]
+        inbox: Option<String>,
+    },
     /// Show the local history (no login needed).
     History {
         /// Only the messages with this contact.
@@ -391,6 +410,45 @@ async fn session(client: &mut Client, command: ChatCommand) -> Result<()> {
                     }
                     ev = client.next_event() => print_event(&ev?),
                 }
+            }
+        }
+        ChatCommand::Consent {
+            on,
+            off,
+            allow,
+            deny,
+            inbox,
+        } => {
+            let change = chat::ConsentChange {
+                enabled: if on {
+                    Some(true)
+                } else if off {
+                    Some(false)
+                } else {
+                    None
+                },
+                inbox,
+                allow,
+                deny,
+            };
+            let c = if change == chat::ConsentChange::default() {
+                client.consent().await?
+            } else {
+                client.set_consent(&change).await?
+            };
+            println!(
+                "third-party chats: {} ({} inbox)",
+                if c.enabled { "on" } else { "off" },
+                c.inbox
+            );
+            for p in &c.providers {
+                println!(
+                    "  {} ({}, {}): {}",
+                    p.id,
+                    p.name,
+                    p.status,
+                    if p.allowed { "allowed" } else { "not allowed" }
+                );
             }
         }
         ChatCommand::History { .. } => unreachable!("answered without logging in"),

@@ -55,7 +55,8 @@ enum Command {
     #[command(subcommand)]
     Proxy(proxy::ProxyCommand),
     /// Chat, end-to-end encrypted (OMEMO, the Signal protocol), with any account on this
-    /// platform or another XMPP server: send, listen, with (interactive), history.
+    /// platform or another XMPP server: send, send-file, listen, with (interactive), consent
+    /// (third-party chats), history.
     ///
     /// Example: STRAIT_CHAT_PASSWORD=… strait chat --jid alice@localhost --ca-file
     /// strait-data/tls/ca.pem send bob@localhost hello
