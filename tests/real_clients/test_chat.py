@@ -30,7 +30,7 @@ slixmpp_omemo = pytest.importorskip("slixmpp_omemo")
 from conftest import strait_binary  # noqa: E402
 from interop_helpers import register_provider  # noqa: E402
 from omemo_helpers import (NS_OLD, NS_TWO, OMEMO_TIMEOUT, decrypt, omemo_client,  # noqa: E402
-                           send_encrypted, tok)
+                           own_device, send_encrypted, tok)
 from xmpp_helpers import Account, Clients, run, within  # noqa: E402
 from test_upload import http, uploads_through_loopback  # noqa: E402,F401  (a fixture)
 from slixmpp import JID  # noqa: E402
@@ -61,6 +61,16 @@ def chat(server, account: Account, store: str, *args: str, token: str | None = N
         raise AssertionError(f"strait chat {' '.join(args)} exited {res.returncode}\n"
                              f"stdout: {res.stdout}\nstderr: {res.stderr}")
     return res
+
+
+def fingerprint(ed25519_identity: bytes) -> str:
+    """An OMEMO fingerprint as clients show it: the Curve25519 form of the Ed25519 identity key
+    (u = (1 + y) / (1 - y) mod 2^255 - 19, RFC 7748), hex, in groups of eight."""
+    p = 2 ** 255 - 19
+    y = int.from_bytes(ed25519_identity, "little") & ((1 << 255) - 1)
+    u = (1 + y) * pow(1 - y, p - 2, p) % p
+    h = u.to_bytes(32, "little").hex()
+    return " ".join(h[i:i + 8] for i in range(0, 64, 8))
 
 
 def sent_id(res: subprocess.CompletedProcess) -> str:
@@ -106,8 +116,13 @@ def test_strait_chat_and_slixmpp_omemo_both_ways(server, new_account):
             await send_encrypted(cb, a.jid, NS_OLD, offline)
             res = await listen
             assert f"{b.jid} [encrypted]: {offline}" in res.stdout, res.stdout
+            return await own_device(cb)
 
-    run(body(), timeout=3 * OMEMO_TIMEOUT)
+    dev_b = run(body(), timeout=3 * OMEMO_TIMEOUT)
+    # The fingerprint strait chat shows for B's device is the one B's own client has.
+    out = chat(server, a, sa, "fingerprints", b.jid).stdout
+    assert (f"{b.jid} device {dev_b.device_id} (OMEMO 0.3): "
+            f"{fingerprint(dev_b.identity_key)}") in out, out
     hist = chat(server, a, sa, "history", "--with", b.jid).stdout
     lines = [l for l in hist.splitlines() if l.strip()]
     assert [l.rsplit(": ", 1)[1] for l in lines] == [first, second, back, offline], hist

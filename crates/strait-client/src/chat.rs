@@ -47,7 +47,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use strait_signal::device::{DeviceError, DeviceV2, DeviceV03};
-use strait_signal::fingerprint::{display_groups, omemo_fingerprint};
+use strait_signal::fingerprint::{
+    display_groups, omemo_fingerprint, omemo_fingerprint_from_ed25519,
+};
 use strait_signal::media::{self, AesgcmUrl, MediaError, parse_media_body};
 use strait_signal::omemo::DEVICE_ID_MAX;
 use strait_signal::omemo::xml::v2::{self as x2, BundleV2, DeviceListV2, EncryptedV2};
@@ -243,6 +245,15 @@ pub struct ConsentChange {
     pub inbox: Option<String>,
     pub allow: Vec<String>,
     pub deny: Vec<String>,
+}
+
+/// A contact's device as this store knows it (from the sessions it has with it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KnownDevice {
+    pub device: u32,
+    pub omemo: Omemo,
+    /// Its identity key's fingerprint, as OMEMO clients show it, to compare out of band.
+    pub fingerprint: String,
 }
 
 /// What a sent message became.
@@ -488,6 +499,44 @@ impl Client {
         let fp = omemo_fingerprint(&ik.public_key().serialize())
             .map_err(|e| ChatError::Publish(e.to_string()))?;
         Ok(display_groups(&fp))
+    }
+
+    /// The devices of `jid` this store has sessions with, and their fingerprints (the
+    /// identity first seen is trusted; comparing these with what the contact's own client
+    /// shows is how a user checks that nobody is in between).
+    pub fn devices_of(&self, jid: &str) -> Result<Vec<KnownDevice>, ChatError> {
+        let jid = bare(jid.trim()).to_ascii_lowercase();
+        let mut out = Vec::new();
+        let store = self.device.store();
+        for d in store.sub_device_sessions(&jid).map_err(DeviceError::from)? {
+            let identity = store
+                .get_identity(&Address::new(jid.as_str(), d))
+                .map_err(DeviceError::from)?;
+            if let Some(fp) = identity.and_then(|k| omemo_fingerprint(&k.serialize()).ok()) {
+                out.push(KnownDevice {
+                    device: d,
+                    omemo: Omemo::V03,
+                    fingerprint: display_groups(&fp),
+                });
+            }
+        }
+        let store2 = self.device2.store();
+        for d in store2
+            .omemo2_session_devices(&jid)
+            .map_err(DeviceError::from)?
+        {
+            let identity = store2
+                .omemo2_identity(&Address::new(jid.as_str(), d))
+                .map_err(DeviceError::from)?;
+            if let Some(fp) = identity.and_then(|(k, _)| omemo_fingerprint_from_ed25519(&k).ok()) {
+                out.push(KnownDevice {
+                    device: d,
+                    omemo: Omemo::V2,
+                    fingerprint: display_groups(&fp),
+                });
+            }
+        }
+        Ok(out)
     }
 
     fn new_id(&mut self) -> String {

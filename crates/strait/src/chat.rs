@@ -110,6 +110,12 @@ enum ChatCommand {
         #[arg(long, value_parser = ["separate", "combined"])]
         inbox: Option<String>,
     },
+    /// Show this device's fingerprint and those of a contact's devices this store has
+    /// sessions with, to compare with what the contact's client shows.
+    Fingerprints {
+        /// The contact.
+        peer: String,
+    },
     /// Show the local history (no login needed).
     History {
         /// Only the messages with this contact.
@@ -448,6 +454,25 @@ async fn session(client: &mut Client, command: ChatCommand) -> Result<()> {
                     p.name,
                     p.status,
                     if p.allowed { "allowed" } else { "not allowed" }
+                );
+            }
+        }
+        ChatCommand::Fingerprints { peer } => {
+            println!(
+                "this device ({}): {}",
+                client.device_id(),
+                client.fingerprint()?
+            );
+            let known = client.devices_of(&peer)?;
+            if known.is_empty() {
+                println!("{peer}: no session yet (send or receive a message first)");
+            }
+            for d in known {
+                println!(
+                    "{peer} device {} ({}): {}",
+                    d.device,
+                    d.omemo.name(),
+                    d.fingerprint
                 );
             }
         }
