@@ -248,3 +248,62 @@ async fn sdk_login_errors_and_contacts_without_keys_are_reported() {
     a.close().await;
     ts.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_reconnects_after_the_server_restarts() {
+    // Fixed ports, so that the restarted server is where the clients expect it.
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    };
+    let (c2s, tls) = (free(), free());
+    let mut ts = TestServer::start(|c| {
+        c.listen.c2s = vec![c2s];
+        c.listen.c2s_direct_tls = vec![tls];
+    })
+    .await;
+    ts.add_user("alice@localhost", "pa");
+    ts.add_user("bob@localhost", "pb");
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Client::connect(&account(
+        &ts,
+        "alice@localhost",
+        "pa",
+        &dir.path().join("a"),
+    ))
+    .await
+    .unwrap();
+    let mut b = Client::connect(&account(&ts, "bob@localhost", "pb", &dir.path().join("b")))
+        .await
+        .unwrap();
+    b.send("alice@localhost", "before").await.unwrap();
+    assert_eq!(message(&mut a).await.text, "before");
+
+    let config = ts.config().clone();
+    ts.server
+        .take()
+        .unwrap()
+        .shutdown(Duration::from_secs(5))
+        .await;
+    match tokio::time::timeout(WAIT, a.next_event()).await {
+        Ok(Err(ChatError::Connection(_))) => {}
+        other => panic!("expected the connection to end, got {other:?}"),
+    }
+    let server = strait_server::Server::start(config).await.unwrap();
+    a.reconnect().await.unwrap();
+    // Bob's connection is gone too; his send says so, and after a reconnect it goes.
+    let e = b.send("alice@localhost", "lost?").await.unwrap_err();
+    assert!(
+        matches!(e, ChatError::Connection(_) | ChatError::Timeout(_)),
+        "{e}"
+    );
+    b.reconnect().await.unwrap();
+    b.send("alice@localhost", "after").await.unwrap();
+    assert_eq!(message(&mut a).await.text, "after");
+    for c in [a, b] {
+        c.close().await;
+    }
+    server.shutdown(Duration::from_secs(5)).await;
+}

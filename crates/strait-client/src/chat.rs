@@ -18,6 +18,9 @@
 //! incoming message, decrypted, with the platform's origin stamp when it comes from a
 //! third-party provider's user (`urn:strait:interop:0`).
 //!
+//! After a lost connection, [`Client::reconnect`] logs in again on the same store;
+//! `strait chat listen` and `with` do it by themselves, waiting longer between tries.
+//!
 //! The local store is locked while a client has it open: two processes on one store would
 //! advance the same ratchets and break each other's sessions.
 //!
@@ -286,8 +289,39 @@ pub struct Client {
     https: Https,
     /// The upload service and its size limit, once found.
     upload: Option<(String, Option<u64>)>,
+    /// What logging in again takes.
+    login: LoginData,
     /// Held while the client lives: the store's lock.
     _lock: std::fs::File,
+}
+
+/// An account's login, kept for [`Client::reconnect`].
+struct LoginData {
+    settings: ClientSettings,
+    user: String,
+    /// The password or the token.
+    secret: String,
+    resource: String,
+}
+
+impl LoginData {
+    async fn login(&self) -> Result<Connection, ChatError> {
+        let who = Login {
+            user: &self.user,
+            password: &self.secret,
+            resource: &self.resource,
+            presence: false,
+        };
+        match conn::login(&self.settings, 0, &who).await {
+            // A server without XEP-0198: sends are then confirmed by a ping round trip.
+            Err(e) if e.kind == "sm: not offered" => {
+                let mut settings = self.settings.clone();
+                settings.stream_management = false;
+                Ok(conn::login(&settings, 0, &who).await?)
+            }
+            other => Ok(other?),
+        }
+    }
 }
 
 fn now_ms() -> i64 {
@@ -433,20 +467,13 @@ impl Client {
             "" => format!("strait-{device_id}"),
             r => r.to_owned(),
         };
-        let who = Login {
-            user: local,
-            password: secret,
-            resource: &resource,
-            presence: false,
+        let login = LoginData {
+            settings,
+            user: local.to_owned(),
+            secret: secret.to_owned(),
+            resource,
         };
-        let conn = match conn::login(&settings, 0, &who).await {
-            // A server without XEP-0198: sends are then confirmed by a ping round trip.
-            Err(e) if e.kind == "sm: not offered" => {
-                settings.stream_management = false;
-                conn::login(&settings, 0, &who).await?
-            }
-            other => other?,
-        };
+        let conn = login.login().await?;
         let mut prefix = [0u8; 6];
         OsRng.fill_bytes(&mut prefix);
         let mut c = Client {
@@ -462,16 +489,34 @@ impl Client {
             id_prefix: prefix.iter().map(|b| format!("{b:02x}")).collect(),
             https: Https::new(tls, account.http_via),
             upload: None,
+            login,
             _lock: lock,
         };
-        c.publish().await?;
+        c.go_online().await?;
+        Ok(c)
+    }
+
+    /// Keys published, carbons on, presence sent: what follows each login.
+    async fn go_online(&mut self) -> Result<(), ChatError> {
+        self.publish().await?;
         // Copies of what the account's other devices send and receive (XEP-0280); a server
         // without carbons answers with an error, and the client goes on without.
-        c.iq(|id| format!("<iq type='set' id='{id}'><enable xmlns='{NS_CARBONS}'/></iq>"))
+        self.iq(|id| format!("<iq type='set' id='{id}'><enable xmlns='{NS_CARBONS}'/></iq>"))
             .await?;
-        c.conn.send_stanza(b"<presence/>");
-        c.conn.flush().await?;
-        Ok(c)
+        self.conn.send_stanza(b"<presence/>");
+        self.conn.flush().await?;
+        Ok(())
+    }
+
+    /// Logs in again on a new connection after the last one failed (a [`ChatError::Connection`]
+    /// or [`ChatError::Timeout`]), keeping the store, its sessions and what was already read.
+    /// Messages the server held for the lost connection come again, from its offline queue.
+    pub async fn reconnect(&mut self) -> Result<(), ChatError> {
+        self.conn = self.login.login().await?;
+        self.ready = None;
+        // Bundles may have changed while away.
+        self.fetched.clear();
+        self.go_online().await
     }
 
     /// The account's bare JID.

@@ -240,6 +240,36 @@ fn print_event(ev: &Event) {
     }
 }
 
+/// Whether an error means the connection is gone (and a new one may do).
+fn lost(e: &chat::ChatError) -> bool {
+    matches!(
+        e,
+        chat::ChatError::Connection(_) | chat::ChatError::Timeout(_)
+    )
+}
+
+/// Logs in again after `why`, waiting longer between tries (1 s doubling to 30 s), for up to
+/// about five minutes.
+async fn reconnect(client: &mut Client, why: &chat::ChatError) -> Result<()> {
+    eprintln!("strait chat: {why}; reconnecting");
+    let mut wait = Duration::from_secs(1);
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(300);
+    loop {
+        tokio::time::sleep(wait).await;
+        match client.reconnect().await {
+            Ok(()) => {
+                eprintln!("strait chat: {} online again", client.bound_jid());
+                return Ok(());
+            }
+            Err(e) if tokio::time::Instant::now() < give_up => {
+                eprintln!("strait chat: not yet: {e}");
+                wait = (wait * 2).min(Duration::from_secs(30));
+            }
+            Err(e) => bail!("could not reconnect: {e}"),
+        }
+    }
+}
+
 /// Writes a downloaded file into `dir` under its name, never over an existing file
 /// (`name (2).ext`, ...).
 fn save_file(dir: &std::path::Path, name: &str, data: &[u8]) -> Result<PathBuf> {
@@ -357,13 +387,21 @@ async fn session(client: &mut Client, command: ChatCommand) -> Result<()> {
             while count.is_none_or(|c| seen < c) {
                 let ev = match deadline {
                     Some(d) => match tokio::time::timeout_at(d, client.next_event()).await {
-                        Ok(ev) => ev?,
+                        Ok(ev) => ev,
                         Err(_) => break,
                     },
                     None => tokio::select! {
-                        ev = client.next_event() => ev?,
+                        ev = client.next_event() => ev,
                         _ = tokio::signal::ctrl_c() => break,
                     },
+                };
+                let ev = match ev {
+                    Ok(ev) => ev,
+                    Err(e) if lost(&e) => {
+                        reconnect(client, &e).await?;
+                        continue;
+                    }
+                    Err(e) => return Err(e.into()),
                 };
                 print_event(&ev);
                 if let (Event::Message(m), Some(dir)) = (&ev, &save)
@@ -410,11 +448,20 @@ async fn session(client: &mut Client, command: ChatCommand) -> Result<()> {
                             },
                             None => client.send(&peer, &l).await.map(|_| ()),
                         };
-                        if let Err(e) = r {
-                            eprintln!("not sent: {e}");
+                        match r {
+                            Ok(()) => {}
+                            Err(e) if lost(&e) => {
+                                eprintln!("not sent (the connection ended; send it again): {e}");
+                                reconnect(client, &e).await?;
+                            }
+                            Err(e) => eprintln!("not sent: {e}"),
                         }
                     }
-                    ev = client.next_event() => print_event(&ev?),
+                    ev = client.next_event() => match ev {
+                        Ok(ev) => print_event(&ev),
+                        Err(e) if lost(&e) => reconnect(client, &e).await?,
+                        Err(e) => return Err(e.into()),
+                    },
                 }
             }
         }
