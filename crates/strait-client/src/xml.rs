@@ -572,6 +572,91 @@ mod tests {
         <iq type='result' id='b'><bind><jid>u@x/r</jid></bind></iq><![CDATA[<ignored>]]>\
         </stream:stream>";
 
+    /// What `input` gives fed `step` bytes at a time, errors included, with every accessor
+    /// called on every element (none may panic).
+    fn outcome(input: &[u8], step: usize) -> (Vec<Vec<u8>>, bool) {
+        fn touch(el: &Element<'_>, depth: usize) {
+            let _ = (
+                el.name(),
+                el.local_name(),
+                el.is_empty(),
+                el.inner(),
+                el.text(),
+            );
+            let _ = (el.attr("id"), el.first_child_name(), el.error_condition());
+            if depth < 8 {
+                for c in el.children() {
+                    touch(&c, depth + 1);
+                }
+            }
+        }
+        let mut f = Framer::new(1 << 12);
+        let mut out = Vec::new();
+        for chunk in input.chunks(step) {
+            f.read_buf().extend_from_slice(chunk);
+            loop {
+                match f.next_frame() {
+                    Ok(None) => break,
+                    Ok(Some(Frame::StreamClose)) => out.push(b"CLOSE".to_vec()),
+                    Ok(Some(Frame::StreamOpen(r) | Frame::Element(r))) => {
+                        let el = f.element(&r);
+                        touch(&el, 0);
+                        out.push(el.raw().to_vec());
+                    }
+                    Err(_) => return (out, true),
+                }
+            }
+        }
+        (out, false)
+    }
+
+    /// Generated streams (pieces of XML, well-formed or not, in random order; the fuzz
+    /// target `client_framer` does the same with arbitrary bytes): the frames and the error,
+    /// if any, do not depend on how the bytes are split.
+    #[test]
+    fn generated_streams_frame_alike_however_split() {
+        const PIECES: &[&str] = &[
+            "<stream:stream xmlns='jabber:client' version='1.0'>",
+            "</stream:stream>",
+            "<message id='a>b' type=\"chat\">",
+            "</message>",
+            "<body>",
+            "</body>",
+            "<x/>",
+            "<y a='1' b=\"2\"/>",
+            "text &amp; more",
+            " \n ",
+            "<![CDATA[<no>]]>",
+            "<!-- c -->",
+            "<?pi x?>",
+            "<",
+            ">",
+            "/>",
+            "'",
+            "\"",
+            "</",
+            "<error><not-authorized xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/></error>",
+        ];
+        let mut seed: u64 = 0x5eed;
+        let mut next = move || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) as usize
+        };
+        for _ in 0..3000 {
+            let n = 1 + next() % 14;
+            let stream: String = (0..n).map(|_| PIECES[next() % PIECES.len()]).collect();
+            let whole = outcome(stream.as_bytes(), stream.len().max(1));
+            let step = 1 + next() % 9;
+            assert_eq!(
+                outcome(stream.as_bytes(), step),
+                whole,
+                "split every {step} bytes: {stream:?}"
+            );
+        }
+    }
+
     #[test]
     fn frames_any_split() {
         let whole = frames(STREAM, STREAM.len());
