@@ -33,8 +33,19 @@ fn frames(data: &[u8], chunk: usize) -> (Vec<(u8, Vec<u8>)>, bool) {
 
 /// Every accessor, down the tree (bounded by the element's size).
 fn touch(el: &Element<'_>) {
-    let _ = (el.name(), el.local_name(), el.is_empty(), el.inner(), el.text());
-    let _ = (el.attr("id"), el.attr("xmlns"), el.first_child_name(), el.error_condition());
+    let _ = (
+        el.name(),
+        el.local_name(),
+        el.is_empty(),
+        el.inner(),
+        el.text(),
+    );
+    let _ = (
+        el.attr("id"),
+        el.attr("xmlns"),
+        el.first_child_name(),
+        el.error_condition(),
+    );
     let _ = decode(el.raw());
     let _ = escape(&String::from_utf8_lossy(el.raw()));
     for c in el.children() {
