@@ -195,6 +195,14 @@ def test_strait_chat_as_a_providers_user_across_the_boundary(server, new_account
     assert out.rstrip().endswith(f": {reply}"), out
     hist = chat(server, a, sa, "history").stdout
     assert f"from {e.jid} [third-party: {pid} Chat]: {secret}" in hist, hist
+    # The platform user's chat list puts the provider's user in the third-party section.
+    chats = chat(server, a, sa, "chats").stdout
+    own, third = chats.split("third-party chats:\n")
+    assert e.jid not in own and f"  {e.jid} ({pid} Chat)  " in third, chats
+    assert third.rstrip().endswith(f"you: {reply}"), chats
+    combined = chat(server, a, sa, "chats", "--combined").stdout
+    assert "third-party chats:" not in combined
+    assert f"  {e.jid} [third-party: {pid} Chat]  " in combined, combined
 
 
 @pytest.mark.timeout(4 * OMEMO_TIMEOUT)

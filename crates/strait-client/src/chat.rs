@@ -1446,14 +1446,62 @@ pub fn history(
     limit: usize,
 ) -> Result<Vec<HistoryEntry>, ChatError> {
     let err = |e: &dyn std::fmt::Display| ChatError::Store(store.to_owned(), e.to_string());
+    let db = open_history(store)?;
+    read_history(&db, peer, limit).map_err(|e| err(&e))
+}
+
+/// One conversation of the local history.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Conversation {
+    pub peer: String,
+    /// Set when the contact is a third-party provider's user (its messages carried the
+    /// platform's origin stamp): the provider's name, and the chat's place is the third-party
+    /// section.
+    pub third_party: Option<String>,
+    pub last_at_ms: i64,
+    pub last_text: String,
+    pub last_outgoing: bool,
+    pub messages: usize,
+}
+
+/// The conversations of a store, newest first, read without logging in (`strait chat chats`):
+/// what an app's chat list shows, with third-party chats told apart.
+pub fn conversations(store: &Path) -> Result<Vec<Conversation>, ChatError> {
+    let db = open_history(store)?;
+    read_conversations(&db).map_err(|e| ChatError::Store(store.to_owned(), e.to_string()))
+}
+
+fn open_history(store: &Path) -> Result<rusqlite::Connection, ChatError> {
+    let err = |e: &dyn std::fmt::Display| ChatError::Store(store.to_owned(), e.to_string());
     let path = store.join("chat.db");
     if !path.exists() {
         return Err(err(&"no chat history here"));
     }
-    let db =
-        rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .map_err(|e| err(&e))?;
-    read_history(&db, peer, limit).map_err(|e| err(&e))
+    rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(|e| err(&e))
+}
+
+fn read_conversations(db: &rusqlite::Connection) -> rusqlite::Result<Vec<Conversation>> {
+    let mut st = db.prepare(
+        "SELECT m.peer, m.at_ms, m.text, m.outgoing, c.n,
+                (SELECT origin FROM messages o WHERE o.peer = m.peer AND o.origin IS NOT NULL
+                 ORDER BY o.seq DESC LIMIT 1)
+         FROM messages m
+         JOIN (SELECT peer, MAX(seq) AS last, COUNT(*) AS n FROM messages GROUP BY peer) c
+           ON m.seq = c.last
+         ORDER BY m.seq DESC",
+    )?;
+    st.query_map([], |r| {
+        Ok(Conversation {
+            peer: r.get(0)?,
+            last_at_ms: r.get(1)?,
+            last_text: r.get(2)?,
+            last_outgoing: r.get(3)?,
+            messages: r.get::<_, i64>(4)? as usize,
+            third_party: r.get(5)?,
+        })
+    })?
+    .collect()
 }
 
 fn read_history(
@@ -1587,6 +1635,45 @@ mod tests {
             bob.iter().map(|h| h.text.as_str()).collect::<Vec<_>>(),
             ["m0", "m2"]
         );
+    }
+
+    #[test]
+    fn conversations_are_newest_first_and_third_party_ones_marked() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = account(dir.path(), "alice@example.org");
+        let (_lock, db) = open_store(&a).unwrap();
+        for (peer, out, text, origin) in [
+            ("sam@acme.example", false, "hi from Acme", Some("Acme Chat")),
+            ("bob@example.org", true, "lunch?", None),
+            ("sam@acme.example", true, "hello Sam", None),
+            ("bob@example.org", false, "yes", None),
+        ] {
+            db.execute(
+                "INSERT INTO messages (at_ms, peer, outgoing, text, encrypted, origin) VALUES (1, ?1, ?2, ?3, 1, ?4)",
+                rusqlite::params![peer, out, text, origin],
+            )
+            .unwrap();
+        }
+        let c = read_conversations(&db).unwrap();
+        assert_eq!(c.len(), 2);
+        assert_eq!(
+            (
+                c[0].peer.as_str(),
+                c[0].last_text.as_str(),
+                c[0].third_party.as_deref()
+            ),
+            ("bob@example.org", "yes", None)
+        );
+        assert_eq!(
+            (
+                c[1].peer.as_str(),
+                c[1].last_text.as_str(),
+                c[1].third_party.as_deref()
+            ),
+            ("sam@acme.example", "hello Sam", Some("Acme Chat"))
+        );
+        assert!(c[1].last_outgoing);
+        assert_eq!(c[1].messages, 2);
     }
 
     #[test]

@@ -116,6 +116,13 @@ enum ChatCommand {
         /// The contact.
         peer: String,
     },
+    /// List the conversations, newest first: chats, then third-party chats (the contacts of
+    /// other apps whose messages the platform stamped), unless --combined (no login needed).
+    Chats {
+        /// One list, third-party chats marked, instead of two sections.
+        #[arg(long)]
+        combined: bool,
+    },
     /// Show the local history (no login needed).
     History {
         /// Only the messages with this contact.
@@ -240,6 +247,17 @@ fn print_event(ev: &Event) {
     }
 }
 
+/// A time in milliseconds since the epoch, as RFC 3339.
+fn rfc3339(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
 /// Whether an error means the connection is gone (and a new one may do).
 fn lost(e: &chat::ChatError) -> bool {
     matches!(
@@ -306,6 +324,33 @@ pub async fn run(a: ChatArgs) -> Result<()> {
         Some(s) => s.clone(),
         None => default_store(&a.jid)?,
     };
+    if let ChatCommand::Chats { combined } = &a.command {
+        let all = chat::conversations(&store)?;
+        let line = |c: &chat::Conversation| {
+            let tag = match (&c.third_party, combined) {
+                (Some(n), true) => format!(" [third-party: {n}]"),
+                (Some(n), false) => format!(" ({n})"),
+                (None, _) => String::new(),
+            };
+            format!(
+                "  {}{tag}  {}  {}{}",
+                c.peer,
+                rfc3339(c.last_at_ms),
+                if c.last_outgoing { "you: " } else { "" },
+                c.last_text
+            )
+        };
+        println!("chats:");
+        let (third, own): (Vec<_>, Vec<_>) = all
+            .iter()
+            .partition(|c| c.third_party.is_some() && !*combined);
+        own.iter().for_each(|c| println!("{}", line(c)));
+        if !*combined {
+            println!("third-party chats:");
+            third.iter().for_each(|c| println!("{}", line(c)));
+        }
+        return Ok(());
+    }
     if let ChatCommand::History { with, limit } = &a.command {
         for h in chat::history(&store, with.as_deref(), *limit)? {
             let who = if h.outgoing {
@@ -320,13 +365,7 @@ pub async fn run(a: ChatArgs) -> Result<()> {
             if let Some(o) = &h.origin {
                 tags.push(format!("third-party: {o}"));
             }
-            let at = time::OffsetDateTime::from_unix_timestamp_nanos(h.at_ms as i128 * 1_000_000)
-                .ok()
-                .and_then(|t| {
-                    t.format(&time::format_description::well_known::Rfc3339)
-                        .ok()
-                })
-                .unwrap_or_default();
+            let at = rfc3339(h.at_ms);
             let tags = if tags.is_empty() {
                 String::new()
             } else {
@@ -523,7 +562,9 @@ async fn session(client: &mut Client, command: ChatCommand) -> Result<()> {
                 );
             }
         }
-        ChatCommand::History { .. } => unreachable!("answered without logging in"),
+        ChatCommand::History { .. } | ChatCommand::Chats { .. } => {
+            unreachable!("answered without logging in")
+        }
     }
     Ok(())
 }
