@@ -639,6 +639,7 @@ async fn start_proxy(
     let tls = t.config().data_dir.join("tls");
     strait_proxy::Proxy::start(strait_proxy::ProxyConfig {
         listen: vec!["127.0.0.1:0".parse().unwrap()],
+        listen_starttls: vec!["127.0.0.1:0".parse().unwrap()],
         // The proxy presents the provider domain's certificate to the apps (here the one the
         // platform's local CA made for it, which the test client trusts).
         app_cert: tls.join("acme.example.pem"),
@@ -685,6 +686,31 @@ async fn a_provider_that_pins_its_proxy_admits_its_users_only_through_it() {
         "bob@acme.example/phone"
     );
     assert!(bob.ping("p1").await.contains("type='result'"));
+
+    // Through its STARTTLS listener: the proxy answers the opening (STARTTLS required),
+    // then relays from the TLS handshake on.
+    let via_starttls = proxy.local_addrs()[1];
+    let mut dave = RawClient::connect(via_starttls, t.ca_pem()).await;
+    let f = dave.starttls("acme.example").await;
+    assert!(f.contains("<mechanism>OAUTHBEARER</mechanism>"), "{f}");
+    let r = oauthbearer(&mut dave, &token("dave")).await;
+    assert!(r.contains("<success"), "{r}");
+    assert_eq!(
+        dave.bind("acme.example", "tablet").await,
+        "dave@acme.example/tablet"
+    );
+    // Anything but <starttls/> before TLS is refused there, and goes no further.
+    let mut plain = RawClient::connect(via_starttls, t.ca_pem()).await;
+    let f = plain.open_stream("acme.example").await;
+    assert!(f.contains("<required/>"), "{f}");
+    plain
+        .send("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGEAYg==</auth>")
+        .await;
+    let r = plain.read_to_close().await;
+    assert!(
+        r.contains("<policy-violation") && r.contains("STARTTLS is required"),
+        "{r}"
+    );
 
     // Straight to the platform, or through a proxy whose key is not registered: refused.
     let mut direct = RawClient::connect_direct(t.direct, t.ca_pem(), "acme.example").await;

@@ -149,7 +149,8 @@ def test_suspension_ends_enlisted_sessions(server, new_account):
 def test_provider_users_through_the_providers_proxy(server, new_account):
     """`strait proxy run` as a provider runs it: its key pinned in the registry; slixmpp
     connects to it with direct TLS, logs in with the provider's token and reaches a platform
-    user; the same login straight to the platform is refused."""
+    user, and another connects with STARTTLS; the same login straight to the platform is
+    refused."""
     if server.kind != "strait":
         pytest.skip("needs strait's provider registry and proxy")
     import dataclasses
@@ -170,10 +171,11 @@ def test_provider_users_through_the_providers_proxy(server, new_account):
     while not os.path.exists(os.path.join(tls_dir, f"{domain}.key")):
         assert time.monotonic() < deadline, "the provider domain's certificate was not made"
         time.sleep(0.2)
-    (port,) = free_ports(1)
+    port, port_starttls = free_ports(2)
     log = open(os.path.join(server.workdir, f"{pid}-proxy.log"), "wb")
     proxy = subprocess.Popen(
         [server.binary, "proxy", "run", "--listen", f"127.0.0.1:{port}",
+         "--listen-starttls", f"127.0.0.1:{port_starttls}",
          "--cert", os.path.join(tls_dir, f"{domain}.pem"),
          "--key", os.path.join(tls_dir, f"{domain}.key"),
          "--upstream", f"127.0.0.1:{server.tls_port}",
@@ -183,7 +185,7 @@ def test_provider_users_through_the_providers_proxy(server, new_account):
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 10
-        while not port_open("127.0.0.1", port):
+        while not (port_open("127.0.0.1", port) and port_open("127.0.0.1", port_starttls)):
             assert proxy.poll() is None, f"strait proxy exited with {proxy.returncode}"
             assert time.monotonic() < deadline, "strait proxy did not start"
             time.sleep(0.1)
@@ -223,6 +225,17 @@ def test_provider_users_through_the_providers_proxy(server, new_account):
                 b.send_presence(pto=a.jid, ptype="subscribe")
                 await pa.wait_presence(lambda p: p["from"].bare == bob.jid and
                                        p["type"] == "subscribe", "bob's request via the proxy")
+                # STARTTLS, slixmpp's default, through the proxy's other listener.
+                cd = Clients(dataclasses.replace(server, c2s_port=port_starttls))
+                cs.all.extend(cd.all)
+                dave = Account(jid=f"d{secrets.token_hex(4)}@{domain}", password="unused")
+                d = cd.new(dave, label="D-proxy", mech="OAUTHBEARER")
+                cs.all.append(d)
+                d.credentials["access_token"] = backend.token(dave.jid.split("@")[0],
+                                                              server.domain)
+                await d.login()
+                assert d.boundjid.bare == dave.jid
+                assert "starttls" in d.features, d.features
 
         run(body())
     finally:

@@ -1,8 +1,9 @@
 //! `strait proxy`: what a provider runs between its apps and a Strait platform
 //! (docs/interop.md, "Proxies").
 //!
-//! The provider's apps connect to the proxy with direct TLS (XEP-0368) under the provider's
-//! domain; for each app connection the proxy opens one connection to the platform's direct-TLS
+//! The provider's apps connect to the proxy with direct TLS (XEP-0368) or STARTTLS under the
+//! provider's domain (for STARTTLS the proxy answers the stream's opening itself, with
+//! STARTTLS required, and relays from the TLS handshake on); for each app connection the proxy opens one connection to the platform's direct-TLS
 //! port, presents the proxy's client certificate (whose public key the provider registered as
 //! a pin), and relays the XMPP stream both ways, unchanged and unread: the stream inside is the
 //! app's own (its login with the provider's token, its end-to-end encrypted messages). One
@@ -42,15 +43,17 @@ pub enum ProxyError {
     Tls(#[from] rustls::Error),
     #[error("cannot listen on {addr}: {source}")]
     Listen { addr: SocketAddr, source: io::Error },
-    #[error("--listen needs at least one address")]
+    #[error("--listen or --listen-starttls needs at least one address")]
     NoListener,
 }
 
 /// The proxy's settings.
 #[derive(Clone, Debug)]
 pub struct ProxyConfig {
-    /// Where the provider's apps connect (direct TLS).
+    /// Where the provider's apps connect with direct TLS.
     pub listen: Vec<SocketAddr>,
+    /// Where they connect with STARTTLS (RFC 6120 §5; the usual port is 5222).
+    pub listen_starttls: Vec<SocketAddr>,
     /// The certificate chain (PEM) and key the proxy presents to the apps: for the provider's
     /// domain, the name the apps open their streams to.
     pub app_cert: PathBuf,
@@ -139,7 +142,7 @@ pub struct Proxy {
 impl Proxy {
     /// Loads the certificates, binds the listeners and starts relaying.
     pub async fn start(config: ProxyConfig) -> Result<Proxy, ProxyError> {
-        if config.listen.is_empty() {
+        if config.listen.is_empty() && config.listen_starttls.is_empty() {
             return Err(ProxyError::NoListener);
         }
         let (acceptor, connector) = tls(&config)?;
@@ -153,7 +156,12 @@ impl Proxy {
         });
         let mut tasks = JoinSet::new();
         let mut local = Vec::new();
-        for addr in &config.listen {
+        let listeners = config
+            .listen
+            .iter()
+            .map(|a| (a, false))
+            .chain(config.listen_starttls.iter().map(|a| (a, true)));
+        for (addr, starttls) in listeners {
             let l = TcpListener::bind(addr)
                 .await
                 .map_err(|source| ProxyError::Listen {
@@ -164,9 +172,15 @@ impl Proxy {
                 addr: *addr,
                 source,
             })?;
-            tracing::info!(%bound, upstream = %config.upstream, "proxy listening");
+            tracing::info!(%bound, starttls, upstream = %config.upstream, "proxy listening");
             local.push(bound);
-            tasks.spawn(accept_loop(l, shared.clone(), places.clone(), stop.clone()));
+            tasks.spawn(accept_loop(
+                l,
+                starttls,
+                shared.clone(),
+                places.clone(),
+                stop.clone(),
+            ));
         }
         Ok(Proxy {
             local,
@@ -175,7 +189,7 @@ impl Proxy {
         })
     }
 
-    /// The bound listener addresses.
+    /// The bound listener addresses: the direct-TLS ones, then the STARTTLS ones.
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.local
     }
@@ -201,6 +215,7 @@ struct Shared {
 
 async fn accept_loop(
     l: TcpListener,
+    starttls: bool,
     shared: Arc<Shared>,
     places: Arc<Semaphore>,
     mut stop: watch::Receiver<bool>,
@@ -229,7 +244,7 @@ async fn accept_loop(
         let shared = shared.clone();
         let stop = stop.clone();
         relays.spawn(async move {
-            if let Err(e) = relay(tcp, &shared, stop).await {
+            if let Err(e) = relay(tcp, starttls, &shared, stop).await {
                 tracing::info!(%peer, "relay ended: {e}");
             }
             drop(permit);
@@ -240,21 +255,39 @@ async fn accept_loop(
     relays.shutdown().await;
 }
 
-/// One app connection: TLS with the app, one TLS connection to the platform, bytes both ways
-/// until either side closes.
-async fn relay(tcp: TcpStream, shared: &Shared, mut stop: watch::Receiver<bool>) -> io::Result<()> {
+/// One app connection: TLS with the app (after the STARTTLS exchange, on a STARTTLS
+/// listener), one TLS connection to the platform, bytes both ways until either side closes.
+async fn relay(
+    mut tcp: TcpStream,
+    starttls: bool,
+    shared: &Shared,
+    mut stop: watch::Receiver<bool>,
+) -> io::Result<()> {
     let _ = tcp.set_nodelay(true);
     let timed = |what: &'static str| move |_| io::Error::new(io::ErrorKind::TimedOut, what);
+    let stream_to = match starttls {
+        true => Some(
+            tokio::time::timeout(HANDSHAKE_TIMEOUT, negotiate_starttls(&mut tcp))
+                .await
+                .map_err(timed("the app's STARTTLS exchange timed out"))??,
+        ),
+        false => None,
+    };
     let mut app = tokio::time::timeout(HANDSHAKE_TIMEOUT, shared.acceptor.accept(tcp))
         .await
         .map_err(timed("the app's TLS handshake timed out"))??;
     let sni = app.get_ref().1.server_name().map(str::to_owned);
-    let name = shared.upstream_name.clone().or(sni).ok_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "the app sent no server name (SNI)",
-        )
-    })?;
+    let name = shared
+        .upstream_name
+        .clone()
+        .or(sni)
+        .or(stream_to)
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the app sent no server name (SNI)",
+            )
+        })?;
     let server_name = ServerName::try_from(name.clone())
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     let up = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
@@ -278,4 +311,94 @@ async fn relay(tcp: TcpStream, shared: &Shared, mut stop: watch::Receiver<bool>)
         r = tokio::io::copy_bidirectional(&mut app, &mut up) => r.map(|_| ()),
         _ = stop.changed() => Ok(()),
     }
+}
+
+const NS_TLS: &str = "urn:ietf:params:xml:ns:xmpp-tls";
+
+/// The plaintext part of a STARTTLS connection (RFC 6120 §5.4), answered by the proxy itself:
+/// the app's stream header, features that require STARTTLS, the app's `<starttls/>`, and
+/// `<proceed/>`. Returns the domain the app opened its stream to. Anything else before TLS
+/// ends the connection with a stream error; nothing of it reaches the platform.
+async fn negotiate_starttls(tcp: &mut TcpStream) -> io::Result<String> {
+    use strait_wire::{Event, Limits, StreamParser};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut parser = StreamParser::new(Limits::unauthenticated());
+    let mut buf = [0u8; 2048];
+    let mut to: Option<String> = None;
+    loop {
+        let event = match parser.next_event() {
+            Ok(e) => e,
+            Err(e) => {
+                let (cond, text) = ("not-well-formed", e.to_string());
+                return Err(refuse(tcp, to.is_none(), cond, &text).await);
+            }
+        };
+        match event {
+            None => {
+                let n = tcp.read(&mut buf).await?;
+                if n == 0 {
+                    return Err(io::ErrorKind::UnexpectedEof.into());
+                }
+                parser.feed(&buf[..n]);
+            }
+            Some(Event::StreamOpen(h)) if to.is_none() => {
+                let Some(domain) = h.to.filter(|d| !d.is_empty()) else {
+                    return Err(
+                        refuse(tcp, true, "host-unknown", "the stream names no domain").await,
+                    );
+                };
+                let header = format!(
+                    "<?xml version='1.0'?><stream:stream xmlns='jabber:client' \
+                     xmlns:stream='http://etherx.jabber.org/streams' id='{}' from='{}' version='1.0'>\
+                     <stream:features><starttls xmlns='{NS_TLS}'><required/></starttls></stream:features>",
+                    stream_id(),
+                    strait_wire::escape_attr(&domain)
+                );
+                tcp.write_all(header.as_bytes()).await?;
+                to = Some(domain);
+            }
+            Some(Event::Element(st)) if st.name == "starttls" && st.ns == NS_TLS => {
+                tcp.write_all(format!("<proceed xmlns='{NS_TLS}'/>").as_bytes())
+                    .await?;
+                // (An app that sent TLS bytes before <proceed/> fails its handshake next.)
+                return to.ok_or_else(|| io::ErrorKind::InvalidData.into());
+            }
+            Some(_) => {
+                return Err(refuse(
+                    tcp,
+                    to.is_none(),
+                    "policy-violation",
+                    "STARTTLS is required before anything else",
+                )
+                .await);
+            }
+        }
+    }
+}
+
+/// Ends a pre-TLS stream with a stream error (opening a stream first if the app's was not
+/// answered yet); the error to report.
+async fn refuse(tcp: &mut TcpStream, open: bool, condition: &str, text: &str) -> io::Error {
+    use tokio::io::AsyncWriteExt;
+    let header = if open {
+        "<?xml version='1.0'?><stream:stream xmlns='jabber:client' \
+         xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>"
+    } else {
+        ""
+    };
+    let reply = format!(
+        "{header}<stream:error><{condition} xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>\
+         <text xmlns='urn:ietf:params:xml:ns:xmpp-streams'>{}</text></stream:error></stream:stream>",
+        strait_wire::escape_text(text)
+    );
+    let _ = tcp.write_all(reply.as_bytes()).await;
+    let _ = tcp.shutdown().await;
+    io::Error::new(io::ErrorKind::InvalidData, format!("{condition}: {text}"))
+}
+
+/// A stream id: random, unguessable.
+fn stream_id() -> String {
+    let mut b = [0u8; 12];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }

@@ -9,12 +9,15 @@ use std::path::PathBuf;
 #[derive(Subcommand)]
 pub enum ProxyCommand {
     /// Relay the provider's apps to the platform: apps connect here with direct TLS
-    /// (XEP-0368) under the provider's domain; each gets its own connection to the platform,
-    /// made with this proxy's client certificate. Runs until interrupted.
+    /// (XEP-0368) or STARTTLS under the provider's domain; each gets its own connection to the
+    /// platform, made with this proxy's client certificate. Runs until interrupted.
     Run {
-        /// Where the apps connect (repeat for several).
-        #[arg(long, required = true)]
+        /// Where the apps connect with direct TLS (repeat for several).
+        #[arg(long, required_unless_present = "listen_starttls")]
         listen: Vec<SocketAddr>,
+        /// Where the apps connect with STARTTLS (repeat for several).
+        #[arg(long)]
+        listen_starttls: Vec<SocketAddr>,
         /// The certificate chain (PEM) presented to the apps, for the provider's domain.
         #[arg(long)]
         cert: PathBuf,
@@ -70,6 +73,7 @@ pub async fn run(cmd: ProxyCommand) -> Result<()> {
     match cmd {
         ProxyCommand::Run {
             listen,
+            listen_starttls,
             cert,
             key,
             upstream,
@@ -80,8 +84,10 @@ pub async fn run(cmd: ProxyCommand) -> Result<()> {
             max_connections,
         } => {
             let pin = pin_of(&client_cert)?;
+            let direct = listen.len();
             let proxy = strait_proxy::Proxy::start(strait_proxy::ProxyConfig {
                 listen,
+                listen_starttls,
                 app_cert: cert,
                 app_key: key,
                 upstream: upstream.clone(),
@@ -92,8 +98,9 @@ pub async fn run(cmd: ProxyCommand) -> Result<()> {
                 max_connections,
             })
             .await?;
-            for a in proxy.local_addrs() {
-                println!("strait proxy: apps on {a} (direct TLS), relayed to {upstream}");
+            for (i, a) in proxy.local_addrs().iter().enumerate() {
+                let how = if i < direct { "direct TLS" } else { "STARTTLS" };
+                println!("strait proxy: apps on {a} ({how}), relayed to {upstream}");
             }
             println!("strait proxy: client certificate pin {pin} (registered for the provider?)");
             tokio::select! {
