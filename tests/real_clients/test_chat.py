@@ -131,13 +131,22 @@ def test_strait_chat_and_slixmpp_omemo_both_ways(server, new_account):
     assert "NOT ENCRYPTED" not in hist
 
 
-def test_strait_chat_refuses_wrong_password_and_a_locked_store(server, new_account):
+def test_strait_chat_refuses_wrong_password_unknown_ca_and_a_foreign_store(server, new_account):
     a = new_account(prefix="cw")
     store = tempfile.mkdtemp(prefix="strait-chat-")
     wrong = Account(jid=a.jid, password="not-" + a.password)
     res = chat(server, wrong, os.path.join(store, "a"), "send", a.jid, "x", check=False)
     assert res.returncode != 0
     assert "not-authorized" in res.stderr, res.stderr
+    # Without the server's CA, the certificate does not verify, and the error says what to do.
+    res = subprocess.run(
+        [server.binary or strait_binary(), "chat", "--jid", a.jid,
+         "--server", f"{server.host}:{server.c2s_port}", "--store", os.path.join(store, "n"),
+         "send", a.jid, "x"],
+        env=dict(os.environ, STRAIT_CHAT_PASSWORD=a.password), capture_output=True, text=True,
+        timeout=CHAT_TIMEOUT)
+    assert res.returncode != 0
+    assert "UnknownIssuer" in res.stderr and "give --ca-file" in res.stderr, res.stderr
     # A store belongs to one account.
     other = new_account(prefix="cx")
     chat(server, other, os.path.join(store, "o"), "listen", "--timeout", "1")

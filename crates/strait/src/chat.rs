@@ -376,9 +376,19 @@ pub async fn run(a: ChatArgs) -> Result<()> {
         return Ok(());
     }
     let account = account(&a, store).await?;
-    let mut client = Client::connect(&account)
-        .await
-        .with_context(|| format!("connecting as {}", account.jid))?;
+    let mut client = match Client::connect(&account).await {
+        Ok(c) => c,
+        // A self-made certificate (a `strait serve` on its defaults) is not among the public
+        // CAs: say what to give.
+        Err(chat::ChatError::Login(e)) if e.kind.starts_with("tls:") && a.ca_file.is_none() => {
+            bail!(
+                "connecting as {}: {e}\n(checked against the public CAs; for a server with a \
+                 certificate of its own CA, give --ca-file, e.g. strait-data/tls/ca.pem)",
+                account.jid
+            )
+        }
+        Err(e) => return Err(e).with_context(|| format!("connecting as {}", account.jid)),
+    };
     eprintln!(
         "strait chat: {} online (device {}, fingerprint {})",
         client.bound_jid(),
