@@ -307,3 +307,38 @@ async fn sdk_reconnects_after_the_server_restarts() {
     }
     server.shutdown(Duration::from_secs(5)).await;
 }
+
+/// A client that only sends (`strait chat send`) still receives what waited for it, while it
+/// logs in, and the server asks for acknowledgements meanwhile: what it acknowledges must be
+/// the client's for good (decrypted and in the history), though the app never asked for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_leaves_what_it_did_not_read_with_the_server() {
+    let ts = TestServer::start(|_| {}).await;
+    ts.add_user("alice@localhost", "pa");
+    ts.add_user("bob@localhost", "pb");
+    let dir = tempfile::tempdir().unwrap();
+    let alice = account(&ts, "alice@localhost", "pa", &dir.path().join("a"));
+    Client::connect(&alice).await.unwrap().close().await;
+    let mut b = Client::connect(&account(&ts, "bob@localhost", "pb", &dir.path().join("b")))
+        .await
+        .unwrap();
+    for text in ["one", "two"] {
+        b.send("alice@localhost", text).await.unwrap();
+    }
+    // Alice sends and leaves without reading; the two messages reach her connection meanwhile.
+    let mut a = Client::connect(&alice).await.unwrap();
+    a.send("bob@localhost", "just sending").await.unwrap();
+    a.send("bob@localhost", "and again").await.unwrap();
+    assert_eq!(a.pending_events(), 2, "both arrived while she was sending");
+    a.close().await;
+    // They are in her history, decrypted.
+    let h = strait_client::chat::history(&dir.path().join("a"), Some("bob@localhost"), 10).unwrap();
+    let received: Vec<&str> = h
+        .iter()
+        .filter(|e| !e.outgoing)
+        .map(|e| e.text.as_str())
+        .collect();
+    assert_eq!(received, ["one", "two"], "{h:?}");
+    b.close().await;
+    ts.stop().await;
+}

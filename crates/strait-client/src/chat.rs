@@ -18,6 +18,11 @@
 //! incoming message, decrypted, with the platform's origin stamp when it comes from a
 //! third-party provider's user (`urn:strait:interop:0`).
 //!
+//! Messages are handled as they arrive, in order (decrypted, recorded in the history), before
+//! the connection acknowledges them to the server: an app that only sends still keeps what
+//! arrived meanwhile ([`Client::pending_events`]). A message delivered again after a lost
+//! acknowledgement is recognised by its ratchet counter and not reported twice.
+//!
 //! After a lost connection, [`Client::reconnect`] logs in again on the same store;
 //! `strait chat listen` and `with` do it by themselves, waiting longer between tries.
 //!
@@ -50,6 +55,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use strait_signal::device::{DeviceError, DeviceV2, DeviceV03};
+use strait_signal::error::SignalError;
 use strait_signal::fingerprint::{
     display_groups, omemo_fingerprint, omemo_fingerprint_from_ed25519,
 };
@@ -70,6 +76,8 @@ const NS_DISCO_ITEMS: &str = "http://jabber.org/protocol/disco#items";
 const NS_DISCO_INFO: &str = "http://jabber.org/protocol/disco#info";
 /// The largest shared file [`Client::download`] takes.
 pub const MAX_DOWNLOAD: usize = 512 << 20;
+/// Answers nobody waits for are dropped past this many (the oldest first).
+const INBOX_MAX: usize = 256;
 /// How long a request to the server may take before the client gives up on it.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -280,8 +288,8 @@ pub struct Client {
     history: rusqlite::Connection,
     /// Stanzas read while waiting for something else, in order.
     inbox: VecDeque<Vec<u8>>,
-    /// An event handled but not yet returned: its acknowledgement is being written.
-    ready: Option<Event>,
+    /// Events of the messages handled, not yet returned by [`Client::next_event`].
+    events: VecDeque<Event>,
     /// Bundles fetched on this connection (not fetched twice).
     fetched: HashSet<(String, u32, Omemo)>,
     next_id: u64,
@@ -483,7 +491,7 @@ impl Client {
             device2,
             history,
             inbox: VecDeque::new(),
-            ready: None,
+            events: VecDeque::new(),
             fetched: HashSet::new(),
             next_id: 0,
             id_prefix: prefix.iter().map(|b| format!("{b:02x}")).collect(),
@@ -513,7 +521,6 @@ impl Client {
     /// Messages the server held for the lost connection come again, from its offline queue.
     pub async fn reconnect(&mut self) -> Result<(), ChatError> {
         self.conn = self.login.login().await?;
-        self.ready = None;
         // Bundles may have changed while away.
         self.fetched.clear();
         self.go_online().await
@@ -589,12 +596,33 @@ impl Client {
         format!("sc-{}-{}", self.id_prefix, self.next_id)
     }
 
-    /// Reads what the server sent into the inbox (writing what is queued meanwhile).
+    /// Reads what the server sent (writing what is queued meanwhile). Messages are handled
+    /// at once, in order: decrypted, recorded in the history, their events queued for
+    /// [`Client::next_event`]. So when the connection acknowledges them (XEP-0198 counts in
+    /// order, and the server asks while a client sends), they are the client's for good, even
+    /// if the app never asks for its events. IQ answers and stream-management counts wait in
+    /// the inbox for whoever waits for them (the newest [`INBOX_MAX`]); the rest (contacts'
+    /// presence) this client does not use.
     async fn read_more(&mut self) -> Result<(), ChatError> {
         self.conn.pump().await?;
-        let inbox = &mut self.inbox;
-        self.conn
-            .process(|el, _| inbox.push_back(el.raw().to_vec()))?;
+        let mut read = Vec::new();
+        self.conn.process(|el, _| {
+            if el.is("message") || el.is("iq") || el.is("a") {
+                read.push(el.raw().to_vec());
+            }
+        })?;
+        for raw in read {
+            if raw.starts_with(b"<message") {
+                if let Some(ev) = self.handle(&raw)? {
+                    self.events.push_back(ev);
+                }
+            } else {
+                if self.inbox.len() >= INBOX_MAX {
+                    self.inbox.pop_front();
+                }
+                self.inbox.push_back(raw);
+            }
+        }
         Ok(())
     }
 
@@ -852,16 +880,14 @@ impl Client {
         self.conn.send_stanza(stanza.as_bytes());
         self.confirm().await?;
         // A refusal arrives before the acknowledgement of the message it refuses.
-        let bounced = self.inbox.iter().position(|raw| {
-            Element::parse(raw).is_some_and(|e| {
-                e.is("message")
-                    && e.attr("type").as_deref() == Some("error")
-                    && e.attr("id").as_deref() == Some(id.as_str())
-            })
-        });
-        if let Some(i) = bounced {
-            let raw = self.inbox.remove(i).unwrap_or_default();
-            let (condition, text) = error_of(&raw);
+        let bounced = self
+            .events
+            .iter()
+            .position(|ev| matches!(ev, Event::Bounced { id: Some(b), .. } if *b == id));
+        if let Some(Event::Bounced {
+            condition, text, ..
+        }) = bounced.and_then(|i| self.events.remove(i))
+        {
             return Err(ChatError::Refused { condition, text });
         }
         self.record(&to, true, text, true, None)?;
@@ -1112,35 +1138,31 @@ impl Client {
         Ok(())
     }
 
+    /// Events already handled (in the history) and not yet returned by
+    /// [`Client::next_event`]: what arrived while the app did something else.
+    pub fn pending_events(&self) -> usize {
+        self.events.len()
+    }
+
     /// The next incoming message (decrypted) or bounce, waiting for it. Before it returns,
     /// the server has been told (XEP-0198) that what was read so far arrived, so that it does
-    /// not hand the same messages to the account's next device to come online; with them goes
+    /// not hand the same messages to the account's next device to come online; with that goes
     /// whatever handling queued (an empty message that completes a session, a republished
-    /// bundle).
+    /// bundle, receipts).
     ///
-    /// Cancel-safe: it can race other futures in a `select!`. A stanza leaves the inbox only
-    /// when it is handled, without waiting, and an event not yet returned is kept for the
-    /// next call.
+    /// Cancel-safe: it can race other futures in a `select!`. Its waits are for bytes from
+    /// the server and for the socket to take what is queued; an event leaves the queue only
+    /// when it is returned.
     pub async fn next_event(&mut self) -> Result<Event, ChatError> {
         loop {
-            if self.ready.is_some() {
+            if !self.events.is_empty() {
+                self.conn.ack();
                 self.conn.write_out().await?;
-                if let Some(ev) = self.ready.take() {
+                if let Some(ev) = self.events.pop_front() {
                     return Ok(ev);
                 }
             }
-            match self.inbox.pop_front() {
-                Some(raw) => {
-                    self.ready = self.handle(&raw)?;
-                    if self.inbox.is_empty() {
-                        // Acknowledges exactly what was handled: the count covers every
-                        // stanza read, and the inbox holds none unhandled. (Without an event
-                        // to return, the next read writes it.)
-                        self.conn.ack();
-                    }
-                }
-                None => self.read_more().await?,
-            }
+            self.read_more().await?;
         }
     }
 
@@ -1293,6 +1315,9 @@ impl Client {
             // An empty message for another device (one completing its session, seen here as a
             // carbon): nothing for the user.
             Err(DeviceError::NotForUs(_)) if key_transport => return Ok(None),
+            // A message decrypted before, delivered again (its acknowledgement was lost with a
+            // connection): the user has it already.
+            Err(DeviceError::Signal(SignalError::DuplicateMessage { .. })) => return Ok(None),
             Err(e) => {
                 return Ok(Some(Event::Undecryptable {
                     from,

@@ -401,6 +401,21 @@ pub async fn run(a: ChatArgs) -> Result<()> {
 }
 
 async fn session(client: &mut Client, command: ChatCommand) -> Result<()> {
+    let sending = matches!(
+        command,
+        ChatCommand::Send { .. } | ChatCommand::SendFile { .. }
+    );
+    session_command(client, command).await?;
+    if sending && client.pending_events() > 0 {
+        eprintln!(
+            "strait chat: {} message(s) arrived meanwhile; `strait chat history` shows them",
+            client.pending_events()
+        );
+    }
+    Ok(())
+}
+
+async fn session_command(client: &mut Client, command: ChatCommand) -> Result<()> {
     match command {
         ChatCommand::Send { to, text } => {
             let sent = client.send(&to, &text.join(" ")).await?;
