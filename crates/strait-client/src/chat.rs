@@ -40,6 +40,29 @@
 //! encrypted message; the server only ever holds ciphertext. An incoming link is reported as
 //! [`Incoming::media`], and [`Client::download`] fetches and decrypts it.
 //!
+//! ```no_run
+//! # async fn demo(token: String) -> Result<(), strait_client::chat::ChatError> {
+//! use strait_client::chat::{Account, Client, Credential, Event};
+//! let mut client = Client::connect(&Account {
+//!     jid: "sam@chat.acme.example".into(),
+//!     credential: Credential::Token(token), // a provider's user (docs/interop.md)
+//!     server: "203.0.113.7:5223".parse().expect("an address"),
+//!     tls_name: Some("chat.acme.example".into()),
+//!     direct_tls: true,
+//!     verify: strait_client::conn::Verify::PublicRoots,
+//!     resource: String::new(),
+//!     store: "/var/lib/acme-app/strait".into(),
+//!     http_via: None,
+//! })
+//! .await?;
+//! client.send("+31612345678@platform.example", "hello").await?;
+//! if let Event::Message(m) = client.next_event().await? {
+//!     println!("{}: {}", m.from, m.text);
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! Not here yet: group chats.
 
 use crate::conn::{self, ClientSettings, ConnError, Connection, Login, LoginError, Verify};
