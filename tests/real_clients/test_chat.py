@@ -297,3 +297,49 @@ def test_strait_chat_speaks_omemo_2_with_a_client_that_has_only_omemo_2(server, 
             assert "[encrypted" in res.stdout, res.stdout
 
     run(body(), timeout=3 * OMEMO_TIMEOUT)
+
+
+@pytest.mark.timeout(4 * OMEMO_TIMEOUT)
+def test_strait_chat_with_is_a_conversation(server, new_account):
+    """`strait chat with` (interactive): lines typed go out encrypted, what arrives is printed
+    while it waits for the next line, and end of input ends it."""
+    a, b = new_account(prefix="wa"), new_account(prefix="wb")
+    store = tempfile.mkdtemp(prefix="strait-chat-")
+    first, answer, second = tok("WITH-one"), tok("WITH-answer"), tok("WITH-two")
+    cmd = [server.binary or strait_binary(), "chat", "--jid", a.jid,
+           "--server", f"{server.host}:{server.c2s_port}", "--ca-file", server.ca_file,
+           "--store", os.path.join(store, "a"), "with", b.jid]
+
+    async def body():
+        async with Clients(server) as cs:
+            cb = await omemo_client(cs, b, "B")
+            proc = await asyncio.create_subprocess_exec(
+                *cmd, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env=dict(os.environ, STRAIT_CHAT_PASSWORD=a.password))
+            try:
+                proc.stdin.write(f"{first}\n".encode())
+                await proc.stdin.drain()
+                def encrypted(m):
+                    return m.xml.find(f"{{{NS_OLD}}}encrypted") is not None
+                m1 = await cb.wait_message(encrypted, "the first line, encrypted")
+                body, _ = await decrypt(cb, m1, NS_OLD)
+                assert body == first, body
+                # An answer arrives while strait chat waits for the next line.
+                await send_encrypted(cb, a.jid, NS_OLD, answer)
+                line = await asyncio.wait_for(proc.stdout.readline(), OMEMO_TIMEOUT)
+                assert line.decode().rstrip().endswith(f"[encrypted]: {answer}"), line
+                proc.stdin.write(f"{second}\n".encode())
+                await proc.stdin.drain()
+                m2 = await cb.wait_message(lambda m: encrypted(m) and m["id"] != m1["id"],
+                                           "the second line", timeout=OMEMO_TIMEOUT)
+                body, _ = await decrypt(cb, m2, NS_OLD)
+                assert body == second, body
+                proc.stdin.close()
+                assert await asyncio.wait_for(proc.wait(), 30) == 0
+            finally:
+                if proc.returncode is None:
+                    proc.kill()
+                    await proc.wait()
+
+    run(body(), timeout=3 * OMEMO_TIMEOUT)
