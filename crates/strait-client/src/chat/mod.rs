@@ -65,16 +65,26 @@
 //!
 //! Not here yet: group chats.
 
+mod consent;
+mod media;
+mod store;
+
+pub use consent::{Consent, ConsentChange, ProviderChoice};
+pub use media::{MAX_DOWNLOAD, Media};
+pub use store::{Conversation, HistoryEntry, conversations, history};
+
+use media::file_name;
+use store::{device_id, open_store};
+
 use crate::conn::{self, ClientSettings, ConnError, Connection, Login, LoginError, Verify};
-use crate::https::{Https, HttpsError};
+use crate::https::Https;
 use crate::omemo::{self, Omemo};
 use crate::scram::{KeyCache, Mechanism};
 use crate::xml::{Element, decode};
 use rand_core::{OsRng, RngCore};
-use rusqlite::OptionalExtension;
 use std::collections::{HashSet, VecDeque};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use strait_signal::device::{DeviceError, DeviceV2, DeviceV03};
@@ -82,8 +92,7 @@ use strait_signal::error::SignalError;
 use strait_signal::fingerprint::{
     display_groups, omemo_fingerprint, omemo_fingerprint_from_ed25519,
 };
-use strait_signal::media::{self, AesgcmUrl, MediaError, parse_media_body};
-use strait_signal::omemo::DEVICE_ID_MAX;
+use strait_signal::media::parse_media_body;
 use strait_signal::omemo::xml::v2::{self as x2, BundleV2, DeviceListV2, EncryptedV2};
 use strait_signal::omemo::xml::v03::{BundleV03, DeviceListV03, EncryptedV03};
 use strait_signal::omemo2::store::Omemo2Store;
@@ -92,13 +101,8 @@ use strait_signal::store::{Address, IdentityKeyStore, SessionStore};
 
 const NS_SM: &str = "urn:xmpp:sm:3";
 const NS_INTEROP: &str = "urn:strait:interop:0";
-const NS_UPLOAD: &str = "urn:xmpp:http:upload:0";
 const NS_RECEIPTS: &str = "urn:xmpp:receipts";
 const NS_CARBONS: &str = "urn:xmpp:carbons:2";
-const NS_DISCO_ITEMS: &str = "http://jabber.org/protocol/disco#items";
-const NS_DISCO_INFO: &str = "http://jabber.org/protocol/disco#info";
-/// The largest shared file [`Client::download`] takes.
-pub const MAX_DOWNLOAD: usize = 512 << 20;
 /// Answers nobody waits for are dropped past this many (the oldest first).
 const INBOX_MAX: usize = 256;
 /// How long a request to the server may take before the client gives up on it.
@@ -183,14 +187,6 @@ pub struct Origin {
     pub name: String,
 }
 
-/// A shared file (XEP-0454): where its ciphertext is and the key, from an encrypted message.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Media {
-    pub url: AesgcmUrl,
-    /// The file's name, from the link (the last path segment, percent-decoded).
-    pub name: String,
-}
-
 /// A message received.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Incoming {
@@ -236,49 +232,6 @@ pub enum Event {
         condition: String,
         text: Option<String>,
     },
-}
-
-/// A line of the local history.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HistoryEntry {
-    pub at_ms: i64,
-    pub peer: String,
-    pub outgoing: bool,
-    pub text: String,
-    pub encrypted: bool,
-    /// The provider's name, for messages from a third-party provider's user.
-    pub origin: Option<String>,
-}
-
-/// A platform user's choice about third-party chats (docs/interop.md, "Consent"), as the
-/// platform holds it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Consent {
-    /// Whether third-party chats are on at all.
-    pub enabled: bool,
-    /// `separate` (a third-party section, the default) or `combined`.
-    pub inbox: String,
-    /// Every active provider, and any other this user allowed.
-    pub providers: Vec<ProviderChoice>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ProviderChoice {
-    pub id: String,
-    pub name: String,
-    /// The agreement's status: `active`, `suspended`, ...
-    pub status: String,
-    pub allowed: bool,
-}
-
-/// A change to the consent: what is left `None` or unnamed stays as it is.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ConsentChange {
-    pub enabled: Option<bool>,
-    /// `separate` or `combined`.
-    pub inbox: Option<String>,
-    pub allow: Vec<String>,
-    pub deny: Vec<String>,
 }
 
 /// A contact's device as this store knows it (from the sessions it has with it).
@@ -363,83 +316,6 @@ fn now_ms() -> i64 {
 
 fn bare(jid: &str) -> &str {
     jid.split('/').next().unwrap_or(jid)
-}
-
-/// Opens the store directory: created private, locked for this process.
-fn open_store(account: &Account) -> Result<(std::fs::File, rusqlite::Connection), ChatError> {
-    let dir = &account.store;
-    let err = |e: &dyn std::fmt::Display| ChatError::Store(dir.clone(), e.to_string());
-    std::fs::create_dir_all(dir).map_err(|e| err(&e))?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-            .map_err(|e| err(&e))?;
-    }
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(dir.join("lock"))
-        .map_err(|e| err(&e))?;
-    lock.try_lock().map_err(|_| {
-        err(&"another client has this store open (one process per store: two would break each other's sessions)")
-    })?;
-    let db = rusqlite::Connection::open(dir.join("chat.db")).map_err(|e| err(&e))?;
-    db.execute_batch(
-        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;
-         CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-         CREATE TABLE IF NOT EXISTS messages (
-             seq INTEGER PRIMARY KEY,
-             at_ms INTEGER NOT NULL,
-             peer TEXT NOT NULL,
-             outgoing INTEGER NOT NULL,
-             text TEXT NOT NULL,
-             encrypted INTEGER NOT NULL,
-             origin TEXT
-         );
-         CREATE INDEX IF NOT EXISTS messages_peer ON messages (peer, seq);",
-    )
-    .map_err(|e| err(&e))?;
-    Ok((lock, db))
-}
-
-fn meta(db: &rusqlite::Connection, key: &str) -> rusqlite::Result<Option<String>> {
-    db.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
-        .optional()
-}
-
-fn set_meta(db: &rusqlite::Connection, key: &str, value: &str) -> rusqlite::Result<()> {
-    db.execute(
-        "INSERT INTO meta (key, value) VALUES (?1, ?2)
-         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        [key, value],
-    )
-    .map(|_| ())
-}
-
-/// This store's account and device: checked against the account (a store belongs to one
-/// account), or recorded with a new random device id on the first use.
-fn device_id(db: &rusqlite::Connection, account: &Account) -> Result<u32, ChatError> {
-    let err = |e: &dyn std::fmt::Display| ChatError::Store(account.store.clone(), e.to_string());
-    match meta(db, "jid").map_err(|e| err(&e))? {
-        Some(j) if !j.eq_ignore_ascii_case(&account.jid) => {
-            return Err(err(&format!(
-                "it belongs to {j}, not {}: use another directory",
-                account.jid
-            )));
-        }
-        Some(_) => {}
-        None => set_meta(db, "jid", &account.jid).map_err(|e| err(&e))?,
-    }
-    if let Some(id) = meta(db, "device_id").map_err(|e| err(&e))? {
-        return id
-            .parse()
-            .map_err(|_| err(&format!("stored device id {id:?} is not a number")));
-    }
-    let id = 1 + OsRng.next_u32() % DEVICE_ID_MAX;
-    set_meta(db, "device_id", &id.to_string()).map_err(|e| err(&e))?;
-    Ok(id)
 }
 
 impl Client {
@@ -921,218 +797,6 @@ impl Client {
         })
     }
 
-    /// Shares a file with `to` (XEP-0454, see the module documentation): encrypted, uploaded,
-    /// and its link sent in an encrypted message.
-    pub async fn send_file(
-        &mut self,
-        to: &str,
-        name: &str,
-        data: &[u8],
-    ) -> Result<Sent, ChatError> {
-        let (service, max) = self.upload_service().await?;
-        let (ciphertext, key, iv) = media::encrypt_file(data, &mut OsRng);
-        let size = ciphertext.len() as u64;
-        if let Some(max) = max.filter(|m| size > *m) {
-            return Err(ChatError::Upload(format!(
-                "{name} is {size} bytes encrypted; {service} takes at most {max}"
-            )));
-        }
-        let raw = self
-            .iq(|id| {
-                format!(
-                    "<iq type='get' id='{id}' to='{}'><request xmlns='{NS_UPLOAD}' filename='{}' size='{size}' content-type='application/octet-stream'/></iq>",
-                    crate::xml::escape(&service),
-                    crate::xml::escape(name)
-                )
-            })
-            .await?;
-        let el = Element::parse(&raw).ok_or(ConnError::Protocol("unparsable answer".into()))?;
-        if el.attr("type").as_deref() != Some("result") {
-            let (condition, text) = error_of(&raw);
-            return Err(ChatError::Upload(format!(
-                "{service} gave no slot: {condition}{}",
-                text.map(|t| format!(" ({t})")).unwrap_or_default()
-            )));
-        }
-        let slot = el
-            .child("slot")
-            .ok_or_else(|| ChatError::Upload("the answer holds no slot".into()))?;
-        let put = slot.child("put");
-        let (Some(put_url), Some(get_url)) = (
-            put.and_then(|p| p.attr("url")).map(|u| u.into_owned()),
-            slot.child("get")
-                .and_then(|g| g.attr("url"))
-                .map(|u| u.into_owned()),
-        ) else {
-            return Err(ChatError::Upload(
-                "the slot lacks its put or get URL".into(),
-            ));
-        };
-        // XEP-0363 §5: only these headers may come from the slot.
-        let headers: Vec<(String, String)> = put
-            .map(|p| {
-                p.children()
-                    .filter(|h| h.is("header"))
-                    .filter_map(|h| {
-                        let n = h.attr("name")?.into_owned();
-                        ["Authorization", "Cookie", "Expires"]
-                            .iter()
-                            .any(|a| a.eq_ignore_ascii_case(&n))
-                            .then(|| (n, decode(h.inner()).into_owned()))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        self.https
-            .put(&put_url, &headers, "application/octet-stream", ciphertext)
-            .await
-            .map_err(|e| ChatError::Upload(e.to_string()))?;
-        let link = AesgcmUrl::from_https(&get_url, key, &iv)
-            .map_err(|e: MediaError| ChatError::Upload(format!("the slot's URL: {e}")))?;
-        self.send(to, &link.to_string()).await
-    }
-
-    /// Fetches and decrypts a shared file.
-    pub async fn download(&self, media: &Media) -> Result<Vec<u8>, ChatError> {
-        let url = media.url.https_url();
-        let ciphertext = self
-            .https
-            .get(&url, MAX_DOWNLOAD)
-            .await
-            .map_err(|e: HttpsError| ChatError::Download(e.to_string()))?;
-        media
-            .url
-            .decrypt(&ciphertext)
-            .map_err(|e| ChatError::Download(format!("{url}: {e}")))
-    }
-
-    /// The server's XEP-0363 service (found through disco once) and its size limit.
-    async fn upload_service(&mut self) -> Result<(String, Option<u64>), ChatError> {
-        if let Some(u) = &self.upload {
-            return Ok(u.clone());
-        }
-        let domain = self
-            .jid
-            .rsplit_once('@')
-            .map(|(_, d)| d.to_owned())
-            .unwrap_or_default();
-        let raw = self
-            .iq(|id| {
-                format!(
-                    "<iq type='get' id='{id}' to='{}'><query xmlns='{NS_DISCO_ITEMS}'/></iq>",
-                    crate::xml::escape(&domain)
-                )
-            })
-            .await?;
-        let items: Vec<String> = Element::parse(&raw)
-            .and_then(|el| el.child("query"))
-            .map(|q| {
-                q.children()
-                    .filter(|i| i.is("item"))
-                    .filter_map(|i| i.attr("jid").map(|j| j.into_owned()))
-                    .collect()
-            })
-            .unwrap_or_default();
-        // The domain itself may be the service (as some servers do it).
-        for jid in items.iter().map(String::as_str).chain([domain.as_str()]) {
-            let raw = self
-                .iq(|id| {
-                    format!(
-                        "<iq type='get' id='{id}' to='{}'><query xmlns='{NS_DISCO_INFO}'/></iq>",
-                        crate::xml::escape(jid)
-                    )
-                })
-                .await?;
-            let Some(q) = Element::parse(&raw).and_then(|el| el.child("query")) else {
-                continue;
-            };
-            let offers = q
-                .children()
-                .any(|f| f.is("feature") && f.attr("var").as_deref() == Some(NS_UPLOAD));
-            if !offers {
-                continue;
-            }
-            let max = q
-                .children()
-                .filter(|x| x.is("x"))
-                .flat_map(|x| x.children().collect::<Vec<_>>())
-                .find(|f| f.is("field") && f.attr("var").as_deref() == Some("max-file-size"))
-                .and_then(|f| f.child("value"))
-                .and_then(|v| v.text().trim().parse::<u64>().ok());
-            let found = (jid.to_owned(), max);
-            self.upload = Some(found.clone());
-            return Ok(found);
-        }
-        Err(ChatError::Upload(format!(
-            "{domain} offers no file upload service (XEP-0363)"
-        )))
-    }
-
-    /// This platform user's consent to third-party chats (a Strait platform's
-    /// `urn:strait:interop:0` IQ).
-    pub async fn consent(&mut self) -> Result<Consent, ChatError> {
-        self.consent_iq("get", "").await
-    }
-
-    /// Changes the consent; returns it as it now stands.
-    pub async fn set_consent(&mut self, change: &ConsentChange) -> Result<Consent, ChatError> {
-        let mut attrs = String::new();
-        if let Some(e) = change.enabled {
-            attrs.push_str(&format!(" enabled='{e}'"));
-        }
-        if let Some(i) = &change.inbox {
-            attrs.push_str(&format!(" inbox='{}'", crate::xml::escape(i)));
-        }
-        let mut inner = String::new();
-        for (ids, allowed) in [(&change.allow, true), (&change.deny, false)] {
-            for id in ids {
-                inner.push_str(&format!(
-                    "<provider id='{}' allowed='{allowed}'/>",
-                    crate::xml::escape(id)
-                ));
-            }
-        }
-        self.consent_iq("set", &format!("{attrs}>{inner}</consent"))
-            .await
-    }
-
-    /// `body`: the attributes and content of `<consent` (empty: `<consent/>`).
-    async fn consent_iq(&mut self, ty: &str, body: &str) -> Result<Consent, ChatError> {
-        let element = match body {
-            "" => format!("<consent xmlns='{NS_INTEROP}'/>"),
-            b => format!("<consent xmlns='{NS_INTEROP}'{b}>"),
-        };
-        let raw = self
-            .iq(|id| format!("<iq type='{ty}' id='{id}'>{element}</iq>"))
-            .await?;
-        let el = Element::parse(&raw).ok_or(ConnError::Protocol("unparsable answer".into()))?;
-        if el.attr("type").as_deref() != Some("result") {
-            let (condition, text) = error_of(&raw);
-            return Err(ChatError::Consent(match text {
-                Some(t) => format!("{condition} ({t})"),
-                None => condition,
-            }));
-        }
-        let c = el
-            .child("consent")
-            .ok_or_else(|| ChatError::Consent("the answer holds no consent".into()))?;
-        let attr = |e: &Element<'_>, n: &str| e.attr(n).map(|v| v.into_owned()).unwrap_or_default();
-        Ok(Consent {
-            enabled: c.attr("enabled").as_deref() == Some("true"),
-            inbox: attr(&c, "inbox"),
-            providers: c
-                .children()
-                .filter(|p| p.is("provider"))
-                .map(|p| ProviderChoice {
-                    id: attr(&p, "id"),
-                    name: attr(&p, "name"),
-                    status: attr(&p, "status"),
-                    allowed: p.attr("allowed").as_deref() == Some("true"),
-                })
-                .collect(),
-        })
-    }
-
     /// Waits until the server has processed everything sent so far: its XEP-0198 count, or
     /// (without stream management) a ping's answer.
     async fn confirm(&mut self) -> Result<(), ChatError> {
@@ -1444,170 +1108,10 @@ impl Client {
         Some(None)
     }
 
-    fn record(
-        &self,
-        peer: &str,
-        outgoing: bool,
-        text: &str,
-        encrypted: bool,
-        origin: Option<&Origin>,
-    ) -> Result<(), ChatError> {
-        self.history
-            .execute(
-                "INSERT INTO messages (at_ms, peer, outgoing, text, encrypted, origin)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                rusqlite::params![
-                    now_ms(),
-                    peer,
-                    outgoing,
-                    text,
-                    encrypted,
-                    origin.map(|o| o.name.as_str())
-                ],
-            )
-            .map_err(|e| ChatError::Store(PathBuf::from("chat.db"), e.to_string()))?;
-        Ok(())
-    }
-
-    /// The newest `limit` lines of the local history (with `peer` only, if given), oldest
-    /// first.
-    pub fn history(
-        &self,
-        peer: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<HistoryEntry>, ChatError> {
-        read_history(&self.history, peer, limit)
-            .map_err(|e| ChatError::Store(PathBuf::from("chat.db"), e.to_string()))
-    }
-
     /// Ends the stream politely (writing what is still queued first).
     pub async fn close(mut self) {
         let _ = self.conn.flush().await;
         self.conn.close(Duration::from_secs(2)).await;
-    }
-}
-
-/// The local history of a store, read without logging in (`strait chat history`).
-pub fn history(
-    store: &Path,
-    peer: Option<&str>,
-    limit: usize,
-) -> Result<Vec<HistoryEntry>, ChatError> {
-    let err = |e: &dyn std::fmt::Display| ChatError::Store(store.to_owned(), e.to_string());
-    let db = open_history(store)?;
-    read_history(&db, peer, limit).map_err(|e| err(&e))
-}
-
-/// One conversation of the local history.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Conversation {
-    pub peer: String,
-    /// Set when the contact is a third-party provider's user (its messages carried the
-    /// platform's origin stamp): the provider's name, and the chat's place is the third-party
-    /// section.
-    pub third_party: Option<String>,
-    pub last_at_ms: i64,
-    pub last_text: String,
-    pub last_outgoing: bool,
-    pub messages: usize,
-}
-
-/// The conversations of a store, newest first, read without logging in (`strait chat chats`):
-/// what an app's chat list shows, with third-party chats told apart.
-pub fn conversations(store: &Path) -> Result<Vec<Conversation>, ChatError> {
-    let db = open_history(store)?;
-    read_conversations(&db).map_err(|e| ChatError::Store(store.to_owned(), e.to_string()))
-}
-
-fn open_history(store: &Path) -> Result<rusqlite::Connection, ChatError> {
-    let err = |e: &dyn std::fmt::Display| ChatError::Store(store.to_owned(), e.to_string());
-    let path = store.join("chat.db");
-    if !path.exists() {
-        return Err(err(&"no chat history here"));
-    }
-    rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .map_err(|e| err(&e))
-}
-
-fn read_conversations(db: &rusqlite::Connection) -> rusqlite::Result<Vec<Conversation>> {
-    let mut st = db.prepare(
-        "SELECT m.peer, m.at_ms, m.text, m.outgoing, c.n,
-                (SELECT origin FROM messages o WHERE o.peer = m.peer AND o.origin IS NOT NULL
-                 ORDER BY o.seq DESC LIMIT 1)
-         FROM messages m
-         JOIN (SELECT peer, MAX(seq) AS last, COUNT(*) AS n FROM messages GROUP BY peer) c
-           ON m.seq = c.last
-         ORDER BY m.seq DESC",
-    )?;
-    st.query_map([], |r| {
-        Ok(Conversation {
-            peer: r.get(0)?,
-            last_at_ms: r.get(1)?,
-            last_text: r.get(2)?,
-            last_outgoing: r.get(3)?,
-            messages: r.get::<_, i64>(4)? as usize,
-            third_party: r.get(5)?,
-        })
-    })?
-    .collect()
-}
-
-fn read_history(
-    db: &rusqlite::Connection,
-    peer: Option<&str>,
-    limit: usize,
-) -> rusqlite::Result<Vec<HistoryEntry>> {
-    let mut st = db.prepare(
-        "SELECT at_ms, peer, outgoing, text, encrypted, origin FROM messages
-         WHERE ?1 IS NULL OR peer = ?1 ORDER BY seq DESC LIMIT ?2",
-    )?;
-    let mut rows: Vec<HistoryEntry> = st
-        .query_map(
-            rusqlite::params![peer.map(|p| p.to_ascii_lowercase()), limit as i64],
-            |r| {
-                Ok(HistoryEntry {
-                    at_ms: r.get(0)?,
-                    peer: r.get(1)?,
-                    outgoing: r.get(2)?,
-                    text: r.get(3)?,
-                    encrypted: r.get(4)?,
-                    origin: r.get(5)?,
-                })
-            },
-        )?
-        .collect::<rusqlite::Result<_>>()?;
-    rows.reverse();
-    Ok(rows)
-}
-
-/// A shared file's name: the link's last path segment, percent-decoded, without any path.
-fn file_name(url: &AesgcmUrl) -> String {
-    let path = url.location.split(['?', '#']).next().unwrap_or_default();
-    let last = path.rsplit('/').next().unwrap_or_default();
-    let bytes = last.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        match (
-            bytes[i],
-            bytes.get(i + 1).copied().and_then(hex),
-            bytes.get(i + 2).copied().and_then(hex),
-        ) {
-            (b'%', Some(h), Some(l)) => {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-            }
-            (b, _, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    let name = String::from_utf8_lossy(&out).replace(['/', '\\', '\0'], "_");
-    match name.trim_start_matches('.') {
-        "" => "file".into(),
-        n => n.to_owned(),
     }
 }
 
@@ -1627,7 +1131,11 @@ fn error_of(raw: &[u8]) -> (String, Option<String>) {
 
 #[cfg(test)]
 mod tests {
+    use super::store::{read_conversations, read_history};
     use super::*;
+    use std::path::Path;
+    use strait_signal::media::AesgcmUrl;
+    use strait_signal::omemo::DEVICE_ID_MAX;
 
     fn account(dir: &Path, jid: &str) -> Account {
         Account {
