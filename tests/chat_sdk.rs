@@ -342,3 +342,57 @@ async fn sdk_leaves_what_it_did_not_read_with_the_server() {
     b.close().await;
     ts.stop().await;
 }
+
+/// A device that was away catches up from the archive (XEP-0313): what another device of the
+/// account received meanwhile (the server queued it for no one) and what that device sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_catches_up_from_the_archive() {
+    let ts = TestServer::start(|_| {}).await;
+    ts.add_user("alice@localhost", "pa");
+    ts.add_user("bob@localhost", "pb");
+    let dir = tempfile::tempdir().unwrap();
+    let second = account(&ts, "alice@localhost", "pa", &dir.path().join("a2"));
+    let mut a1 = Client::connect(&account(
+        &ts,
+        "alice@localhost",
+        "pa",
+        &dir.path().join("a1"),
+    ))
+    .await
+    .unwrap();
+    Client::connect(&second).await.unwrap().close().await;
+    let mut b = Client::connect(&account(&ts, "bob@localhost", "pb", &dir.path().join("b")))
+        .await
+        .unwrap();
+    let sent = b
+        .send("alice@localhost", "while you were away")
+        .await
+        .unwrap();
+    assert_eq!(sent.devices, 2);
+    assert_eq!(message(&mut a1).await.text, "while you were away");
+    a1.send("bob@localhost", "answered from the first device")
+        .await
+        .unwrap();
+
+    let mut a2 = Client::connect(&second).await.unwrap();
+    let m = message(&mut a2).await;
+    assert_eq!(
+        (m.from.as_str(), m.text.as_str()),
+        ("bob@localhost", "while you were away")
+    );
+    assert!(m.delayed.is_some(), "{m:?}");
+    let m = message(&mut a2).await;
+    assert_eq!(m.sent_to.as_deref(), Some("bob@localhost"));
+    assert_eq!(m.text, "answered from the first device");
+    a2.send("bob@localhost", "and from the second")
+        .await
+        .unwrap();
+    a2.close().await;
+    // Nothing twice: a new connection finds nothing new (its own message is skipped too).
+    let a2 = Client::connect(&second).await.unwrap();
+    assert_eq!(a2.pending_events(), 0);
+    for c in [a1, a2, b] {
+        c.close().await;
+    }
+    ts.stop().await;
+}

@@ -31,7 +31,9 @@
 //!
 //! The account's devices stay in step: each message is encrypted for the account's other
 //! devices too, and the server's copies of what they send and receive (XEP-0280 carbons) are
-//! decrypted and reported ([`Incoming::sent_to`] marks the account's own). Delivery receipts
+//! decrypted and reported ([`Incoming::sent_to`] marks the account's own). A device that was
+//! away catches up from the account's archive (XEP-0313) on connecting: what the others
+//! received and sent meanwhile. Delivery receipts
 //! (XEP-0184) are asked for and given: [`Event::Delivered`].
 //!
 //! Files (images, voice notes, videos, documents) go as XEP-0454 media: [`Client::send_file`]
@@ -103,6 +105,12 @@ const NS_SM: &str = "urn:xmpp:sm:3";
 const NS_INTEROP: &str = "urn:strait:interop:0";
 const NS_RECEIPTS: &str = "urn:xmpp:receipts";
 const NS_CARBONS: &str = "urn:xmpp:carbons:2";
+const NS_MAM: &str = "urn:xmpp:mam:2";
+const NS_SID: &str = "urn:xmpp:sid:0";
+const NS_RSM: &str = "http://jabber.org/protocol/rsm";
+/// Archive pages fetched at most when catching up (of [`MAM_PAGE`] messages each).
+const MAM_PAGES: usize = 50;
+const MAM_PAGE: usize = 100;
 /// Answers nobody waits for are dropped past this many (the oldest first).
 const INBOX_MAX: usize = 256;
 /// How long a request to the server may take before the client gives up on it.
@@ -403,15 +411,74 @@ impl Client {
         Ok(c)
     }
 
-    /// Keys published, carbons on, presence sent: what follows each login.
+    /// Keys published, carbons on, the archive caught up with, presence sent: what follows
+    /// each login.
     async fn go_online(&mut self) -> Result<(), ChatError> {
         self.publish().await?;
         // Copies of what the account's other devices send and receive (XEP-0280); a server
         // without carbons answers with an error, and the client goes on without.
         self.iq(|id| format!("<iq type='set' id='{id}'><enable xmlns='{NS_CARBONS}'/></iq>"))
             .await?;
+        self.catch_up().await?;
         self.conn.send_stanza(b"<presence/>");
         self.conn.flush().await?;
+        Ok(())
+    }
+
+    /// Fetches from the account's archive (XEP-0313) what arrived since this store last saw it:
+    /// messages another device of the account received (and the server then delivered to no
+    /// one else) while this one was away, and what the other devices sent. They are handled
+    /// like live ones, with their time; ones already seen do not come twice (the archive's ids,
+    /// and the ratchets' counters). The first time, the store only notes when it began.
+    async fn catch_up(&mut self) -> Result<(), ChatError> {
+        let mut after = self.stored("mam_last")?;
+        let since = self.stored("mam_since")?;
+        if after.is_none() && since.is_none() {
+            return self.store_meta("mam_since", &store::now_rfc3339());
+        }
+        for _ in 0..MAM_PAGES {
+            let start = match (&after, &since) {
+                (None, Some(t)) => format!(
+                    "<field var='start'><value>{}</value></field>",
+                    crate::xml::escape(t)
+                ),
+                _ => String::new(),
+            };
+            let rsm = match &after {
+                Some(a) => format!(
+                    "<set xmlns='{NS_RSM}'><max>{MAM_PAGE}</max><after>{}</after></set>",
+                    crate::xml::escape(a)
+                ),
+                None => format!("<set xmlns='{NS_RSM}'><max>{MAM_PAGE}</max></set>"),
+            };
+            let raw = self
+                .iq(|id| {
+                    format!(
+                        "<iq type='set' id='{id}'><query xmlns='{NS_MAM}' queryid='{id}'>\
+                         <x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE' type='hidden'>\
+                         <value>{NS_MAM}</value></field>{start}</x>{rsm}</query></iq>"
+                    )
+                })
+                .await?;
+            let Some(el) = Element::parse(&raw) else {
+                break;
+            };
+            // No archive here (or not for this account): nothing to catch up from.
+            let Some(fin) = el
+                .child("fin")
+                .filter(|_| el.attr("type").as_deref() == Some("result"))
+            else {
+                break;
+            };
+            let last = fin
+                .child("set")
+                .and_then(|s| s.child("last"))
+                .map(|l| l.text().into_owned());
+            if fin.attr("complete").as_deref() == Some("true") || last.is_none() {
+                break;
+            }
+            after = last;
+        }
         Ok(())
     }
 
@@ -876,19 +943,59 @@ impl Client {
                     .attr("from")
                     .is_some_and(|f| f.eq_ignore_ascii_case(&self.jid)) =>
             {
-                Ok(None)
+                return Ok(None);
             }
-            Some((sent, inner)) => self.handle_message(&inner, Some(sent)),
-            None => self.handle_message(&el, None),
+            Some((sent, inner)) => return self.handle_message(&inner, Some(sent), None),
+            None => {}
         }
+        if let Some(result) = el
+            .child("result")
+            .filter(|r| r.attr("xmlns").as_deref() == Some(NS_MAM))
+        {
+            // Only the account's own archive answers (no `from`, or its bare JID).
+            if el
+                .attr("from")
+                .is_some_and(|f| !f.eq_ignore_ascii_case(&self.jid))
+            {
+                return Ok(None);
+            }
+            let Some(fwd) = result.child("forwarded") else {
+                return Ok(None);
+            };
+            let Some(inner) = fwd.child("message") else {
+                return Ok(None);
+            };
+            if let Some(id) = result.attr("id") {
+                self.archive_seen(&id)?;
+            }
+            let stamp = fwd
+                .child("delay")
+                .and_then(|d| d.attr("stamp"))
+                .map(|s| s.into_owned());
+            let sent =
+                bare(&inner.attr("from").unwrap_or_default()).eq_ignore_ascii_case(&self.jid);
+            return self.handle_message(&inner, Some(sent), stamp);
+        }
+        // The archive's id of a live message, for catching up from it next time.
+        if let Some(sid) = el.children().find(|c| {
+            c.is("stanza-id")
+                && c.attr("xmlns").as_deref() == Some(NS_SID)
+                && c.attr("by")
+                    .is_some_and(|b| b.eq_ignore_ascii_case(&self.jid))
+        }) && let Some(id) = sid.attr("id")
+        {
+            self.archive_seen(&id)?;
+        }
+        self.handle_message(&el, None, None)
     }
 
     /// A message, or (`carbon`: `Some(sent)`) the copy of one that another device of the
-    /// account sent or received.
+    /// account sent or received (a carbon, or a message from the archive, with its `stamp`).
     fn handle_message(
         &mut self,
         el: &Element<'_>,
         carbon: Option<bool>,
+        stamp: Option<String>,
     ) -> Result<Option<Event>, ChatError> {
         let raw = el.raw();
         let from = bare(&el.attr("from").unwrap_or_default()).to_ascii_lowercase();
@@ -940,10 +1047,11 @@ impl Client {
                 provider: o.attr("provider").unwrap_or_default().into_owned(),
                 name: o.attr("name").unwrap_or_default().into_owned(),
             });
-        let delayed = el
-            .child("delay")
-            .and_then(|d| d.attr("stamp"))
-            .map(|s| s.into_owned());
+        let delayed = stamp.or_else(|| {
+            el.child("delay")
+                .and_then(|d| d.attr("stamp"))
+                .map(|s| s.into_owned())
+        });
         let Some(enc) = el.child("encrypted") else {
             let Some(body) = el.child("body") else {
                 return Ok(None); // chat states, receipts, ...
@@ -979,9 +1087,13 @@ impl Client {
             }));
         };
         let xml = String::from_utf8_lossy(enc.raw()).into_owned();
+        let me = self.device.device_id();
         let (key_transport, decrypted) = match v {
             Omemo::V03 => {
                 let parsed = EncryptedV03::parse(&xml).map_err(DeviceError::from);
+                if parsed.as_ref().is_ok_and(|e| e.sid == me) && from == self.jid {
+                    return Ok(None); // this device's own message, from the archive
+                }
                 let kt = parsed.as_ref().is_ok_and(|e| e.payload.is_none());
                 (
                     kt,
@@ -990,6 +1102,9 @@ impl Client {
             }
             Omemo::V2 => {
                 let parsed = EncryptedV2::parse(&xml).map_err(DeviceError::from);
+                if parsed.as_ref().is_ok_and(|e| e.sid == me) && from == self.jid {
+                    return Ok(None); // this device's own message, from the archive
+                }
                 let kt = parsed.as_ref().is_ok_and(|e| e.payload.is_none());
                 (
                     kt,
@@ -1002,6 +1117,13 @@ impl Client {
             // An empty message for another device (one completing its session, seen here as a
             // carbon): nothing for the user.
             Err(DeviceError::NotForUs(_)) if key_transport => return Ok(None),
+            // A message sent before this device existed (one the server held, handed to it
+            // as it came online): it could not be for it, and the device it was for has it.
+            Err(DeviceError::NotForUs(_))
+                if delayed.as_deref().is_some_and(|t| self.predates_device(t)) =>
+            {
+                return Ok(None);
+            }
             // A message decrypted before, delivered again (its acknowledgement was lost with a
             // connection): the user has it already.
             Err(DeviceError::Signal(SignalError::DuplicateMessage { .. })) => return Ok(None),

@@ -97,10 +97,53 @@ pub(super) fn device_id(db: &rusqlite::Connection, account: &Account) -> Result<
     }
     let id = 1 + OsRng.next_u32() % DEVICE_ID_MAX;
     set_meta(db, "device_id", &id.to_string()).map_err(|e| err(&e))?;
+    set_meta(db, "device_since", &now_rfc3339()).map_err(|e| err(&e))?;
     Ok(id)
 }
 
+/// Now, as XEP-0082 (RFC 3339) writes it.
+pub(super) fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
 impl Client {
+    /// Whether a message sent at `stamp` (XEP-0082) predates this device: then it cannot have
+    /// been encrypted for it.
+    pub(super) fn predates_device(&self, stamp: &str) -> bool {
+        let parse = |t: &str| {
+            time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+        };
+        match (
+            parse(stamp),
+            self.stored("device_since")
+                .ok()
+                .flatten()
+                .as_deref()
+                .and_then(parse),
+        ) {
+            (Some(sent), Some(since)) => sent < since,
+            _ => false,
+        }
+    }
+
+    /// A value kept in the store's `meta` table.
+    pub(super) fn stored(&self, key: &str) -> Result<Option<String>, ChatError> {
+        meta(&self.history, key)
+            .map_err(|e| ChatError::Store(PathBuf::from("chat.db"), e.to_string()))
+    }
+
+    pub(super) fn store_meta(&self, key: &str, value: &str) -> Result<(), ChatError> {
+        set_meta(&self.history, key, value)
+            .map_err(|e| ChatError::Store(PathBuf::from("chat.db"), e.to_string()))
+    }
+
+    /// The newest archive id seen (live or from the archive): where the next catch-up starts.
+    pub(super) fn archive_seen(&self, id: &str) -> Result<(), ChatError> {
+        self.store_meta("mam_last", id)
+    }
+
     pub(super) fn record(
         &self,
         peer: &str,
