@@ -93,23 +93,7 @@ enum ChatCommand {
     },
     /// Show or change this platform user's consent to third-party chats: whether they are on,
     /// which providers' users may write, a separate section or a combined inbox.
-    Consent {
-        /// Turn third-party chats on.
-        #[arg(long, conflicts_with = "off")]
-        on: bool,
-        /// Turn them off (the providers' choices are kept).
-        #[arg(long)]
-        off: bool,
-        /// Let this provider's users write (repeat, or separate with commas).
-        #[arg(long, value_delimiter = ',')]
-        allow: Vec<String>,
-        /// Stop this provider's users.
-        #[arg(long, value_delimiter = ',')]
-        deny: Vec<String>,
-        /// Where third-party chats show: separate or combined.
-        #[arg(long, value_parser = ["separate", "combined"])]
-        inbox: Option<String>,
-    },
+    Consent(crate::provider::ConsentFlags),
     /// Show this device's fingerprint and those of a contact's devices this store has
     /// sessions with, to compare with what the contact's client shows.
     Fingerprints {
@@ -529,24 +513,12 @@ async fn session_command(client: &mut Client, command: ChatCommand) -> Result<()
                 }
             }
         }
-        ChatCommand::Consent {
-            on,
-            off,
-            allow,
-            deny,
-            inbox,
-        } => {
+        ChatCommand::Consent(flags) => {
             let change = chat::ConsentChange {
-                enabled: if on {
-                    Some(true)
-                } else if off {
-                    Some(false)
-                } else {
-                    None
-                },
-                inbox,
-                allow,
-                deny,
+                enabled: flags.enabled(),
+                inbox: flags.inbox_mode()?.map(|m| m.as_str().to_owned()),
+                allow: flags.allow,
+                deny: flags.deny,
             };
             let c = if change == chat::ConsentChange::default() {
                 client.consent().await?

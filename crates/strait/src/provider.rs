@@ -431,44 +431,63 @@ fn status(
 pub struct ConsentArgs {
     /// The account.
     jid: String,
-    /// Turn third-party chats on.
-    #[arg(long, conflicts_with = "off")]
-    on: bool,
-    /// Turn third-party chats off (the chosen providers are kept for when they are on again).
-    #[arg(long)]
-    off: bool,
-    /// Accept chats from this provider (repeat, or comma-separate).
-    #[arg(long, value_delimiter = ',')]
-    allow: Vec<String>,
-    /// Stop accepting chats from this provider (repeat, or comma-separate).
-    #[arg(long, value_delimiter = ',')]
-    deny: Vec<String>,
-    /// Where third-party chats show: separate or combined.
-    #[arg(long)]
-    inbox: Option<String>,
+    #[command(flatten)]
+    flags: ConsentFlags,
     #[command(flatten)]
     config: ConfigArgs,
+}
+
+/// The consent changes a user or an operator can ask for (`strait user consent`, `strait chat
+/// consent`); none: show it.
+#[derive(Args)]
+pub struct ConsentFlags {
+    /// Turn third-party chats on.
+    #[arg(long, conflicts_with = "off")]
+    pub on: bool,
+    /// Turn third-party chats off (the chosen providers are kept for when they are on again).
+    #[arg(long)]
+    pub off: bool,
+    /// Accept chats from this provider (repeat, or comma-separate).
+    #[arg(long, value_delimiter = ',')]
+    pub allow: Vec<String>,
+    /// Stop accepting chats from this provider (repeat, or comma-separate).
+    #[arg(long, value_delimiter = ',')]
+    pub deny: Vec<String>,
+    /// Where third-party chats show: separate or combined.
+    #[arg(long)]
+    pub inbox: Option<String>,
+}
+
+impl ConsentFlags {
+    /// `--inbox`, checked.
+    pub fn inbox_mode(&self) -> Result<Option<InboxMode>> {
+        self.inbox
+            .as_deref()
+            .map(|s| {
+                InboxMode::parse(s)
+                    .with_context(|| format!("--inbox is separate or combined, not {s:?}"))
+            })
+            .transpose()
+    }
+
+    /// `--on`, `--off` or neither.
+    pub fn enabled(&self) -> Option<bool> {
+        match (self.on, self.off) {
+            (true, _) => Some(true),
+            (_, true) => Some(false),
+            _ => None,
+        }
+    }
 }
 
 pub fn consent(a: ConsentArgs) -> Result<()> {
     let config = load_config(&a.config)?;
     let jid = accounts::account_jid(&config, &a.jid)?;
-    let inbox = match a.inbox.as_deref() {
-        None => None,
-        Some(s) => Some(
-            InboxMode::parse(s)
-                .with_context(|| format!("--inbox is separate or combined, not {s:?}"))?,
-        ),
-    };
     let change = ConsentChange {
-        enabled: match (a.on, a.off) {
-            (true, _) => Some(true),
-            (_, true) => Some(false),
-            _ => None,
-        },
-        inbox,
-        allow: a.allow,
-        deny: a.deny,
+        enabled: a.flags.enabled(),
+        inbox: a.flags.inbox_mode()?,
+        allow: a.flags.allow,
+        deny: a.flags.deny,
     };
     let store = open_store(&config)?;
     let r = if change == ConsentChange::default() {
