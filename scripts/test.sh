@@ -56,6 +56,12 @@ if [ "${SKIP_RUST:-0}" != 1 ]; then
             rc=${PIPESTATUS[0]}
             # nextest summary: "Summary [...] N tests run: P passed, F failed, S skipped"
             grep -aE '^\s*Summary' "$LOGDIR/rust.log" > "$LOGDIR/rust.sum" || true
+            # nextest does not run doc tests (the SDK's example is one)
+            step "cargo test --workspace --doc"
+            cargo test --workspace --doc --no-fail-fast 2>&1 | tee "$LOGDIR/rust-doc.log"
+            doc_rc=${PIPESTATUS[0]}
+            grep -aE '^test result:' "$LOGDIR/rust-doc.log" >> "$LOGDIR/rust.sum" || true
+            [ "$doc_rc" != 0 ] && rc=$doc_rc
         else
             step "cargo test --workspace"
             cargo test --workspace --no-fail-fast 2>&1 | tee "$LOGDIR/rust.log"
