@@ -796,6 +796,58 @@ async fn in_band_password_change_and_account_removal() {
     t.stop().await;
 }
 
+/// With `auth.password_change_needs_old`, a password change must carry the current password
+/// (XEP-0077 §3.3's form): the plain request is answered with the form to fill, a wrong
+/// current password is refused (and uses up the account's change for a while, so guessing is
+/// slow), the right one changes it.
+#[tokio::test]
+async fn password_change_can_require_the_current_password() {
+    let t = TestServer::start(|c| c.auth.password_change_needs_old = true).await;
+    let (mut a, mut b) = t.alice_and_bob().await;
+    a.send("<iq type='set' id='p1'><query xmlns='jabber:iq:register'><username>alice</username><password>taken over</password></query></iq>").await;
+    let r = a.expect_element(&["<iq", "id='p1'"]).await;
+    assert!(
+        r.contains("type='error'")
+            && r.contains("<not-authorized")
+            && r.contains("jabber:iq:register:changepassword")
+            && r.contains("var='old_password'"),
+        "{r}"
+    );
+    let form = |id: &str, old: &str, new: &str, user: &str| {
+        format!(
+            "<iq type='set' id='{id}'><query xmlns='jabber:iq:register'><x xmlns='jabber:x:data' type='submit'>\
+             <field var='FORM_TYPE'><value>jabber:iq:register:changepassword</value></field>\
+             <field var='username'><value>{user}</value></field>\
+             <field var='old_password'><value>{old}</value></field>\
+             <field var='password'><value>{new}</value></field></x></query></iq>"
+        )
+    };
+    a.send(&form("p2", "guess", "taken over", "alice")).await;
+    let r = a.expect_element(&["<iq", "id='p2'"]).await;
+    assert!(
+        r.contains("type='error'") && r.contains("the current password is not right"),
+        "{r}"
+    );
+    a.send(&form("p3", "pa", "taken over", "alice")).await;
+    let r = a.expect_element(&["<iq", "id='p3'"]).await;
+    assert!(r.contains("<resource-constraint"), "{r}");
+    // The right current password, from an account whose change is not used up: changed.
+    b.send(&form("q1", "pb", "b&apos;s new one", "bob")).await;
+    let r = b.expect_element(&["<iq", "id='q1'"]).await;
+    assert!(r.contains("type='result'"), "{r}");
+    let mut c = RawClient::connect(t.starttls, t.ca_pem()).await;
+    c.starttls(DOMAIN).await;
+    assert!(c.scram_sha256("alice", "pa").await.contains("<success"));
+    let mut d = RawClient::connect(t.starttls, t.ca_pem()).await;
+    d.starttls(DOMAIN).await;
+    assert!(
+        d.scram_sha256("bob", "b's new one")
+            .await
+            .contains("<success")
+    );
+    t.stop().await;
+}
+
 /// XEP-0077 account management can be turned off.
 #[tokio::test]
 async fn in_band_account_management_can_be_off() {

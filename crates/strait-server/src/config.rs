@@ -154,6 +154,10 @@ pub struct AuthConfig {
     pub lockout_secs: u64,
     /// Logged-in users may change their password (XEP-0077 §3.3).
     pub allow_password_change: bool,
+    /// A password change must also give the current password (XEP-0077 §3.3's form with
+    /// `old_password`), so that a session someone else got hold of cannot take the account
+    /// over. Clients that send only the new password are then answered with that form.
+    pub password_change_needs_old: bool,
     /// Logged-in users may delete their own account (XEP-0077 §3.2), with everything it holds.
     pub allow_account_removal: bool,
 }
@@ -316,6 +320,7 @@ impl Default for AuthConfig {
             failure_window_secs: 300,
             lockout_secs: 60,
             allow_password_change: true,
+            password_change_needs_old: false,
             allow_account_removal: true,
         }
     }

@@ -41,6 +41,18 @@ fn operator_only(what: &str) -> StanzaError {
     )
 }
 
+const NS_DATA: &str = "jabber:x:data";
+/// XEP-0077 §3.3's form for a password change.
+const FORM_CHANGE: &str = "jabber:iq:register:changepassword";
+
+/// A field's first value in a data form.
+fn form_value(x: &Element, var: &str) -> Option<String> {
+    x.children()
+        .find(|f| f.name() == "field" && f.attr("var") == Some(var))
+        .and_then(|f| f.children().find(|v| v.name() == "value"))
+        .map(|v| v.text())
+}
+
 /// A `jabber:iq:register` query from a logged-in user to its server.
 pub async fn handle(s: &mut Session, stanza: &Stanza, q: &Element) {
     let localpart = s.bare.split_once('@').map_or("", |(l, _)| l).to_owned();
@@ -56,8 +68,46 @@ pub async fn handle(s: &mut Session, stanza: &Stanza, q: &Element) {
     if q.get_child("remove", NS).is_some() {
         return remove(s, stanza).await;
     }
-    let username = q.get_child("username", NS).map(|u| u.text());
-    let password = q.get_child("password", NS).map(|p| p.text());
+    // The plain request (<username/>, <password/>), or §3.3's form, which can carry the
+    // current password too.
+    let form = q
+        .get_child("x", NS_DATA)
+        .filter(|x| form_value(x, "FORM_TYPE").as_deref() == Some(FORM_CHANGE));
+    let (username, password, old) = match form {
+        Some(x) => (
+            form_value(x, "username"),
+            form_value(x, "password"),
+            form_value(x, "old_password"),
+        ),
+        None => (
+            q.get_child("username", NS).map(|u| u.text()),
+            q.get_child("password", NS).map(|p| p.text()),
+            None,
+        ),
+    };
+    if s.state.config.auth.allow_password_change
+        && s.state.config.auth.password_change_needs_old
+        && old.is_none()
+    {
+        // §3.3, Example 24: the form to send instead.
+        let error = StanzaError::with_text(
+            StanzaErrorCondition::NotAuthorized,
+            "this server needs the current password too: send the form",
+        );
+        if let Some(mut r) = super::error_reply(stanza, &error) {
+            r.push_child_xml(&format!(
+                "<query xmlns='{NS}'><x xmlns='{NS_DATA}' type='form'><title>Password Change</title>\
+                 <field type='hidden' var='FORM_TYPE'><value>{FORM_CHANGE}</value></field>\
+                 <field type='text-single' label='Username' var='username'><value>{}</value><required/></field>\
+                 <field type='text-private' label='Old Password' var='old_password'><required/></field>\
+                 <field type='text-private' label='New Password' var='password'><required/></field>\
+                 </x></query>",
+                escape_text(&localpart)
+            ));
+            s.reply(r);
+        }
+        return;
+    }
     let (Some(username), Some(password)) = (username, password) else {
         s.reply_error(
             stanza,
@@ -109,16 +159,34 @@ pub async fn handle(s: &mut Session, stanza: &Stanza, q: &Element) {
     }
     let config = s.state.config.clone();
     let bare = s.bare.clone();
-    // PBKDF2 for both SCRAM variants runs on the blocking pool with the store write.
+    // PBKDF2 (checking the current password, deriving the new keys for both SCRAM variants)
+    // runs on the blocking pool with the store write.
     let r = s
         .state
         .store(move |st| {
+            if let Some(old) = &old {
+                let creds = st.credentials(&bare)?;
+                if !crate::sasl::password_matches(old, creds.as_ref()) {
+                    return Ok(false);
+                }
+            }
             crate::accounts::set_password(&config, st, &bare, &password)
+                .map(|_| true)
                 .map_err(|e| strait_store::StoreError::Backend(e.to_string()))
         })
         .await;
     match r {
-        Ok(_) => {
+        Ok(false) => {
+            tracing::info!(account = %s.bare, "password change refused: wrong current password");
+            s.reply_error(
+                stanza,
+                StanzaError::with_text(
+                    StanzaErrorCondition::NotAuthorized,
+                    "the current password is not right",
+                ),
+            );
+        }
+        Ok(true) => {
             tracing::info!(account = %s.bare, "password changed in band");
             s.reply(iq_result(stanza, None));
         }

@@ -13,7 +13,7 @@ mod plain;
 mod scram;
 mod throttle;
 
-pub use plain::{PlainRequest, plain_parse, plain_verify};
+pub use plain::{PlainRequest, password_matches, plain_parse, plain_verify};
 pub use scram::ScramServer;
 pub use throttle::{LoginThrottle, ThrottleConfig};
 

@@ -55,6 +55,21 @@ impl PlainRequest {
     }
 }
 
+/// Whether `password` is the one `creds` were derived from (SASLprep-ed as at login; the same
+/// work is done whether or not there are credentials).
+pub fn password_matches(password: &str, creds: Option<&Credentials>) -> bool {
+    let Ok(password) = saslprep(password) else {
+        return false;
+    };
+    PlainRequest {
+        authzid: None,
+        username: String::new(),
+        password,
+    }
+    .verify(creds)
+    .is_ok()
+}
+
 /// Parses a PLAIN message. The password is SASLprep-ed; a password that fails
 /// SASLprep cannot match any stored one and gives [`SaslError::NotAuthorized`]
 /// at once (that reveals nothing about the account).
@@ -120,6 +135,14 @@ mod tests {
 
     fn creds() -> Credentials {
         derive_credentials("pencil", 4096).unwrap()
+    }
+
+    #[test]
+    fn password_matches_only_the_right_one() {
+        let c = creds();
+        assert!(password_matches("pencil", Some(&c)));
+        assert!(!password_matches("pen", Some(&c)));
+        assert!(!password_matches("pencil", None));
     }
 
     #[test]
