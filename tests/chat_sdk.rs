@@ -28,6 +28,17 @@ fn account(ts: &TestServer, jid: &str, password: &str, store: &Path) -> Account 
     }
 }
 
+/// A server (with `tweak`) that has alice@localhost ("pa") and bob@localhost ("pb"), and a
+/// scratch directory for the clients' stores.
+async fn alice_and_bob(
+    tweak: impl FnOnce(&mut strait_server::Config),
+) -> (TestServer, tempfile::TempDir) {
+    let ts = TestServer::start(tweak).await;
+    ts.add_user("alice@localhost", "pa");
+    ts.add_user("bob@localhost", "pb");
+    (ts, tempfile::tempdir().unwrap())
+}
+
 /// The next message, past delivery receipts (which the other tests look at).
 async fn message(c: &mut Client) -> Incoming {
     loop {
@@ -57,10 +68,7 @@ fn walk(dir: &Path) -> Vec<Vec<u8>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sdk_devices_exchange_encrypted_messages_online_and_offline() {
-    let ts = TestServer::start(|_| {}).await;
-    ts.add_user("alice@localhost", "pa");
-    ts.add_user("bob@localhost", "pb");
-    let dir = tempfile::tempdir().unwrap();
+    let (ts, dir) = alice_and_bob(|_| {}).await;
     let (a1_store, a2_store, b_store) = (
         dir.path().join("a1"),
         dir.path().join("a2"),
@@ -259,14 +267,11 @@ async fn sdk_reconnects_after_the_server_restarts() {
             .unwrap()
     };
     let (c2s, tls) = (free(), free());
-    let mut ts = TestServer::start(|c| {
+    let (mut ts, dir) = alice_and_bob(|c| {
         c.listen.c2s = vec![c2s];
         c.listen.c2s_direct_tls = vec![tls];
     })
     .await;
-    ts.add_user("alice@localhost", "pa");
-    ts.add_user("bob@localhost", "pb");
-    let dir = tempfile::tempdir().unwrap();
     let mut a = Client::connect(&account(
         &ts,
         "alice@localhost",
@@ -313,10 +318,7 @@ async fn sdk_reconnects_after_the_server_restarts() {
 /// the client's for good (decrypted and in the history), though the app never asked for it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sdk_leaves_what_it_did_not_read_with_the_server() {
-    let ts = TestServer::start(|_| {}).await;
-    ts.add_user("alice@localhost", "pa");
-    ts.add_user("bob@localhost", "pb");
-    let dir = tempfile::tempdir().unwrap();
+    let (ts, dir) = alice_and_bob(|_| {}).await;
     let alice = account(&ts, "alice@localhost", "pa", &dir.path().join("a"));
     Client::connect(&alice).await.unwrap().close().await;
     let mut b = Client::connect(&account(&ts, "bob@localhost", "pb", &dir.path().join("b")))
@@ -347,10 +349,7 @@ async fn sdk_leaves_what_it_did_not_read_with_the_server() {
 /// account received meanwhile (the server queued it for no one) and what that device sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sdk_catches_up_from_the_archive() {
-    let ts = TestServer::start(|_| {}).await;
-    ts.add_user("alice@localhost", "pa");
-    ts.add_user("bob@localhost", "pb");
-    let dir = tempfile::tempdir().unwrap();
+    let (ts, dir) = alice_and_bob(|_| {}).await;
     let second = account(&ts, "alice@localhost", "pa", &dir.path().join("a2"));
     let mut a1 = Client::connect(&account(
         &ts,
