@@ -39,6 +39,13 @@ async fn alice_and_bob(
     (ts, tempfile::tempdir().unwrap())
 }
 
+/// A client online as `jid` with its store at `store`.
+async fn online(ts: &TestServer, jid: &str, password: &str, store: &Path) -> Client {
+    Client::connect(&account(ts, jid, password, store))
+        .await
+        .unwrap()
+}
+
 /// The next message, past delivery receipts (which the other tests look at).
 async fn message(c: &mut Client) -> Incoming {
     loop {
@@ -230,14 +237,7 @@ async fn sdk_login_errors_and_contacts_without_keys_are_reported() {
         Err(e) => panic!("expected a login error, got {e}"),
         Ok(_) => panic!("a wrong password logged in"),
     }
-    let mut a = Client::connect(&account(
-        &ts,
-        "alice@localhost",
-        "pa",
-        &dir.path().join("a"),
-    ))
-    .await
-    .unwrap();
+    let mut a = online(&ts, "alice@localhost", "pa", &dir.path().join("a")).await;
     // Carol never published keys: nothing is sent, and the error says why.
     match a.send("carol@localhost", "hi").await {
         Err(ChatError::NoDevices(who, why)) => {
@@ -272,17 +272,8 @@ async fn sdk_reconnects_after_the_server_restarts() {
         c.listen.c2s_direct_tls = vec![tls];
     })
     .await;
-    let mut a = Client::connect(&account(
-        &ts,
-        "alice@localhost",
-        "pa",
-        &dir.path().join("a"),
-    ))
-    .await
-    .unwrap();
-    let mut b = Client::connect(&account(&ts, "bob@localhost", "pb", &dir.path().join("b")))
-        .await
-        .unwrap();
+    let mut a = online(&ts, "alice@localhost", "pa", &dir.path().join("a")).await;
+    let mut b = online(&ts, "bob@localhost", "pb", &dir.path().join("b")).await;
     b.send("alice@localhost", "before").await.unwrap();
     assert_eq!(message(&mut a).await.text, "before");
 
@@ -321,9 +312,7 @@ async fn sdk_leaves_what_it_did_not_read_with_the_server() {
     let (ts, dir) = alice_and_bob(|_| {}).await;
     let alice = account(&ts, "alice@localhost", "pa", &dir.path().join("a"));
     Client::connect(&alice).await.unwrap().close().await;
-    let mut b = Client::connect(&account(&ts, "bob@localhost", "pb", &dir.path().join("b")))
-        .await
-        .unwrap();
+    let mut b = online(&ts, "bob@localhost", "pb", &dir.path().join("b")).await;
     for text in ["one", "two"] {
         b.send("alice@localhost", text).await.unwrap();
     }
@@ -351,18 +340,9 @@ async fn sdk_leaves_what_it_did_not_read_with_the_server() {
 async fn sdk_catches_up_from_the_archive() {
     let (ts, dir) = alice_and_bob(|_| {}).await;
     let second = account(&ts, "alice@localhost", "pa", &dir.path().join("a2"));
-    let mut a1 = Client::connect(&account(
-        &ts,
-        "alice@localhost",
-        "pa",
-        &dir.path().join("a1"),
-    ))
-    .await
-    .unwrap();
+    let mut a1 = online(&ts, "alice@localhost", "pa", &dir.path().join("a1")).await;
     Client::connect(&second).await.unwrap().close().await;
-    let mut b = Client::connect(&account(&ts, "bob@localhost", "pb", &dir.path().join("b")))
-        .await
-        .unwrap();
+    let mut b = online(&ts, "bob@localhost", "pb", &dir.path().join("b")).await;
     let sent = b
         .send("alice@localhost", "while you were away")
         .await
@@ -393,5 +373,28 @@ async fn sdk_catches_up_from_the_archive() {
     for c in [a1, a2, b] {
         c.close().await;
     }
+    ts.stop().await;
+}
+
+/// A message that decrypts reaches the app even when the local history cannot take it, and
+/// the failure is reported after it (the server already counts it as received).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_delivers_a_message_the_history_could_not_keep_then_says_so() {
+    let (ts, dir) = alice_and_bob(|_| {}).await;
+    let mut a = online(&ts, "alice@localhost", "pa", &dir.path().join("a")).await;
+    let mut b = online(&ts, "bob@localhost", "pb", &dir.path().join("b")).await;
+    // Something breaks alice's history under the running client.
+    rusqlite::Connection::open(dir.path().join("a/chat.db"))
+        .unwrap()
+        .execute_batch("DROP TABLE messages")
+        .unwrap();
+    b.send("alice@localhost", "still here").await.unwrap();
+    assert_eq!(message(&mut a).await.text, "still here");
+    match tokio::time::timeout(WAIT, a.next_event()).await {
+        Ok(Err(ChatError::Store(_, why))) => assert!(why.contains("messages"), "{why}"),
+        other => panic!("expected the history's failure, got {other:?}"),
+    }
+    a.close().await;
+    b.close().await;
     ts.stop().await;
 }

@@ -274,6 +274,9 @@ pub struct Client {
     inbox: VecDeque<Vec<u8>>,
     /// Events of the messages handled, not yet returned by [`Client::next_event`].
     events: VecDeque<Event>,
+    /// The first failure while handling what arrived (a history write, a follow-up send),
+    /// reported by [`Client::next_event`] after the events that did come through.
+    failed: Option<ChatError>,
     /// Bundles fetched on this connection (not fetched twice).
     fetched: HashSet<(String, u32, Omemo)>,
     next_id: u64,
@@ -399,6 +402,7 @@ impl Client {
             history,
             inbox: VecDeque::new(),
             events: VecDeque::new(),
+            failed: None,
             fetched: HashSet::new(),
             next_id: 0,
             id_prefix: prefix.iter().map(|b| format!("{b:02x}")).collect(),
@@ -579,8 +583,12 @@ impl Client {
         })?;
         for raw in read {
             if raw.starts_with(b"<message") {
-                if let Some(ev) = self.handle(&raw)? {
-                    self.events.push_back(ev);
+                // Every stanza of the batch is handled, whatever one of them does: they are
+                // all counted for the server's acknowledgement already.
+                match self.handle(&raw) {
+                    Ok(Some(ev)) => self.events.push_back(ev),
+                    Ok(None) => {}
+                    Err(e) => self.note(e),
                 }
             } else {
                 if self.inbox.len() >= INBOX_MAX {
@@ -916,7 +924,30 @@ impl Client {
                     return Ok(ev);
                 }
             }
+            if let Some(e) = self.failed.take() {
+                return Err(e);
+            }
             self.read_more().await?;
+        }
+    }
+
+    /// Keeps the first failure of handling for [`Client::next_event`] to report.
+    fn note(&mut self, e: ChatError) {
+        self.failed.get_or_insert(e);
+    }
+
+    /// Records a received message in the history; a failure is reported later, and the
+    /// message still reaches the app.
+    fn keep(
+        &mut self,
+        peer: &str,
+        outgoing: bool,
+        text: &str,
+        encrypted: bool,
+        origin: Option<&Origin>,
+    ) {
+        if let Err(e) = self.record(peer, outgoing, text, encrypted, origin) {
+            self.note(e);
         }
     }
 
@@ -965,8 +996,10 @@ impl Client {
             let Some(inner) = fwd.child("message") else {
                 return Ok(None);
             };
-            if let Some(id) = result.attr("id") {
-                self.archive_seen(&id)?;
+            if let Some(id) = result.attr("id")
+                && let Err(e) = self.archive_seen(&id)
+            {
+                self.note(e);
             }
             let stamp = fwd
                 .child("delay")
@@ -983,8 +1016,9 @@ impl Client {
                 && c.attr("by")
                     .is_some_and(|b| b.eq_ignore_ascii_case(&self.jid))
         }) && let Some(id) = sid.attr("id")
+            && let Err(e) = self.archive_seen(&id)
         {
-            self.archive_seen(&id)?;
+            self.note(e);
         }
         self.handle_message(&el, None, None)
     }
@@ -1058,8 +1092,8 @@ impl Client {
             };
             let text = decode(body.inner()).into_owned();
             match &sent_to {
-                Some(peer) => self.record(peer, true, &text, false, None)?,
-                None => self.record(&from, false, &text, false, origin.as_ref())?,
+                Some(peer) => self.keep(peer, true, &text, false, None),
+                None => self.keep(&from, false, &text, false, origin.as_ref()),
             }
             if wants_receipt {
                 self.send_receipt(&reply_to, id.as_deref().unwrap_or_default());
@@ -1134,13 +1168,19 @@ impl Client {
                 }));
             }
         };
+        // The follow-ups below are best effort: if one fails, the message decrypted all the
+        // same, and the failure is reported after it.
         if d.key_exchange {
             // A one-time prekey was used up: publish the topped-up bundle.
-            let (node, item, bundle) = self.bundle_item(v)?;
-            let id = self.new_id();
-            self.conn.send_stanza(
-                omemo::publish_iq(&id, &node, &item, &bundle, v == Omemo::V2).as_bytes(),
-            );
+            match self.bundle_item(v) {
+                Ok((node, item, bundle)) => {
+                    let id = self.new_id();
+                    self.conn.send_stanza(
+                        omemo::publish_iq(&id, &node, &item, &bundle, v == Omemo::V2).as_bytes(),
+                    );
+                }
+                Err(e) => self.note(e),
+            }
         }
         if d.send_empty {
             // Completes the session, so the sender stops sending key exchanges (OMEMO 2: also
@@ -1148,30 +1188,34 @@ impl Client {
             let e = match v {
                 Omemo::V03 => self
                     .device
-                    .empty_message(&from, d.sender_device, &mut OsRng)?
-                    .to_xml(),
+                    .empty_message(&from, d.sender_device, &mut OsRng)
+                    .map(|e| e.to_xml()),
                 Omemo::V2 => self
                     .device2
-                    .empty_message(&from, d.sender_device, &mut OsRng)?
-                    .to_xml(),
+                    .empty_message(&from, d.sender_device, &mut OsRng)
+                    .map(|e| e.to_xml()),
             };
-            let id = self.new_id();
-            self.conn.send_stanza(
-                format!(
-                    "<message to='{}' id='{id}' type='chat'>{}<store xmlns='urn:xmpp:hints'/></message>",
-                    crate::xml::escape(&from),
-                    e
-                )
-                .as_bytes(),
-            );
+            match e {
+                Ok(e) => {
+                    let id = self.new_id();
+                    self.conn.send_stanza(
+                        format!(
+                            "<message to='{}' id='{id}' type='chat'>{e}<store xmlns='urn:xmpp:hints'/></message>",
+                            crate::xml::escape(&from),
+                        )
+                        .as_bytes(),
+                    );
+                }
+                Err(e) => self.note(e.into()),
+            }
         }
         let Some(plain) = d.plaintext else {
             return Ok(None);
         };
         let text = String::from_utf8_lossy(&plain).into_owned();
         match &sent_to {
-            Some(peer) => self.record(peer, true, &text, true, None)?,
-            None => self.record(&from, false, &text, true, origin.as_ref())?,
+            Some(peer) => self.keep(peer, true, &text, true, None),
+            None => self.keep(&from, false, &text, true, origin.as_ref()),
         }
         if wants_receipt {
             self.send_receipt(&reply_to, id.as_deref().unwrap_or_default());
