@@ -226,8 +226,12 @@ async fn serve(state: Arc<ServerState>, tcp: TcpStream, peer: SocketAddr) {
     }
     rx.close();
     // What was queued and not written goes back to its senders as errors.
+    let err = StanzaError::with_text(
+        StanzaErrorCondition::ServiceUnavailable,
+        "the component went away before taking this stanza",
+    );
     while let Ok(st) = rx.try_recv() {
-        bounce(&state, &st).await;
+        bounce(&state, &st, &err).await;
     }
     if let Some(e) = end {
         c.fail(&e).await;
@@ -320,7 +324,7 @@ async fn run(
         tokio::select! {
             ev = c.next() => match ev {
                 Ok(Event::Element(st)) => {
-                    let replies = match from_component(state, domain, st).await {
+                    let replies = match from_remote(state, Source::Component(domain), st).await {
                         Ok(r) => r,
                         Err(e) => return e,
                     };
@@ -357,12 +361,9 @@ fn for_component(mut st: Stanza) -> String {
     st.to_xml(ns::COMPONENT)
 }
 
-/// A stanza the component could not take: its sender gets an error (RFC 6120 §8.3.1).
-async fn bounce(state: &ServerState, st: &Stanza) {
-    let err = StanzaError::with_text(
-        StanzaErrorCondition::ServiceUnavailable,
-        "the component went away before taking this stanza",
-    );
+/// A stanza that a component or an interop link could not take: its sender gets `err`
+/// (RFC 6120 §8.3.1).
+pub(crate) async fn bounce(state: &ServerState, st: &Stanza, err: &StanzaError) {
     let undeliverable = match st.kind {
         StanzaKind::Iq => matches!(st.type_.as_deref(), Some("get" | "set")),
         StanzaKind::Message => !matches!(
@@ -374,7 +375,7 @@ async fn bounce(state: &ServerState, st: &Stanza) {
     if !undeliverable {
         return;
     }
-    if let (Some(reply), Some(to)) = (features::error_reply(st, &err), st.from.clone())
+    if let (Some(reply), Some(to)) = (features::error_reply(st, err), st.from.clone())
         && let Ok(j) = jid::Jid::new(&to)
         && let Some(node) = j.node()
     {
@@ -394,13 +395,24 @@ fn error_for(st: &Stanza, e: StanzaError) -> Vec<Stanza> {
     features::error_reply(st, &e).into_iter().collect()
 }
 
-/// Handles one stanza from the component serving `domain`: the replies to write back to it,
+/// Where a stanza from outside the platform's own clients comes from.
+#[derive(Clone, Copy)]
+pub enum Source<'a> {
+    /// The external component serving this domain.
+    Component(&'a str),
+    /// An interop link from the federated provider's server for this domain ([`crate::s2s`]).
+    Link(&'a str),
+}
+
+/// Handles one stanza from a component or an interop link: the replies to write back to it,
 /// or the stream error that ends the stream.
-async fn from_component(
+pub(crate) async fn from_remote(
     state: &Arc<ServerState>,
-    domain: &str,
+    source: Source<'_>,
     mut st: Stanza,
 ) -> Result<Vec<Stanza>, Option<StreamError>> {
+    let (Source::Component(domain) | Source::Link(domain)) = source;
+    let link = matches!(source, Source::Link(_));
     if st.kind == StanzaKind::Other {
         return Err(Some(StreamError::with_text(
             StreamErrorCondition::UnsupportedStanzaType,
@@ -408,15 +420,26 @@ async fn from_component(
         )));
     }
     st.set_content_namespace(ns::CLIENT);
-    // The `from` must be the component's domain or an address at it; none means the domain.
+    // The `from` must be the peer's domain or an address at it; from a component, none
+    // means the domain.
     let from = match st.from.as_deref() {
-        None => domain.to_owned(),
+        None if !link => domain.to_owned(),
+        None => {
+            return Err(Some(StreamError::with_text(
+                StreamErrorCondition::InvalidFrom,
+                "a stanza over an interop link names its sender",
+            )));
+        }
         Some(f) => match jid::Jid::new(f) {
             Ok(j) if j.domain().as_str().eq_ignore_ascii_case(domain) => j.to_string(),
             _ => {
                 return Err(Some(StreamError::with_text(
                     StreamErrorCondition::InvalidFrom,
-                    "a component sends from its own domain",
+                    if link {
+                        "a stanza over an interop link comes from an address under the provider's domain"
+                    } else {
+                        "a component sends from its own domain"
+                    },
                 )));
             }
         },
@@ -449,8 +472,8 @@ async fn from_component(
         }
     };
     let to_domain = to.domain().as_str().to_owned();
-    // To another component (or back to itself).
-    if let Some(r) = route(state, &to_domain, st.clone()) {
+    // To another component (or back to itself); nothing is relayed from a link.
+    if !link && let Some(r) = route(state, &to_domain, st.clone()) {
         return Ok(match r {
             Err(e) if errors_ok => error_for(&st, e),
             _ => Vec::new(),
@@ -468,6 +491,19 @@ async fn from_component(
     };
     let bare = format!("{}@{served}", node.as_str());
     let resource = to.resource().map(|r| r.as_str().to_owned());
+    // A federated provider's users meet the boundary policy, as enlisted ones do.
+    if link {
+        let from_bare = jid::Jid::new(st.from.as_deref().unwrap_or(domain))
+            .map(|j| j.to_bare().to_string())
+            .unwrap_or_else(|_| domain.to_owned());
+        if let Err(e) = crate::interop::boundary::check(state, &from_bare, &bare, &mut st).await {
+            return Ok(if errors_ok {
+                error_for(&st, e)
+            } else {
+                Vec::new()
+            });
+        }
+    }
     match st.kind {
         StanzaKind::Message => {
             match message::deliver_local(state, &st, &bare, resource.as_deref()).await {
@@ -488,6 +524,7 @@ async fn from_component(
                 None | Some("unavailable" | "error") => {
                     presence::route_directed(state, st, &to.to_string()).await
                 }
+                Some("probe") if link => presence::probe_from_link(state, &sender, &bare).await,
                 _ => {} // probes are not answered to components; unknown types ignored
             }
             Ok(Vec::new())
@@ -499,6 +536,25 @@ async fn from_component(
                 && delivery::to_full(state, &bare, r, st.clone())
             {
                 return Ok(Vec::new());
+            }
+            // Over a link, a provider's user reads a platform user's PEP items (OMEMO
+            // device lists and bundles).
+            if link && resource.is_none() && request {
+                let requester = jid::Jid::new(st.from.as_deref().unwrap_or(domain))
+                    .map(|j| j.to_bare().to_string())
+                    .unwrap_or_default();
+                if !delivery::account_exists(state, &bare).await {
+                    return Ok(error_for(
+                        &st,
+                        StanzaError::new(StanzaErrorCondition::ServiceUnavailable),
+                    ));
+                }
+                return Ok(
+                    match features::pep::remote_items(state, &st, &requester, &bare).await {
+                        Ok(x) => vec![iq_result(&st, Some(&x))],
+                        Err(e) => error_for(&st, e),
+                    },
+                );
             }
             // An app server refusing a push notification (XEP-0357).
             if resource.is_none()

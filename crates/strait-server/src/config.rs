@@ -89,6 +89,9 @@ pub struct ListenConfig {
     pub c2s_direct_tls: Vec<SocketAddr>,
     /// External component listeners (XEP-0114). The protocol has no TLS: loopback only.
     pub component: Vec<SocketAddr>,
+    /// Interop link listeners (XMPP s2s, RFC 6120; STARTTLS and SASL EXTERNAL required):
+    /// where federated providers' servers connect. None by default; 5269 is the standard port.
+    pub s2s: Vec<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -287,6 +290,7 @@ impl Default for ListenConfig {
             c2s: vec![SocketAddr::from(([127, 0, 0, 1], 5222))],
             c2s_direct_tls: vec![SocketAddr::from(([127, 0, 0, 1], 5223))],
             component: vec![SocketAddr::from(([127, 0, 0, 1], 5347))],
+            s2s: Vec::new(),
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod http;
 pub mod interop;
 pub mod net;
 pub mod router;
+pub mod s2s;
 pub mod sasl;
 pub mod server;
 pub mod tls;

@@ -60,6 +60,11 @@ pub struct ServerState {
     pub avatar_hashes: crate::features::avatar::HashCache,
     /// External components (XEP-0114) connected now.
     pub components: crate::component::Components,
+    /// Interop links to federated providers' servers, open or opening.
+    pub links: crate::s2s::Links,
+    /// This state itself, for code that holds only a reference and must start a task (an
+    /// interop link opened by presence routing).
+    pub(crate) me: std::sync::OnceLock<std::sync::Weak<ServerState>>,
     /// Third-party providers and the boundary policy's state.
     pub interop: crate::interop::Interop,
     /// The negotiation settings every client connection shares, made on first use.
@@ -221,6 +226,10 @@ impl ServerState {
         }
         let snapshot = self.interop.snapshot();
         let p = snapshot.provider_of_domain(domain)?;
+        if p.link.is_some() {
+            // A federated provider: its users live on its own server.
+            return None;
+        }
         p.domains
             .iter()
             .find(|d| d.eq_ignore_ascii_case(domain))
@@ -236,6 +245,7 @@ pub struct Server {
     local_addrs: Vec<(SocketAddr, bool)>,
     local_https: Vec<SocketAddr>,
     local_components: Vec<SocketAddr>,
+    local_s2s: Vec<SocketAddr>,
     store: Arc<SqliteStore>,
 }
 
@@ -382,6 +392,11 @@ impl Server {
                 component_sockets.push(bind(*addr).await?);
             }
         }
+        // Interop link listeners (federated providers' servers connect there).
+        let mut s2s_sockets = Vec::new();
+        for addr in &config.listen.s2s {
+            s2s_sockets.push(bind(*addr).await?);
+        }
         // The HTTPS listeners are bound before anything starts, like the client ones: a port
         // in use stops the start with a clear error.
         let mut https = Vec::new();
@@ -427,6 +442,8 @@ impl Server {
             archive_prefs: Default::default(),
             uploads: uploads.clone(),
             components: Default::default(),
+            links: Default::default(),
+            me: Default::default(),
             interop: Default::default(),
             avatar_hashes: Default::default(),
             password_changes: Default::default(),
@@ -434,6 +451,7 @@ impl Server {
             detached_writes: Default::default(),
             next_conn_id: AtomicU64::new(1),
         });
+        let _ = state.me.set(Arc::downgrade(&state));
         let mut tasks = JoinSet::new();
         // The provider registry is read before the first client connects.
         let registry = crate::interop::refresh(&state, -1).await;
@@ -441,6 +459,7 @@ impl Server {
         let mut local_addrs = Vec::new();
         let mut local_https = Vec::new();
         let mut local_components = Vec::new();
+        let mut local_s2s = Vec::new();
         let mut sockets = Vec::new();
         for (socket, direct_tls) in listeners {
             let addr = socket.local_addr().map_err(|source| ServerError::Listen {
@@ -465,6 +484,13 @@ impl Server {
             }
             tasks.spawn(crate::component::accept_loop(state.clone(), socket));
         }
+        for socket in s2s_sockets {
+            if let Ok(addr) = socket.local_addr() {
+                tracing::info!(%addr, "listening for interop links (s2s)");
+                local_s2s.push(addr);
+            }
+            tasks.spawn(crate::s2s::inbound::accept_loop(state.clone(), socket));
+        }
         if let Some(uploads) = &uploads {
             for socket in https {
                 if let Ok(addr) = socket.local_addr() {
@@ -488,6 +514,7 @@ impl Server {
             local_addrs,
             local_https,
             local_components,
+            local_s2s,
             store,
         })
     }
@@ -495,6 +522,11 @@ impl Server {
     /// The bound component (XEP-0114) listener addresses.
     pub fn component_addrs(&self) -> &[SocketAddr] {
         &self.local_components
+    }
+
+    /// The bound interop link (s2s) listener addresses.
+    pub fn s2s_addrs(&self) -> &[SocketAddr] {
+        &self.local_s2s
     }
 
     /// The bound HTTPS (upload) listener addresses.

@@ -43,6 +43,9 @@ pub struct TlsConfigs {
     pub direct: Arc<rustls::ServerConfig>,
     /// For the HTTPS listeners (uploads), ALPN `http/1.1`.
     pub https: Arc<rustls::ServerConfig>,
+    /// For interop links' STARTTLS (s2s): the peer server must present a certificate, whose
+    /// pin the link then checks against its provider's ([`crate::s2s`]).
+    pub s2s: Arc<rustls::ServerConfig>,
     /// The certificates by name, shared by the three; domains served for providers join it
     /// while the server runs ([`TlsConfigs::add_domain`]).
     resolver: Arc<SniResolver>,
@@ -145,7 +148,13 @@ pub fn load(config: &Config) -> Result<TlsConfigs, TlsError> {
         Arc::new(ProxyCertificates {
             provider: provider.clone(),
             wanted: client_certs.clone(),
+            mandatory: false,
         });
+    let links: Arc<dyn rustls::server::danger::ClientCertVerifier> = Arc::new(ProxyCertificates {
+        provider: provider.clone(),
+        wanted: Arc::new(AtomicBool::new(true)),
+        mandatory: true,
+    });
     let build =
         |alpn: Vec<Vec<u8>>, extract: bool| -> Result<Arc<rustls::ServerConfig>, TlsError> {
             // Clients may present a certificate (a provider's proxy does) on the XMPP
@@ -168,6 +177,12 @@ pub fn load(config: &Config) -> Result<TlsConfigs, TlsError> {
         starttls: build(Vec::new(), true)?,
         direct: build(vec![ALPN_XMPP_CLIENT.to_vec()], true)?,
         https: build(vec![b"http/1.1".to_vec()], false)?,
+        s2s: Arc::new(
+            rustls::ServerConfig::builder_with_provider(provider.clone())
+                .with_safe_default_protocol_versions()?
+                .with_client_cert_verifier(links)
+                .with_cert_resolver(resolver.clone()),
+        ),
         resolver,
         provider,
         client_certs,
@@ -237,6 +252,8 @@ impl ResolvesServerCert for SniResolver {
 struct ProxyCertificates {
     provider: Arc<CryptoProvider>,
     wanted: Arc<AtomicBool>,
+    /// Interop links: a peer server without a certificate is refused in the handshake.
+    mandatory: bool,
 }
 
 impl rustls::server::danger::ClientCertVerifier for ProxyCertificates {
@@ -245,7 +262,7 @@ impl rustls::server::danger::ClientCertVerifier for ProxyCertificates {
     }
 
     fn client_auth_mandatory(&self) -> bool {
-        false
+        self.mandatory
     }
 
     fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
@@ -260,6 +277,124 @@ impl rustls::server::danger::ClientCertVerifier for ProxyCertificates {
     ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
         // Pinned, not chained: the pin is checked where it matters (enlistment).
         Ok(rustls::server::danger::ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+impl TlsConfigs {
+    /// The client side of an interop link from `local_domain`: it presents the domain's own
+    /// certificate (the peer authenticates the platform with it, SASL EXTERNAL) and accepts
+    /// only a server certificate whose pin is one of `pins` (the provider's registered ones,
+    /// lowercase hex).
+    /// `None` if the platform has no certificate for `local_domain`.
+    pub fn link_client(
+        &self,
+        local_domain: &str,
+        pins: Vec<String>,
+    ) -> Option<Arc<rustls::ClientConfig>> {
+        let key = self
+            .resolver
+            .keys
+            .read()
+            .expect("tls lock")
+            .get(&local_domain.to_ascii_lowercase())?
+            .clone();
+        let verifier = Arc::new(PinnedServer {
+            provider: self.provider.clone(),
+            pins,
+        });
+        let config = rustls::ClientConfig::builder_with_provider(self.provider.clone())
+            .with_safe_default_protocol_versions()
+            .ok()?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_client_cert_resolver(Arc::new(OwnCertificate(key)));
+        Some(Arc::new(config))
+    }
+}
+
+/// The platform's certificate for the domain a link speaks for.
+#[derive(Debug)]
+struct OwnCertificate(Arc<CertifiedKey>);
+
+impl rustls::client::ResolvesClientCert for OwnCertificate {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// A peer server's certificate on an interop link: accepted when its key is one the
+/// provider pinned (the agreement names the keys, as for its proxies), whatever CA signed
+/// it; the handshake signature is still verified, so the peer holds the key.
+#[derive(Debug)]
+struct PinnedServer {
+    provider: Arc<CryptoProvider>,
+    /// Lowercase hex, as registered.
+    pins: Vec<String>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for PinnedServer {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        match spki_pin(end_entity) {
+            Some(pin) if self.pins.contains(&pin_hex(&pin)) => {
+                Ok(rustls::client::danger::ServerCertVerified::assertion())
+            }
+            Some(pin) => Err(rustls::Error::General(format!(
+                "the server's certificate key (pin {}) is not one the provider registered",
+                pin_hex(&pin)
+            ))),
+            None => Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::BadEncoding,
+            )),
+        }
     }
 
     fn verify_tls12_signature(

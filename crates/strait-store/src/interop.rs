@@ -127,6 +127,11 @@ pub struct Provider {
     pub rate_per_sec: Option<u32>,
     /// Stanzas per second that one of its users may send to the platform's users.
     pub user_rate_per_sec: Option<u32>,
+    /// A federated provider's own server, as `host` or `host:port` (port 5269 if none): its
+    /// users live there, and the platform reaches them over an interop link (XMPP s2s,
+    /// authenticated by the pinned certificates). `None`: an enlisted provider, whose users'
+    /// accounts the platform hosts under its domains.
+    pub link: Option<String>,
 }
 
 impl Provider {
@@ -144,6 +149,7 @@ impl Provider {
             scopes: vec![Scope::Text],
             rate_per_sec: None,
             user_rate_per_sec: None,
+            link: None,
         }
     }
 }

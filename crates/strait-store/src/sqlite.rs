@@ -399,6 +399,10 @@ const MIGRATIONS: &[&str] = &[
         updated_ms  INTEGER NOT NULL
     ) WITHOUT ROWID;
     ",
+    // 15: a federated provider's server, reached over an interop link (s2s).
+    "
+    ALTER TABLE providers ADD COLUMN link TEXT;
+    ",
 ];
 
 /// A write request queued for the writer thread.

@@ -1203,6 +1203,7 @@ pub fn providers(s: &impl Store) {
     acme.scopes = vec![Scope::Text, Scope::Media, Scope::Files];
     acme.rate_per_sec = Some(500);
     acme.user_rate_per_sec = Some(5);
+    acme.link = Some("xmpp.acme.example:5270".into());
     acme.domains = vec!["z.example".into(), "acme.example".into()];
     s.provider_update(&acme, &note(20, "activate", "signed"))
         .unwrap();

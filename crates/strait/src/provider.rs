@@ -36,6 +36,9 @@ pub enum ProviderCommand {
         /// Remove the message rate limits.
         #[arg(long, conflicts_with_all = ["rate", "user_rate"])]
         no_rate_limits: bool,
+        /// Make a federated provider an enlisted one again (its users then log in here).
+        #[arg(long, conflicts_with = "link")]
+        no_link: bool,
         #[command(flatten)]
         who: Who,
         #[command(flatten)]
@@ -140,6 +143,11 @@ pub struct Details {
     /// Stanzas per second one of its users may send to this platform's users.
     #[arg(long)]
     user_rate: Option<u32>,
+    /// A federated provider: its own XMPP server, HOST or HOST:PORT (default port 5269),
+    /// reached over an interop link (s2s, authenticated by the pins). Its users live there,
+    /// not here.
+    #[arg(long)]
+    link: Option<String>,
 }
 
 /// Who makes the change, for the audit log.
@@ -195,6 +203,9 @@ fn apply(p: &mut Provider, d: &Details) -> Result<()> {
     if d.user_rate.is_some() {
         p.user_rate_per_sec = d.user_rate;
     }
+    if d.link.is_some() {
+        p.link = d.link.clone();
+    }
     Ok(())
 }
 
@@ -237,6 +248,10 @@ fn show(p: &Provider) {
     );
     println!("rate:        {}", rate(p.rate_per_sec));
     println!("user rate:   {}", rate(p.user_rate_per_sec));
+    match &p.link {
+        Some(l) => println!("link:        {l} (federated: its users live on its own server)"),
+        None => println!("link:        - (enlisted: its users' accounts live here)"),
+    }
 }
 
 /// Unix milliseconds as RFC 3339 UTC.
@@ -280,6 +295,7 @@ pub fn run(cmd: ProviderCommand) -> Result<()> {
             details,
             no_enlistment,
             no_rate_limits,
+            no_link,
             who,
             config,
         } => {
@@ -295,6 +311,9 @@ pub fn run(cmd: ProviderCommand) -> Result<()> {
                 }
                 if no_rate_limits {
                     (p.rate_per_sec, p.user_rate_per_sec) = (None, None);
+                }
+                if no_link {
+                    p.link = None;
                 }
                 let actor = Actor {
                     name: &who.name(),

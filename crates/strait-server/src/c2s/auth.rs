@@ -178,7 +178,10 @@ impl Connection {
         };
         let snapshot = self.state.interop.snapshot();
         let pin = self.client_pin().copied();
-        let result = match snapshot.provider_of_domain(&domain) {
+        let enlisted = snapshot
+            .provider_of_domain(&domain)
+            .filter(|p| p.link.is_none());
+        let result = match enlisted {
             None => Err(enlist::EnlistError::NoKeys(domain.clone())),
             Some(provider) => enlist::check_proxy(provider, pin.as_ref())
                 .and_then(|()| enlist::parse_message(msg))

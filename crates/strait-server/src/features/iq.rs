@@ -66,6 +66,15 @@ pub async fn from_client(s: &mut Session, mut stanza: Stanza, to: Option<jid::Ji
         return;
     }
     if !s.state.is_local_domain(&domain) {
+        // To a federated provider's user, over its interop link.
+        if let Some(r) = crate::s2s::route(&s.state, &s.bare, &to, stanza.clone()).await {
+            if let Err(e) = r
+                && request
+            {
+                s.reply_error(&stanza, e);
+            }
+            return;
+        }
         // To an external component (XEP-0114), or unreachable.
         let err = match crate::component::route(&s.state, &domain, stanza.clone()) {
             Some(Ok(())) => return,

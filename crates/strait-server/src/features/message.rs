@@ -47,6 +47,12 @@ pub async fn from_client(s: &mut Session, mut stanza: Stanza, to: Option<jid::Ji
         None => s.state.local_domain(domain),
     };
     let Some(domain) = local else {
+        // To a federated provider's user, over its interop link.
+        if let Some(j) = &to
+            && to_link(s, &mut stanza, j, copies).await
+        {
+            return;
+        }
         // To an external component (XEP-0114), or unreachable.
         let err = match crate::component::route(&s.state, domain, stanza.clone()) {
             Some(Ok(())) => return,
@@ -124,6 +130,41 @@ pub async fn from_client(s: &mut Session, mut stanza: Stanza, to: Option<jid::Ji
         }
         Err(e) => s.reply_error(&stanza, e),
     }
+}
+
+/// A message to a federated provider's user (`true` if `to` is one): over the provider's
+/// interop link after the boundary policy, with the sender's archive copy and carbons as for
+/// a message to a local account; an error to the sender when it cannot go.
+async fn to_link(s: &mut Session, stanza: &mut Stanza, to: &jid::Jid, copies: bool) -> bool {
+    let Some(r) = crate::s2s::route(&s.state, &s.bare, to, stanza.clone()).await else {
+        return false;
+    };
+    if let Err(e) = r {
+        if !matches!(stanza.type_.as_deref(), Some("error")) {
+            s.reply_error(stanza, e);
+        }
+        return true;
+    }
+    let targets = if copies {
+        carbons::sent_targets(&s.state, &s.bare, &s.resource)
+    } else {
+        Vec::new()
+    };
+    let archived = s.state.config.archive.enabled && mam::archivable(stanza);
+    if !archived && targets.is_empty() {
+        return true;
+    }
+    let mut copy = stanza.clone();
+    if archived {
+        let mut writes = Writes::default();
+        let id = stanza_id::stamp(&mut copy, &s.bare);
+        let with = to.to_string();
+        let op = mam::archive_op(&s.state, &s.bare, &with, &id, &copy, &mut writes.stored).await;
+        writes.push(op);
+        writes.commit(&s.state, None).await;
+    }
+    carbons::send_sent(&targets, &s.bare, &copy);
+    true
 }
 
 /// Delivers a message to a local account by RFC 6121 §8.5's rules. An `Err` is the error the

@@ -442,6 +442,81 @@ async fn items(s: &mut Session, req: &Stanza, verb: &Element, owner: &str) {
     s.reply(iq_result(req, Some(&x)));
 }
 
+/// Items of `owner`'s node for a requester on another server (over an interop link): the
+/// `<pubsub/>` result payload, or the error. Only item retrieval is offered there; OMEMO
+/// clients fetch device lists and bundles with it.
+pub async fn remote_items(
+    state: &ServerState,
+    req: &Stanza,
+    requester: &str,
+    owner: &str,
+) -> Result<String, StanzaError> {
+    let bad = |text: &str| StanzaError::with_text(StanzaErrorCondition::BadRequest, text);
+    let p = req
+        .first_payload()
+        .ok()
+        .flatten()
+        .filter(|p| p.is("pubsub", NS))
+        .ok_or_else(|| {
+            StanzaError::with_text(
+                StanzaErrorCondition::ServiceUnavailable,
+                "only pubsub item retrieval is answered across an interop link",
+            )
+        })?;
+    let verb = p
+        .children()
+        .find(|c| c.is("items", NS))
+        .filter(|_| req.type_.as_deref() == Some("get"))
+        .ok_or_else(|| {
+            StanzaError::with_text(
+                StanzaErrorCondition::FeatureNotImplemented,
+                "only pubsub item retrieval is answered across an interop link",
+            )
+        })?;
+    let node = verb
+        .attr("node")
+        .filter(|n| !n.is_empty() && n.len() <= MAX_NAME)
+        .ok_or_else(|| bad("a node name is required"))?
+        .to_owned();
+    let (o, n) = (owner.to_owned(), node.clone());
+    let failed = |e: StoreError| {
+        tracing::error!(%owner, "reading PEP for a remote requester: {e}");
+        StanzaError::new(StanzaErrorCondition::InternalServerError)
+    };
+    let config = state
+        .store(move |st| st.pep_node(&o, &n))
+        .await
+        .map_err(failed)?
+        .ok_or_else(|| {
+            StanzaError::with_text(StanzaErrorCondition::ItemNotFound, "no such node")
+        })?;
+    if !may_access(state, owner, requester, &config.access_model).await {
+        return Err(StanzaError::new(if config.access_model == "presence" {
+            StanzaErrorCondition::NotAuthorized
+        } else {
+            StanzaErrorCondition::NotAllowed
+        }));
+    }
+    let ids: Vec<String> = verb
+        .children()
+        .filter(|c| c.is("item", NS))
+        .filter_map(|c| c.attr("id").map(str::to_owned))
+        .collect();
+    let max = verb.attr("max_items").and_then(|m| m.parse::<usize>().ok());
+    let (o, n) = (owner.to_owned(), node.clone());
+    let ids = if ids.is_empty() { None } else { Some(ids) };
+    let found = state
+        .store(move |st| st.pep_items(&o, &n, ids.as_deref(), max))
+        .await
+        .map_err(failed)?;
+    let mut x = format!("<pubsub xmlns='{NS}'><items{}>", attr("node", &node));
+    for i in &found {
+        x.push_str(&item_xml(i));
+    }
+    x.push_str("</items></pubsub>");
+    Ok(x)
+}
+
 fn item_xml(i: &PepItem) -> String {
     format!("<item{}>{}</item>", attr("id", &i.id), i.payload)
 }

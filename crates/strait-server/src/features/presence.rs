@@ -98,6 +98,10 @@ async fn broadcast(s: &mut Session, mut p: Stanza) {
             let mut to_component = p.clone();
             to_component.to = Some(item.jid.clone());
             let _ = crate::component::route_to_jid(&s.state, &item.jid, to_component);
+        } else if crate::s2s::owns(&s.state, &item.jid) {
+            let mut to_link = p.clone();
+            to_link.to = Some(item.jid.clone());
+            crate::s2s::forward(&s.state, to_link);
         } else {
             delivery::to_available(&s.state, &item.jid, &p, true);
         }
@@ -133,6 +137,14 @@ async fn broadcast(s: &mut Session, mut p: Stanza) {
     watched.push(s.bare.clone());
     for contact in watched {
         if !crate::interop::boundary::shares(&s.state, &s.bare, &contact).await {
+            continue;
+        }
+        // A contact on a federated provider's server: its server answers the probe.
+        if crate::s2s::owns(&s.state, &contact) {
+            let mut probe =
+                super::server_stanza("presence", Some("probe"), &s.bare, &contact, None);
+            probe.from = Some(s.bare.clone());
+            crate::s2s::forward(&s.state, probe);
             continue;
         }
         for r in s.state.router.resources(&contact) {
@@ -188,8 +200,12 @@ pub async fn route_directed(state: &ServerState, p: Stanza, target: &str) {
         let _ = crate::component::route(state, j.domain().as_str(), p);
         return;
     }
+    if crate::s2s::owns(state, target) {
+        crate::s2s::forward(state, p);
+        return;
+    }
     if !state.is_local_domain(j.domain().as_str()) || j.node().is_none() {
-        return; // no interop link yet: presence to other servers goes nowhere
+        return; // presence to other servers goes nowhere
     }
     let bare = j.to_bare().to_string();
     if p.from
@@ -204,6 +220,27 @@ pub async fn route_directed(state: &ServerState, p: Stanza, target: &str) {
         }
         None => {
             delivery::to_available(state, &bare, &p, false);
+        }
+    }
+}
+
+/// A probe from a federated provider's server for its user `user` (RFC 6121 §4.3.2): the
+/// account's current presence goes back over the link if `user` is subscribed to it.
+pub async fn probe_from_link(state: &ServerState, user: &str, account: &str) {
+    let (a, u) = (account.to_owned(), user.to_owned());
+    let subscribed = matches!(
+        state.store(move |st| st.roster_item(&a, &u)).await,
+        Ok(Some(i)) if matches!(i.subscription, Subscription::From | Subscription::Both)
+    );
+    if !subscribed || !crate::interop::boundary::shares(state, account, user).await {
+        return;
+    }
+    for r in state.router.resources(account) {
+        if let Some(pres) = &r.presence {
+            let mut copy = (**pres).clone();
+            copy.from = Some(r.full.clone());
+            copy.to = Some(user.to_owned());
+            crate::s2s::forward(state, copy);
         }
     }
 }
@@ -301,6 +338,11 @@ pub async fn inbound_subscribe(state: &ServerState, user: &str, contact: &str) {
         let _ = crate::component::route_to_jid(state, contact, p);
         return;
     }
+    if crate::s2s::owns(state, contact) {
+        // To a federated provider's user: its server keeps that side.
+        crate::s2s::forward(state, subscription_presence("subscribe", user, contact));
+        return;
+    }
     if !is_local_account_domain(state, contact) || !delivery::account_exists(state, contact).await {
         return;
     }
@@ -331,6 +373,11 @@ pub async fn inbound_subscribed(state: &ServerState, contact: &str, user: &str) 
         // To a component: it keeps its own subscriptions.
         let p = subscription_presence("subscribed", contact, user);
         let _ = crate::component::route_to_jid(state, user, p);
+        return;
+    }
+    if crate::s2s::owns(state, user) {
+        // To a federated provider's user: its server keeps that side.
+        crate::s2s::forward(state, subscription_presence("subscribed", contact, user));
         return;
     }
     if !is_local_account_domain(state, user) {
@@ -371,6 +418,11 @@ pub async fn inbound_unsubscribe(state: &ServerState, user: &str, contact: &str)
         let _ = crate::component::route_to_jid(state, contact, p);
         return;
     }
+    if crate::s2s::owns(state, contact) {
+        // To a federated provider's user: its server keeps that side.
+        crate::s2s::forward(state, subscription_presence("unsubscribe", user, contact));
+        return;
+    }
     if !is_local_account_domain(state, contact) {
         return;
     }
@@ -403,6 +455,11 @@ pub async fn inbound_unsubscribed(state: &ServerState, contact: &str, user: &str
         // To a component: it keeps its own subscriptions.
         let p = subscription_presence("unsubscribed", contact, user);
         let _ = crate::component::route_to_jid(state, user, p);
+        return;
+    }
+    if crate::s2s::owns(state, user) {
+        // To a federated provider's user: its server keeps that side.
+        crate::s2s::forward(state, subscription_presence("unsubscribed", contact, user));
         return;
     }
     if !is_local_account_domain(state, user) {

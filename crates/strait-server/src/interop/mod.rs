@@ -66,7 +66,13 @@ impl Snapshot {
             s.by_id.insert(p.id.clone(), p);
         }
         let mut c2s = base.clone();
-        c2s.provider_domains = s.by_domain.keys().cloned().collect();
+        // Only an enlisted provider's users log in here; a federated one's live on its server.
+        c2s.provider_domains = s
+            .by_domain
+            .iter()
+            .filter(|(_, p)| p.link.is_none())
+            .map(|(d, _)| d.clone())
+            .collect();
         c2s.provider_domains.sort();
         s.c2s = Some(Arc::new(c2s));
         s
@@ -167,19 +173,20 @@ pub async fn refresh(state: &Arc<ServerState>, known: i64) -> i64 {
         .filter(|p| p.status != ProviderStatus::Active)
         .map(|p| (p.id.clone(), p.status.as_str(), p.domains.clone()))
         .collect();
-    // Each provider domain presents a certificate for its own name.
+    // Each enlisted provider's domain presents a certificate for its own name (a federated
+    // provider's server presents its own).
     let domains: Vec<String> = providers
         .iter()
-        .filter(|p| p.status != ProviderStatus::Terminated)
+        .filter(|p| p.status != ProviderStatus::Terminated && p.link.is_none())
         .flat_map(|p| p.domains.clone())
         .collect();
     // Clients are asked for a certificate while some provider admits its users only through
     // its proxies (pins registered).
-    state.tls.want_client_certificates(
-        providers
-            .iter()
-            .any(|p| p.status != ProviderStatus::Terminated && !p.cert_pins.is_empty()),
-    );
+    state
+        .tls
+        .want_client_certificates(providers.iter().any(|p| {
+            p.status != ProviderStatus::Terminated && p.link.is_none() && !p.cert_pins.is_empty()
+        }));
     let st = state.clone();
     let certs = tokio::task::spawn_blocking(move || {
         for d in domains {

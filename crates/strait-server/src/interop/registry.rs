@@ -50,6 +50,16 @@ pub enum RegistryError {
         "{accounts} account(s) of the provider's users live under {domain}; remove them first (strait user remove) before the provider gives up the domain"
     )]
     DomainInUse { domain: String, accounts: usize },
+    #[error("{0:?} is not a link address: expected host or host:port (the provider's XMPP server)")]
+    InvalidLink(String),
+    #[error(
+        "a federated provider (--link) needs certificate pins (--pin): its server is authenticated by them"
+    )]
+    LinkNeedsPins,
+    #[error(
+        "{accounts} account(s) of the provider's users live here under {domain}; a federated provider's users live on its own server: remove them first (strait user remove)"
+    )]
+    EnlistedAccounts { domain: String, accounts: usize },
     #[error("say why (--reason): suspensions and terminations are audited")]
     ReasonRequired,
     #[error("the terms version and the name of who accepted them must not be empty")]
@@ -141,7 +151,30 @@ pub fn check(config: &Config, p: &Provider) -> Result<Provider, RegistryError> {
     if p.rate_per_sec == Some(0) || p.user_rate_per_sec == Some(0) {
         return Err(RegistryError::ZeroRate);
     }
+    out.link = p.link.as_deref().map(check_link).transpose()?;
+    if out.link.is_some() && out.cert_pins.is_empty() {
+        return Err(RegistryError::LinkNeedsPins);
+    }
     Ok(out)
+}
+
+/// A link address: `host` or `host:port`, the host a domain name or an IP address
+/// (`[v6]:port` for IPv6 with a port), lowercase.
+pub fn check_link(link: &str) -> Result<String, RegistryError> {
+    let bad = || RegistryError::InvalidLink(link.to_owned());
+    let l = link.trim().to_ascii_lowercase();
+    let (host, port) = match crate::s2s::split_link(&l) {
+        Some(hp) => hp,
+        None => return Err(bad()),
+    };
+    if port == 0 || host.is_empty() {
+        return Err(bad());
+    }
+    let ip = host.parse::<std::net::IpAddr>().is_ok();
+    if !ip && jid::Jid::new(host).is_err() {
+        return Err(bad());
+    }
+    Ok(l)
 }
 
 /// Registers a new provider, pending until its terms are accepted and it is activated.
@@ -154,7 +187,10 @@ pub fn add(
     let mut p = check(config, p)?;
     p.status = ProviderStatus::Pending;
     p.terms = None;
-    let detail = format!("{} ({})", p.name, p.domains.join(", "));
+    let mut detail = format!("{} ({})", p.name, p.domains.join(", "));
+    if let Some(link) = &p.link {
+        detail.push_str(&format!("; federated, link {link}"));
+    }
     store.provider_add(&p, &note(actor, "add", &detail))?;
     Ok(p)
 }
@@ -199,6 +235,18 @@ pub fn update(
             });
         }
     }
+    // Becoming federated strands the accounts enlisted here under its domains.
+    if p.link.is_some() && old.link.is_none() {
+        for d in &p.domains {
+            let accounts = store.list_accounts(Some(d))?.len();
+            if accounts > 0 {
+                return Err(RegistryError::EnlistedAccounts {
+                    domain: d.clone(),
+                    accounts,
+                });
+            }
+        }
+    }
     let detail = describe_changes(&old, &p);
     if detail.is_empty() {
         return Ok(old);
@@ -227,6 +275,7 @@ fn describe_changes(old: &Provider, new: &Provider) -> String {
     diff("scopes", scopes(old), scopes(new));
     diff("issuer", opt(&old.issuer), opt(&new.issuer));
     diff("pins", old.cert_pins.join(","), new.cert_pins.join(","));
+    diff("link", opt(&old.link), opt(&new.link));
     diff("rate", opt(&old.rate_per_sec), opt(&new.rate_per_sec));
     diff(
         "user-rate",
@@ -483,5 +532,45 @@ mod tests {
         s.remove_account("bob@acme.example").unwrap();
         moved.domains = vec!["new.example".into()];
         update(&c, &s, &moved, OP).unwrap();
+    }
+
+    #[test]
+    fn a_federated_provider_names_its_server_and_pins_it() {
+        let (c, s) = (config(), MemoryStore::new());
+        let mut p = acme();
+        p.link = Some(" XMPP.Acme.Example:5270 ".into());
+        assert!(matches!(check(&c, &p), Err(RegistryError::LinkNeedsPins)));
+        p.cert_pins = vec!["AB".repeat(32)];
+        let got = check(&c, &p).unwrap();
+        assert_eq!(got.link.as_deref(), Some("xmpp.acme.example:5270"));
+        for bad in ["", "host:", "host:0", "host:x", "bad host", "[::1"] {
+            p.link = Some(bad.into());
+            assert!(
+                matches!(check(&c, &p), Err(RegistryError::InvalidLink(_))),
+                "{bad:?} was taken"
+            );
+        }
+        for good in ["127.0.0.1:25269", "[::1]:5269", "acme.example"] {
+            p.link = Some(good.into());
+            check(&c, &p).unwrap();
+        }
+        // Becoming federated would strand accounts enlisted under its domains.
+        add(&c, &s, &acme(), OP).unwrap();
+        use strait_store::AccountStore;
+        let creds = crate::interop::enlist::unusable_credentials();
+        s.create_account("bob@acme.example", &creds).unwrap();
+        p.link = Some("xmpp.acme.example".into());
+        assert!(matches!(
+            update(&c, &s, &p, OP),
+            Err(RegistryError::EnlistedAccounts { accounts: 1, .. })
+        ));
+        s.remove_account("bob@acme.example").unwrap();
+        update(&c, &s, &p, OP).unwrap();
+        let last = s.provider_audit(Some("acme"), 1).unwrap().pop().unwrap();
+        assert!(
+            last.detail.contains("link: - → xmpp.acme.example"),
+            "{}",
+            last.detail
+        );
     }
 }

@@ -39,8 +39,8 @@ fn write_provider(c: &Connection, p: &Provider) -> Result<()> {
     let scopes: Vec<&str> = p.scopes.iter().map(|s| s.as_str()).collect();
     c.execute(
         "INSERT OR REPLACE INTO providers (id, name, status, terms_version, terms_ms, terms_by,
-             issuer, jwks, cert_pins, scopes, rate, user_rate)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+             issuer, jwks, cert_pins, scopes, rate, user_rate, link)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
         params![
             p.id,
             p.name,
@@ -54,6 +54,7 @@ fn write_provider(c: &Connection, p: &Provider) -> Result<()> {
             join_words(&scopes),
             p.rate_per_sec,
             p.user_rate_per_sec,
+            p.link,
         ],
     )?;
     for (pos, d) in p.domains.iter().enumerate() {
@@ -98,7 +99,7 @@ fn provider_exists(c: &Connection, id: &str) -> Result<bool> {
 fn read_providers(c: &Connection, id: Option<&str>) -> Result<Vec<Provider>> {
     let mut st = c.prepare_cached(
         "SELECT id, name, status, terms_version, terms_ms, terms_by, issuer, jwks, cert_pins,
-                scopes, rate, user_rate
+                scopes, rate, user_rate, link
          FROM providers WHERE ?1 IS NULL OR id = ?1 ORDER BY id",
     )?;
     type Row = (
@@ -120,6 +121,7 @@ fn read_providers(c: &Connection, id: Option<&str>) -> Result<Vec<Provider>> {
             scopes: Vec::new(),
             rate_per_sec: r.get(10)?,
             user_rate_per_sec: r.get(11)?,
+            link: r.get(12)?,
         };
         Ok((p, r.get(2)?, r.get(9)?, (r.get(3)?, r.get(4)?, r.get(5)?)))
     })?;

@@ -1,0 +1,323 @@
+//! Outbound interop links: the platform's stream to a federated provider's server, opened on
+//! the first stanza for one of its domains and kept while stanzas flow.
+//!
+//! One link per (platform domain, provider domain): the stream's `from` is the platform
+//! domain whose certificate authenticates it. Stanzas wait in the link's queue while it
+//! connects; when it cannot connect or authenticate, or closes, what is still queued goes
+//! back to its senders as errors that say why. A stanza written to the link is the
+//! provider's server's to deliver: RFC 6120 streams have no acknowledgement of their own
+//! (stream management on links is not done; docs/interop.md, "Not yet").
+
+use super::{Conn, NEGOTIATION_TIMEOUT, revoked, split_link, stream_header};
+use crate::server::ServerState;
+use base64::Engine as _;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use strait_store::Provider;
+use strait_wire::{
+    Event, Limits, Stanza, StanzaError, StanzaErrorCondition, StreamError, StreamErrorCondition, ns,
+};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+/// Stanzas queued for one link; past it, senders get `resource-constraint`.
+pub const QUEUE: usize = 4096;
+
+/// A link with nothing to send for this long is closed (the next stanza opens it again).
+pub const IDLE: Duration = Duration::from_secs(600);
+
+type Key = (String, String);
+
+/// The outbound links open or opening now, by (platform domain, provider domain).
+#[derive(Default)]
+pub struct Links {
+    out: Mutex<HashMap<Key, (u64, mpsc::Sender<Stanza>)>>,
+}
+
+impl Links {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, (u64, mpsc::Sender<Stanza>)>> {
+        self.out.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// How many outbound links are open or opening.
+    pub fn outbound(&self) -> usize {
+        self.lock().len()
+    }
+}
+
+/// Queues `stanza` on the link from `local` to `remote` (the provider's domain), opening
+/// the link if there is none.
+pub fn enqueue(
+    state: &Arc<ServerState>,
+    local: &str,
+    remote: &str,
+    provider: &Provider,
+    stanza: Stanza,
+) -> Result<(), StanzaError> {
+    let key = (local.to_owned(), remote.to_owned());
+    let mut links = state.links.lock();
+    let tx = match links.get(&key) {
+        Some((_, tx)) if !tx.is_closed() => tx.clone(),
+        _ => {
+            let (tx, rx) = mpsc::channel(QUEUE);
+            let id = state.next_conn_id();
+            links.insert(key.clone(), (id, tx.clone()));
+            tokio::spawn(run(state.clone(), key, id, provider.id.clone(), rx));
+            tx
+        }
+    };
+    drop(links);
+    tx.try_send(stanza).map_err(|e| match e {
+        mpsc::error::TrySendError::Full(_) => StanzaError::with_text(
+            StanzaErrorCondition::ResourceConstraint,
+            format!("the interop link to {remote} is not keeping up"),
+        ),
+        mpsc::error::TrySendError::Closed(_) => StanzaError::with_text(
+            StanzaErrorCondition::RemoteServerTimeout,
+            format!("the interop link to {remote} closed"),
+        ),
+    })
+}
+
+/// One link's life: connect, authenticate, write what is queued until idle, revoked or
+/// gone; then hand back what is left.
+async fn run(
+    state: Arc<ServerState>,
+    key: Key,
+    id: u64,
+    provider_id: String,
+    mut rx: mpsc::Receiver<Stanza>,
+) {
+    let (local, remote) = (&key.0, &key.1);
+    let opened = tokio::time::timeout(
+        NEGOTIATION_TIMEOUT,
+        open(&state, local, remote, &provider_id),
+    )
+    .await
+    .unwrap_or_else(|_| Err(format!("no answer from {remote}'s server in time")));
+    let why = match opened {
+        Ok(mut conn) => {
+            tracing::info!(provider = %provider_id, %local, %remote, "interop link open");
+            let why = pump(&state, &mut conn, &provider_id, &mut rx).await;
+            tracing::info!(provider = %provider_id, %local, %remote, "interop link closed: {why}");
+            why
+        }
+        Err(why) => {
+            tracing::warn!(provider = %provider_id, %local, %remote, "interop link failed: {why}");
+            why
+        }
+    };
+    {
+        let mut links = state.links.lock();
+        if links.get(&key).is_some_and(|(i, _)| *i == id) {
+            links.remove(&key);
+        }
+    }
+    rx.close();
+    let err = StanzaError::with_text(
+        StanzaErrorCondition::RemoteServerTimeout,
+        format!("the interop link to {remote} failed: {why}"),
+    );
+    while let Ok(st) = rx.try_recv() {
+        crate::component::bounce(&state, &st, &err).await;
+    }
+}
+
+type Tls = tokio_rustls::client::TlsStream<TcpStream>;
+
+fn limits(state: &ServerState) -> Limits {
+    let l = &state.config.limits;
+    Limits {
+        max_stanza_bytes: l.max_stanza_bytes,
+        max_depth: l.max_depth,
+        max_attributes: l.max_attributes,
+    }
+}
+
+/// Connects, requires STARTTLS, checks the server's certificate against the provider's
+/// pins, authenticates with SASL EXTERNAL; `Err` says why not.
+async fn open(
+    state: &ServerState,
+    local: &str,
+    remote: &str,
+    provider_id: &str,
+) -> Result<Conn<Tls>, String> {
+    let provider = state
+        .interop
+        .snapshot()
+        .provider(provider_id)
+        .cloned()
+        .ok_or_else(|| format!("the provider {provider_id} is not registered"))?;
+    if let Some(e) = revoked(state, provider_id, None) {
+        return Err(e.text.unwrap_or_default());
+    }
+    let link = provider.link.clone().unwrap_or_default();
+    let (host, port) = split_link(&link).ok_or_else(|| format!("bad link address {link}"))?;
+    let tcp = TcpStream::connect((host, port))
+        .await
+        .map_err(|e| format!("connecting to {link}: {e}"))?;
+    let _ = tcp.set_nodelay(true);
+    let mut c = Conn::new(tcp, limits(state));
+    // The stream before TLS: only STARTTLS.
+    let features = restart(&mut c, local, remote).await?;
+    if !features.has_child(ns::TLS, "starttls") {
+        return Err("the server does not offer STARTTLS".into());
+    }
+    if !c.write(&format!("<starttls xmlns='{}'/>", ns::TLS)).await {
+        return Err("connection lost".into());
+    }
+    match c.next().await {
+        Ok(Event::Element(e)) if e.name == "proceed" && e.ns == ns::TLS => {}
+        other => return Err(format!("STARTTLS refused: {}", describe(other))),
+    }
+    if c.parser.buffered() > 0 {
+        return Err("data after <proceed/> (a STARTTLS injection?)".into());
+    }
+    let config = state
+        .tls
+        .link_client(local, provider.cert_pins.clone())
+        .ok_or_else(|| format!("no certificate for {local}"))?;
+    let name = rustls::pki_types::ServerName::try_from(remote.to_owned())
+        .map_err(|_| format!("{remote} is not a server name"))?;
+    let tls = tokio_rustls::TlsConnector::from(config)
+        .connect(name, c.io)
+        .await
+        .map_err(|e| format!("TLS: {e}"))?;
+    let mut c = Conn::new(tls, limits(state));
+    let features = restart(&mut c, local, remote).await?;
+    if !offers_external(&features) {
+        return Err(
+            "the server does not offer SASL EXTERNAL (certificate authentication) to this platform"
+                .into(),
+        );
+    }
+    let authzid = base64::engine::general_purpose::STANDARD.encode(local);
+    if !c
+        .write(&format!(
+            "<auth xmlns='{}' mechanism='EXTERNAL'>{authzid}</auth>",
+            ns::SASL
+        ))
+        .await
+    {
+        return Err("connection lost".into());
+    }
+    match c.next().await {
+        Ok(Event::Element(e)) if e.name == "success" && e.ns == ns::SASL => {}
+        Ok(Event::Element(e)) if e.name == "failure" && e.ns == ns::SASL => {
+            return Err(format!(
+                "the server refused this platform's certificate (SASL EXTERNAL): {}",
+                e.inner_xml()
+            ));
+        }
+        other => return Err(format!("SASL EXTERNAL: {}", describe(other))),
+    }
+    c.parser.reset();
+    restart(&mut c, local, remote).await?;
+    Ok(c)
+}
+
+/// Opens a new stream and returns the server's features.
+async fn restart<S>(c: &mut Conn<S>, local: &str, remote: &str) -> Result<Stanza, String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    if !c.write(&stream_header(local, Some(remote), None)).await {
+        return Err("connection lost".into());
+    }
+    match c.next().await {
+        Ok(Event::StreamOpen(h)) if h.default_ns == ns::SERVER => {}
+        Ok(Event::StreamOpen(h)) => {
+            return Err(format!("a {} stream, not jabber:server", h.default_ns));
+        }
+        other => return Err(describe(other)),
+    }
+    match c.next().await {
+        Ok(Event::Element(f)) if f.name == "features" && f.ns == ns::STREAM => Ok(f),
+        other => Err(format!("expected stream features: {}", describe(other))),
+    }
+}
+
+fn offers_external(features: &Stanza) -> bool {
+    let Ok(children) = features.payload() else {
+        return false;
+    };
+    children
+        .iter()
+        .filter(|c| c.is("mechanisms", ns::SASL))
+        .flat_map(|m| m.children())
+        .any(|m| m.is("mechanism", ns::SASL) && m.text().trim() == "EXTERNAL")
+}
+
+fn describe(ev: Result<Event, Option<StreamError>>) -> String {
+    match ev {
+        Ok(Event::Element(e)) if e.name == "error" && e.ns == ns::STREAM => {
+            format!("stream error {}", e.inner_xml())
+        }
+        Ok(Event::Element(e)) => format!("unexpected <{}/>", e.name),
+        Ok(Event::StreamOpen(_)) => "an unexpected stream header".into(),
+        Ok(Event::StreamClose) => "the server closed the stream".into(),
+        Err(Some(e)) => format!("bad XML from the server: {}", e.to_xml()),
+        Err(None) => "connection lost".into(),
+    }
+}
+
+/// Writes queued stanzas until the link is idle, revoked, shut down or closed by the
+/// peer; returns why it ended.
+async fn pump(
+    state: &ServerState,
+    c: &mut Conn<Tls>,
+    provider_id: &str,
+    rx: &mut mpsc::Receiver<Stanza>,
+) -> String {
+    let mut shutdown = state.shutdown.clone();
+    let mut check = tokio::time::interval(crate::interop::POLL);
+    let mut idle = Box::pin(tokio::time::sleep(IDLE));
+    loop {
+        tokio::select! {
+            st = rx.recv() => {
+                let Some(mut st) = st else { break "queue closed".into() };
+                st.set_content_namespace(ns::SERVER);
+                if !c.write(&st.to_xml(ns::SERVER)).await {
+                    break "connection lost".into();
+                }
+                idle.as_mut().reset(tokio::time::Instant::now() + IDLE);
+            }
+            ev = c.next() => match ev {
+                // Nothing is expected on this stream's way in but its end.
+                Ok(Event::Element(e)) if e.name == "error" && e.ns == ns::STREAM => {
+                    break format!("stream error from the server: {}", e.inner_xml());
+                }
+                Ok(Event::Element(_)) => {}
+                Ok(Event::StreamClose) => {
+                    c.close().await;
+                    break "closed by the server".into();
+                }
+                Ok(Event::StreamOpen(_)) => {
+                    c.fail(&StreamError::new(StreamErrorCondition::BadFormat)).await;
+                    break "a second stream header from the server".into();
+                }
+                Err(Some(e)) => {
+                    c.fail(&e).await;
+                    break format!("bad XML from the server: {}", e.to_xml());
+                }
+                Err(None) => break "connection lost".into(),
+            },
+            _ = check.tick() => {
+                if let Some(e) = revoked(state, provider_id, None) {
+                    let why = e.text.clone().unwrap_or_default();
+                    c.fail(&e).await;
+                    break why;
+                }
+            }
+            () = &mut idle => {
+                c.close().await;
+                break "idle".into();
+            }
+            _ = shutdown.changed() => {
+                c.fail(&StreamError::new(StreamErrorCondition::SystemShutdown)).await;
+                break "the server is shutting down".into();
+            }
+        }
+    }
+}
