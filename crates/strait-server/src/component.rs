@@ -522,6 +522,10 @@ pub(crate) async fn from_remote(
                 Some("unsubscribe") => presence::inbound_unsubscribe(state, &sender, &bare).await,
                 Some("unsubscribed") => presence::inbound_unsubscribed(state, &sender, &bare).await,
                 None | Some("unavailable" | "error") => {
+                    if link {
+                        // Its caps, for PEP notifications to it (XEP-0163).
+                        features::caps::on_link_presence(state, &bare, &st).await;
+                    }
                     presence::route_directed(state, st, &to.to_string()).await
                 }
                 Some("probe") if link => presence::probe_from_link(state, &sender, &bare).await,
@@ -534,6 +538,14 @@ pub(crate) async fn from_remote(
             // here answers on the account's behalf to a component.
             if let Some(r) = &resource
                 && delivery::to_full(state, &bare, r, st.clone())
+            {
+                return Ok(Vec::new());
+            }
+            // The answer to a caps query the platform sent over the link.
+            if link
+                && !request
+                && resource.is_none()
+                && features::caps::on_link_iq_response(state, &st).await
             {
                 return Ok(Vec::new());
             }

@@ -43,9 +43,8 @@ pub struct TlsConfigs {
     pub direct: Arc<rustls::ServerConfig>,
     /// For the HTTPS listeners (uploads), ALPN `http/1.1`.
     pub https: Arc<rustls::ServerConfig>,
-    /// For interop links' STARTTLS (s2s): the peer server must present a certificate, whose
-    /// pin the link then checks against its provider's ([`crate::s2s`]).
-    pub s2s: Arc<rustls::ServerConfig>,
+    /// Interop links (s2s) require the peer server's certificate ([`TlsConfigs::s2s_server`]).
+    links: Arc<dyn rustls::server::danger::ClientCertVerifier>,
     /// The certificates by name, shared by the three; domains served for providers join it
     /// while the server runs ([`TlsConfigs::add_domain`]).
     resolver: Arc<SniResolver>,
@@ -177,12 +176,7 @@ pub fn load(config: &Config) -> Result<TlsConfigs, TlsError> {
         starttls: build(Vec::new(), true)?,
         direct: build(vec![ALPN_XMPP_CLIENT.to_vec()], true)?,
         https: build(vec![b"http/1.1".to_vec()], false)?,
-        s2s: Arc::new(
-            rustls::ServerConfig::builder_with_provider(provider.clone())
-                .with_safe_default_protocol_versions()?
-                .with_client_cert_verifier(links)
-                .with_cert_resolver(resolver.clone()),
-        ),
+        links,
         resolver,
         provider,
         client_certs,
@@ -315,6 +309,30 @@ impl rustls::server::danger::ClientCertVerifier for ProxyCertificates {
 }
 
 impl TlsConfigs {
+    /// The server side of an interop link's STARTTLS on a stream to `domain`: the peer server
+    /// must present a certificate (its pin is checked against its provider's afterwards,
+    /// [`crate::s2s`]); the platform presents `domain`'s certificate when the peer sends no
+    /// server name (Prosody sends none on s2s STARTTLS: the stream header named the domain).
+    pub fn s2s_server(&self, domain: &str) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+        let key = self
+            .resolver
+            .keys
+            .read()
+            .expect("tls lock")
+            .get(&domain.to_ascii_lowercase())
+            .cloned();
+        let resolver = Arc::new(StreamDomain {
+            sni: self.resolver.clone(),
+            key,
+        });
+        Ok(Arc::new(
+            rustls::ServerConfig::builder_with_provider(self.provider.clone())
+                .with_safe_default_protocol_versions()?
+                .with_client_cert_verifier(self.links.clone())
+                .with_cert_resolver(resolver),
+        ))
+    }
+
     /// The client side of an interop link from `local_domain`: it presents the domain's own
     /// certificate (the peer authenticates the platform with it, SASL EXTERNAL) and accepts
     /// only a server certificate whose pin is one of `pins` (the provider's registered ones,
@@ -343,6 +361,22 @@ impl TlsConfigs {
             .with_custom_certificate_verifier(verifier)
             .with_client_cert_resolver(Arc::new(OwnCertificate(key)));
         Some(Arc::new(config))
+    }
+}
+
+/// A link stream's certificate: by server name if the peer sent one, else the stream's domain.
+#[derive(Debug)]
+struct StreamDomain {
+    sni: Arc<SniResolver>,
+    key: Option<Arc<CertifiedKey>>,
+}
+
+impl ResolvesServerCert for StreamDomain {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        match (&self.key, hello.server_name()) {
+            (Some(k), None) => Some(k.clone()),
+            _ => self.sni.resolve(hello),
+        }
     }
 }
 

@@ -33,6 +33,9 @@ pub struct Caps {
 struct Pending {
     full: String,
     caps: Caps,
+    /// For a resource on a federated provider's server: the platform account it is a
+    /// contact of, whose last items it gets once its caps are known.
+    link_contact_of: Option<String>,
 }
 
 #[derive(Default)]
@@ -45,6 +48,9 @@ struct CapsState {
     pending: HashMap<String, Pending>,
     /// Full JID (with connection id) → the `ver` whose last items were already sent.
     announced: HashMap<(String, u64), String>,
+    /// Resources on federated providers' servers (interop links) that are available to a
+    /// platform account, by bare JID: full JID → caps. They are not in the router.
+    remote: HashMap<String, HashMap<String, Caps>>,
 }
 
 fn state() -> MutexGuard<'static, CapsState> {
@@ -90,6 +96,140 @@ pub fn wants_notify(state: &ServerState, full: &str, node: &str) -> bool {
     };
     let want = format!("{node}+notify");
     features_for(full, &caps).is_some_and(|f| f.contains(&want))
+}
+
+/// The available resources of `bare` (a federated provider's user) whose caps advertise
+/// `<node>+notify`.
+pub fn remote_wanting(bare: &str, node: &str) -> Vec<String> {
+    let want = format!("{node}+notify");
+    let resources: Vec<(String, Caps)> = match state().remote.get(bare) {
+        Some(r) => r.iter().map(|(f, c)| (f.clone(), c.clone())).collect(),
+        None => return Vec::new(),
+    };
+    resources
+        .into_iter()
+        .filter(|(full, caps)| features_for(full, caps).is_some_and(|f| f.contains(&want)))
+        .map(|(full, _)| full)
+        .collect()
+}
+
+/// A presence from a federated provider's user (over an interop link) to the platform
+/// account `account`: its resource is tracked while available, its caps resolved with a
+/// disco#info query over the link, and once they are known it gets `account`'s last items
+/// it wants (XEP-0163 §4.3.4), as a local resource would.
+pub async fn on_link_presence(server: &ServerState, account: &str, presence: &Stanza) {
+    let Some(full) = presence.from.clone().filter(|f| f.contains('/')) else {
+        return;
+    };
+    let bare = full.split('/').next().unwrap_or(&full).to_owned();
+    let caps = match presence.type_.as_deref() {
+        None => caps_of(presence),
+        Some("unavailable") => {
+            let mut g = state();
+            if let Some(r) = g.remote.get_mut(&bare) {
+                r.remove(&full);
+                if r.is_empty() {
+                    g.remote.remove(&bare);
+                }
+            }
+            g.per_resource.remove(&full);
+            return;
+        }
+        Some(_) => return,
+    };
+    let Some(caps) = caps else { return };
+    {
+        let mut g = state();
+        if g.remote.len() >= MAX_CACHE && !g.remote.contains_key(&bare) {
+            g.remote.clear();
+        }
+        g.remote
+            .entry(bare)
+            .or_default()
+            .insert(full.clone(), caps.clone());
+    }
+    if let Some(features) = features_for(&full, &caps) {
+        super::pep::send_last_items_to_link(server, account, &full, &features).await;
+        return;
+    }
+    let id = format!("caps-{:016x}", rand::random::<u64>());
+    {
+        let mut g = state();
+        if g.pending.len() >= MAX_CACHE {
+            g.pending.clear();
+        }
+        g.pending.insert(
+            id.clone(),
+            Pending {
+                full: full.clone(),
+                caps: caps.clone(),
+                link_contact_of: Some(account.to_owned()),
+            },
+        );
+    }
+    let mut iq = super::server_stanza("iq", Some("get"), account, &full, Some(id));
+    iq.push_child_xml(&format!(
+        "<query xmlns='{}'{}/>",
+        disco::INFO,
+        super::attr("node", &format!("{}#{}", caps.node, caps.ver))
+    ));
+    crate::s2s::forward(server, iq);
+}
+
+/// An IQ answer that came over an interop link: true if it answered one of our caps
+/// queries (then the resource gets its contact's last items).
+pub async fn on_link_iq_response(server: &ServerState, stanza: &Stanza) -> bool {
+    let (Some(id), Some(from)) = (stanza.id.as_deref(), stanza.from.as_deref()) else {
+        return false;
+    };
+    let pending = {
+        let mut g = state();
+        match g.pending.get(id) {
+            Some(p) if p.full == from && p.link_contact_of.is_some() => g.pending.remove(id),
+            _ => None,
+        }
+    };
+    let Some(p) = pending else { return false };
+    let Some(features) = learn(&p, stanza) else {
+        return true;
+    };
+    if let Some(account) = &p.link_contact_of {
+        super::pep::send_last_items_to_link(server, account, &p.full, &features).await;
+    }
+    true
+}
+
+/// Caches what a disco#info answer says of `p`'s caps; the features, if it was a result.
+fn learn(p: &Pending, stanza: &Stanza) -> Option<Arc<Vec<String>>> {
+    if stanza.type_.as_deref() != Some("result") {
+        return None;
+    }
+    let query = stanza.first_payload().ok().flatten()?;
+    if !query.is("query", disco::INFO) {
+        return None;
+    }
+    let features: Arc<Vec<String>> = Arc::new(
+        query
+            .children()
+            .filter(|c| c.is("feature", disco::INFO))
+            .filter_map(|c| c.attr("var").map(str::to_owned))
+            .collect(),
+    );
+    let verified = p.caps.hash.as_deref() == Some("sha-1") && sha1_ver(&query) == p.caps.ver;
+    let mut g = state();
+    if verified {
+        if g.verified.len() >= MAX_CACHE {
+            g.verified.clear();
+        }
+        g.verified.insert(p.caps.ver.clone(), features.clone());
+    } else {
+        if g.per_resource.len() >= MAX_CACHE {
+            g.per_resource.clear();
+        }
+        g.per_resource
+            .insert(p.full.clone(), (p.caps.ver.clone(), features.clone()));
+    }
+    Some(features)
 }
 
 /// The XEP-0115 §5.1 verification string of a disco#info answer, hashed with SHA-1.
@@ -194,6 +334,7 @@ pub async fn on_presence(s: &mut Session, presence: &Stanza) {
             Pending {
                 full: s.full.clone(),
                 caps: caps.clone(),
+                link_contact_of: None,
             },
         );
     }
@@ -214,42 +355,13 @@ pub async fn on_iq_response(s: &mut Session, stanza: &Stanza) -> bool {
     let pending = {
         let mut g = state();
         match g.pending.get(id) {
-            Some(p) if p.full == s.full => g.pending.remove(id),
+            Some(p) if p.full == s.full && p.link_contact_of.is_none() => g.pending.remove(id),
             _ => None,
         }
     };
     let Some(p) = pending else { return false };
-    if stanza.type_.as_deref() != Some("result") {
+    if learn(&p, stanza).is_none() {
         return true;
-    }
-    let Ok(Some(query)) = stanza.first_payload() else {
-        return true;
-    };
-    if !query.is("query", disco::INFO) {
-        return true;
-    }
-    let features: Arc<Vec<String>> = Arc::new(
-        query
-            .children()
-            .filter(|c| c.is("feature", disco::INFO))
-            .filter_map(|c| c.attr("var").map(str::to_owned))
-            .collect(),
-    );
-    let verified = p.caps.hash.as_deref() == Some("sha-1") && sha1_ver(&query) == p.caps.ver;
-    {
-        let mut g = state();
-        if verified {
-            if g.verified.len() >= MAX_CACHE {
-                g.verified.clear();
-            }
-            g.verified.insert(p.caps.ver.clone(), features);
-        } else {
-            if g.per_resource.len() >= MAX_CACHE {
-                g.per_resource.clear();
-            }
-            g.per_resource
-                .insert(p.full.clone(), (p.caps.ver.clone(), features));
-        }
     }
     // Still the resource's current caps? Then it just became known.
     let current = s

@@ -960,6 +960,13 @@ async fn notify(
         if !crate::interop::boundary::shares(state, owner, &c.jid).await {
             continue;
         }
+        // A federated provider's user: its resources that want the node, over the link.
+        if crate::s2s::owns(state, &c.jid) {
+            for full in caps::remote_wanting(&c.jid, node) {
+                crate::s2s::forward(state, event_message(owner, &full, event_xml));
+            }
+            continue;
+        }
         for r in state.router.resources(&c.jid) {
             if r.is_available() && caps::wants_notify(state, &r.full, node) {
                 delivery::to_full(
@@ -1023,6 +1030,57 @@ pub async fn send_last_items(s: &mut Session) {
                 let full = s.full.clone();
                 s.reply(event_message(&publisher, &full, &event));
             }
+        }
+    }
+}
+
+/// The last item of each of `owner`'s nodes that the resource `full` on a federated
+/// provider's server wants (`features`: its caps), over the link, if `full`'s account may
+/// see them (a presence subscription, the boundary's consent).
+pub async fn send_last_items_to_link(
+    state: &ServerState,
+    owner: &str,
+    full: &str,
+    features: &[String],
+) {
+    let contact = full.split('/').next().unwrap_or(full).to_owned();
+    let (o, c) = (owner.to_owned(), contact.clone());
+    let subscribed = matches!(
+        state.store(move |st| st.roster_item(&o, &c)).await,
+        Ok(Some(i)) if matches!(i.subscription, Subscription::From | Subscription::Both)
+    );
+    if !subscribed || !crate::interop::boundary::shares(state, owner, &contact).await {
+        return;
+    }
+    let o = owner.to_owned();
+    let Ok(nodes) = state.store(move |st| st.pep_nodes(&o)).await else {
+        return;
+    };
+    for node in nodes {
+        if !features.contains(&format!("{node}+notify")) {
+            continue;
+        }
+        let (o, n) = (owner.to_owned(), node.clone());
+        let Ok(Some(config)) = state.store(move |st| st.pep_node(&o, &n)).await else {
+            continue;
+        };
+        if config.access_model == "whitelist" {
+            continue;
+        }
+        let (o, n) = (owner.to_owned(), node.clone());
+        let Ok(last) = state
+            .store(move |st| st.pep_items(&o, &n, None, Some(1)))
+            .await
+        else {
+            continue;
+        };
+        for item in last {
+            let event = format!(
+                "<event xmlns='{NS_EVENT}'><items{}>{}</items></event>",
+                attr("node", &node),
+                item_xml(&item)
+            );
+            crate::s2s::forward(state, event_message(owner, full, &event));
         }
     }
 }

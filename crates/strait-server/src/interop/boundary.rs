@@ -50,7 +50,11 @@ const CONTENT_FREE: &[&str] = &[
     "urn:xmpp:message-correct:0",            // XEP-0308: the corrected content is encrypted
     "urn:xmpp:fallback:0",                   // XEP-0428 fallback markers
     "urn:xmpp:reply:0",                      // XEP-0461: points at a message by id
-    NS,                                      // <origin/>, removed before
+    // XEP-0163 notifications of a user's PEP nodes (OMEMO device lists, avatars): what the
+    // server fans out to subscribed contacts, which between a platform user and an enlisted
+    // one crosses by subscription too ([`shares`]); over an interop link it is a message.
+    "http://jabber.org/protocol/pubsub#event",
+    NS, // <origin/>, removed before
 ];
 
 /// The fallback text of an encrypted message that crosses (XEP-0384 §5.3 asks for one, for

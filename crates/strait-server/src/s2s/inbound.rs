@@ -80,10 +80,14 @@ async fn serve(state: Arc<ServerState>, tcp: TcpStream, addr: SocketAddr) {
         Ok(Err(None)) => return,
         Err(_) => return refuse(&mut c, addr, timeout()).await,
     };
-    let tls = match tokio_rustls::TlsAcceptor::from(state.tls.s2s.clone())
-        .accept(c.io)
-        .await
-    {
+    let config = match state.tls.s2s_server(&local) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(%addr, "interop link TLS configuration: {e}");
+            return;
+        }
+    };
+    let tls = match tokio_rustls::TlsAcceptor::from(config).accept(c.io).await {
         Ok(t) => t,
         Err(e) => {
             tracing::info!(%addr, "interop link TLS failed: {e}");
