@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The project's test command: builds everything, runs the Rust tests, then the real-client
-# interoperability tests (slixmpp, from PyPI, in <repo>/.venv) against a private strait server,
+# interoperability tests (slixmpp, from PyPI, in <repo>/.venv) against a private strait server
+# (with Prosody, from Debian's packages by scripts/setup-peers.sh, as a federated peer server),
 # then the strait-signal cross-implementation tests (tests/signal_interop: the omemo_peer example
 # against python-omemo + oldmemo + twomemo, from PyPI, in the same venv), with the tests of the
 # benchmark harness's own logic (tests/bench_harness: bench/compare's sweep, no servers) between.
@@ -125,6 +126,9 @@ if [ "$run_clients" = 1 ] || [ "$run_signal" = 1 ]; then
 fi
 
 if [ "$run_clients" = 1 ] && [ "$python_ok" = 1 ]; then
+    # Prosody, the peer server of the interop link tests (test_links.py): installed from
+    # Debian when missing; the test fails in CI, and skips elsewhere, without it.
+    "$ROOT/scripts/setup-peers.sh" || echo "peer servers not installed (scripts/setup-peers.sh)" >&2
     step "real-client tests (tests/real_clients)"
     if [ -z "${STRAIT_BIN:-}" ]; then
         target=${CARGO_TARGET_DIR:-$ROOT/target}
