@@ -97,6 +97,18 @@ fn encrypted(to: &str, id: &str, text: &str) -> String {
     )
 }
 
+/// Waits until `t` has no outbound link open (they look at the registry once a second).
+async fn wait_closed(t: &TestServer) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while state(t).links.outbound() > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the link stayed open"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_cross_both_ways_under_the_policy_on_each_side() {
     let (a, b) = two_platforms().await;
@@ -157,6 +169,18 @@ async fn messages_cross_both_ways_under_the_policy_on_each_side() {
     let r = alice.expect_element(&["id='q1'"]).await;
     assert!(r.contains("only stanzas between users cross"), "{r}");
 
+    // A change of the pins closes the open link; the next message opens a new one.
+    assert_eq!(state(&a).links.outbound(), 1);
+    let st = state(&a);
+    let mut acme = st.store.provider("acme").unwrap().unwrap();
+    acme.cert_pins.push("ef".repeat(32));
+    registry::update(&st.config, &*st.store, &acme, OP).unwrap();
+    strait_server::interop::refresh(st, -1).await;
+    wait_closed(&a).await;
+    alice.send(&encrypted("bob@acme.test", "m6", "c6")).await;
+    let m = bob.expect_element(&["id='m6'"]).await;
+    assert!(m.contains("<payload>c6</payload>"), "{m}");
+
     // Suspending acme on A closes the link within a second and refuses what follows.
     registry::set_status(
         &*state(&a).store,
@@ -170,14 +194,7 @@ async fn messages_cross_both_ways_under_the_policy_on_each_side() {
     alice.send(&encrypted("bob@acme.test", "m5", "c5")).await;
     let r = alice.expect_element(&["id='m5'"]).await;
     assert!(r.contains("not-allowed") && r.contains("suspended"), "{r}");
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while state(&a).links.outbound() > 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the link stayed open"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_closed(&a).await;
     a.stop().await;
     b.stop().await;
 }

@@ -87,10 +87,15 @@ async fn serve(state: Arc<ServerState>, tcp: TcpStream, addr: SocketAddr) {
             return;
         }
     };
-    let tls = match tokio_rustls::TlsAcceptor::from(config).accept(c.io).await {
-        Ok(t) => t,
-        Err(e) => {
+    let accept = tokio_rustls::TlsAcceptor::from(config).accept(c.io);
+    let tls = match tokio::time::timeout(NEGOTIATION_TIMEOUT, accept).await {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => {
             tracing::info!(%addr, "interop link TLS failed: {e}");
+            return;
+        }
+        Err(_) => {
+            tracing::info!(%addr, "interop link TLS handshake not finished in time");
             return;
         }
     };

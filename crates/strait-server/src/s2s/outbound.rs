@@ -97,9 +97,9 @@ async fn run(
     .await
     .unwrap_or_else(|_| Err(format!("no answer from {remote}'s server in time")));
     let why = match opened {
-        Ok(mut conn) => {
+        Ok((mut conn, terms)) => {
             tracing::info!(provider = %provider_id, %local, %remote, "interop link open");
-            let why = pump(&state, &mut conn, &provider_id, &mut rx).await;
+            let why = pump(&state, &mut conn, &provider_id, &terms, &mut rx).await;
             tracing::info!(provider = %provider_id, %local, %remote, "interop link closed: {why}");
             why
         }
@@ -135,6 +135,10 @@ fn limits(state: &ServerState) -> Limits {
     }
 }
 
+/// What a link was opened with: the provider's link address and pins. A change of either
+/// closes it (the next stanza opens a new one with the new ones).
+type Terms = (Option<String>, Vec<String>);
+
 /// Connects, requires STARTTLS, checks the server's certificate against the provider's
 /// pins, authenticates with SASL EXTERNAL; `Err` says why not.
 async fn open(
@@ -142,7 +146,7 @@ async fn open(
     local: &str,
     remote: &str,
     provider_id: &str,
-) -> Result<Conn<Tls>, String> {
+) -> Result<(Conn<Tls>, Terms), String> {
     let provider = state
         .interop
         .snapshot()
@@ -214,7 +218,7 @@ async fn open(
     }
     c.parser.reset();
     restart(&mut c, local, remote).await?;
-    Ok(c)
+    Ok((c, (provider.link.clone(), provider.cert_pins.clone())))
 }
 
 /// Opens a new stream and returns the server's features.
@@ -268,6 +272,7 @@ async fn pump(
     state: &ServerState,
     c: &mut Conn<Tls>,
     provider_id: &str,
+    terms: &Terms,
     rx: &mut mpsc::Receiver<Stanza>,
 ) -> String {
     let mut shutdown = state.shutdown.clone();
@@ -304,7 +309,18 @@ async fn pump(
                 Err(None) => break "connection lost".into(),
             },
             _ = check.tick() => {
-                if let Some(e) = revoked(state, provider_id, None) {
+                let changed = state
+                    .interop
+                    .snapshot()
+                    .provider(provider_id)
+                    .is_some_and(|p| p.link != terms.0 || p.cert_pins != terms.1);
+                let e = revoked(state, provider_id, None).or_else(|| {
+                    changed.then(|| StreamError::with_text(
+                        StreamErrorCondition::PolicyViolation,
+                        format!("the link address or pins of the provider {provider_id} changed"),
+                    ))
+                });
+                if let Some(e) = e {
                     let why = e.text.clone().unwrap_or_default();
                     c.fail(&e).await;
                     break why;
