@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Install the peer servers the real-client tests federate with (tests/real_clients/test_links.py):
-# Prosody, from Debian's packages. Nothing is started: a temporary /usr/sbin/policy-rc.d (only if
-# none exists) keeps the package's service from starting, and the tests run their own Prosody on
-# loopback with their own config, stopped by pid.
+# Prosody and ejabberd, from Debian's packages. Nothing is started: a temporary
+# /usr/sbin/policy-rc.d (only if none exists) keeps the packages' services from starting, and the
+# tests run their own instances on loopback with their own configs, stopped by pid.
 #
-#   scripts/setup-peers.sh     # idempotent; a no-op when prosody is installed
+#   scripts/setup-peers.sh     # idempotent; a no-op when both are installed
 #
 # Needs root and apt-get; without them it says so and exits 1 (the tests then skip outside CI,
 # and fail in CI, where CI=true).
@@ -12,11 +12,12 @@ set -euo pipefail
 
 log() { printf 'setup-peers: %s\n' "$*" >&2; }
 
-if command -v prosody >/dev/null 2>&1 && command -v prosodyctl >/dev/null 2>&1; then
-    exit 0
-fi
+missing=()
+command -v prosodyctl >/dev/null 2>&1 || missing+=(prosody lua-unbound)
+[ -x /usr/sbin/ejabberdctl ] || missing+=(ejabberd)
+[ ${#missing[@]} = 0 ] && exit 0
 if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
-    log "prosody is not installed, and installing it needs root and apt-get"
+    log "missing ${missing[*]}, and installing needs root and apt-get"
     exit 1
 fi
 prc=/usr/sbin/policy-rc.d
@@ -29,14 +30,14 @@ fi
 cleanup() { [ "$made_prc" = 1 ] && rm -f "$prc"; }
 trap cleanup EXIT
 export DEBIAN_FRONTEND=noninteractive
-log "installing prosody from Debian"
-if ! apt-get install -y -q --no-install-recommends prosody lua-unbound >/dev/null; then
+log "installing from Debian: ${missing[*]}"
+if ! apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null; then
     apt-get update -q >/dev/null
-    apt-get install -y -q --no-install-recommends prosody lua-unbound >/dev/null
+    apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
 fi
-# If the package started its service anyway, stop it: the tests run their own.
+# If a package started its service anyway, stop it: the tests run their own.
 if command -v systemctl >/dev/null 2>&1; then
-    systemctl disable --now prosody >/dev/null 2>&1 || true
+    systemctl disable --now prosody ejabberd >/dev/null 2>&1 || true
 fi
 for pid in $(pgrep -x lua5.4 2>/dev/null; pgrep -f '^/usr/bin/lua.* /usr/bin/prosody' 2>/dev/null); do
     if [ -r "/proc/$pid/cmdline" ] && tr '\0' ' ' < "/proc/$pid/cmdline" | grep -q '/usr/bin/prosody$'; then
@@ -44,4 +45,4 @@ for pid in $(pgrep -x lua5.4 2>/dev/null; pgrep -f '^/usr/bin/lua.* /usr/bin/pro
         kill "$pid" 2>/dev/null || true
     fi
 done
-command -v prosody >/dev/null 2>&1
+command -v prosodyctl >/dev/null 2>&1 && [ -x /usr/sbin/ejabberdctl ]

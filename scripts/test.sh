@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's test command: builds everything, runs the Rust tests, then the real-client
 # interoperability tests (slixmpp, from PyPI, in <repo>/.venv) against a private strait server
-# (with Prosody, from Debian's packages by scripts/setup-peers.sh, as a federated peer server),
+# (with Prosody and ejabberd, from Debian's packages by scripts/setup-peers.sh, as federated peer
+# servers),
 # then the strait-signal cross-implementation tests (tests/signal_interop: the omemo_peer example
 # against python-omemo + oldmemo + twomemo, from PyPI, in the same venv), with the tests of the
 # benchmark harness's own logic (tests/bench_harness: bench/compare's sweep, no servers) between.
@@ -126,8 +127,8 @@ if [ "$run_clients" = 1 ] || [ "$run_signal" = 1 ]; then
 fi
 
 if [ "$run_clients" = 1 ] && [ "$python_ok" = 1 ]; then
-    # Prosody, the peer server of the interop link tests (test_links.py): installed from
-    # Debian when missing; the test fails in CI, and skips elsewhere, without it.
+    # Prosody and ejabberd, the peer servers of the interop link tests (test_links.py):
+    # installed from Debian when missing; those tests fail in CI, and skip elsewhere, without.
     "$ROOT/scripts/setup-peers.sh" || echo "peer servers not installed (scripts/setup-peers.sh)" >&2
     step "real-client tests (tests/real_clients)"
     if [ -z "${STRAIT_BIN:-}" ]; then

@@ -176,6 +176,25 @@ pub async fn on_link_presence(server: &ServerState, account: &str, presence: &St
     crate::s2s::forward(server, iq);
 }
 
+/// An interop link from `domain` ended: its users' resources are no longer known available.
+pub fn forget_link_domain(domain: &str) {
+    let suffix = format!("@{}", domain.to_ascii_lowercase());
+    let mut g = state();
+    let gone: Vec<String> = g
+        .remote
+        .keys()
+        .filter(|bare| bare.to_ascii_lowercase().ends_with(&suffix))
+        .cloned()
+        .collect();
+    for bare in gone {
+        if let Some(resources) = g.remote.remove(&bare) {
+            for full in resources.keys() {
+                g.per_resource.remove(full);
+            }
+        }
+    }
+}
+
 /// An IQ answer that came over an interop link: true if it answered one of our caps
 /// queries (then the resource gets its contact's last items).
 pub async fn on_link_iq_response(server: &ServerState, stanza: &Stanza) -> bool {
