@@ -79,3 +79,14 @@ def register_provider(server, scopes: str = "text,media,files"):
                "--actor", "test")
     server.cli("provider", "activate", pid, "--actor", "test")
     return pid, domain, backend
+
+
+def condition_of(err) -> str:
+    """The stanza error's defined condition, read from the XML: slixmpp 1.17 does not know
+    RFC 6120's policy-violation and reports it as ''."""
+    e = err.xml.find("{jabber:client}error")
+    for child in (e if e is not None else []):
+        if child.tag.startswith("{urn:ietf:params:xml:ns:xmpp-stanzas}") and \
+                not child.tag.endswith("}text"):
+            return child.tag.split("}")[1]
+    return ""

@@ -20,7 +20,7 @@ oldmemo = pytest.importorskip("oldmemo")
 twomemo = pytest.importorskip("twomemo")
 slixmpp_omemo = pytest.importorskip("slixmpp_omemo")
 
-from interop_helpers import ProviderBackend, register_provider  # noqa: E402  (also registers OAUTHBEARER)
+from interop_helpers import ProviderBackend, condition_of, register_provider  # noqa: E402  (also registers OAUTHBEARER)
 
 from omemo_helpers import (NS_OLD, NS_TWO, OMEMO_TIMEOUT, befriend, omemo_client,  # noqa: E402
                            receive_encrypted, send_encrypted, tok, wait_devices_known)
@@ -49,15 +49,6 @@ async def enlisted_again(cs, server, backend, account, label):
     return await c.login()
 
 
-def condition_of(err) -> str:
-    """The stanza error's defined condition, read from the XML: slixmpp 1.17 does not know
-    RFC 6120's policy-violation and reports it as ''."""
-    e = err.xml.find("{jabber:client}error")
-    for child in (e if e is not None else []):
-        if child.tag.startswith("{urn:ietf:params:xml:ns:xmpp-stanzas}") and \
-                not child.tag.endswith("}text"):
-            return child.tag.split("}")[1]
-    return ""
 
 
 def origin_of(msg):

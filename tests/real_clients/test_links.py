@@ -45,9 +45,10 @@ from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID  # noqa: E402
 
 from conftest import Server, free_ports, port_open  # noqa: E402
+from interop_helpers import condition_of  # noqa: E402
 from omemo_helpers import (NS_OLD, NS_TWO, OMEMO_TIMEOUT, befriend, omemo_client,  # noqa: E402
                            receive_encrypted, send_encrypted, tok, wait_devices_known)
-from xmpp_helpers import Account, Clients, run  # noqa: E402
+from xmpp_helpers import TEST_TIMEOUT, Account, Clients, run  # noqa: E402
 
 NS_INTEROP = "urn:strait:interop:0"
 FED = "fed.test"        # Prosody's domain
@@ -357,15 +358,15 @@ def origin_of(msg):
     return msg.xml.find(f"{{{NS_INTEROP}}}origin")
 
 
-def condition_of(err) -> str:
-    """The stanza error's defined condition, read from the XML: slixmpp 1.17 does not know
-    RFC 6120's policy-violation and reports it as ''."""
-    e = err.xml.find("{jabber:client}error")
-    for child in (e if e is not None else []):
-        if child.tag.startswith("{urn:ietf:params:xml:ns:xmpp-stanzas}") and \
-                not child.tag.endswith("}text"):
-            return child.tag.split("}")[1]
-    return ""
+
+
+def run_logged(peer: Peer, coro, timeout: float) -> None:
+    """Runs a test body; on failure the peer server's log tail goes to the report."""
+    try:
+        run(coro, timeout=timeout)
+    except BaseException:
+        print(peer.log_tail())
+        raise
 
 
 def peer_account(peer: Peer, prefix: str) -> Account:
@@ -433,11 +434,7 @@ def test_the_policy_holds_both_ways_across_the_link(server, peer, new_account):
                 else:
                     assert origin_of(got) is None, got
 
-    try:
-        run(body())
-    except BaseException:
-        print(peer.log_tail())
-        raise
+    run_logged(peer, body(), TEST_TIMEOUT)
 
 
 @pytest.mark.timeout(4 * OMEMO_TIMEOUT)
@@ -471,11 +468,7 @@ def test_a_peer_user_and_a_platform_user_chat_encrypted_across_the_link(
                 assert o is not None and o.get("provider") == peer.pid, f"origin stamp: {m}"
                 assert o.get("name") == peer.name
 
-    try:
-        run(body(), timeout=4 * OMEMO_TIMEOUT)
-    except BaseException:
-        print(peer.log_tail())
-        raise
+    run_logged(peer, body(), 4 * OMEMO_TIMEOUT)
 
 
 def test_suspension_closes_the_link(server, peer, new_account):
@@ -511,8 +504,4 @@ def test_suspension_closes_the_link(server, peer, new_account):
             finally:
                 server.cli("provider", "activate", peer.pid, "--actor", "test")
 
-    try:
-        run(body())
-    except BaseException:
-        print(peer.log_tail())
-        raise
+    run_logged(peer, body(), TEST_TIMEOUT)

@@ -18,14 +18,14 @@ use std::time::Duration;
 use sha1::{Digest, Sha1};
 use strait_wire::{
     Event, Limits, Stanza, StanzaError, StanzaErrorCondition, StanzaKind, StreamError,
-    StreamErrorCondition, StreamParser, ns,
+    StreamErrorCondition, ns,
 };
 use subtle::ConstantTimeEq;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
 use crate::features::{self, delivery, disco, iq_result, message, ping, presence};
+use crate::net::stream::{XmlStream, accept_each};
 use crate::server::ServerState;
 
 /// Stanzas queued for one component; past it, senders get `resource-constraint`.
@@ -97,35 +97,10 @@ pub fn route_to_jid(
     route(state, &domain, stanza)
 }
 
-/// Accepts component connections until shutdown.
+/// Accepts component connections until shutdown. Components are few and trusted once
+/// authenticated; they share the connection cap with clients.
 pub async fn accept_loop(state: Arc<ServerState>, listener: TcpListener) {
-    let mut shutdown = state.shutdown.clone();
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = shutdown.changed() => return,
-        };
-        match accepted {
-            Ok((tcp, peer)) => {
-                let _ = tcp.set_nodelay(true);
-                let state = state.clone();
-                // Components are few and trusted once authenticated; they share the
-                // connection cap with clients.
-                let Ok(permit) = state.connections.clone().try_acquire_owned() else {
-                    tracing::warn!(%peer, "component connection refused: connection limit");
-                    continue;
-                };
-                tokio::spawn(async move {
-                    serve(state, tcp, peer).await;
-                    drop(permit);
-                });
-            }
-            Err(e) => {
-                tracing::warn!("component accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
+    accept_each(state, listener, "component", serve).await;
 }
 
 /// The `<handshake/>` content for a stream id and secret: lower-case hex SHA-1 (XEP-0114 §3).
@@ -136,41 +111,11 @@ pub fn handshake_digest(stream_id: &str, secret: &str) -> String {
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
-struct Conn {
-    tcp: TcpStream,
-    parser: StreamParser,
-    buf: Vec<u8>,
-    peer: SocketAddr,
-}
+type Conn = XmlStream<TcpStream>;
 
-impl Conn {
-    /// The next parser event, reading as needed; `Err` carries the stream error to send
-    /// (`None`: the peer went away).
-    async fn next(&mut self) -> Result<Event, Option<StreamError>> {
-        loop {
-            match self.parser.next_event() {
-                Ok(Some(ev)) => return Ok(ev),
-                Ok(None) => {}
-                Err(e) => return Err(Some(e)),
-            }
-            self.buf.clear();
-            self.buf.reserve(16 * 1024);
-            match self.tcp.read_buf(&mut self.buf).await {
-                Ok(0) | Err(_) => return Err(None),
-                Ok(_) => self.parser.feed(&self.buf),
-            }
-        }
-    }
-
-    async fn write(&mut self, xml: &str) -> bool {
-        self.tcp.write_all(xml.as_bytes()).await.is_ok()
-    }
-
-    async fn fail(&mut self, e: &StreamError) {
-        tracing::info!(peer = %self.peer, "component stream error: {}", e.to_xml());
-        let _ = self.write(&format!("{}</stream:stream>", e.to_xml())).await;
-        let _ = self.tcp.shutdown().await;
-    }
+async fn fail(c: &mut Conn, peer: SocketAddr, e: &StreamError) {
+    tracing::info!(%peer, "component stream error: {}", e.to_xml());
+    c.fail(e).await;
 }
 
 fn stream_header(domain: &str, id: &str) -> String {
@@ -185,30 +130,28 @@ fn stream_header(domain: &str, id: &str) -> String {
 
 async fn serve(state: Arc<ServerState>, tcp: TcpStream, peer: SocketAddr) {
     let l = &state.config.limits;
-    let mut c = Conn {
+    let mut c = Conn::new(
         tcp,
-        parser: StreamParser::new(Limits {
+        Limits {
             max_stanza_bytes: l.max_stanza_bytes_unauthenticated,
             max_depth: l.max_depth,
             max_attributes: l.max_attributes,
-        }),
-        buf: Vec::new(),
-        peer,
-    };
+        },
+    );
     let deadline = Duration::from_secs(l.unauthenticated_timeout_secs);
-    let authenticated = match tokio::time::timeout(deadline, authenticate(&state, &mut c)).await {
-        Ok(Ok(a)) => a,
-        Ok(Err(Some(e))) => return c.fail(&e).await,
-        Ok(Err(None)) => return,
-        Err(_) => {
-            return c
-                .fail(&StreamError::with_text(
+    let authenticated =
+        match tokio::time::timeout(deadline, authenticate(&state, &mut c, peer)).await {
+            Ok(Ok(a)) => a,
+            Ok(Err(Some(e))) => return fail(&mut c, peer, &e).await,
+            Ok(Err(None)) => return,
+            Err(_) => {
+                let e = StreamError::with_text(
                     StreamErrorCondition::ConnectionTimeout,
                     "no handshake in time",
-                ))
-                .await;
-        }
-    };
+                );
+                return fail(&mut c, peer, &e).await;
+            }
+        };
     let (domain, conn_id, mut rx) = authenticated;
     c.parser.set_limits(Limits {
         max_stanza_bytes: l.max_stanza_bytes,
@@ -233,11 +176,9 @@ async fn serve(state: Arc<ServerState>, tcp: TcpStream, peer: SocketAddr) {
     while let Ok(st) = rx.try_recv() {
         bounce(&state, &st, &err).await;
     }
-    if let Some(e) = end {
-        c.fail(&e).await;
-    } else {
-        let _ = c.write("</stream:stream>").await;
-        let _ = c.tcp.shutdown().await;
+    match end {
+        Some(e) => fail(&mut c, peer, &e).await,
+        None => c.close().await,
     }
     tracing::info!(%peer, component = %domain, "component disconnected");
 }
@@ -247,6 +188,7 @@ type Authenticated = (String, u64, mpsc::Receiver<Stanza>);
 async fn authenticate(
     state: &ServerState,
     c: &mut Conn,
+    peer: SocketAddr,
 ) -> Result<Authenticated, Option<StreamError>> {
     use StreamErrorCondition as C;
     let header = match c.next().await? {
@@ -284,7 +226,7 @@ async fn authenticate(
     let got = hs.inner_xml().trim().to_ascii_lowercase();
     let want = handshake_digest(&id, &secret);
     if !bool::from(got.as_bytes().ct_eq(want.as_bytes())) {
-        tracing::warn!(peer = %c.peer, component = %to, "component handshake failed");
+        tracing::warn!(%peer, component = %to, "component handshake failed");
         return Err(Some(StreamError::with_text(
             C::NotAuthorized,
             "wrong handshake",

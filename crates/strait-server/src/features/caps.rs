@@ -152,28 +152,29 @@ pub async fn on_link_presence(server: &ServerState, account: &str, presence: &St
         super::pep::send_last_items_to_link(server, account, &full, &features).await;
         return;
     }
+    let pending = Pending {
+        full,
+        caps,
+        link_contact_of: Some(account.to_owned()),
+    };
+    crate::s2s::forward(server, query(pending, account));
+}
+
+/// The disco#info query that resolves `p`'s caps, from `from`; remembered until answered.
+fn query(p: Pending, from: &str) -> Stanza {
     let id = format!("caps-{:016x}", rand::random::<u64>());
-    {
-        let mut g = state();
-        if g.pending.len() >= MAX_CACHE {
-            g.pending.clear();
-        }
-        g.pending.insert(
-            id.clone(),
-            Pending {
-                full: full.clone(),
-                caps: caps.clone(),
-                link_contact_of: Some(account.to_owned()),
-            },
-        );
-    }
-    let mut iq = super::server_stanza("iq", Some("get"), account, &full, Some(id));
+    let mut iq = super::server_stanza("iq", Some("get"), from, &p.full, Some(id.clone()));
     iq.push_child_xml(&format!(
         "<query xmlns='{}'{}/>",
         disco::INFO,
-        super::attr("node", &format!("{}#{}", caps.node, caps.ver))
+        super::attr("node", &format!("{}#{}", p.caps.node, p.caps.ver))
     ));
-    crate::s2s::forward(server, iq);
+    let mut g = state();
+    if g.pending.len() >= MAX_CACHE {
+        g.pending.clear();
+    }
+    g.pending.insert(id, p);
+    iq
 }
 
 /// An interop link from `domain` ended: its users' resources are no longer known available.
@@ -342,27 +343,12 @@ pub async fn on_presence(s: &mut Session, presence: &Stanza) {
         }
         return;
     }
-    let id = format!("caps-{:016x}", rand::random::<u64>());
-    {
-        let mut g = state();
-        if g.pending.len() >= MAX_CACHE {
-            g.pending.clear();
-        }
-        g.pending.insert(
-            id.clone(),
-            Pending {
-                full: s.full.clone(),
-                caps: caps.clone(),
-                link_contact_of: None,
-            },
-        );
-    }
-    let mut iq = super::server_stanza("iq", Some("get"), &s.domain, &s.full, Some(id));
-    iq.push_child_xml(&format!(
-        "<query xmlns='{}'{}/>",
-        disco::INFO,
-        super::attr("node", &format!("{}#{}", caps.node, caps.ver))
-    ));
+    let pending = Pending {
+        full: s.full.clone(),
+        caps,
+        link_contact_of: None,
+    };
+    let iq = query(pending, &s.domain);
     s.reply(iq);
 }
 

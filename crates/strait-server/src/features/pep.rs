@@ -998,40 +998,54 @@ pub async fn send_last_items(s: &mut Session) {
         if !crate::interop::boundary::shares(&s.state, &s.bare, &publisher).await {
             continue;
         }
-        let p = publisher.clone();
-        let Ok(nodes) = s.state.store(move |st| st.pep_nodes(&p)).await else {
-            continue;
-        };
-        for node in nodes {
-            if !caps::wants_notify(&s.state, &s.full, &node) {
-                continue;
-            }
-            let (p, n) = (publisher.clone(), node.clone());
-            let Ok(Some(config)) = s.state.store(move |st| st.pep_node(&p, &n)).await else {
-                continue;
-            };
-            if publisher != s.bare && config.access_model == "whitelist" {
-                continue;
-            }
-            let (p, n) = (publisher.clone(), node.clone());
-            let Ok(last) = s
-                .state
-                .store(move |st| st.pep_items(&p, &n, None, Some(1)))
-                .await
-            else {
-                continue;
-            };
-            for item in last {
-                let event = format!(
-                    "<event xmlns='{NS_EVENT}'><items{}>{}</items></event>",
-                    attr("node", &node),
-                    item_xml(&item)
-                );
-                let full = s.full.clone();
-                s.reply(event_message(&publisher, &full, &event));
-            }
+        let (state, full) = (s.state.clone(), s.full.clone());
+        let wants = |node: &str| caps::wants_notify(&state, &full, node);
+        for event in last_item_events(&state, &publisher, &s.bare, wants).await {
+            s.reply(event_message(&publisher, &full, &event));
         }
     }
+}
+
+/// The `<event/>` of the last item of each of `publisher`'s nodes that `wants` names and
+/// `requester` may see (a whitelist node only when it is its own).
+async fn last_item_events(
+    state: &ServerState,
+    publisher: &str,
+    requester: &str,
+    wants: impl Fn(&str) -> bool,
+) -> Vec<String> {
+    let p = publisher.to_owned();
+    let Ok(nodes) = state.store(move |st| st.pep_nodes(&p)).await else {
+        return Vec::new();
+    };
+    let mut events = Vec::new();
+    for node in nodes {
+        if !wants(&node) {
+            continue;
+        }
+        let (p, n) = (publisher.to_owned(), node.clone());
+        let Ok(Some(config)) = state.store(move |st| st.pep_node(&p, &n)).await else {
+            continue;
+        };
+        if publisher != requester && config.access_model == "whitelist" {
+            continue;
+        }
+        let (p, n) = (publisher.to_owned(), node.clone());
+        let Ok(last) = state
+            .store(move |st| st.pep_items(&p, &n, None, Some(1)))
+            .await
+        else {
+            continue;
+        };
+        for item in last {
+            events.push(format!(
+                "<event xmlns='{NS_EVENT}'><items{}>{}</items></event>",
+                attr("node", &node),
+                item_xml(&item)
+            ));
+        }
+    }
+    events
 }
 
 /// The last item of each of `owner`'s nodes that the resource `full` on a federated
@@ -1052,36 +1066,9 @@ pub async fn send_last_items_to_link(
     if !subscribed || !crate::interop::boundary::shares(state, owner, &contact).await {
         return;
     }
-    let o = owner.to_owned();
-    let Ok(nodes) = state.store(move |st| st.pep_nodes(&o)).await else {
-        return;
-    };
-    for node in nodes {
-        if !features.contains(&format!("{node}+notify")) {
-            continue;
-        }
-        let (o, n) = (owner.to_owned(), node.clone());
-        let Ok(Some(config)) = state.store(move |st| st.pep_node(&o, &n)).await else {
-            continue;
-        };
-        if config.access_model == "whitelist" {
-            continue;
-        }
-        let (o, n) = (owner.to_owned(), node.clone());
-        let Ok(last) = state
-            .store(move |st| st.pep_items(&o, &n, None, Some(1)))
-            .await
-        else {
-            continue;
-        };
-        for item in last {
-            let event = format!(
-                "<event xmlns='{NS_EVENT}'><items{}>{}</items></event>",
-                attr("node", &node),
-                item_xml(&item)
-            );
-            crate::s2s::forward(state, event_message(owner, full, &event));
-        }
+    let wants = |node: &str| features.contains(&format!("{node}+notify"));
+    for event in last_item_events(state, owner, &contact, wants).await {
+        crate::s2s::forward(state, event_message(owner, full, &event));
     }
 }
 

@@ -3,6 +3,7 @@
 
 pub mod listener;
 pub mod shaper;
+pub mod stream;
 mod tls13;
 pub mod transport;
 

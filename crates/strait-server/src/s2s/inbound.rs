@@ -21,37 +21,12 @@ use crate::tls::{pin_hex, spki_pin};
 use base64::Engine as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 use strait_wire::{Event, Limits, Stanza, StreamError, StreamErrorCondition as C, ns};
 use tokio::net::{TcpListener, TcpStream};
 
 /// Accepts link connections until shutdown.
 pub async fn accept_loop(state: Arc<ServerState>, listener: TcpListener) {
-    let mut shutdown = state.shutdown.clone();
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = shutdown.changed() => return,
-        };
-        match accepted {
-            Ok((tcp, peer)) => {
-                let _ = tcp.set_nodelay(true);
-                let Ok(permit) = state.connections.clone().try_acquire_owned() else {
-                    tracing::warn!(%peer, "interop link refused: connection limit");
-                    continue;
-                };
-                let state = state.clone();
-                tokio::spawn(async move {
-                    serve(state, tcp, peer).await;
-                    drop(permit);
-                });
-            }
-            Err(e) => {
-                tracing::warn!("interop link accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
+    crate::net::stream::accept_each(state, listener, "interop link", serve).await;
 }
 
 type Tls = tokio_rustls::server::TlsStream<TcpStream>;

@@ -30,10 +30,7 @@ use crate::server::ServerState;
 use std::sync::Arc;
 use std::time::Duration;
 use strait_store::{Provider, ProviderStatus};
-use strait_wire::{
-    Event, Limits, Stanza, StanzaError, StanzaErrorCondition, StreamError, StreamParser,
-};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use strait_wire::{Stanza, StanzaError, StanzaErrorCondition, StreamError};
 
 pub use outbound::Links;
 
@@ -160,55 +157,8 @@ pub fn forward(state: &ServerState, stanza: Stanza) {
     }
 }
 
-/// A stream's bytes and its parser, before or after TLS.
-pub(crate) struct Conn<S> {
-    pub io: S,
-    pub parser: StreamParser,
-    buf: Vec<u8>,
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
-    pub fn new(io: S, limits: Limits) -> Self {
-        Conn {
-            io,
-            parser: StreamParser::new(limits),
-            buf: Vec::new(),
-        }
-    }
-
-    /// The next parser event, reading as needed; `Err(None)`: the peer went away.
-    pub async fn next(&mut self) -> Result<Event, Option<StreamError>> {
-        loop {
-            match self.parser.next_event() {
-                Ok(Some(ev)) => return Ok(ev),
-                Ok(None) => {}
-                Err(e) => return Err(Some(e)),
-            }
-            self.buf.clear();
-            self.buf.reserve(16 * 1024);
-            match self.io.read_buf(&mut self.buf).await {
-                Ok(0) | Err(_) => return Err(None),
-                Ok(_) => self.parser.feed(&self.buf),
-            }
-        }
-    }
-
-    pub async fn write(&mut self, xml: &str) -> bool {
-        self.io.write_all(xml.as_bytes()).await.is_ok() && self.io.flush().await.is_ok()
-    }
-
-    /// Sends the stream error and closes the stream.
-    pub async fn fail(&mut self, e: &StreamError) {
-        let _ = self.write(&format!("{}</stream:stream>", e.to_xml())).await;
-        let _ = self.io.shutdown().await;
-    }
-
-    /// Closes the stream without an error.
-    pub async fn close(&mut self) {
-        let _ = self.write("</stream:stream>").await;
-        let _ = self.io.shutdown().await;
-    }
-}
+/// A link's stream, before or after TLS.
+pub(crate) type Conn<S> = crate::net::stream::XmlStream<S>;
 
 /// A `jabber:server` stream header.
 pub(crate) fn stream_header(from: &str, to: Option<&str>, id: Option<&str>) -> String {
