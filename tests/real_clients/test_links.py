@@ -471,6 +471,38 @@ def test_a_peer_user_and_a_platform_user_chat_encrypted_across_the_link(
     run_logged(peer, body(), 4 * OMEMO_TIMEOUT)
 
 
+def test_check_link_walks_the_platforms_side_of_the_link(server, peer):
+    r = server.cli("provider", "check-link", peer.pid)
+    out = r.stdout
+    assert f"link from {server.domain} to {peer.domain}" in out, out
+    for step in ("ok: connected to", "ok: TLS established", f"ok: authenticated as {server.domain}",
+                 "the link works in this direction"):
+        assert step in out, out
+    # A key the provider did not pin: stopped in the TLS handshake, with the reason.
+    server.cli("provider", "set", peer.pid, "--pin", "ab" * 32, "--actor", "test")
+    try:
+        r = server.cli("provider", "check-link", peer.pid, check=False)
+    finally:
+        server.cli("provider", "set", peer.pid, "--pin", peer.pin, "--actor", "test")
+    assert r.returncode == 1, r
+    assert "ok: connected to" in r.stdout, r.stdout
+    assert "TLS established" not in r.stdout, r.stdout
+    assert "not one the provider registered" in r.stderr, r.stderr
+    # A provider domain the peer does not serve: the peer's own refusal, before TLS.
+    bad = f"{peer.pid}x"
+    server.cli("provider", "add", bad, "--name", "Not There", "--provider-domain",
+               f"{bad}.test", "--link", f"127.0.0.1:{peer.s2s}", "--pin", peer.pin,
+               "--actor", "test")
+    r = server.cli("provider", "check-link", bad, check=False)
+    assert r.returncode == 1, r
+    assert "agreement is pending" in r.stdout, r.stdout
+    assert "host-unknown" in r.stderr, r.stderr
+    # An enlisted provider has no link to check.
+    server.cli("provider", "set", bad, "--no-link", "--actor", "test")
+    r = server.cli("provider", "check-link", bad, check=False)
+    assert r.returncode == 1 and "is not federated" in r.stderr, r
+
+
 def test_suspension_closes_the_link(server, peer, new_account):
     a = new_account(domain=server.other_domain, prefix="ls")
     c = peer_account(peer, "s")

@@ -4,6 +4,7 @@
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
+use strait_server::Config;
 use strait_server::accounts;
 use strait_server::interop::consent::{self, ConsentChange};
 use strait_server::interop::registry::{self, Actor};
@@ -99,6 +100,16 @@ pub enum ProviderCommand {
     /// Show everything recorded about one provider.
     Show {
         id: String,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// Check a federated provider's link: connect to its server as the running platform
+    /// would (STARTTLS, the pinned certificate key, SASL EXTERNAL) and say how far it got.
+    CheckLink {
+        id: String,
+        /// The provider domain to open the stream to (default: its first).
+        #[arg(long = "provider-domain")]
+        provider_domain: Option<String>,
         #[command(flatten)]
         config: ConfigArgs,
     },
@@ -254,6 +265,66 @@ fn show(p: &Provider) {
     }
 }
 
+/// `strait provider check-link`: the outbound half of a link, step by step, with the same
+/// code the running server opens links with.
+fn check_link(config: &Config, p: &Provider, provider_domain: Option<&str>) -> Result<()> {
+    let Some(link) = &p.link else {
+        bail!(
+            "the provider {} is not federated (no --link): its users log in here",
+            p.id
+        );
+    };
+    let remote = match provider_domain {
+        Some(d) if !p.domains.iter().any(|x| x.eq_ignore_ascii_case(d)) => {
+            bail!("{d} is not a domain of the provider {}", p.id)
+        }
+        Some(d) => d.to_ascii_lowercase(),
+        None => p.domains[0].clone(),
+    };
+    let local = config.domains[0].to_ascii_lowercase();
+    if p.status != ProviderStatus::Active {
+        println!(
+            "note: the agreement is {}; the running server opens no link until it is active",
+            p.status.as_str()
+        );
+    }
+    let tls = strait_server::tls::load(config)?;
+    let limits = strait_server::s2s::outbound::link_limits(config);
+    println!("link from {local} to {remote} at {link}");
+    let result = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(async {
+            let mut step = |step: &str| println!("  ok: {step}");
+            let open =
+                strait_server::s2s::outbound::connect(&tls, limits, p, &local, &remote, &mut step);
+            match tokio::time::timeout(strait_server::s2s::NEGOTIATION_TIMEOUT, open).await {
+                Ok(Ok(mut c)) => {
+                    c.close().await;
+                    Ok(())
+                }
+                Ok(Err(why)) => Err(why),
+                Err(_) => Err("no answer in time".to_owned()),
+            }
+        });
+    if let Err(why) = result {
+        bail!("the link to {remote} failed: {why}");
+    }
+    println!("the link works in this direction");
+    if config.listen.s2s.is_empty() {
+        println!(
+            "warning: listen.s2s is empty: the provider's server has nowhere to connect to send its users' stanzas"
+        );
+    } else {
+        let addrs: Vec<String> = config.listen.s2s.iter().map(ToString::to_string).collect();
+        println!(
+            "the other direction is the provider's: its server must reach {local} at {} (listen.s2s) and trust its certificate",
+            addrs.join(", ")
+        );
+    }
+    Ok(())
+}
+
 /// Unix milliseconds as RFC 3339 UTC.
 fn stamp(ms: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
@@ -404,6 +475,20 @@ pub fn run(cmd: ProviderCommand) -> Result<()> {
                 .map(|(d, n)| format!("{n} under {d}"))
                 .collect();
             println!("users:       {}", per.join(", "));
+        }
+        ProviderCommand::CheckLink {
+            id,
+            provider_domain,
+            config,
+        } => {
+            let config = load_config(&config)?;
+            let store = open_store(&config)?;
+            let provider = store.provider(&id);
+            store.close()?;
+            let Some(p) = provider? else {
+                bail!("no provider {id} is registered");
+            };
+            check_link(&config, &p, provider_domain.as_deref())?;
         }
         ProviderCommand::Audit { id, limit, config } => {
             let config = load_config(&config)?;

@@ -127,7 +127,12 @@ async fn run(
 type Tls = tokio_rustls::client::TlsStream<TcpStream>;
 
 fn limits(state: &ServerState) -> Limits {
-    let l = &state.config.limits;
+    link_limits(&state.config)
+}
+
+/// The parser budgets of a link after authentication: the clients' (`limits`).
+pub fn link_limits(config: &crate::config::Config) -> Limits {
+    let l = &config.limits;
     Limits {
         max_stanza_bytes: l.max_stanza_bytes,
         max_depth: l.max_depth,
@@ -139,8 +144,7 @@ fn limits(state: &ServerState) -> Limits {
 /// closes it (the next stanza opens a new one with the new ones).
 type Terms = (Option<String>, Vec<String>);
 
-/// Connects, requires STARTTLS, checks the server's certificate against the provider's
-/// pins, authenticates with SASL EXTERNAL; `Err` says why not.
+/// Opens the link for the running server: the provider as the registry snapshot has it.
 async fn open(
     state: &ServerState,
     local: &str,
@@ -156,13 +160,38 @@ async fn open(
     if let Some(e) = revoked(state, provider_id, None) {
         return Err(e.text.unwrap_or_default());
     }
+    let c = connect(
+        &state.tls,
+        limits(state),
+        &provider,
+        local,
+        remote,
+        &mut |_| {},
+    )
+    .await?;
+    Ok((c, (provider.link.clone(), provider.cert_pins.clone())))
+}
+
+/// Connects to the provider's server at its link address, requires STARTTLS, checks the
+/// server's certificate against the provider's pins, and authenticates `local` with SASL
+/// EXTERNAL; `Err` says why not. `step` hears of each stage reached (`strait provider
+/// check-link` prints them).
+pub async fn connect(
+    tls: &crate::tls::TlsConfigs,
+    limits: Limits,
+    provider: &Provider,
+    local: &str,
+    remote: &str,
+    step: &mut (dyn FnMut(&str) + Send),
+) -> Result<Conn<Tls>, String> {
     let link = provider.link.clone().unwrap_or_default();
     let (host, port) = split_link(&link).ok_or_else(|| format!("bad link address {link}"))?;
     let tcp = TcpStream::connect((host, port))
         .await
         .map_err(|e| format!("connecting to {link}: {e}"))?;
     let _ = tcp.set_nodelay(true);
-    let mut c = Conn::new(tcp, limits(state));
+    step(&format!("connected to {link}"));
+    let mut c = Conn::new(tcp, limits.clone());
     // The stream before TLS: only STARTTLS.
     let features = restart(&mut c, local, remote).await?;
     if !features.has_child(ns::TLS, "starttls") {
@@ -178,8 +207,7 @@ async fn open(
     if c.parser.buffered() > 0 {
         return Err("data after <proceed/> (a STARTTLS injection?)".into());
     }
-    let config = state
-        .tls
+    let config = tls
         .link_client(local, provider.cert_pins.clone())
         .ok_or_else(|| format!("no certificate for {local}"))?;
     let name = rustls::pki_types::ServerName::try_from(remote.to_owned())
@@ -188,7 +216,8 @@ async fn open(
         .connect(name, c.io)
         .await
         .map_err(|e| format!("TLS: {e}"))?;
-    let mut c = Conn::new(tls, limits(state));
+    step("TLS established; the server's certificate key is one the provider pinned");
+    let mut c = Conn::new(tls, limits);
     let features = restart(&mut c, local, remote).await?;
     if !offers_external(&features) {
         return Err(
@@ -216,9 +245,10 @@ async fn open(
         }
         other => return Err(format!("SASL EXTERNAL: {}", describe(other))),
     }
+    step(&format!("authenticated as {local} (SASL EXTERNAL)"));
     c.parser.reset();
     restart(&mut c, local, remote).await?;
-    Ok((c, (provider.link.clone(), provider.cert_pins.clone())))
+    Ok(c)
 }
 
 /// Opens a new stream and returns the server's features.
