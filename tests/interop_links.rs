@@ -177,6 +177,11 @@ async fn messages_cross_both_ways_under_the_policy_on_each_side() {
     registry::update(&st.config, &*st.store, &acme, OP).unwrap();
     strait_server::interop::refresh(st, -1).await;
     wait_closed(&a).await;
+    // B confirmed everything it got over A's link (stream management), so nothing that A
+    // wrote goes back to alice as unconfirmed.
+    alice
+        .expect_silence("may not have arrived", Duration::from_millis(300))
+        .await;
     alice.send(&encrypted("bob@acme.test", "m6", "c6")).await;
     let m = bob.expect_element(&["id='m6'"]).await;
     assert!(m.contains("<payload>c6</payload>"), "{m}");
@@ -287,4 +292,143 @@ async fn sdk_clients_on_two_platforms_hold_an_encrypted_chat() {
     bob.close().await;
     a.stop().await;
     b.stop().await;
+}
+
+/// Reads from `s` into `buf` until `needle` has arrived; the text up to and including it.
+async fn read_until<S: tokio::io::AsyncRead + Unpin>(
+    s: &mut S,
+    buf: &mut String,
+    needle: &str,
+) -> String {
+    use tokio::io::AsyncReadExt;
+    loop {
+        if let Some(i) = buf.find(needle) {
+            let rest = buf.split_off(i + needle.len());
+            return std::mem::replace(buf, rest);
+        }
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(WAIT, s.read(&mut chunk))
+            .await
+            .expect("the platform went quiet")
+            .unwrap();
+        assert!(n > 0, "the platform closed the link; had {buf:?}");
+        buf.push_str(std::str::from_utf8(&chunk[..n]).unwrap());
+    }
+}
+
+/// A provider's server by hand, for one link from the platform: STARTTLS, SASL EXTERNAL,
+/// stream management enabled; it reads the first message, acknowledges it only if `ack`,
+/// and hangs up.
+async fn fake_provider_link(
+    listener: &tokio::net::TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    ack: bool,
+) -> String {
+    use tokio::io::AsyncWriteExt;
+    const HEADER: &str = "<?xml version='1.0'?><stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' version='1.0' from='fake.test' id='f1'>";
+    let (mut tcp, _) = listener.accept().await.unwrap();
+    let mut buf = String::new();
+    read_until(&mut tcp, &mut buf, "to='fake.test'>").await;
+    tcp.write_all(format!("{HEADER}<stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'><required/></starttls></stream:features>").as_bytes()).await.unwrap();
+    read_until(&mut tcp, &mut buf, "/>").await;
+    tcp.write_all(b"<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+        .await
+        .unwrap();
+    let mut s = tokio_rustls::TlsAcceptor::from(tls)
+        .accept(tcp)
+        .await
+        .unwrap();
+    let mut buf = String::new();
+    read_until(&mut s, &mut buf, "to='fake.test'>").await;
+    s.write_all(format!("{HEADER}<stream:features><mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><mechanism>EXTERNAL</mechanism></mechanisms></stream:features>").as_bytes()).await.unwrap();
+    read_until(&mut s, &mut buf, "</auth>").await;
+    s.write_all(b"<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>")
+        .await
+        .unwrap();
+    read_until(&mut s, &mut buf, "to='fake.test'>").await;
+    s.write_all(
+        format!("{HEADER}<stream:features><sm xmlns='urn:xmpp:sm:3'/></stream:features>")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    read_until(&mut s, &mut buf, "<enable").await;
+    s.write_all(b"<enabled xmlns='urn:xmpp:sm:3'/>")
+        .await
+        .unwrap();
+    let message = read_until(&mut s, &mut buf, "</message>").await;
+    read_until(&mut s, &mut buf, "<r ").await;
+    if ack {
+        s.write_all(b"<a xmlns='urn:xmpp:sm:3' h='1'/>")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(s); // hangs up without closing the stream
+    message
+}
+
+/// With stream management on the link, a message its server never confirmed goes back to
+/// its sender when the link breaks ("it may not have arrived"); a confirmed one does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unconfirmed_stanzas_go_back_to_their_senders_when_a_link_breaks() {
+    let a = TestServer::start(|c| c.domains = vec!["gk.test".into()]).await;
+    a.add_user("alice@gk.test", "pa");
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["fake.test".into()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let der = rustls::pki_types::CertificateDer::from(cert.der().to_vec());
+    let pin = strait_server::tls::pin_hex(&strait_server::tls::spki_pin(&der).unwrap());
+    let tls = Arc::new(
+        rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![der],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .unwrap(),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let link = listener.local_addr().unwrap().to_string();
+    federate(&a, "fake", "fake.test", &link, &pin).await;
+    allow(&a, "alice@gk.test", "fake");
+    let mut alice = RawClient::login(a.starttls, a.ca_pem(), "alice@gk.test", "pa", "a1").await;
+    alice.available().await;
+
+    // Confirmed, then the link breaks: nothing comes back.
+    let peer = tokio::spawn({
+        let tls = tls.clone();
+        async move {
+            let l = listener;
+            let first = fake_provider_link(&l, tls.clone(), true).await;
+            let second = fake_provider_link(&l, tls, false).await;
+            (first, second)
+        }
+    });
+    alice.send(&encrypted("bob@fake.test", "m1", "c1")).await;
+    alice
+        .expect_silence("id='m1'", Duration::from_millis(800))
+        .await;
+    wait_closed(&a).await;
+    // Not confirmed: its sender hears that it may not have arrived.
+    alice.send(&encrypted("bob@fake.test", "m2", "c2")).await;
+    let r = alice.expect_element(&["id='m2'"]).await;
+    assert!(
+        r.contains("type='error'") && r.contains("remote-server-timeout"),
+        "{r}"
+    );
+    assert!(r.contains("it may not have arrived"), "{r}");
+    let (first, second) = peer.await.unwrap();
+    assert!(
+        first.contains("id='m1'") && first.contains("from='alice@gk.test/a1'"),
+        "{first}"
+    );
+    assert!(second.contains("id='m2'"), "{second}");
+    a.stop().await;
 }

@@ -111,7 +111,8 @@ interfaces = {{ "127.0.0.1" }}
 c2s_ports = {{ {c2s} }}
 s2s_ports = {{ {s2s} }}
 -- Only certificates authenticate links: no dialback (XEP-0220).
-modules_enabled = {{ "roster", "saslauth", "tls", "disco", "ping", "pep", "presence" }}
+-- smacks: stream management (XEP-0198) on its links too (0.12 enables it for s2s by default).
+modules_enabled = {{ "roster", "saslauth", "tls", "disco", "ping", "pep", "presence", "smacks" }}
 modules_disabled = {{ "dialback", "s2s_bidi" }}
 authentication = "internal_hashed"
 c2s_require_encryption = true
@@ -185,6 +186,7 @@ class Peer:
 class Prosody(Peer):
     pid, name, domain = "fed", "Fed Chat", FED
     omemo, omemo_why = True, ""
+    sm = True       # mod_smacks: stream management on links
 
     def __init__(self, server: Server) -> None:
         self.work = tempfile.mkdtemp(prefix="strait-links-prosody-")
@@ -255,6 +257,7 @@ modules:
 
 class Ejabberd(Peer):
     pid, name, domain = "ejab", "Ejab Chat", EJAB
+    sm = False      # ejabberd 23.01 has no stream management on links
     # Its own users cannot publish OMEMO keys there: slixmpp-omemo's publish-options carry
     # pubsub#max_items, which ejabberd 23.01 refuses ("Unknown field").
     omemo = False
@@ -478,6 +481,12 @@ def test_check_link_walks_the_platforms_side_of_the_link(server, peer):
     for step in ("ok: connected to", "ok: TLS established", f"ok: authenticated as {server.domain}",
                  "the link works in this direction"):
         assert step in out, out
+    if peer.sm:
+        # Stream management on both of the link's streams (XEP-0198): strait's, which the
+        # check opened, and the peer's own, opened by the tests before.
+        assert "ok: stream management enabled" in out, out
+        assert f"interop link in: stream management enabled provider={peer.pid}" in \
+            server.log_tail(2000), server.log_tail()
     # A key the provider did not pin: stopped in the TLS handshake, with the reason.
     server.cli("provider", "set", peer.pid, "--pin", "ab" * 32, "--actor", "test")
     try:

@@ -299,7 +299,7 @@ fn check_link(config: &Config, p: &Provider, provider_domain: Option<&str>) -> R
             let open =
                 strait_server::s2s::outbound::connect(&tls, limits, p, &local, &remote, &mut step);
             match tokio::time::timeout(strait_server::s2s::NEGOTIATION_TIMEOUT, open).await {
-                Ok(Ok(mut c)) => {
+                Ok(Ok((mut c, _))) => {
                     c.close().await;
                     Ok(())
                 }

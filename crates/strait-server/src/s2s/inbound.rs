@@ -9,7 +9,10 @@
 //!    `not-authorized` / `policy-violation` saying which.
 //! 3. SASL EXTERNAL (XEP-0178) is then the only mechanism offered; an authorization
 //!    identity, if given, must be the stream's `from`.
-//! 4. After the last restart, every stanza must come from an address under that domain
+//! 4. After the last restart stream management (XEP-0198, without resumption) is offered:
+//!    the peer's stanzas are counted once handled (delivered, stored, or refused), so that
+//!    the peer knows which ones to tell its senders about if the link breaks.
+//! 5. Every stanza must come from an address under that domain
 //!    (`invalid-from` otherwise, RFC 6120 §4.9.3.9) and is handled as one from an enlisted
 //!    user would be: the boundary policy first, then delivery ([`crate::component::from_remote`]).
 //!    Answers and errors go back over the platform's own outbound link to the provider.
@@ -23,6 +26,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use strait_wire::{Event, Limits, Stanza, StreamError, StreamErrorCondition as C, ns};
 use tokio::net::{TcpListener, TcpStream};
+
+/// Stream management (XEP-0198).
+const SM: &str = crate::features::sm::NS;
 
 /// Accepts link connections until shutdown.
 pub async fn accept_loop(state: Arc<ServerState>, listener: TcpListener) {
@@ -288,7 +294,16 @@ async fn authenticate(
     }
     c.parser.reset();
     open_stream(state, c).await?;
-    if !c.write("<stream:features/>").await {
+    // Stream management (XEP-0198, without resumption): the peer learns which of its
+    // stanzas were handled (delivered or stored), so that it can tell its senders about the
+    // rest when the link breaks.
+    if !c
+        .write(&format!(
+            "<stream:features>{}</stream:features>",
+            crate::features::sm::FEATURE
+        ))
+        .await
+    {
         return Err(None);
     }
     Ok(Peer {
@@ -319,9 +334,34 @@ fn check_auth(auth: &Stanza, remote: &str) -> Option<&'static str> {
 async fn run(state: &Arc<ServerState>, c: &mut Conn<Tls>, peer: &Peer) -> Option<StreamError> {
     let mut shutdown = state.shutdown.clone();
     let mut check = tokio::time::interval(crate::interop::POLL);
+    // Stanzas handled, once the peer enabled stream management (XEP-0198 §4, mod 2^32).
+    let mut handled: Option<u32> = None;
     loop {
         tokio::select! {
             ev = c.next() => match ev {
+                Ok(Event::Element(st)) if st.ns == SM => {
+                    match (st.name.as_str(), handled) {
+                        ("enable", None) => {
+                            handled = Some(0);
+                            tracing::info!(provider = %peer.provider, remote = %peer.remote, "interop link in: stream management enabled");
+                            if !c.write(&format!("<enabled xmlns='{SM}'/>")).await {
+                                return None;
+                            }
+                        }
+                        ("r", Some(h)) => {
+                            if !c.write(&format!("<a xmlns='{SM}' h='{h}'/>")).await {
+                                return None;
+                            }
+                        }
+                        ("a", _) => {} // nothing is sent to the peer on this stream to count
+                        _ => {
+                            return Some(StreamError::with_text(
+                                C::UnsupportedStanzaType,
+                                "stream management: enable it once, then <r/> and <a/> only",
+                            ));
+                        }
+                    }
+                }
                 Ok(Event::Element(st)) => {
                     let replies = match crate::component::from_remote(
                         state,
@@ -333,6 +373,8 @@ async fn run(state: &Arc<ServerState>, c: &mut Conn<Tls>, peer: &Peer) -> Option
                         Ok(r) => r,
                         Err(e) => return e,
                     };
+                    // Handled: delivered, stored or refused (the refusal is on its way back).
+                    handled = handled.map(|h| h.wrapping_add(1));
                     for r in replies {
                         answer(state, peer, r);
                     }

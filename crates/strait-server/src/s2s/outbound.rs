@@ -4,14 +4,15 @@
 //! One link per (platform domain, provider domain): the stream's `from` is the platform
 //! domain whose certificate authenticates it. Stanzas wait in the link's queue while it
 //! connects; when it cannot connect or authenticate, or closes, what is still queued goes
-//! back to its senders as errors that say why. A stanza written to the link is the
-//! provider's server's to deliver: RFC 6120 streams have no acknowledgement of their own
-//! (stream management on links is not done; docs/interop.md, "Not yet").
+//! back to its senders as errors that say why. When the provider's server offers stream
+//! management (XEP-0198, without resumption), it confirms what it handled, and what it had
+//! not confirmed when the link broke goes back too ("it may not have arrived"); without
+//! it, a stanza written to the link is the provider's server's to deliver.
 
 use super::{Conn, NEGOTIATION_TIMEOUT, revoked, split_link, stream_header};
 use crate::server::ServerState;
 use base64::Engine as _;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use strait_store::Provider;
@@ -21,7 +22,11 @@ use strait_wire::{
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
-/// Stanzas queued for one link; past it, senders get `resource-constraint`.
+/// Stream management (XEP-0198).
+const SM: &str = crate::features::sm::NS;
+
+/// Stanzas queued for one link; past it, senders get `resource-constraint`. Also the most
+/// written and not yet confirmed.
 pub const QUEUE: usize = 4096;
 
 /// A link with nothing to send for this long is closed (the next stanza opens it again).
@@ -96,11 +101,16 @@ async fn run(
     )
     .await
     .unwrap_or_else(|_| Err(format!("no answer from {remote}'s server in time")));
+    let mut unconfirmed = VecDeque::new();
     let why = match opened {
-        Ok((mut conn, terms)) => {
-            tracing::info!(provider = %provider_id, %local, %remote, "interop link open");
-            let why = pump(&state, &mut conn, &provider_id, &terms, &mut rx).await;
+        Ok((mut conn, sm, terms)) => {
+            tracing::info!(provider = %provider_id, %local, %remote, sm, "interop link open");
+            let mut acks = sm.then(Acks::default);
+            let why = pump(&state, &mut conn, &provider_id, &terms, &mut rx, &mut acks).await;
             tracing::info!(provider = %provider_id, %local, %remote, "interop link closed: {why}");
+            if let Some(a) = acks {
+                unconfirmed = a.unacked;
+            }
             why
         }
         Err(why) => {
@@ -108,6 +118,23 @@ async fn run(
             why
         }
     };
+    // Written, never confirmed: the server may or may not have them. Their senders hear so
+    // (with stream management; without it, what was written is the server's).
+    if !unconfirmed.is_empty() {
+        tracing::warn!(
+            provider = %provider_id, %remote, stanzas = unconfirmed.len(),
+            "interop link closed with stanzas its server did not confirm"
+        );
+        let err = StanzaError::with_text(
+            StanzaErrorCondition::RemoteServerTimeout,
+            format!(
+                "the interop link to {remote} closed before its server confirmed this ({why}); it may not have arrived"
+            ),
+        );
+        for st in &unconfirmed {
+            crate::component::bounce(&state, st, &err).await;
+        }
+    }
     {
         let mut links = state.links.lock();
         if links.get(&key).is_some_and(|(i, _)| *i == id) {
@@ -150,7 +177,7 @@ async fn open(
     local: &str,
     remote: &str,
     provider_id: &str,
-) -> Result<(Conn<Tls>, Terms), String> {
+) -> Result<(Conn<Tls>, bool, Terms), String> {
     let provider = state
         .interop
         .snapshot()
@@ -160,7 +187,7 @@ async fn open(
     if let Some(e) = revoked(state, provider_id, None) {
         return Err(e.text.unwrap_or_default());
     }
-    let c = connect(
+    let (c, sm) = connect(
         &state.tls,
         limits(state),
         &provider,
@@ -169,7 +196,7 @@ async fn open(
         &mut |_| {},
     )
     .await?;
-    Ok((c, (provider.link.clone(), provider.cert_pins.clone())))
+    Ok((c, sm, (provider.link.clone(), provider.cert_pins.clone())))
 }
 
 /// Connects to the provider's server at its link address, requires STARTTLS, checks the
@@ -183,7 +210,7 @@ pub async fn connect(
     local: &str,
     remote: &str,
     step: &mut (dyn FnMut(&str) + Send),
-) -> Result<Conn<Tls>, String> {
+) -> Result<(Conn<Tls>, bool), String> {
     let link = provider.link.clone().unwrap_or_default();
     let (host, port) = split_link(&link).ok_or_else(|| format!("bad link address {link}"))?;
     let tcp = TcpStream::connect((host, port))
@@ -247,8 +274,23 @@ pub async fn connect(
     }
     step(&format!("authenticated as {local} (SASL EXTERNAL)"));
     c.parser.reset();
-    restart(&mut c, local, remote).await?;
-    Ok(c)
+    let features = restart(&mut c, local, remote).await?;
+    // Stream management (XEP-0198, no resumption) when offered: the server confirms what it
+    // handled, and what it did not confirm goes back to its senders if the link breaks.
+    if !features.has_child(SM, "sm") {
+        return Ok((c, false));
+    }
+    if !c.write(&format!("<enable xmlns='{SM}'/>")).await {
+        return Err("connection lost".into());
+    }
+    match c.next().await {
+        Ok(Event::Element(e)) if e.name == "enabled" && e.ns == SM => {
+            step("stream management enabled (XEP-0198)");
+            Ok((c, true))
+        }
+        Ok(Event::Element(e)) if e.name == "failed" && e.ns == SM => Ok((c, false)),
+        other => Err(format!("stream management: {}", describe(other))),
+    }
 }
 
 /// Opens a new stream and returns the server's features.
@@ -298,12 +340,35 @@ fn describe(ev: Result<Event, Option<StreamError>>) -> String {
 
 /// Writes queued stanzas until the link is idle, revoked, shut down or closed by the
 /// peer; returns why it ended.
+/// Stream management's bookkeeping on a link (XEP-0198 §4): what was written and not yet
+/// confirmed, oldest first, and the server's last count.
+#[derive(Default)]
+struct Acks {
+    unacked: VecDeque<Stanza>,
+    confirmed: u32,
+}
+
+impl Acks {
+    /// The server's `<a h/>`: the stanzas it counts as handled leave the queue. `false` if
+    /// it counts more than were sent (XEP-0198 §4: a stream error).
+    fn confirm(&mut self, h: u32) -> bool {
+        let n = h.wrapping_sub(self.confirmed) as usize;
+        if n > self.unacked.len() {
+            return false;
+        }
+        self.unacked.drain(..n);
+        self.confirmed = h;
+        true
+    }
+}
+
 async fn pump(
     state: &ServerState,
     c: &mut Conn<Tls>,
     provider_id: &str,
     terms: &Terms,
     rx: &mut mpsc::Receiver<Stanza>,
+    acks: &mut Option<Acks>,
 ) -> String {
     let mut shutdown = state.shutdown.clone();
     let mut check = tokio::time::interval(crate::interop::POLL);
@@ -314,12 +379,51 @@ async fn pump(
                 let Some(mut st) = st else { break "queue closed".into() };
                 st.set_content_namespace(ns::SERVER);
                 if !c.write(&st.to_xml(ns::SERVER)).await {
+                    if let Some(a) = acks.as_mut() {
+                        a.unacked.push_back(st);
+                    }
                     break "connection lost".into();
                 }
                 idle.as_mut().reset(tokio::time::Instant::now() + IDLE);
+                if let Some(a) = acks.as_mut() {
+                    a.unacked.push_back(st);
+                    if a.unacked.len() > QUEUE {
+                        c.fail(&StreamError::with_text(
+                            StreamErrorCondition::ResourceConstraint,
+                            "too many stanzas not confirmed",
+                        ))
+                        .await;
+                        break "the server did not confirm what it received".into();
+                    }
+                    // One request per burst: when nothing else waits to be written.
+                    if rx.is_empty() && !c.write(&format!("<r xmlns='{SM}'/>")).await {
+                        break "connection lost".into();
+                    }
+                }
             }
             ev = c.next() => match ev {
-                // Nothing is expected on this stream's way in but its end.
+                Ok(Event::Element(e)) if e.ns == SM && e.name == "a" => {
+                    let h = e.attr("", "h").and_then(|h| h.parse::<u32>().ok());
+                    let ok = match (acks.as_mut(), h) {
+                        (Some(a), Some(h)) => a.confirm(h),
+                        _ => false,
+                    };
+                    if !ok {
+                        c.fail(&StreamError::with_text(
+                            StreamErrorCondition::UndefinedCondition,
+                            "an acknowledgement of more stanzas than were sent",
+                        ))
+                        .await;
+                        break "a bad acknowledgement from the server".into();
+                    }
+                }
+                // Nothing comes this way to count: the answer is always 0.
+                Ok(Event::Element(e)) if e.ns == SM && e.name == "r" => {
+                    if !c.write(&format!("<a xmlns='{SM}' h='0'/>")).await {
+                        break "connection lost".into();
+                    }
+                }
+                // Nothing else is expected on this stream's way in but its end.
                 Ok(Event::Element(e)) if e.name == "error" && e.ns == ns::STREAM => {
                     break format!("stream error from the server: {}", e.inner_xml());
                 }
@@ -365,5 +469,40 @@ async fn pump(
                 break "the server is shutting down".into();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stanza(id: &str) -> Stanza {
+        let mut s = Stanza::new(ns::CLIENT, "message");
+        s.id = Some(id.into());
+        s
+    }
+
+    #[test]
+    fn acknowledgements_release_the_oldest_and_wrap_around() {
+        let mut a = Acks::default();
+        for id in ["a", "b", "c"] {
+            a.unacked.push_back(stanza(id));
+        }
+        assert!(a.confirm(2));
+        assert_eq!(a.unacked.len(), 1);
+        assert_eq!(a.unacked[0].id.as_deref(), Some("c"));
+        assert!(a.confirm(2), "the same count again releases nothing");
+        assert!(!a.confirm(4), "more than was sent");
+        // The count is mod 2^32 (XEP-0198 §4).
+        let mut w = Acks {
+            confirmed: u32::MAX,
+            ..Acks::default()
+        };
+        w.unacked.push_back(stanza("x"));
+        w.unacked.push_back(stanza("y"));
+        assert!(w.confirm(0));
+        assert_eq!(w.unacked.len(), 1);
+        assert!(w.confirm(1));
+        assert!(w.unacked.is_empty());
     }
 }
