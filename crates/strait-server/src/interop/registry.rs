@@ -60,6 +60,10 @@ pub enum RegistryError {
         "{accounts} account(s) of the provider's users live here under {domain}; a federated provider's users live on its own server: remove them first (strait user remove)"
     )]
     EnlistedAccounts { domain: String, accounts: usize },
+    #[error(
+        "the certificate pin {pin} is also the provider {other}'s, which is federated too: its server could speak for this provider's domains"
+    )]
+    PinTaken { pin: String, other: String },
     #[error("say why (--reason): suspensions and terminations are audited")]
     ReasonRequired,
     #[error("the terms version and the name of who accepted them must not be empty")]
@@ -177,6 +181,26 @@ pub fn check_link(link: &str) -> Result<String, RegistryError> {
     Ok(l)
 }
 
+/// A federated provider's pins authenticate its server, which then speaks for the provider's
+/// domains: no other federated provider may have one of them.
+fn check_pins_unique(store: &dyn Store, p: &Provider) -> Result<(), RegistryError> {
+    if p.link.is_none() {
+        return Ok(());
+    }
+    for other in store.providers()? {
+        if other.id == p.id || other.link.is_none() || other.status == ProviderStatus::Terminated {
+            continue;
+        }
+        if let Some(pin) = p.cert_pins.iter().find(|x| other.cert_pins.contains(x)) {
+            return Err(RegistryError::PinTaken {
+                pin: pin.clone(),
+                other: other.id,
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Registers a new provider, pending until its terms are accepted and it is activated.
 pub fn add(
     config: &Config,
@@ -185,6 +209,7 @@ pub fn add(
     actor: Actor<'_>,
 ) -> Result<Provider, RegistryError> {
     let mut p = check(config, p)?;
+    check_pins_unique(store, &p)?;
     p.status = ProviderStatus::Pending;
     p.terms = None;
     let mut detail = format!("{} ({})", p.name, p.domains.join(", "));
@@ -223,6 +248,7 @@ pub fn update(
         return Err(RegistryError::Terminated(old.id));
     }
     let mut p = check(config, new)?;
+    check_pins_unique(store, &p)?;
     p.status = old.status;
     p.terms = old.terms.clone();
     // A domain given up must not leave enlisted accounts behind, unreachable.
@@ -566,6 +592,21 @@ mod tests {
         ));
         s.remove_account("bob@acme.example").unwrap();
         update(&c, &s, &p, OP).unwrap();
+        // Another federated provider may not present acme's key.
+        let mut twin = Provider::new("twin", "Twin", vec!["twin.example".into()]);
+        twin.link = Some("xmpp.twin.example".into());
+        twin.cert_pins = vec!["ab".repeat(32)];
+        assert!(matches!(
+            add(&c, &s, &twin, OP),
+            Err(RegistryError::PinTaken { other, .. }) if other == "acme"
+        ));
+        twin.link = None; // an enlisted provider's proxy key is its own business
+        add(&c, &s, &twin, OP).unwrap();
+        twin.link = Some("xmpp.twin.example".into());
+        assert!(matches!(
+            update(&c, &s, &twin, OP),
+            Err(RegistryError::PinTaken { .. })
+        ));
         let last = s.provider_audit(Some("acme"), 1).unwrap().pop().unwrap();
         assert!(
             last.detail.contains("link: - → xmpp.acme.example"),
