@@ -497,11 +497,14 @@ def test_check_link_walks_the_platforms_side_of_the_link(server, peer):
     assert "ok: connected to" in r.stdout, r.stdout
     assert "TLS established" not in r.stdout, r.stdout
     assert "not one the provider registered" in r.stderr, r.stderr
-    # A provider domain the peer does not serve: the peer's own refusal, before TLS.
+    # A second federated provider may not pin the peer's key: its server would speak for both.
     bad = f"{peer.pid}x"
-    server.cli("provider", "add", bad, "--name", "Not There", "--provider-domain",
-               f"{bad}.test", "--link", f"127.0.0.1:{peer.s2s}", "--pin", peer.pin,
-               "--actor", "test")
+    add = ["provider", "add", bad, "--name", "Not There", "--provider-domain", f"{bad}.test",
+           "--link", f"127.0.0.1:{peer.s2s}", "--actor", "test", "--pin"]
+    r = server.cli(*add, peer.pin, check=False)
+    assert r.returncode == 1 and f"is also the provider {peer.pid}'s" in r.stderr, r
+    # A provider domain the peer does not serve: the peer's own refusal, before TLS.
+    server.cli(*add, "cd" * 32)
     r = server.cli("provider", "check-link", bad, check=False)
     assert r.returncode == 1, r
     assert "agreement is pending" in r.stdout, r.stdout

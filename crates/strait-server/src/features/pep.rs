@@ -418,28 +418,37 @@ async fn items(s: &mut Session, req: &Stanza, verb: &Element, owner: &str) {
     if !may_access(&s.state, owner, &s.bare, &config.access_model).await {
         return access_denied(s, req, &config.access_model).await;
     }
+    match read_items(&s.state, owner, &node, verb).await {
+        Ok(x) => s.reply(iq_result(req, Some(&x))),
+        Err(e) => store_failed(s, req, &e),
+    }
+}
+
+/// The `<pubsub/>` answer to an `<items/>` request on `owner`'s `node` (the ids it names, or
+/// the newest `max_items`, or all), access already granted.
+async fn read_items(
+    state: &ServerState,
+    owner: &str,
+    node: &str,
+    verb: &Element,
+) -> Result<String, StoreError> {
     let ids: Vec<String> = verb
         .children()
         .filter(|c| c.is("item", NS))
         .filter_map(|c| c.attr("id").map(str::to_owned))
         .collect();
     let max = verb.attr("max_items").and_then(|m| m.parse::<usize>().ok());
-    let (o, n) = (owner.to_owned(), node.clone());
-    let ids_opt = if ids.is_empty() { None } else { Some(ids) };
-    let found = match s
-        .state
-        .store(move |st| st.pep_items(&o, &n, ids_opt.as_deref(), max))
-        .await
-    {
-        Ok(v) => v,
-        Err(e) => return store_failed(s, req, &e),
-    };
-    let mut x = format!("<pubsub xmlns='{NS}'><items{}>", attr("node", &node));
+    let (o, n) = (owner.to_owned(), node.to_owned());
+    let ids = if ids.is_empty() { None } else { Some(ids) };
+    let found = state
+        .store(move |st| st.pep_items(&o, &n, ids.as_deref(), max))
+        .await?;
+    let mut x = format!("<pubsub xmlns='{NS}'><items{}>", attr("node", node));
     for i in &found {
         x.push_str(&item_xml(i));
     }
     x.push_str("</items></pubsub>");
-    s.reply(iq_result(req, Some(&x)));
+    Ok(x)
 }
 
 /// Items of `owner`'s node for a requester on another server (over an interop link): the
@@ -497,24 +506,7 @@ pub async fn remote_items(
             StanzaErrorCondition::NotAllowed
         }));
     }
-    let ids: Vec<String> = verb
-        .children()
-        .filter(|c| c.is("item", NS))
-        .filter_map(|c| c.attr("id").map(str::to_owned))
-        .collect();
-    let max = verb.attr("max_items").and_then(|m| m.parse::<usize>().ok());
-    let (o, n) = (owner.to_owned(), node.clone());
-    let ids = if ids.is_empty() { None } else { Some(ids) };
-    let found = state
-        .store(move |st| st.pep_items(&o, &n, ids.as_deref(), max))
-        .await
-        .map_err(failed)?;
-    let mut x = format!("<pubsub xmlns='{NS}'><items{}>", attr("node", &node));
-    for i in &found {
-        x.push_str(&item_xml(i));
-    }
-    x.push_str("</items></pubsub>");
-    Ok(x)
+    read_items(state, owner, &node, verb).await.map_err(failed)
 }
 
 fn item_xml(i: &PepItem) -> String {
