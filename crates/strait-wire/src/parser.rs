@@ -4,7 +4,7 @@
 use crate::error::{StreamError, StreamErrorCondition as C};
 use crate::limits::Limits;
 use crate::stanza::{Child, Stanza, ns};
-use crate::token::{MAX_LOOKAHEAD, Stop, Strict, Tokenize};
+use crate::token::{MAX_LOOKAHEAD, Stop, Strict, Token, Tokenize};
 use crate::xml::{CanonicalWriter, Resolver, XmlEvent};
 
 /// Longest single token (name, attribute value, text chunk) the tokenizer buffers.
@@ -170,6 +170,15 @@ impl<T: Tokenize> StreamParser<T> {
             let consumed = take - slice.len();
             self.pos += consumed;
             self.counted += consumed;
+            // Text between stanzas is a fault whatever its length: judged before the budget,
+            // which a long run of it would also exceed, so that the error does not depend on
+            // how the input was split (the tokenizer cuts text at the end of what it gets).
+            if let Ok(Some(Token::Text(t))) = &result
+                && self.building.is_none()
+                && !t.chars().all(is_xml_space)
+            {
+                return Err(text_outside_stanzas());
+            }
             self.check_budget()?;
             match result {
                 Ok(Some(raw)) => {
@@ -296,12 +305,7 @@ impl<T: Tokenize> StreamParser<T> {
                 match self.building.as_mut() {
                     Some(b) => b.writer.text(&text),
                     None if text.chars().all(is_xml_space) => {}
-                    None => {
-                        return Err(StreamError::with_text(
-                            C::BadFormat,
-                            "text outside of stanzas",
-                        ));
-                    }
+                    None => return Err(text_outside_stanzas()),
                 }
                 Ok(None)
             }
@@ -386,6 +390,10 @@ impl<T: Tokenize> StreamParser<T> {
     }
 }
 
+fn text_outside_stanzas() -> StreamError {
+    StreamError::with_text(C::BadFormat, "text outside of stanzas")
+}
+
 fn is_xml_space(c: char) -> bool {
     matches!(c, ' ' | '\t' | '\r' | '\n')
 }
@@ -421,6 +429,49 @@ mod tests {
             v.push(ev);
         }
         Ok(v)
+    }
+
+    /// The error for a stream, fed whole or in pieces of `chunk` bytes.
+    fn error_of(input: &[u8], limits: &Limits, chunk: usize) -> Option<C> {
+        let mut p = StreamParser::new(limits.clone());
+        for piece in input.chunks(chunk) {
+            p.feed(piece);
+            if let Err(e) = drain(&mut p) {
+                return Some(e.condition);
+            }
+        }
+        None
+    }
+
+    /// Found by the wire_parser fuzz target: a long run of text between stanzas was
+    /// `policy-violation` (past the byte budget) when it arrived in one read, and `bad-format`
+    /// (text outside of stanzas) when it arrived in small reads. It is the latter however
+    /// it is split; a long run of white space is still the budget's.
+    #[test]
+    fn text_between_stanzas_is_judged_alike_however_it_is_split() {
+        let small = Limits {
+            max_stanza_bytes: 512,
+            max_depth: 8,
+            max_attributes: 8,
+        };
+        let mut text = HEADER.to_vec();
+        text.extend_from_slice("]\u{e387}@@@@".as_bytes());
+        text.extend(std::iter::repeat_n(b'W', 700));
+        let mut space = HEADER.to_vec();
+        space.extend(std::iter::repeat_n(b' ', 700));
+        space.extend_from_slice(b"x");
+        for chunk in [1, 3, 16, 64, 100_000] {
+            assert_eq!(
+                error_of(&text, &small, chunk),
+                Some(C::BadFormat),
+                "{chunk}"
+            );
+            assert_eq!(
+                error_of(&space, &small, chunk),
+                Some(C::PolicyViolation),
+                "{chunk}"
+            );
+        }
     }
 
     /// Between stanzas, with every byte consumed, the parser gives its buffers back; the
