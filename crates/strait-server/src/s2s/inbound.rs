@@ -105,9 +105,13 @@ async fn serve(state: Arc<ServerState>, tcp: TcpStream, addr: SocketAddr) {
         max_attributes: l.max_attributes,
     });
     tracing::info!(%addr, provider = %peer.provider, remote = %peer.remote, local = %peer.local, "interop link in");
+    state.links.opened_in(&peer.remote);
     let end = run(&state, &mut c, &peer).await;
-    // Its users' presence came over this stream; with it gone, nothing says they are online.
-    crate::features::caps::forget_link_domain(&peer.remote);
+    // Its users' presence came over these streams; with the last gone, nothing says they
+    // are online.
+    if state.links.closed_in(&peer.remote) {
+        crate::features::caps::forget_link_domain(&peer.remote);
+    }
     match end {
         Some(e) => {
             tracing::info!(%addr, provider = %peer.provider, "interop link in closed: {e}");

@@ -34,10 +34,13 @@ pub const IDLE: Duration = Duration::from_secs(600);
 
 type Key = (String, String);
 
-/// The outbound links open or opening now, by (platform domain, provider domain).
+/// The links of the running server: the outbound ones open or opening, by (platform domain,
+/// provider domain), and how many inbound streams each provider domain has open.
 #[derive(Default)]
 pub struct Links {
     out: Mutex<HashMap<Key, (u64, mpsc::Sender<Stanza>)>>,
+    /// Inbound streams open now, by the provider domain they come from.
+    inbound: Mutex<HashMap<String, usize>>,
 }
 
 impl Links {
@@ -48,6 +51,31 @@ impl Links {
     /// How many outbound links are open or opening.
     pub fn outbound(&self) -> usize {
         self.lock().len()
+    }
+
+    fn inbound(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
+        self.inbound.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// An inbound stream from `domain` is authenticated.
+    pub fn opened_in(&self, domain: &str) {
+        *self.inbound().entry(domain.to_owned()).or_default() += 1;
+    }
+
+    /// An inbound stream from `domain` ended; `true` if it was the last one (its users'
+    /// presence came over them, so nothing says they are online any more).
+    pub fn closed_in(&self, domain: &str) -> bool {
+        let mut g = self.inbound();
+        match g.get_mut(domain) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                false
+            }
+            _ => {
+                g.remove(domain);
+                true
+            }
+        }
     }
 }
 
@@ -480,6 +508,20 @@ mod tests {
         let mut s = Stanza::new(ns::CLIENT, "message");
         s.id = Some(id.into());
         s
+    }
+
+    #[test]
+    fn a_domains_last_inbound_stream_is_known() {
+        let l = Links::default();
+        l.opened_in("acme.test");
+        l.opened_in("acme.test");
+        l.opened_in("beta.test");
+        assert!(
+            !l.closed_in("acme.test"),
+            "one stream from acme.test remains"
+        );
+        assert!(l.closed_in("acme.test"));
+        assert!(l.closed_in("beta.test"));
     }
 
     #[test]
