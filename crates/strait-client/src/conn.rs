@@ -28,6 +28,7 @@ const NS_BIND: &str = "urn:ietf:params:xml:ns:xmpp-bind";
 const NS_SESSION: &str = "urn:ietf:params:xml:ns:xmpp-session";
 const NS_SM: &str = "urn:xmpp:sm:3";
 const NS_PING: &str = "urn:xmpp:ping";
+const NS_BLOCKING: &str = "urn:xmpp:blocking";
 
 /// Largest element accepted from the server (offline-message batches can be large).
 pub const MAX_ELEMENT: usize = 4 << 20;
@@ -814,7 +815,7 @@ impl Connection {
                     }
                     let ty = el.attr_raw("type").unwrap_or_default();
                     if ty == b"get" || ty == b"set" {
-                        answer_iq(&el, &mut self.out);
+                        answer_iq(&el, &self.jid, &mut self.out);
                         if let Some(n) = &mut self.sm_sent {
                             *n = n.wrapping_add(1);
                         }
@@ -1031,18 +1032,29 @@ impl Connection {
     }
 }
 
-/// The answer to an IQ request from the server: a result for a ping, else
-/// `service-unavailable` (RFC 6120 §8.2.3: every get/set gets an answer).
-fn answer_iq(iq: &Element<'_>, out: &mut Vec<u8>) {
+/// The answer to an IQ request from the server: a result for a ping and for the account's
+/// own block-list pushes (XEP-0191 §3.3: acknowledged; `bound` is this stream's full JID),
+/// else `service-unavailable` (RFC 6120 §8.2.3: every get/set gets an answer).
+fn answer_iq(iq: &Element<'_>, bound: &str, out: &mut Vec<u8>) {
     let id = iq.attr("id").unwrap_or_default();
-    let to = iq
-        .attr("from")
-        .map(|f| format!(" to='{}'", escape(&f)))
+    let from = iq.attr("from");
+    let to = from
+        .as_deref()
+        .map(|f| format!(" to='{}'", escape(f)))
         .unwrap_or_default();
     let id = escape(&id);
-    if iq
-        .child("ping")
-        .is_some_and(|p| p.attr("xmlns").as_deref() == Some(NS_PING))
+    let own_bare = bound.split('/').next().unwrap_or(bound);
+    let block_push = iq.attr_raw("type") == Some(b"set")
+        && from
+            .as_deref()
+            .is_none_or(|f| f.eq_ignore_ascii_case(own_bare))
+        && iq.children().next().is_some_and(|c| {
+            (c.is("block") || c.is("unblock")) && c.attr("xmlns").as_deref() == Some(NS_BLOCKING)
+        });
+    if block_push
+        || iq
+            .child("ping")
+            .is_some_and(|p| p.attr("xmlns").as_deref() == Some(NS_PING))
     {
         out.extend_from_slice(format!("<iq type='result' id='{id}'{to}/>").as_bytes());
     } else {
@@ -1115,14 +1127,42 @@ mod tests {
             b"<iq type='get' id='p1' from='localhost'><ping xmlns='urn:xmpp:ping'/></iq>",
         )
         .unwrap();
-        answer_iq(&ping, &mut out);
+        answer_iq(&ping, "u@localhost/r", &mut out);
         assert_eq!(out, b"<iq type='result' id='p1' to='localhost'/>");
         out.clear();
         let other =
             Element::parse(b"<iq type='get' id='v'><query xmlns='jabber:iq:version'/></iq>")
                 .unwrap();
-        answer_iq(&other, &mut out);
+        answer_iq(&other, "u@localhost/r", &mut out);
         let s = String::from_utf8(out).unwrap();
         assert!(s.starts_with("<iq type='error' id='v'>") && s.contains("service-unavailable"));
+    }
+
+    #[test]
+    fn acknowledges_the_accounts_own_block_list_pushes_only() {
+        let answer = |xml: &str| {
+            let mut out = Vec::new();
+            answer_iq(
+                &Element::parse(xml.as_bytes()).unwrap(),
+                "U@localhost/r",
+                &mut out,
+            );
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(
+            answer(
+                "<iq type='set' id='b1' from='u@localhost' to='u@localhost/r'>                 <block xmlns='urn:xmpp:blocking'><item jid='eve@x'/></block></iq>"
+            ),
+            "<iq type='result' id='b1' to='u@localhost'/>"
+        );
+        assert_eq!(
+            answer("<iq type='set' id='b2'><unblock xmlns='urn:xmpp:blocking'/></iq>"),
+            "<iq type='result' id='b2'/>"
+        );
+        // From anyone else it is no push.
+        let forged = answer(
+            "<iq type='set' id='b3' from='eve@x/r'><unblock xmlns='urn:xmpp:blocking'/></iq>",
+        );
+        assert!(forged.contains("service-unavailable"), "{forged}");
     }
 }

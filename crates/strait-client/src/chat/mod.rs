@@ -42,6 +42,11 @@
 //! encrypted message; the server only ever holds ciphertext. An incoming link is reported as
 //! [`Incoming::media`], and [`Client::download`] fetches and decrypts it.
 //!
+//! A contact can be blocked ([`Client::block`], XEP-0191), and reported to the platform with
+//! the block ([`Report`], XEP-0377): the report names the messages by the ids of this account's
+//! archive copies, which the history keeps for what was received
+//! ([`Client::received_stanza_ids`], [`Incoming::stanza_id`]).
+//!
 //! ```no_run
 //! # async fn demo(token: String) -> Result<(), strait_client::chat::ChatError> {
 //! use strait_client::chat::{Account, Client, Credential, Event};
@@ -67,10 +72,12 @@
 //!
 //! Not here yet: group chats.
 
+mod blocking;
 mod consent;
 mod media;
 mod store;
 
+pub use blocking::{MAX_REPORT_IDS, MAX_REPORT_TEXT, Report, ReportReason};
 pub use consent::{Consent, ConsentChange, ProviderChoice};
 pub use media::{MAX_DOWNLOAD, Media};
 pub use store::{Conversation, HistoryEntry, conversations, history};
@@ -107,6 +114,7 @@ const NS_RECEIPTS: &str = "urn:xmpp:receipts";
 const NS_CARBONS: &str = "urn:xmpp:carbons:2";
 const NS_MAM: &str = "urn:xmpp:mam:2";
 const NS_SID: &str = "urn:xmpp:sid:0";
+const NS_BLOCKING_ERRORS: &str = "urn:xmpp:blocking:errors";
 const NS_RSM: &str = "http://jabber.org/protocol/rsm";
 /// Archive pages fetched at most when catching up (of [`MAM_PAGE`] messages each).
 const MAM_PAGES: usize = 50;
@@ -178,12 +186,25 @@ pub enum ChatError {
     #[error("consent: {0}")]
     Consent(String),
     /// The server bounced the message: the condition (`policy-violation`, `forbidden`, ...)
-    /// and its text.
+    /// and its text. To a contact this account blocks: `not-acceptable`, the text starting
+    /// with `blocked:` (XEP-0191).
     #[error("the server refused the message: {condition}{}", text.as_deref().map(|t| format!(" ({t})")).unwrap_or_default())]
     Refused {
         condition: String,
         text: Option<String>,
     },
+    /// The server refused a block, an unblock or the block list (XEP-0191, with a XEP-0377
+    /// report): the condition (`bad-request`, `jid-malformed`, ...) and its text, e.g.
+    /// "at most 20 stanza-ids in a report".
+    #[error("blocking: {condition}{}", text.as_deref().map(|t| format!(" ({t})")).unwrap_or_default())]
+    Blocking {
+        condition: String,
+        text: Option<String>,
+    },
+    /// The request was not sent: it is wrong as it stands (a report over the limits, an empty
+    /// address, ...).
+    #[error("not sent: {0}")]
+    Invalid(String),
 }
 
 /// The platform's stamp on a message from a third-party provider's user.
@@ -216,6 +237,11 @@ pub struct Incoming {
     /// Set for the copy of a message another device of this account sent (XEP-0280 carbons):
     /// its recipient. `from` is then this account.
     pub sent_to: Option<String>,
+    /// For a message received: the id of this account's archive copy (XEP-0359
+    /// `<stanza-id by='this account'/>`, which only this account's server writes; ids by
+    /// anyone else are ignored, the sender could have written them). Kept in the history too,
+    /// for a report ([`Client::received_stanza_ids`], [`Report::stanza_ids`]).
+    pub stanza_id: Option<String>,
 }
 
 /// What [`Client::next_event`] returns.
@@ -644,6 +670,11 @@ impl Client {
         let el = Element::parse(&raw).ok_or(ConnError::Protocol("unparsable answer".into()))?;
         if el.attr("type").as_deref() != Some("result") {
             let (condition, text) = error_of(&raw);
+            // A contact this account blocks (XEP-0191): nothing goes to it, keys lookups
+            // included; said as the message's refusal.
+            if blocked(&el) {
+                return Err(ChatError::Refused { condition, text });
+            }
             return Ok(Err(match text {
                 Some(t) => format!("{condition}: {t}"),
                 None => condition,
@@ -864,7 +895,7 @@ impl Client {
         {
             return Err(ChatError::Refused { condition, text });
         }
-        self.record(&to, true, text, true, None)?;
+        self.record(&to, true, text, true, None, None)?;
         Ok(Sent {
             id,
             devices,
@@ -945,8 +976,9 @@ impl Client {
         text: &str,
         encrypted: bool,
         origin: Option<&Origin>,
+        stanza_id: Option<&str>,
     ) {
-        if let Err(e) = self.record(peer, outgoing, text, encrypted, origin) {
+        if let Err(e) = self.record(peer, outgoing, text, encrypted, origin, stanza_id) {
             self.note(e);
         }
     }
@@ -976,7 +1008,12 @@ impl Client {
             {
                 return Ok(None);
             }
-            Some((sent, inner)) => return self.handle_message(&inner, Some(sent), None),
+            // A received carbon is the server's copy of what it delivered to another device of
+            // the account: with this account's stanza-id.
+            Some((sent, inner)) => {
+                let sid = self.own_stanza_id(&inner);
+                return self.handle_message(&inner, Some(sent), None, sid);
+            }
             None => {}
         }
         if let Some(result) = el
@@ -996,8 +1033,10 @@ impl Client {
             let Some(inner) = fwd.child("message") else {
                 return Ok(None);
             };
-            if let Some(id) = result.attr("id")
-                && let Err(e) = self.archive_seen(&id)
+            // The archive's id of a message received is the stanza-id its recipient got.
+            let archive_id = result.attr("id").map(|i| i.into_owned());
+            if let Some(id) = &archive_id
+                && let Err(e) = self.archive_seen(id)
             {
                 self.note(e);
             }
@@ -1007,29 +1046,31 @@ impl Client {
                 .map(|s| s.into_owned());
             let sent =
                 bare(&inner.attr("from").unwrap_or_default()).eq_ignore_ascii_case(&self.jid);
-            return self.handle_message(&inner, Some(sent), stamp);
+            return self.handle_message(&inner, Some(sent), stamp, archive_id);
         }
         // The archive's id of a live message, for catching up from it next time.
-        if let Some(sid) = el.children().find(|c| {
-            c.is("stanza-id")
-                && c.attr("xmlns").as_deref() == Some(NS_SID)
-                && c.attr("by")
-                    .is_some_and(|b| b.eq_ignore_ascii_case(&self.jid))
-        }) && let Some(id) = sid.attr("id")
-            && let Err(e) = self.archive_seen(&id)
+        let sid = self.own_stanza_id(&el);
+        if let Some(id) = &sid
+            && let Err(e) = self.archive_seen(id)
         {
             self.note(e);
         }
-        self.handle_message(&el, None, None)
+        self.handle_message(&el, None, None, sid)
+    }
+
+    fn own_stanza_id(&self, el: &Element<'_>) -> Option<String> {
+        stanza_id_by(el, &self.jid)
     }
 
     /// A message, or (`carbon`: `Some(sent)`) the copy of one that another device of the
     /// account sent or received (a carbon, or a message from the archive, with its `stamp`).
+    /// `stanza_id`: this account's archive id of it, kept for a message received.
     fn handle_message(
         &mut self,
         el: &Element<'_>,
         carbon: Option<bool>,
         stamp: Option<String>,
+        stanza_id: Option<String>,
     ) -> Result<Option<Event>, ChatError> {
         let raw = el.raw();
         let from = bare(&el.attr("from").unwrap_or_default()).to_ascii_lowercase();
@@ -1039,6 +1080,7 @@ impl Client {
             Some(true) => Some(bare(&el.attr("to").unwrap_or_default()).to_ascii_lowercase()),
             _ => None,
         };
+        let stanza_id = stanza_id.filter(|_| sent_to.is_none());
         if el.attr("type").as_deref() == Some("error") {
             if carbon.is_some() {
                 return Ok(None);
@@ -1092,8 +1134,15 @@ impl Client {
             };
             let text = decode(body.inner()).into_owned();
             match &sent_to {
-                Some(peer) => self.keep(peer, true, &text, false, None),
-                None => self.keep(&from, false, &text, false, origin.as_ref()),
+                Some(peer) => self.keep(peer, true, &text, false, None, None),
+                None => self.keep(
+                    &from,
+                    false,
+                    &text,
+                    false,
+                    origin.as_ref(),
+                    stanza_id.as_deref(),
+                ),
             }
             if wants_receipt {
                 self.send_receipt(&reply_to, id.as_deref().unwrap_or_default());
@@ -1109,6 +1158,7 @@ impl Client {
                 // A link in clear is not media: its key would have crossed in plaintext.
                 media: None,
                 sent_to,
+                stanza_id,
             }))));
         };
         let Some(v) = enc.attr("xmlns").and_then(|n| Omemo::from_ns(&n)) else {
@@ -1214,8 +1264,15 @@ impl Client {
         };
         let text = String::from_utf8_lossy(&plain).into_owned();
         match &sent_to {
-            Some(peer) => self.keep(peer, true, &text, true, None),
-            None => self.keep(&from, false, &text, true, origin.as_ref()),
+            Some(peer) => self.keep(peer, true, &text, true, None, None),
+            None => self.keep(
+                &from,
+                false,
+                &text,
+                true,
+                origin.as_ref(),
+                stanza_id.as_deref(),
+            ),
         }
         if wants_receipt {
             self.send_receipt(&reply_to, id.as_deref().unwrap_or_default());
@@ -1234,6 +1291,7 @@ impl Client {
             id,
             media,
             sent_to,
+            stanza_id,
         }))))
     }
 
@@ -1281,7 +1339,32 @@ impl Client {
     }
 }
 
-/// A stanza error's condition and text.
+/// The id of the stanza-id (XEP-0359) on `el` that `owner`'s server wrote (`by` the account's
+/// bare JID): its archive copy's. Ids by anyone else are not that server's, and the sender
+/// could have written them.
+fn stanza_id_by(el: &Element<'_>, owner: &str) -> Option<String> {
+    el.children()
+        .find(|c| {
+            c.is("stanza-id")
+                && c.attr("xmlns").as_deref() == Some(NS_SID)
+                && c.attr("by").is_some_and(|b| b.eq_ignore_ascii_case(owner))
+        })
+        .and_then(|sid| sid.attr("id"))
+        .map(|id| id.into_owned())
+        .filter(|id| !id.is_empty())
+}
+
+/// Whether a stanza error says the address is on this account's block list (XEP-0191's
+/// `<blocked xmlns='urn:xmpp:blocking:errors'/>`).
+fn blocked(el: &Element<'_>) -> bool {
+    el.child("error").is_some_and(|e| {
+        e.children()
+            .any(|c| c.is("blocked") && c.attr("xmlns").as_deref() == Some(NS_BLOCKING_ERRORS))
+    })
+}
+
+/// A stanza error's condition and text; an error for a blocked address says so in the text
+/// (`blocked: ...`).
 fn error_of(raw: &[u8]) -> (String, Option<String>) {
     let Some(el) = Element::parse(raw) else {
         return ("undefined-condition".into(), None);
@@ -1292,12 +1375,17 @@ fn error_of(raw: &[u8]) -> (String, Option<String>) {
         .and_then(|e| e.child("text"))
         .map(|t| decode(t.inner()).into_owned())
         .filter(|t| !t.is_empty());
+    let text = match (blocked(&el), text) {
+        (true, Some(t)) => Some(format!("blocked: {t}")),
+        (true, None) => Some("blocked: the address is on this account's block list".into()),
+        (false, t) => t,
+    };
     (condition, text)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::store::{read_conversations, read_history};
+    use super::store::{read_conversations, read_history, read_received_stanza_ids};
     use super::*;
     use std::path::Path;
     use strait_signal::media::AesgcmUrl;
@@ -1414,6 +1502,94 @@ mod tests {
     }
 
     #[test]
+    fn only_the_accounts_own_stanza_id_counts() {
+        let m = Element::parse(
+            b"<message from='eve@x/r' to='alice@example.org'>\
+              <stanza-id xmlns='urn:xmpp:sid:0' by='eve@x' id='forged'/>\
+              <stanza-id xmlns='urn:example' by='alice@example.org' id='other-ns'/>\
+              <origin-id xmlns='urn:xmpp:sid:0' id='o1'/>\
+              <stanza-id xmlns='urn:xmpp:sid:0' by='Alice@example.org' id='s-&amp;1'/>\
+              <body>hi</body></message>",
+        )
+        .unwrap();
+        assert_eq!(
+            stanza_id_by(&m, "alice@example.org").as_deref(),
+            Some("s-&1")
+        );
+        assert_eq!(stanza_id_by(&m, "bob@example.org"), None);
+    }
+
+    #[test]
+    fn an_older_store_gets_the_stanza_id_column_and_its_lines_keep_working() {
+        let dir = tempfile::tempdir().unwrap();
+        // The history as stores had it before stanza-ids.
+        let old = rusqlite::Connection::open(dir.path().join("chat.db")).unwrap();
+        old.execute_batch(
+            "CREATE TABLE messages (seq INTEGER PRIMARY KEY, at_ms INTEGER NOT NULL,
+                 peer TEXT NOT NULL, outgoing INTEGER NOT NULL, text TEXT NOT NULL,
+                 encrypted INTEGER NOT NULL, origin TEXT);
+             INSERT INTO messages (at_ms, peer, outgoing, text, encrypted, origin)
+                 VALUES (1, 'bob@x', 0, 'old', 1, NULL);",
+        )
+        .unwrap();
+        drop(old);
+        // Read without logging in (read-only): no column, no ids, no failure.
+        let h = history(dir.path(), Some("bob@x"), 10).unwrap();
+        assert_eq!(h.len(), 1);
+        assert_eq!(
+            (h[0].text.as_str(), h[0].stanza_id.as_deref()),
+            ("old", None)
+        );
+        // A client opening it adds the column; new lines have their ids.
+        let a = account(dir.path(), "alice@example.org");
+        let (_lock, db) = open_store(&a).unwrap();
+        for (i, (out, sid)) in [
+            (false, Some("s1")),
+            (true, None),
+            (false, Some("s2")),
+            (false, Some("s3")),
+            (false, Some("s2")),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            db.execute(
+                "INSERT INTO messages (at_ms, peer, outgoing, text, encrypted, origin, stanza_id) VALUES (?1, 'bob@x', ?2, 'new', 1, NULL, ?3)",
+                rusqlite::params![10 + i as i64, out, sid],
+            )
+            .unwrap();
+        }
+        db.execute(
+            "INSERT INTO messages (at_ms, peer, outgoing, text, encrypted, origin, stanza_id) VALUES (20, 'carol@x', 0, 'c', 1, NULL, 'c1')",
+            [],
+        )
+        .unwrap();
+        let h = read_history(&db, Some("bob@x"), 10).unwrap();
+        assert_eq!(
+            h.iter().map(|e| e.stanza_id.as_deref()).collect::<Vec<_>>(),
+            [None, Some("s1"), None, Some("s2"), Some("s3"), Some("s2")]
+        );
+        // The newest received ones with an id, each once, oldest first; a re-delivered id
+        // counts where it came last.
+        assert_eq!(
+            read_received_stanza_ids(&db, "Bob@X/phone", 10).unwrap(),
+            ["s1", "s3", "s2"]
+        );
+        assert_eq!(
+            read_received_stanza_ids(&db, "bob@x", 2).unwrap(),
+            ["s3", "s2"]
+        );
+        assert!(
+            read_received_stanza_ids(&db, "dave@x", 10)
+                .unwrap()
+                .is_empty()
+        );
+        // Opening it again finds the column there.
+        drop((_lock, db));
+        open_store(&a).unwrap();
+    }
+
+    #[test]
     fn errors_say_the_condition_and_text() {
         let raw = b"<message type='error' id='m1'><error type='modify'><policy-violation xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/><text xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'>messages to acme must be OMEMO encrypted</text></error></message>";
         let (c, t) = error_of(raw);
@@ -1421,6 +1597,13 @@ mod tests {
         assert_eq!(
             t.as_deref(),
             Some("messages to acme must be OMEMO encrypted")
+        );
+        let raw = b"<message type='error' id='m2'><error type='cancel'><not-acceptable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/><blocked xmlns='urn:xmpp:blocking:errors'/></error></message>";
+        let (c, t) = error_of(raw);
+        assert_eq!(c, "not-acceptable");
+        assert_eq!(
+            t.as_deref(),
+            Some("blocked: the address is on this account's block list")
         );
     }
 }

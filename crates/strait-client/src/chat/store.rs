@@ -19,6 +19,11 @@ pub struct HistoryEntry {
     pub encrypted: bool,
     /// The provider's name, for messages from a third-party provider's user.
     pub origin: Option<String>,
+    /// For a received message: the id of this account's archive copy, which the server put on
+    /// it (XEP-0359 `<stanza-id by='this account'/>`); what an abuse report names
+    /// ([`super::Report::stanza_ids`]). `None` for sent messages, for ones the server gave no
+    /// id, and for lines recorded before stores kept them.
+    pub stanza_id: Option<String>,
 }
 
 /// Opens the store directory: created private, locked for this process.
@@ -54,12 +59,31 @@ pub(super) fn open_store(
              outgoing INTEGER NOT NULL,
              text TEXT NOT NULL,
              encrypted INTEGER NOT NULL,
-             origin TEXT
+             origin TEXT,
+             stanza_id TEXT
          );
          CREATE INDEX IF NOT EXISTS messages_peer ON messages (peer, seq);",
     )
     .map_err(|e| err(&e))?;
+    // A store made before the history kept stanza-ids gets the column (its lines stay NULL).
+    if !has_stanza_ids(&db).map_err(|e| err(&e))? {
+        db.execute_batch("ALTER TABLE messages ADD COLUMN stanza_id TEXT")
+            .map_err(|e| err(&e))?;
+    }
     Ok((lock, db))
+}
+
+/// Whether the history table has the `stanza_id` column (a store last opened by an older
+/// client, read without logging in, has not).
+fn has_stanza_ids(db: &rusqlite::Connection) -> rusqlite::Result<bool> {
+    let mut st = db.prepare("SELECT name FROM pragma_table_info('messages')")?;
+    let names = st.query_map([], |r| r.get::<_, String>(0))?;
+    for n in names {
+        if n? == "stanza_id" {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 pub(super) fn meta(db: &rusqlite::Connection, key: &str) -> rusqlite::Result<Option<String>> {
@@ -151,18 +175,20 @@ impl Client {
         text: &str,
         encrypted: bool,
         origin: Option<&Origin>,
+        stanza_id: Option<&str>,
     ) -> Result<(), ChatError> {
         self.history
             .execute(
-                "INSERT INTO messages (at_ms, peer, outgoing, text, encrypted, origin)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO messages (at_ms, peer, outgoing, text, encrypted, origin, stanza_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 rusqlite::params![
                     now_ms(),
                     peer,
                     outgoing,
                     text,
                     encrypted,
-                    origin.map(|o| o.name.as_str())
+                    origin.map(|o| o.name.as_str()),
+                    stanza_id
                 ],
             )
             .map_err(|e| ChatError::Store(PathBuf::from("chat.db"), e.to_string()))?;
@@ -179,6 +205,32 @@ impl Client {
         read_history(&self.history, peer, limit)
             .map_err(|e| ChatError::Store(PathBuf::from("chat.db"), e.to_string()))
     }
+
+    /// The stanza-ids of the newest `limit` messages received from `peer` that carry one
+    /// (see [`HistoryEntry::stanza_id`]), oldest first, each once: what a report on `peer`
+    /// attaches ([`super::Report::stanza_ids`]).
+    pub fn received_stanza_ids(&self, peer: &str, limit: usize) -> Result<Vec<String>, ChatError> {
+        read_received_stanza_ids(&self.history, peer, limit)
+            .map_err(|e| ChatError::Store(PathBuf::from("chat.db"), e.to_string()))
+    }
+}
+
+pub(super) fn read_received_stanza_ids(
+    db: &rusqlite::Connection,
+    peer: &str,
+    limit: usize,
+) -> rusqlite::Result<Vec<String>> {
+    let peer = super::bare(peer.trim()).to_ascii_lowercase();
+    let mut st = db.prepare(
+        "SELECT stanza_id FROM messages
+         WHERE peer = ?1 AND outgoing = 0 AND stanza_id IS NOT NULL
+         GROUP BY stanza_id ORDER BY MAX(seq) DESC LIMIT ?2",
+    )?;
+    let mut ids: Vec<String> = st
+        .query_map(rusqlite::params![peer, limit as i64], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    ids.reverse();
+    Ok(ids)
 }
 
 /// The local history of a store, read without logging in (`strait chat history`).
@@ -251,10 +303,17 @@ pub(super) fn read_history(
     peer: Option<&str>,
     limit: usize,
 ) -> rusqlite::Result<Vec<HistoryEntry>> {
-    let mut st = db.prepare(
-        "SELECT at_ms, peer, outgoing, text, encrypted, origin FROM messages
-         WHERE ?1 IS NULL OR peer = ?1 ORDER BY seq DESC LIMIT ?2",
-    )?;
+    // A store an older client wrote, read without logging in (read-only: no column added),
+    // has no stanza-ids.
+    let stanza_id = if has_stanza_ids(db)? {
+        "stanza_id"
+    } else {
+        "NULL"
+    };
+    let mut st = db.prepare(&format!(
+        "SELECT at_ms, peer, outgoing, text, encrypted, origin, {stanza_id} FROM messages
+         WHERE ?1 IS NULL OR peer = ?1 ORDER BY seq DESC LIMIT ?2"
+    ))?;
     let mut rows: Vec<HistoryEntry> = st
         .query_map(
             rusqlite::params![peer.map(|p| p.to_ascii_lowercase()), limit as i64],
@@ -266,6 +325,7 @@ pub(super) fn read_history(
                     text: r.get(3)?,
                     encrypted: r.get(4)?,
                     origin: r.get(5)?,
+                    stanza_id: r.get(6)?,
                 })
             },
         )?
