@@ -4,7 +4,9 @@
 //! a message to her is then encrypted for both, and each of her devices decrypts it; what
 //! she sends is encrypted for her other device too, which gets a copy (carbons) and reads
 //! it. A second connection on a store keeps its device and sessions. A shared file crosses
-//! as ciphertext and decrypts on arrival. (slixmpp-omemo is the other end in
+//! as ciphertext and decrypts on arrival. Blocking a contact (XEP-0191) stops its messages
+//! both ways until the unblock, and a block can carry a report (XEP-0377) naming received
+//! messages by the stanza-ids the history kept. (slixmpp-omemo is the other end in
 //! tests/real_clients/test_chat.py.)
 
 use std::path::Path;
@@ -117,11 +119,14 @@ async fn sdk_devices_exchange_encrypted_messages_online_and_offline() {
     assert_ne!(a2.device_id(), a1_id);
     let sent = b.send("alice@localhost", "to both of you").await.unwrap();
     assert_eq!(sent.devices, 2, "both of alice's devices are listed");
+    let mut ids = Vec::new();
     for c in [&mut a1, &mut a2] {
         let m = message(c).await;
         assert_eq!(m.text, "to both of you");
         assert!(m.encrypted);
+        ids.push(m.stanza_id.expect("the archive copy's id"));
     }
+    assert_eq!(ids[0], ids[1], "one archive copy for the account");
 
     // What alice sends is also encrypted for her other device.
     let sent = a2
@@ -348,7 +353,8 @@ async fn sdk_catches_up_from_the_archive() {
         .await
         .unwrap();
     assert_eq!(sent.devices, 2);
-    assert_eq!(message(&mut a1).await.text, "while you were away");
+    let live = message(&mut a1).await;
+    assert_eq!(live.text, "while you were away");
     a1.send("bob@localhost", "answered from the first device")
         .await
         .unwrap();
@@ -360,8 +366,12 @@ async fn sdk_catches_up_from_the_archive() {
         ("bob@localhost", "while you were away")
     );
     assert!(m.delayed.is_some(), "{m:?}");
+    // From the archive, with the same id the live copy had.
+    assert!(live.stanza_id.is_some(), "{live:?}");
+    assert_eq!(m.stanza_id, live.stanza_id);
     let m = message(&mut a2).await;
     assert_eq!(m.sent_to.as_deref(), Some("bob@localhost"));
+    assert_eq!(m.stanza_id, None, "only received messages keep one");
     assert_eq!(m.text, "answered from the first device");
     a2.send("bob@localhost", "and from the second")
         .await
@@ -396,5 +406,159 @@ async fn sdk_delivers_a_message_the_history_could_not_keep_then_says_so() {
     }
     a.close().await;
     b.close().await;
+    ts.stop().await;
+}
+
+/// Blocking (XEP-0191) through the SDK: a blocked contact's messages are refused as if the
+/// account did not exist, the user's own to it are refused as blocked, the list shows it, and
+/// after an unblock messages flow again. Received messages carry the server's stanza-id
+/// (XEP-0359), which the history keeps for reports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_blocks_and_unblocks_a_contact() {
+    let (ts, dir) = alice_and_bob(|_| {}).await;
+    let mut a = online(&ts, "alice@localhost", "pa", &dir.path().join("a")).await;
+    let mut b = online(&ts, "bob@localhost", "pb", &dir.path().join("b")).await;
+    assert_eq!(a.blocklist().await.unwrap(), Vec::<String>::new());
+
+    // A message received carries the id of alice's archive copy, and the history keeps it.
+    b.send("alice@localhost", "hello").await.unwrap();
+    let m = message(&mut a).await;
+    assert_eq!(m.text, "hello");
+    let sid = m.stanza_id.clone().expect("the server's stanza-id");
+    let h = a.history(Some("bob@localhost"), 10).unwrap();
+    assert_eq!(h.len(), 1);
+    assert_eq!(h[0].stanza_id.as_deref(), Some(sid.as_str()));
+    assert_eq!(
+        a.received_stanza_ids("bob@localhost", 10).unwrap(),
+        [sid.as_str()]
+    );
+    // Alice answers so that both have a session before the block.
+    a.send("bob@localhost", "hi bob").await.unwrap();
+    let m = message(&mut b).await;
+    assert_eq!(m.text, "hi bob");
+    assert!(m.stanza_id.is_some(), "bob's copy has bob's id: {m:?}");
+    assert_ne!(m.stanza_id.as_deref(), Some(sid.as_str()));
+    let sent = a.history(Some("bob@localhost"), 10).unwrap();
+    assert_eq!(
+        sent.last().map(|e| (e.outgoing, e.stanza_id.clone())),
+        Some((true, None))
+    );
+
+    a.block("bob@localhost", None).await.unwrap();
+    assert_eq!(a.blocklist().await.unwrap(), ["bob@localhost"]);
+    // Bob learns nothing: the answer is that of an account that does not exist.
+    match b.send("alice@localhost", "are you there?").await {
+        Err(ChatError::Refused { condition, .. }) => assert_eq!(condition, "service-unavailable"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    // Alice's own messages to him are refused, and say why.
+    match a.send("bob@localhost", "never mind").await {
+        Err(ChatError::Refused { condition, text }) => {
+            assert_eq!(condition, "not-acceptable");
+            assert!(
+                text.as_deref().is_some_and(|t| t.starts_with("blocked")),
+                "{text:?}"
+            );
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+
+    // A second address, then everyone unblocked: the list is empty and messages flow again.
+    a.block("spam.example", None).await.unwrap();
+    let mut l = a.blocklist().await.unwrap();
+    l.sort();
+    assert_eq!(l, ["bob@localhost", "spam.example"]);
+    a.unblock(&["spam.example"]).await.unwrap();
+    assert_eq!(a.blocklist().await.unwrap(), ["bob@localhost"]);
+    a.unblock(&[]).await.unwrap();
+    assert_eq!(a.blocklist().await.unwrap(), Vec::<String>::new());
+    b.send("alice@localhost", "after").await.unwrap();
+    // The refused message never arrived: the next one is the one after the unblock.
+    let m = message(&mut a).await;
+    assert_eq!(m.text, "after");
+    let sid2 = m.stanza_id.clone().expect("a stanza-id");
+    assert_ne!(sid2, sid);
+    a.send("bob@localhost", "welcome back").await.unwrap();
+    assert_eq!(message(&mut b).await.text, "welcome back");
+    assert_eq!(
+        a.received_stanza_ids("bob@localhost", 10).unwrap(),
+        [sid.clone(), sid2.clone()]
+    );
+    a.close().await;
+    // The history read without logging in has them too.
+    let h = strait_client::chat::history(&dir.path().join("a"), Some("bob@localhost"), 10).unwrap();
+    let received: Vec<(&str, Option<&str>)> = h
+        .iter()
+        .filter(|e| !e.outgoing)
+        .map(|e| (e.text.as_str(), e.stanza_id.as_deref()))
+        .collect();
+    assert_eq!(
+        received,
+        [
+            ("hello", Some(sid.as_str())),
+            ("after", Some(sid2.as_str()))
+        ]
+    );
+    b.close().await;
+    ts.stop().await;
+}
+
+/// A block with an abuse report (XEP-0377): the reason, the user's text and the stanza-ids of
+/// the messages received are accepted; a report over the limits is refused before anything is
+/// sent, and the server's own refusals come back with their condition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_blocks_with_a_report() {
+    use strait_client::chat::{Report, ReportReason};
+    let (ts, dir) = alice_and_bob(|_| {}).await;
+    let mut a = online(&ts, "alice@localhost", "pa", &dir.path().join("a")).await;
+    let mut b = online(&ts, "bob@localhost", "pb", &dir.path().join("b")).await;
+    for text in ["buy now", "cheap <pills> & more", "last chance"] {
+        b.send("alice@localhost", text).await.unwrap();
+        assert_eq!(message(&mut a).await.text, text);
+    }
+    let ids = a.received_stanza_ids("bob@localhost", 10).unwrap();
+    assert_eq!(ids.len(), 3, "{ids:?}");
+    assert_eq!(a.received_stanza_ids("bob@localhost", 2).unwrap(), ids[1..]);
+
+    // 21 ids: refused here, and nothing reached the server (bob is not blocked).
+    let too_many = Report {
+        reason: ReportReason::Spam,
+        text: None,
+        stanza_ids: (0..21).map(|i| format!("id-{i}")).collect(),
+    };
+    match a.block("bob@localhost", Some(&too_many)).await {
+        Err(ChatError::Invalid(why)) => assert!(why.contains("at most 20"), "{why}"),
+        other => panic!("expected a local refusal, got {other:?}"),
+    }
+    let long = Report {
+        reason: ReportReason::Abuse,
+        text: Some("x".repeat(4097)),
+        stanza_ids: ids.clone(),
+    };
+    assert!(matches!(
+        a.block("bob@localhost", Some(&long)).await,
+        Err(ChatError::Invalid(_))
+    ));
+    assert_eq!(a.blocklist().await.unwrap(), Vec::<String>::new());
+    // The server's refusal of a malformed address is surfaced with its condition.
+    match a.block("a@b@c", None).await {
+        Err(ChatError::Blocking { condition, .. }) => assert_eq!(condition, "jid-malformed"),
+        other => panic!("expected the server's refusal, got {other:?}"),
+    }
+
+    let report = Report {
+        reason: ReportReason::Spam,
+        text: Some("unsolicited offers, three times <today> & counting".into()),
+        stanza_ids: ids,
+    };
+    a.block("bob@localhost", Some(&report)).await.unwrap();
+    assert_eq!(a.blocklist().await.unwrap(), ["bob@localhost"]);
+    match b.send("alice@localhost", "one more").await {
+        Err(ChatError::Refused { condition, .. }) => assert_eq!(condition, "service-unavailable"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    for c in [a, b] {
+        c.close().await;
+    }
     ts.stop().await;
 }
