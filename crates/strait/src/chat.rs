@@ -3,7 +3,7 @@
 //! protocol's keys and sessions and the history between runs.
 
 use anyhow::{Context, Result, bail};
-use clap::{Args, Subcommand};
+use clap::{Args, Subcommand, ValueEnum};
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -107,6 +107,30 @@ enum ChatCommand {
         #[arg(long)]
         combined: bool,
     },
+    /// Block a contact (XEP-0191): the server turns away what it sends you, and what you send
+    /// it. With --report, also report it to the platform (XEP-0377), naming the last
+    /// messages received from it that the local history has.
+    Block {
+        /// The address: an account, or a whole domain.
+        jid: String,
+        /// Report it as well, as spam or abuse.
+        #[arg(long, value_enum)]
+        report: Option<ReportArg>,
+        /// The report's text, in your own words (at most 4,096 bytes).
+        #[arg(long, requires = "report")]
+        text: Option<String>,
+    },
+    /// Unblock addresses, or every one with --all.
+    Unblock {
+        /// The addresses.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        jids: Vec<String>,
+        /// Unblock every address on the list.
+        #[arg(long)]
+        all: bool,
+    },
+    /// List the blocked addresses, one per line.
+    Blocked,
     /// Show the local history (no login needed).
     History {
         /// Only the messages with this contact.
@@ -117,6 +141,17 @@ enum ChatCommand {
         limit: usize,
     },
 }
+
+/// Why a contact is reported (`block --report`).
+#[derive(Clone, Copy, ValueEnum)]
+enum ReportArg {
+    Spam,
+    Abuse,
+}
+
+/// How many of the messages received from a contact a report names (the newest ones the
+/// local history has; the platform takes at most 20).
+const REPORT_MESSAGES: usize = 10;
 
 fn default_store(jid: &str) -> Result<PathBuf> {
     let base = match std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
@@ -557,6 +592,47 @@ async fn session_command(client: &mut Client, command: ChatCommand) -> Result<()
                     d.omemo.name(),
                     d.fingerprint
                 );
+            }
+        }
+        ChatCommand::Block { jid, report, text } => {
+            let Some(reason) = report else {
+                client.block(&jid, None).await?;
+                println!("blocked {jid}");
+                return Ok(());
+            };
+            let (reason, name) = match reason {
+                ReportArg::Spam => (chat::ReportReason::Spam, "spam"),
+                ReportArg::Abuse => (chat::ReportReason::Abuse, "abuse"),
+            };
+            let stanza_ids = client.received_stanza_ids(&jid, REPORT_MESSAGES)?;
+            let n = stanza_ids.len();
+            let report = chat::Report {
+                reason,
+                text,
+                stanza_ids,
+            };
+            client.block(&jid, Some(&report)).await?;
+            println!(
+                "blocked {jid} and reported it as {name}, with {n} message(s) from the local history"
+            );
+        }
+        ChatCommand::Unblock { jids, all } => {
+            if all {
+                client.unblock(&[]).await?;
+                println!("unblocked every address");
+            } else {
+                let list: Vec<&str> = jids.iter().map(String::as_str).collect();
+                client.unblock(&list).await?;
+                println!("unblocked {}", list.join(", "));
+            }
+        }
+        ChatCommand::Blocked => {
+            let list = client.blocklist().await?;
+            if list.is_empty() {
+                eprintln!("strait chat: no address is blocked");
+            }
+            for jid in list {
+                println!("{jid}");
             }
         }
         ChatCommand::History { .. } | ChatCommand::Chats { .. } => {
