@@ -70,6 +70,7 @@ const SPEC_OF: &[(&str, Spec)] = &[
     ("urn:xmpp:pep-vcard-conversion:0", Xep(398)),
     ("urn:xmpp:carbons:2", Xep(280)),
     ("urn:xmpp:blocking", Xep(191)),
+    ("urn:xmpp:reporting:1", Xep(377)),
     ("urn:xmpp:sid:0", Xep(359)),
     ("urn:xmpp:mam:2", Xep(313)),
     ("urn:xmpp:mam:2#extended", Xep(313)),

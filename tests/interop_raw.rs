@@ -742,3 +742,139 @@ async fn a_provider_that_pins_its_proxy_admits_its_users_only_through_it() {
     rogue.shutdown().await;
     t.stop().await;
 }
+
+/// Blocks the JIDs with reports attached; returns the server's answer.
+async fn block_with(c: &mut RawClient, id: &str, items: &str) -> String {
+    c.send(&format!(
+        "<iq type='set' id='{id}'><block xmlns='urn:xmpp:blocking'>{items}</block></iq>"
+    ))
+    .await;
+    c.expect_element(&[&format!("id='{id}'")]).await
+}
+
+fn report_item(jid: &str, reason: &str, inner: &str) -> String {
+    format!(
+        "<item jid='{jid}'><report xmlns='urn:xmpp:reporting:1' reason='{reason}'>{inner}</report></item>"
+    )
+}
+
+#[tokio::test]
+async fn a_platform_user_blocks_and_reports_a_provider_user() {
+    use strait_store::{ReportFilter, ReportReason};
+    let t = TestServer::start(|_| {}).await;
+    let key = ProviderKey::new();
+    provider(&t, "acme", "acme.example", &key).await;
+    t.add_user("alice@localhost", "pa");
+    let mut alice = RawClient::login(t.starttls, t.ca_pem(), "alice@localhost", "pa", "a1").await;
+    alice.available().await;
+    consent(&mut alice, "c1", "<consent xmlns='urn:strait:interop:0' enabled='true'><provider id='acme' allowed='true'/></consent>").await;
+    let mut bob = enlisted(&t, &key, "acme.example", "bob").await;
+
+    // The server advertises reports on blocks.
+    alice
+        .send("<iq type='get' id='d1' to='localhost'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>")
+        .await;
+    let d = alice.expect_element(&["id='d1'"]).await;
+    assert!(d.contains("<feature var='urn:xmpp:reporting:1'/>"), "{d}");
+
+    bob.send(&format!(
+        "<message to='alice@localhost' id='m1' type='chat'>{OMEMO}</message>"
+    ))
+    .await;
+    let m = alice.expect_element(&["id='m1'"]).await;
+    let sid = between(&m, "<stanza-id xmlns='urn:xmpp:sid:0' id='", "'").to_owned();
+    assert!(
+        m.contains(&format!("id='{sid}' by='alice@localhost'/>")),
+        "{m}"
+    );
+    let st = state(&t).store.clone();
+    let blocked = || {
+        let st = st.clone();
+        move || st.blocklist("alice@localhost").unwrap()
+    };
+
+    // Reports the server cannot accept refuse the whole command: nothing is blocked.
+    let bad = [
+        (
+            report_item("bob@acme.example", "urn:xmpp:reporting:rude", ""),
+            "unknown report reason",
+        ),
+        (
+            report_item(
+                "bob@acme.example",
+                "urn:xmpp:reporting:spam",
+                &format!("<stanza-id xmlns='urn:xmpp:sid:0' by='bob@acme.example' id='{sid}'/>"),
+            ),
+            "own archive",
+        ),
+    ];
+    for (i, (item, why)) in bad.iter().enumerate() {
+        let r = block_with(&mut alice, &format!("bad{i}"), item).await;
+        assert!(r.contains("<bad-request") && r.contains(why), "{r}");
+    }
+    assert!(blocked()().is_empty());
+
+    // Block and report: one message the server archived, one id it never gave.
+    let item = report_item(
+        "bob@acme.example",
+        "urn:xmpp:reporting:spam",
+        &format!(
+            "<stanza-id xmlns='urn:xmpp:sid:0' by='alice@localhost' id='{sid}'/>\
+             <stanza-id xmlns='urn:xmpp:sid:0' by='alice@localhost' id='never-issued'/>\
+             <text xmlns='urn:xmpp:reporting:1' xml:lang='en'>crypto scam, third time</text>"
+        ),
+    );
+    let r = block_with(&mut alice, "b1", &item).await;
+    assert!(r.contains("type='result'"), "{r}");
+    assert_eq!(blocked()(), ["bob@acme.example"]);
+    // The block holds across the boundary: bob learns nothing but service-unavailable.
+    bob.send(&format!(
+        "<message to='alice@localhost' id='m2' type='chat'>{OMEMO}</message>"
+    ))
+    .await;
+    let e = bob.expect_element(&["id='m2'"]).await;
+    assert!(e.contains("<service-unavailable"), "{e}");
+
+    let reports = st.reports(&ReportFilter::default()).unwrap();
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    let r = &reports[0];
+    assert_eq!(
+        (
+            r.reporter.as_str(),
+            r.reported.as_str(),
+            r.provider.as_deref()
+        ),
+        ("alice@localhost", "bob@acme.example", Some("acme"))
+    );
+    assert_eq!(r.reason, ReportReason::Spam);
+    assert_eq!(r.text, "crypto scam, third time");
+    assert_eq!(r.evidence.len(), 2);
+    let seen = r.evidence[0].found.as_ref().expect("the archived message");
+    assert_eq!(r.evidence[0].stanza_id, sid);
+    assert_eq!(seen.from, "bob@acme.example/phone");
+    assert!(seen.from_reported && seen.encrypted, "{seen:?}");
+    assert_eq!(seen.origin.as_deref(), Some("acme"));
+    assert!(r.evidence[1].found.is_none());
+    assert_eq!(st.report_counts("acme", 0).unwrap().open, 1);
+
+    // A day's allowance of reports: past it, the command is refused and nothing is blocked.
+    for i in 0..49 {
+        let mut extra = r.clone();
+        extra.reported = format!("spammer{i}@acme.example");
+        st.report_add(&extra).unwrap();
+    }
+    let two = format!(
+        "{}{}",
+        report_item("eve@acme.example", "urn:xmpp:reporting:abuse", ""),
+        report_item("mallory@acme.example", "urn:xmpp:reporting:abuse", "")
+    );
+    let r = block_with(&mut alice, "b2", &two).await;
+    assert!(
+        r.contains("<policy-violation") && r.contains("at most 50 abuse reports a day"),
+        "{r}"
+    );
+    assert_eq!(blocked()(), ["bob@acme.example"]);
+    // A block without a report is never limited by it.
+    let r = block_with(&mut alice, "b3", "<item jid='eve@acme.example'/>").await;
+    assert!(r.contains("type='result'"), "{r}");
+}

@@ -18,6 +18,7 @@ mod blocking;
 mod interop;
 mod memory;
 mod pep;
+mod reports;
 mod sqlite;
 
 #[cfg(test)]
@@ -33,6 +34,10 @@ pub use memory::MemoryStore;
 pub use pep::{
     PepItem, PepNodeConfig, PepStore, PrivateStore, PushRegistration, PushStore, VcardStore,
     effective_max,
+};
+pub use reports::{
+    AbuseReport, Evidence, EvidenceMessage, ReportClosure, ReportCounts, ReportFilter,
+    ReportReason, ReportStore,
 };
 pub use sqlite::SqliteStore;
 
@@ -231,6 +236,7 @@ pub trait Store:
     + ProviderStore
     + ConsentStore
     + BlockingStore
+    + ReportStore
     + ArchiveStore
     + BatchWrite
     + Send

@@ -38,6 +38,9 @@ struct Inner {
     providers: BTreeMap<String, crate::Provider>,
     provider_audit: Vec<crate::AuditEntry>,
     consent: HashMap<String, crate::Consent>,
+    /// Abuse reports, oldest first (ids increase).
+    reports: Vec<crate::AbuseReport>,
+    next_report_id: i64,
 }
 
 /// In-memory store; everything is lost when it is dropped.
@@ -80,6 +83,7 @@ impl AccountStore for MemoryStore {
         g.private_xml.retain(|(o, _), _| o != jid);
         g.push.remove(jid);
         g.blocklists.remove(jid);
+        g.reports.retain(|r| r.reporter != jid);
         g.archives.remove(jid);
         g.archive_prefs.remove(jid);
         g.consent.remove(jid);
@@ -540,6 +544,85 @@ impl crate::ConsentStore for MemoryStore {
 }
 
 impl Store for MemoryStore {}
+
+impl crate::ReportStore for MemoryStore {
+    fn report_add(&self, report: &crate::AbuseReport) -> Result<i64> {
+        let mut g = self.lock();
+        if !g.accounts.contains_key(&report.reporter) {
+            return Err(StoreError::NotFound(report.reporter.clone()));
+        }
+        g.reports.retain(|r| {
+            !(r.reporter == report.reporter && r.reported == report.reported && r.closed.is_none())
+        });
+        g.next_report_id += 1;
+        let id = g.next_report_id;
+        g.reports.push(crate::AbuseReport {
+            id,
+            closed: None,
+            ..report.clone()
+        });
+        Ok(id)
+    }
+
+    fn reports(&self, filter: &crate::ReportFilter) -> Result<Vec<crate::AbuseReport>> {
+        let g = self.lock();
+        let mut out: Vec<crate::AbuseReport> = g
+            .reports
+            .iter()
+            .filter(|r| filter.provider.is_none() || r.provider == filter.provider)
+            .filter(|r| !filter.open_only || r.closed.is_none())
+            .filter(|r| filter.since_ms.is_none_or(|s| r.at_ms >= s))
+            .cloned()
+            .collect();
+        if filter.limit > 0 && out.len() > filter.limit {
+            out.drain(..out.len() - filter.limit);
+        }
+        Ok(out)
+    }
+
+    fn report(&self, id: i64) -> Result<Option<crate::AbuseReport>> {
+        Ok(self.lock().reports.iter().find(|r| r.id == id).cloned())
+    }
+
+    fn reports_by_since(&self, reporter: &str, since_ms: i64) -> Result<usize> {
+        let g = self.lock();
+        Ok(g.reports
+            .iter()
+            .filter(|r| r.reporter == reporter && r.at_ms >= since_ms)
+            .count())
+    }
+
+    fn report_counts(&self, provider: &str, since_ms: i64) -> Result<crate::ReportCounts> {
+        let g = self.lock();
+        let mine: Vec<&crate::AbuseReport> = g
+            .reports
+            .iter()
+            .filter(|r| r.provider.as_deref() == Some(provider))
+            .collect();
+        let open: Vec<&&crate::AbuseReport> = mine.iter().filter(|r| r.closed.is_none()).collect();
+        let reported: std::collections::BTreeSet<&str> =
+            open.iter().map(|r| r.reported.as_str()).collect();
+        Ok(crate::ReportCounts {
+            open: open.len(),
+            open_reported: reported.len(),
+            recent: mine.iter().filter(|r| r.at_ms >= since_ms).count(),
+        })
+    }
+
+    fn report_close(&self, id: i64, closure: &crate::ReportClosure) -> Result<()> {
+        let mut g = self.lock();
+        let Some(r) = g.reports.iter_mut().find(|r| r.id == id) else {
+            return Err(StoreError::NotFound(format!("report {id}")));
+        };
+        if r.closed.is_some() {
+            return Err(StoreError::Conflict(format!(
+                "report {id} is already closed"
+            )));
+        }
+        r.closed = Some(closure.clone());
+        Ok(())
+    }
+}
 
 impl crate::BatchWrite for MemoryStore {
     fn write_batch(&self, ops: Vec<crate::WriteOp>, done: crate::WriteDone) {

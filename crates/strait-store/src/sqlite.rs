@@ -27,6 +27,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 mod interop;
+mod reports;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
@@ -402,6 +403,40 @@ const MIGRATIONS: &[&str] = &[
     // 15: a federated provider's server, reached over an interop link (s2s).
     "
     ALTER TABLE providers ADD COLUMN link TEXT;
+    ",
+    // 16: abuse reports (XEP-0377) and what the server found in the reporter's archive for
+    // each message it named. One open report per reporter and reported JID; ids are never
+    // reused (operators and providers refer to reports by id).
+    "
+    CREATE TABLE abuse_reports (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at_ms INTEGER NOT NULL,
+        reporter TEXT NOT NULL,
+        reported TEXT NOT NULL,
+        provider TEXT,
+        reason TEXT NOT NULL,
+        text TEXT NOT NULL,
+        closed_ms INTEGER,
+        closed_by TEXT,
+        closed_note TEXT
+    );
+    CREATE UNIQUE INDEX abuse_reports_open ON abuse_reports (reporter, reported)
+        WHERE closed_ms IS NULL;
+    CREATE INDEX abuse_reports_by_reporter ON abuse_reports (reporter, at_ms);
+    CREATE INDEX abuse_reports_by_provider ON abuse_reports (provider, at_ms);
+    CREATE TABLE abuse_evidence (
+        report INTEGER NOT NULL REFERENCES abuse_reports (id) ON DELETE CASCADE,
+        seq INTEGER NOT NULL,
+        stanza_id TEXT NOT NULL,
+        found INTEGER NOT NULL,
+        at_ms INTEGER,
+        sender TEXT,
+        from_reported INTEGER,
+        origin TEXT,
+        encrypted INTEGER,
+        bytes INTEGER,
+        PRIMARY KEY (report, seq)
+    );
     ",
 ];
 
@@ -1791,6 +1826,7 @@ impl AccountStore for SqliteStore {
             c.execute("DELETE FROM push_registrations WHERE owner = ?1", [&jid])?;
             c.execute("DELETE FROM consent WHERE owner = ?1", [&jid])?;
             c.execute("DELETE FROM blocklist WHERE owner = ?1", [&jid])?;
+            c.execute("DELETE FROM abuse_reports WHERE reporter = ?1", [&jid])?;
             archive_delete_owner(c, &jid)?;
             c.execute("DELETE FROM archive_prefs WHERE owner = ?1", [&jid])?;
             Ok(())

@@ -1282,6 +1282,129 @@ pub fn consent(s: &impl Store) {
     assert_eq!(s.consent(o).unwrap(), Consent::default());
 }
 
+pub fn reports(s: &impl Store) {
+    use crate::{
+        AbuseReport, Evidence, EvidenceMessage, ReportClosure, ReportFilter, ReportReason,
+    };
+    let (a, b) = ("a@x.example", "b@x.example");
+    s.create_account(a, &creds(1)).unwrap();
+    s.create_account(b, &creds(2)).unwrap();
+    let report = |reporter: &str, reported: &str, at_ms: i64, text: &str| AbuseReport {
+        id: 0,
+        at_ms,
+        reporter: reporter.into(),
+        reported: reported.into(),
+        provider: reported
+            .ends_with("acme.example")
+            .then(|| "acme".to_string()),
+        reason: ReportReason::Spam,
+        text: text.into(),
+        evidence: vec![
+            Evidence {
+                stanza_id: "s1".into(),
+                found: Some(EvidenceMessage {
+                    at_ms: at_ms - 5,
+                    from: format!("{reported}/phone"),
+                    from_reported: true,
+                    origin: Some("acme".into()),
+                    encrypted: true,
+                    bytes: 1800,
+                }),
+            },
+            Evidence {
+                stanza_id: "gone".into(),
+                found: None,
+            },
+        ],
+        closed: None,
+    };
+    let first = s
+        .report_add(&report(a, "eve@acme.example", 100, "buy now"))
+        .unwrap();
+    let got = s.report(first).unwrap().unwrap();
+    assert_eq!(got.id, first);
+    assert_eq!(got.text, "buy now");
+    assert_eq!(got.provider.as_deref(), Some("acme"));
+    assert_eq!(
+        got.evidence,
+        report(a, "eve@acme.example", 100, "").evidence
+    );
+    // A second open report by the same reporter on the same JID replaces the first.
+    let second = s
+        .report_add(&report(a, "eve@acme.example", 200, "again"))
+        .unwrap();
+    assert!(second > first);
+    assert!(s.report(first).unwrap().is_none());
+    s.report_add(&report(b, "eve@acme.example", 300, ""))
+        .unwrap();
+    s.report_add(&report(b, "mallory@x.example", 400, ""))
+        .unwrap();
+    let all = s.reports(&ReportFilter::default()).unwrap();
+    assert_eq!(
+        all.iter().map(|r| r.at_ms).collect::<Vec<_>>(),
+        [200, 300, 400]
+    );
+    let acme = ReportFilter {
+        provider: Some("acme".into()),
+        ..Default::default()
+    };
+    assert_eq!(s.reports(&acme).unwrap().len(), 2);
+    let newest = ReportFilter {
+        limit: 1,
+        ..Default::default()
+    };
+    assert_eq!(s.reports(&newest).unwrap()[0].at_ms, 400);
+    let since = ReportFilter {
+        since_ms: Some(300),
+        ..Default::default()
+    };
+    assert_eq!(s.reports(&since).unwrap().len(), 2);
+    assert_eq!(s.reports_by_since(a, 0).unwrap(), 1);
+    assert_eq!(s.reports_by_since(b, 350).unwrap(), 1);
+    let counts = s.report_counts("acme", 250).unwrap();
+    assert_eq!(
+        (counts.open, counts.open_reported, counts.recent),
+        (2, 1, 1)
+    );
+    // Closing: once; a closed report stays, and a new one on the same pair opens beside it.
+    let closure = ReportClosure {
+        at_ms: 500,
+        by: "cli:root".into(),
+        note: "warned the provider".into(),
+    };
+    s.report_close(second, &closure).unwrap();
+    assert!(matches!(
+        s.report_close(second, &closure),
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(matches!(
+        s.report_close(9999, &closure),
+        Err(StoreError::NotFound(_))
+    ));
+    assert_eq!(s.report(second).unwrap().unwrap().closed, Some(closure));
+    let open = ReportFilter {
+        open_only: true,
+        ..Default::default()
+    };
+    assert_eq!(s.reports(&open).unwrap().len(), 2);
+    s.report_add(&report(a, "eve@acme.example", 600, "third"))
+        .unwrap();
+    assert_eq!(s.reports(&acme).unwrap().len(), 3);
+    assert_eq!(s.report_counts("acme", 0).unwrap().open, 2);
+    assert!(matches!(
+        s.report_add(&report("nobody@x.example", "eve@acme.example", 1, "")),
+        Err(StoreError::NotFound(_))
+    ));
+    // Removing the reporter's account removes its reports.
+    s.remove_account(a).unwrap();
+    assert!(
+        s.reports(&ReportFilter::default())
+            .unwrap()
+            .iter()
+            .all(|r| r.reporter == b)
+    );
+}
+
 macro_rules! suite {
     ($modname:ident, $make:expr) => {
         mod $modname {
@@ -1336,6 +1459,11 @@ macro_rules! suite {
             fn providers() {
                 let (s, _guard) = $make;
                 super::providers(&s);
+            }
+            #[test]
+            fn reports() {
+                let (s, _guard) = $make;
+                super::reports(&s);
             }
             #[test]
             fn consent() {

@@ -14,6 +14,7 @@ mod conformance;
 mod import;
 mod provider;
 mod proxy;
+mod report;
 
 /// jemalloc instead of glibc's malloc. Connection tasks move between tokio's worker threads,
 /// so buffers are often freed on another thread than the one that allocated them; glibc frees
@@ -50,6 +51,9 @@ enum Command {
     /// suspend, terminate, list, show, audit.
     #[command(subcommand)]
     Provider(provider::ProviderCommand),
+    /// Abuse reports users attached to blocks (XEP-0377): list, show, close.
+    #[command(subcommand)]
+    Report(report::ReportCommand),
     /// The provider-side proxy between a provider's apps and the platform: run it, make its
     /// key, show its pin (docs/interop.md, "Proxies").
     #[command(subcommand)]
@@ -273,6 +277,7 @@ fn run() -> Result<()> {
         }
         Command::User(cmd) => user(cmd),
         Command::Provider(cmd) => provider::run(cmd),
+        Command::Report(cmd) => report::run(cmd),
         Command::Proxy(cmd) => {
             init_logging();
             tokio::runtime::Builder::new_multi_thread()

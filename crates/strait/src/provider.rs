@@ -8,7 +8,9 @@ use strait_server::Config;
 use strait_server::accounts;
 use strait_server::interop::consent::{self, ConsentChange};
 use strait_server::interop::registry::{self, Actor};
-use strait_store::{InboxMode, Provider, ProviderStatus, ProviderStore, Scope};
+use strait_store::{
+    InboxMode, Provider, ProviderStatus, ProviderStore, ReportCounts, ReportStore, Scope,
+};
 
 use crate::{ConfigArgs, load_config, open_store};
 
@@ -326,7 +328,7 @@ fn check_link(config: &Config, p: &Provider, provider_domain: Option<&str>) -> R
 }
 
 /// Unix milliseconds as RFC 3339 UTC.
-fn stamp(ms: i64) -> String {
+pub fn stamp(ms: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
         .ok()
         .and_then(|t| {
@@ -454,7 +456,12 @@ pub fn run(cmd: ProviderCommand) -> Result<()> {
             use strait_store::AccountStore;
             let config = load_config(&config)?;
             let store = open_store(&config)?;
-            let result = (|| -> Result<(Provider, Vec<usize>)> {
+            let month_ago = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as i64)
+                .unwrap_or(0)
+                - 30 * 86_400_000;
+            let result = (|| -> Result<(Provider, Vec<usize>, ReportCounts)> {
                 let Some(p) = store.provider(&id)? else {
                     bail!("no provider {id} is registered");
                 };
@@ -463,10 +470,11 @@ pub fn run(cmd: ProviderCommand) -> Result<()> {
                     .iter()
                     .map(|d| Ok(store.list_accounts(Some(d))?.len()))
                     .collect::<Result<_>>()?;
-                Ok((p, users))
+                let reports = store.report_counts(&p.id, month_ago)?;
+                Ok((p, users, reports))
             })();
             store.close()?;
-            let (p, users) = result?;
+            let (p, users, reports) = result?;
             show(&p);
             let per: Vec<String> = p
                 .domains
@@ -475,6 +483,10 @@ pub fn run(cmd: ProviderCommand) -> Result<()> {
                 .map(|(d, n)| format!("{n} under {d}"))
                 .collect();
             println!("users:       {}", per.join(", "));
+            println!(
+                "reports:     {} open about {} of its users; {} in the last 30 days (strait report list --provider {})",
+                reports.open, reports.open_reported, reports.recent, p.id
+            );
         }
         ProviderCommand::CheckLink {
             id,

@@ -25,6 +25,9 @@ use strait_wire::{Stanza, StanzaError, StanzaErrorCondition, ns};
 
 pub const NS: &str = "urn:xmpp:blocking";
 pub const ERRORS_NS: &str = "urn:xmpp:blocking:errors";
+/// JIDs one block list may hold: each is a row in the store and an entry in the router's
+/// cache while the account is online.
+pub const MAX_ENTRIES: usize = 10_000;
 
 /// The account's block list: from the router's caches, or read (and cached while online,
 /// or for a while when the account exists and has no session: [`Router::offline_recipient`]).
@@ -133,15 +136,31 @@ pub async fn outbound_refused(s: &mut Session, stanza: &Stanza, to: &jid::Jid) -
     true
 }
 
-fn items(el: &minidom::Element) -> Result<Vec<String>, StanzaError> {
-    let mut out = Vec::new();
+/// The command's items, each JID once, with the report attached to it (XEP-0377; only a
+/// block carries reports, an unblock's are ignored).
+fn items(
+    el: &minidom::Element,
+    reporter: &str,
+) -> Result<Vec<(String, Option<super::report::Attached>)>, StanzaError> {
+    let mut out: Vec<(String, Option<super::report::Attached>)> = Vec::new();
+    let block = el.name() == "block";
     for item in el.children().filter(|c| c.is("item", NS)) {
         let raw = item.attr("jid").unwrap_or("");
         let j = accounts::normalize_jid(raw)
             .map_err(|e| StanzaError::with_text(StanzaErrorCondition::JidMalformed, e))?;
         let j = j.to_string();
-        if !out.contains(&j) {
-            out.push(j);
+        let report = if block {
+            super::report::parse(item, reporter)?
+        } else {
+            None
+        };
+        match out.iter_mut().find(|(k, _)| *k == j) {
+            Some((_, r)) => {
+                if report.is_some() {
+                    *r = report;
+                }
+            }
+            None => out.push((j, report)),
         }
     }
     Ok(out)
@@ -168,10 +187,16 @@ pub async fn handle(s: &mut Session, stanza: &Stanza, el: &minidom::Element) {
             s.reply(iq_result(stanza, Some(&payload)));
         }
         ("block" | "unblock", false) => {
-            let jids = match items(el) {
-                Ok(j) => j,
+            let (jids, reports): (Vec<String>, Vec<_>) = match items(el, &s.bare) {
+                Ok(v) => v.into_iter().unzip(),
                 Err(e) => return s.reply_error(stanza, e),
             };
+            let reports: Vec<(String, super::report::Attached)> = jids
+                .iter()
+                .cloned()
+                .zip(reports)
+                .filter_map(|(j, r)| r.map(|r| (j, r)))
+                .collect();
             let block = el.name() == "block";
             if block && jids.is_empty() {
                 return s.reply_error(
@@ -183,6 +208,24 @@ pub async fn handle(s: &mut Session, stanza: &Stanza, el: &minidom::Element) {
                 );
             }
             let before = list(&s.state, &s.bare).await;
+            if block {
+                let new = jids.iter().filter(|j| !before.contains(*j)).count();
+                if new > 0 && before.len() + new > MAX_ENTRIES {
+                    return s.reply_error(
+                        stanza,
+                        StanzaError::with_text(
+                            StanzaErrorCondition::ResourceConstraint,
+                            format!("a block list holds at most {MAX_ENTRIES} JIDs"),
+                        ),
+                    );
+                }
+                if !reports.is_empty()
+                    && let Err(e) =
+                        super::report::within_allowance(&s.state, &s.bare, reports.len()).await
+                {
+                    return s.reply_error(stanza, e);
+                }
+            }
             if let Err(e) = change(&s.state, &s.bare, block, jids.clone()).await {
                 tracing::error!(account = %s.bare, "changing the block list: {e}");
                 return s.reply_error(
@@ -190,7 +233,23 @@ pub async fn handle(s: &mut Session, stanza: &Stanza, el: &minidom::Element) {
                     StanzaError::new(StanzaErrorCondition::InternalServerError),
                 );
             }
-            s.reply(iq_result(stanza, None));
+            // The block is in; its reports are recorded before the answer, so that a
+            // report the store could not keep is said (the block stays: it is what the
+            // user asked for first, and it protects them).
+            if !reports.is_empty()
+                && let Err(e) = super::report::record(&s.state, &s.bare, reports).await
+            {
+                tracing::error!(account = %s.bare, "recording an abuse report: {e}");
+                s.reply_error(
+                    stanza,
+                    StanzaError::with_text(
+                        StanzaErrorCondition::InternalServerError,
+                        "the JIDs are blocked, but the report could not be recorded",
+                    ),
+                );
+            } else {
+                s.reply(iq_result(stanza, None));
+            }
             push(&s.state, &s.bare, el.name(), &jids);
             if block {
                 went_dark(&s.state, &s.bare, &jids).await;

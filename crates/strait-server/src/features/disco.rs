@@ -21,6 +21,7 @@ pub const SERVER_FEATURES: &[&str] = &[
     super::register::NS,
     super::carbons::NS,
     super::blocking::NS,
+    super::report::NS,
     crate::interop::NS,
 ];
 

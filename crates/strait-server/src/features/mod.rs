@@ -19,6 +19,7 @@ pub mod presence;
 pub mod private;
 pub mod push;
 pub mod register;
+pub mod report;
 pub mod roster;
 pub mod sm;
 pub mod stanza_id;

@@ -96,6 +96,18 @@ impl Snapshot {
         }
     }
 
+    /// The id of the provider whose users' addresses are under `domain`, terminated
+    /// providers included (for records that outlive an agreement, such as abuse reports).
+    pub fn provider_id_of_domain(&self, domain: &str) -> Option<String> {
+        if let Some(p) = self.provider_of_domain(domain) {
+            return Some(p.id.clone());
+        }
+        self.all_domains
+            .iter()
+            .find(|(_, ds)| ds.iter().any(|d| d.eq_ignore_ascii_case(domain)))
+            .map(|(id, _)| id.clone())
+    }
+
     /// The providers, by id.
     pub fn providers(&self) -> Vec<Arc<Provider>> {
         let mut v: Vec<_> = self.by_id.values().cloned().collect();
