@@ -580,3 +580,50 @@ async fn a_domain_block_hides_presence_from_contacts_on_it() {
         .await;
     t.stop().await;
 }
+
+#[tokio::test]
+async fn a_block_list_holds_at_most_ten_thousand_jids() {
+    let t = TestServer::start(|c| c.limits.rate_bytes_per_sec = 16 * 1024 * 1024).await;
+    let (mut a1, _b1) = t.alice_and_bob().await;
+    for batch in 0..5 {
+        let items: String = (0..2000)
+            .map(|i| format!("<item jid='u{batch}-{i}@spam.example'/>"))
+            .collect();
+        a1.send(&format!(
+            "<iq type='set' id='fill{batch}'><block xmlns='urn:xmpp:blocking'>{items}</block></iq>"
+        ))
+        .await;
+        let r = a1.expect_element(&[&format!("id='fill{batch}'")]).await;
+        assert!(r.contains("type='result'"), "{r}");
+    }
+    a1.send("<iq type='set' id='over'><block xmlns='urn:xmpp:blocking'><item jid='one-more@spam.example'/></block></iq>")
+        .await;
+    let r = a1.expect_element(&["id='over'"]).await;
+    assert!(
+        r.contains("<resource-constraint") && r.contains("at most 10000 JIDs"),
+        "{r}"
+    );
+    // Blocking what is already blocked adds nothing, so it is not refused; a full list still
+    // unblocks.
+    a1.send("<iq type='set' id='again'><block xmlns='urn:xmpp:blocking'><item jid='u0-0@spam.example'/></block></iq>")
+        .await;
+    assert!(
+        a1.expect_element(&["id='again'"])
+            .await
+            .contains("type='result'")
+    );
+    a1.send("<iq type='set' id='un'><unblock xmlns='urn:xmpp:blocking'><item jid='u0-1@spam.example'/></unblock></iq>")
+        .await;
+    assert!(
+        a1.expect_element(&["id='un'"])
+            .await
+            .contains("type='result'")
+    );
+    a1.send("<iq type='set' id='fits'><block xmlns='urn:xmpp:blocking'><item jid='one-more@spam.example'/></block></iq>")
+        .await;
+    assert!(
+        a1.expect_element(&["id='fits'"])
+            .await
+            .contains("type='result'")
+    );
+}
