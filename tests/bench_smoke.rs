@@ -233,3 +233,200 @@ async fn failed_logins_are_reported_by_reason_and_fail_the_run() {
     assert!(err.contains("needs 4 accounts"), "{err}");
     t.stop().await;
 }
+
+/// A provider `acme` (users under `chat.acme.test`) registered and active with the key set
+/// `strait bench gen-provider` wrote into `dir`, as `strait provider add/terms/activate` do it;
+/// the running server reads it. Returns the generator's `--third-party-*` options.
+async fn provider_from_gen_provider(t: &TestServer, dir: &std::path::Path) -> Vec<String> {
+    use strait_server::interop::registry::{self, Actor};
+    let g = strait_bench::parse_args([
+        "gen-provider",
+        "--out",
+        dir.to_str().unwrap(),
+        "--provider-domain",
+        PROVIDER_DOMAIN,
+        "--issuer",
+        ISSUER,
+    ])
+    .unwrap();
+    let strait_bench::BenchCommand::GenProvider(g) = g.command else {
+        panic!("not gen-provider")
+    };
+    let mut printed = Vec::new();
+    strait_bench::third_party::gen_provider(&g, &mut printed).unwrap();
+    let printed = String::from_utf8(printed).unwrap();
+    assert!(printed.contains("strait provider add"), "{printed}");
+
+    let state = t.server.as_ref().unwrap().state();
+    let op = Actor {
+        name: "bench-smoke",
+        now_ms: 1,
+    };
+    let mut p = strait_store::Provider::new("acme", "Acme Chat", vec![PROVIDER_DOMAIN.into()]);
+    p.issuer = Some(ISSUER.into());
+    p.jwks = Some(std::fs::read_to_string(dir.join("jwks.json")).unwrap());
+    registry::add(&state.config, &*state.store, &p, op).unwrap();
+    registry::accept_terms(&*state.store, "acme", "1", "Jo Signer", op).unwrap();
+    registry::set_status(
+        &*state.store,
+        "acme",
+        strait_store::ProviderStatus::Active,
+        "",
+        op,
+    )
+    .unwrap();
+    strait_server::interop::refresh(state, -1).await;
+    vec![
+        "--third-party-domain".into(),
+        PROVIDER_DOMAIN.into(),
+        "--third-party-key".into(),
+        dir.join("provider.pkcs8.pem").display().to_string(),
+        "--third-party-issuer".into(),
+        ISSUER.into(),
+    ]
+}
+
+const PROVIDER_DOMAIN: &str = "chat.acme.test";
+const ISSUER: &str = "https://acme.test";
+
+/// Platform accounts bench0..bench{n-1} opt in to acme's chats, as `strait user consent --on
+/// --allow acme` does.
+fn opt_in(t: &TestServer, n: u64) {
+    use strait_server::interop::consent::{self, ConsentChange};
+    let state = t.server.as_ref().unwrap().state();
+    let change = ConsentChange {
+        enabled: Some(true),
+        allow: vec!["acme".into()],
+        ..Default::default()
+    };
+    for i in 0..n {
+        consent::change(&*state.store, &format!("bench{i}@{DOMAIN}"), &change, 1).unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn third_party_messages_cross_the_boundary_both_ways() {
+    let t = server_with_accounts(3).await;
+    let keys = tempfile::tempdir().unwrap();
+    let mut more = provider_from_gen_provider(&t, keys.path()).await;
+    opt_in(&t, 3);
+    more.extend(
+        [
+            "--pairs",
+            "3",
+            "--accounts",
+            "3",
+            "--rate",
+            "200",
+            "--duration",
+            "1.5",
+            "--body-size",
+            "1500",
+            "--drain",
+            "5",
+        ]
+        .map(String::from),
+    );
+    let more: Vec<&str> = more.iter().map(String::as_str).collect();
+    let r = run(&args(&t, "messages", &more)).await;
+    assert_eq!(r.error, None, "{}", r.to_text());
+    // Three platform accounts with passwords, three provider users with tokens.
+    assert_eq!(
+        r.logins.mechanisms.get("SCRAM-SHA-256"),
+        Some(&3),
+        "{}",
+        r.to_text()
+    );
+    assert_eq!(
+        r.logins.mechanisms.get("OAUTHBEARER"),
+        Some(&3),
+        "{}",
+        r.to_text()
+    );
+    let Results::Messages(m) = &r.results else {
+        panic!("not messages results")
+    };
+    assert_eq!(m.mode, "third-party");
+    assert!(m.omemo, "third-party mode sends OMEMO");
+    assert!(m.sent >= 280, "{}", r.to_text());
+    assert_eq!(m.sent, m.sent_online);
+    assert_eq!(m.received_online, m.sent_online, "{}", r.to_text());
+    assert_eq!(m.lost_online, 0);
+    assert_eq!(m.errors.total, 0, "{}", r.to_text());
+    // Both directions: the provider's users (odd senders) sent half, and each of those
+    // reached its platform account with the server's origin stamp; the other half reached
+    // the provider's users unstamped.
+    assert_eq!(m.origin_stamped, m.sent_online / 2, "{}", r.to_text());
+    assert_eq!(m.latency.count, m.received_online);
+    // The provider's users now have accounts under its domain.
+    let state = t.server.as_ref().unwrap().state();
+    let users = state.store.list_accounts(Some(PROVIDER_DOMAIN)).unwrap();
+    assert_eq!(users.len(), 3, "{users:?}");
+
+    // Offline messages are not part of the mode: refused before anything runs.
+    let mut offline = more.clone();
+    offline.extend(["--offline-fraction", "0.1"]);
+    let err = strait_bench::run(&args(&t, "messages", &offline))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("--offline-fraction must be 0"), "{err}");
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn third_party_messages_without_consent_are_reported_as_refused() {
+    let t = server_with_accounts(2).await;
+    let keys = tempfile::tempdir().unwrap();
+    let mut more = provider_from_gen_provider(&t, keys.path()).await;
+    // No opt-in.
+    more.extend(
+        [
+            "--pairs",
+            "2",
+            "--rate",
+            "100",
+            "--duration",
+            "1",
+            "--drain",
+            "20",
+        ]
+        .map(String::from),
+    );
+    let more: Vec<&str> = more.iter().map(String::as_str).collect();
+    let started = std::time::Instant::now();
+    let r = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        strait_bench::run(&args(&t, "messages", &more)),
+    )
+    .await
+    .expect("the generator returns")
+    .unwrap();
+    let Results::Messages(m) = &r.results else {
+        panic!("not messages results: {}", r.to_text())
+    };
+    assert!(m.sent >= 90, "{}", r.to_text());
+    assert_eq!(m.received_online, 0, "{}", r.to_text());
+    // Every message came back as an error, in both directions, with the server's reason …
+    assert_eq!(m.errors.total, m.sent, "{}", r.to_text());
+    assert_eq!(
+        m.errors.by_kind.get("message error: not-allowed"),
+        Some(&m.sent),
+        "{}",
+        r.to_text()
+    );
+    let reason = &m.errors.examples["message error: not-allowed"];
+    assert!(
+        reason.contains("does not accept chats from Acme Chat")
+            || reason.contains("are off for your account"),
+        "{reason}"
+    );
+    // … the run says so and fails …
+    let e = r.error.as_deref().unwrap_or_default();
+    assert!(e.contains("refused every message"), "{}", r.to_text());
+    assert!(r.to_text().contains("not-allowed"));
+    // … and the drain did not wait for deliveries that could not come (its limit is 20 s).
+    assert!(m.drain_s < 5.0, "{}", r.to_text());
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
+    t.stop().await;
+}

@@ -30,6 +30,9 @@ pub enum BenchCommand {
     /// Print `jid password` lines for the benchmark accounts, for `strait user import`
     /// (or `localpart password` without --domain).
     GenAccounts(GenAccountsArgs),
+    /// Make a third-party provider's signing key (Ed25519, PKCS#8) and its key set (JWKS) for
+    /// `strait provider add --jwks`, so that `messages --third-party-*` can log its users in.
+    GenProvider(GenProviderArgs),
 }
 
 /// How to reach and log in to the server.
@@ -252,6 +255,33 @@ pub struct MessagesArgs {
     /// end, for the offline ones).
     #[arg(long, default_value_t = 10.0)]
     pub drain: f64,
+    /// Send OMEMO-shaped messages: an `<encrypted/>` element (OMEMO 0.3) whose payload is
+    /// --body-size bytes of base64 (rounded up to a multiple of 4), with a short fallback
+    /// `<body/>` as OMEMO clients send. Implied by --third-party-domain.
+    #[arg(long)]
+    pub omemo: bool,
+    #[command(flatten)]
+    pub third_party: ThirdPartyArgs,
+}
+
+/// Third-party mode of `messages`: in each online pair one side is a provider's user, who logs
+/// in with SASL OAUTHBEARER and a token the generator signs as the provider, so that every
+/// message crosses the interop boundary.
+#[derive(Args, Debug, Clone, Default, Serialize)]
+pub struct ThirdPartyArgs {
+    /// The provider domain: pair k is `{prefix}{first+k}@DOMAIN` (the provider's user) and
+    /// `{prefix}{first+k}@--domain` (the platform account, which must have opted in).
+    #[arg(long, value_name = "DOMAIN", requires_all = ["third_party_key", "third_party_issuer"])]
+    pub third_party_domain: Option<String>,
+    /// The provider's Ed25519 private key, PKCS#8 in PEM or DER (`strait bench gen-provider`).
+    #[arg(long, value_name = "FILE", requires = "third_party_domain")]
+    pub third_party_key: Option<PathBuf>,
+    /// The `iss` of the tokens: the issuer registered for the provider.
+    #[arg(long, value_name = "ISS", requires = "third_party_domain")]
+    pub third_party_issuer: Option<String>,
+    /// The `kid` of the tokens' header: the key's id in the registered key set.
+    #[arg(long, value_name = "KID", default_value = "k1")]
+    pub third_party_kid: String,
 }
 
 #[derive(Args, Debug, Clone, Serialize)]
@@ -268,6 +298,28 @@ pub struct LoginStormArgs {
     /// Send initial presence after each login.
     #[arg(long)]
     pub presence: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct GenProviderArgs {
+    /// The directory to write `provider.pkcs8.pem` (or `.der`) and `jwks.json` into.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// The key's id in the key set (the tokens' `kid`).
+    #[arg(long, default_value = "k1")]
+    pub kid: String,
+    /// Write the private key as DER (`provider.pkcs8.der`) instead of PEM.
+    #[arg(long)]
+    pub der: bool,
+    /// Replace a key already in DIR.
+    #[arg(long)]
+    pub force: bool,
+    /// The provider domain, for the commands printed.
+    #[arg(long, value_name = "DOMAIN")]
+    pub provider_domain: Option<String>,
+    /// The issuer, for the commands printed.
+    #[arg(long, value_name = "ISS")]
+    pub issuer: Option<String>,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -6,7 +6,9 @@
 //! into stanzas by a byte scanner ([`xml`]) rather than parsed, so that the generator costs
 //! little on a machine it shares with the server it measures.
 //! Scenarios (`idle`, `pingpong`, `messages`, `login-storm`) each run for a bounded time or
-//! count and produce a [`report::Report`]: latency histograms (HDR), throughput, failures by
+//! count and produce a [`report::Report`]; `messages` can make half of each pair a
+//! third-party provider's user, logged in with a token the generator signs ([`third_party`]),
+//! so that every message crosses the interop boundary: latency histograms (HDR), throughput, failures by
 //! kind, and the server's and the generator's CPU time and memory read from /proc
 //! ([`stats`]). See docs/benchmarks.md, "Load generator".
 #![forbid(unsafe_code)]
@@ -14,13 +16,14 @@
 pub mod cli;
 pub mod report;
 pub mod stats;
+pub mod third_party;
 pub use strait_client::{conn as client, scram, xml};
 
 mod scenarios;
 
 pub use cli::{
-    AccountArgs, BenchArgs, BenchCommand, ConnectArgs, GenAccountsArgs, IdleArgs, LoginStormArgs,
-    MessagesArgs, OutputArgs, PingpongArgs,
+    AccountArgs, BenchArgs, BenchCommand, ConnectArgs, GenAccountsArgs, GenProviderArgs, IdleArgs,
+    LoginStormArgs, MessagesArgs, OutputArgs, PingpongArgs, ThirdPartyArgs,
 };
 pub use report::Report;
 
@@ -60,6 +63,9 @@ pub fn main(args: BenchArgs) -> anyhow::Result<()> {
     if let BenchCommand::GenAccounts(g) = &args.command {
         return gen_accounts(g, &mut std::io::stdout().lock());
     }
+    if let BenchCommand::GenProvider(g) = &args.command {
+        return third_party::gen_provider(g, &mut std::io::stdout().lock());
+    }
     let (connect, output) = parts(&args.command);
     let threads = connect.threads as usize;
     let connections = match &args.command {
@@ -67,7 +73,7 @@ pub fn main(args: BenchArgs) -> anyhow::Result<()> {
         BenchCommand::Pingpong(a) => 2 * a.pairs,
         BenchCommand::Messages(a) => 2 * a.pairs + a.offline_accounts.unwrap_or(0),
         BenchCommand::LoginStorm(a) => u64::from(a.connect.login_concurrency),
-        BenchCommand::GenAccounts(_) => 0,
+        BenchCommand::GenAccounts(_) | BenchCommand::GenProvider(_) => 0,
     };
     let fd_warning = raise_fd_limit(connections + 256);
     let runtime = if threads <= 1 {
@@ -115,7 +121,9 @@ fn parts(cmd: &BenchCommand) -> (&ConnectArgs, &OutputArgs) {
         BenchCommand::Pingpong(a) => (&a.connect, &a.output),
         BenchCommand::Messages(a) => (&a.connect, &a.output),
         BenchCommand::LoginStorm(a) => (&a.connect, &a.output),
-        BenchCommand::GenAccounts(_) => unreachable!("gen-accounts runs no scenario"),
+        BenchCommand::GenAccounts(_) | BenchCommand::GenProvider(_) => {
+            unreachable!("gen-accounts and gen-provider run no scenario")
+        }
     }
 }
 
@@ -152,7 +160,9 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
         BenchCommand::Pingpong(a) => ("pingpong", serde_json::to_value(a)?, &a.accounts),
         BenchCommand::Messages(a) => ("messages", serde_json::to_value(a)?, &a.accounts),
         BenchCommand::LoginStorm(a) => ("login-storm", serde_json::to_value(a)?, &a.accounts),
-        BenchCommand::GenAccounts(_) => anyhow::bail!("gen-accounts is not a scenario"),
+        BenchCommand::GenAccounts(_) | BenchCommand::GenProvider(_) => {
+            anyhow::bail!("gen-accounts and gen-provider are not scenarios")
+        }
     };
     let (connect, output) = parts(&args.command);
     let verify = match (&connect.ca_file, connect.insecure) {
@@ -165,8 +175,13 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
     }
     let settings = settings(connect, &verify).await?;
     let keys = settings.keys.clone();
+    let third_party = match &args.command {
+        BenchCommand::Messages(a) => third_party_logins(&a.third_party, &settings)?,
+        _ => None,
+    };
     let ctx = Ctx {
         settings: Arc::new(settings),
+        third_party,
         accounts: accounts.clone(),
         probe: stats::Probe::new(output.server_pids.clone())?,
         run_tag: format!("{:08x}", rand::random::<u32>()),
@@ -179,7 +194,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<Report> {
         BenchCommand::Pingpong(a) => scenarios::pingpong::run(&ctx, a).await?,
         BenchCommand::Messages(a) => scenarios::messages::run(&ctx, a).await?,
         BenchCommand::LoginStorm(a) => scenarios::login_storm::run(&ctx, a).await?,
-        BenchCommand::GenAccounts(_) => unreachable!(),
+        BenchCommand::GenAccounts(_) | BenchCommand::GenProvider(_) => unreachable!(),
     };
     if let Some(path) = &connect.scram_cache {
         keys.save(path)
@@ -256,6 +271,44 @@ async fn settings(c: &ConnectArgs, verify: &Verify) -> anyhow::Result<ClientSett
     })
 }
 
+/// How the provider's users log in, when `messages` runs in third-party mode: streams to the
+/// provider domain (whose certificate must name it; the same TLS settings and CA as the
+/// platform's), SASL OAUTHBEARER with tokens signed by
+/// the provider's key for the platform's domain.
+fn third_party_logins(
+    t: &ThirdPartyArgs,
+    platform: &ClientSettings,
+) -> anyhow::Result<Option<scenarios::ThirdParty>> {
+    let (Some(domain), Some(key), Some(issuer)) = (
+        &t.third_party_domain,
+        &t.third_party_key,
+        &t.third_party_issuer,
+    ) else {
+        return Ok(None);
+    };
+    if domain.eq_ignore_ascii_case(&platform.domain) {
+        anyhow::bail!("--third-party-domain must differ from the platform's --domain");
+    }
+    let tls_name = rustls::pki_types::ServerName::try_from(domain.clone())
+        .with_context(|| format!("{domain:?} is not a valid domain"))?;
+    let signer = third_party::TokenSigner::new(
+        third_party::load_key(key)?,
+        &t.third_party_kid,
+        issuer,
+        &platform.domain,
+    );
+    let settings = ClientSettings {
+        domain: domain.clone(),
+        tls_name,
+        mechanism: Some(scram::Mechanism::OAuthBearer),
+        ..platform.clone()
+    };
+    Ok(Some(scenarios::ThirdParty {
+        settings: Arc::new(settings),
+        signer: Arc::new(signer),
+    }))
+}
+
 /// `gen-accounts`: `{prefix}{n}[@domain] {password}` lines.
 pub fn gen_accounts(g: &GenAccountsArgs, out: &mut impl std::io::Write) -> anyhow::Result<()> {
     if g.password_template.trim().is_empty() {
@@ -308,6 +361,43 @@ mod tests {
         // Certificates must be checked, or not checked on purpose.
         assert!(parse_args(["idle", "--connections", "1"]).is_err());
         assert!(parse_args(["idle", "-c", "1", "--insecure", "--ca-file", "x"]).is_err());
+    }
+
+    #[test]
+    fn parses_third_party_options() {
+        let a = parse_args([
+            "messages",
+            "--insecure",
+            "--third-party-domain",
+            "chat.acme.test",
+            "--third-party-key",
+            "k.pem",
+            "--third-party-issuer",
+            "https://acme.test",
+        ])
+        .unwrap();
+        let BenchCommand::Messages(m) = a.command else {
+            panic!("not messages")
+        };
+        assert_eq!(m.third_party.third_party_kid, "k1");
+        assert_eq!(
+            m.third_party.third_party_domain.as_deref(),
+            Some("chat.acme.test")
+        );
+        assert!(!m.omemo, "implied at run time, not on the command line");
+        // The domain needs the key and the issuer; they need the domain.
+        let base = ["messages", "--insecure"];
+        let with = |more: &[&str]| parse_args(base.iter().chain(more).copied());
+        assert!(with(&["--third-party-domain", "d"]).is_err());
+        assert!(with(&["--third-party-domain", "d", "--third-party-key", "k"]).is_err());
+        assert!(with(&["--third-party-key", "k"]).is_err());
+        assert!(with(&["--third-party-issuer", "i"]).is_err());
+        assert!(with(&["--omemo"]).is_ok());
+        let g = parse_args(["gen-provider", "--out", "d", "--der", "--kid", "k2"]).unwrap();
+        let BenchCommand::GenProvider(g) = g.command else {
+            panic!("not gen-provider")
+        };
+        assert!(g.der && g.kid == "k2");
     }
 
     #[test]

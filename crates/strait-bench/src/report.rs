@@ -111,6 +111,14 @@ pub struct MessagesResults {
     pub target_rate: f64,
     pub duration_s: f64,
     pub body_bytes: usize,
+    /// `platform-only`, or `third-party`: each pair a platform account and a provider's user,
+    /// every message across the interop boundary.
+    pub mode: &'static str,
+    /// Messages carried an OMEMO `<encrypted/>` element (payload of body_bytes of base64) and
+    /// a fallback body, not a plain body.
+    pub omemo: bool,
+    /// Bytes of a message's children as sent (body, or fallback body and `<encrypted/>`).
+    pub content_bytes: usize,
     pub offline_fraction: f64,
     pub sent: u64,
     pub sent_online: u64,
@@ -134,6 +142,9 @@ pub struct MessagesResults {
     pub errors: FailureCounts,
     /// Messages of earlier runs (offline leftovers) received and ignored.
     pub stale_received: u64,
+    /// Third-party mode: messages of this run that arrived with the platform's origin stamp
+    /// (`<origin xmlns='urn:strait:interop:0'/>`): those from the provider's users.
+    pub origin_stamped: u64,
     /// Messages that carried no id of this generator.
     pub foreign_received: u64,
     pub drain_s: f64,
@@ -327,8 +338,24 @@ impl Report {
             Results::Messages(r) => {
                 let _ = writeln!(
                     o,
-                    "target {:.1} msg/s for {:.1} s, {} pairs online, {} offline accounts, {} B bodies",
-                    r.target_rate, r.duration_s, r.pairs, r.offline_accounts, r.body_bytes
+                    "target {:.1} msg/s for {:.1} s, {} pairs online, {} offline accounts, {} B {}",
+                    r.target_rate,
+                    r.duration_s,
+                    r.pairs,
+                    r.offline_accounts,
+                    r.body_bytes,
+                    if r.omemo { "OMEMO payloads" } else { "bodies" }
+                );
+                let _ = writeln!(
+                    o,
+                    "mode: {}{}; {} B of content per message",
+                    r.mode,
+                    if r.mode == "third-party" {
+                        " (each pair a platform account and a provider's user: every message crosses the boundary)"
+                    } else {
+                        ""
+                    },
+                    r.content_bytes
                 );
                 let _ = writeln!(
                     o,
@@ -359,6 +386,13 @@ impl Report {
                     r.drain_s,
                     r.offline_fetch_s
                 );
+                if r.mode == "third-party" {
+                    let _ = writeln!(
+                        o,
+                        "origin-stamped on arrival (from the provider's users): {}",
+                        r.origin_stamped
+                    );
+                }
                 failures(&mut o, "  ", &r.errors);
             }
             Results::LoginStorm(r) => {

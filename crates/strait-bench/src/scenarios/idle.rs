@@ -43,6 +43,7 @@ pub(crate) async fn run(ctx: &Ctx, a: &IdleArgs) -> anyhow::Result<Outcome> {
             account: i / k,
             resource: resource(ctx, i),
             presence: a.presence,
+            provider: false,
         })
         .collect();
     let (conns, logins) = login_many(ctx, jobs, true).await;

@@ -23,6 +23,7 @@ pub(crate) async fn run(ctx: &Ctx, a: &LoginStormArgs) -> anyhow::Result<Outcome
             account: i % accounts,
             resource: resource(ctx, i),
             presence: a.presence,
+            provider: false,
         })
         .collect();
     let (_, logins) = login_many(ctx, jobs, false).await;

@@ -7,9 +7,18 @@
 //! the server (or the generator) shows up as latency of every message it delays, not as fewer
 //! samples (no coordinated omission). A fraction goes to accounts that are offline; they log
 //! in at the end and every message must arrive. Loss is sent − received, reported always.
+//!
+//! With `--omemo` a message carries an OMEMO 0.3 `<encrypted/>` element (ciphertext-shaped
+//! random base64, never decrypted) and a fallback body instead of a plain body. In third-party
+//! mode (`--third-party-domain`), pair k is the platform account `{prefix}{k}@{domain}` and
+//! the provider's user `{prefix}{k}@{provider domain}`, who logs in with OAUTHBEARER, so that
+//! every message crosses the interop boundary (consent, the encryption rule, the origin
+//! stamp); that mode implies `--omemo` (plaintext does not cross) and has no offline share.
 
 use super::idle::seconds;
-use super::{CLOSE_WAIT, Ctx, LoginJob, Outcome, login_everyone, login_many, resource, wait_until};
+use super::{
+    CLOSE_WAIT, Ctx, LoginJob, Outcome, everyone, login_everyone, login_many, resource, wait_until,
+};
 use crate::cli::MessagesArgs;
 use crate::client::{ConnError, Connection};
 use crate::report::{MessagesResults, Results};
@@ -49,6 +58,10 @@ struct Shared {
     received_offline: AtomicU64,
     stale: AtomicU64,
     foreign: AtomicU64,
+    /// Third-party mode: whether to look for the server's origin stamp on arrivals.
+    count_origins: bool,
+    /// Our messages that arrived with the origin stamp (from a provider's user).
+    origin_stamped: AtomicU64,
     latency: Latency,
     /// The same latencies by second of the schedule.
     timeline: Timeline,
@@ -70,7 +83,8 @@ struct Plan {
     offline: Arc<Vec<String>>,
     /// Fraction of messages for offline accounts, in millionths.
     offline_ppm: u64,
-    body: Arc<str>,
+    /// What the message carries (its children, escaped).
+    content: Arc<str>,
 }
 
 impl Plan {
@@ -110,6 +124,15 @@ pub(crate) async fn run(ctx: &Ctx, a: &MessagesArgs) -> anyhow::Result<Outcome> 
             a.offline_fraction
         );
     }
+    let third_party = ctx.third_party.is_some();
+    if third_party && a.offline_fraction > 0.0 {
+        anyhow::bail!(
+            "--offline-fraction must be 0 with --third-party-domain: offline messages across the \
+             boundary are not part of this mode (run it with --offline-fraction 0, and measure \
+             offline delivery without --third-party-domain)"
+        );
+    }
+    let omemo = a.omemo || third_party;
     let senders = 2 * a.pairs;
     let expected_offline = a.rate * duration.as_secs_f64() * a.offline_fraction;
     let offline_accounts = if a.offline_fraction == 0.0 {
@@ -119,7 +142,12 @@ pub(crate) async fn run(ctx: &Ctx, a: &MessagesArgs) -> anyhow::Result<Outcome> 
             .unwrap_or_else(|| (expected_offline / OFFLINE_PER_ACCOUNT).ceil().max(1.0) as u64)
             .max(1)
     };
-    ctx.check_accounts(senders + offline_accounts)?;
+    // Third-party mode: pair k is platform account k and the provider's user k.
+    ctx.check_accounts(if third_party {
+        a.pairs
+    } else {
+        senders + offline_accounts
+    })?;
     let probe = &ctx.probe;
     let mut warnings = Vec::new();
     if offline_accounts > 0 && expected_offline / offline_accounts as f64 > 1000.0 {
@@ -130,8 +158,21 @@ pub(crate) async fn run(ctx: &Ctx, a: &MessagesArgs) -> anyhow::Result<Outcome> 
         ));
     }
 
+    let jobs = if third_party {
+        (0..senders)
+            .map(|i| LoginJob {
+                slot: i as usize,
+                account: i / 2,
+                resource: resource(ctx, i),
+                presence: true,
+                provider: i % 2 == 1,
+            })
+            .collect()
+    } else {
+        everyone(ctx, senders)
+    };
     let (conns, logins, login_phase) =
-        match login_everyone(ctx, senders, "messages", &warnings).await? {
+        match login_everyone(ctx, jobs, "messages", &warnings).await? {
             Ok(x) => x,
             Err(outcome) => return Ok(outcome),
         };
@@ -147,6 +188,8 @@ pub(crate) async fn run(ctx: &Ctx, a: &MessagesArgs) -> anyhow::Result<Outcome> 
         received_offline: AtomicU64::new(0),
         stale: AtomicU64::new(0),
         foreign: AtomicU64::new(0),
+        count_origins: third_party,
+        origin_stamped: AtomicU64::new(0),
         latency: Latency::new(),
         timeline: Timeline::new(),
         lag: Latency::new(),
@@ -156,7 +199,22 @@ pub(crate) async fn run(ctx: &Ctx, a: &MessagesArgs) -> anyhow::Result<Outcome> 
     let jid = |n: u64| format!("{}@{domain}", crate::xml::escape(&ctx.accounts.user(n)));
     let offline_jids: Arc<Vec<String>> =
         Arc::new((senders..senders + offline_accounts).map(jid).collect());
-    let body: Arc<str> = body_text(a.body_size).into();
+    // The bare JID of online connection i.
+    let online_jid = |i: u64| match &ctx.third_party {
+        Some(tp) if i % 2 == 1 => format!(
+            "{}@{}",
+            crate::xml::escape(&ctx.accounts.user(i / 2)),
+            crate::xml::escape(&tp.settings.domain)
+        ),
+        Some(_) => jid(i / 2),
+        None => jid(i),
+    };
+    let content: Arc<str> = if omemo {
+        omemo_content(a.body_size)
+    } else {
+        format!("<body>{}</body>", body_text(a.body_size))
+    }
+    .into();
     // A short pause so that every sender is waiting on its timer when the schedule starts.
     let start_us = ctx.now_us(Instant::now()) + 100_000;
     let end_us = start_us + duration_us(duration);
@@ -177,7 +235,7 @@ pub(crate) async fn run(ctx: &Ctx, a: &MessagesArgs) -> anyhow::Result<Outcome> 
             partner: String::new(),
             offline: Arc::new(Vec::new()),
             offline_ppm: 0,
-            body: body.clone(),
+            content: content.clone(),
         };
         let timer = PreciseTimer::new()?;
         tokio::spawn(async move { pace(&schedule, base, &wakes, timer).await })
@@ -190,10 +248,10 @@ pub(crate) async fn run(ctx: &Ctx, a: &MessagesArgs) -> anyhow::Result<Outcome> 
             rate: a.rate,
             start_us,
             end_us,
-            partner: jid(i ^ 1),
+            partner: online_jid(i ^ 1),
             offline: offline_jids.clone(),
             offline_ppm: (a.offline_fraction * 1e6).round() as u64,
-            body: body.clone(),
+            content: content.clone(),
         };
         tasks.spawn(online(conn, stop.clone(), plan, wake, shared.clone()));
     }
@@ -210,13 +268,14 @@ pub(crate) async fn run(ctx: &Ctx, a: &MessagesArgs) -> anyhow::Result<Outcome> 
     let s = shared.clone();
     // Every connection must have written its last scheduled message first: a connection whose
     // timer fires just after the run's end would otherwise count a message as sent after the
-    // drain already saw the counts even, and stop the recipient before it arrives.
+    // drain already saw the counts even, and stop the recipient before it arrives. A message
+    // the server refused is accounted for by its error.
     wait_until(
         drain,
         STALL,
         || {
             s.senders_done.load(Ordering::Acquire) >= online_tasks
-                && s.received_online.load(Ordering::Relaxed)
+                && s.received_online.load(Ordering::Relaxed) + s.errors.total()
                     >= s.sent_online.load(Ordering::Relaxed)
         },
         || s.received_online.load(Ordering::Relaxed) + s.errors.total(),
@@ -243,6 +302,7 @@ pub(crate) async fn run(ctx: &Ctx, a: &MessagesArgs) -> anyhow::Result<Outcome> 
                 account: i,
                 resource: resource(ctx, i),
                 presence: true,
+                provider: false,
             })
             .collect();
         let (conns, fetch_logins) = login_many(ctx, jobs, true).await;
@@ -296,6 +356,23 @@ pub(crate) async fn run(ctx: &Ctx, a: &MessagesArgs) -> anyhow::Result<Outcome> 
     if lost != 0 {
         warnings.push(format!("{lost} message(s) not delivered"));
     }
+    let errors = shared.errors.counts();
+    let mut error = None;
+    if errors.total > 0 {
+        let refusals = super::describe_failures(&errors);
+        if received_online + received_offline == 0 {
+            // Nothing got through: the figures measure refusals, not deliveries.
+            error = Some(format!(
+                "the server refused every message ({} errors: {refusals})",
+                errors.total
+            ));
+        } else {
+            warnings.push(format!(
+                "the server refused {} message(s): {refusals}",
+                errors.total
+            ));
+        }
+    }
     Ok(Outcome {
         logins,
         phases,
@@ -306,6 +383,13 @@ pub(crate) async fn run(ctx: &Ctx, a: &MessagesArgs) -> anyhow::Result<Outcome> 
             target_rate: a.rate,
             duration_s: window,
             body_bytes: a.body_size,
+            mode: if third_party {
+                "third-party"
+            } else {
+                "platform-only"
+            },
+            omemo,
+            content_bytes: content.len(),
             offline_fraction: a.offline_fraction,
             sent: sent_online + sent_offline,
             sent_online,
@@ -319,15 +403,16 @@ pub(crate) async fn run(ctx: &Ctx, a: &MessagesArgs) -> anyhow::Result<Outcome> 
             latency: shared.latency.summary(),
             latency_by_second: shared.timeline.seconds(),
             send_lag: lag,
-            errors: shared.errors.counts(),
+            errors,
             stale_received: load(&shared.stale),
+            origin_stamped: load(&shared.origin_stamped),
             foreign_received: load(&shared.foreign),
             drain_s,
             offline_fetch_s,
         }),
         failures: failures.counts(),
         warnings,
-        error: None,
+        error,
     })
 }
 
@@ -335,6 +420,40 @@ pub(crate) async fn run(ctx: &Ctx, a: &MessagesArgs) -> anyhow::Result<Outcome> 
 fn body_text(n: usize) -> String {
     const FILLER: &[u8] = b"the quick brown fox jumps over the lazy dog ";
     FILLER.iter().cycle().take(n).map(|&b| b as char).collect()
+}
+
+/// The namespace of OMEMO 0.3 (XEP-0384 0.3, the Signal protocol's wire format).
+const NS_OMEMO: &str = "eu.siacs.conversations.axolotl";
+/// The plaintext that travels beside the ciphertext for clients without OMEMO (the platform
+/// replaces it with its own when the message crosses the boundary).
+const OMEMO_FALLBACK: &str = "This message is OMEMO encrypted, which your client cannot show.";
+
+/// An OMEMO message's children as a client sends them to one recipient device: the fallback
+/// body and the `<encrypted/>` element with a header (sender device, one key for the
+/// recipient's device, the IV) and a payload of `payload_len` bytes of base64 (rounded up to
+/// a multiple of 4). The bytes are random, not ciphertext: the server never decrypts.
+fn omemo_content(payload_len: usize) -> String {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD as B64;
+    use rand::{Rng as _, RngCore as _};
+    let mut rng = rand::thread_rng();
+    let mut random = |n: usize| {
+        let mut b = vec![0u8; n];
+        rng.fill_bytes(&mut b);
+        B64.encode(b)
+    };
+    // base64 of n bytes is 4⌈n/3⌉ characters: the fewest bytes that fill `payload_len`.
+    let payload = random(payload_len.div_ceil(4) * 3);
+    // An encrypted Signal message (version, protobuf with the ratchet key, counters and the
+    // 32-byte message key and its tag, then the 8-byte MAC) is about 60 bytes.
+    let key = random(60);
+    let iv = random(12);
+    let (sid, rid) = (rng.gen_range(1..i32::MAX), rng.gen_range(1..i32::MAX));
+    format!(
+        "<body>{OMEMO_FALLBACK}</body><encrypted xmlns='{NS_OMEMO}'><header sid='{sid}'>\
+         <key rid='{rid}'>{key}</key><iv>{iv}</iv></header><payload>{payload}</payload>\
+         </encrypted>"
+    )
 }
 
 /// What a received message is to this run.
@@ -388,6 +507,7 @@ struct Tally {
     ours: u64,
     stale: u64,
     foreign: u64,
+    stamped: u64,
     latencies: Vec<u64>,
     /// (due, latency) of each of `latencies`, µs.
     dated: Vec<(u64, u64)>,
@@ -398,15 +518,26 @@ impl Tally {
         match classify(el, &shared.tag) {
             Received::Ours(due) => {
                 self.ours += 1;
+                if shared.count_origins && has_origin_stamp(el) {
+                    self.stamped += 1;
+                }
                 if let Some(now) = now_us {
                     let latency = now.saturating_sub(due);
                     self.latencies.push(latency);
                     self.dated.push((due, latency));
                 }
             }
-            Received::Error => shared
-                .errors
-                .add(&format!("message error: {}", el.error_condition()), ""),
+            Received::Error => {
+                // The server's reason, when it gave one (the boundary policy always does).
+                let text = el
+                    .child("error")
+                    .and_then(|e| e.child("text"))
+                    .map(|t| t.text().into_owned())
+                    .unwrap_or_default();
+                shared
+                    .errors
+                    .add(&format!("message error: {}", el.error_condition()), &text)
+            }
             Received::Stale => self.stale += 1,
             Received::Foreign => self.foreign += 1,
             Received::Ignored => {}
@@ -423,6 +554,11 @@ impl Tally {
         if self.foreign > 0 {
             shared.foreign.fetch_add(self.foreign, Ordering::Relaxed);
         }
+        if self.stamped > 0 {
+            shared
+                .origin_stamped
+                .fetch_add(self.stamped, Ordering::Relaxed);
+        }
         shared.latency.record_us(&self.latencies);
         shared.timeline.record_us(&self.dated);
         self.latencies.clear();
@@ -430,7 +566,17 @@ impl Tally {
         self.ours = 0;
         self.stale = 0;
         self.foreign = 0;
+        self.stamped = 0;
     }
+}
+
+/// The namespace of the platform's origin stamp (docs/interop.md §5, rule 6).
+const NS_INTEROP: &str = "urn:strait:interop:0";
+
+/// Whether a message carries the platform's origin stamp.
+fn has_origin_stamp(el: &Element<'_>) -> bool {
+    el.children()
+        .any(|c| c.is("origin") && c.attr("xmlns").as_deref() == Some(NS_INTEROP))
 }
 
 /// A one-shot timer with nanosecond deadlines: a timerfd, which the runtime's epoll watches
@@ -574,8 +720,8 @@ async fn online(
                     };
                     let _ = write!(
                         conn.out,
-                        "<message to='{to}' type='chat' id='{}{g}.{due}'><body>{}</body></message>",
-                        shared.tag, plan.body
+                        "<message to='{to}' type='chat' id='{}{g}.{due}'>{}</message>",
+                        shared.tag, plan.content
                     );
                     lags.push(now - due);
                     j += 1;
@@ -638,7 +784,7 @@ mod tests {
             partner: "p@x".into(),
             offline: Arc::new((0..offline).map(|i| format!("o{i}@x")).collect()),
             offline_ppm: ppm,
-            body: "b".into(),
+            content: "<body>b</body>".into(),
         }
     }
 
@@ -693,5 +839,38 @@ mod tests {
         );
         assert_eq!(classify(&el("<presence/>"), tag), Received::Ignored);
         assert_eq!(body_text(50).len(), 50);
+    }
+
+    #[test]
+    fn omemo_content_is_an_encrypted_element_with_a_fallback_body() {
+        use base64::Engine as _;
+        for (asked, payload_len) in [(1500, 1500), (1501, 1504), (4, 4), (0, 0)] {
+            let content = omemo_content(asked);
+            let message = format!("<message>{content}</message>");
+            let m = Element::parse(message.as_bytes()).unwrap();
+            let names: Vec<&[u8]> = m.children().map(|c| c.local_name()).collect();
+            assert_eq!(names, [&b"body"[..], b"encrypted"], "{content}");
+            assert_eq!(m.child("body").unwrap().text(), OMEMO_FALLBACK);
+            let enc = m.child("encrypted").unwrap();
+            assert_eq!(enc.attr("xmlns").as_deref(), Some(NS_OMEMO));
+            let header = enc.child("header").unwrap();
+            let sid: u32 = header.attr("sid").unwrap().parse().unwrap();
+            assert!(sid > 0);
+            let key = header.child("key").unwrap();
+            assert!(key.attr("rid").unwrap().parse::<u32>().unwrap() > 0);
+            let b64 = base64::engine::general_purpose::STANDARD;
+            assert_eq!(b64.decode(key.text().as_bytes()).unwrap().len(), 60);
+            assert_eq!(
+                b64.decode(header.child("iv").unwrap().text().as_bytes())
+                    .unwrap()
+                    .len(),
+                12
+            );
+            let payload = enc.child("payload").unwrap().text();
+            assert_eq!(payload.len(), payload_len, "asked {asked}");
+            b64.decode(payload.as_bytes()).unwrap();
+        }
+        // Random, like ciphertext: two messages differ.
+        assert_ne!(omemo_content(64), omemo_content(64));
     }
 }

@@ -10,6 +10,7 @@ use crate::cli::AccountArgs;
 use crate::client::{self, ClientSettings, ConnError, Connection, Login};
 use crate::report::{LoginStats, Results};
 use crate::stats::{FailureCounts, Failures, Latency, Phase, Probe};
+use crate::third_party::TokenSigner;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,9 +20,18 @@ use tokio::task::JoinSet;
 /// How long a polite close waits for the server's `</stream:stream>`.
 pub(crate) const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
+/// How a third-party provider's users log in (`messages` in third-party mode).
+pub(crate) struct ThirdParty {
+    /// The provider domain's streams, SASL OAUTHBEARER.
+    pub settings: Arc<ClientSettings>,
+    pub signer: Arc<TokenSigner>,
+}
+
 /// What every scenario works with.
 pub(crate) struct Ctx {
     pub settings: Arc<ClientSettings>,
+    /// Set when some logins are a provider's users'.
+    pub third_party: Option<ThirdParty>,
     pub accounts: AccountArgs,
     pub probe: Probe,
     /// Marks this run's message ids and resources.
@@ -76,6 +86,9 @@ pub(crate) struct LoginJob {
     pub account: u64,
     pub resource: String,
     pub presence: bool,
+    /// The provider's user `{prefix}{n}@{third-party domain}` (OAUTHBEARER, a token minted
+    /// for it) rather than the platform account `{prefix}{n}@{domain}` (its password).
+    pub provider: bool,
 }
 
 /// Logs in every job with at most `ctx.concurrency` in flight. With `keep`, returns the
@@ -96,9 +109,12 @@ pub(crate) async fn login_many(
     let mut logins = JoinSet::new();
     for (i, job) in jobs.into_iter().enumerate() {
         let semaphore = semaphore.clone();
-        let settings = ctx.settings.clone();
         let user = ctx.accounts.user(job.account);
-        let password = ctx.accounts.password(job.account);
+        let (settings, password) = match (&ctx.third_party, job.provider) {
+            (Some(tp), true) => (tp.settings.clone(), tp.signer.mint(&user)),
+            (None, true) => unreachable!("a provider's user without a provider"),
+            (_, false) => (ctx.settings.clone(), ctx.accounts.password(job.account)),
+        };
         logins.spawn(async move {
             let _permit = semaphore.acquire_owned().await.expect("never closed");
             let t = Instant::now();
@@ -179,26 +195,30 @@ pub(crate) async fn sync_all(
         .collect())
 }
 
-/// Closes connections concurrently, politely.
-/// Logs in accounts `0..n` with presence, for a scenario that needs every one of them online,
-/// and waits until the server has settled each. `Err` is the outcome to return when a login
-/// failed (the connections made are closed); the phase is the login phase.
-pub(crate) async fn login_everyone(
-    ctx: &Ctx,
-    n: u64,
-    scenario: &str,
-    warnings: &[String],
-) -> anyhow::Result<Result<(Vec<Connection>, LoginStats, Phase), Outcome>> {
-    let probe = &ctx.probe;
-    let meter = crate::stats::PhaseMeter::start("login", probe);
-    let jobs = (0..n)
+/// Logins of platform accounts `0..n` with presence, connection i as account i.
+pub(crate) fn everyone(ctx: &Ctx, n: u64) -> Vec<LoginJob> {
+    (0..n)
         .map(|i| LoginJob {
             slot: i as usize,
             account: i,
             resource: resource(ctx, i),
             presence: true,
+            provider: false,
         })
-        .collect();
+        .collect()
+}
+
+/// Logs in every job, for a scenario that needs every one of them online, and waits until
+/// the server has settled each. `Err` is the outcome to return when a login failed (the
+/// connections made are closed); the phase is the login phase.
+pub(crate) async fn login_everyone(
+    ctx: &Ctx,
+    jobs: Vec<LoginJob>,
+    scenario: &str,
+    warnings: &[String],
+) -> anyhow::Result<Result<(Vec<Connection>, LoginStats, Phase), Outcome>> {
+    let probe = &ctx.probe;
+    let meter = crate::stats::PhaseMeter::start("login", probe);
     let (conns, logins) = login_many(ctx, jobs, true).await;
     let conns: Vec<Connection> = conns.into_iter().flatten().collect();
     if logins.failed > 0 {
@@ -224,6 +244,7 @@ pub(crate) async fn login_everyone(
     Ok(Ok((conns, logins, meter.finish(probe))))
 }
 
+/// Closes connections concurrently, politely.
 pub(crate) async fn close_all(conns: impl IntoIterator<Item = Connection>) {
     let mut set = JoinSet::new();
     for c in conns {

@@ -3,7 +3,7 @@
 //! one message in flight per pair). Round trips per second and round-trip latency.
 
 use super::idle::seconds;
-use super::{Ctx, Outcome, login_everyone};
+use super::{Ctx, Outcome, everyone, login_everyone};
 use crate::cli::PingpongArgs;
 use crate::client::{ConnError, Connection};
 use crate::report::{PingpongResults, Results};
@@ -29,11 +29,11 @@ pub(crate) async fn run(ctx: &Ctx, a: &PingpongArgs) -> anyhow::Result<Outcome> 
     let duration = seconds("--duration", a.duration)?;
     let probe = &ctx.probe;
 
-    let (conns, logins, login_phase) = match login_everyone(ctx, 2 * pairs, "pingpong", &[]).await?
-    {
-        Ok(x) => x,
-        Err(outcome) => return Ok(outcome),
-    };
+    let (conns, logins, login_phase) =
+        match login_everyone(ctx, everyone(ctx, 2 * pairs), "pingpong", &[]).await? {
+            Ok(x) => x,
+            Err(outcome) => return Ok(outcome),
+        };
     let mut phases = vec![login_phase];
 
     let meter = PhaseMeter::start("run", probe);
