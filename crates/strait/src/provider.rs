@@ -545,8 +545,13 @@ fn status(
 /// `strait user consent`.
 #[derive(Args)]
 pub struct ConsentArgs {
-    /// The account.
-    jid: String,
+    /// The account (or several: the same change for each, in one go).
+    #[arg(required_unless_present = "from_file")]
+    jids: Vec<String>,
+    /// Also the accounts listed in FILE, one JID per line (`-`: standard input); blank lines
+    /// and lines starting with `#` are skipped.
+    #[arg(long, value_name = "FILE")]
+    from_file: Option<PathBuf>,
     #[command(flatten)]
     flags: ConsentFlags,
     #[command(flatten)]
@@ -598,27 +603,120 @@ impl ConsentFlags {
 
 pub fn consent(a: ConsentArgs) -> Result<()> {
     let config = load_config(&a.config)?;
-    let jid = accounts::account_jid(&config, &a.jid)?;
+    let mut inputs = a.jids.clone();
+    if let Some(path) = &a.from_file {
+        let text = if path.as_os_str() == "-" {
+            crate::import::read_stdin()?
+        } else {
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
+        };
+        inputs.extend(jid_lines(&text));
+    }
+    let jids = account_jids(&config, &inputs)?;
     let change = ConsentChange {
         enabled: a.flags.enabled(),
         inbox: a.flags.inbox_mode()?,
-        allow: a.flags.allow,
-        deny: a.flags.deny,
+        allow: a.flags.allow.clone(),
+        deny: a.flags.deny.clone(),
     };
     let store = open_store(&config)?;
-    let r = if change == ConsentChange::default() {
-        use strait_store::{AccountStore, ConsentStore};
-        match store.account_exists(&jid) {
-            Ok(false) => Err(consent::ConsentError::NoAccount(jid.clone())),
-            Ok(true) => store.consent(&jid).map_err(consent::ConsentError::from),
+    let single = a.from_file.is_none() && jids.len() == 1;
+    let r = if single || change == ConsentChange::default() {
+        // Shown (or changed, for one account) one by one, a line each.
+        let mut failed = Vec::new();
+        for jid in &jids {
+            match consent_of(&store, jid, &change) {
+                Ok(c) => println!("{}", consent_line(jid, &c)),
+                Err(e) if single => failed.push(anyhow::Error::from(e)),
+                Err(e) => failed.push(anyhow::anyhow!("{jid}: {e}")),
+            }
+        }
+        match failed.len() {
+            0 => Ok(()),
+            1 if single => Err(failed.remove(0)),
+            n => Err(anyhow::anyhow!(
+                "{n} of {} account(s) failed:\n  {}",
+                jids.len(),
+                list(&failed)
+            )),
+        }
+    } else {
+        let started = std::time::Instant::now();
+        change_many(&store, &jids, &change).map(|()| {
+            println!(
+                "consent of {} account(s) changed in {:.2} s: {}",
+                jids.len(),
+                started.elapsed().as_secs_f64(),
+                describe(&change)
+            );
+        })
+    };
+    store.close()?;
+    r
+}
+
+/// The JIDs of a `--from-file` list: one a line, blank lines and `#` comments skipped.
+fn jid_lines(text: &str) -> impl Iterator<Item = String> + '_ {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_owned)
+}
+
+/// The accounts' JIDs, normalized, without repeats (in the order first given). Any invalid
+/// one refuses the whole list, before anything changes.
+fn account_jids(config: &Config, inputs: &[String]) -> Result<Vec<String>> {
+    if inputs.is_empty() {
+        bail!("no account given (the file is empty)");
+    }
+    let mut seen = std::collections::HashSet::new();
+    let mut jids = Vec::new();
+    let mut bad = Vec::new();
+    if let [one] = inputs {
+        // One account: its own error, as ever.
+        return Ok(vec![accounts::account_jid(config, one)?]);
+    }
+    for input in inputs {
+        match accounts::account_jid(config, input) {
+            Ok(jid) => {
+                if seen.insert(jid.clone()) {
+                    jids.push(jid);
+                }
+            }
+            Err(e) => bad.push(anyhow::anyhow!("{input:?}: {e}")),
+        }
+    }
+    if !bad.is_empty() {
+        bail!(
+            "{} of the {} JID(s) are not accounts' JIDs; nothing was changed:\n  {}",
+            bad.len(),
+            inputs.len(),
+            list(&bad)
+        );
+    }
+    Ok(jids)
+}
+
+/// Shows the consent of `jid` (no change asked for) or applies the change.
+fn consent_of(
+    store: &dyn strait_store::Store,
+    jid: &str,
+    change: &ConsentChange,
+) -> Result<strait_store::Consent, consent::ConsentError> {
+    if *change == ConsentChange::default() {
+        match store.account_exists(jid) {
+            Ok(false) => Err(consent::ConsentError::NoAccount(jid.to_owned())),
+            Ok(true) => store.consent(jid).map_err(consent::ConsentError::from),
             Err(e) => Err(e.into()),
         }
     } else {
-        consent::change(&store, &jid, &change, now_ms())
-    };
-    store.close()?;
-    let c = r?;
-    println!(
+        consent::change(store, jid, change, now_ms())
+    }
+}
+
+/// `alice@example.org: third-party chats on, separate inbox, from: acme`.
+fn consent_line(jid: &str, c: &strait_store::Consent) -> String {
+    format!(
         "{jid}: third-party chats {}, {} inbox, from: {}",
         if c.enabled { "on" } else { "off" },
         c.inbox.as_str(),
@@ -627,6 +725,209 @@ pub fn consent(a: ConsentArgs) -> Result<()> {
         } else {
             c.providers.join(", ")
         }
-    );
+    )
+}
+
+/// The first errors of a list, one a line, and how many more.
+fn list(errors: &[anyhow::Error]) -> String {
+    const SHOWN: usize = 20;
+    let mut s: Vec<String> = errors
+        .iter()
+        .take(SHOWN)
+        .map(|e| format!("{e:#}"))
+        .collect();
+    if errors.len() > SHOWN {
+        s.push(format!("… and {} more", errors.len() - SHOWN));
+    }
+    s.join("\n  ")
+}
+
+/// `on, allow acme, combined inbox`: what a change does.
+fn describe(change: &ConsentChange) -> String {
+    let mut parts = Vec::new();
+    match change.enabled {
+        Some(true) => parts.push("third-party chats on".to_owned()),
+        Some(false) => parts.push("third-party chats off".to_owned()),
+        None => {}
+    }
+    if !change.allow.is_empty() {
+        parts.push(format!("allowed {}", change.allow.join(", ")));
+    }
+    if !change.deny.is_empty() {
+        parts.push(format!("denied {}", change.deny.join(", ")));
+    }
+    if let Some(inbox) = change.inbox {
+        parts.push(format!("{} inbox", inbox.as_str()));
+    }
+    parts.join(", ")
+}
+
+/// Threads applying a bulk change: each waits for its write's commit most of the time, and
+/// the store's writer commits what all of them queued meanwhile together (group commit: one
+/// fsync for many accounts).
+const CONSENT_THREADS: usize = 32;
+
+/// The same change for many accounts (distinct JIDs), concurrently. The first account goes
+/// alone, so that a change every account would refuse (a provider not registered) is said
+/// once. Accounts that fail are listed; the others keep their change.
+fn change_many(
+    store: &(dyn strait_store::Store + Sync),
+    jids: &[String],
+    change: &ConsentChange,
+) -> Result<()> {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let Some((first, rest)) = jids.split_first() else {
+        return Ok(());
+    };
+    let mut failed = Vec::new();
+    match consent::change(store, first, change, now_ms()) {
+        Ok(_) => {}
+        Err(
+            e @ (consent::ConsentError::UnknownProvider(_) | consent::ConsentError::Terminated(_)),
+        ) => {
+            return Err(e.into());
+        }
+        Err(e) => failed.push(anyhow::anyhow!("{first}: {e}")),
+    }
+    let next = AtomicUsize::new(0);
+    let errors = Mutex::new(failed);
+    std::thread::scope(|s| {
+        for _ in 0..CONSENT_THREADS.min(rest.len()) {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(jid) = rest.get(i) else {
+                        break;
+                    };
+                    if let Err(e) = consent::change(store, jid, change, now_ms()) {
+                        errors
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .push(anyhow::anyhow!("{jid}: {e}"));
+                    }
+                }
+            });
+        }
+    });
+    let failed = errors.into_inner().unwrap_or_else(|p| p.into_inner());
+    if !failed.is_empty() {
+        bail!(
+            "{} of {} account(s) changed, {} failed:\n  {}",
+            jids.len() - failed.len(),
+            jids.len(),
+            failed.len(),
+            list(&failed)
+        );
+    }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use strait_store::{ConsentStore, SqliteStore};
+
+    fn config() -> Config {
+        let mut c = Config {
+            domains: vec!["host.example".into()],
+            ..Config::default()
+        };
+        c.auth.scram_iterations = 4096;
+        c
+    }
+
+    #[test]
+    fn jid_lists_skip_blanks_and_comments_and_refuse_bad_jids_whole() {
+        let c = config();
+        let text = "# opted in\n a@host.example \n\nB@Host.Example\na@host.example\n";
+        let inputs: Vec<String> = jid_lines(text).collect();
+        assert_eq!(
+            inputs,
+            ["a@host.example", "B@Host.Example", "a@host.example"]
+        );
+        assert_eq!(
+            account_jids(&c, &inputs).unwrap(),
+            ["a@host.example", "b@host.example"]
+        );
+        let bad = [
+            "a@host.example",
+            "c@elsewhere.example",
+            "d@host.example/phone",
+        ]
+        .map(String::from);
+        let e = account_jids(&c, &bad).unwrap_err().to_string();
+        assert!(
+            e.starts_with("2 of the 3 JID(s) are not accounts' JIDs; nothing was changed"),
+            "{e}"
+        );
+        assert!(
+            e.contains("\"c@elsewhere.example\"") && e.contains("d@host.example/phone"),
+            "{e}"
+        );
+        // One JID keeps its own error.
+        let e = account_jids(&c, &["x@elsewhere.example".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("nothing was changed"), "{e}");
+        assert!(account_jids(&c, &[]).is_err());
+    }
+
+    #[test]
+    fn many_accounts_change_at_once_and_failures_are_listed() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = config();
+        let store = SqliteStore::open(&dir.path().join("store.db")).unwrap();
+        let mut p = Provider::new("acme", "Acme", vec!["acme.example".into()]);
+        p.issuer = None;
+        let op = Actor {
+            name: "test",
+            now_ms: 1,
+        };
+        registry::add(&c, &store, &p, op).unwrap();
+        let jids: Vec<String> = (0..40).map(|i| format!("u{i}@host.example")).collect();
+        for j in &jids {
+            accounts::add_user(&c, &store, j, "pw-secret").unwrap();
+        }
+        let on = ConsentChange {
+            enabled: Some(true),
+            allow: vec!["acme".into()],
+            ..Default::default()
+        };
+        change_many(&store, &jids, &on).unwrap();
+        for j in &jids {
+            let got = store.consent(j).unwrap();
+            assert!(got.enabled && got.providers == ["acme"], "{j}: {got:?}");
+        }
+        assert_eq!(describe(&on), "third-party chats on, allowed acme");
+
+        // An unknown provider is refused once, before any account changes.
+        let nope = ConsentChange {
+            allow: vec!["nope".into()],
+            ..Default::default()
+        };
+        let e = change_many(&store, &jids, &nope).unwrap_err().to_string();
+        assert_eq!(e, "no provider nope is registered");
+
+        // Accounts that do not exist fail; the others change.
+        let mut some = jids[..3].to_vec();
+        some.push("ghost@host.example".into());
+        let off = ConsentChange {
+            enabled: Some(false),
+            ..Default::default()
+        };
+        let e = change_many(&store, &some, &off).unwrap_err().to_string();
+        assert!(e.starts_with("3 of 4 account(s) changed, 1 failed"), "{e}");
+        assert!(
+            e.contains("ghost@host.example: account ghost@host.example not found"),
+            "{e}"
+        );
+        assert!(!store.consent(&jids[0]).unwrap().enabled);
+        assert!(store.consent(&jids[3]).unwrap().enabled);
+        assert_eq!(
+            consent_line(&jids[0], &store.consent(&jids[0]).unwrap()),
+            "u0@host.example: third-party chats off, separate inbox, from: acme"
+        );
+        store.close().unwrap();
+    }
 }
