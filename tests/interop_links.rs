@@ -52,7 +52,9 @@ async fn federate(t: &TestServer, id: &str, domain: &str, link: &str, pin: &str)
     strait_server::interop::refresh(st, -1).await;
 }
 
-fn allow(t: &TestServer, jid: &str, provider: &str) {
+/// The operator's `strait user consent`: a store write, which the running server notices in
+/// its next poll (done here at once).
+async fn allow(t: &TestServer, jid: &str, provider: &str) {
     let st = state(t);
     let change = ConsentChange {
         enabled: Some(true),
@@ -60,6 +62,7 @@ fn allow(t: &TestServer, jid: &str, provider: &str) {
         ..ConsentChange::default()
     };
     consent::change(&*st.store, jid, &change, 1).unwrap();
+    strait_server::interop::refresh_consents(st).await;
 }
 
 /// Server A (`gk.test`) and server B (`acme.test`), linked both ways, with
@@ -125,7 +128,7 @@ async fn messages_cross_both_ways_under_the_policy_on_each_side() {
         "{r}"
     );
     assert!(r.contains("are off for your account"), "{r}");
-    allow(&a, "alice@gk.test", "acme");
+    allow(&a, "alice@gk.test", "acme").await;
 
     // B's policy: bob has not opted in to gk (A's domain as B's provider); B refuses it and
     // the error comes back over B's link to A.
@@ -136,7 +139,7 @@ async fn messages_cross_both_ways_under_the_policy_on_each_side() {
         "{r}"
     );
     assert!(r.contains("does not accept chats from gk chat"), "{r}");
-    allow(&b, "bob@acme.test", "gk");
+    allow(&b, "bob@acme.test", "gk").await;
 
     // Encrypted, both opted in: delivered, stamped by B with its provider's origin, and
     // the plaintext fallback replaced.
@@ -207,8 +210,8 @@ async fn messages_cross_both_ways_under_the_policy_on_each_side() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_link_with_a_certificate_nobody_pinned_is_refused_and_says_why() {
     let (a, b) = two_platforms().await;
-    allow(&a, "alice@gk.test", "acme");
-    allow(&b, "bob@acme.test", "gk");
+    allow(&a, "alice@gk.test", "acme").await;
+    allow(&b, "bob@acme.test", "gk").await;
     // B now pins some other key for gk: A's certificate no longer authenticates it.
     let st = state(&b);
     let mut gk = st.store.provider("gk").unwrap().unwrap();
@@ -256,8 +259,8 @@ fn account(t: &TestServer, jid: &str, password: &str, store: &std::path::Path) -
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sdk_clients_on_two_platforms_hold_an_encrypted_chat() {
     let (a, b) = two_platforms().await;
-    allow(&a, "alice@gk.test", "acme");
-    allow(&b, "bob@acme.test", "gk");
+    allow(&a, "alice@gk.test", "acme").await;
+    allow(&b, "bob@acme.test", "gk").await;
     let dir = tempfile::tempdir().unwrap();
     let mut alice = Client::connect(&account(&a, "alice@gk.test", "pa", &dir.path().join("a")))
         .await
@@ -397,7 +400,7 @@ async fn unconfirmed_stanzas_go_back_to_their_senders_when_a_link_breaks() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let link = listener.local_addr().unwrap().to_string();
     federate(&a, "fake", "fake.test", &link, &pin).await;
-    allow(&a, "alice@gk.test", "fake");
+    allow(&a, "alice@gk.test", "fake").await;
     let mut alice = RawClient::login(a.starttls, a.ca_pem(), "alice@gk.test", "pa", "a1").await;
     alice.available().await;
 

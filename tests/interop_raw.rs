@@ -878,3 +878,64 @@ async fn a_platform_user_blocks_and_reports_a_provider_user() {
     let r = block_with(&mut alice, "b3", "<item jid='eve@acme.example'/>").await;
     assert!(r.contains("type='result'"), "{r}");
 }
+
+#[tokio::test]
+async fn consent_changes_reach_the_boundary_despite_its_cache() {
+    use strait_server::interop::consent::{self, ConsentChange};
+    let t = TestServer::start(|_| {}).await;
+    let key = ProviderKey::new();
+    provider(&t, "acme", "acme.example", &key).await;
+    t.add_user("alice@localhost", "pa");
+    let mut alice = RawClient::login(t.starttls, t.ca_pem(), "alice@localhost", "pa", "a1").await;
+    alice.available().await;
+    let mut bob = enlisted(&t, &key, "acme.example", "bob").await;
+    let send =
+        |id: &str| format!("<message to='alice@localhost' id='{id}' type='chat'>{OMEMO}</message>");
+
+    // Refused (and the refusal's consent now cached), then allowed by alice's own IQ: the
+    // very next message arrives.
+    bob.send(&send("m1")).await;
+    assert!(
+        bob.expect_element(&["id='m1'"])
+            .await
+            .contains("<not-allowed")
+    );
+    let on = "<consent xmlns='urn:strait:interop:0' enabled='true'><provider id='acme' allowed='true'/></consent>";
+    consent(&mut alice, "c1", on).await;
+    bob.send(&send("m2")).await;
+    alice.expect_element(&["id='m2'"]).await;
+    // Revoked by alice: the next message is refused.
+    let off =
+        "<consent xmlns='urn:strait:interop:0'><provider id='acme' allowed='false'/></consent>";
+    consent(&mut alice, "c2", off).await;
+    bob.send(&send("m3")).await;
+    let e = bob.expect_element(&["id='m3'"]).await;
+    assert!(e.contains("<not-allowed"), "{e}");
+    assert_eq!(state(&t).interop.consents.len(), 1);
+
+    // The operator allows it again from another process (`strait user consent` writes the
+    // store): the running server's poll drops its cache within a second or so.
+    let change = ConsentChange {
+        allow: vec!["acme".into()],
+        ..ConsentChange::default()
+    };
+    consent::change(&*state(&t).store, "alice@localhost", &change, 2).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(8);
+    let mut n = 0;
+    loop {
+        n += 1;
+        let id = format!("p{n}");
+        bob.send(&send(&id)).await;
+        let attr = format!("id='{id}'");
+        let needles = [attr.as_str()];
+        tokio::select! {
+            _ = alice.expect_element(&needles) => break,
+            e = bob.expect_element(&needles) => assert!(e.contains("<not-allowed"), "{e}"),
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the change never took effect"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

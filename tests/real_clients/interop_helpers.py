@@ -9,6 +9,7 @@ would sign them.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -90,3 +91,19 @@ def condition_of(err) -> str:
                 not child.tag.endswith("}text"):
             return child.tag.split("}")[1]
     return ""
+
+
+async def refusal_after_consent(sender, send, timeout: float = 8.0):
+    """The refusal of what `send()` sends once the operator's consent change has reached the
+    running server: `strait user consent` writes the store, and the server drops its consent
+    cache within its registry poll's second. Sends again while the refusal is still the
+    consent's `not-allowed`; returns the first other refusal (or the last one at the deadline)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        sender.message_errors.clear()
+        send()
+        err = await sender.wait_cond(lambda: sender.message_errors and sender.message_errors[-1],
+                                     "a refusal")
+        if condition_of(err) != "not-allowed" or time.monotonic() > deadline:
+            return err
+        await asyncio.sleep(0.3)

@@ -20,7 +20,8 @@ oldmemo = pytest.importorskip("oldmemo")
 twomemo = pytest.importorskip("twomemo")
 slixmpp_omemo = pytest.importorskip("slixmpp_omemo")
 
-from interop_helpers import ProviderBackend, condition_of, register_provider  # noqa: E402  (also registers OAUTHBEARER)
+from interop_helpers import (ProviderBackend, condition_of, refusal_after_consent,  # noqa: E402  (also registers OAUTHBEARER)
+                             register_provider)
 
 from omemo_helpers import (NS_OLD, NS_TWO, OMEMO_TIMEOUT, befriend, omemo_client,  # noqa: E402
                            receive_encrypted, send_encrypted, tok, wait_devices_known)
@@ -77,10 +78,8 @@ def test_platform_and_provider_users_chat_end_to_end_encrypted(server, new_accou
             assert "does not accept chats" in err["error"]["text"], err
             server.cli("user", "consent", a.jid, "--on", "--allow", pid)
             # Plaintext is refused even with consent; nothing arrives.
-            b.message_errors.clear()
-            b.send_message(mto=a.jid, mbody="plain words", mtype="chat")
-            err = await b.wait_cond(lambda: b.message_errors and b.message_errors[-1],
-                                    "plaintext bounce")
+            err = await refusal_after_consent(
+                b, lambda: b.send_message(mto=a.jid, mbody="plain words", mtype="chat"))
             assert condition_of(err) == "policy-violation", err
             assert "must be end-to-end encrypted" in err["error"]["text"], err
             assert not [m for m in pa.messages if "plain words" in str(m)]

@@ -45,7 +45,7 @@ from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID  # noqa: E402
 
 from conftest import Server, free_ports, port_open  # noqa: E402
-from interop_helpers import condition_of  # noqa: E402
+from interop_helpers import condition_of, refusal_after_consent  # noqa: E402
 from omemo_helpers import (NS_OLD, NS_TWO, OMEMO_TIMEOUT, befriend, omemo_client,  # noqa: E402
                            receive_encrypted, send_encrypted, tok, wait_devices_known)
 from xmpp_helpers import TEST_TIMEOUT, Account, Clients, run  # noqa: E402
@@ -410,10 +410,8 @@ def test_the_policy_holds_both_ways_across_the_link(server, peer, new_account):
             assert "are off for your account" in err["error"]["text"], err
             server.cli("user", "consent", a.jid, "--on", "--allow", peer.pid)
             # Plaintext is refused even with consent; nothing arrives.
-            pc.message_errors.clear()
-            pc.send_message(mto=a.jid, mbody="plain words", mtype="chat")
-            err = await pc.wait_cond(lambda: pc.message_errors and pc.message_errors[-1],
-                                     "plaintext bounce")
+            err = await refusal_after_consent(
+                pc, lambda: pc.send_message(mto=a.jid, mbody="plain words", mtype="chat"))
             assert condition_of(err) == "policy-violation", err
             assert "must be end-to-end encrypted" in err["error"]["text"], err
             assert not [m for m in pa.messages if "plain words" in str(m)]

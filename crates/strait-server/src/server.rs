@@ -455,6 +455,7 @@ impl Server {
         let mut tasks = JoinSet::new();
         // The provider registry is read before the first client connects.
         let registry = crate::interop::refresh(&state, -1).await;
+        crate::interop::refresh_consents(&state).await;
         tasks.spawn(crate::interop::watch_registry(state.clone(), registry));
         let mut local_addrs = Vec::new();
         let mut local_https = Vec::new();

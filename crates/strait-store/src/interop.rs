@@ -261,6 +261,10 @@ pub trait ConsentStore {
     fn consent(&self, owner: &str) -> Result<Consent>;
     /// Replaces the account's consent. [`crate::StoreError::NotFound`] if it is not an account.
     fn set_consent(&self, owner: &str, consent: &Consent) -> Result<()>;
+    /// A number that changes whenever any account's consent is set, or removed with its
+    /// account, by any process: a running server that caches consent drops its cache when
+    /// it changes.
+    fn consent_version(&self) -> Result<i64>;
 }
 
 /// Joins a list for one text column; the items never contain a space.

@@ -38,6 +38,7 @@ struct Inner {
     providers: BTreeMap<String, crate::Provider>,
     provider_audit: Vec<crate::AuditEntry>,
     consent: HashMap<String, crate::Consent>,
+    consent_version: i64,
     /// Abuse reports, oldest first (ids increase).
     reports: Vec<crate::AbuseReport>,
     next_report_id: i64,
@@ -86,7 +87,9 @@ impl AccountStore for MemoryStore {
         g.reports.retain(|r| r.reporter != jid);
         g.archives.remove(jid);
         g.archive_prefs.remove(jid);
-        g.consent.remove(jid);
+        if g.consent.remove(jid).is_some() {
+            g.consent_version += 1;
+        }
         Ok(())
     }
 
@@ -539,7 +542,12 @@ impl crate::ConsentStore for MemoryStore {
         }
         g.consent
             .insert(owner.to_owned(), consent.clone().normalized());
+        g.consent_version += 1;
         Ok(())
+    }
+
+    fn consent_version(&self) -> Result<i64> {
+        Ok(self.lock().consent_version)
     }
 }
 

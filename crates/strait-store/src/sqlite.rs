@@ -438,6 +438,11 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (report, seq)
     );
     ",
+    // 17: a counter of consent changes, which running servers poll to drop their caches.
+    "
+    CREATE TABLE consent_version (v INTEGER NOT NULL);
+    INSERT INTO consent_version (v) VALUES (0);
+    ",
 ];
 
 /// A write request queued for the writer thread.
@@ -1824,7 +1829,9 @@ impl AccountStore for SqliteStore {
             c.execute("DELETE FROM vcards WHERE owner = ?1", [&jid])?;
             c.execute("DELETE FROM private_xml WHERE owner = ?1", [&jid])?;
             c.execute("DELETE FROM push_registrations WHERE owner = ?1", [&jid])?;
-            c.execute("DELETE FROM consent WHERE owner = ?1", [&jid])?;
+            if c.execute("DELETE FROM consent WHERE owner = ?1", [&jid])? > 0 {
+                c.execute("UPDATE consent_version SET v = v + 1", [])?;
+            }
             c.execute("DELETE FROM blocklist WHERE owner = ?1", [&jid])?;
             c.execute("DELETE FROM abuse_reports WHERE reporter = ?1", [&jid])?;
             archive_delete_owner(c, &jid)?;

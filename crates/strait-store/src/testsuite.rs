@@ -1264,7 +1264,10 @@ pub fn consent(s: &impl Store) {
         providers: vec!["zeta".into(), "acme".into(), "acme".into()],
         updated_ms: 42,
     };
+    let v0 = s.consent_version().unwrap();
     s.set_consent(o, &c).unwrap();
+    let v1 = s.consent_version().unwrap();
+    assert_ne!(v0, v1, "a consent change changes the version");
     let got = s.consent(o).unwrap();
     assert_eq!(got.providers, ["acme", "zeta"]);
     assert_eq!(
@@ -1276,8 +1279,18 @@ pub fn consent(s: &impl Store) {
         s.set_consent("nobody@x.example", &c),
         Err(StoreError::NotFound(_))
     ));
+    assert_eq!(
+        s.consent_version().unwrap(),
+        v1,
+        "a failed change is no change"
+    );
     // Removing the account forgets its consent; a new account of the same name starts off.
     s.remove_account(o).unwrap();
+    assert_ne!(
+        s.consent_version().unwrap(),
+        v1,
+        "removing a consent changes the version"
+    );
     s.create_account(o, &creds(1)).unwrap();
     assert_eq!(s.consent(o).unwrap(), Consent::default());
 }

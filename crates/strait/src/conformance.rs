@@ -170,7 +170,8 @@ pub async fn run(a: ConformanceArgs) -> Result<bool> {
         allow: vec!["provider".into()],
         ..ConsentChange::default()
     };
-    consent::change(&*state.store, &echo, &on, now_ms())?;
+    let c = consent::change(&*state.store, &echo, &on, now_ms())?;
+    state.interop.consents.set(&echo, c);
     strait_server::interop::refresh(&state, -1).await;
     let addrs: Vec<String> = server
         .local_addrs()

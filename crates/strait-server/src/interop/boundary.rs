@@ -199,15 +199,25 @@ fn active(provider: &Provider) -> Result<(), StanzaError> {
 }
 
 /// Rule 2's question: whether the platform user accepts chats with the provider's users
-/// (read from the store: a change applies to the next stanza).
+/// (from the consent cache, or read from the store into it: a change through the consent IQ
+/// applies to the next stanza, one by another process within the registry poll's second).
 async fn consents(
     state: &ServerState,
     platform_user: &str,
     provider: &str,
 ) -> Result<bool, StanzaError> {
+    let cache = &state.interop.consents;
+    if let Some(c) = cache.get(platform_user) {
+        return Ok(c.allows(provider));
+    }
+    let generation = cache.generation();
     let owner = platform_user.to_owned();
     match state.store(move |s| s.consent(&owner)).await {
-        Ok(c) => Ok(c.allows(provider)),
+        Ok(c) => {
+            let allows = c.allows(provider);
+            cache.insert(platform_user, c, generation);
+            Ok(allows)
+        }
         Err(e) => {
             tracing::error!("consent of {platform_user}: {e}");
             Err(StanzaError::new(Cond::InternalServerError))

@@ -72,9 +72,128 @@ pub fn change(
     Ok(c)
 }
 
+/// Entries the cache holds before it starts over (a bound on its memory, about 10 MB, whatever
+/// addresses a sender tries).
+const CACHE_ENTRIES: usize = 65_536;
+
+/// Platform users' consent as the boundary last read it, so that a stanza that crosses does
+/// not read the store (a blocking-pool hop and a query each time, before).
+///
+/// Kept right: the consent IQ of the running server updates the entry with its write; a change
+/// made by another process (`strait user consent`) changes the store's
+/// [`consent_version`](strait_store::ConsentStore::consent_version), and the server's registry
+/// poll drops the whole cache within a second of it. A read that raced with either does not
+/// put what it read into the cache: every change moves a generation, and a read's result is
+/// kept only if the generation is the one it started under.
+#[derive(Default)]
+pub struct ConsentCache {
+    inner: std::sync::Mutex<CacheInner>,
+}
+
+#[derive(Default)]
+struct CacheInner {
+    generation: u64,
+    /// The store's consent version when the cache was last emptied for it.
+    version: Option<i64>,
+    map: std::collections::HashMap<String, std::sync::Arc<Consent>>,
+}
+
+impl ConsentCache {
+    fn lock(&self) -> std::sync::MutexGuard<'_, CacheInner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn get(&self, owner: &str) -> Option<std::sync::Arc<Consent>> {
+        self.lock().map.get(owner).cloned()
+    }
+
+    /// The generation to hand back to [`ConsentCache::insert`] with what a read found.
+    pub fn generation(&self) -> u64 {
+        self.lock().generation
+    }
+
+    /// Keeps what a store read that started under `generation` found, unless something
+    /// changed since.
+    pub fn insert(&self, owner: &str, consent: Consent, generation: u64) {
+        let mut g = self.lock();
+        if g.generation != generation {
+            return;
+        }
+        if g.map.len() >= CACHE_ENTRIES {
+            g.map.clear();
+        }
+        g.map.insert(owner.to_owned(), std::sync::Arc::new(consent));
+    }
+
+    /// The running server changed `owner`'s consent to `consent` (after its store write).
+    pub fn set(&self, owner: &str, consent: Consent) {
+        let mut g = self.lock();
+        g.generation += 1;
+        g.map.insert(owner.to_owned(), std::sync::Arc::new(consent));
+    }
+
+    /// Drops everything when the store's consent version is not the one last seen.
+    pub fn sync(&self, version: i64) {
+        let mut g = self.lock();
+        if g.version != Some(version) {
+            g.version = Some(version);
+            g.generation += 1;
+            g.map.clear();
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn on(p: &str) -> Consent {
+        Consent {
+            enabled: true,
+            providers: vec![p.into()],
+            ..Consent::default()
+        }
+    }
+
+    #[test]
+    fn the_cache_never_keeps_a_read_that_raced_with_a_change() {
+        let c = ConsentCache::default();
+        c.sync(1);
+        let g = c.generation();
+        c.insert("a@p", on("acme"), g);
+        assert!(c.get("a@p").unwrap().allows("acme"));
+        // A read starts, the user changes their consent meanwhile: the read is not kept.
+        let g = c.generation();
+        c.set("a@p", Consent::default());
+        c.insert("a@p", on("acme"), g);
+        assert!(!c.get("a@p").unwrap().allows("acme"));
+        // Another process changed some consent: everything goes, and a read that started
+        // before is not kept either.
+        let g = c.generation();
+        c.sync(1);
+        assert_eq!(c.len(), 1, "the same version keeps the cache");
+        c.sync(2);
+        assert!(c.is_empty());
+        c.insert("b@p", on("acme"), g);
+        assert!(c.get("b@p").is_none());
+    }
+
+    #[test]
+    fn the_cache_is_bounded() {
+        let c = ConsentCache::default();
+        for i in 0..CACHE_ENTRIES + 10 {
+            c.insert(&format!("u{i}@p"), Consent::default(), c.generation());
+        }
+        assert!(c.len() <= CACHE_ENTRIES);
+    }
     use strait_store::{
         AccountStore, AuditNote, ConsentStore, Credentials, MemoryStore, Provider, ProviderStore,
     };

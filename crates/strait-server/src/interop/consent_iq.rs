@@ -126,6 +126,7 @@ pub async fn handle(s: &mut Session, stanza: &Stanza, el: &Element) {
             .await;
     match r {
         Ok(Ok(c)) => {
+            s.state.interop.consents.set(&s.bare, c.clone());
             tracing::info!(account = %s.bare, enabled = c.enabled, providers = ?c.providers, "consent changed");
             let x = answer(s, &c);
             s.reply(iq_result(stanza, Some(&x)));

@@ -141,6 +141,8 @@ pub struct Interop {
     snapshot: RwLock<Arc<Snapshot>>,
     /// Message rates across the boundary (per provider, per sender).
     pub rates: boundary::Rates,
+    /// Platform users' consent, as the boundary last read it.
+    pub consents: consent::ConsentCache,
 }
 
 impl Interop {
@@ -239,5 +241,15 @@ pub async fn watch_registry(state: Arc<ServerState>, mut known: i64) {
             _ = shutdown.changed() => return,
         }
         known = refresh(&state, known).await;
+        refresh_consents(&state).await;
+    }
+}
+
+/// Drops the consent cache when consent changed in the store since the last look (a change
+/// by another process: `strait user consent`; the server's own changes update the cache).
+pub async fn refresh_consents(state: &Arc<ServerState>) {
+    match state.store(|s| s.consent_version()).await {
+        Ok(v) => state.interop.consents.sync(v),
+        Err(e) => tracing::error!("reading the consent version: {e}"),
     }
 }

@@ -1,4 +1,4 @@
-//! The interop registry and consent on SQLite (schema 14).
+//! The interop registry and consent on SQLite (schema 14; consent's change counter, 17).
 
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -262,7 +262,16 @@ impl ConsentStore for SqliteStore {
                     consent.updated_ms
                 ],
             )?;
+            c.prepare_cached("UPDATE consent_version SET v = v + 1")?
+                .execute([])?;
             Ok(())
+        })
+    }
+
+    fn consent_version(&self) -> Result<i64> {
+        self.read(|c| {
+            Ok(c.prepare_cached("SELECT v FROM consent_version")?
+                .query_row([], |r| r.get(0))?)
         })
     }
 }
