@@ -60,7 +60,8 @@ enum Command {
     Proxy(proxy::ProxyCommand),
     /// Chat, end-to-end encrypted (OMEMO, the Signal protocol), with any account on this
     /// platform or another XMPP server: send, send-file, listen, with (interactive), consent
-    /// (third-party chats), fingerprints, chats (the chat list), history.
+    /// (third-party chats), fingerprints, block / unblock / blocked (with abuse reports),
+    /// chats (the chat list), history.
     ///
     /// Example: STRAIT_CHAT_PASSWORD=… strait chat --jid alice@localhost --ca-file
     /// strait-data/tls/ca.pem send bob@localhost hello
