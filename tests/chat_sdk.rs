@@ -92,6 +92,10 @@ async fn sdk_devices_exchange_encrypted_messages_online_and_offline() {
     let mut b = Client::connect(&account(&ts, "bob@localhost", "pb", &b_store))
         .await
         .unwrap();
+    // Bob reads alice's device lists for every message here, so that her second device is
+    // seen at once (how long lists are kept and what refreshes them: the sdk_keeps_… and
+    // sdk_takes_… tests below).
+    b.set_device_list_ttl(Duration::ZERO);
     let sent = b
         .send("alice@localhost", "while you were out")
         .await

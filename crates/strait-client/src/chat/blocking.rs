@@ -168,7 +168,11 @@ impl Client {
     pub async fn block(&mut self, jid: &str, report: Option<&Report>) -> Result<(), ChatError> {
         let reporter = bare(&self.conn.jid).to_owned();
         let command = block_xml(jid, report, &reporter)?;
-        self.blocking_iq("set", &command).await.map(|_| ())
+        self.blocking_iq("set", &command).await?;
+        // The next send to it reads its device lists, whose refusal says it is blocked
+        // before anything is encrypted.
+        self.lists.forget_blocked(jid);
+        Ok(())
     }
 
     /// Unblocks these addresses; an empty slice unblocks every address on the list.

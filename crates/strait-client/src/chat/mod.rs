@@ -18,6 +18,14 @@
 //! incoming message, decrypted, with the platform's origin stamp when it comes from a
 //! third-party provider's user (`urn:strait:interop:0`).
 //!
+//! Device lists are not read for every message: the client keeps those it heard of, the
+//! contacts' and the account's own, per OMEMO version. A PEP notification replaces one at
+//! once; one read from the server is trusted for [`DEVICE_LIST_TTL`] (a minute;
+//! [`Client::set_device_list_ttl`]), since a contact whose presence the account does not share
+//! sends no notifications; a message from a device a list lacks has the next send read it
+//! again. "No OMEMO 0.3 list" is kept too, for a contact that has OMEMO 2 devices, and a
+//! refusal never is. At most [`DEVICE_LISTS_MAX`] accounts; a reconnection starts afresh.
+//!
 //! Messages are handled as they arrive, in order (decrypted, recorded in the history), before
 //! the connection acknowledges them to the server: an app that only sends still keeps what
 //! arrived meanwhile ([`Client::pending_events`]). A message delivered again after a lost
@@ -74,14 +82,17 @@
 
 mod blocking;
 mod consent;
+mod devices;
 mod media;
 mod store;
 
 pub use blocking::{MAX_REPORT_IDS, MAX_REPORT_TEXT, Report, ReportReason};
 pub use consent::{Consent, ConsentChange, ProviderChoice};
+pub use devices::{DEVICE_LIST_TTL, DEVICE_LISTS_MAX};
 pub use media::{MAX_DOWNLOAD, Media};
 pub use store::{Conversation, HistoryEntry, conversations, history};
 
+use devices::DeviceLists;
 use media::file_name;
 use store::{device_id, open_store};
 
@@ -95,7 +106,7 @@ use std::collections::{HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use strait_signal::device::{DeviceError, DeviceV2, DeviceV03};
 use strait_signal::error::SignalError;
 use strait_signal::fingerprint::{
@@ -305,6 +316,11 @@ pub struct Client {
     failed: Option<ChatError>,
     /// Bundles fetched on this connection (not fetched twice).
     fetched: HashSet<(String, u32, Omemo)>,
+    /// The device lists heard of lately (contacts' and the account's own), so that a send
+    /// reads them from the server only when they are stale.
+    lists: DeviceLists,
+    /// Device lists read from the server on this client (a test's measure of round trips).
+    list_reads: u64,
     next_id: u64,
     id_prefix: String,
     https: Https,
@@ -430,6 +446,8 @@ impl Client {
             events: VecDeque::new(),
             failed: None,
             fetched: HashSet::new(),
+            lists: DeviceLists::new(DEVICE_LIST_TTL, DEVICE_LISTS_MAX),
+            list_reads: 0,
             next_id: 0,
             id_prefix: prefix.iter().map(|b| format!("{b:02x}")).collect(),
             https: Https::new(tls, account.http_via),
@@ -517,8 +535,10 @@ impl Client {
     /// Messages the server held for the lost connection come again, from its offline queue.
     pub async fn reconnect(&mut self) -> Result<(), ChatError> {
         self.conn = self.login.login().await?;
-        // Bundles may have changed while away.
+        // Bundles and device lists may have changed while away, and notifications of the
+        // lists were missed.
         self.fetched.clear();
+        self.lists.clear();
         self.go_online().await
     }
 
@@ -666,6 +686,7 @@ impl Client {
         v: Omemo,
     ) -> Result<Result<(Vec<u32>, Option<DeviceListV2>), String>, ChatError> {
         let node = v.devices_node();
+        self.list_reads += 1;
         let raw = self.iq(|id| omemo::items_query(id, of, node, None)).await?;
         let el = Element::parse(&raw).ok_or(ConnError::Protocol("unparsable answer".into()))?;
         if el.attr("type").as_deref() != Some("result") {
@@ -702,7 +723,7 @@ impl Client {
             let (devices, list2) = match self.device_list(None, v).await? {
                 Ok(d) => d,
                 // No list yet (a new account).
-                Err(c) if c.starts_with("item-not-found") => (Vec::new(), None),
+                Err(c) if no_list(&c) => (Vec::new(), None),
                 Err(c) => {
                     return Err(ChatError::Publish(format!(
                         "reading the {} device list: {c}",
@@ -710,11 +731,10 @@ impl Client {
                     )));
                 }
             };
-            let others = devices.iter().copied().filter(|d| *d != me);
-            match v {
-                Omemo::V03 => self.device.set_device_list(&own, others),
-                Omemo::V2 => self.device2.set_device_list(&own, others),
-            }
+            // The list as it is once this device is on it.
+            let listed = devices.iter().copied().chain([me]);
+            self.lists.put(&own, v, listed, Instant::now());
+            self.set_devices(&own, v, &devices);
             if !devices.contains(&me) {
                 let list = match v {
                     Omemo::V03 => DeviceListV03 {
@@ -820,22 +840,74 @@ impl Client {
         Ok(())
     }
 
+    /// Records `jid`'s version-`v` devices for encryption (the account's own without this
+    /// device).
+    fn set_devices(&mut self, jid: &str, v: Omemo, devices: &[u32]) {
+        let own = jid.eq_ignore_ascii_case(&self.jid);
+        let me = own.then(|| self.device.device_id());
+        let jid = if own {
+            self.jid.clone()
+        } else {
+            jid.to_owned()
+        };
+        let devices = devices.iter().copied().filter(|d| Some(*d) != me);
+        match v {
+            Omemo::V03 => self.device.set_device_list(&jid, devices),
+            Omemo::V2 => self.device2.set_device_list(&jid, devices),
+        }
+    }
+
+    /// `jid`'s version-`v` devices: heard of within the TTL, or else read from the server
+    /// (`true`), or why they cannot be read. A blocked contact's refusal is the error.
+    async fn devices_in(
+        &mut self,
+        jid: Option<&str>,
+        v: Omemo,
+    ) -> Result<(Result<Vec<u32>, String>, bool), ChatError> {
+        let key = jid.unwrap_or(&self.jid);
+        if let Some(d) = self.lists.fresh(key, v, Instant::now()) {
+            return Ok((Ok(d.to_vec()), false));
+        }
+        let read = self.device_list(jid, v).await?;
+        Ok((read.map(|(d, _)| d), true))
+    }
+
     /// The OMEMO version to write to `to` in: 0.3 (the Signal protocol's own format) when it
-    /// lists devices there, else 2; with its devices recorded.
+    /// lists devices there, else 2; with its devices recorded. Lists heard of within the TTL
+    /// are not read again, "no 0.3 list" included (kept while the OMEMO 2 list has devices);
+    /// a contact with no devices in either version, or whose lists cannot be read, is asked
+    /// again on the next send.
     async fn version_for(&mut self, to: &str) -> Result<Omemo, ChatError> {
         let mut why = String::new();
+        // The version just read and found without devices (empty, or no list at all).
+        let mut read_none = None;
         for v in [Omemo::V03, Omemo::V2] {
-            match self.device_list(Some(to), v).await? {
-                Ok((d, _)) if !d.is_empty() => {
-                    match v {
-                        Omemo::V03 => self.device.set_device_list(to, d),
-                        Omemo::V2 => self.device2.set_device_list(to, d),
+            let (devices, read) = self.devices_in(Some(to), v).await?;
+            match devices {
+                Ok(d) if !d.is_empty() => {
+                    let now = Instant::now();
+                    if read {
+                        self.lists.put(to, v, d.iter().copied(), now);
                     }
+                    if let Some(none) = read_none {
+                        self.lists.put(to, none, [], now);
+                    }
+                    self.set_devices(to, v, &d);
                     return Ok(v);
                 }
-                Ok(_) => why = "its device lists are empty".into(),
-                Err(c) => why = format!("its device list cannot be read: {c}"),
+                Ok(_) => {
+                    why = "its device lists are empty".into();
+                    read_none = read.then_some(v);
+                }
+                Err(c) => {
+                    read_none = no_list(&c).then_some(v);
+                    why = format!("its device list cannot be read: {c}");
+                }
             }
+        }
+        // No devices in either version: nothing is kept, the next send asks again.
+        for v in [Omemo::V03, Omemo::V2] {
+            self.lists.forget(to, v);
         }
         // Devices known from its messages, if any.
         if !self.device.devices_of(to).is_empty() {
@@ -845,6 +917,23 @@ impl Client {
             return Ok(Omemo::V2);
         }
         Err(ChatError::NoDevices(to.to_owned(), why))
+    }
+
+    /// The account's own version-`v` device list, read again when the one heard of is stale
+    /// (its other devices get each message too). One that cannot be read leaves what is known
+    /// and is asked again on the next send.
+    async fn own_devices(&mut self, v: Omemo) -> Result<(), ChatError> {
+        let devices = match self.devices_in(None, v).await? {
+            (_, false) => return Ok(()),
+            (Ok(d), true) => d,
+            (Err(c), true) if no_list(&c) => Vec::new(),
+            (Err(_), true) => return Ok(()),
+        };
+        let own = self.jid.clone();
+        self.lists
+            .put(&own, v, devices.iter().copied(), Instant::now());
+        self.set_devices(&own, v, &devices);
+        Ok(())
     }
 
     /// Sends `text` to `to`, end-to-end encrypted (OMEMO 0.3, or 2 for a contact that has
@@ -857,6 +946,7 @@ impl Client {
             ));
         }
         let v = self.version_for(&to).await?;
+        self.own_devices(v).await?;
         let own = self.jid.clone();
         self.fetch_bundles(&to, v).await?;
         self.fetch_bundles(&own, v).await?;
@@ -1178,6 +1268,9 @@ impl Client {
                 if parsed.as_ref().is_ok_and(|e| e.sid == me) && from == self.jid {
                     return Ok(None); // this device's own message, from the archive
                 }
+                if let Ok(e) = &parsed {
+                    self.lists.saw(&from, v, e.sid);
+                }
                 let kt = parsed.as_ref().is_ok_and(|e| e.payload.is_none());
                 (
                     kt,
@@ -1188,6 +1281,9 @@ impl Client {
                 let parsed = EncryptedV2::parse(&xml).map_err(DeviceError::from);
                 if parsed.as_ref().is_ok_and(|e| e.sid == me) && from == self.jid {
                     return Ok(None); // this device's own message, from the archive
+                }
+                if let Ok(e) = &parsed {
+                    self.lists.saw(&from, v, e.sid);
                 }
                 let kt = parsed.as_ref().is_ok_and(|e| e.payload.is_none());
                 (
@@ -1301,14 +1397,26 @@ impl Client {
             .send_stanza(omemo::receipt(to, &id, for_id).as_bytes());
     }
 
-    /// A PEP notification of a contact's new device list: recorded; no event for the user.
+    /// A PEP notification of a device list (a contact's, or the account's own): recorded,
+    /// replacing what was heard of it; no event for the user. A list deleted, purged or
+    /// retracted is forgotten: the next send reads it.
     fn device_list_update(&mut self, el: &Element<'_>, from: &str) -> Option<Option<Event>> {
-        let items = el.child("event")?.child("items")?;
-        let node = items.attr("node");
-        let Some(v) = [Omemo::V03, Omemo::V2]
-            .into_iter()
-            .find(|v| node.as_deref() == Some(v.devices_node()))
-        else {
+        let event = el.child("event")?;
+        let version = |node: Option<&str>| {
+            [Omemo::V03, Omemo::V2]
+                .into_iter()
+                .find(|v| node == Some(v.devices_node()))
+        };
+        if let Some(v) = event
+            .children()
+            .filter(|c| c.is("delete") || c.is("purge"))
+            .find_map(|c| version(c.attr("node").as_deref()))
+        {
+            self.lists.forget(from, v);
+            return Some(None);
+        }
+        let items = event.child("items")?;
+        let Some(v) = version(items.attr("node").as_deref()) else {
             return Some(None);
         };
         let payload = items
@@ -1321,15 +1429,29 @@ impl Client {
                 .ok()
                 .map(|l| l.devices.iter().map(|d| d.id).collect()),
         });
-        if let Some(l) = list {
-            let me = (from == self.jid).then(|| self.device.device_id());
-            let devices = l.into_iter().filter(|d| Some(*d) != me);
-            match v {
-                Omemo::V03 => self.device.set_device_list(from, devices),
-                Omemo::V2 => self.device2.set_device_list(from, devices),
+        match list {
+            Some(l) => {
+                self.lists.put(from, v, l.iter().copied(), Instant::now());
+                self.set_devices(from, v, &l);
             }
+            None => self.lists.forget(from, v),
         }
         Some(None)
+    }
+
+    /// How long a device list heard of (read or notified) is trusted before a send reads it
+    /// again; [`DEVICE_LIST_TTL`] unless set. A notification replaces a list at once, but
+    /// only the account's own lists are sure to be notified (a contact's reach this client
+    /// only where the server sends them), so this bounds how long a device a contact adds
+    /// goes without this client's messages. `Duration::ZERO` reads the lists on every send.
+    pub fn set_device_list_ttl(&mut self, ttl: Duration) {
+        self.lists.set_ttl(ttl);
+    }
+
+    /// Device lists read from the server since the client connected (its login's included).
+    #[doc(hidden)]
+    pub fn device_list_reads(&self) -> u64 {
+        self.list_reads
     }
 
     /// Ends the stream politely (writing what is still queued first).
@@ -1352,6 +1474,12 @@ fn stanza_id_by(el: &Element<'_>, owner: &str) -> Option<String> {
         .and_then(|sid| sid.attr("id"))
         .map(|id| id.into_owned())
         .filter(|id| !id.is_empty())
+}
+
+/// Whether a device list's read failed because there is none (`item-not-found`): the account
+/// has no devices in that version, rather than a refusal.
+fn no_list(why: &str) -> bool {
+    why.starts_with("item-not-found")
 }
 
 /// Whether a stanza error says the address is on this account's block list (XEP-0191's
