@@ -6,15 +6,19 @@
 //! it. A second connection on a store keeps its device and sessions. A shared file crosses
 //! as ciphertext and decrypts on arrival. Blocking a contact (XEP-0191) stops its messages
 //! both ways until the unblock, and a block can carry a report (XEP-0377) naming received
-//! messages by the stanza-ids the history kept. (slixmpp-omemo is the other end in
-//! tests/real_clients/test_chat.py.)
+//! messages by the stanza-ids the history kept. Device lists are read once for a conversation,
+//! not once a message: a contact's new device is seen once the list expires, after it writes,
+//! or on a notification; an OMEMO-2-only contact costs no failed 0.3 lookup per message, and
+//! refusals are never kept. (slixmpp-omemo is the other end in tests/real_clients/test_chat.py.)
 
 use std::path::Path;
 use std::time::Duration;
-use strait_client::chat::{Account, ChatError, Client, Credential, Event, Incoming};
+use strait_client::chat::{
+    Account, ChatError, Client, Credential, DEVICE_LIST_TTL, Event, Incoming,
+};
 use strait_client::conn::Verify;
 use strait_client::omemo::Omemo;
-use strait_tests::{TestServer, WAIT};
+use strait_tests::{RawClient, TestServer, WAIT};
 
 fn account(ts: &TestServer, jid: &str, password: &str, store: &Path) -> Account {
     Account {
@@ -57,6 +61,18 @@ async fn message(c: &mut Client) -> Incoming {
             Ok(Ok(other)) => panic!("expected a message, got {other:?}"),
             Ok(Err(e)) => panic!("{e}"),
             Err(_) => panic!("no message within {WAIT:?}"),
+        }
+    }
+}
+
+/// The next event that is not a delivery receipt.
+async fn event(c: &mut Client) -> Event {
+    loop {
+        match tokio::time::timeout(WAIT, c.next_event()).await {
+            Ok(Ok(Event::Delivered { .. })) => {}
+            Ok(Ok(ev)) => return ev,
+            Ok(Err(e)) => panic!("{e}"),
+            Err(_) => panic!("no event within {WAIT:?}"),
         }
     }
 }
@@ -247,14 +263,23 @@ async fn sdk_login_errors_and_contacts_without_keys_are_reported() {
         Ok(_) => panic!("a wrong password logged in"),
     }
     let mut a = online(&ts, "alice@localhost", "pa", &dir.path().join("a")).await;
-    // Carol never published keys: nothing is sent, and the error says why.
-    match a.send("carol@localhost", "hi").await {
-        Err(ChatError::NoDevices(who, why)) => {
-            assert_eq!(who, "carol@localhost");
-            assert!(why.contains("item-not-found"), "{why}");
+    // Carol never published keys: nothing is sent, and the error says why. That is not kept:
+    // each try asks again (both versions), and once carol has keys the message goes.
+    let reads = a.device_list_reads();
+    for i in 1..=2 {
+        match a.send("carol@localhost", "hi").await {
+            Err(ChatError::NoDevices(who, why)) => {
+                assert_eq!(who, "carol@localhost");
+                assert!(why.contains("item-not-found"), "{why}");
+            }
+            other => panic!("expected NoDevices, got {other:?}"),
         }
-        other => panic!("expected NoDevices, got {other:?}"),
+        assert_eq!(a.device_list_reads() - reads, 2 * i);
     }
+    let mut c = online(&ts, "carol@localhost", "pc", &dir.path().join("c")).await;
+    a.send("carol@localhost", "hi").await.unwrap();
+    assert_eq!(message(&mut c).await.text, "hi");
+    c.close().await;
     // The connection is still good afterwards.
     tokio::time::timeout(Duration::from_secs(5), async {
         let e = a.send("alice@localhost", "me").await.unwrap_err();
@@ -455,16 +480,22 @@ async fn sdk_blocks_and_unblocks_a_contact() {
         Err(ChatError::Refused { condition, .. }) => assert_eq!(condition, "service-unavailable"),
         other => panic!("expected a refusal, got {other:?}"),
     }
-    // Alice's own messages to him are refused, and say why.
-    match a.send("bob@localhost", "never mind").await {
-        Err(ChatError::Refused { condition, text }) => {
-            assert_eq!(condition, "not-acceptable");
-            assert!(
-                text.as_deref().is_some_and(|t| t.starts_with("blocked")),
-                "{text:?}"
-            );
+    // Alice's own messages to him are refused, and say why: the read of his device list is
+    // (bob's list, which alice had, went with the block), and the refusal is not kept as a
+    // list, each message asks again.
+    let reads = a.device_list_reads();
+    for (i, text) in ["never mind", "still there?"].into_iter().enumerate() {
+        match a.send("bob@localhost", text).await {
+            Err(ChatError::Refused { condition, text }) => {
+                assert_eq!(condition, "not-acceptable");
+                assert!(
+                    text.as_deref().is_some_and(|t| t.starts_with("blocked")),
+                    "{text:?}"
+                );
+            }
+            other => panic!("expected a refusal, got {other:?}"),
         }
-        other => panic!("expected a refusal, got {other:?}"),
+        assert_eq!(a.device_list_reads() - reads, i as u64 + 1);
     }
 
     // A second address, then everyone unblocked: the list is empty and messages flow again.
@@ -560,6 +591,171 @@ async fn sdk_blocks_with_a_report() {
     match b.send("alice@localhost", "one more").await {
         Err(ChatError::Refused { condition, .. }) => assert_eq!(condition, "service-unavailable"),
         other => panic!("expected a refusal, got {other:?}"),
+    }
+    for c in [a, b] {
+        c.close().await;
+    }
+    ts.stop().await;
+}
+
+/// Device lists are kept between messages: a conversation costs one read of the contact's
+/// list, not one a message. A device the contact adds gets messages once the list the client
+/// has expires (alice does not share bob's presence, so no notification tells her), or at
+/// once after a message from it arrived.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_keeps_device_lists_between_messages() {
+    let (ts, dir) = alice_and_bob(|_| {}).await;
+    let mut a = online(&ts, "alice@localhost", "pa", &dir.path().join("a")).await;
+    let mut b1 = online(&ts, "bob@localhost", "pb", &dir.path().join("b1")).await;
+    let reads = a.device_list_reads();
+    let read = |a: &Client| a.device_list_reads() - reads;
+    // Two messages: bob's list is read for the first (alice's own were read as she logged in).
+    for text in ["one", "two"] {
+        let sent = a.send("bob@localhost", text).await.unwrap();
+        assert_eq!((sent.devices, sent.omemo), (1, Omemo::V03));
+        assert_eq!(message(&mut b1).await.text, text);
+    }
+    assert_eq!(read(&a), 1, "one device-list read for two messages");
+
+    // Bob adds a device. Within the TTL alice writes to the devices she knows of.
+    let mut b2 = online(&ts, "bob@localhost", "pb", &dir.path().join("b2")).await;
+    let sent = a.send("bob@localhost", "three").await.unwrap();
+    assert_eq!(sent.devices, 1);
+    assert_eq!(read(&a), 1);
+    assert_eq!(message(&mut b1).await.text, "three");
+    match event(&mut b2).await {
+        Event::Undecryptable { from, reason } => {
+            assert_eq!(from, "alice@localhost");
+            assert!(reason.contains("no key for device"), "{reason}");
+        }
+        other => panic!("expected a message not for b2, got {other:?}"),
+    }
+
+    // Once the lists expire, the next message reads them again (bob's, and alice's own) and
+    // reaches both of bob's devices.
+    a.set_device_list_ttl(Duration::from_millis(200));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let sent = a.send("bob@localhost", "four").await.unwrap();
+    a.set_device_list_ttl(DEVICE_LIST_TTL);
+    assert_eq!(sent.devices, 2);
+    assert_eq!(read(&a), 3, "bob's list and alice's own, read again");
+    for c in [&mut b1, &mut b2] {
+        assert_eq!(message(c).await.text, "four");
+    }
+    let sent = a.send("bob@localhost", "five").await.unwrap();
+    assert_eq!((sent.devices, read(&a)), (2, 3), "fresh again");
+    for c in [&mut b1, &mut b2] {
+        assert_eq!(message(c).await.text, "five");
+    }
+
+    // A third device of bob's writes to alice: her list of bob's lacks it, so her next
+    // message reads it again (only bob's) and goes to all three.
+    let mut b3 = online(&ts, "bob@localhost", "pb", &dir.path().join("b3")).await;
+    b3.send("alice@localhost", "from a third device")
+        .await
+        .unwrap();
+    let m = message(&mut a).await;
+    assert_eq!(
+        (m.text.as_str(), m.device),
+        ("from a third device", Some(b3.device_id()))
+    );
+    for c in [&mut b1, &mut b2] {
+        let copy = message(c).await;
+        assert_eq!(copy.sent_to.as_deref(), Some("alice@localhost"));
+    }
+    let sent = a.send("bob@localhost", "six").await.unwrap();
+    assert_eq!(sent.devices, 3);
+    assert_eq!(read(&a), 4, "bob's list, once");
+    for c in [&mut b1, &mut b2, &mut b3] {
+        assert_eq!(message(c).await.text, "six");
+    }
+    for c in [a, b1, b2, b3] {
+        c.close().await;
+    }
+    ts.stop().await;
+}
+
+/// A PEP notification of a device list replaces the one the client has at once: the
+/// account's own (the server sends those to all of its devices) and a contact's (sent here
+/// as a server that pushes contacts' lists would).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_takes_device_lists_from_notifications() {
+    let (ts, dir) = alice_and_bob(|_| {}).await;
+    let mut a1 = online(&ts, "alice@localhost", "pa", &dir.path().join("a1")).await;
+    let mut b1 = online(&ts, "bob@localhost", "pb", &dir.path().join("b1")).await;
+    let sent = a1.send("bob@localhost", "one").await.unwrap();
+    assert_eq!(sent.devices, 1);
+    assert_eq!(message(&mut b1).await.text, "one");
+    let reads = a1.device_list_reads();
+
+    // Alice's second device publishes itself; the server tells her first one, which reads
+    // the notification in its next round trip.
+    let mut a2 = online(&ts, "alice@localhost", "pa", &dir.path().join("a2")).await;
+    a1.blocklist().await.unwrap();
+    let sent = a1.send("bob@localhost", "two").await.unwrap();
+    assert_eq!(sent.devices, 2, "bob's device and alice's second");
+    assert_eq!(a1.device_list_reads(), reads, "no list read");
+    assert_eq!(message(&mut b1).await.text, "two");
+    let copy = message(&mut a2).await;
+    assert_eq!(
+        (copy.text.as_str(), copy.sent_to.as_deref()),
+        ("two", Some("bob@localhost"))
+    );
+
+    // Bob adds a device, and a notification of his new list reaches alice.
+    let mut b2 = online(&ts, "bob@localhost", "pb", &dir.path().join("b2")).await;
+    let mut raw = RawClient::login(ts.starttls, ts.ca_pem(), "bob@localhost", "pb", "raw").await;
+    raw.send(&format!(
+        "<message to='alice@localhost' type='headline'>\
+         <event xmlns='http://jabber.org/protocol/pubsub#event'>\
+         <items node='eu.siacs.conversations.axolotl.devicelist'><item id='current'>\
+         <list xmlns='eu.siacs.conversations.axolotl'><device id='{}'/><device id='{}'/></list>\
+         </item></items></event></message>",
+        b1.device_id(),
+        b2.device_id()
+    ))
+    .await;
+    raw.ping("sent").await;
+    a1.blocklist().await.unwrap();
+    let sent = a1.send("bob@localhost", "three").await.unwrap();
+    assert_eq!(sent.devices, 3, "both of bob's devices and alice's second");
+    assert_eq!(a1.device_list_reads(), reads, "still no list read");
+    for c in [&mut b1, &mut b2, &mut a2] {
+        assert_eq!(message(c).await.text, "three");
+    }
+    for c in [a1, a2, b1, b2] {
+        c.close().await;
+    }
+    ts.stop().await;
+}
+
+/// A contact with only OMEMO 2 devices: the first message finds that it has no OMEMO 0.3
+/// list and goes in OMEMO 2; the next ones do not ask for the 0.3 list again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_remembers_a_contact_has_only_omemo_2() {
+    let (ts, dir) = alice_and_bob(|_| {}).await;
+    let mut a = online(&ts, "alice@localhost", "pa", &dir.path().join("a")).await;
+    let mut b = online(&ts, "bob@localhost", "pb", &dir.path().join("b")).await;
+    // Bob's OMEMO 0.3 device list goes: he is left with his OMEMO 2 one.
+    let mut raw = RawClient::login(ts.starttls, ts.ca_pem(), "bob@localhost", "pb", "raw").await;
+    raw.send(
+        "<iq type='set' id='del'><pubsub xmlns='http://jabber.org/protocol/pubsub#owner'>\
+         <delete node='eu.siacs.conversations.axolotl.devicelist'/></pubsub></iq>",
+    )
+    .await;
+    let r = raw.expect("id='del'").await + &raw.expect_one_of(&["/>", "</iq>"]).await;
+    assert!(r.contains("type='result'"), "{r}");
+
+    let reads = a.device_list_reads();
+    for (i, text) in ["one", "two", "three"].into_iter().enumerate() {
+        let sent = a.send("bob@localhost", text).await.unwrap();
+        assert_eq!((sent.devices, sent.omemo), (1, Omemo::V2));
+        assert_eq!(
+            a.device_list_reads() - reads,
+            2,
+            "the 0.3 list not found and the OMEMO 2 one, for the first message only ({i})"
+        );
+        assert_eq!(message(&mut b).await.text, text);
     }
     for c in [a, b] {
         c.close().await;
