@@ -6,11 +6,11 @@
 //! into stanzas by a byte scanner ([`xml`]) rather than parsed, so that the generator costs
 //! little on a machine it shares with the server it measures.
 //! Scenarios (`idle`, `pingpong`, `messages`, `login-storm`) each run for a bounded time or
-//! count and produce a [`report::Report`]; `messages` can make half of each pair a
-//! third-party provider's user, logged in with a token the generator signs ([`third_party`]),
-//! so that every message crosses the interop boundary: latency histograms (HDR), throughput, failures by
+//! count and produce a [`report::Report`]: latency histograms (HDR), throughput, failures by
 //! kind, and the server's and the generator's CPU time and memory read from /proc
-//! ([`stats`]). See docs/benchmarks.md, "Load generator".
+//! ([`stats`]). `messages` can make half of each pair a third-party provider's user, logged in
+//! with a token the generator signs ([`third_party`]), so that every message crosses the
+//! interop boundary. See docs/benchmarks.md, "Load generator".
 #![forbid(unsafe_code)]
 
 pub mod cli;
@@ -273,8 +273,8 @@ async fn settings(c: &ConnectArgs, verify: &Verify) -> anyhow::Result<ClientSett
 
 /// How the provider's users log in, when `messages` runs in third-party mode: streams to the
 /// provider domain (whose certificate must name it; the same TLS settings and CA as the
-/// platform's), SASL OAUTHBEARER with tokens signed by
-/// the provider's key for the platform's domain.
+/// platform's), SASL OAUTHBEARER with tokens signed by the provider's key for the platform's
+/// domain.
 fn third_party_logins(
     t: &ThirdPartyArgs,
     platform: &ClientSettings,
