@@ -2,9 +2,12 @@
 //! address, for the generator), STARTTLS or direct TLS (rustls, ring), SASL (SCRAM-SHA-256,
 //! SCRAM-SHA-1, PLAIN on request), resource binding, legacy session establishment where a
 //! server still requires it, XEP-0198 enable, initial presence. After login a [`Connection`]
-//! reads frames with [`crate::xml::Framer`] and answers the server's housekeeping (XEP-0198
-//! `<r/>`, XEP-0199 pings, unknown IQs) by itself.
+//! reads frames with [`crate::xml::Framer`] and answers the housekeeping by itself: XEP-0198
+//! `<r/>`, and every IQ request (get or set) addressed to the client, whoever sends it: a
+//! result for a XEP-0199 ping, the account's own block-list pushes and, once the connection
+//! has [`Capabilities`], a XEP-0030 disco#info query; `service-unavailable` for the rest.
 
+use crate::caps::{Capabilities, NS_DISCO_INFO};
 use crate::scram::{KeyCache, Mechanism, ScramClient, oauthbearer_message, plain_message};
 use crate::xml::{Element, Frame, Framer, XmlError, escape};
 use base64::Engine;
@@ -17,7 +20,7 @@ use std::ops::Range;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpSocket, TcpStream};
@@ -377,6 +380,8 @@ pub struct Connection {
     sm_acked: u32,
     /// Written to TLS but maybe not yet to the socket.
     unflushed: bool,
+    /// What disco#info queries are answered with (none: `service-unavailable`).
+    caps: Option<Arc<Capabilities>>,
 }
 
 /// Logs in on a new connection; `slot` picks the source address.
@@ -448,6 +453,7 @@ async fn login_steps(
         sm_sent: None,
         sm_acked: 0,
         unflushed: false,
+        caps: None,
     };
     if settings.direct_tls {
         *stage = Stage::Tls;
@@ -815,7 +821,7 @@ impl Connection {
                     }
                     let ty = el.attr_raw("type").unwrap_or_default();
                     if ty == b"get" || ty == b"set" {
-                        answer_iq(&el, &self.jid, &mut self.out);
+                        answer_iq(&el, &self.jid, self.caps.as_deref(), &mut self.out);
                         if let Some(n) = &mut self.sm_sent {
                             *n = n.wrapping_add(1);
                         }
@@ -948,6 +954,22 @@ impl Connection {
         }
     }
 
+    /// Has disco#info queries (XEP-0030) answered with `caps`, the identity and features the
+    /// client advertises in its presence (XEP-0115), from now on.
+    pub fn set_capabilities(&mut self, caps: Arc<Capabilities>) {
+        self.caps = Some(caps);
+    }
+
+    /// Writes as much of `out` as the socket takes now, without waiting: for the answers
+    /// [`Connection::process`] queued, so that they leave at once rather than with the next
+    /// write.
+    pub fn write_ready(&mut self) -> Result<(), ConnError> {
+        match self.poll_write_out(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(Err(e)) => Err(e),
+            _ => Ok(()),
+        }
+    }
+
     /// Writes what is queued in `out`. Cancel-safe, unlike [`Connection::flush`]: what was
     /// written is taken out of `out` as it goes.
     pub async fn write_out(&mut self) -> Result<(), ConnError> {
@@ -1032,10 +1054,13 @@ impl Connection {
     }
 }
 
-/// The answer to an IQ request from the server: a result for a ping and for the account's
-/// own block-list pushes (XEP-0191 §3.3: acknowledged; `bound` is this stream's full JID),
-/// else `service-unavailable` (RFC 6120 §8.2.3: every get/set gets an answer).
-fn answer_iq(iq: &Element<'_>, bound: &str, out: &mut Vec<u8>) {
+/// The answer to an IQ request (get or set) addressed to this client, from whoever sent it
+/// (RFC 6120 §8.2.3: every request gets one): a result for a ping (XEP-0199), for the
+/// account's own block-list pushes (XEP-0191 §3.3, from the account itself or the server;
+/// `bound` is this stream's full JID), and for a disco#info query (XEP-0030) when `caps` says
+/// what to answer, for the entity or its caps node (`item-not-found` for another node); else
+/// `service-unavailable`.
+fn answer_iq(iq: &Element<'_>, bound: &str, caps: Option<&Capabilities>, out: &mut Vec<u8>) {
     let id = iq.attr("id").unwrap_or_default();
     let from = iq.attr("from");
     let to = from
@@ -1044,28 +1069,41 @@ fn answer_iq(iq: &Element<'_>, bound: &str, out: &mut Vec<u8>) {
         .unwrap_or_default();
     let id = escape(&id);
     let own_bare = bound.split('/').next().unwrap_or(bound);
-    let block_push = iq.attr_raw("type") == Some(b"set")
+    let get = iq.attr_raw("type") == Some(b"get");
+    // A request has exactly one child (RFC 6120 §8.2.3): what it asks.
+    let mut children = iq.children();
+    let payload = children.next().filter(|_| children.next().is_none());
+    let ns = payload.as_ref().and_then(|p| p.attr("xmlns"));
+    let is = |name: &str, namespace: &str| {
+        payload.as_ref().is_some_and(|p| p.is(name)) && ns.as_deref() == Some(namespace)
+    };
+    let error = |condition: &str| {
+        format!(
+            "<iq type='error' id='{id}'{to}><error type='cancel'><{condition} \
+             xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>"
+        )
+    };
+    let block_push = !get
         && from
             .as_deref()
             .is_none_or(|f| f.eq_ignore_ascii_case(own_bare))
-        && iq.children().next().is_some_and(|c| {
-            (c.is("block") || c.is("unblock")) && c.attr("xmlns").as_deref() == Some(NS_BLOCKING)
-        });
-    if block_push
-        || iq
-            .child("ping")
-            .is_some_and(|p| p.attr("xmlns").as_deref() == Some(NS_PING))
-    {
-        out.extend_from_slice(format!("<iq type='result' id='{id}'{to}/>").as_bytes());
-    } else {
-        out.extend_from_slice(
+        && (is("block", NS_BLOCKING) || is("unblock", NS_BLOCKING));
+    let answer = if block_push || (get && is("ping", NS_PING)) {
+        format!("<iq type='result' id='{id}'{to}/>")
+    } else if let Some(caps) = caps.filter(|_| get && is("query", NS_DISCO_INFO)) {
+        let node = payload.as_ref().and_then(|p| p.attr("node"));
+        if caps.answers_node(node.as_deref()) {
             format!(
-                "<iq type='error' id='{id}'{to}><error type='cancel'><service-unavailable \
-                 xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>"
+                "<iq type='result' id='{id}'{to}>{}</iq>",
+                caps.info_query(node.as_deref())
             )
-            .as_bytes(),
-        );
-    }
+        } else {
+            error("item-not-found")
+        }
+    } else {
+        error("service-unavailable")
+    };
+    out.extend_from_slice(answer.as_bytes());
 }
 
 /// How certificates are checked, in words.
@@ -1127,15 +1165,112 @@ mod tests {
             b"<iq type='get' id='p1' from='localhost'><ping xmlns='urn:xmpp:ping'/></iq>",
         )
         .unwrap();
-        answer_iq(&ping, "u@localhost/r", &mut out);
+        answer_iq(&ping, "u@localhost/r", None, &mut out);
         assert_eq!(out, b"<iq type='result' id='p1' to='localhost'/>");
         out.clear();
         let other =
             Element::parse(b"<iq type='get' id='v'><query xmlns='jabber:iq:version'/></iq>")
                 .unwrap();
-        answer_iq(&other, "u@localhost/r", &mut out);
+        answer_iq(&other, "u@localhost/r", None, &mut out);
         let s = String::from_utf8(out).unwrap();
         assert!(s.starts_with("<iq type='error' id='v'>") && s.contains("service-unavailable"));
+    }
+
+    #[test]
+    fn answers_disco_info_with_its_capabilities() {
+        let caps = Capabilities::new(
+            "urn:example:app",
+            vec![crate::caps::Identity {
+                category: "client".into(),
+                kind: "pc".into(),
+                lang: None,
+                name: "App".into(),
+            }],
+            &[NS_DISCO_INFO, NS_PING, "urn:x:devices+notify"],
+        );
+        let answer = |xml: &str, caps: Option<&Capabilities>| {
+            let mut out = Vec::new();
+            answer_iq(
+                &Element::parse(xml.as_bytes()).unwrap(),
+                "u@localhost/r",
+                caps,
+                &mut out,
+            );
+            String::from_utf8(out).unwrap()
+        };
+        let features = |answer: &str| -> Vec<String> {
+            let el = Element::parse(answer.as_bytes()).unwrap();
+            el.child("query")
+                .map(|q| {
+                    q.children()
+                        .filter(|c| c.is("feature"))
+                        .filter_map(|f| f.attr("var").map(|v| v.into_owned()))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        // The entity, and its caps node: the same identity and features.
+        let plain = answer(
+            "<iq type='get' id='d1' from='localhost'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>",
+            Some(&caps),
+        );
+        assert!(
+            plain.starts_with("<iq type='result' id='d1' to='localhost'><query"),
+            "{plain}"
+        );
+        assert!(plain.contains("<identity category='client' type='pc' name='App'/>"));
+        assert_eq!(
+            features(&plain),
+            [NS_DISCO_INFO, "urn:x:devices+notify", NS_PING]
+        );
+        let node = format!("urn:example:app#{}", caps.ver());
+        let by_node = answer(
+            &format!(
+                "<iq type='get' id='d2' from='bob@x/y'><query xmlns='http://jabber.org/protocol/disco#info' node='{node}'/></iq>"
+            ),
+            Some(&caps),
+        );
+        assert!(by_node.contains(&format!("node='{node}'")), "{by_node}");
+        assert_eq!(features(&by_node), features(&plain));
+        // Another node does not exist.
+        let other = answer(
+            "<iq type='get' id='d3' from='bob@x/y'><query xmlns='http://jabber.org/protocol/disco#info' node='urn:example:app#old'/></iq>",
+            Some(&caps),
+        );
+        assert!(
+            other.starts_with("<iq type='error' id='d3' to='bob@x/y'>")
+                && other.contains("<item-not-found"),
+            "{other}"
+        );
+        // Without capabilities, a set, a ping set, or two payloads: not understood.
+        for (xml, caps) in [
+            (
+                "<iq type='get' id='e1'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>",
+                None,
+            ),
+            (
+                "<iq type='set' id='e1'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>",
+                Some(&caps),
+            ),
+            (
+                "<iq type='set' id='e1'><ping xmlns='urn:xmpp:ping'/></iq>",
+                Some(&caps),
+            ),
+            (
+                "<iq type='get' id='e1'><ping xmlns='urn:xmpp:ping'/><ping xmlns='urn:xmpp:ping'/></iq>",
+                Some(&caps),
+            ),
+            (
+                "<iq type='get' id='e1'><ping xmlns='urn:example:not-ping'/></iq>",
+                Some(&caps),
+            ),
+        ] {
+            let a = answer(xml, caps);
+            assert!(
+                a.starts_with("<iq type='error' id='e1'><error type='cancel'><service-unavailable"),
+                "{xml}: {a}"
+            );
+        }
     }
 
     #[test]
@@ -1145,6 +1280,7 @@ mod tests {
             answer_iq(
                 &Element::parse(xml.as_bytes()).unwrap(),
                 "U@localhost/r",
+                None,
                 &mut out,
             );
             String::from_utf8(out).unwrap()

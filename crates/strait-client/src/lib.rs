@@ -7,6 +7,8 @@
 //!   presence; incoming streams are cut into stanzas by a byte scanner ([`xml`]). The load
 //!   generator (`strait bench`) runs on this same connection, which is why it is lean.
 //! - [`scram`]: the SASL mechanisms' client side.
+//! - [`caps`]: what a client says it supports: its disco#info (XEP-0030), which the
+//!   connection answers, and the entity capabilities (XEP-0115) of its presence.
 //! - [`chat`]: a logged-in account with an OMEMO 0.3 device (the Signal protocol, from
 //!   strait-signal) whose keys, sessions and history live in a local store: send and receive
 //!   end-to-end encrypted messages, with the platform's origin stamp telling third-party
@@ -15,6 +17,7 @@
 //!   conformance kit's echo bot.
 #![forbid(unsafe_code)]
 
+pub mod caps;
 pub mod chat;
 pub mod conn;
 pub mod https;
