@@ -9,15 +9,20 @@
 //! messages by the stanza-ids the history kept. Device lists are read once for a conversation,
 //! not once a message: a contact's new device is seen once the list expires, after it writes,
 //! or on a notification; an OMEMO-2-only contact costs no failed 0.3 lookup per message, and
-//! refusals are never kept. (slixmpp-omemo is the other end in tests/real_clients/test_chat.py.)
+//! refusals are never kept. The SDK answers the IQs sent to it (pings, disco#info, the rest
+//! refused) without keeping any, and its presence's caps have the server push the lists of the
+//! contacts whose presence it shares. (slixmpp-omemo is the other end in
+//! tests/real_clients/test_chat.py.)
 
 use std::path::Path;
 use std::time::Duration;
+use strait_client::caps::{Identity, sha1_ver};
 use strait_client::chat::{
-    Account, ChatError, Client, Credential, DEVICE_LIST_TTL, Event, Incoming,
+    Account, CAPS_NODE, ChatError, Client, Credential, DEVICE_LIST_TTL, Event, Incoming,
 };
 use strait_client::conn::Verify;
 use strait_client::omemo::Omemo;
+use strait_client::xml::Element;
 use strait_tests::{RawClient, TestServer, WAIT};
 
 fn account(ts: &TestServer, jid: &str, password: &str, store: &Path) -> Account {
@@ -758,6 +763,304 @@ async fn sdk_remembers_a_contact_has_only_omemo_2() {
         assert_eq!(message(&mut b).await.text, text);
     }
     for c in [a, b] {
+        c.close().await;
+    }
+    ts.stop().await;
+}
+
+/// Serves `c` (reading what arrives, so that it answers) until `work` is done; `c` must not
+/// have anything to report meanwhile.
+async fn serving<T>(c: &mut Client, work: impl std::future::Future<Output = T>) -> T {
+    tokio::select! {
+        out = work => out,
+        ev = c.next_event() => panic!("nothing to report expected, got {ev:?}"),
+    }
+}
+
+/// The next IQ `raw` receives (other stanzas skipped), parsed: its type, id, `from`, first
+/// child's name and namespace, the error condition, and the whole of it.
+struct Iq {
+    ty: String,
+    id: String,
+    from: String,
+    condition: String,
+    error_type: String,
+    xml: String,
+}
+
+async fn next_iq(raw: &mut RawClient) -> Iq {
+    loop {
+        let xml = raw.next_element().await;
+        let Some(el) = Element::parse(xml.as_bytes()) else {
+            panic!("unparsable: {xml}");
+        };
+        if !el.is("iq") {
+            continue;
+        }
+        let attr = |n: &str| el.attr(n).map(|v| v.into_owned()).unwrap_or_default();
+        let error = el.child("error");
+        return Iq {
+            ty: attr("type"),
+            id: attr("id"),
+            from: attr("from"),
+            condition: error
+                .as_ref()
+                .map(|_| el.error_condition().to_owned())
+                .unwrap_or_default(),
+            error_type: error
+                .and_then(|e| e.attr("type").map(|t| t.into_owned()))
+                .unwrap_or_default(),
+            xml,
+        };
+    }
+}
+
+/// The features of a disco#info result.
+fn disco_features(xml: &str) -> Vec<String> {
+    let el = Element::parse(xml.as_bytes()).unwrap();
+    el.child("query")
+        .map(|q| {
+            q.children()
+                .filter(|c| c.is("feature"))
+                .filter_map(|f| f.attr("var").map(|v| v.into_owned()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// IQ requests sent to the SDK's full JID by another account are answered as they arrive
+/// (RFC 6120 §8.2.3): a ping with a result, disco#info (also for the caps node) with the
+/// identity and features, anything else with `service-unavailable`; answers it did not ask
+/// for are dropped. A thousand requests are all answered, nothing is kept, and the client goes
+/// on working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_answers_iqs_sent_to_it() {
+    let (ts, dir) = alice_and_bob(|c| c.limits.rate_bytes_per_sec = 16 * 1024 * 1024).await;
+    let mut a = online(&ts, "alice@localhost", "pa", &dir.path().join("a")).await;
+    let mut b = online(&ts, "bob@localhost", "pb", &dir.path().join("b")).await;
+    let mut raw = RawClient::login(ts.starttls, ts.ca_pem(), "bob@localhost", "pb", "raw").await;
+    let alice = a.bound_jid().to_owned();
+
+    // A ping.
+    raw.send(&format!(
+        "<iq type='get' id='p1' to='{alice}'><ping xmlns='urn:xmpp:ping'/></iq>"
+    ))
+    .await;
+    let r = serving(&mut a, next_iq(&mut raw)).await;
+    assert_eq!(
+        (r.ty.as_str(), r.id.as_str(), r.from.as_str()),
+        ("result", "p1", alice.as_str()),
+        "{}",
+        r.xml
+    );
+
+    // A namespace the SDK does not know, as a get and as a set.
+    for (id, ty) in [("u1", "get"), ("u2", "set")] {
+        raw.send(&format!(
+            "<iq type='{ty}' id='{id}' to='{alice}'><query xmlns='urn:example:unknown'/></iq>"
+        ))
+        .await;
+        let r = serving(&mut a, next_iq(&mut raw)).await;
+        assert_eq!(
+            (
+                r.ty.as_str(),
+                r.id.as_str(),
+                r.from.as_str(),
+                r.condition.as_str(),
+                r.error_type.as_str()
+            ),
+            ("error", id, alice.as_str(), "service-unavailable", "cancel"),
+            "{}",
+            r.xml
+        );
+    }
+
+    // disco#info: a client, with the features that make the server push contacts' device
+    // lists; the same for the caps node its presence names, and the ver is their hash.
+    raw.send(&format!(
+        "<iq type='get' id='d1' to='{alice}'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>"
+    ))
+    .await;
+    let info = serving(&mut a, next_iq(&mut raw)).await;
+    assert_eq!(
+        (info.ty.as_str(), info.id.as_str()),
+        ("result", "d1"),
+        "{}",
+        info.xml
+    );
+    let features = disco_features(&info.xml);
+    for f in [
+        "http://jabber.org/protocol/disco#info",
+        "http://jabber.org/protocol/caps",
+        "urn:xmpp:ping",
+        "urn:xmpp:receipts",
+        "urn:xmpp:carbons:2",
+        "eu.siacs.conversations.axolotl.devicelist+notify",
+        "urn:xmpp:omemo:2:devices+notify",
+    ] {
+        assert!(features.iter().any(|x| x == f), "{f} missing: {}", info.xml);
+    }
+    let el = Element::parse(info.xml.as_bytes()).unwrap();
+    let identity = el.child("query").and_then(|q| q.child("identity")).unwrap();
+    assert_eq!(identity.attr("category").as_deref(), Some("client"));
+    assert!(matches!(
+        identity.attr("type").as_deref(),
+        Some("pc" | "phone")
+    ));
+    let caps = a.capabilities();
+    assert_eq!(caps.node(), CAPS_NODE);
+    let refs: Vec<&str> = features.iter().map(String::as_str).collect();
+    let ids = [Identity {
+        category: "client".into(),
+        kind: identity.attr("type").unwrap().into_owned(),
+        lang: None,
+        name: identity.attr("name").unwrap().into_owned(),
+    }];
+    assert_eq!(sha1_ver(&ids, &refs), caps.ver(), "the ver is the answer's");
+    let node = format!("{CAPS_NODE}#{}", caps.ver());
+    raw.send(&format!(
+        "<iq type='get' id='d2' to='{alice}'><query xmlns='http://jabber.org/protocol/disco#info' node='{node}'/></iq>"
+    ))
+    .await;
+    let by_node = serving(&mut a, next_iq(&mut raw)).await;
+    assert_eq!(by_node.ty, "result", "{}", by_node.xml);
+    assert!(
+        by_node.xml.contains(&format!("node='{node}'")),
+        "{}",
+        by_node.xml
+    );
+    assert_eq!(disco_features(&by_node.xml), features);
+
+    // A thousand requests of an unknown namespace, each followed by an answer nobody asked
+    // for (results and errors get no answer, RFC 6120 §8.3.1, and are not kept).
+    let mut answered = std::collections::HashSet::new();
+    for round in 0..10 {
+        let mut burst = String::new();
+        for i in 0..100 {
+            let n = round * 100 + i;
+            burst.push_str(&format!(
+                "<iq type='get' id='x{n}' to='{alice}'><query xmlns='urn:example:unknown:{n}'/></iq>\
+                 <iq type='{}' id='stray{n}' to='{alice}'><query xmlns='urn:example:unknown'/></iq>",
+                if n % 2 == 0 { "result" } else { "error" }
+            ));
+        }
+        raw.send(&burst).await;
+        serving(&mut a, async {
+            for _ in 0..100 {
+                let r = next_iq(&mut raw).await;
+                assert_eq!(
+                    (r.ty.as_str(), r.condition.as_str()),
+                    ("error", "service-unavailable"),
+                    "{}",
+                    r.xml
+                );
+                assert!(answered.insert(r.id.clone()), "answered twice: {}", r.id);
+            }
+        })
+        .await;
+        assert_eq!(a.queued_stanzas(), 0, "nothing kept (round {round})");
+    }
+    assert_eq!(answered.len(), 1000);
+    assert!((0..1000).all(|n| answered.contains(&format!("x{n}"))));
+    // Nothing else came back: the next answer is the last ping's.
+    raw.send(&format!(
+        "<iq type='get' id='p2' to='{alice}'><ping xmlns='urn:xmpp:ping'/></iq>"
+    ))
+    .await;
+    let r = serving(&mut a, next_iq(&mut raw)).await;
+    assert_eq!(
+        (r.ty.as_str(), r.id.as_str()),
+        ("result", "p2"),
+        "{}",
+        r.xml
+    );
+    assert_eq!((a.queued_stanzas(), a.pending_events()), (0, 0));
+
+    // The client still works.
+    a.send("bob@localhost", "still here").await.unwrap();
+    assert_eq!(message(&mut b).await.text, "still here");
+    for c in [a, b] {
+        c.close().await;
+    }
+    ts.stop().await;
+}
+
+/// `x` (`xjid`) subscribes to `y`'s presence (`yjid`), and `y` approves.
+async fn subscribe(x: &mut RawClient, y: &mut RawClient, xjid: &str, yjid: &str) {
+    x.send(&format!("<presence to='{yjid}' type='subscribe'/>"))
+        .await;
+    y.expect_element(&["<presence", "type='subscribe'"]).await;
+    y.send(&format!("<presence to='{xjid}' type='subscribed'/>"))
+        .await;
+    x.expect_element(&["<presence", "type='subscribed'"]).await;
+}
+
+/// Alice and bob share presence (a subscription both ways, made by raw clients).
+async fn befriend(ts: &TestServer) {
+    let mut a = RawClient::login(ts.starttls, ts.ca_pem(), "alice@localhost", "pa", "f").await;
+    let mut b = RawClient::login(ts.starttls, ts.ca_pem(), "bob@localhost", "pb", "f").await;
+    a.available().await;
+    b.available().await;
+    subscribe(&mut a, &mut b, "alice@localhost", "bob@localhost").await;
+    subscribe(&mut b, &mut a, "bob@localhost", "alice@localhost").await;
+    a.ping("f1").await;
+    b.ping("f2").await;
+}
+
+/// A few round trips to the server: the client has read and answered what arrived before
+/// (the server's disco#info query after its presence), and the server has handled that.
+async fn settle(c: &mut Client) {
+    for _ in 0..2 {
+        c.blocklist().await.unwrap();
+    }
+}
+
+/// With a presence subscription, the SDK's caps (XEP-0115, resolved by the server with a
+/// disco#info query the SDK answers) say it wants both device lists' notifications
+/// (XEP-0163 §4): the server sends bob's current lists as alice comes online, and his new one
+/// when he adds a device, so alice's messages reach the new device with no list read at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_gets_contacts_device_lists_through_caps() {
+    let (ts, dir) = alice_and_bob(|_| {}).await;
+    befriend(&ts).await;
+    let mut b1 = online(&ts, "bob@localhost", "pb", &dir.path().join("b1")).await;
+    // Bob watches, as a raw client, the presence alice's client sends.
+    let mut watch = RawClient::login(ts.starttls, ts.ca_pem(), "bob@localhost", "pb", "w").await;
+    watch.available().await;
+    let mut a = online(&ts, "alice@localhost", "pa", &dir.path().join("a")).await;
+    let p = watch
+        .expect_element(&["<presence", &format!("from='{}'", a.bound_jid())])
+        .await;
+    let el = Element::parse(p.as_bytes()).unwrap();
+    let c = el.child("c").expect("caps in the presence");
+    assert_eq!(
+        c.attr("xmlns").as_deref(),
+        Some("http://jabber.org/protocol/caps")
+    );
+    assert_eq!(c.attr("hash").as_deref(), Some("sha-1"));
+    assert_eq!(c.attr("node").as_deref(), Some(CAPS_NODE));
+    assert_eq!(c.attr("ver").as_deref(), Some(a.capabilities().ver()));
+    drop(watch);
+
+    settle(&mut a).await;
+    let reads = a.device_list_reads();
+    // Bob's lists came with alice's caps: the first message costs no read.
+    let sent = a.send("bob@localhost", "one").await.unwrap();
+    assert_eq!((sent.devices, sent.omemo), (1, Omemo::V03));
+    assert_eq!(a.device_list_reads(), reads, "no list read");
+    assert_eq!(message(&mut b1).await.text, "one");
+
+    // Bob adds a device; the server tells alice's client, which reads it in its next round
+    // trips, well within the minute its list of bob's is kept.
+    let mut b2 = online(&ts, "bob@localhost", "pb", &dir.path().join("b2")).await;
+    settle(&mut a).await;
+    let sent = a.send("bob@localhost", "two").await.unwrap();
+    assert_eq!(sent.devices, 2, "both of bob's devices");
+    assert_eq!(a.device_list_reads(), reads, "still no list read");
+    for c in [&mut b1, &mut b2] {
+        assert_eq!(message(c).await.text, "two");
+    }
+    for c in [a, b1, b2] {
         c.close().await;
     }
     ts.stop().await;

@@ -20,7 +20,10 @@
 //!
 //! Device lists are not read for every message: the client keeps those it heard of, the
 //! contacts' and the account's own, per OMEMO version. A PEP notification replaces one at
-//! once; one read from the server is trusted for [`DEVICE_LIST_TTL`] (a minute;
+//! once: the client's presence carries entity capabilities (XEP-0115) whose features include
+//! both device lists' `+notify`, so the server pushes the lists of contacts whose presence the
+//! account shares as they change (XEP-0163 §4), and their current ones as the client comes
+//! online. One read from the server is trusted for [`DEVICE_LIST_TTL`] (a minute;
 //! [`Client::set_device_list_ttl`]), since a contact whose presence the account does not share
 //! sends no notifications; a message from a device a list lacks has the next send read it
 //! again. "No OMEMO 0.3 list" is kept too, for a contact that has OMEMO 2 devices, and a
@@ -28,7 +31,11 @@
 //!
 //! Messages are handled as they arrive, in order (decrypted, recorded in the history), before
 //! the connection acknowledges them to the server: an app that only sends still keeps what
-//! arrived meanwhile ([`Client::pending_events`]). A message delivered again after a lost
+//! arrived meanwhile ([`Client::pending_events`]). IQ requests addressed to the client, from
+//! the server or anyone else, are answered as they are read and never kept (RFC 6120 §8.2.3):
+//! a ping (XEP-0199) and a disco#info query (XEP-0030: [`Client::capabilities`]) with a
+//! result, anything else with `service-unavailable`. IQ answers are kept only when they answer
+//! this client's own requests. A message delivered again after a lost
 //! acknowledgement is recognised by its ratchet counter and not reported twice.
 //!
 //! After a lost connection, [`Client::reconnect`] logs in again on the same store;
@@ -96,6 +103,7 @@ use devices::DeviceLists;
 use media::file_name;
 use store::{device_id, open_store};
 
+use crate::caps::{Capabilities, Identity, NS_CAPS, NS_DISCO_INFO};
 use crate::conn::{self, ClientSettings, ConnError, Connection, Login, LoginError, Verify};
 use crate::https::Https;
 use crate::omemo::{self, Omemo};
@@ -127,6 +135,9 @@ const NS_MAM: &str = "urn:xmpp:mam:2";
 const NS_SID: &str = "urn:xmpp:sid:0";
 const NS_BLOCKING_ERRORS: &str = "urn:xmpp:blocking:errors";
 const NS_RSM: &str = "http://jabber.org/protocol/rsm";
+const NS_PING: &str = "urn:xmpp:ping";
+/// The node that names this SDK in its entity capabilities (XEP-0115 §4).
+pub const CAPS_NODE: &str = "urn:strait:client";
 /// Archive pages fetched at most when catching up (of [`MAM_PAGE`] messages each).
 const MAM_PAGES: usize = 50;
 const MAM_PAGE: usize = 100;
@@ -339,6 +350,30 @@ struct LoginData {
     /// The password or the token.
     secret: String,
     resource: String,
+    /// What the connection answers disco#info queries with, and its presence advertises.
+    caps: Arc<Capabilities>,
+}
+
+/// What the SDK says it is and supports (XEP-0030), advertised in its presence (XEP-0115):
+/// a client, that answers pings, gives and asks for delivery receipts, takes carbons, and
+/// wants notifications of its contacts' OMEMO device lists in both versions.
+fn capabilities() -> Capabilities {
+    let notify: Vec<String> = [Omemo::V03, Omemo::V2]
+        .iter()
+        .map(|v| format!("{}+notify", v.devices_node()))
+        .collect();
+    let mut features = vec![NS_DISCO_INFO, NS_CAPS, NS_PING, NS_RECEIPTS, NS_CARBONS];
+    features.extend(notify.iter().map(String::as_str));
+    Capabilities::new(
+        CAPS_NODE,
+        vec![Identity {
+            category: "client".into(),
+            kind: "pc".into(),
+            lang: None,
+            name: "Strait".into(),
+        }],
+        &features,
+    )
 }
 
 impl LoginData {
@@ -349,15 +384,17 @@ impl LoginData {
             resource: &self.resource,
             presence: false,
         };
-        match conn::login(&self.settings, 0, &who).await {
+        let mut conn = match conn::login(&self.settings, 0, &who).await {
             // A server without XEP-0198: sends are then confirmed by a ping round trip.
             Err(e) if e.kind == "sm: not offered" => {
                 let mut settings = self.settings.clone();
                 settings.stream_management = false;
-                Ok(conn::login(&settings, 0, &who).await?)
+                conn::login(&settings, 0, &who).await?
             }
-            other => Ok(other?),
-        }
+            other => other?,
+        };
+        conn.set_capabilities(self.caps.clone());
+        Ok(conn)
     }
 }
 
@@ -432,6 +469,7 @@ impl Client {
             user: local.to_owned(),
             secret: secret.to_owned(),
             resource,
+            caps: Arc::new(capabilities()),
         };
         let conn = login.login().await?;
         let mut prefix = [0u8; 6];
@@ -468,7 +506,12 @@ impl Client {
         self.iq(|id| format!("<iq type='set' id='{id}'><enable xmlns='{NS_CARBONS}'/></iq>"))
             .await?;
         self.catch_up().await?;
-        self.conn.send_stanza(b"<presence/>");
+        // With the caps, so that the server pushes the contacts' device lists (XEP-0163 §4).
+        let presence = format!(
+            "<presence>{}</presence>",
+            self.login.caps.presence_element()
+        );
+        self.conn.send_stanza(presence.as_bytes());
         self.conn.flush().await?;
         Ok(())
     }
@@ -552,6 +595,12 @@ impl Client {
         &self.conn.jid
     }
 
+    /// What the client answers disco#info queries with (XEP-0030) and its presence advertises
+    /// (XEP-0115): the identity, the features and their `ver`.
+    pub fn capabilities(&self) -> &Capabilities {
+        &self.login.caps
+    }
+
     pub fn device_id(&self) -> u32 {
         self.device.device_id()
     }
@@ -616,17 +665,29 @@ impl Client {
     /// at once, in order: decrypted, recorded in the history, their events queued for
     /// [`Client::next_event`]. So when the connection acknowledges them (XEP-0198 counts in
     /// order, and the server asks while a client sends), they are the client's for good, even
-    /// if the app never asks for its events. IQ answers and stream-management counts wait in
-    /// the inbox for whoever waits for them (the newest [`INBOX_MAX`]); the rest (contacts'
-    /// presence) this client does not use.
+    /// if the app never asks for its events. IQ requests are answered by the connection as it
+    /// reads them, and the answers leave at once. Answers to this client's own IQs and
+    /// stream-management counts wait in the inbox for whoever waits for them (the newest
+    /// [`INBOX_MAX`]); other IQ answers are dropped, and the rest (contacts' presence) this
+    /// client does not use.
     async fn read_more(&mut self) -> Result<(), ChatError> {
         self.conn.pump().await?;
         let mut read = Vec::new();
+        let ours = format!("sc-{}-", self.id_prefix);
         self.conn.process(|el, _| {
-            if el.is("message") || el.is("iq") || el.is("a") {
+            let keep = el.is("message")
+                || el.is("a")
+                || (el.is("iq")
+                    && el
+                        .attr_raw("id")
+                        .is_some_and(|id| id.starts_with(ours.as_bytes())));
+            if keep {
                 read.push(el.raw().to_vec());
             }
         })?;
+        // The answers the connection queued (pings, disco#info, errors) go now, not with
+        // whatever this client writes next.
+        self.conn.write_ready()?;
         for raw in read {
             if raw.starts_with(b"<message") {
                 // Every stanza of the batch is handled, whatever one of them does: they are
@@ -1442,8 +1503,9 @@ impl Client {
     /// How long a device list heard of (read or notified) is trusted before a send reads it
     /// again; [`DEVICE_LIST_TTL`] unless set. A notification replaces a list at once, but
     /// only the account's own lists are sure to be notified (a contact's reach this client
-    /// only where the server sends them), so this bounds how long a device a contact adds
-    /// goes without this client's messages. `Duration::ZERO` reads the lists on every send.
+    /// where the account shares its presence and the server honours the caps' `+notify`), so
+    /// this bounds how long a device a contact adds goes without this client's messages.
+    /// `Duration::ZERO` reads the lists on every send.
     pub fn set_device_list_ttl(&mut self, ttl: Duration) {
         self.lists.set_ttl(ttl);
     }
@@ -1452,6 +1514,13 @@ impl Client {
     #[doc(hidden)]
     pub fn device_list_reads(&self) -> u64 {
         self.list_reads
+    }
+
+    /// Stanzas read and kept for a request still to take them (answers to this client's
+    /// IQs, stream-management counts): a test's measure that nothing piles up.
+    #[doc(hidden)]
+    pub fn queued_stanzas(&self) -> usize {
+        self.inbox.len()
     }
 
     /// Ends the stream politely (writing what is still queued first).
