@@ -1065,3 +1065,45 @@ async fn sdk_gets_contacts_device_lists_through_caps() {
     }
     ts.stop().await;
 }
+
+/// An IQ answer counts only from whom the request went to: another account that learnt the
+/// client's ids (they number its messages too) and sends "answers" ahead of its requests (here
+/// a device list with a device of its choosing for each of the next ids) changes nothing, and
+/// they are not kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_takes_iq_answers_only_from_whom_it_asked() {
+    let (ts, dir) = alice_and_bob(|_| {}).await;
+    ts.add_user("eve@localhost", "pe");
+    let mut a = online(&ts, "alice@localhost", "pa", &dir.path().join("a")).await;
+    let mut b = online(&ts, "bob@localhost", "pb", &dir.path().join("b")).await;
+    let sent = a.send("bob@localhost", "one").await.unwrap();
+    assert_eq!(message(&mut b).await.text, "one");
+    let (prefix, n) = sent.id.rsplit_once('-').unwrap();
+    let n: u64 = n.parse().unwrap();
+
+    let mut eve = RawClient::login(ts.starttls, ts.ca_pem(), "eve@localhost", "pe", "e").await;
+    let alice = a.bound_jid().to_owned();
+    let mut forged = String::new();
+    for k in n + 1..n + 40 {
+        forged.push_str(&format!(
+            "<iq type='result' id='{prefix}-{k}' to='{alice}'>\
+             <pubsub xmlns='http://jabber.org/protocol/pubsub'>\
+             <items node='eu.siacs.conversations.axolotl.devicelist'><item id='current'>\
+             <list xmlns='eu.siacs.conversations.axolotl'><device id='12345'/></list>\
+             </item></items></pubsub></iq>"
+        ));
+    }
+    eve.send(&forged).await;
+    eve.ping("sent").await;
+
+    // Bob's list is read again for this message: the server's answer is the one taken.
+    a.set_device_list_ttl(Duration::ZERO);
+    let sent = a.send("bob@localhost", "two").await.unwrap();
+    assert_eq!((sent.devices, sent.omemo), (1, Omemo::V03));
+    assert_eq!(message(&mut b).await.text, "two");
+    assert_eq!(a.queued_stanzas(), 0, "the forged answers are not kept");
+    for c in [a, b] {
+        c.close().await;
+    }
+    ts.stop().await;
+}

@@ -34,8 +34,8 @@
 //! arrived meanwhile ([`Client::pending_events`]). IQ requests addressed to the client, from
 //! the server or anyone else, are answered as they are read and never kept (RFC 6120 §8.2.3):
 //! a ping (XEP-0199) and a disco#info query (XEP-0030: [`Client::capabilities`]) with a
-//! result, anything else with `service-unavailable`. IQ answers are kept only when they answer
-//! this client's own requests. A message delivered again after a lost
+//! result, anything else with `service-unavailable`. Of IQ answers, only the one to the request
+//! the client waits for, from where that went, is taken. A message delivered again after a lost
 //! acknowledgement is recognised by its ratchet counter and not reported twice.
 //!
 //! After a lost connection, [`Client::reconnect`] logs in again on the same store;
@@ -320,6 +320,9 @@ pub struct Client {
     history: rusqlite::Connection,
     /// Stanzas read while waiting for something else, in order.
     inbox: VecDeque<Vec<u8>>,
+    /// The IQ whose answer [`Client::iq`] waits for: its id and where it went (`None`: the
+    /// account, answered by its server). Only its answer, from there, is kept.
+    awaited: Option<(String, Option<String>)>,
     /// Events of the messages handled, not yet returned by [`Client::next_event`].
     events: VecDeque<Event>,
     /// The first failure while handling what arrived (a history write, a follow-up send),
@@ -481,6 +484,7 @@ impl Client {
             device2,
             history,
             inbox: VecDeque::new(),
+            awaited: None,
             events: VecDeque::new(),
             failed: None,
             fetched: HashSet::new(),
@@ -666,21 +670,23 @@ impl Client {
     /// [`Client::next_event`]. So when the connection acknowledges them (XEP-0198 counts in
     /// order, and the server asks while a client sends), they are the client's for good, even
     /// if the app never asks for its events. IQ requests are answered by the connection as it
-    /// reads them, and the answers leave at once. Answers to this client's own IQs and
-    /// stream-management counts wait in the inbox for whoever waits for them (the newest
-    /// [`INBOX_MAX`]); other IQ answers are dropped, and the rest (contacts' presence) this
-    /// client does not use.
+    /// reads them, and the answers leave at once. The answer to the IQ [`Client::iq`] waits
+    /// for (from where it went) and stream-management counts wait in the inbox for whoever
+    /// waits for them (the newest [`INBOX_MAX`]); other IQ answers are dropped, and the rest
+    /// (contacts' presence) this client does not use.
     async fn read_more(&mut self) -> Result<(), ChatError> {
         self.conn.pump().await?;
         let mut read = Vec::new();
-        let ours = format!("sc-{}-", self.id_prefix);
+        let full = self.conn.jid.clone();
+        let (awaited, jid) = (&self.awaited, &self.jid);
         self.conn.process(|el, _| {
             let keep = el.is("message")
                 || el.is("a")
                 || (el.is("iq")
-                    && el
-                        .attr_raw("id")
-                        .is_some_and(|id| id.starts_with(ours.as_bytes())));
+                    && awaited.as_ref().is_some_and(|(id, to)| {
+                        el.attr("id").as_deref() == Some(id.as_str())
+                            && answers(el.attr("from").as_deref(), to.as_deref(), jid, &full)
+                    }));
             if keep {
                 read.push(el.raw().to_vec());
             }
@@ -729,14 +735,28 @@ impl Client {
         }
     }
 
-    /// Sends an IQ and waits for its answer.
+    /// Sends an IQ and waits for its answer: the IQ with its id from where it went (RFC 6120
+    /// §8.1.2.1). Anyone can send this client an IQ result with an id it will use (its ids
+    /// number its messages too), and such a one is no answer.
     async fn iq(&mut self, make: impl FnOnce(&str) -> String) -> Result<Vec<u8>, ChatError> {
         let id = self.new_id();
         let stanza = make(&id);
+        let to = Element::parse(stanza.as_bytes())
+            .and_then(|e| e.attr("to").map(|t| t.into_owned()))
+            .filter(|t| !t.is_empty());
+        self.awaited = Some((id.clone(), to.clone()));
         self.conn.send_stanza(stanza.as_bytes());
         self.conn.flush().await?;
-        self.wait_for(|e| e.is("iq") && e.attr("id").as_deref() == Some(id.as_str()))
-            .await
+        let (jid, full) = (self.jid.clone(), self.conn.jid.clone());
+        let answer = self
+            .wait_for(|e| {
+                e.is("iq")
+                    && e.attr("id").as_deref() == Some(id.as_str())
+                    && answers(e.attr("from").as_deref(), to.as_deref(), &jid, &full)
+            })
+            .await;
+        self.awaited = None;
+        answer
     }
 
     /// A device list of version `v` from PEP: the device ids with the list itself as XML (or
@@ -1545,6 +1565,23 @@ fn stanza_id_by(el: &Element<'_>, owner: &str) -> Option<String> {
         .filter(|id| !id.is_empty())
 }
 
+/// Whether an IQ from `from` can answer one this client (`jid`, bound as `full`) sent `to`
+/// (RFC 6120 §8.1.2.1): it comes from there; for a request without `to` or to the account
+/// itself, which the server answers on the account's behalf (§10.3.3), from the server: no
+/// `from`, the account (bare or this resource) or its domain. A request to the domain may be
+/// answered without `from`, which only the server can send.
+fn answers(from: Option<&str>, to: Option<&str>, jid: &str, full: &str) -> bool {
+    let domain = jid.rsplit_once('@').map_or(jid, |(_, d)| d);
+    let same = |a: &str, b: &str| a.eq_ignore_ascii_case(b);
+    match to.filter(|t| !same(t, jid)) {
+        None => from.is_none_or(|f| same(f, jid) || f == full || same(f, domain)),
+        Some(t) => match from {
+            Some(f) => same(f, t),
+            None => same(t, domain),
+        },
+    }
+}
+
 /// Whether a device list's read failed because there is none (`item-not-found`): the account
 /// has no devices in that version, rather than a refusal.
 fn no_list(why: &str) -> bool {
@@ -1784,6 +1821,43 @@ mod tests {
         // Opening it again finds the column there.
         drop((_lock, db));
         open_store(&a).unwrap();
+    }
+
+    #[test]
+    fn iq_answers_come_from_where_the_request_went() {
+        let ok = |from: Option<&str>, to: Option<&str>| {
+            answers(from, to, "alice@example.org", "alice@example.org/phone")
+        };
+        // To the account (no `to`, or its bare JID): its server answers.
+        for to in [None, Some("Alice@example.org")] {
+            for from in [
+                None,
+                Some("alice@example.org"),
+                Some("alice@example.org/phone"),
+                Some("example.org"),
+            ] {
+                assert!(ok(from, to), "{from:?} answering a request to {to:?}");
+            }
+            for from in [
+                "alice@example.org/other",
+                "bob@example.org",
+                "eve@example.org/x",
+                "evil.example",
+            ] {
+                assert!(!ok(Some(from), to), "{from} answering a request to {to:?}");
+            }
+        }
+        // To a contact or a service: from there only.
+        assert!(ok(Some("Bob@example.org"), Some("bob@example.org")));
+        assert!(!ok(None, Some("bob@example.org")));
+        assert!(!ok(Some("eve@example.org"), Some("bob@example.org")));
+        assert!(!ok(Some("bob@example.org/x"), Some("bob@example.org")));
+        assert!(ok(Some("upload.example.org"), Some("upload.example.org")));
+        assert!(!ok(Some("example.org"), Some("upload.example.org")));
+        // To the domain: the server, with or without `from`.
+        assert!(ok(None, Some("example.org")));
+        assert!(ok(Some("example.org"), Some("example.org")));
+        assert!(!ok(Some("eve@example.org"), Some("example.org")));
     }
 
     #[test]
