@@ -5,7 +5,8 @@
 # servers),
 # then the strait-signal cross-implementation tests (tests/signal_interop: the omemo_peer example
 # against python-omemo + oldmemo + twomemo, from PyPI, in the same venv), with the tests of the
-# benchmark harness's own logic (tests/bench_harness: bench/compare's sweep, no servers) between.
+# benchmark harness's own logic (tests/bench_harness: bench/compare's sweep, and a tiny
+# bench/third-party run) between.
 #
 #   ./scripts/test.sh                 # everything
 #   ./scripts/test.sh -k offline      # extra arguments go to both pytest runs
@@ -140,7 +141,7 @@ if [ "$run_clients" = 1 ] && [ "$python_ok" = 1 ]; then
 fi
 
 if [ "$python_ok" = 1 ] && { [ "$run_clients" = 1 ] || [ "$run_signal" = 1 ]; }; then
-    step "benchmark harness tests (tests/bench_harness: bench/compare's sweep logic, no load)"
+    step "benchmark harness tests (tests/bench_harness: bench/compare's sweep logic; a tiny bench/third-party run)"
     run_pytest bench_harness 60 "$@"
 fi
 
