@@ -939,3 +939,122 @@ async fn consent_changes_reach_the_boundary_despite_its_cache() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// `GET path` on the metrics listener: (status line and headers, body).
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> (String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(
+        format!("GET {path} HTTP/1.1\r\nhost: metrics\r\nconnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut raw = String::new();
+    tcp.read_to_string(&mut raw).await.unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    (head.to_owned(), body.to_owned())
+}
+
+/// The value of the sample `name{labels}` (as encoded) in an OpenMetrics text.
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn metrics_count_logins_crossings_refusals_and_reports() {
+    let t = TestServer::start(|c| c.listen.metrics = vec!["127.0.0.1:0".parse().unwrap()]).await;
+    let addr = t.server.as_ref().unwrap().metrics_addrs()[0];
+    let key = ProviderKey::new();
+    provider(&t, "acme", "acme.example", &key).await;
+    t.add_user("alice@localhost", "pa");
+    // A wrong password first.
+    let mut wrong = RawClient::connect(t.starttls, t.ca_pem()).await;
+    wrong.starttls("localhost").await;
+    assert!(
+        wrong
+            .scram_sha256("alice", "nope")
+            .await
+            .contains("<failure")
+    );
+    let mut alice = RawClient::login(t.starttls, t.ca_pem(), "alice@localhost", "pa", "a1").await;
+    alice.available().await;
+    let mut bob = enlisted(&t, &key, "acme.example", "bob").await;
+    let to_alice =
+        |id: &str| format!("<message to='alice@localhost' id='{id}' type='chat'>{OMEMO}</message>");
+    bob.send(&to_alice("m1")).await;
+    assert!(
+        bob.expect_element(&["id='m1'"])
+            .await
+            .contains("<not-allowed")
+    );
+    consent(&mut alice, "c1", "<consent xmlns='urn:strait:interop:0' enabled='true'><provider id='acme' allowed='true'/></consent>").await;
+    bob.send(&to_alice("m2")).await;
+    alice.expect_element(&["id='m2'"]).await;
+    alice
+        .send("<message to='bob@acme.example' id='m3' type='chat'><body>plain</body></message>")
+        .await;
+    assert!(
+        alice
+            .expect_element(&["id='m3'"])
+            .await
+            .contains("<policy-violation")
+    );
+    let r = block_with(
+        &mut alice,
+        "b1",
+        &report_item("bob@acme.example", "urn:xmpp:reporting:spam", ""),
+    )
+    .await;
+    assert!(r.contains("type='result'"), "{r}");
+
+    let (head, m) = http_get(addr, "/metrics").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/openmetrics-text; version=1.0.0"),
+        "{head}"
+    );
+    assert!(m.ends_with("# EOF\n"), "{m}");
+    let v = |s: &str| sample(&m, s);
+    assert_eq!(
+        v(r#"strait_logins_total{mechanism="SCRAM-SHA-256",result="success"}"#),
+        1.0
+    );
+    assert_eq!(
+        v(r#"strait_logins_total{mechanism="SCRAM-SHA-256",result="not-authorized"}"#),
+        1.0
+    );
+    assert_eq!(
+        v(r#"strait_logins_total{mechanism="OAUTHBEARER",result="success"}"#),
+        1.0
+    );
+    let crossed = |dir: &str, result: &str| {
+        sample(
+            &m,
+            &format!(
+                r#"strait_boundary_stanzas_total{{provider="acme",direction="{dir}",result="{result}"}}"#
+            ),
+        )
+    };
+    assert_eq!(crossed("in", "not-allowed"), 1.0);
+    assert!(crossed("in", "admitted") >= 1.0);
+    assert_eq!(crossed("out", "policy-violation"), 1.0);
+    assert_eq!(v(r#"strait_abuse_reports_total{provider="acme"}"#), 1.0);
+    assert!(v(r#"strait_client_stanzas_total{kind="message"}"#) >= 3.0);
+    assert_eq!(v("strait_sessions"), 2.0);
+    assert_eq!(
+        v("strait_client_connections"),
+        3.0,
+        "alice, bob and the refused login"
+    );
+    assert_eq!(v(r#"strait_providers{status="active"}"#), 1.0);
+    assert_eq!(v("strait_consent_cache_entries"), 1.0);
+    assert!(v("process_resident_memory_bytes") > 1e6);
+    assert!(v("process_open_fds") > 5.0);
+    let (head, _) = http_get(addr, "/admin").await;
+    assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+}

@@ -73,6 +73,8 @@ class Server:
     component_secret: Optional[str] = None
     # Interop links (s2s): where federated providers' servers connect
     s2s_port: Optional[int] = None
+    # GET /metrics (OpenMetrics text)
+    metrics_port: Optional[int] = None
 
     @property
     def domain(self) -> str:
@@ -146,7 +148,7 @@ def start_strait() -> Server:
                     f"or set STRAIT_BIN)", pytrace=False)
     work = tempfile.mkdtemp(prefix="strait-realclients-")
     data = os.path.join(work, "data")
-    c2s, tls, https, comp, s2s = free_ports(5)
+    c2s, tls, https, comp, s2s, metrics = free_ports(6)
     comp_secret = secrets.token_hex(16)
     domains = ["localhost", "example.test"]
     config = os.path.join(work, "strait.toml")
@@ -160,6 +162,7 @@ c2s = ["127.0.0.1:{c2s}"]
 c2s_direct_tls = ["127.0.0.1:{tls}"]
 component = ["127.0.0.1:{comp}"]
 s2s = ["127.0.0.1:{s2s}"]
+metrics = ["127.0.0.1:{metrics}"]
 
 [limits]
 max_offline_messages = 100
@@ -197,7 +200,8 @@ secret = "{comp_secret}"
                     plain_allowed=False, add_user_fn=lambda j, p: None, log_path=log_path,
                     config_path=config, binary=binary, workdir=work, proc=proc,
                     component_port=comp, component_domain=COMPONENT_DOMAIN,
-                    component_secret=comp_secret, s2s_port=s2s)
+                    component_secret=comp_secret, s2s_port=s2s,
+                    metrics_port=metrics)
 
     def add_user(jid: str, password: str) -> None:
         server.cli("user", "add", jid, stdin=password + "\n")

@@ -92,6 +92,9 @@ pub struct ListenConfig {
     /// Interop link listeners (XMPP s2s, RFC 6120; STARTTLS and SASL EXTERNAL required):
     /// where federated providers' servers connect. None by default; 5269 is the standard port.
     pub s2s: Vec<SocketAddr>,
+    /// Where `GET /metrics` is served (OpenMetrics text, plain HTTP: loopback or a private
+    /// network). None by default.
+    pub metrics: Vec<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -291,6 +294,7 @@ impl Default for ListenConfig {
             c2s_direct_tls: vec![SocketAddr::from(([127, 0, 0, 1], 5223))],
             component: vec![SocketAddr::from(([127, 0, 0, 1], 5347))],
             s2s: Vec::new(),
+            metrics: Vec::new(),
         }
     }
 }

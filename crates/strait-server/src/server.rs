@@ -46,6 +46,8 @@ pub struct ServerState {
     pub connections: Arc<Semaphore>,
     /// Resumable sessions (XEP-0198).
     pub sm: crate::features::sm::Registry,
+    /// Counters and levels for `GET /metrics` (`listen.metrics`).
+    pub metrics: crate::http::metrics::Metrics,
     /// Archive preferences (XEP-0313) of recently active accounts.
     pub archive_prefs: crate::features::mam::PrefsCache,
     /// XEP-0363 uploads, when the service is on (`upload.enabled` with a listener).
@@ -246,6 +248,7 @@ pub struct Server {
     local_https: Vec<SocketAddr>,
     local_components: Vec<SocketAddr>,
     local_s2s: Vec<SocketAddr>,
+    local_metrics: Vec<SocketAddr>,
     store: Arc<SqliteStore>,
 }
 
@@ -397,6 +400,10 @@ impl Server {
         for addr in &config.listen.s2s {
             s2s_sockets.push(bind(*addr).await?);
         }
+        let mut metrics_sockets = Vec::new();
+        for addr in &config.listen.metrics {
+            metrics_sockets.push(bind(*addr).await?);
+        }
         // The HTTPS listeners are bound before anything starts, like the client ones: a port
         // in use stops the start with a clear error.
         let mut https = Vec::new();
@@ -439,6 +446,7 @@ impl Server {
             fake_salt_key,
             shutdown,
             sm: Default::default(),
+            metrics: Default::default(),
             archive_prefs: Default::default(),
             uploads: uploads.clone(),
             components: Default::default(),
@@ -492,6 +500,14 @@ impl Server {
             }
             tasks.spawn(crate::s2s::inbound::accept_loop(state.clone(), socket));
         }
+        let mut local_metrics = Vec::new();
+        for socket in metrics_sockets {
+            if let Ok(addr) = socket.local_addr() {
+                tracing::info!(%addr, "serving metrics (GET /metrics, plain HTTP)");
+                local_metrics.push(addr);
+            }
+            tasks.spawn(crate::http::metrics::accept_loop(state.clone(), socket));
+        }
         if let Some(uploads) = &uploads {
             for socket in https {
                 if let Ok(addr) = socket.local_addr() {
@@ -516,8 +532,14 @@ impl Server {
             local_https,
             local_components,
             local_s2s,
+            local_metrics,
             store,
         })
+    }
+
+    /// The bound metrics listener addresses.
+    pub fn metrics_addrs(&self) -> &[SocketAddr] {
+        &self.local_metrics
     }
 
     /// The bound component (XEP-0114) listener addresses.

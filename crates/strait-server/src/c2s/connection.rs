@@ -250,6 +250,8 @@ pub(super) struct Connection {
     /// Set once the stream is to be closed after `out` is flushed.
     closing: bool,
     pub(super) sasl: Option<SaslExchange>,
+    /// The mechanism of the SASL exchange under way (for the login metrics).
+    sasl_mechanism: String,
     session: Option<Session>,
     handle: ConnHandle,
     rx: OutboundReceiver,
@@ -339,6 +341,19 @@ fn limits(state: &ServerState, authenticated: bool) -> Limits {
 }
 
 impl Connection {
+    /// Counts a SASL exchange that ended (a challenge is not an end).
+    fn count_login(&self, step: &strait_wire::negotiation::SaslStep) {
+        use strait_wire::negotiation::SaslStep;
+        match step {
+            SaslStep::Success { .. } => self.state.metrics.login(&self.sasl_mechanism, None),
+            SaslStep::Failure { condition, .. } => self
+                .state
+                .metrics
+                .login(&self.sasl_mechanism, Some(condition.as_str())),
+            SaslStep::Challenge(_) => {}
+        }
+    }
+
     fn new(
         state: Arc<ServerState>,
         transport: Transport,
@@ -362,6 +377,7 @@ impl Connection {
             out: Vec::new(),
             closing: false,
             sasl: None,
+            sasl_mechanism: String::new(),
             session: None,
             handle,
             rx,
@@ -640,10 +656,13 @@ impl Connection {
                     initial_response,
                 } => {
                     let steps = self.sasl_start(&mechanism, initial_response).await;
+                    self.sasl_mechanism = mechanism;
+                    self.count_login(&steps);
                     queue.extend(self.negotiation.sasl_step(steps));
                 }
                 Action::SaslResponse(data) => {
                     let step = self.sasl_response(&data).await;
+                    self.count_login(&step);
                     queue.extend(self.negotiation.sasl_step(step));
                 }
                 Action::SaslAbort => self.sasl = None,

@@ -99,6 +99,7 @@ impl Session {
 
     /// Handles one stanza from the client.
     pub async fn handle(&mut self, mut stanza: Stanza) -> Result<(), StreamError> {
+        self.state.metrics.client_stanza(stanza.kind);
         if matches!(stanza.kind, StanzaKind::Other) && stanza.ns == features::csi::NS {
             match stanza.name.as_str() {
                 "active" => {

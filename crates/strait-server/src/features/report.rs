@@ -195,6 +195,7 @@ pub async fn record(
             }
         })
         .collect();
+    let providers: Vec<Option<String>> = reports.iter().map(|r| r.provider.clone()).collect();
     state
         .store(move |st| {
             for mut r in reports {
@@ -208,7 +209,11 @@ pub async fn record(
             }
             Ok(())
         })
-        .await
+        .await?;
+    for p in providers {
+        state.metrics.report(p.as_deref());
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@
 //! upload's body is read for at most [`upload::DRAIN_DEADLINE`]. On shutdown, requests under
 //! way get [`SHUTDOWN_GRACE`] to finish.
 
+pub mod metrics;
 pub mod upload;
 
 use crate::features::upload::Uploads;

@@ -113,6 +113,24 @@ pub async fn check(
     if !state.interop.has_providers() {
         return Ok(());
     }
+    let mut crossing = None;
+    let r = policy(state, from_bare, to_bare, stanza, &mut crossing).await;
+    if let Some((provider, inbound)) = crossing {
+        let refused = r.as_ref().err().map(|e| e.condition.as_str());
+        state.metrics.crossing(&provider.id, inbound, refused);
+    }
+    r
+}
+
+/// [`check`]'s rules; `crossing` is set to the provider and the direction (inbound: from its
+/// user) once the stanza is known to cross.
+async fn policy(
+    state: &ServerState,
+    from_bare: &str,
+    to_bare: &str,
+    stanza: &mut Stanza,
+    crossing: &mut Option<(Arc<Provider>, bool)>,
+) -> Result<(), StanzaError> {
     strip_forged_origin(stanza);
     let snapshot = state.interop.snapshot();
     let (from, to) = (
@@ -123,6 +141,7 @@ pub async fn check(
         (Party::Provider(p), Party::Platform) => (p.clone(), to_bare, true),
         (Party::Platform, Party::Provider(p)) => (p.clone(), from_bare, false),
         (Party::Provider(a), Party::Provider(b)) if a.id != b.id => {
+            *crossing = Some((a.clone(), true));
             return Err(refuse(
                 Cond::NotAllowed,
                 "chats between users of two different providers do not go through this platform"
@@ -131,6 +150,7 @@ pub async fn check(
         }
         _ => return Ok(()),
     };
+    *crossing = Some((provider.clone(), inbound));
     // Errors bounce back without a second check: refusing them would only hide the first.
     if stanza.type_.as_deref() == Some("error") {
         return Ok(());

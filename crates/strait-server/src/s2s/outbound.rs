@@ -53,6 +53,11 @@ impl Links {
         self.lock().len()
     }
 
+    /// How many inbound streams are authenticated now, from every provider.
+    pub fn inbound_streams(&self) -> usize {
+        self.inbound().values().sum()
+    }
+
     fn inbound(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
         self.inbound.lock().unwrap_or_else(|p| p.into_inner())
     }
