@@ -126,6 +126,14 @@ async fn enlisted(t: &TestServer, key: &ProviderKey, domain: &str, user: &str) -
 
 const OMEMO: &str = "<encrypted xmlns='eu.siacs.conversations.axolotl'><header sid='7'><key rid='9'>AAAA</key><iv>AAAAAAAAAAAAAAAA</iv></header><payload>AAAA</payload></encrypted>";
 
+/// An OMEMO-shaped chat message to `to`.
+fn omemo_to(to: &str, id: &str) -> String {
+    format!("<message to='{to}' id='{id}' type='chat'>{OMEMO}</message>")
+}
+
+/// The consent IQ's payload that turns third-party chats on and allows acme.
+const ALLOW_ACME: &str = "<consent xmlns='urn:strait:interop:0' enabled='true'><provider id='acme' allowed='true'/></consent>";
+
 async fn consent(c: &mut RawClient, id: &str, xml: &str) -> String {
     c.send(&format!("<iq type='set' id='{id}'>{xml}</iq>"))
         .await;
@@ -423,7 +431,7 @@ async fn revoking_consent_stops_presence_already_granted() {
     t.add_user("alice@localhost", "pa");
     let mut alice = RawClient::login(t.starttls, t.ca_pem(), "alice@localhost", "pa", "a1").await;
     alice.available().await;
-    consent(&mut alice, "c1", "<consent xmlns='urn:strait:interop:0' enabled='true'><provider id='acme' allowed='true'/></consent>").await;
+    consent(&mut alice, "c1", ALLOW_ACME).await;
     let mut bob = enlisted(&t, &key, "acme.example", "bob").await;
     // A mutual subscription, by hand.
     bob.send("<presence to='alice@localhost' type='subscribe'/>")
@@ -557,7 +565,7 @@ async fn rates_and_providers_apart() {
     t.add_user("alice@localhost", "pa");
     let mut alice = RawClient::login(t.starttls, t.ca_pem(), "alice@localhost", "pa", "a1").await;
     alice.available().await;
-    consent(&mut alice, "c1", "<consent xmlns='urn:strait:interop:0' enabled='true'><provider id='acme' allowed='true'/></consent>").await;
+    consent(&mut alice, "c1", ALLOW_ACME).await;
     let mut bob = enlisted(&t, &key, "acme.example", "bob").await;
     let mut zed = enlisted(&t, &other, "zeta.example", "zed").await;
 
@@ -767,7 +775,7 @@ async fn a_platform_user_blocks_and_reports_a_provider_user() {
     t.add_user("alice@localhost", "pa");
     let mut alice = RawClient::login(t.starttls, t.ca_pem(), "alice@localhost", "pa", "a1").await;
     alice.available().await;
-    consent(&mut alice, "c1", "<consent xmlns='urn:strait:interop:0' enabled='true'><provider id='acme' allowed='true'/></consent>").await;
+    consent(&mut alice, "c1", ALLOW_ACME).await;
     let mut bob = enlisted(&t, &key, "acme.example", "bob").await;
 
     // The server advertises reports on blocks.
@@ -889,8 +897,7 @@ async fn consent_changes_reach_the_boundary_despite_its_cache() {
     let mut alice = RawClient::login(t.starttls, t.ca_pem(), "alice@localhost", "pa", "a1").await;
     alice.available().await;
     let mut bob = enlisted(&t, &key, "acme.example", "bob").await;
-    let send =
-        |id: &str| format!("<message to='alice@localhost' id='{id}' type='chat'>{OMEMO}</message>");
+    let send = |id: &str| omemo_to("alice@localhost", id);
 
     // Refused (and the refusal's consent now cached), then allowed by alice's own IQ: the
     // very next message arrives.
@@ -900,8 +907,7 @@ async fn consent_changes_reach_the_boundary_despite_its_cache() {
             .await
             .contains("<not-allowed")
     );
-    let on = "<consent xmlns='urn:strait:interop:0' enabled='true'><provider id='acme' allowed='true'/></consent>";
-    consent(&mut alice, "c1", on).await;
+    consent(&mut alice, "c1", ALLOW_ACME).await;
     bob.send(&send("m2")).await;
     alice.expect_element(&["id='m2'"]).await;
     // Revoked by alice: the next message is refused.
@@ -983,15 +989,14 @@ async fn metrics_count_logins_crossings_refusals_and_reports() {
     let mut alice = RawClient::login(t.starttls, t.ca_pem(), "alice@localhost", "pa", "a1").await;
     alice.available().await;
     let mut bob = enlisted(&t, &key, "acme.example", "bob").await;
-    let to_alice =
-        |id: &str| format!("<message to='alice@localhost' id='{id}' type='chat'>{OMEMO}</message>");
+    let to_alice = |id: &str| omemo_to("alice@localhost", id);
     bob.send(&to_alice("m1")).await;
     assert!(
         bob.expect_element(&["id='m1'"])
             .await
             .contains("<not-allowed")
     );
-    consent(&mut alice, "c1", "<consent xmlns='urn:strait:interop:0' enabled='true'><provider id='acme' allowed='true'/></consent>").await;
+    consent(&mut alice, "c1", ALLOW_ACME).await;
     bob.send(&to_alice("m2")).await;
     alice.expect_element(&["id='m2'"]).await;
     alice
