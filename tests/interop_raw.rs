@@ -426,13 +426,8 @@ async fn the_boundary_policy_holds_between_platform_and_provider_users() {
 #[tokio::test]
 async fn revoking_consent_stops_presence_already_granted() {
     let t = TestServer::start(|_| {}).await;
-    let key = ProviderKey::new();
-    provider(&t, "acme", "acme.example", &key).await;
-    t.add_user("alice@localhost", "pa");
-    let mut alice = RawClient::login(t.starttls, t.ca_pem(), "alice@localhost", "pa", "a1").await;
-    alice.available().await;
+    let (mut alice, mut bob) = alice_and_acme_bob(&t).await;
     consent(&mut alice, "c1", ALLOW_ACME).await;
-    let mut bob = enlisted(&t, &key, "acme.example", "bob").await;
     // A mutual subscription, by hand.
     bob.send("<presence to='alice@localhost' type='subscribe'/>")
         .await;
@@ -751,6 +746,18 @@ async fn a_provider_that_pins_its_proxy_admits_its_users_only_through_it() {
     t.stop().await;
 }
 
+/// The provider acme, the platform user alice online (not opted in) and acme's user bob
+/// online, as the tests of the boundary's later additions start.
+async fn alice_and_acme_bob(t: &TestServer) -> (RawClient, RawClient) {
+    let key = ProviderKey::new();
+    provider(t, "acme", "acme.example", &key).await;
+    t.add_user("alice@localhost", "pa");
+    let mut alice = RawClient::login(t.starttls, t.ca_pem(), "alice@localhost", "pa", "a1").await;
+    alice.available().await;
+    let bob = enlisted(t, &key, "acme.example", "bob").await;
+    (alice, bob)
+}
+
 /// Blocks the JIDs with reports attached; returns the server's answer.
 async fn block_with(c: &mut RawClient, id: &str, items: &str) -> String {
     c.send(&format!(
@@ -891,12 +898,7 @@ async fn a_platform_user_blocks_and_reports_a_provider_user() {
 async fn consent_changes_reach_the_boundary_despite_its_cache() {
     use strait_server::interop::consent::{self, ConsentChange};
     let t = TestServer::start(|_| {}).await;
-    let key = ProviderKey::new();
-    provider(&t, "acme", "acme.example", &key).await;
-    t.add_user("alice@localhost", "pa");
-    let mut alice = RawClient::login(t.starttls, t.ca_pem(), "alice@localhost", "pa", "a1").await;
-    alice.available().await;
-    let mut bob = enlisted(&t, &key, "acme.example", "bob").await;
+    let (mut alice, mut bob) = alice_and_acme_bob(&t).await;
     let send = |id: &str| omemo_to("alice@localhost", id);
 
     // Refused (and the refusal's consent now cached), then allowed by alice's own IQ: the
@@ -974,10 +976,8 @@ fn sample(text: &str, series: &str) -> f64 {
 async fn metrics_count_logins_crossings_refusals_and_reports() {
     let t = TestServer::start(|c| c.listen.metrics = vec!["127.0.0.1:0".parse().unwrap()]).await;
     let addr = t.server.as_ref().unwrap().metrics_addrs()[0];
-    let key = ProviderKey::new();
-    provider(&t, "acme", "acme.example", &key).await;
-    t.add_user("alice@localhost", "pa");
-    // A wrong password first.
+    let (mut alice, mut bob) = alice_and_acme_bob(&t).await;
+    // A wrong password too.
     let mut wrong = RawClient::connect(t.starttls, t.ca_pem()).await;
     wrong.starttls("localhost").await;
     assert!(
@@ -986,9 +986,6 @@ async fn metrics_count_logins_crossings_refusals_and_reports() {
             .await
             .contains("<failure")
     );
-    let mut alice = RawClient::login(t.starttls, t.ca_pem(), "alice@localhost", "pa", "a1").await;
-    alice.available().await;
-    let mut bob = enlisted(&t, &key, "acme.example", "bob").await;
     let to_alice = |id: &str| omemo_to("alice@localhost", id);
     bob.send(&to_alice("m1")).await;
     assert!(

@@ -296,15 +296,7 @@ pub(crate) async fn run(ctx: &Ctx, a: &MessagesArgs) -> anyhow::Result<Outcome> 
     let mut offline_fetch_s = 0.0;
     if offline_accounts > 0 {
         let meter = PhaseMeter::start("offline fetch", probe);
-        let jobs = (senders..senders + offline_accounts)
-            .map(|i| LoginJob {
-                slot: i as usize,
-                account: i,
-                resource: resource(ctx, i),
-                presence: true,
-                provider: false,
-            })
-            .collect();
+        let jobs = super::platform_logins(ctx, senders..senders + offline_accounts);
         let (conns, fetch_logins) = login_many(ctx, jobs, true).await;
         for (kind, n) in &fetch_logins.failures.by_kind {
             for _ in 0..*n {

@@ -197,7 +197,12 @@ pub(crate) async fn sync_all(
 
 /// Logins of platform accounts `0..n` with presence, connection i as account i.
 pub(crate) fn everyone(ctx: &Ctx, n: u64) -> Vec<LoginJob> {
-    (0..n)
+    platform_logins(ctx, 0..n)
+}
+
+/// Logins of the platform accounts `accounts` with presence, connection i as account i.
+pub(crate) fn platform_logins(ctx: &Ctx, accounts: std::ops::Range<u64>) -> Vec<LoginJob> {
+    accounts
         .map(|i| LoginJob {
             slot: i as usize,
             account: i,
