@@ -635,17 +635,11 @@ async fn sdk_keeps_device_lists_between_messages() {
         }
         other => panic!("expected a message not for b2, got {other:?}"),
     }
-    // In most runs b2 reports that message a second time, with the same reason: why is not
-    // known yet (it is not what this test is about, and it is in the session's closing note).
-    // What it reports is drained here, and must be the same.
-    while let Ok(ev) = tokio::time::timeout(Duration::from_millis(500), event(&mut b2)).await {
-        match ev {
-            Event::Undecryptable { from, reason } => {
-                assert_eq!(from, "alice@localhost");
-                assert!(reason.contains("no key for device"), "{reason}");
-            }
-            other => panic!("expected nothing more for b2, got {other:?}"),
-        }
+    // Only once: the server hands a device a message it has once, even when the device's
+    // initial presence fetched it from storage (held for b1) while a live copy was on its way
+    // (sm_raw: a_stored_message_fetched_at_login_is_not_delivered_again_live).
+    if let Ok(ev) = tokio::time::timeout(Duration::from_millis(500), event(&mut b2)).await {
+        panic!("expected nothing more for b2, got {ev:?}");
     }
 
     // Once the lists expire, the next message reads them again (bob's, and alice's own) and

@@ -327,3 +327,96 @@ async fn expired_session_answers_its_unacked_iq_requests() {
     b.expect_silence("an answer to the result", QUIET).await;
     t.stop().await;
 }
+
+/// Logs alice in on another resource, available, then turns stream management on (so that
+/// the count of stanzas it acknowledges starts with what comes next).
+async fn alice_with_sm(t: &TestServer, res: &str) -> RawClient {
+    let mut c = RawClient::login(t.starttls, t.ca_pem(), "alice@localhost", "pa", res).await;
+    c.available().await;
+    c.send(&format!("<enable xmlns='{SM}'/>")).await;
+    c.expect_element(&["<enabled"]).await;
+    c
+}
+
+/// A message to the bare JID reaches both of alice's devices. One of them leaves without
+/// acknowledging it: its copy is handed on to the account's other devices, but the device
+/// that already has the message must not get it a second time (a user would see it twice).
+/// Once that device acknowledges it, it is not stored any more.
+#[tokio::test]
+async fn a_device_that_has_a_message_does_not_get_it_again_when_another_leaves() {
+    let t = TestServer::start(|_| {}).await;
+    let (a1, mut b) = t.alice_and_bob().await;
+    drop(a1);
+    let mut a1 = alice_with_sm(&t, "phone").await;
+    let mut a2 = alice_with_sm(&t, "laptop").await;
+    chat(&mut b, "alice@localhost", "once").await;
+    a1.expect_element(&[">once</body>"]).await;
+    a2.expect_element(&[">once</body>"]).await;
+    a1.send("</stream:stream>").await;
+    a1.read_to_close().await;
+    b.ping("settle").await;
+    a2.expect_silence(">once</body>", QUIET).await;
+    // The message was the first stanza after the laptop enabled stream management.
+    a2.send(&format!("<a xmlns='{SM}' h='1'/>")).await;
+    a2.ping("acked").await;
+    let mut a3 = login(&t, "alice@localhost", "pa", "tablet").await;
+    a3.expect_silence(">once</body>", QUIET).await;
+    t.stop().await;
+}
+
+/// The same when the device that stays acknowledged its copy before the other left: the
+/// message is no longer stored, and the leaving device's copy is not handed on at all.
+#[tokio::test]
+async fn an_acknowledged_message_is_not_handed_on_when_another_device_leaves() {
+    let t = TestServer::start(|_| {}).await;
+    let (a1, mut b) = t.alice_and_bob().await;
+    drop(a1);
+    let mut a1 = alice_with_sm(&t, "phone").await;
+    let mut a2 = alice_with_sm(&t, "laptop").await;
+    chat(&mut b, "alice@localhost", "acked").await;
+    a1.expect_element(&[">acked</body>"]).await;
+    a2.expect_element(&[">acked</body>"]).await;
+    a2.send(&format!("<a xmlns='{SM}' h='1'/>")).await;
+    a2.ping("acked").await;
+    a1.send("</stream:stream>").await;
+    a1.read_to_close().await;
+    b.ping("settle").await;
+    a2.expect_silence(">acked</body>", QUIET).await;
+    let mut a3 = login(&t, "alice@localhost", "pa", "tablet").await;
+    a3.expect_silence(">acked</body>", QUIET).await;
+    t.stop().await;
+}
+
+/// A device that comes online while another holds a message unacknowledged gets the stored
+/// copy; when the other then leaves without acknowledging, its copy is not handed to the
+/// new device again, with stream management on the new device (the copy is unacknowledged
+/// there) or off (written, so no longer stored). The same holds in the race this models, in
+/// which the SDK's tests saw messages twice: a device's initial presence fetching stored
+/// messages while a live copy of one of them is on its way to it.
+#[tokio::test]
+async fn a_stored_message_fetched_at_login_is_not_delivered_again_live() {
+    for sm_on_the_new_device in [true, false] {
+        let t = TestServer::start(|_| {}).await;
+        let (a1, mut b) = t.alice_and_bob().await;
+        drop(a1);
+        let mut a1 = alice_with_sm(&t, "phone").await;
+        chat(&mut b, "alice@localhost", "held").await;
+        a1.expect_element(&[">held</body>"]).await;
+        // Not acknowledged: the copy held for it is still stored, and the laptop's login
+        // gets it.
+        let mut a2 =
+            RawClient::login(t.starttls, t.ca_pem(), "alice@localhost", "pa", "laptop").await;
+        if sm_on_the_new_device {
+            a2.send(&format!("<enable xmlns='{SM}'/>")).await;
+            a2.expect_element(&["<enabled"]).await;
+        }
+        a2.send("<presence/>").await;
+        let m = a2.expect_element(&[">held</body>"]).await;
+        assert!(m.contains("urn:xmpp:delay"), "from storage: {m}");
+        a1.send("</stream:stream>").await;
+        a1.read_to_close().await;
+        b.ping("settle").await;
+        a2.expect_silence(">held</body>", QUIET).await;
+        t.stop().await;
+    }
+}

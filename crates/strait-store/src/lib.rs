@@ -181,6 +181,8 @@ pub trait OfflineStore {
     fn offline_fetch(&self, owner: &str, max: usize) -> Result<Vec<OfflineMessage>>;
     /// Deletes the given messages of `owner` (unknown ids are ignored).
     fn offline_delete(&self, owner: &str, ids: &[i64]) -> Result<()>;
+    /// Those of `ids` that are still stored for `owner`, in the order given.
+    fn offline_kept(&self, owner: &str, ids: &[i64]) -> Result<Vec<i64>>;
     fn offline_count(&self, owner: &str) -> Result<usize>;
 }
 

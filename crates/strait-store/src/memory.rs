@@ -221,6 +221,16 @@ impl OfflineStore for MemoryStore {
         Ok(())
     }
 
+    fn offline_kept(&self, owner: &str, ids: &[i64]) -> Result<Vec<i64>> {
+        let g = self.lock();
+        let q = g.offline.get(owner);
+        Ok(ids
+            .iter()
+            .copied()
+            .filter(|id| q.is_some_and(|q| q.iter().any(|m| m.id == *id)))
+            .collect())
+    }
+
     fn offline_count(&self, owner: &str) -> Result<usize> {
         Ok(self.lock().offline.get(owner).map_or(0, VecDeque::len))
     }

@@ -2031,6 +2031,24 @@ impl OfflineStore for SqliteStore {
         self.write(move |c| offline_delete(c, &owner, &ids))
     }
 
+    fn offline_kept(&self, owner: &str, ids: &[i64]) -> Result<Vec<i64>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let owner = owner.to_owned();
+        let ids = ids.to_vec();
+        self.read(move |c| {
+            let mut s = c.prepare_cached("SELECT 1 FROM offline WHERE owner = ?1 AND id = ?2")?;
+            let mut kept = Vec::new();
+            for id in ids {
+                if s.exists(params![owner, id])? {
+                    kept.push(id);
+                }
+            }
+            Ok(kept)
+        })
+    }
+
     fn offline_count(&self, owner: &str) -> Result<usize> {
         let owner = owner.to_owned();
         self.read(move |c| count_offline(c, &owner))

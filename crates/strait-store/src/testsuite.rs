@@ -208,6 +208,17 @@ pub fn offline(s: &impl Store) {
         .map(|m| m.id)
         .collect();
     assert_eq!(rest, [ids[1], ids[3], ids[4]]);
+    // Which are still kept: the owner's own, in the order asked.
+    assert_eq!(
+        s.offline_kept(o, &[ids[4], ids[0], ids[1], other, 999_999])
+            .unwrap(),
+        [ids[4], ids[1]]
+    );
+    assert!(s.offline_kept(o, &[]).unwrap().is_empty());
+    assert_eq!(
+        s.offline_kept("p@x.example", &[other, ids[1]]).unwrap(),
+        [other]
+    );
 
     // Order is by id; new messages go last.
     let late = s.offline_push(o, "<message id='late'/>", 0, 10).unwrap();

@@ -195,7 +195,31 @@ async fn finish(state: &Arc<ServerState>, d: Detached) {
             Outbound::Close(_) => {}
         }
     }
+    // A stored message the account's client acknowledged meanwhile (another device had a
+    // copy too) is not handed on: the account has it, and the devices that got it would see
+    // it twice. What is still stored goes on to the other devices, which skip it if they have
+    // it ([`Connection::has_stored`]).
+    let held: Vec<i64> = undelivered.iter().filter_map(|(_, d)| *d).collect();
+    let mut kept = if held.is_empty() {
+        Vec::new()
+    } else {
+        state.store_barrier().await;
+        let owner = session.bare.clone();
+        let ask = held.clone();
+        match state.store(move |st| st.offline_kept(&owner, &ask)).await {
+            Ok(kept) => kept,
+            Err(e) => {
+                // Handing them all on is the safe side: a copy twice, not a copy lost.
+                tracing::warn!(account = %session.bare, "checking stored messages of an ended session: {e}");
+                held
+            }
+        }
+    };
+    kept.sort_unstable();
     for (stanza, durable) in undelivered {
+        if durable.is_some_and(|id| kept.binary_search(&id).is_err()) {
+            continue;
+        }
         if stanza.name == "iq" {
             answer_for_ended_session(state, &stanza);
             continue;
@@ -755,6 +779,14 @@ impl Connection {
                 }
             }
             Outbound::Durable(stanza, id) => {
+                if self.has_stored(id) {
+                    tracing::debug!(
+                        conn = self.conn_id,
+                        id,
+                        "a stored message this client already has: not written twice"
+                    );
+                    return;
+                }
                 let held = match self.session.as_mut() {
                     Some(session) => session.csi.flush_before_urgent(),
                     None => Vec::new(),
@@ -766,6 +798,23 @@ impl Connection {
             }
             Outbound::Close(e) => self.close_with(e),
         }
+    }
+
+    /// Whether this client already has stored message `id`, or has it on its way: written
+    /// and not yet acknowledged, written since the last flush, or brought from storage at
+    /// its initial presence. A copy of a stored message can reach a client twice: when
+    /// another device of the account leaves without acknowledging its copy (which is handed
+    /// on to the account's other devices), and when a device's initial presence fetches a
+    /// message held for another device while a live copy of it is on its way to it.
+    fn has_stored(&self, id: i64) -> bool {
+        self.sm
+            .as_ref()
+            .is_some_and(|sm| sm.unacked.iter().any(|u| u.durable == Some(id)))
+            || self.delete_after_flush.contains(&id)
+            || self
+                .session
+                .as_ref()
+                .is_some_and(|s| s.flushed.binary_search(&id).is_ok())
     }
 
     /// Writes a stanza to the client, keeping it until acknowledged under stream management;

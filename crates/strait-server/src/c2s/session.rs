@@ -33,6 +33,11 @@ pub struct Session {
     /// about 1.7 % of the server's time on the message path. Boxed: a session that never
     /// sent a stanza with a `to` pays one pointer for it.
     last_to: Option<Box<(String, jid::Jid)>>,
+    /// The stored messages (row ids, ascending) written to this client from offline storage
+    /// at its initial presence. A live copy of one of them may still be on its way (a copy
+    /// held for another device while that device had not acknowledged it): the connection
+    /// drops it instead of showing the user the message twice.
+    pub(crate) flushed: Vec<i64>,
 }
 
 impl Session {
@@ -54,6 +59,7 @@ impl Session {
             replies: Vec::new(),
             csi: features::csi::Csi::default(),
             last_to: None,
+            flushed: Vec::new(),
         }
     }
 

@@ -170,6 +170,9 @@ pub async fn deliver(s: &mut Session) {
             return;
         }
     };
+    let mut flushed: Vec<i64> = messages.iter().map(|m| m.id).collect();
+    flushed.sort_unstable();
+    s.flushed = flushed;
     for m in messages {
         match parse_stored(&m.stanza) {
             Some(stanza) => s.reply_offline(m.id, stanza),
