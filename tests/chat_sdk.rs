@@ -16,7 +16,7 @@
 
 use std::path::Path;
 use std::time::Duration;
-use strait_client::caps::{Identity, sha1_ver};
+use strait_client::caps::{Identity, features_of, sha1_ver};
 use strait_client::chat::{
     Account, CAPS_NODE, ChatError, Client, Credential, DEVICE_LIST_TTL, Event, Incoming,
 };
@@ -825,12 +825,7 @@ async fn next_iq(raw: &mut RawClient) -> Iq {
 fn disco_features(xml: &str) -> Vec<String> {
     let el = Element::parse(xml.as_bytes()).unwrap();
     el.child("query")
-        .map(|q| {
-            q.children()
-                .filter(|c| c.is("feature"))
-                .filter_map(|f| f.attr("var").map(|v| v.into_owned()))
-                .collect()
-        })
+        .map(|q| features_of(&q))
         .unwrap_or_default()
 }
 

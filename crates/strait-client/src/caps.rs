@@ -9,7 +9,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use sha1::{Digest, Sha1};
 
-use crate::xml::escape;
+use crate::xml::{Element, escape};
 
 pub const NS_DISCO_INFO: &str = "http://jabber.org/protocol/disco#info";
 pub const NS_CAPS: &str = "http://jabber.org/protocol/caps";
@@ -166,10 +166,19 @@ impl Capabilities {
     }
 }
 
+/// The features (their `var`s, in order) a disco#info `<query/>` lists: what an entity
+/// says it supports (XEP-0030 §3.1).
+pub fn features_of(query: &Element<'_>) -> Vec<String> {
+    query
+        .children()
+        .filter(|c| c.is("feature"))
+        .filter_map(|f| f.attr("var").map(|v| v.into_owned()))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::xml::Element;
 
     fn exodus() -> Identity {
         Identity {
@@ -258,11 +267,7 @@ mod tests {
         assert_eq!(el.attr("node").as_deref(), Some(node.as_str()));
         let identity = el.child("identity").unwrap();
         assert_eq!(identity.attr("name").as_deref(), Some("A & B"));
-        let features: Vec<String> = el
-            .children()
-            .filter(|c| c.is("feature"))
-            .filter_map(|f| f.attr("var").map(|v| v.into_owned()))
-            .collect();
+        let features = features_of(&el);
         assert_eq!(features, [NS_DISCO_INFO, "urn:xmpp:ping", "x+notify"]);
         // What a receiver computes from the answer is the advertised ver.
         let refs: Vec<&str> = features.iter().map(String::as_str).collect();

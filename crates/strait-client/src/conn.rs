@@ -1201,12 +1201,7 @@ mod tests {
         let features = |answer: &str| -> Vec<String> {
             let el = Element::parse(answer.as_bytes()).unwrap();
             el.child("query")
-                .map(|q| {
-                    q.children()
-                        .filter(|c| c.is("feature"))
-                        .filter_map(|f| f.attr("var").map(|v| v.into_owned()))
-                        .collect()
-                })
+                .map(|q| crate::caps::features_of(&q))
                 .unwrap_or_default()
         };
         // The entity, and its caps node: the same identity and features.
