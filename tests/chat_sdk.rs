@@ -1108,3 +1108,116 @@ async fn sdk_takes_iq_answers_only_from_whom_it_asked() {
     }
     ts.stop().await;
 }
+
+/// A TCP relay between one client and the server that can stop passing the client's bytes on
+/// (they are read and dropped) and cut its connections: a connection that dies with the
+/// client's last writes (its acknowledgements) still on the way, as a phone's does when it
+/// loses the network.
+struct Relay {
+    addr: std::net::SocketAddr,
+    drop_upstream: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    conns: std::sync::Arc<std::sync::Mutex<tokio::task::JoinSet<()>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    async fn start(server: std::net::SocketAddr) -> Relay {
+        use std::sync::atomic::Ordering;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let drop_upstream = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let conns = std::sync::Arc::new(std::sync::Mutex::new(tokio::task::JoinSet::new()));
+        let (dropping, set) = (drop_upstream.clone(), conns.clone());
+        let accept = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let dropping = dropping.clone();
+                set.lock().unwrap().spawn(async move {
+                    let Ok(upstream) = tokio::net::TcpStream::connect(server).await else {
+                        return;
+                    };
+                    let (mut cr, mut cw) = client.into_split();
+                    let (mut ur, mut uw) = upstream.into_split();
+                    let up = async {
+                        let mut buf = vec![0u8; 16384];
+                        while let Ok(n @ 1..) = cr.read(&mut buf).await {
+                            if !dropping.load(Ordering::SeqCst)
+                                && uw.write_all(&buf[..n]).await.is_err()
+                            {
+                                break;
+                            }
+                        }
+                    };
+                    let down = async {
+                        let _ = tokio::io::copy(&mut ur, &mut cw).await;
+                    };
+                    tokio::select! {
+                        _ = up => {}
+                        _ = down => {}
+                    }
+                });
+            }
+        });
+        Relay {
+            addr,
+            drop_upstream,
+            conns,
+            accept,
+        }
+    }
+
+    fn drop_upstream(&self, on: bool) {
+        self.drop_upstream
+            .store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Ends every relayed connection at once (both sides see it close).
+    fn cut(&self) {
+        self.conns.lock().unwrap().abort_all();
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.cut();
+    }
+}
+
+/// The server sends a message again when the device never acknowledged it (XEP-0198: the
+/// acknowledgement was lost with the connection), with the same stanza-id (XEP-0359). The
+/// SDK has it already and shows it once: no second event, one line in the history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_shows_a_message_the_server_sends_again_once() {
+    let (ts, dir) = alice_and_bob(|_| {}).await;
+    let relay = Relay::start(ts.starttls).await;
+    let mut acc = account(&ts, "alice@localhost", "pa", &dir.path().join("a"));
+    acc.server = relay.addr;
+    let mut a = Client::connect(&acc).await.unwrap();
+    let mut b = RawClient::login(ts.starttls, ts.ca_pem(), "bob@localhost", "pb", "b1").await;
+    b.available().await;
+
+    // What alice writes from now on (her acknowledgement of the message) never arrives.
+    relay.drop_upstream(true);
+    b.send("<message to='alice@localhost' type='chat' id='m1'><body>only once</body></message>")
+        .await;
+    let m = message(&mut a).await;
+    assert_eq!((m.text.as_str(), m.encrypted), ("only once", false));
+    assert!(m.stanza_id.is_some(), "{m:?}");
+    relay.cut();
+    match tokio::time::timeout(WAIT, a.next_event()).await {
+        Ok(Err(ChatError::Connection(_) | ChatError::Timeout(_))) => {}
+        other => panic!("expected the connection to end, got {other:?}"),
+    }
+    relay.drop_upstream(false);
+    a.reconnect().await.unwrap();
+    // The server has it as not acknowledged and sends it again; the SDK drops it.
+    b.send("<message to='alice@localhost' type='chat' id='m2'><body>next</body></message>")
+        .await;
+    assert_eq!(message(&mut a).await.text, "next");
+    let history = a.history(Some("bob@localhost"), 10).unwrap();
+    let texts: Vec<&str> = history.iter().map(|h| h.text.as_str()).collect();
+    assert_eq!(texts, ["only once", "next"]);
+    a.close().await;
+    ts.stop().await;
+}

@@ -39,7 +39,10 @@
 //! acknowledgement is recognised by its ratchet counter and not reported twice.
 //!
 //! After a lost connection, [`Client::reconnect`] logs in again on the same store;
-//! `strait chat listen` and `with` do it by themselves, waiting longer between tries.
+//! `strait chat listen` and `with` do it by themselves, waiting longer between tries. A message
+//! whose acknowledgement was lost with the connection comes again from the server, under the
+//! same stanza-id (XEP-0359); the client knows the ids of what it handled (the last 2,000;
+//! after a restart, those of the messages in its history) and reports such a message once.
 //!
 //! The local store is locked while a client has it open: two processes on one store would
 //! advance the same ratchets and break each other's sessions.
@@ -132,6 +135,9 @@ const NS_INTEROP: &str = "urn:strait:interop:0";
 const NS_RECEIPTS: &str = "urn:xmpp:receipts";
 const NS_CARBONS: &str = "urn:xmpp:carbons:2";
 const NS_MAM: &str = "urn:xmpp:mam:2";
+/// Stanza-ids of messages handled that a client remembers, to drop a message the server sends
+/// again ([`Client::handle`]): far more than one connection's unacknowledged messages.
+const RECENT_STANZA_IDS: usize = 2000;
 const NS_SID: &str = "urn:xmpp:sid:0";
 const NS_BLOCKING_ERRORS: &str = "urn:xmpp:blocking:errors";
 const NS_RSM: &str = "http://jabber.org/protocol/rsm";
@@ -328,6 +334,11 @@ pub struct Client {
     /// The first failure while handling what arrived (a history write, a follow-up send),
     /// reported by [`Client::next_event`] after the events that did come through.
     failed: Option<ChatError>,
+    /// This account's stanza-ids (XEP-0359) of the messages handled lately, oldest first, and
+    /// the same as a set: the server sends a message again when the acknowledgement of it was
+    /// lost with a connection, under the same id, and the user must not see it twice. Filled
+    /// from the history at start; at most [`RECENT_STANZA_IDS`].
+    recent_ids: (VecDeque<String>, HashSet<String>),
     /// Bundles fetched on this connection (not fetched twice).
     fetched: HashSet<(String, u32, Omemo)>,
     /// The device lists heard of lately (contacts' and the account's own), so that a send
@@ -487,6 +498,7 @@ impl Client {
             awaited: None,
             events: VecDeque::new(),
             failed: None,
+            recent_ids: Default::default(),
             fetched: HashSet::new(),
             lists: DeviceLists::new(DEVICE_LIST_TTL, DEVICE_LISTS_MAX),
             list_reads: 0,
@@ -497,6 +509,19 @@ impl Client {
             login,
             _lock: lock,
         };
+        match store::read_recent_stanza_ids(&c.history, RECENT_STANZA_IDS) {
+            Ok(ids) => {
+                for id in ids {
+                    c.handled_before(&id);
+                }
+            }
+            Err(e) => {
+                return Err(ChatError::Store(
+                    account.store.join("chat.db"),
+                    e.to_string(),
+                ));
+            }
+        }
         c.go_online().await?;
         Ok(c)
     }
@@ -1183,6 +1208,9 @@ impl Client {
             // the account: with this account's stanza-id.
             Some((sent, inner)) => {
                 let sid = self.own_stanza_id(&inner);
+                if sid.as_deref().is_some_and(|id| self.handled_before(id)) {
+                    return Ok(None);
+                }
                 return self.handle_message(&inner, Some(sent), None, sid);
             }
             None => {}
@@ -1206,6 +1234,12 @@ impl Client {
             };
             // The archive's id of a message received is the stanza-id its recipient got.
             let archive_id = result.attr("id").map(|i| i.into_owned());
+            if archive_id
+                .as_deref()
+                .is_some_and(|id| self.handled_before(id))
+            {
+                return Ok(None);
+            }
             if let Some(id) = &archive_id
                 && let Err(e) = self.archive_seen(id)
             {
@@ -1221,12 +1255,33 @@ impl Client {
         }
         // The archive's id of a live message, for catching up from it next time.
         let sid = self.own_stanza_id(&el);
+        // Sent again (its acknowledgement was lost): the user has it.
+        if sid.as_deref().is_some_and(|id| self.handled_before(id)) {
+            return Ok(None);
+        }
         if let Some(id) = &sid
             && let Err(e) = self.archive_seen(id)
         {
             self.note(e);
         }
         self.handle_message(&el, None, None, sid)
+    }
+
+    /// Whether the message with this account's stanza-id `id` was handled before (on this
+    /// client, or in the history); notes it if not.
+    fn handled_before(&mut self, id: &str) -> bool {
+        let (order, set) = &mut self.recent_ids;
+        if set.contains(id) {
+            return true;
+        }
+        if order.len() == RECENT_STANZA_IDS
+            && let Some(old) = order.pop_front()
+        {
+            set.remove(&old);
+        }
+        order.push_back(id.to_owned());
+        set.insert(id.to_owned());
+        false
     }
 
     fn own_stanza_id(&self, el: &Element<'_>) -> Option<String> {
@@ -1619,7 +1674,9 @@ fn error_of(raw: &[u8]) -> (String, Option<String>) {
 
 #[cfg(test)]
 mod tests {
-    use super::store::{read_conversations, read_history, read_received_stanza_ids};
+    use super::store::{
+        read_conversations, read_history, read_received_stanza_ids, read_recent_stanza_ids,
+    };
     use super::*;
     use std::path::Path;
     use strait_signal::media::AesgcmUrl;
@@ -1817,6 +1874,13 @@ mod tests {
             read_received_stanza_ids(&db, "dave@x", 10)
                 .unwrap()
                 .is_empty()
+        );
+        // What a client starting on this store remembers as handled: the newest lines with an
+        // id, whoever they are from, oldest first.
+        assert_eq!(read_recent_stanza_ids(&db, 3).unwrap(), ["s3", "s2", "c1"]);
+        assert_eq!(
+            read_recent_stanza_ids(&db, 100).unwrap(),
+            ["s1", "s2", "s3", "s2", "c1"]
         );
         // Opening it again finds the column there.
         drop((_lock, db));

@@ -233,6 +233,22 @@ pub(super) fn read_received_stanza_ids(
     Ok(ids)
 }
 
+/// The stanza-ids of the newest `limit` messages in the history that carry one (received
+/// messages), oldest first.
+pub(super) fn read_recent_stanza_ids(
+    db: &rusqlite::Connection,
+    limit: usize,
+) -> rusqlite::Result<Vec<String>> {
+    let mut st = db.prepare(
+        "SELECT stanza_id FROM messages WHERE stanza_id IS NOT NULL ORDER BY seq DESC LIMIT ?1",
+    )?;
+    let mut ids: Vec<String> = st
+        .query_map(rusqlite::params![limit as i64], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    ids.reverse();
+    Ok(ids)
+}
+
 /// The local history of a store, read without logging in (`strait chat history`).
 pub fn history(
     store: &Path,
