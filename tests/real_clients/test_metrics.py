@@ -64,6 +64,8 @@ def test_metrics_parse_as_openmetrics_and_follow_real_traffic(server, new_accoun
     assert value(during, "strait_client_stanzas", "_total", kind="message") >= msgs_before + 5
     assert during["strait_logins"].type == "counter"
     assert during["process_cpu_seconds"].type == "counter"
+    assert during["strait_store_write_batches_queued"].type == "gauge"
+    assert 0 <= value(during, "strait_store_write_batches_queued") < 100
     assert value(during, "process_resident_memory_bytes") > 1_000_000
     assert value(during, "process_start_time_seconds") > 1_700_000_000
     # Anything but /metrics is not found.

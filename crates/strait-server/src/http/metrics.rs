@@ -93,6 +93,7 @@ pub struct Metrics {
     links: Family<DirectionLabel, Gauge>,
     providers: Family<StatusLabel, Gauge>,
     consent_cache: Gauge,
+    store_queue: Gauge,
     rss: Gauge,
     open_fds: Gauge,
     start_time: Gauge,
@@ -163,6 +164,15 @@ impl Metrics {
             "Platform users whose consent the boundary holds in memory",
             consent_cache.clone(),
         );
+        let store_queue = Gauge::default();
+        r.register(
+            "strait_store_write_batches_queued",
+            format!(
+                "Write batches (archive copies, deletes of delivered messages) queued for the store and not committed yet; past {}, senders wait for their commits",
+                crate::server::MAX_DETACHED_WRITES
+            ),
+            store_queue.clone(),
+        );
         let rss = Gauge::default();
         r.register(
             "process_resident_memory_bytes",
@@ -202,6 +212,7 @@ impl Metrics {
             links,
             providers,
             consent_cache,
+            store_queue,
             rss,
             open_fds,
             start_time,
@@ -283,6 +294,7 @@ impl Metrics {
                 .set(n as i64);
         }
         self.consent_cache.set(state.interop.consents.len() as i64);
+        self.store_queue.set(state.detached_writes() as i64);
         self.rss.set(resident_bytes().unwrap_or(0) as i64);
         self.open_fds.set(open_fds().unwrap_or(0) as i64);
         let _ = &self.start_time;
