@@ -122,7 +122,7 @@ def test_with_archiving_the_latency_steps_start_on_fresh_data(compare, monkeypat
 def test_the_message_runs_pass_the_body_size(compare):
     a = args(bench_bin="strait", workdir="/w", accounts=400, concurrency=50, gen_threads=1, pairs=200,
              rate=1000, offline_fraction=0.1, duration=10, body_size=2500, gen_busy_poll=False,
-             idle_connections=800, idle_hold=10, logins=400)
+             gen_sm=False, idle_connections=800, idle_hold=10, logins=400)
     s = types.SimpleNamespace(port=15222, pid=1, name="strait", template="/w/t")
     argv = compare.bench_args("messages", s, a, "/w/r.json")
     assert argv[argv.index("--body-size") + 1] == "2500"
@@ -132,6 +132,11 @@ def test_the_message_runs_pass_the_body_size(compare):
     a.gen_busy_poll = True
     for scn in ("messages", "pingpong", "idle", "login-storm"):
         assert "--busy-poll" in compare.bench_args(scn, s, a, "/w/r.json")
+    # So does --gen-sm (stream management on every generator connection).
+    assert "--sm" not in argv
+    a.gen_sm = True
+    for scn in ("messages", "pingpong", "idle", "login-storm"):
+        assert "--sm" in compare.bench_args(scn, s, a, "/w/r.json")
 
 
 def test_strait_workers_go_into_its_config_only_when_given(compare):
