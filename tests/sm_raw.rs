@@ -420,3 +420,47 @@ async fn a_stored_message_fetched_at_login_is_not_delivered_again_live() {
         t.stop().await;
     }
 }
+
+/// A message to a client that acknowledges is delivered while its stored copy is being
+/// written, and its sender hears that it was handled (XEP-0198 `h`) only once that copy is
+/// durable. With the store's writer held up (another connection holds the database's write
+/// lock), bob's message still reaches alice at once; bob's `<r/>` is answered without it, and
+/// the full count follows unasked once the copy is committed. The copy is durable: alice
+/// leaves without acknowledging the message, and it comes back at her next login.
+#[tokio::test]
+async fn a_held_copy_is_delivered_at_once_and_acknowledged_to_its_sender_once_durable() {
+    let t = TestServer::start(|_| {}).await;
+    let (mut a, mut b) = t.alice_and_bob().await;
+    for c in [&mut a, &mut b] {
+        c.send(&format!("<enable xmlns='{SM}'/>")).await;
+        c.expect_element(&["<enabled"]).await;
+    }
+    chat(&mut b, "alice@localhost", "first").await;
+    a.expect_element(&[">first</body>"]).await;
+    assert_eq!(ask_h(&mut b).await, 1);
+
+    let db = rusqlite::Connection::open(t.config().store_path()).unwrap();
+    db.execute_batch("BEGIN IMMEDIATE").unwrap();
+    chat(&mut b, "alice@localhost", "held").await;
+    // Delivered though nothing can be committed.
+    a.expect_element(&[">held</body>"]).await;
+    assert_eq!(
+        ask_h(&mut b).await,
+        1,
+        "counted as handled before its stored copy was durable"
+    );
+    db.execute_batch("COMMIT").unwrap();
+    let ack = b.expect_element(&["<a xmlns='urn:xmpp:sm:3'"]).await;
+    assert_eq!(between(&ack, "h='", "'"), "2", "{ack}");
+    assert_eq!(ask_h(&mut b).await, 2);
+    drop(db);
+
+    // Neither message was acknowledged by alice: both are stored and come back.
+    a.send("</stream:stream>").await;
+    a.read_to_close().await;
+    b.ping("after").await;
+    let mut a = login(&t, "alice@localhost", "pa", "a2").await;
+    a.expect_element(&[">first</body>"]).await;
+    a.expect_element(&[">held</body>"]).await;
+    t.stop().await;
+}

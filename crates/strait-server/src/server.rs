@@ -73,6 +73,8 @@ pub struct ServerState {
     pub c2s_config: std::sync::OnceLock<Arc<strait_wire::negotiation::C2sConfig>>,
     /// Write batches queued by [`ServerState::queue_detached`] and not yet committed.
     detached_writes: Arc<AtomicUsize>,
+    /// Copies held for clients whose rows the store failed to write after delivery.
+    pub(crate) failed_holds: Arc<crate::features::delivery::FailedHolds>,
     next_conn_id: AtomicU64,
 }
 
@@ -156,17 +158,17 @@ impl ServerState {
 
     /// Queues `ops` for the store's writer now, with `done` called on their outcomes once
     /// committed, and nobody waiting; unless [`MAX_DETACHED_WRITES`] batches queued so are
-    /// still pending: then nothing is queued and `ops` come back, for the caller to queue and
-    /// wait for.
+    /// still pending: then nothing is queued and `ops` and `done` come back, for the caller to
+    /// queue and wait for.
     pub fn queue_detached(
         &self,
         ops: Vec<strait_store::WriteOp>,
         done: strait_store::WriteDone,
-    ) -> Option<Vec<strait_store::WriteOp>> {
+    ) -> Option<(Vec<strait_store::WriteOp>, strait_store::WriteDone)> {
         let pending = &self.detached_writes;
         if pending.fetch_add(1, Ordering::AcqRel) >= MAX_DETACHED_WRITES {
             pending.fetch_sub(1, Ordering::AcqRel);
-            return Some(ops);
+            return Some((ops, done));
         }
         let pending = Arc::clone(pending);
         self.store.write_batch_lazy(
@@ -457,6 +459,7 @@ impl Server {
             password_changes: Default::default(),
             c2s_config: Default::default(),
             detached_writes: Default::default(),
+            failed_holds: Default::default(),
             next_conn_id: AtomicU64::new(1),
         });
         let _ = state.me.set(Arc::downgrade(&state));

@@ -184,6 +184,10 @@ pub trait OfflineStore {
     /// Those of `ids` that are still stored for `owner`, in the order given.
     fn offline_kept(&self, owner: &str, ids: &[i64]) -> Result<Vec<i64>>;
     fn offline_count(&self, owner: &str) -> Result<usize>;
+    /// A row id no stored message has had or will be given otherwise, for a
+    /// [`WriteOp::OfflinePush`] whose id must be known before its commit (a copy held for a
+    /// client that acknowledges, delivered while its row is being written).
+    fn offline_reserve_id(&self) -> Result<i64>;
 }
 
 /// One write of a batch ([`BatchWrite::write_batch`]).
@@ -191,12 +195,14 @@ pub trait OfflineStore {
 pub enum WriteOp {
     /// As [`ArchiveStore::archive_append`].
     Archive { owner: String, msg: ArchivedMessage },
-    /// As [`OfflineStore::offline_push`]; its outcome carries the row id.
+    /// As [`OfflineStore::offline_push`]; its outcome carries the row id, which is `id` when
+    /// given (from [`OfflineStore::offline_reserve_id`]).
     OfflinePush {
         owner: String,
         stanza: String,
         stamp_ms: i64,
         limit: usize,
+        id: Option<i64>,
     },
     /// As [`OfflineStore::offline_delete`].
     OfflineDelete { owner: String, ids: Vec<i64> },

@@ -177,28 +177,7 @@ impl RosterStore for MemoryStore {
 
 impl OfflineStore for MemoryStore {
     fn offline_push(&self, owner: &str, stanza: &str, stamp_ms: i64, limit: usize) -> Result<i64> {
-        let mut g = self.lock();
-        if !g.accounts.contains_key(owner) {
-            return Err(StoreError::NotFound(owner.to_owned()));
-        }
-        let queued = g.offline.get(owner).map_or(0, VecDeque::len);
-        if queued >= limit {
-            return Err(StoreError::QuotaExceeded {
-                account: owner.to_owned(),
-                limit,
-            });
-        }
-        g.next_offline_id += 1;
-        let id = g.next_offline_id;
-        g.offline
-            .entry(owner.to_owned())
-            .or_default()
-            .push_back(OfflineMessage {
-                id,
-                stanza: stanza.to_owned(),
-                stamp_ms,
-            });
-        Ok(id)
+        self.push_offline(owner, stanza, stamp_ms, limit, None)
     }
 
     fn offline_fetch(&self, owner: &str, max: usize) -> Result<Vec<OfflineMessage>> {
@@ -233,6 +212,58 @@ impl OfflineStore for MemoryStore {
 
     fn offline_count(&self, owner: &str) -> Result<usize> {
         Ok(self.lock().offline.get(owner).map_or(0, VecDeque::len))
+    }
+
+    fn offline_reserve_id(&self) -> Result<i64> {
+        let mut g = self.lock();
+        g.next_offline_id += 1;
+        Ok(g.next_offline_id)
+    }
+}
+
+impl MemoryStore {
+    /// [`OfflineStore::offline_push`], under `id` when given (reserved before): kept in id
+    /// order, as SQLite's `ORDER BY id` returns them.
+    fn push_offline(
+        &self,
+        owner: &str,
+        stanza: &str,
+        stamp_ms: i64,
+        limit: usize,
+        id: Option<i64>,
+    ) -> Result<i64> {
+        let mut g = self.lock();
+        if !g.accounts.contains_key(owner) {
+            return Err(StoreError::NotFound(owner.to_owned()));
+        }
+        let queued = g.offline.get(owner).map_or(0, VecDeque::len);
+        if queued >= limit {
+            return Err(StoreError::QuotaExceeded {
+                account: owner.to_owned(),
+                limit,
+            });
+        }
+        let id = match id {
+            Some(id) => id,
+            None => {
+                g.next_offline_id += 1;
+                g.next_offline_id
+            }
+        };
+        let q = g.offline.entry(owner.to_owned()).or_default();
+        let at = q.partition_point(|m| m.id < id);
+        if q.get(at).is_some_and(|m| m.id == id) {
+            return Err(StoreError::AlreadyExists(id.to_string()));
+        }
+        q.insert(
+            at,
+            OfflineMessage {
+                id,
+                stanza: stanza.to_owned(),
+                stamp_ms,
+            },
+        );
+        Ok(id)
     }
 }
 
@@ -656,8 +687,9 @@ impl crate::BatchWrite for MemoryStore {
                     stanza,
                     stamp_ms,
                     limit,
+                    id,
                 } => self
-                    .offline_push(&owner, &stanza, stamp_ms, limit)
+                    .push_offline(&owner, &stanza, stamp_ms, limit, id)
                     .map(Some),
                 crate::WriteOp::OfflineDelete { owner, ids } => {
                     self.offline_delete(&owner, &ids).map(|()| None)

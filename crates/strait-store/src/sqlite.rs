@@ -20,7 +20,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -553,6 +553,34 @@ pub struct SqliteStore {
     /// Writes somebody waits for, queued and not yet answered: a merge round gives way to
     /// them between two chunks ([`merge_archive_log_step`]).
     waited: Arc<AtomicUsize>,
+    /// The next offline row id ([`OfflineIds`]).
+    offline_ids: Arc<OfflineIds>,
+}
+
+/// Offline row ids, handed out here rather than by SQLite so that a copy held for a client
+/// can be delivered with its id while its row is still on its way to the disk
+/// ([`crate::OfflineStore::offline_reserve_id`]). Every insert draws from it, reserved or
+/// not, so no two rows meet; it starts past the highest id the table ever gave
+/// (`sqlite_sequence`, which `AUTOINCREMENT` keeps, also for explicit ids), so no id is used
+/// twice either, which the server relies on (an acknowledged id must never name a newer
+/// message). One process writes offline messages: the server (the `strait user` commands
+/// only remove them).
+struct OfflineIds(AtomicI64);
+
+impl OfflineIds {
+    fn load(conn: &Connection) -> Result<Self> {
+        let high: i64 = conn.query_row(
+            "SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'offline'), 0),
+                        coalesce((SELECT max(id) FROM offline), 0))",
+            [],
+            |r| r.get(0),
+        )?;
+        Ok(OfflineIds(AtomicI64::new(high + 1)))
+    }
+
+    fn next(&self) -> i64 {
+        self.0.fetch_add(1, Ordering::Relaxed)
+    }
 }
 
 /// Archive copies queued for the writer and not yet committed, per owner: an archive query
@@ -711,6 +739,7 @@ impl SqliteStore {
         reset_wal: Arc<AtomicBool>,
         linger: Duration,
     ) -> Result<Self> {
+        let offline_ids = Arc::new(OfflineIds::load(&conn)?);
         let (tx, rx) = mpsc::channel::<BoxedJob>();
         let commits = Arc::new(AtomicU64::new(0));
         let counter = Arc::clone(&commits);
@@ -729,6 +758,7 @@ impl SqliteStore {
             commits,
             queued: Arc::default(),
             waited,
+            offline_ids,
         })
     }
 
@@ -1999,7 +2029,8 @@ impl OfflineStore for SqliteStore {
     fn offline_push(&self, owner: &str, stanza: &str, stamp_ms: i64, limit: usize) -> Result<i64> {
         let owner = owner.to_owned();
         let stanza = stanza.to_owned();
-        self.write(move |c| offline_push(c, owner, &stanza, stamp_ms, limit))
+        let ids = Arc::clone(&self.offline_ids);
+        self.write(move |c| offline_push(c, &ids, None, owner, &stanza, stamp_ms, limit))
     }
 
     fn offline_fetch(&self, owner: &str, max: usize) -> Result<Vec<OfflineMessage>> {
@@ -2053,10 +2084,17 @@ impl OfflineStore for SqliteStore {
         let owner = owner.to_owned();
         self.read(move |c| count_offline(c, &owner))
     }
+
+    fn offline_reserve_id(&self) -> Result<i64> {
+        Ok(self.offline_ids.next())
+    }
 }
 
+/// Stores a message for `owner` under `id`, or the next id when none was reserved.
 fn offline_push(
     c: &Connection,
+    ids: &OfflineIds,
+    id: Option<i64>,
     owner: String,
     stanza: &str,
     stamp_ms: i64,
@@ -2071,9 +2109,10 @@ fn offline_push(
             limit,
         });
     }
-    c.prepare_cached("INSERT INTO offline (owner, stanza, stamp_ms) VALUES (?1, ?2, ?3)")?
-        .execute(params![owner, stanza, stamp_ms])?;
-    Ok(c.last_insert_rowid())
+    let id = id.unwrap_or_else(|| ids.next());
+    c.prepare_cached("INSERT INTO offline (id, owner, stanza, stamp_ms) VALUES (?1, ?2, ?3, ?4)")?
+        .execute(params![id, owner, stanza, stamp_ms])?;
+    Ok(id)
 }
 
 fn offline_delete(c: &Connection, owner: &str, ids: &[i64]) -> Result<()> {
@@ -2247,7 +2286,12 @@ struct LastCopy {
 /// archived a copy: an archive copy of another owner with the same stanza shares that row
 /// ([`archive_append_shared`]; never two copies of one owner, which a deletion of that
 /// owner's archive would count once).
-fn run_op(c: &Connection, op: WriteOp, last: &mut Option<LastCopy>) -> WriteOutcome {
+fn run_op(
+    c: &Connection,
+    ids: &OfflineIds,
+    op: WriteOp,
+    last: &mut Option<LastCopy>,
+) -> WriteOutcome {
     let previous = last.take();
     match op {
         WriteOp::Archive { owner, msg } => {
@@ -2267,7 +2311,8 @@ fn run_op(c: &Connection, op: WriteOp, last: &mut Option<LastCopy>) -> WriteOutc
             stanza,
             stamp_ms,
             limit,
-        } => offline_push(c, owner, &stanza, stamp_ms, limit).map(Some),
+            id,
+        } => offline_push(c, ids, id, owner, &stanza, stamp_ms, limit).map(Some),
         WriteOp::OfflineDelete { owner, ids } => {
             exec(c, "SAVEPOINT op")?;
             let r = offline_delete(c, &owner, &ids).map(|()| None);
@@ -2316,9 +2361,13 @@ impl SqliteStore {
                 });
             }
         }));
+        let ids = Arc::clone(&self.offline_ids);
         let job = move |c: &Connection| {
             let mut last = None;
-            Ok(ops.into_iter().map(|op| run_op(c, op, &mut last)).collect())
+            Ok(ops
+                .into_iter()
+                .map(|op| run_op(c, &ids, op, &mut last))
+                .collect())
         };
         // No savepoint around the job: it returns `Ok` whatever its ops do, and `run_op` keeps
         // each op's failure to itself.
@@ -3354,6 +3403,7 @@ mod linger_tests {
             stanza: format!("<message><body>{n}</body></message>"),
             stamp_ms: n,
             limit: usize::MAX,
+            id: None,
         }]
     }
 
@@ -3640,5 +3690,51 @@ mod linger_tests {
         assert_eq!(archived_ids(&conn, owners[1]), (vec![], 0));
         assert_eq!(archived_ids(&conn, owners[0]).1, LOG_MERGE_CHUNK + 10);
         assert_eq!(log_rows(&conn), 0);
+    }
+}
+
+#[cfg(test)]
+mod offline_id_tests {
+    use super::*;
+    use crate::{AccountStore, OfflineStore};
+
+    /// After a restart the next id is past every id given before, including those of
+    /// messages since deleted: a client's acknowledgement of an old id must never delete a
+    /// newer message.
+    #[test]
+    fn ids_are_not_given_again_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("strait.db");
+        let store = SqliteStore::open(&path).unwrap();
+        store
+            .create_account("a@x.example", &crate::testsuite::creds(1))
+            .unwrap();
+        let first = store
+            .offline_push("a@x.example", "<message/>", 1, 10)
+            .unwrap();
+        let reserved = store.offline_reserve_id().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        store.write_batch(
+            vec![WriteOp::OfflinePush {
+                owner: "a@x.example".into(),
+                stanza: "<message/>".into(),
+                stamp_ms: 2,
+                limit: usize::MAX,
+                id: Some(reserved),
+            }],
+            Box::new(move |o| tx.send(o).unwrap()),
+        );
+        assert!(matches!(rx.recv().unwrap()[..], [Ok(Some(id))] if id == reserved));
+        store
+            .offline_delete("a@x.example", &[first, reserved])
+            .unwrap();
+        store.close().unwrap();
+        let store = SqliteStore::open(&path).unwrap();
+        let next = store
+            .offline_push("a@x.example", "<message/>", 3, 10)
+            .unwrap();
+        assert!(next > reserved, "{next} <= {reserved}");
+        assert!(store.offline_reserve_id().unwrap() > next);
+        store.close().unwrap();
     }
 }

@@ -17,7 +17,7 @@ fn secret(tag: u8) -> ScramSecret {
     }
 }
 
-fn creds(tag: u8) -> Credentials {
+pub(crate) fn creds(tag: u8) -> Credentials {
     Credentials {
         scram_sha1: Some(ScramSecret {
             stored_key: vec![tag; 20],
@@ -224,6 +224,57 @@ pub fn offline(s: &impl Store) {
     let late = s.offline_push(o, "<message id='late'/>", 0, 10).unwrap();
     assert_eq!(s.offline_fetch(o, 10).unwrap().last().unwrap().id, late);
     assert!(late > ids[4]);
+}
+
+/// Reserved row ids: a push under a reserved id keeps it, messages come back in id order
+/// whatever order they were written in, an id is given once (reserved or not), and a taken
+/// id is refused.
+pub fn offline_reserved_ids(s: &impl Store) {
+    use crate::WriteOp;
+    let o = "r@x.example";
+    s.create_account(o, &creds(1)).unwrap();
+    let before = s.offline_push(o, "<message id='0'/>", 1, 10).unwrap();
+    let r1 = s.offline_reserve_id().unwrap();
+    let r2 = s.offline_reserve_id().unwrap();
+    assert!(before < r1 && r1 < r2, "{before} {r1} {r2}");
+    let push = |id, name: &str| WriteOp::OfflinePush {
+        owner: o.into(),
+        stanza: format!("<message id='{name}'/>"),
+        stamp_ms: 2,
+        limit: usize::MAX,
+        id,
+    };
+    // The later reservation is written first, as two senders' batches can be.
+    let out = batch(s, vec![push(Some(r2), "2"), push(Some(r1), "1")]);
+    assert!(matches!(out[..], [Ok(Some(a)), Ok(Some(b))] if a == r2 && b == r1));
+    let after = s.offline_push(o, "<message id='3'/>", 3, 10).unwrap();
+    assert!(
+        after > r2,
+        "an unreserved push reuses a reserved id: {after} <= {r2}"
+    );
+    let order: Vec<(i64, String)> = s
+        .offline_fetch(o, 10)
+        .unwrap()
+        .into_iter()
+        .map(|m| (m.id, m.stanza))
+        .collect();
+    assert_eq!(
+        order,
+        [
+            (before, "<message id='0'/>".to_owned()),
+            (r1, "<message id='1'/>".to_owned()),
+            (r2, "<message id='2'/>".to_owned()),
+            (after, "<message id='3'/>".to_owned()),
+        ]
+    );
+    // A taken id is refused and changes nothing.
+    let again = batch(s, vec![push(Some(r1), "dup")]);
+    assert!(matches!(again[..], [Err(_)]), "{again:?}");
+    assert_eq!(s.offline_count(o).unwrap(), 4);
+    // Deleted ids are not given again.
+    s.offline_delete(o, &[after]).unwrap();
+    assert!(s.offline_reserve_id().unwrap() > after);
+    assert!(s.offline_push(o, "<message/>", 4, 10).unwrap() > after);
 }
 
 pub fn quota(s: &impl Store) {
@@ -918,6 +969,7 @@ pub fn batch_writes(s: &impl Store) {
         stanza: format!("<message id='{id}'/>"),
         stamp_ms: 5,
         limit,
+        id: None,
     };
     let out = batch(
         s,
@@ -1528,6 +1580,11 @@ macro_rules! suite {
             fn batch_writes() {
                 let (s, _guard) = $make;
                 super::batch_writes(&s);
+            }
+            #[test]
+            fn offline_reserved_ids() {
+                let (s, _guard) = $make;
+                super::offline_reserved_ids(&s);
             }
         }
     };
@@ -2256,6 +2313,7 @@ fn sqlite_archive_refuses_an_account_removed_elsewhere() {
         stanza: "<message/>".into(),
         stamp_ms: 1,
         limit: 10,
+        id: None,
     };
     assert!(matches!(
         batch(&a, vec![push("x@x.example")])[..],

@@ -1116,6 +1116,10 @@ impl Client {
                             .is_some_and(|h| target.wrapping_sub(h) > u32::MAX / 2 || h == target)
                 })
                 .await?;
+                // Counts that fell short (the server answers `<r/>` with what it has made
+                // durable, and sends the rest unasked once it is) are superseded.
+                self.inbox
+                    .retain(|raw| !Element::parse(raw).is_some_and(|e| e.is("a")));
             }
             None => {
                 self.iq(|id| {

@@ -61,6 +61,9 @@ pub async fn serve_connection(
     if let Err(e) = &result {
         tracing::debug!(conn = conn_id, %peer, "connection ended: {e}");
     }
+    if !conn.settling.is_empty() {
+        Box::pin(conn.settle_all()).await;
+    }
     let taken_over = conn.taken_over.take();
     let resumable = conn.can_hibernate();
     let Some(detached) = conn.detach() else {
@@ -156,6 +159,13 @@ async fn read_into(transport: &mut Transport, parser: &mut StreamParser) -> std:
     std::future::poll_fn(|cx| transport.poll_read_with(cx, &mut |bytes| parser.feed(bytes))).await
 }
 
+/// Waits for the oldest commit a handled stanza waits for.
+async fn settle_first(settling: &mut VecDeque<(u32, crate::features::delivery::Settling)>) {
+    if let Some((_, s)) = settling.front_mut() {
+        s.as_mut().await;
+    }
+}
+
 async fn recv_takeover(rx: &mut Option<mpsc::Receiver<Takeover>>) -> Option<Takeover> {
     match rx {
         Some(rx) => rx.recv().await,
@@ -193,6 +203,17 @@ async fn finish(state: &Arc<ServerState>, d: Detached) {
             Outbound::Stanza(s) => undelivered.push((*s, None)),
             Outbound::Durable(s, id) => undelivered.push((*s, Some(id))),
             Outbound::Close(_) => {}
+        }
+    }
+    // A copy held for a client is delivered while its row is being written; the row may be
+    // missing below because the store failed to write it, not because a device had it.
+    // Known once what was queued before is committed.
+    if undelivered.iter().any(|(_, d)| d.is_some()) {
+        state.store_barrier().await;
+        for (_, durable) in &mut undelivered {
+            if durable.is_some_and(|id| state.failed_holds.contains(id)) {
+                *durable = None;
+            }
         }
     }
     // A stored message the account's client acknowledged meanwhile (another device had a
@@ -293,6 +314,13 @@ pub(super) struct Connection {
     delete_after_flush: Vec<i64>,
     /// Stanzas that came for the client after the stream began to close.
     pending: VecDeque<Outbound>,
+    /// Stanzas handled but not yet counted as handled (XEP-0198 `h`): each with the count it
+    /// completes and the commit it waits for (a copy held for a recipient's client), oldest
+    /// first. The store's writer commits in queue order, so they settle in this order.
+    settling: VecDeque<(u32, crate::features::delivery::Settling)>,
+    /// An `<r/>` was answered with a count that left stanzas out (still settling): an `<a/>`
+    /// follows once they are.
+    owe_ack: bool,
     /// Whether the way the connection ended lets a resumable session wait for its client
     /// (a lost connection, an idle timeout), rather than end (a clean close, a stream error).
     hibernate_ok: bool,
@@ -411,6 +439,8 @@ impl Connection {
             taken_over: None,
             delete_after_flush: Vec::new(),
             pending: VecDeque::new(),
+            settling: VecDeque::new(),
+            owe_ack: false,
             hibernate_ok: true,
         }
     }
@@ -578,6 +608,10 @@ impl Connection {
                         "the client does not read its stanzas fast enough",
                     )),
                 },
+                () = settle_first(&mut self.settling), if !self.settling.is_empty() => {
+                    self.settling.pop_front();
+                    self.settled();
+                }
                 t = recv_takeover(&mut self.takeover) => match t {
                     Some(t) => {
                         self.taken_over = Some(t);
@@ -855,12 +889,17 @@ impl Connection {
         let counts = stanza.kind != StanzaKind::Other;
         let result = session.handle(stanza).await;
         let replies = session.take_replies();
+        let settling = session.take_settling();
         for (s, durable) in replies {
             self.write_stanza(s, durable);
         }
-        // XEP-0198 §4: `h` counts stanzas handled, once they are.
+        // XEP-0198 §4: `h` counts stanzas handled, once they are: a message delivered before
+        // its held copy was durable once that copy is ([`Connection::acked_inbound`]).
         if counts && let Some(sm) = &mut self.sm {
             sm.inbound = sm.inbound.wrapping_add(1);
+            if let Some(s) = settling {
+                self.settling.push_back((sm.inbound, s));
+            }
         }
         if let Err(e) = result {
             self.close_with(e);
@@ -883,7 +922,11 @@ impl Connection {
             "resume" => self.sm_resume(&el).await,
             "r" => match &self.sm {
                 Some(sm) => {
-                    let xml = format!("<a xmlns='{}' h='{}'/>", sm::NS, sm.inbound);
+                    let h = self.acked_inbound(sm);
+                    if h != sm.inbound {
+                        self.owe_ack = true;
+                    }
+                    let xml = format!("<a xmlns='{}' h='{h}'/>", sm::NS);
                     self.send_nonza(&xml);
                 }
                 None => tracing::debug!(conn = self.conn_id, "<r/> before stream management"),
@@ -921,6 +964,35 @@ impl Connection {
                 format!("<{other}/> in {} is not supported here", sm::NS),
             )),
         }
+    }
+
+    /// The count of stanzas handled that may be acknowledged: all but those still settling.
+    fn acked_inbound(&self, sm: &StreamState) -> u32 {
+        self.settling
+            .front()
+            .map_or(sm.inbound, |(n, _)| n.wrapping_sub(1))
+    }
+
+    /// A commit a handled stanza waited for is done: once none is left, an `<r/>` answered
+    /// short gets the full count (XEP-0198 §4 lets either side send `<a/>` unasked).
+    fn settled(&mut self) {
+        if self.owe_ack
+            && self.settling.is_empty()
+            && let Some(sm) = &self.sm
+        {
+            self.owe_ack = false;
+            let xml = format!("<a xmlns='{}' h='{}'/>", sm::NS, sm.inbound);
+            self.send_nonza(&xml);
+        }
+    }
+
+    /// Waits for every commit a handled stanza waits for, so that the session is detached
+    /// with a count of stanzas handled that it may report (a resumption's `h`).
+    async fn settle_all(&mut self) {
+        while let Some((_, s)) = self.settling.pop_front() {
+            s.await;
+        }
+        self.owe_ack = false;
     }
 
     /// Writes a nonza (stream management elements are not stanzas and are not counted).

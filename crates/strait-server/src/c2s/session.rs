@@ -38,6 +38,9 @@ pub struct Session {
     /// held for another device while that device had not acknowledged it): the connection
     /// drops it instead of showing the user the message twice.
     pub(crate) flushed: Vec<i64>,
+    /// The commit the last stanza handled waits for before it counts as handled (a copy
+    /// held for a recipient's client, delivered before it was durable).
+    settling: Option<features::delivery::Settling>,
 }
 
 impl Session {
@@ -60,6 +63,7 @@ impl Session {
             csi: features::csi::Csi::default(),
             last_to: None,
             flushed: Vec::new(),
+            settling: None,
         }
     }
 
@@ -101,6 +105,25 @@ impl Session {
 
     pub(crate) fn take_replies(&mut self) -> Vec<(Stanza, Option<i64>)> {
         std::mem::take(&mut self.replies)
+    }
+
+    /// Notes a commit the stanza being handled waits for ([`Session::take_settling`]).
+    pub(crate) fn settle_later(&mut self, settling: Option<features::delivery::Settling>) {
+        if let Some(s) = settling {
+            self.settling = Some(match self.settling.take() {
+                // Two in one stanza (not on any path today): both.
+                Some(earlier) => Box::pin(async move {
+                    earlier.await;
+                    s.await;
+                }),
+                None => s,
+            });
+        }
+    }
+
+    /// The commit the stanza just handled waits for before it counts as handled, if any.
+    pub(crate) fn take_settling(&mut self) -> Option<features::delivery::Settling> {
+        self.settling.take()
     }
 
     /// Handles one stanza from the client.

@@ -1,11 +1,45 @@
 //! Delivery to local accounts' resources.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 
 use crate::router::Resource;
 use crate::server::ServerState;
-use strait_store::{WriteOp, WriteOutcome};
+use strait_store::{WriteDone, WriteOp, WriteOutcome};
 use strait_wire::Stanza;
+
+/// A held copy's commit, delivered before it ([`send_message`]): ready once its row is
+/// written (or failed to be: see [`FailedHolds`]). The sender's stanza counts as handled
+/// (XEP-0198) only when it is.
+pub type Settling = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Copies held for clients that were delivered but whose rows the store then failed to
+/// write: a session that ends with one unacknowledged hands it on as a message that was never
+/// stored, instead of taking its absence from the store for another device's
+/// acknowledgement (c2s `finish`). Empty unless the store fails; bounded, the oldest going
+/// first.
+#[derive(Default)]
+pub struct FailedHolds(Mutex<VecDeque<i64>>);
+
+impl FailedHolds {
+    const MAX: usize = 4_096;
+
+    fn add(&self, id: i64) {
+        let mut q = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if q.len() == Self::MAX {
+            q.pop_front();
+        }
+        q.push_back(id);
+    }
+
+    /// Whether the held copy `id` was never written.
+    pub fn contains(&self, id: i64) -> bool {
+        let q = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        !q.is_empty() && q.contains(&id)
+    }
+}
 
 /// Sends to one bound resource; false if it is not bound (or cannot take more).
 pub fn to_full(state: &ServerState, bare: &str, resource: &str, stanza: Stanza) -> bool {
@@ -72,6 +106,8 @@ pub struct Writes {
     /// The message's archived form ([`super::mam::stored_form`]) once one of its archive
     /// copies made it: the other copy stores the same text, which the store then keeps once.
     pub stored: Option<String>,
+    /// The commit of a copy held for a client, delivered before its row was written.
+    pub settling: Option<Settling>,
 }
 
 impl Writes {
@@ -127,9 +163,67 @@ impl Writes {
         let ops = std::mem::take(&mut self.ops);
         let owners = archive_owners(&ops);
         let done = Box::new(move |outcomes| log_archive_outcomes(owners, outcomes));
-        let refused = state.queue_detached(ops, done)?;
+        let (refused, _) = state.queue_detached(ops, done)?;
         self.ops = refused;
         Some(self.queue(state, None))
+    }
+
+    /// Queues what was collected with `hold` (a copy held under the reserved row id `id`)
+    /// last, as writes nobody waits for: the store may hold them back a few milliseconds so
+    /// that they share a commit with other messages' writes. The returned future tells
+    /// whether the hold was written, once it is committed; a failure is logged and
+    /// remembered ([`FailedHolds`]) whether anybody waits or not. The bool is true when the
+    /// store's writer is far behind ([`crate::server::MAX_DETACHED_WRITES`]): the batch was
+    /// queued as one somebody waits for, and the caller must wait (backpressure).
+    fn queue_hold(
+        &mut self,
+        state: &ServerState,
+        hold: WriteOp,
+        id: i64,
+        bare: &str,
+    ) -> (impl Future<Output = bool> + Send + 'static, bool) {
+        let mut ops = std::mem::take(&mut self.ops);
+        ops.push(hold);
+        let owners = archive_owners(&ops);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let failed = Arc::clone(&state.failed_holds);
+        let account = bare.to_owned();
+        let done: WriteDone = Box::new(move |mut outcomes: Vec<WriteOutcome>| {
+            let written = match outcomes.pop() {
+                Some(Ok(_)) => true,
+                Some(Err(e)) => {
+                    tracing::error!(account, id, "a delivered message's held copy: {e}");
+                    failed.add(id);
+                    false
+                }
+                None => {
+                    failed.add(id);
+                    false
+                }
+            };
+            log_archive_outcomes(owners, outcomes);
+            let _ = tx.send(written);
+        });
+        let wait = match state.queue_detached(ops, done) {
+            None => false,
+            Some((ops, done)) => {
+                state.store.write_batch(ops, done);
+                true
+            }
+        };
+        // The writer always calls back; if it stopped, the hold was not written and the
+        // callback, dropped unrun, could not say so.
+        let failed = Arc::clone(&state.failed_holds);
+        let written = async move {
+            match rx.await {
+                Ok(written) => written,
+                Err(_) => {
+                    failed.add(id);
+                    false
+                }
+            }
+        };
+        (written, wait)
     }
 }
 
@@ -177,8 +271,22 @@ pub async fn message_to_full(
 }
 
 /// The reliability rule: when a target acknowledges stanzas (XEP-0198) and the message is one
-/// that would be kept offline, it is stored first and travels with its row id; the row is
-/// deleted when a client has it, so losing the connection or the server loses nothing.
+/// that would be kept offline, a copy is stored for the account and travels with its row id;
+/// the row is deleted when a client has it, so losing the connection or the server loses
+/// nothing.
+///
+/// The row's id is reserved first, its write queued (with the message's archive copies, as
+/// writes nobody waits for, which share commits with other messages'), and the message
+/// delivered at once. What the sender hears waits for the commit instead: its stanza counts
+/// as handled (XEP-0198 `h`) only once the copy is durable ([`Writes::settling`], which the
+/// c2s connection keeps), so a crash before the commit loses nothing the sender was told was
+/// safe. A client's acknowledgement deletes the row behind its insert (the store's writer is
+/// first in, first out), and a session that ends waits for what was queued before it reads
+/// which copies are still kept. When no resource took the message, the sender's session waits
+/// for the commit here: the message is then safe only as the stored copy. (Held copies cost
+/// three to five times the server CPU of a message to a client without stream management
+/// while each one was committed before delivery, a commit per message: bench/RESULTS.md, run
+/// BK.)
 ///
 /// When no copy is held, the message goes out as soon as its archive copies are queued, and
 /// nothing waits for their commit: delivered to every online resource that should get it,
@@ -203,7 +311,7 @@ async fn send_message(
     } else {
         None
     };
-    if hold.is_none() {
+    let Some(mut hold) = hold else {
         let committed = writes.queue_detached(state);
         let resources = targets
             .into_iter()
@@ -217,30 +325,47 @@ async fn send_message(
             resources,
             stored: false,
         };
-    }
-    let durable = match writes.commit(state, hold).await {
-        Some(Ok(id)) => id,
-        Some(Err(e)) => {
-            // Delivered without that guarantee.
-            tracing::debug!(
-                account = bare,
-                "message delivered without a stored copy: {e}"
-            );
-            None
-        }
-        None => None,
     };
-    let resources = targets
+    let id = match state.store.offline_reserve_id() {
+        Ok(id) => id,
+        Err(e) => {
+            tracing::error!(account = bare, "no row id for a held copy: {e}");
+            return send_without_hold(targets, stanza);
+        }
+    };
+    if let WriteOp::OfflinePush { id: slot, .. } = &mut hold {
+        *slot = Some(id);
+    }
+    // Queued before delivery: a client's acknowledgement, which deletes the row, is queued
+    // behind it.
+    let (written, wait) = writes.queue_hold(state, hold, id, bare);
+    let resources: Vec<String> = targets
         .into_iter()
-        .filter(|r| match durable {
-            Some(id) => r.send_durable(stanza.clone(), id),
-            None => r.send(stanza.clone()),
-        })
+        .filter(|r| r.send_durable(stanza.clone(), id))
         .map(|r| r.resource.clone())
         .collect();
+    if resources.is_empty() || wait {
+        let stored = written.await;
+        return Delivered { resources, stored };
+    }
+    writes.settling = Some(Box::pin(async move {
+        written.await;
+    }));
     Delivered {
         resources,
-        stored: durable.is_some(),
+        stored: true,
+    }
+}
+
+/// Delivers without a stored copy (the store gave no row id).
+fn send_without_hold(targets: Vec<Arc<Resource>>, stanza: &Stanza) -> Delivered {
+    Delivered {
+        resources: targets
+            .into_iter()
+            .filter(|r| r.send(stanza.clone()))
+            .map(|r| r.resource.clone())
+            .collect(),
+        stored: false,
     }
 }
 

@@ -120,8 +120,9 @@ pub async fn from_client(s: &mut Session, mut stanza: Stanza, to: Option<jid::Ji
         }
         sent = Some(copy);
     }
-    let (delivered, stanza) =
+    let (delivered, stanza, settling) =
         deliver_with_writes(&s.state, stanza, &bare, resource, copies, writes).await;
+    s.settle_later(settling);
     match delivered {
         Ok(()) => {
             if let Some(sent) = &sent {
@@ -189,7 +190,7 @@ pub async fn deliver_local_with(
     resource: Option<&str>,
     copies: bool,
 ) -> Result<(), StanzaError> {
-    deliver_with_writes(
+    let (result, _, settling) = deliver_with_writes(
         state,
         stanza.clone(),
         bare,
@@ -197,15 +198,21 @@ pub async fn deliver_local_with(
         copies,
         Writes::default(),
     )
-    .await
-    .0
+    .await;
+    // Whoever asked hears back once the stored copy, if any, is durable.
+    if let Some(settling) = settling {
+        settling.await;
+    }
+    result
 }
 
 /// [`deliver_local_with`], committing `writes` (the sender's archive copy) with the message's
 /// own writes: queued before delivery; committed before it when a copy is held for the
 /// recipient or kept offline, and otherwise not waited for (delivery::send_message).
 /// Also gives the message back, as delivered (private carbons stripped, stamped), for an
-/// error reply: its addresses, id and type are the original's.
+/// error reply: its addresses, id and type are the original's; and the commit of a copy held
+/// for a client, delivered before it was durable ([`delivery::Settling`]), which the sender
+/// must wait for before it counts the message as handled.
 async fn deliver_with_writes(
     state: &ServerState,
     mut stanza: Stanza,
@@ -213,10 +220,10 @@ async fn deliver_with_writes(
     resource: Option<&str>,
     copies: bool,
     mut writes: Writes,
-) -> (Result<(), StanzaError>, Stanza) {
+) -> (Result<(), StanzaError>, Stanza, Option<delivery::Settling>) {
     let result = route(state, &mut stanza, bare, resource, copies, &mut writes).await;
     writes.commit(state, None).await;
-    (result, stanza)
+    (result, stanza, writes.settling.take())
 }
 
 /// Routes `stanza`, which it changes in place into what is delivered (it was cloned for that

@@ -87,6 +87,7 @@ pub fn push_op(bare: &str, message: &Stanza, limit: usize) -> Option<WriteOp> {
         stanza: m.to_xml(ns::CLIENT),
         stamp_ms: now,
         limit,
+        id: None,
     })
 }
 
