@@ -541,6 +541,11 @@ type BoxedJob = Box<dyn WriteJob>;
 pub struct SqliteStore {
     writer: Mutex<Option<mpsc::Sender<BoxedJob>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// The writer thread, woken while it lingers ([`linger`]) only by a write somebody waits
+    /// for, or by every [`LINGER_JOBS`]th write nobody waits for.
+    writer_thread: std::thread::Thread,
+    /// Writes nobody waits for queued so far (which of them wakes the writer).
+    lazy_queued: AtomicUsize,
     /// The checkpoint thread of a file store and the channel that stops it.
     checkpointer: Mutex<Option<(mpsc::Sender<()>, JoinHandle<()>)>>,
     /// Open read connections; `None` for the in-memory variant.
@@ -565,7 +570,18 @@ pub struct SqliteStore {
 /// twice either, which the server relies on (an acknowledged id must never name a newer
 /// message). One process writes offline messages: the server (the `strait user` commands
 /// only remove them).
-struct OfflineIds(AtomicI64);
+struct OfflineIds {
+    next: AtomicI64,
+    /// Rows queued under a reserved id and not written yet, each with its owner; and those
+    /// of them a delete queued since has cancelled ([`OfflineIds::cancel`]).
+    queued: Mutex<QueuedRows>,
+}
+
+#[derive(Default)]
+struct QueuedRows {
+    pending: std::collections::HashMap<i64, String>,
+    cancelled: std::collections::HashSet<i64>,
+}
 
 impl OfflineIds {
     fn load(conn: &Connection) -> Result<Self> {
@@ -575,11 +591,66 @@ impl OfflineIds {
             [],
             |r| r.get(0),
         )?;
-        Ok(OfflineIds(AtomicI64::new(high + 1)))
+        Ok(OfflineIds {
+            next: AtomicI64::new(high + 1),
+            queued: Mutex::default(),
+        })
     }
 
     fn next(&self) -> i64 {
-        self.0.fetch_add(1, Ordering::Relaxed)
+        self.next.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Notes rows of `ops` queued under reserved ids.
+    fn queue(&self, ops: &[WriteOp]) {
+        let mut rows = None;
+        for op in ops {
+            if let WriteOp::OfflinePush {
+                owner,
+                id: Some(id),
+                ..
+            } = op
+            {
+                rows.get_or_insert_with(|| lock(&self.queued))
+                    .pending
+                    .insert(*id, owner.clone());
+            }
+        }
+    }
+
+    /// A delete of rows still queued under reserved ids: those rows are not written, and the
+    /// delete leaves them out (insert and delete cancel out). A copy held for a client that
+    /// acknowledges it while its row waits for the writer (a busy writer, or one lingering
+    /// for company) so costs the disk nothing. Deletes go through here when they are queued,
+    /// before the writer runs the insert: the writer is first in, first out, so a delete
+    /// queued after an insert would have run after it.
+    fn cancel(&self, ops: &mut [WriteOp]) {
+        for op in ops {
+            let WriteOp::OfflineDelete { owner, ids } = op else {
+                continue;
+            };
+            let mut rows = lock(&self.queued);
+            if rows.pending.is_empty() {
+                continue;
+            }
+            ids.retain(|id| {
+                if rows.pending.get(id) == Some(owner) {
+                    rows.pending.remove(id);
+                    rows.cancelled.insert(*id);
+                    false
+                } else {
+                    true
+                }
+            });
+        }
+    }
+
+    /// Whether the row about to be written under `id` is to be written: false when a delete
+    /// cancelled it.
+    fn take(&self, id: i64) -> bool {
+        let mut rows = lock(&self.queued);
+        rows.pending.remove(&id);
+        !rows.cancelled.remove(&id)
     }
 }
 
@@ -751,7 +822,9 @@ impl SqliteStore {
             .map_err(|e| StoreError::Backend(format!("cannot start writer thread: {e}")))?;
         Ok(SqliteStore {
             writer: Mutex::new(Some(tx)),
+            writer_thread: thread.thread().clone(),
             thread: Mutex::new(Some(thread)),
+            lazy_queued: AtomicUsize::new(0),
             checkpointer: Mutex::new(None),
             readers,
             closed: AtomicBool::new(false),
@@ -775,6 +848,7 @@ impl SqliteStore {
         // Dropping the last sender ends the writer loop after the queue drains.
         let sender = lock(&self.writer).take();
         drop(sender);
+        self.writer_thread.unpark();
         if let Some(pool) = &self.readers {
             lock(&pool.conns).clear();
         }
@@ -834,7 +908,17 @@ impl SqliteStore {
             reply,
             _waited: (!lazy).then(|| WaitedGuard::new(&self.waited)),
         });
-        sender.send(job).map_err(|_| closed_error())
+        sender.send(job).map_err(|_| closed_error())?;
+        // A lingering writer is parked, not waiting on the channel: a send does not wake it
+        // (a wake-up, on both threads, for every message's write was the largest cost of
+        // writes nobody waits for). When it is waiting on the channel, the send woke it and
+        // this is a no-op.
+        if !lazy
+            || (self.lazy_queued.fetch_add(1, Ordering::Relaxed) + 1).is_multiple_of(LINGER_JOBS)
+        {
+            self.writer_thread.unpark();
+        }
+        Ok(())
     }
 
     /// Has the writer merge the archive log into the archive now, behind everything queued.
@@ -1050,7 +1134,8 @@ fn writer_loop(
 }
 
 /// While a batch holds only writes nobody waits for, and few of them, the writer waits for
-/// more ([`LINGER`] after the first arrived: until `deadline`, [`LINGER_JOBS`] jobs, or a job somebody waits for) so that they
+/// more ([`LINGER`] after the first arrived: until `deadline`, [`LINGER_JOBS`] jobs (looked
+/// for each time [`LINGER_JOBS`] more were queued), or a job somebody waits for) so that they
 /// share one commit: each commit is an fsync, which on the benchmark VM's virtio disk costs
 /// more CPU than the SQLite work of the writes it carries (archive on at 2,000 msg/s the
 /// writer committed 760 times a second, two or three messages' copies each).
@@ -1058,28 +1143,38 @@ fn linger(rx: &mpsc::Receiver<BoxedJob>, batch: &mut Vec<BoxedJob>, deadline: In
     if batch.len() >= LINGER_JOBS || !batch.iter().all(|j| j.lazy()) {
         return;
     }
-    while batch.len() < LINGER_JOBS {
+    loop {
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => {
+                    let lazy = job.lazy();
+                    batch.push(job);
+                    if !lazy {
+                        // Somebody waits: commit now, with whatever else is queued.
+                        while batch.len() < MAX_BATCH {
+                            match rx.try_recv() {
+                                Ok(job) => batch.push(job),
+                                Err(_) => break,
+                            }
+                        }
+                        return;
+                    }
+                }
+                Err(mpsc::TryRecvError::Empty) => break,
+                // Every sender is gone: commit what there is.
+                Err(mpsc::TryRecvError::Disconnected) => return,
+            }
+        }
+        if batch.len() >= LINGER_JOBS {
+            return;
+        }
         let Some(wait) = deadline.checked_duration_since(Instant::now()) else {
             return;
         };
-        match rx.recv_timeout(wait) {
-            Ok(job) => {
-                let lazy = job.lazy();
-                batch.push(job);
-                if !lazy {
-                    // Somebody waits: commit now, with whatever else is queued.
-                    while batch.len() < MAX_BATCH {
-                        match rx.try_recv() {
-                            Ok(job) => batch.push(job),
-                            Err(_) => break,
-                        }
-                    }
-                    return;
-                }
-            }
-            // Timed out, or every sender is gone: commit what there is.
-            Err(_) => return,
-        }
+        // Woken early by a write somebody waits for, by every LINGER_JOBS-th write nobody
+        // waits for, or by the store closing (`enqueue_job`, `close`); returning without
+        // cause is harmless (the loop looks again).
+        std::thread::park_timeout(wait);
     }
 }
 
@@ -2100,6 +2195,12 @@ fn offline_push(
     stamp_ms: i64,
     limit: usize,
 ) -> Result<i64> {
+    if let Some(id) = id
+        && !ids.take(id)
+    {
+        // Deleted before it was written.
+        return Ok(id);
+    }
     if !account_known(c, &owner)? {
         return Err(StoreError::NotFound(owner));
     }
@@ -2336,7 +2437,9 @@ impl BatchWrite for SqliteStore {
 }
 
 impl SqliteStore {
-    fn queue_batch(&self, ops: Vec<WriteOp>, done: WriteDone, lazy: bool) {
+    fn queue_batch(&self, mut ops: Vec<WriteOp>, done: WriteDone, lazy: bool) {
+        self.offline_ids.cancel(&mut ops);
+        self.offline_ids.queue(&ops);
         let n = ops.len();
         // `done` is shared between the reply (the normal path) and the error path below, where
         // the job never reached the writer.
@@ -3450,6 +3553,98 @@ mod linger_tests {
         assert!(started.elapsed() < Duration::from_secs(20));
         assert_eq!(commits_after(&store, before), 1, "one commit for the three");
         assert_eq!(store.offline_count("b@x.example").unwrap(), 3);
+    }
+
+    /// The highest offline row id SQLite has seen written (`sqlite_sequence`).
+    fn highest_written(store: &SqliteStore) -> i64 {
+        store
+            .read(|c| {
+                Ok(c.query_row(
+                    "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'offline'), 0)",
+                    [],
+                    |r| r.get(0),
+                )?)
+            })
+            .unwrap()
+    }
+
+    /// A delete queued while the row it deletes still waits for the writer (under a reserved
+    /// id) cancels it: neither is written, though both report success. A delete naming the
+    /// id for another owner cancels nothing, and one queued after the row was written
+    /// deletes it as always.
+    #[test]
+    fn a_delete_cancels_a_reserved_row_still_queued() {
+        let store = store_with(Duration::from_secs(60));
+        let (tx, rx) = mpsc::channel();
+        let held = |id: i64| {
+            vec![WriteOp::OfflinePush {
+                owner: "b@x.example".into(),
+                stanza: format!("<message id='{id}'/>"),
+                stamp_ms: 1,
+                limit: usize::MAX,
+                id: Some(id),
+            }]
+        };
+        let delete = |owner: &str, id: i64| {
+            vec![WriteOp::OfflineDelete {
+                owner: owner.into(),
+                ids: vec![id],
+            }]
+        };
+        let r1 = store.offline_reserve_id().unwrap();
+        let r2 = store.offline_reserve_id().unwrap();
+        store.write_batch_lazy(held(r1), done(&tx, 1));
+        store.write_batch_lazy(held(r2), done(&tx, 2));
+        // r1 acknowledged while queued; r2 named for somebody else.
+        store.write_batch_lazy(delete("b@x.example", r1), done(&tx, 3));
+        store.write_batch_lazy(delete("c@x.example", r2), done(&tx, 4));
+        // Ends the linger.
+        store.write_batch(Vec::new(), done(&tx, 5));
+        let mut outcomes: Vec<(i64, Vec<WriteOutcome>)> = (0..5)
+            .map(|_| rx.recv_timeout(Duration::from_secs(20)).unwrap())
+            .collect();
+        outcomes.sort_by_key(|(n, _)| *n);
+        assert!(
+            matches!(outcomes[0].1[..], [Ok(Some(id))] if id == r1),
+            "{outcomes:?}"
+        );
+        assert!(
+            matches!(outcomes[1].1[..], [Ok(Some(id))] if id == r2),
+            "{outcomes:?}"
+        );
+        assert!(matches!(outcomes[2].1[..], [Ok(None)]), "{outcomes:?}");
+        assert!(matches!(outcomes[3].1[..], [Ok(None)]), "{outcomes:?}");
+        let kept: Vec<i64> = store
+            .offline_fetch("b@x.example", 10)
+            .unwrap()
+            .iter()
+            .map(|m| m.id)
+            .collect();
+        assert_eq!(kept, [r2]);
+        assert_eq!(highest_written(&store), r2);
+
+        // Written first, deleted after: deleted.
+        let r3 = store.offline_reserve_id().unwrap();
+        store.write_batch(held(r3), done(&tx, 6));
+        assert!(rx.recv_timeout(Duration::from_secs(20)).unwrap().1[0].is_ok());
+        assert_eq!(highest_written(&store), r3);
+        store.write_batch(delete("b@x.example", r3), done(&tx, 7));
+        rx.recv_timeout(Duration::from_secs(20)).unwrap();
+        assert_eq!(store.offline_kept("b@x.example", &[r2, r3]).unwrap(), [r2]);
+
+        // Cancelled alone: never written at all (SQLite saw no id past r3).
+        let r4 = store.offline_reserve_id().unwrap();
+        store.write_batch_lazy(held(r4), done(&tx, 8));
+        store.write_batch_lazy(delete("b@x.example", r4), done(&tx, 9));
+        store.write_batch(Vec::new(), done(&tx, 10));
+        for _ in 0..3 {
+            rx.recv_timeout(Duration::from_secs(20)).unwrap();
+        }
+        assert_eq!(highest_written(&store), r3, "the cancelled row was written");
+        assert_eq!(
+            store.offline_kept("b@x.example", &[r4]).unwrap(),
+            [] as [i64; 0]
+        );
     }
 
     /// A lazy write alone is committed once its linger is over, and enough of them are
