@@ -464,3 +464,74 @@ async fn a_held_copy_is_delivered_at_once_and_acknowledged_to_its_sender_once_du
     a.expect_element(&[">held</body>"]).await;
     t.stop().await;
 }
+
+/// A session that ends with many messages unacknowledged (a device that stopped reading)
+/// hands them on to the account's other device only as far as that device's queue has room,
+/// and the rest stay stored: pushed all at once they filled its queue, and the server
+/// disconnected it as a slow client, ending its session the same way. The other device stays
+/// connected, and every message still reaches the account.
+#[tokio::test]
+async fn a_large_backlog_is_handed_on_without_disconnecting_the_other_device() {
+    const N: usize = 600;
+    let t = TestServer::start(|_| {}).await;
+    let (a1, mut b) = t.alice_and_bob().await;
+    drop(a1);
+    let mut a1 = alice_with_sm(&t, "phone").await;
+    let mut a2 = alice_with_sm(&t, "laptop").await;
+    // In bursts the phone's connection keeps up with (more than its queue at once would
+    // disconnect it).
+    for burst in 0..N / 100 {
+        let msgs: String = (burst * 100..(burst + 1) * 100)
+            .map(|i| {
+                format!(
+                    "<message to='alice@localhost/phone' type='chat' id='m{i}'><body>backlog {i}</body></message>"
+                )
+            })
+            .collect();
+        b.send(&msgs).await;
+        b.ping(&format!("burst{burst}")).await;
+    }
+    a1.expect_element(&[&format!(">backlog {}</body>", N - 1)])
+        .await;
+    a1.send("</stream:stream>").await;
+    a1.read_to_close().await;
+    b.ping("settle").await;
+
+    // The laptop gets some of them (once the phone's session has ended, which takes a
+    // commit), and is still connected.
+    let body_of = |el: &str| between(el, "<body xmlns='jabber:client'>", "</body>").to_owned();
+    let mut seen = std::collections::HashSet::new();
+    let mut handed_on = 0;
+    while let Ok(el) = tokio::time::timeout(Duration::from_secs(1), a2.next_element()).await {
+        if el.starts_with("<message") {
+            handed_on += 1;
+            seen.insert(body_of(&el));
+        }
+    }
+    a2.ping("alive").await;
+    assert!(
+        handed_on > 0 && handed_on < N,
+        "{handed_on} of {N} messages handed on"
+    );
+    // Acknowledged there (about: the phone's unavailable presence counts too), they are no
+    // longer stored; the rest are, for the next device.
+    a2.send(&format!("<a xmlns='{SM}' h='{handed_on}'/>")).await;
+    a2.ping("acked").await;
+    let mut a3 = login(&t, "alice@localhost", "pa", "tablet").await;
+    a3.send("<iq type='get' id='fetched'><ping xmlns='urn:xmpp:ping'/></iq>")
+        .await;
+    loop {
+        let el = a3.next_element().await;
+        if el.contains("id='fetched'") {
+            break;
+        }
+        if el.starts_with("<message") {
+            seen.insert(body_of(&el));
+        }
+    }
+    let missing: Vec<usize> = (0..N)
+        .filter(|i| !seen.contains(&format!("backlog {i}")))
+        .collect();
+    assert!(missing.is_empty(), "never reached alice: {missing:?}");
+    t.stop().await;
+}

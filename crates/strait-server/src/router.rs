@@ -143,12 +143,17 @@ impl Drop for OutboundSender {
 impl OutboundSender {
     /// Queues `out` unless the queue is full or its receiver is closed.
     pub fn try_send(&self, out: Outbound) -> Result<(), TrySendError> {
+        self.try_send_below(out, self.shared.capacity)
+    }
+
+    /// [`OutboundSender::try_send`], taking `out` only while fewer than `limit` wait.
+    fn try_send_below(&self, out: Outbound, limit: usize) -> Result<(), TrySendError> {
         {
             let mut st = self.shared.lock();
             if st.closed {
                 return Err(TrySendError::Closed(out));
             }
-            if st.items.len() >= self.shared.capacity {
+            if st.items.len() >= limit.min(self.shared.capacity) {
                 return Err(TrySendError::Full(out));
             }
             st.items.push_back(out);
@@ -286,6 +291,21 @@ impl Resource {
     /// Queues a message that is also stored as the account's message `id`.
     pub fn send_durable(&self, stanza: Stanza, id: i64) -> bool {
         self.queue(Outbound::Durable(Box::new(stanza), id))
+    }
+
+    /// Offers a stored message handed on from a session that ended without acknowledging it
+    /// ([`crate::features::delivery::redeliver`]): taken while the queue is less than half
+    /// full, and otherwise left where it is, stored for the account, without disconnecting
+    /// this client. A session that ends after an overload can hold thousands; pushed into
+    /// another device's queue at once they filled it, and that device was disconnected as a
+    /// slow client, its own session then ending the same way (seen in run BM's steps after
+    /// an overload: the next logins were disconnected at once).
+    pub fn offer_durable(&self, stanza: Stanza, id: i64) -> bool {
+        let room = self.handle.tx.shared.capacity / 2;
+        self.handle
+            .tx
+            .try_send_below(Outbound::Durable(Box::new(stanza), id), room)
+            .is_ok()
     }
 
     fn queue(&self, out: Outbound) -> bool {
@@ -682,6 +702,10 @@ mod tests {
             tx.try_send(msg(id)).unwrap();
         }
         assert!(matches!(tx.try_send(msg(4)), Err(TrySendError::Full(_))));
+        assert!(matches!(
+            tx.try_send_below(msg(4), 2),
+            Err(TrySendError::Full(_))
+        ));
         let ids = |r: Received| -> Vec<i64> {
             let Received::Items(q) = r else {
                 panic!("{r:?}")

@@ -81,7 +81,8 @@ pub fn redeliver(state: &ServerState, bare: &str, stanza: &Stanza, durable: Opti
         .message_targets_of(bare)
         .into_iter()
         .filter(|r| match durable {
-            Some(id) => r.send_durable(stanza.clone(), id),
+            // Stored: what a busy device does not take now stays stored for the account.
+            Some(id) => r.offer_durable(stanza.clone(), id),
             None => r.send(stanza.clone()),
         })
         .count()
