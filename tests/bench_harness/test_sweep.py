@@ -119,6 +119,35 @@ def test_with_archiving_the_latency_steps_start_on_fresh_data(compare, monkeypat
     assert calls == ["stop", ("prepare", True, False), "start"]
 
 
+def test_with_stream_management_the_latency_steps_start_on_fresh_data(compare, monkeypatch):
+    # The sweep's overload steps leave what their clients never acknowledged stored for the
+    # same accounts: archive off too, the latency steps start over on fresh data (once).
+    calls = []
+
+    class Server:
+        name = "made-up"
+
+        def stop(self):
+            calls.append("stop")
+
+        def prepare(self, archive, plain):
+            calls.append(("prepare", archive, plain))
+
+        def start(self):
+            calls.append("start")
+
+    monkeypatch.setattr(compare.time, "sleep", lambda s: None)
+    compare.sweep_point, tried = server(19050, lambda r: r / 1600.0)
+    r = compare.sweep(Server(), args(gen_sm=True), None, "t", False)
+    assert r["slo_rate"] is not None and 4000 <= r["slo_rate"] < 8000
+    assert calls == ["stop", ("prepare", False, False), "start"]
+    # Without it (and archive off), no restart.
+    calls.clear()
+    compare.sweep_point, tried = server(19050, lambda r: r / 1600.0)
+    compare.sweep(Server(), args(gen_sm=False), None, "t", False)
+    assert calls == []
+
+
 def test_the_message_runs_pass_the_body_size(compare):
     a = args(bench_bin="strait", workdir="/w", accounts=400, concurrency=50, gen_threads=1, pairs=200,
              rate=1000, offline_fraction=0.1, duration=10, body_size=2500, gen_busy_poll=False,
