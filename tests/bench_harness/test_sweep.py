@@ -96,24 +96,29 @@ def test_report_has_the_latency_column_and_ratios(compare):
     assert "| no (latency step) |" in md and "| yes |" in md
 
 
+class RecordingServer:
+    """A made-up server that records being restarted on fresh data."""
+    name = "made-up"
+
+    def __init__(self, calls):
+        self.calls = calls
+
+    def stop(self):
+        self.calls.append("stop")
+
+    def prepare(self, archive, plain):
+        self.calls.append(("prepare", archive, plain))
+
+    def start(self):
+        self.calls.append("start")
+
+
 def test_with_archiving_the_latency_steps_start_on_fresh_data(compare, monkeypatch):
     calls = []
 
-    class Server:
-        name = "made-up"
-
-        def stop(self):
-            calls.append("stop")
-
-        def prepare(self, archive, plain):
-            calls.append(("prepare", archive, plain))
-
-        def start(self):
-            calls.append("start")
-
     monkeypatch.setattr(compare.time, "sleep", lambda s: None)
     compare.sweep_point, tried = server(19050, lambda r: r / 1600.0)  # 5 ms at 8,000 msg/s
-    r = compare.sweep(Server(), args(), None, "t", True)
+    r = compare.sweep(RecordingServer(calls), args(), None, "t", True)
     assert r["slo_rate"] is not None and 4000 <= r["slo_rate"] < 8000
     # Once, before the first latency step, and not again.
     assert calls == ["stop", ("prepare", True, False), "start"]
@@ -124,27 +129,15 @@ def test_with_stream_management_the_latency_steps_start_on_fresh_data(compare, m
     # same accounts: archive off too, the latency steps start over on fresh data (once).
     calls = []
 
-    class Server:
-        name = "made-up"
-
-        def stop(self):
-            calls.append("stop")
-
-        def prepare(self, archive, plain):
-            calls.append(("prepare", archive, plain))
-
-        def start(self):
-            calls.append("start")
-
     monkeypatch.setattr(compare.time, "sleep", lambda s: None)
     compare.sweep_point, tried = server(19050, lambda r: r / 1600.0)
-    r = compare.sweep(Server(), args(gen_sm=True), None, "t", False)
+    r = compare.sweep(RecordingServer(calls), args(gen_sm=True), None, "t", False)
     assert r["slo_rate"] is not None and 4000 <= r["slo_rate"] < 8000
     assert calls == ["stop", ("prepare", False, False), "start"]
     # Without it (and archive off), no restart.
     calls.clear()
     compare.sweep_point, tried = server(19050, lambda r: r / 1600.0)
-    compare.sweep(Server(), args(gen_sm=False), None, "t", False)
+    compare.sweep(RecordingServer(calls), args(gen_sm=False), None, "t", False)
     assert calls == []
 
 
