@@ -168,7 +168,7 @@ impl Metrics {
         r.register(
             "strait_store_write_batches_queued",
             format!(
-                "Write batches (archive copies, deletes of delivered messages) queued for the store and not committed yet; past {}, senders wait for their commits",
+                "Write batches nobody waits for (archive copies, copies held for clients that acknowledge) queued for the store and not committed yet; past {}, senders wait for their commits",
                 crate::server::MAX_DETACHED_WRITES
             ),
             store_queue.clone(),
