@@ -205,9 +205,10 @@ async fn finish(state: &Arc<ServerState>, d: Detached) {
             Outbound::Close(_) => {}
         }
     }
-    // A copy held for a client is delivered while its row is being written; the row may be
-    // missing below because the store failed to write it, not because a device had it.
-    // Known once what was queued before is committed.
+    // What was queued for the store before now is committed first: the deletes of copies a
+    // device acknowledged, and the rows of copies held for a client, which are delivered while
+    // they are being written. A row may then be missing because the store failed to write it,
+    // not because a device had it: such a message is handed on as never stored.
     if undelivered.iter().any(|(_, d)| d.is_some()) {
         state.store_barrier().await;
         for (_, durable) in &mut undelivered {
@@ -224,7 +225,7 @@ async fn finish(state: &Arc<ServerState>, d: Detached) {
     let mut kept = if held.is_empty() {
         Vec::new()
     } else {
-        state.store_barrier().await;
+        // After the barrier above.
         let owner = session.bare.clone();
         let ask = held.clone();
         match state.store(move |st| st.offline_kept(&owner, &ask)).await {
