@@ -1058,6 +1058,7 @@ async fn metrics_count_logins_crossings_refusals_and_reports() {
     // The store's backlog (the unit test of `ServerState::queue_detached` moves it): a few
     // archive copies at most on a server this quiet.
     assert!(v("strait_store_write_batches_queued") < 100.0);
+    assert!(v("strait_store_held_copies_queued") < 100.0);
     assert!(v("process_resident_memory_bytes") > 1e6);
     assert!(v("process_open_fds") > 5.0);
     let (head, _) = http_get(addr, "/admin").await;

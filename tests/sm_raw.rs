@@ -49,6 +49,18 @@ async fn ask_h(c: &mut RawClient) -> u32 {
     between(&a, "h='", "'").parse().unwrap()
 }
 
+/// Asks for the server's count until it reaches `want`: a message whose held copy the store
+/// still holds back is counted once the copy is committed or cancelled, and a short answer is
+/// followed by an `<a/>` unasked then.
+async fn ask_h_until(c: &mut RawClient, want: u32) {
+    let mut h = ask_h(c).await;
+    while h < want {
+        let a = c.expect_element(&["<a xmlns='urn:xmpp:sm:3'"]).await;
+        h = between(&a, "h='", "'").parse().unwrap();
+    }
+    assert_eq!(h, want);
+}
+
 #[tokio::test]
 async fn acks_count_handled_stanzas_and_server_requests_acks() {
     let t = TestServer::start(|_| {}).await;
@@ -437,7 +449,7 @@ async fn a_held_copy_is_delivered_at_once_and_acknowledged_to_its_sender_once_du
     }
     chat(&mut b, "alice@localhost", "first").await;
     a.expect_element(&[">first</body>"]).await;
-    assert_eq!(ask_h(&mut b).await, 1);
+    ask_h_until(&mut b, 1).await;
 
     let db = rusqlite::Connection::open(t.config().store_path()).unwrap();
     db.execute_batch("BEGIN IMMEDIATE").unwrap();

@@ -54,6 +54,12 @@ const LINGER: Duration = Duration::from_millis(4);
 /// instead of 343, as most acknowledgements then find their copies still queued (by hand,
 /// AMD host, `bench messages --sm`, 200 pairs, archive off).
 const LINGER_JOBS: usize = 128;
+/// How long the writer holds back a copy held for a client that acknowledges (a delivered
+/// message kept until the client says it has it), counted from when it was queued. Such a
+/// client acknowledges within a round trip, and an acknowledgement that finds the copy still
+/// queued cancels it: neither is written. The sender hears that its message is safe once
+/// the copy is committed or cancelled, so this much later at most.
+const HOLD: Duration = Duration::from_millis(50);
 /// Read connections kept in the pool (more are opened on demand, then dropped).
 const READ_POOL: usize = 4;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -463,6 +469,10 @@ trait WriteJob: Send {
     fn savepoint(&self) -> bool;
     /// Whether nobody waits for the commit ([`BatchWrite::write_batch_lazy`]).
     fn lazy(&self) -> bool;
+    /// For a batch of copies held for clients that acknowledge (nothing but pushes under
+    /// reserved ids, nobody waiting): when it was queued, and its row ids. The writer holds
+    /// such a batch back ([`HOLD`]), so that acknowledgements cancel most of them unwritten.
+    fn held(&self) -> Option<(Instant, &[i64])>;
     /// Answers the caller once the batch's fate is known (`None` = committed).
     fn finish(self: Box<Self>, batch_err: Option<&StoreError>);
 }
@@ -471,6 +481,7 @@ struct Job<T, F> {
     f: Option<F>,
     savepoint: bool,
     lazy: bool,
+    held: Option<(Instant, Vec<i64>)>,
     result: Option<Result<T>>,
     reply: Reply<T>,
     /// Counts the job in [`SqliteStore::waited`] until it is dropped (after its reply);
@@ -521,6 +532,10 @@ where
 
     fn lazy(&self) -> bool {
         self.lazy
+    }
+
+    fn held(&self) -> Option<(Instant, &[i64])> {
+        self.held.as_ref().map(|(at, ids)| (*at, ids.as_slice()))
     }
 
     fn finish(self: Box<Self>, batch_err: Option<&StoreError>) {
@@ -652,6 +667,12 @@ impl OfflineIds {
 
     /// Whether the row about to be written under `id` is to be written: false when a delete
     /// cancelled it.
+    /// Whether a delete cancelled every one of `ids` ([`OfflineIds::cancel`]).
+    fn all_cancelled(&self, ids: &[i64]) -> bool {
+        let rows = lock(&self.queued);
+        ids.iter().all(|id| rows.cancelled.contains(id))
+    }
+
     fn take(&self, id: i64) -> bool {
         let mut rows = lock(&self.queued);
         rows.pending.remove(&id);
@@ -761,21 +782,21 @@ impl SqliteStore {
             .name("strait-store-checkpoint".into())
             .spawn(move || checkpoint_loop(&checkpointer, &stop_rx, &policy, &wanted))
             .map_err(|e| StoreError::Backend(format!("cannot start checkpoint thread: {e}")))?;
-        let store = Self::start(conn, Some(pool), reset, LINGER)?;
+        let store = Self::start(conn, Some(pool), reset, LINGER, HOLD)?;
         *lock(&store.checkpointer) = Some((stop_tx, cp_thread));
         Ok(store)
     }
 
     /// A private in-memory database (lost when the store is dropped).
     pub fn open_in_memory() -> Result<Self> {
-        Self::open_in_memory_lingering(LINGER)
+        Self::open_in_memory_lingering(LINGER, HOLD)
     }
 
     /// [`SqliteStore::open_in_memory`], holding back writes nobody waits for up to `linger`.
-    fn open_in_memory_lingering(linger: Duration) -> Result<Self> {
+    fn open_in_memory_lingering(linger: Duration, hold: Duration) -> Result<Self> {
         let conn = Connection::open_in_memory()?;
         Self::setup_writer(&conn)?;
-        Self::start(conn, None, Arc::new(AtomicBool::new(false)), linger)
+        Self::start(conn, None, Arc::new(AtomicBool::new(false)), linger, hold)
     }
 
     fn setup_writer(conn: &Connection) -> Result<()> {
@@ -807,13 +828,15 @@ impl SqliteStore {
         Ok(())
     }
 
-    /// Starts the writer thread; it makes the WAL start over when `reset_wal` is set, and holds
-    /// back writes nobody waits for up to `linger` ([`linger`]).
+    /// Starts the writer thread; it makes the WAL start over when `reset_wal` is set, holds
+    /// back writes nobody waits for up to `linger` ([`linger`]), and copies held for clients
+    /// for `hold` ([`HOLD`]).
     fn start(
         conn: Connection,
         readers: Option<ReadPool>,
         reset_wal: Arc<AtomicBool>,
         linger: Duration,
+        hold: Duration,
     ) -> Result<Self> {
         let offline_ids = Arc::new(OfflineIds::load(&conn)?);
         let (tx, rx) = mpsc::channel::<BoxedJob>();
@@ -821,9 +844,19 @@ impl SqliteStore {
         let counter = Arc::clone(&commits);
         let waited = Arc::new(AtomicUsize::new(0));
         let waiting = Arc::clone(&waited);
+        let ids = Arc::clone(&offline_ids);
         let thread = std::thread::Builder::new()
             .name("strait-store-writer".into())
-            .spawn(move || writer_loop(conn, rx, &counter, &waiting, &reset_wal, linger))
+            .spawn(move || {
+                let writer = Writer {
+                    commits: &counter,
+                    waited: &waiting,
+                    ids: &ids,
+                    linger,
+                    hold,
+                };
+                writer_loop(conn, rx, &writer, &reset_wal)
+            })
             .map_err(|e| StoreError::Backend(format!("cannot start writer thread: {e}")))?;
         Ok(SqliteStore {
             writer: Mutex::new(Some(tx)),
@@ -893,10 +926,19 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
     {
-        self.enqueue_job(f, savepoint, false, reply)
+        self.enqueue_job(f, savepoint, false, None, reply)
     }
 
-    fn enqueue_job<T, F>(&self, f: F, savepoint: bool, lazy: bool, reply: Reply<T>) -> Result<()>
+    /// Queues `f` for the writer: `lazy` when nobody waits for its commit, `held` (the row ids)
+    /// for a batch of held copies ([`WriteJob::held`]).
+    fn enqueue_job<T, F>(
+        &self,
+        f: F,
+        savepoint: bool,
+        lazy: bool,
+        held: Option<Vec<i64>>,
+        reply: Reply<T>,
+    ) -> Result<()>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
@@ -905,10 +947,12 @@ impl SqliteStore {
             return Err(closed_error());
         }
         let sender = lock(&self.writer).clone().ok_or_else(closed_error)?;
+        let is_held = held.is_some();
         let job: BoxedJob = Box::new(Job {
             f: Some(f),
             savepoint,
             lazy,
+            held: held.map(|ids| (Instant::now(), ids)),
             result: None,
             reply,
             _waited: (!lazy).then(|| WaitedGuard::new(&self.waited)),
@@ -917,9 +961,11 @@ impl SqliteStore {
         // A lingering writer is parked, not waiting on the channel: a send does not wake it
         // (a wake-up, on both threads, for every message's write was the largest cost of
         // writes nobody waits for). When it is waiting on the channel, the send woke it and
-        // this is a no-op.
+        // this is a no-op. Held copies wake it never: it takes them when they are due.
         if !lazy
-            || (self.lazy_queued.fetch_add(1, Ordering::Relaxed) + 1).is_multiple_of(LINGER_JOBS)
+            || (!is_held
+                && (self.lazy_queued.fetch_add(1, Ordering::Relaxed) + 1)
+                    .is_multiple_of(LINGER_JOBS))
         {
             self.writer_thread.unpark();
         }
@@ -1082,44 +1128,102 @@ pub(crate) fn migrate_to(conn: &Connection, target: usize) -> Result<()> {
     }
 }
 
-fn writer_loop(
-    conn: Connection,
-    rx: mpsc::Receiver<BoxedJob>,
-    commits: &AtomicU64,
-    waited: &AtomicUsize,
-    reset_wal: &AtomicBool,
-    linger_for: Duration,
-) {
+/// What the writer thread works with besides its connection and queue.
+struct Writer<'a> {
+    commits: &'a AtomicU64,
+    waited: &'a AtomicUsize,
+    ids: &'a OfflineIds,
+    /// How long a batch of writes nobody waits for waits for company ([`LINGER`]).
+    linger: Duration,
+    /// How long held copies are held back ([`HOLD`]).
+    hold: Duration,
+}
+
+fn writer_loop(conn: Connection, rx: mpsc::Receiver<BoxedJob>, w: &Writer, reset_wal: &AtomicBool) {
     // Copies a crash left in the archive log go where queries find them.
     reload_archive_log(&conn);
-    merge_archive_log_alone(&conn, commits);
-    loop {
-        // While the archive log holds copies, wait for work only until they are due to move.
-        let first = match archive_log_due_in() {
-            None => match rx.recv() {
+    merge_archive_log_alone(&conn, w.commits);
+    // Batches of held copies not due yet, oldest first ([`HOLD`]).
+    let mut held: std::collections::VecDeque<BoxedJob> = std::collections::VecDeque::new();
+    let mut open = true;
+    while open || !held.is_empty() {
+        let mut batch = Vec::new();
+        let first = if !open {
+            None
+        } else if held.is_empty() {
+            // While the archive log holds copies, wait for work only until they are due to
+            // move.
+            match archive_log_due_in() {
+                None => match rx.recv() {
+                    Ok(job) => Some(job),
+                    Err(_) => {
+                        open = false;
+                        None
+                    }
+                },
+                Some(wait) => match rx.recv_timeout(wait) {
+                    Ok(job) => Some(job),
+                    Err(mpsc::RecvTimeoutError::Timeout) => None,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => {
+                        open = false;
+                        None
+                    }
+                },
+            }
+        } else {
+            // Held copies wait: parked, not waiting on the channel, so that the held copies
+            // queued meanwhile wake nobody (`enqueue_job` wakes it for the other writes).
+            match rx.try_recv() {
                 Ok(job) => Some(job),
-                Err(_) => break,
-            },
-            Some(wait) => match rx.recv_timeout(wait) {
-                Ok(job) => Some(job),
-                Err(mpsc::RecvTimeoutError::Timeout) => None,
-                Err(mpsc::RecvTimeoutError::Disconnected) => break,
-            },
+                Err(mpsc::TryRecvError::Disconnected) => {
+                    open = false;
+                    None
+                }
+                Err(mpsc::TryRecvError::Empty) => {
+                    let due = held_due_in(&held, w.hold);
+                    let wait = archive_log_due_in().map_or(due, |a| a.min(due));
+                    if !wait.is_zero() {
+                        std::thread::park_timeout(wait);
+                    }
+                    None
+                }
+            }
         };
         if let Some(first) = first {
             let arrived = Instant::now();
-            let mut batch = vec![first];
+            take_job(first, &mut batch, &mut held);
             while batch.len() < MAX_BATCH {
                 match rx.try_recv() {
-                    Ok(job) => batch.push(job),
+                    Ok(job) => take_job(job, &mut batch, &mut held),
                     Err(_) => break,
                 }
             }
-            linger(&rx, &mut batch, arrived + linger_for);
-            run_batch(&conn, batch, commits);
+            if !batch.is_empty() {
+                linger(&rx, &mut batch, &mut held, arrived + w.linger);
+            }
+        }
+        if !open || batch.iter().any(|j| !j.lazy()) {
+            // Somebody waits, and may read what the held copies write (a session that ends
+            // looks up which of its copies are stored, behind a barrier): they go first.
+            let rest = std::mem::take(&mut batch);
+            batch.extend(held.drain(..));
+            batch.extend(rest);
+        } else if !held.is_empty() && held_due_in(&held, w.hold).is_zero() {
+            // Due ones, and those due within a linger, so that they share a commit.
+            let now = Instant::now() + w.linger;
+            while held
+                .front()
+                .and_then(|j| j.held())
+                .is_some_and(|(at, _)| at + w.hold <= now)
+            {
+                batch.extend(held.pop_front());
+            }
+        }
+        if !batch.is_empty() {
+            run_held_and_batch(&conn, batch, w);
         }
         if archive_log_due_in() == Some(Duration::ZERO) {
-            merge_archive_log_step(&conn, commits, waited);
+            merge_archive_log_step(&conn, w.commits, w.waited);
         }
         // Between transactions, after this batch's callers have their answers: copy back
         // what the checkpoint thread could not (what was written while it ran) and wait for
@@ -1134,8 +1238,48 @@ fn writer_loop(
     }
     // All senders are gone: the archive log into the archive, and the WAL back into the
     // database file.
-    merge_archive_log_alone(&conn, commits);
+    merge_archive_log_alone(&conn, w.commits);
     let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+}
+
+/// How long until the oldest held batch is due (zero when it is, or none are held).
+fn held_due_in(held: &std::collections::VecDeque<BoxedJob>, hold: Duration) -> Duration {
+    held.front()
+        .and_then(|j| j.held())
+        .map_or(Duration::ZERO, |(at, _)| {
+            (at + hold).saturating_duration_since(Instant::now())
+        })
+}
+
+/// A job taken off the queue goes into the batch, or among the held ones.
+fn take_job(
+    job: BoxedJob,
+    batch: &mut Vec<BoxedJob>,
+    held: &mut std::collections::VecDeque<BoxedJob>,
+) {
+    if job.held().is_some() {
+        held.push_back(job);
+    } else {
+        batch.push(job);
+    }
+}
+
+/// Runs `batch`: first, outside any transaction, the held batches whose every copy an
+/// acknowledgement cancelled (they touch no table: `offline_push` only forgets the id), then
+/// the rest in one transaction. A batch of cancelled copies alone so costs no commit.
+/// Cancelling is one-way (a cancelled id is never pending again), so what is found
+/// cancelled here stays so while it runs.
+fn run_held_and_batch(conn: &Connection, batch: Vec<BoxedJob>, w: &Writer) {
+    let (cancelled, rest): (Vec<BoxedJob>, Vec<BoxedJob>) = batch
+        .into_iter()
+        .partition(|j| j.held().is_some_and(|(_, ids)| w.ids.all_cancelled(ids)));
+    for mut job in cancelled {
+        job.run(conn);
+        job.finish(None);
+    }
+    if !rest.is_empty() {
+        run_batch(conn, rest, w.commits);
+    }
 }
 
 /// While a batch holds only writes nobody waits for, and few of them, the writer waits for
@@ -1144,7 +1288,12 @@ fn writer_loop(
 /// share one commit: each commit is an fsync, which on the benchmark VM's virtio disk costs
 /// more CPU than the SQLite work of the writes it carries (archive on at 2,000 msg/s the
 /// writer committed 760 times a second, two or three messages' copies each).
-fn linger(rx: &mpsc::Receiver<BoxedJob>, batch: &mut Vec<BoxedJob>, deadline: Instant) {
+fn linger(
+    rx: &mpsc::Receiver<BoxedJob>,
+    batch: &mut Vec<BoxedJob>,
+    held: &mut std::collections::VecDeque<BoxedJob>,
+    deadline: Instant,
+) {
     if batch.len() >= LINGER_JOBS || !batch.iter().all(|j| j.lazy()) {
         return;
     }
@@ -1153,7 +1302,7 @@ fn linger(rx: &mpsc::Receiver<BoxedJob>, batch: &mut Vec<BoxedJob>, deadline: In
             match rx.try_recv() {
                 Ok(job) => {
                     let lazy = job.lazy();
-                    batch.push(job);
+                    take_job(job, batch, held);
                     if !lazy {
                         // Somebody waits: commit now, with whatever else is queued.
                         while batch.len() < MAX_BATCH {
@@ -2444,7 +2593,29 @@ impl BatchWrite for SqliteStore {
 impl SqliteStore {
     fn queue_batch(&self, mut ops: Vec<WriteOp>, done: WriteDone, lazy: bool) {
         self.offline_ids.cancel(&mut ops);
+        if lazy
+            && !ops.is_empty()
+            && ops
+                .iter()
+                .all(|op| matches!(op, WriteOp::OfflineDelete { ids, .. } if ids.is_empty()))
+        {
+            // Deletes that cancelled queued rows and have nothing left to delete: nothing for
+            // the writer (nobody waits, so nothing needs to be ordered behind the queue).
+            done(ops.iter().map(|_| Ok(None)).collect());
+            return;
+        }
         self.offline_ids.queue(&ops);
+        let held = lazy
+            .then(|| {
+                ops.iter()
+                    .map(|op| match op {
+                        WriteOp::OfflinePush { id: Some(id), .. } => Some(*id),
+                        _ => None,
+                    })
+                    .collect::<Option<Vec<i64>>>()
+            })
+            .flatten()
+            .filter(|ids| !ids.is_empty());
         let n = ops.len();
         // `done` is shared between the reply (the normal path) and the error path below, where
         // the job never reached the writer.
@@ -2479,7 +2650,7 @@ impl SqliteStore {
         };
         // No savepoint around the job: it returns `Ok` whatever its ops do, and `run_op` keeps
         // each op's failure to itself.
-        if let Err(e) = self.enqueue_job(job, false, lazy, reply)
+        if let Err(e) = self.enqueue_job(job, false, lazy, held, reply)
             && let Some(done) = lock(&done).take()
         {
             done(failed_outcomes(n, &e));
@@ -3496,7 +3667,11 @@ mod linger_tests {
     use super::*;
 
     fn store_with(linger: Duration) -> SqliteStore {
-        let store = SqliteStore::open_in_memory_lingering(linger).unwrap();
+        store_holding(linger, HOLD)
+    }
+
+    fn store_holding(linger: Duration, hold: Duration) -> SqliteStore {
+        let store = SqliteStore::open_in_memory_lingering(linger, hold).unwrap();
         let creds = test_credentials();
         let before = store.commit_count();
         store.create_account("b@x.example", &creds).unwrap();
@@ -3649,6 +3824,118 @@ mod linger_tests {
         assert_eq!(
             store.offline_kept("b@x.example", &[r4]).unwrap(),
             [] as [i64; 0]
+        );
+    }
+
+    /// A copy held for a client is held back far longer than other writes nobody waits for
+    /// ([`HOLD`], not [`LINGER`]), so that the client's acknowledgement, which comes a round
+    /// trip after delivery, finds it still queued and cancels it: neither is written, and
+    /// a batch of cancelled copies alone costs no commit. A copy nobody acknowledges is
+    /// written once held long enough, and a write somebody waits for takes every held copy
+    /// with it (it may read them: a session that ends looks up which are stored).
+    #[test]
+    fn held_copies_are_held_back_until_acknowledged_or_due() {
+        let (tx, rx) = mpsc::channel();
+        let held = |id: i64| {
+            vec![WriteOp::OfflinePush {
+                owner: "b@x.example".into(),
+                stanza: format!("<message id='{id}'/>"),
+                stamp_ms: 1,
+                limit: usize::MAX,
+                id: Some(id),
+            }]
+        };
+        let ack = |id: i64| {
+            vec![WriteOp::OfflineDelete {
+                owner: "b@x.example".into(),
+                ids: vec![id],
+            }]
+        };
+        let store = store_holding(Duration::from_millis(1), Duration::from_secs(60));
+        let r1 = store.offline_reserve_id().unwrap();
+        let before = store.commit_count();
+        store.write_batch_lazy(held(r1), done(&tx, 1));
+        // Many lingers later, still queued (with a 4 ms linger for held copies too, it was
+        // written by now, and the acknowledgement below became a delete).
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(rx.try_recv().is_err(), "a held copy was let go early");
+        assert_eq!(
+            store.commit_count(),
+            before,
+            "a held copy was committed early"
+        );
+        store.write_batch_lazy(ack(r1), done(&tx, 2));
+        // The acknowledgement is done at once: it had nothing left to delete.
+        let (n, o) = rx.recv_timeout(Duration::from_secs(20)).unwrap();
+        assert_eq!(n, 2);
+        assert!(matches!(o[..], [Ok(None)]), "{o:?}");
+        assert_eq!(
+            store.commit_count(),
+            before,
+            "an acknowledgement was committed"
+        );
+
+        // A waited write takes the held copies with it: the cancelled one unwritten, the other
+        // written.
+        let r2 = store.offline_reserve_id().unwrap();
+        store.write_batch_lazy(held(r2), done(&tx, 3));
+        store.write_batch(Vec::new(), done(&tx, 4));
+        let mut got: Vec<(i64, Vec<WriteOutcome>)> = (0..3)
+            .map(|_| rx.recv_timeout(Duration::from_secs(20)).unwrap())
+            .collect();
+        got.sort_by_key(|(n, _)| *n);
+        assert_eq!(got.iter().map(|(n, _)| *n).collect::<Vec<_>>(), [1, 3, 4]);
+        assert!(
+            matches!(got[0].1[..], [Ok(Some(id))] if id == r1),
+            "{got:?}"
+        );
+        assert!(
+            matches!(got[1].1[..], [Ok(Some(id))] if id == r2),
+            "{got:?}"
+        );
+        assert_eq!(
+            highest_written(&store),
+            r2,
+            "the acknowledged copy was written"
+        );
+        assert_eq!(store.offline_kept("b@x.example", &[r1, r2]).unwrap(), [r2]);
+
+        // Nobody acknowledges, nobody waits: written once due.
+        let store = store_holding(Duration::from_millis(1), Duration::from_millis(100));
+        let r3 = store.offline_reserve_id().unwrap();
+        let queued = Instant::now();
+        store.write_batch_lazy(held(r3), done(&tx, 5));
+        let (n, o) = rx.recv_timeout(Duration::from_secs(20)).unwrap();
+        assert_eq!(n, 5);
+        assert!(matches!(o[..], [Ok(Some(id))] if id == r3), "{o:?}");
+        assert!(
+            queued.elapsed() >= Duration::from_millis(100),
+            "let go before due"
+        );
+        assert_eq!(store.offline_kept("b@x.example", &[r3]).unwrap(), [r3]);
+        // The writer counts a commit after it answered: let the count catch up.
+        std::thread::sleep(Duration::from_millis(50));
+
+        // Acknowledged while held, nobody waiting: done when due, and never written.
+        let r4 = store.offline_reserve_id().unwrap();
+        let before = store.commit_count();
+        store.write_batch_lazy(held(r4), done(&tx, 6));
+        store.write_batch_lazy(ack(r4), done(&tx, 7));
+        let mut got: Vec<i64> = (0..2)
+            .map(|_| rx.recv_timeout(Duration::from_secs(20)).unwrap().0)
+            .collect();
+        got.sort();
+        assert_eq!(got, [6, 7]);
+        // (Before reading: the in-memory store reads through its writer, a commit each.)
+        assert_eq!(
+            store.commit_count(),
+            before,
+            "cancelled copies cost a commit"
+        );
+        assert_eq!(
+            highest_written(&store),
+            r3,
+            "the acknowledged copy was written"
         );
     }
 

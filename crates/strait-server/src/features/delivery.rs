@@ -169,13 +169,14 @@ impl Writes {
         Some(self.queue(state, None))
     }
 
-    /// Queues what was collected with `hold` (a copy held under the reserved row id `id`)
-    /// last, as writes nobody waits for: the store may hold them back a few milliseconds so
-    /// that they share a commit with other messages' writes. The returned future tells
-    /// whether the hold was written, once it is committed; a failure is logged and
-    /// remembered ([`FailedHolds`]) whether anybody waits or not. The bool is true when the
-    /// store's writer is far behind ([`crate::server::MAX_DETACHED_WRITES`]): the batch was
-    /// queued as one somebody waits for, and the caller must wait (backpressure).
+    /// Queues `hold` (a copy held under the reserved row id `id`) on its own, as a write
+    /// nobody waits for: the store holds such copies back for a while, so that the client's
+    /// acknowledgement cancels most of them unwritten (what was collected with `push` goes
+    /// first, with [`Writes::queue_detached`]). The returned future tells whether the hold
+    /// was written (or cancelled), once it is; a failure is logged and remembered
+    /// ([`FailedHolds`]) whether anybody waits or not. The bool is true when too many holds
+    /// are already pending ([`crate::server::MAX_HELD_WRITES`]): the hold was queued as a
+    /// write somebody waits for, and the caller must wait (backpressure).
     fn queue_hold(
         &mut self,
         state: &ServerState,
@@ -183,9 +184,6 @@ impl Writes {
         id: i64,
         bare: &str,
     ) -> (impl Future<Output = bool> + Send + 'static, bool) {
-        let mut ops = std::mem::take(&mut self.ops);
-        ops.push(hold);
-        let owners = archive_owners(&ops);
         let (tx, rx) = tokio::sync::oneshot::channel();
         let failed = Arc::clone(&state.failed_holds);
         let account = bare.to_owned();
@@ -202,13 +200,12 @@ impl Writes {
                     false
                 }
             };
-            log_archive_outcomes(owners, outcomes);
             let _ = tx.send(written);
         });
-        let wait = match state.queue_detached(ops, done) {
+        let wait = match state.queue_held(hold, done) {
             None => false,
-            Some((ops, done)) => {
-                state.store.write_batch(ops, done);
+            Some((op, done)) => {
+                state.store.write_batch(vec![op], done);
                 true
             }
         };
@@ -338,14 +335,24 @@ async fn send_message(
         *slot = Some(id);
     }
     // Queued before delivery: a client's acknowledgement, which deletes the row, is queued
-    // behind it.
+    // behind it. The archive copies first, on their own: held copies are held back.
+    let committed = writes.queue_detached(state);
     let (written, wait) = writes.queue_hold(state, hold, id, bare);
     let resources: Vec<String> = targets
         .into_iter()
         .filter(|r| r.send_durable(stanza.clone(), id))
         .map(|r| r.resource.clone())
         .collect();
+    if let Some(committed) = committed {
+        committed.await;
+    }
     if resources.is_empty() || wait {
+        if !wait {
+            // Nobody took it: the stored copy is all there is, and the sender hears back
+            // once it is on disk, now (a write somebody waits for takes the held-back
+            // copies with it), not once the store would have let it go.
+            state.store_barrier().await;
+        }
         let stored = written.await;
         return Delivered { resources, stored };
     }

@@ -94,6 +94,7 @@ pub struct Metrics {
     providers: Family<StatusLabel, Gauge>,
     consent_cache: Gauge,
     store_queue: Gauge,
+    held_queue: Gauge,
     rss: Gauge,
     open_fds: Gauge,
     start_time: Gauge,
@@ -168,10 +169,19 @@ impl Metrics {
         r.register(
             "strait_store_write_batches_queued",
             format!(
-                "Write batches nobody waits for (archive copies, copies held for clients that acknowledge) queued for the store and not committed yet; past {}, senders wait for their commits",
+                "Write batches nobody waits for (archive copies, deletions) queued for the store and not committed yet; past {}, senders wait for their commits",
                 crate::server::MAX_DETACHED_WRITES
             ),
             store_queue.clone(),
+        );
+        let held_queue = Gauge::default();
+        r.register(
+            "strait_store_held_copies_queued",
+            format!(
+                "Copies of delivered messages held for clients that acknowledge, queued for the store (held back about 50 ms, most then cancelled by the acknowledgement) and not committed or cancelled yet; past {}, senders wait for their commits",
+                crate::server::MAX_HELD_WRITES
+            ),
+            held_queue.clone(),
         );
         let rss = Gauge::default();
         r.register(
@@ -213,6 +223,7 @@ impl Metrics {
             providers,
             consent_cache,
             store_queue,
+            held_queue,
             rss,
             open_fds,
             start_time,
@@ -295,6 +306,7 @@ impl Metrics {
         }
         self.consent_cache.set(state.interop.consents.len() as i64);
         self.store_queue.set(state.detached_writes() as i64);
+        self.held_queue.set(state.held_writes() as i64);
         self.rss.set(resident_bytes().unwrap_or(0) as i64);
         self.open_fds.set(open_fds().unwrap_or(0) as i64);
         let _ = &self.start_time;
