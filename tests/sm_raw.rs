@@ -547,3 +547,52 @@ async fn a_large_backlog_is_handed_on_without_disconnecting_the_other_device() {
     assert!(missing.is_empty(), "never reached alice: {missing:?}");
     t.stop().await;
 }
+
+/// The server asks for acknowledgements once for several stanzas, not after each (it did,
+/// in the same write as each): a lone message is written without a request, which follows on
+/// its own shortly after (20 ms); four messages at once are written with one.
+#[tokio::test]
+async fn ack_requests_cover_several_stanzas() {
+    let t = TestServer::start(|_| {}).await;
+    let (mut a, mut b) = t.alice_and_bob().await;
+    a.send(&format!("<enable xmlns='{SM}'/>")).await;
+    a.expect_element(&["<enabled"]).await;
+    // What came before (bob's presence), asked for and answered.
+    let mut handled = 0u32;
+    while let Ok(el) = tokio::time::timeout(QUIET, a.next_element()).await {
+        if el.starts_with("<r ") {
+            a.send(&format!("<a xmlns='{SM}' h='{handled}'/>")).await;
+        } else {
+            handled += 1;
+        }
+    }
+
+    chat(&mut b, "alice@localhost", "lone").await;
+    a.expect_element(&[">lone</body>"]).await;
+    handled += 1;
+    assert!(
+        !a.buffer.contains("<r "),
+        "a request in the same write: {}",
+        a.buffer
+    );
+    a.expect_element(&["<r xmlns='urn:xmpp:sm:3'/>"]).await;
+    a.send(&format!("<a xmlns='{SM}' h='{handled}'/>")).await;
+
+    let four: String = (0..4)
+        .map(|n| {
+            format!(
+                "<message to='alice@localhost' type='chat' id='f{n}'><body>f{n}</body></message>"
+            )
+        })
+        .collect();
+    b.send(&four).await;
+    for n in 0..4 {
+        a.expect_element(&[&format!(">f{n}</body>")]).await;
+        handled += 1;
+    }
+    a.expect_element(&["<r xmlns='urn:xmpp:sm:3'/>"]).await;
+    a.send(&format!("<a xmlns='{SM}' h='{handled}'/>")).await;
+    // All acknowledged: nothing more is asked.
+    a.expect_silence("<r ", QUIET).await;
+    t.stop().await;
+}

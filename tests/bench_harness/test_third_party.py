@@ -52,7 +52,12 @@ def test_a_tiny_run_reports_both_modes_side_by_side(tmp_path):
         assert len(row) == 10, row
         ratio = float(row[9].rstrip("*"))
         assert 0.2 < ratio < 5, row
-    assert "note:" not in r.stdout, r.stdout  # nothing lost, refused or late
+    # Nothing lost, refused or failed. Lateness is not asserted: a 1 s run of a debug build on
+    # a shared 2-core machine falls behind whenever something else runs (CI once saw sends
+    # held back 21 ms at 200 msg/s while a build ran), and the note then says so.
+    notes = [l for l in r.stdout.splitlines() if l.strip().startswith("note:")]
+    for bad in ("lost", "refused", "ERROR", "delivered"):
+        assert not any(bad in n for n in notes), r.stdout
     assert (out / "table.txt").read_text().startswith("rate msg/s")
 
     for rate in (100, 200):

@@ -25,6 +25,8 @@ use tokio::time::Instant;
 const OUT_KEEP: usize = 0;
 /// How long a write to the client may block before the client is considered dead.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// An XEP-0198 ack request.
+const REQUEST: &str = "<r xmlns='urn:xmpp:sm:3'/>";
 
 pub async fn serve_connection(
     state: Arc<ServerState>,
@@ -460,7 +462,14 @@ impl Connection {
     fn wake_at(&self) -> Instant {
         let deadline = self.deadline();
         let wake = self.resume_reading_at.map_or(deadline, |r| r.min(deadline));
-        self.ack_late_at().map_or(wake, |a| a.min(wake))
+        let wake = self.ack_late_at().map_or(wake, |a| a.min(wake));
+        if self.closing {
+            return wake;
+        }
+        self.sm
+            .as_ref()
+            .and_then(StreamState::request_due)
+            .map_or(wake, |r| r.min(wake))
     }
 
     /// When the outstanding acknowledgement counts as late and the account's push services
@@ -515,24 +524,23 @@ impl Connection {
         self.closing = true;
     }
 
-    /// Whether `flush` has anything to do: bytes to write, or an ack request to add.
+    /// Whether `flush` has anything to do: bytes to write, or an ack request due on its own.
     fn wants_flush(&self) -> bool {
         !self.out.is_empty()
-            || self
-                .sm
-                .as_ref()
-                .is_some_and(|sm| !self.closing && sm.wants_request())
+            || self.sm.as_ref().is_some_and(|sm| {
+                !self.closing && sm.request_due().is_some_and(|due| Instant::now() >= due)
+            })
     }
 
     async fn flush(&mut self) -> std::io::Result<()> {
         if let Some(sm) = &mut self.sm
             && !self.closing
-            && sm.wants_request()
         {
-            self.out
-                .extend_from_slice(format!("<r xmlns='{}'/>", sm::NS).as_bytes());
-            sm.requested = Some(Instant::now());
-            sm.ack_push_sent = false;
+            let now = Instant::now();
+            if sm.wants_request(now) {
+                self.out.extend_from_slice(REQUEST.as_bytes());
+                sm.requesting(now);
+            }
         }
         if self.out.is_empty() {
             return Ok(());
@@ -638,7 +646,11 @@ impl Connection {
                 }
                 _ = &mut timer => {
                     let now = Instant::now();
-                    if self.ack_late_at().is_some_and(|a| now >= a) {
+                    if self.sm.as_ref().and_then(StreamState::request_due).is_some_and(|d| now >= d) {
+                        // An ack request due on its own: the flush at the top of the loop
+                        // sends it, and the timer is set again there, for what comes next.
+                        armed = now + Duration::from_secs(365 * 86_400);
+                    } else if self.ack_late_at().is_some_and(|a| now >= a) {
                         self.ack_is_late();
                         armed = self.wake_at();
                         timer.as_mut().reset(armed);
