@@ -580,6 +580,8 @@ impl Connection {
         // when it must be, never later: a deadline that moved on (a read) is found when the
         // timer fires, and the timer is set again.
         let mut armed = self.wake_at();
+        // Whether the timer is set for an ack request due on its own.
+        let mut request_armed = false;
         let timer = tokio::time::sleep_until(armed);
         tokio::pin!(timer);
         loop {
@@ -596,10 +598,13 @@ impl Connection {
             }
             let reading = self.resume_reading_at.is_none();
             let wake = self.wake_at();
-            if wake < armed {
+            // Also later, when it was set for an ack request a write has carried since:
+            // moving a timer costs less than a wake-up for nothing.
+            if wake < armed || (request_armed && wake > armed) {
                 armed = wake;
                 timer.as_mut().reset(armed);
             }
+            request_armed = self.sm.as_ref().and_then(StreamState::request_due) == Some(armed);
             tokio::select! {
                 biased;
                 _ = &mut shutdown, if !shutdown_seen => {

@@ -23,22 +23,25 @@ pub const NS: &str = "urn:xmpp:sm:3";
 /// The stream feature advertised after authentication.
 pub const FEATURE: &str = "<sm xmlns='urn:xmpp:sm:3'/>";
 
-/// How many stanzas sent since the last `<r/>` make the next write carry one.
-pub const REQUEST_EVERY: u32 = 4;
-/// How long the oldest stanza sent since the last `<r/>` waits before the next write carries
-/// one (whatever their number) ...
-pub const REQUEST_WITH_WRITE_AFTER: std::time::Duration = std::time::Duration::from_millis(10);
-/// ... and before one is sent on its own, when nothing else is written.
+/// The least time between two `<r/>`s: within it, stanzas are written without one, and the
+/// next write after it carries one ...
+pub const REQUEST_GAP: std::time::Duration = std::time::Duration::from_millis(25);
+/// ... or, when nothing more is written, one goes on its own this long after the first
+/// stanza written without one.
 ///
-/// Requesting an acknowledgement after every stanza (as this server did) costs the client a
-/// write and the server a read, a wake-up and a parse for each stanza it delivers: a third of
-/// what stream management cost both sides at 32,000 msg/s on a loopback benchmark, where the
-/// acknowledgement came back before the next stanza and so every stanza had a request of its
-/// own. Requests that cover several stanzas cost that once for all of them; a request is
-/// still never more than 20 ms behind a stanza, far within the time the store holds a
-/// delivered message's copy back for its acknowledgement (`strait_store::sqlite`'s `HOLD`,
-/// 50 ms), and the late-acknowledgement push (`ack_push_secs`) counts from the request.
-pub const REQUEST_AFTER: std::time::Duration = std::time::Duration::from_millis(20);
+/// A request goes with every write (it costs nothing there) unless one went out less than
+/// [`REQUEST_GAP`] ago. On a connection that gets a stanza now and then that is a request
+/// per stanza, in the stanza's own write, as before. On a busy one (a stanza every few
+/// milliseconds, where the answer used to come back before the next stanza and so every
+/// stanza had a request of its own, and its client a write and the server a read, a wake-up
+/// and a parse for each) it is one request for every 25 ms of stanzas, in writes that are
+/// made anyway. A request on its own is a write of its own, and answered like any other:
+/// sent soon after a stanza written without one, it made a busy connection's requests no
+/// fewer and its writes half as many again (stanzas 25 ms apart, by hand); so it waits a
+/// second, for the stanza that ends a burst. That stanza's copy may be written to disk
+/// meanwhile (the store holds copies back 50 ms for their acknowledgement); the
+/// late-acknowledgement push (`ack_push_secs`) counts from the request.
+pub const REQUEST_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A stanza sent to the client and not yet acknowledged.
 #[derive(Debug, Clone)]
@@ -66,9 +69,9 @@ pub struct StreamState {
     pub unacked: VecDeque<Unacked>,
     /// When the outstanding `<r/>` was sent, if one is.
     pub requested: Option<tokio::time::Instant>,
-    /// Stanzas sent since the last `<r/>` (no request covers them yet) ...
-    pub unrequested: u32,
-    /// ... and when the first of them was sent.
+    /// When the last `<r/>` was sent.
+    pub last_request: Option<tokio::time::Instant>,
+    /// When the first stanza no request covers yet was sent, if there is one.
     pub unrequested_since: Option<tokio::time::Instant>,
     /// Whether the account's push services were told of this request's delay (XEP-0357).
     pub ack_push_sent: bool,
@@ -83,7 +86,6 @@ impl StreamState {
     pub fn sent(&mut self, stanza: Stanza, durable: Option<i64>) {
         self.sent = self.sent.wrapping_add(1);
         self.unacked.push_back(Unacked { stanza, durable });
-        self.unrequested += 1;
         if self.unrequested_since.is_none() {
             self.unrequested_since = Some(tokio::time::Instant::now());
         }
@@ -128,25 +130,23 @@ impl StreamState {
             .collect();
         if self.unacked.is_empty() {
             // Acknowledged unasked: nothing is left to ask about.
-            self.unrequested = 0;
             self.unrequested_since = None;
         }
         Ok(ids)
     }
 
     /// Whether an `<r/>` should go with the write about to be made, at `now`: none is
-    /// outstanding, and the stanzas no request covers yet are [`REQUEST_EVERY`] or more, or
-    /// the first of them was sent [`REQUEST_WITH_WRITE_AFTER`] ago.
+    /// outstanding, a stanza is not covered by one yet, and the last went out at least
+    /// [`REQUEST_GAP`] ago.
     pub fn wants_request(&self, now: tokio::time::Instant) -> bool {
         self.requested.is_none()
+            && self.unrequested_since.is_some()
             && !self.unacked.is_empty()
-            && (self.unrequested >= REQUEST_EVERY
-                || self
-                    .unrequested_since
-                    .is_some_and(|t| now >= t + REQUEST_WITH_WRITE_AFTER))
+            && self.last_request.is_none_or(|t| now >= t + REQUEST_GAP)
     }
 
-    /// When an `<r/>` is due on its own, nothing else being written ([`REQUEST_AFTER`]).
+    /// When an `<r/>` is due on its own, nothing else being written ([`REQUEST_AFTER`]):
+    /// only for stanzas written without one.
     pub fn request_due(&self) -> Option<tokio::time::Instant> {
         if self.requested.is_some() || self.unacked.is_empty() {
             return None;
@@ -157,8 +157,8 @@ impl StreamState {
     /// An `<r/>` is being sent at `now`: it covers every stanza sent so far.
     pub fn requesting(&mut self, now: tokio::time::Instant) {
         self.requested = Some(now);
+        self.last_request = Some(now);
         self.ack_push_sent = false;
-        self.unrequested = 0;
         self.unrequested_since = None;
     }
 }
@@ -316,47 +316,50 @@ mod tests {
         assert_eq!(sm.ack(4), Ok(vec![40]));
     }
 
-    /// An ack request covers several stanzas: it goes with a write once four stanzas or
-    /// 10 ms have gone out since the last one, and on its own 20 ms after the first of them;
+    /// A request goes with every write unless one went out less than 25 ms ago; a stanza
+    /// written without one is asked about with the next write after the gap, or a second
+    /// after on its own;
     /// none while one is outstanding, none when the client acknowledged everything unasked.
     #[test]
-    fn ack_requests_cover_several_stanzas() {
+    fn ack_requests_are_at_most_one_per_gap() {
         let mut sm = StreamState::default();
-        let start = tokio::time::Instant::now();
+        let t0 = tokio::time::Instant::now();
+        assert!(!sm.wants_request(t0), "nothing sent");
         assert_eq!(sm.request_due(), None);
         sm.sent(stanza(1), None);
-        let since = sm.unrequested_since.unwrap();
-        assert!(since >= start);
-        sm.sent(stanza(2), None);
-        sm.sent(stanza(3), None);
-        assert!(!sm.wants_request(since), "three stanzas, no time");
-        assert!(sm.wants_request(since + REQUEST_WITH_WRITE_AFTER));
-        assert_eq!(sm.request_due(), Some(since + REQUEST_AFTER));
-        sm.sent(stanza(4), None);
-        assert!(sm.wants_request(since), "four stanzas");
-
-        sm.requesting(since);
         assert!(
-            !sm.wants_request(since + REQUEST_AFTER),
-            "one is outstanding"
+            sm.wants_request(t0),
+            "the first request goes with the write"
         );
-        assert_eq!(sm.request_due(), None);
-        for n in 5..9 {
-            sm.sent(stanza(n), None);
-        }
-        assert!(
-            !sm.wants_request(since + REQUEST_AFTER),
-            "one is outstanding"
-        );
-        assert_eq!(sm.request_due(), None);
-        // The answer covers the first four: the next four are due a request of their own.
-        assert_eq!(sm.ack(4), Ok(vec![]));
+        sm.requesting(t0);
+        assert!(!sm.wants_request(t0 + REQUEST_AFTER), "one is outstanding");
+        assert_eq!(sm.ack(1), Ok(vec![]));
         sm.requested = None;
-        assert!(sm.wants_request(tokio::time::Instant::now()));
-        assert!(sm.request_due().is_some());
-        // Everything acknowledged unasked: nothing to ask about.
-        assert_eq!(sm.ack(8), Ok(vec![]));
-        assert!(!sm.wants_request(since + REQUEST_AFTER * 10));
+        assert_eq!(sm.request_due(), None, "everything acknowledged");
+
+        // A stanza soon after the last request: written without one, asked about later.
+        sm.sent(stanza(2), None);
+        let since = sm.unrequested_since.unwrap();
+        assert!(!sm.wants_request(t0 + REQUEST_GAP / 2));
+        assert!(sm.wants_request(t0 + REQUEST_GAP));
+        assert_eq!(sm.request_due(), Some(since + REQUEST_AFTER));
+        sm.sent(stanza(3), None);
+        assert_eq!(
+            sm.request_due(),
+            Some(since + REQUEST_AFTER),
+            "from the first"
+        );
+        sm.requesting(t0 + REQUEST_GAP);
+        assert_eq!(sm.request_due(), None);
+        assert_eq!(sm.ack(3), Ok(vec![]));
+        sm.requested = None;
+
+        // A stanza long after the last request goes with one at once.
+        sm.sent(stanza(4), None);
+        assert!(sm.wants_request(t0 + REQUEST_GAP * 3));
+        // Acknowledged unasked: nothing to ask about.
+        assert_eq!(sm.ack(4), Ok(vec![]));
+        assert!(!sm.wants_request(t0 + REQUEST_GAP * 3));
         assert_eq!(sm.request_due(), None);
     }
 
