@@ -634,12 +634,9 @@ impl Server {
 mod tests {
     use super::*;
 
-    /// Writes nobody waits for are bounded: while the store's writer cannot commit (another
-    /// connection holds the database's write lock), `MAX_DETACHED_WRITES` batches are taken and
-    /// the next is handed back for its caller to wait on; once the writer commits, every
-    /// callback has run and the count is back to zero.
-    #[tokio::test]
-    async fn detached_writes_are_bounded() {
+    /// A server on loopback ports chosen by the system, no upload listener; its data
+    /// directory (kept while the test runs) and its database file.
+    async fn start_on_loopback() -> (tempfile::TempDir, std::path::PathBuf, Server) {
         let dir = tempfile::tempdir().unwrap();
         let mut config = Config {
             data_dir: dir.path().join("data"),
@@ -651,6 +648,16 @@ mod tests {
         config.upload.listen = Vec::new();
         let db = config.store_path();
         let server = Server::start(config).await.unwrap();
+        (dir, db, server)
+    }
+
+    /// Writes nobody waits for are bounded: while the store's writer cannot commit (another
+    /// connection holds the database's write lock), `MAX_DETACHED_WRITES` batches are taken and
+    /// the next is handed back for its caller to wait on; once the writer commits, every
+    /// callback has run and the count is back to zero.
+    #[tokio::test]
+    async fn detached_writes_are_bounded() {
+        let (_dir, db, server) = start_on_loopback().await;
         let state = server.state().clone();
 
         let blocker = rusqlite::Connection::open(&db).unwrap();
@@ -686,17 +693,7 @@ mod tests {
     /// for its caller to wait on, and a barrier (a write somebody waits for) lets them all go.
     #[tokio::test]
     async fn held_writes_are_bounded() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut config = Config {
-            data_dir: dir.path().join("data"),
-            domains: vec!["example.test".into()],
-            ..Config::default()
-        };
-        config.listen.c2s = vec!["127.0.0.1:0".parse().unwrap()];
-        config.listen.c2s_direct_tls = Vec::new();
-        config.upload.listen = Vec::new();
-        let db = config.store_path();
-        let server = Server::start(config).await.unwrap();
+        let (_dir, db, server) = start_on_loopback().await;
         let state = server.state().clone();
         // Nothing due gets written meanwhile (queueing them takes longer than holding one).
         let blocker = rusqlite::Connection::open(&db).unwrap();

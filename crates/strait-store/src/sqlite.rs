@@ -3700,6 +3700,30 @@ mod linger_tests {
         store.commit_count() - before
     }
 
+    /// A copy held for b@x.example under the reserved id `id`.
+    fn held(id: i64) -> Vec<WriteOp> {
+        vec![WriteOp::OfflinePush {
+            owner: "b@x.example".into(),
+            stanza: format!("<message id='{id}'/>"),
+            stamp_ms: 1,
+            limit: usize::MAX,
+            id: Some(id),
+        }]
+    }
+
+    /// `owner`'s acknowledgement of `id`.
+    fn delete(owner: &str, id: i64) -> Vec<WriteOp> {
+        vec![WriteOp::OfflineDelete {
+            owner: owner.into(),
+            ids: vec![id],
+        }]
+    }
+
+    /// b@x.example's acknowledgement of `id`.
+    fn ack(id: i64) -> Vec<WriteOp> {
+        delete("b@x.example", id)
+    }
+
     fn done(tx: &mpsc::Sender<(i64, Vec<WriteOutcome>)>, n: i64) -> WriteDone {
         let tx = tx.clone();
         Box::new(move |o| tx.send((n, o)).unwrap())
@@ -3756,21 +3780,6 @@ mod linger_tests {
     fn a_delete_cancels_a_reserved_row_still_queued() {
         let store = store_with(Duration::from_secs(60));
         let (tx, rx) = mpsc::channel();
-        let held = |id: i64| {
-            vec![WriteOp::OfflinePush {
-                owner: "b@x.example".into(),
-                stanza: format!("<message id='{id}'/>"),
-                stamp_ms: 1,
-                limit: usize::MAX,
-                id: Some(id),
-            }]
-        };
-        let delete = |owner: &str, id: i64| {
-            vec![WriteOp::OfflineDelete {
-                owner: owner.into(),
-                ids: vec![id],
-            }]
-        };
         let r1 = store.offline_reserve_id().unwrap();
         let r2 = store.offline_reserve_id().unwrap();
         store.write_batch_lazy(held(r1), done(&tx, 1));
@@ -3836,21 +3845,6 @@ mod linger_tests {
     #[test]
     fn held_copies_are_held_back_until_acknowledged_or_due() {
         let (tx, rx) = mpsc::channel();
-        let held = |id: i64| {
-            vec![WriteOp::OfflinePush {
-                owner: "b@x.example".into(),
-                stanza: format!("<message id='{id}'/>"),
-                stamp_ms: 1,
-                limit: usize::MAX,
-                id: Some(id),
-            }]
-        };
-        let ack = |id: i64| {
-            vec![WriteOp::OfflineDelete {
-                owner: "b@x.example".into(),
-                ids: vec![id],
-            }]
-        };
         let store = store_holding(Duration::from_millis(1), Duration::from_secs(60));
         let r1 = store.offline_reserve_id().unwrap();
         let before = store.commit_count();
