@@ -566,6 +566,9 @@ pub struct SqliteStore {
     writer_thread: std::thread::Thread,
     /// Writes nobody waits for queued so far (which of them wakes the writer).
     lazy_queued: AtomicUsize,
+    /// Set while the writer waits only for held copies to come due ([`HOLD`]): the next
+    /// other write nobody waits for wakes it, to be committed within its linger as before.
+    holding: Arc<AtomicBool>,
     /// The checkpoint thread of a file store and the channel that stops it.
     checkpointer: Mutex<Option<(mpsc::Sender<()>, JoinHandle<()>)>>,
     /// Open read connections; `None` for the in-memory variant.
@@ -845,6 +848,8 @@ impl SqliteStore {
         let waited = Arc::new(AtomicUsize::new(0));
         let waiting = Arc::clone(&waited);
         let ids = Arc::clone(&offline_ids);
+        let holding = Arc::new(AtomicBool::new(false));
+        let writer_holding = Arc::clone(&holding);
         let thread = std::thread::Builder::new()
             .name("strait-store-writer".into())
             .spawn(move || {
@@ -854,6 +859,7 @@ impl SqliteStore {
                     ids: &ids,
                     linger,
                     hold,
+                    holding: &writer_holding,
                 };
                 writer_loop(conn, rx, &writer, &reset_wal)
             })
@@ -863,6 +869,7 @@ impl SqliteStore {
             writer_thread: thread.thread().clone(),
             thread: Mutex::new(Some(thread)),
             lazy_queued: AtomicUsize::new(0),
+            holding,
             checkpointer: Mutex::new(None),
             readers,
             closed: AtomicBool::new(false),
@@ -961,11 +968,13 @@ impl SqliteStore {
         // A lingering writer is parked, not waiting on the channel: a send does not wake it
         // (a wake-up, on both threads, for every message's write was the largest cost of
         // writes nobody waits for). When it is waiting on the channel, the send woke it and
-        // this is a no-op. Held copies wake it never: it takes them when they are due.
+        // this is a no-op. Held copies wake it never: it takes them when they are due; the
+        // first other lazy write does while it waits only for those.
         if !lazy
             || (!is_held
-                && (self.lazy_queued.fetch_add(1, Ordering::Relaxed) + 1)
-                    .is_multiple_of(LINGER_JOBS))
+                && (self.holding.swap(false, Ordering::SeqCst)
+                    || (self.lazy_queued.fetch_add(1, Ordering::Relaxed) + 1)
+                        .is_multiple_of(LINGER_JOBS)))
         {
             self.writer_thread.unpark();
         }
@@ -1137,6 +1146,8 @@ struct Writer<'a> {
     linger: Duration,
     /// How long held copies are held back ([`HOLD`]).
     hold: Duration,
+    /// [`SqliteStore::holding`].
+    holding: &'a AtomicBool,
 }
 
 fn writer_loop(conn: Connection, rx: mpsc::Receiver<BoxedJob>, w: &Writer, reset_wal: &AtomicBool) {
@@ -1182,10 +1193,24 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<BoxedJob>, w: &Writer, reset
                 Err(mpsc::TryRecvError::Empty) => {
                     let due = held_due_in(&held, w.hold);
                     let wait = archive_log_due_in().map_or(due, |a| a.min(due));
-                    if !wait.is_zero() {
-                        std::thread::park_timeout(wait);
-                    }
-                    None
+                    // Said before looking again, so that a write queued in between either is
+                    // found or wakes the park.
+                    w.holding.store(true, Ordering::SeqCst);
+                    let job = match rx.try_recv() {
+                        Ok(job) => Some(job),
+                        Err(mpsc::TryRecvError::Disconnected) => {
+                            open = false;
+                            None
+                        }
+                        Err(mpsc::TryRecvError::Empty) => {
+                            if !wait.is_zero() {
+                                std::thread::park_timeout(wait);
+                            }
+                            None
+                        }
+                    };
+                    w.holding.store(false, Ordering::SeqCst);
+                    job
                 }
             }
         };
@@ -3931,6 +3956,26 @@ mod linger_tests {
             r3,
             "the acknowledged copy was written"
         );
+    }
+
+    /// Other writes nobody waits for (archive copies) are not held back with the held
+    /// copies: a writer that waits only for held copies to come due is woken by the first,
+    /// which is committed within its linger (it waited for the held copies' 60 s before).
+    #[test]
+    fn other_lazy_writes_are_not_held_back_with_held_copies() {
+        let store = store_holding(Duration::from_millis(1), Duration::from_secs(60));
+        let (tx, rx) = mpsc::channel();
+        let r1 = store.offline_reserve_id().unwrap();
+        store.write_batch_lazy(held(r1), done(&tx, 1));
+        // The writer has taken it and waits for it to come due.
+        std::thread::sleep(Duration::from_millis(50));
+        store.write_batch_lazy(push(2), done(&tx, 2));
+        let (n, o) = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("held back with the held copy");
+        assert_eq!(n, 2);
+        assert!(o[0].is_ok(), "{o:?}");
+        assert!(rx.try_recv().is_err(), "the held copy was let go early");
     }
 
     /// A lazy write alone is committed once its linger is over, and enough of them are
