@@ -477,6 +477,55 @@ async fn a_held_copy_is_delivered_at_once_and_acknowledged_to_its_sender_once_du
     t.stop().await;
 }
 
+/// A held copy its recipient acknowledges while the store holds it back is never written, and
+/// its sender's count comes with that acknowledgement, not when the hold ends: with the hold
+/// (`stream_management.copy_hold_ms`) at ten minutes, bob's `<r/>` is answered short until
+/// alice acknowledges, and the full count follows at once. A copy nobody acknowledged is
+/// still stored when the session ends, and only that one comes back at the next login.
+#[tokio::test]
+async fn an_acknowledged_copy_settles_its_sender_at_once_and_is_never_written() {
+    let t = TestServer::start(|c| c.stream_management.copy_hold_ms = 600_000).await;
+    let (mut a, mut b) = t.alice_and_bob().await;
+    for c in [&mut a, &mut b] {
+        c.send(&format!("<enable xmlns='{SM}'/>")).await;
+        c.expect_element(&["<enabled"]).await;
+    }
+    chat(&mut b, "alice@localhost", "quick").await;
+    a.expect_element(&[">quick</body>"]).await;
+    assert_eq!(
+        ask_h(&mut b).await,
+        0,
+        "counted before its copy was stored or acknowledged"
+    );
+    a.send(&format!("<a xmlns='{SM}' h='1'/>")).await;
+    // Unasked, owed since the short answer (with the copy answered only when its hold ended,
+    // ten minutes later, this timed out).
+    let ack = b.expect_element(&["<a xmlns='urn:xmpp:sm:3'"]).await;
+    assert_eq!(between(&ack, "h='", "'"), "1", "{ack}");
+
+    chat(&mut b, "alice@localhost", "kept").await;
+    a.expect_element(&[">kept</body>"]).await;
+    a.send("</stream:stream>").await;
+    a.read_to_close().await;
+    // The session's end took the held copy of "kept" to disk: bob's count has it.
+    ask_h_until(&mut b, 2).await;
+    let db = rusqlite::Connection::open(t.config().store_path()).unwrap();
+    let stored: Vec<String> = db
+        .prepare("SELECT stanza FROM offline")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    assert!(stored[0].contains(">kept</body>"), "{stored:?}");
+    drop(db);
+    let mut a = login(&t, "alice@localhost", "pa", "a2").await;
+    a.expect_element(&[">kept</body>"]).await;
+    a.expect_silence(">quick</body>", QUIET).await;
+    t.stop().await;
+}
+
 /// A session that ends with many messages unacknowledged (a device that stopped reading)
 /// hands them on to the account's other device only as far as that device's queue has room,
 /// and the rest stay stored: pushed all at once they filled its queue, and the server

@@ -184,6 +184,14 @@ pub struct StreamManagementConfig {
     /// services (XEP-0357) are told, as for a session whose connection is known lost: a
     /// phone asleep behind a connection that still looks open gets woken. 0: never.
     pub ack_push_secs: u64,
+    /// Milliseconds the stored copy of a message delivered to a client that acknowledges
+    /// waits for the acknowledgement before it is written to disk: acknowledged within
+    /// them, the copy is never written (and the sender's acknowledgement comes at once).
+    /// Longer saves the disk the copies for clients on slow networks (a mobile round trip
+    /// is 100 to 300 ms), at the cost of memory for the copies still waiting and, for a
+    /// copy nobody acknowledges in time, of its sender's acknowledgement waiting that long.
+    /// At most 60,000.
+    pub copy_hold_ms: u64,
 }
 
 /// XEP-0313 message archives.
@@ -264,6 +272,7 @@ impl Default for StreamManagementConfig {
             resume_timeout_secs: 300,
             max_unacked: 1000,
             ack_push_secs: 30,
+            copy_hold_ms: strait_store::DEFAULT_HOLD.as_millis() as u64,
         }
     }
 }
@@ -462,6 +471,13 @@ impl Config {
                     "upload.public_url {url:?} must be an https:// URL"
                 )));
             }
+        }
+        if u128::from(self.stream_management.copy_hold_ms) > strait_store::MAX_HOLD.as_millis() {
+            return Err(ConfigError::Invalid(format!(
+                "stream_management.copy_hold_ms must be at most {} (ms), not {}",
+                strait_store::MAX_HOLD.as_millis(),
+                self.stream_management.copy_hold_ms
+            )));
         }
         if self.stream_management.enabled && self.stream_management.max_unacked < 10 {
             return Err(ConfigError::Invalid(
@@ -689,6 +705,27 @@ mod tests {
         let env = vec![("STRAIT__WORKERS".to_string(), "5000".to_string())];
         let e = Config::load(None, env).unwrap_err().to_string();
         assert!(e.contains("workers must be at most 1024"), "{e}");
+    }
+
+    #[test]
+    fn the_copy_hold_can_be_set_and_is_bounded() {
+        assert_eq!(
+            Config::load(None, Vec::new())
+                .unwrap()
+                .stream_management
+                .copy_hold_ms,
+            50
+        );
+        let env = |v: &str| {
+            vec![(
+                "STRAIT__STREAM_MANAGEMENT__COPY_HOLD_MS".to_string(),
+                v.to_string(),
+            )]
+        };
+        let c = Config::load(None, env("500")).unwrap();
+        assert_eq!(c.stream_management.copy_hold_ms, 500);
+        let e = Config::load(None, env("60001")).unwrap_err().to_string();
+        assert!(e.contains("copy_hold_ms must be at most 60000"), "{e}");
     }
 
     #[test]

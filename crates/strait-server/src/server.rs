@@ -96,10 +96,11 @@ pub const MAX_DETACHED_WRITES: usize = 2048;
 
 /// Most copies held for clients that acknowledge that may be queued for the store's writer
 /// with nobody waiting for them ([`ServerState::queue_held`]). The writer holds each back
-/// for a while (50 ms) so that acknowledgements cancel them unwritten: at 32,000 msg/s about
-/// 1,600 are pending at any time, which is why they are not counted against
-/// [`MAX_DETACHED_WRITES`]. Each is one message's text and a few hundred bytes besides: at
-/// most a few tens of megabytes.
+/// for a while (`stream_management.copy_hold_ms`, 50 ms by default) so that
+/// acknowledgements cancel them unwritten; one is pending until its acknowledgement comes or
+/// its hold ends: at 32,000 msg/s on loopback a few hundred to 1,600 at any time, which is
+/// why they are not counted against [`MAX_DETACHED_WRITES`]. Each is one message's text and
+/// a few hundred bytes besides: at most a few tens of megabytes.
 pub const MAX_HELD_WRITES: usize = 65_536;
 
 impl ServerState {
@@ -408,6 +409,7 @@ impl Server {
         store: Arc<SqliteStore>,
     ) -> Result<Server, ServerError> {
         let tls = tls::load(&config)?;
+        store.set_hold(Duration::from_millis(config.stream_management.copy_hold_ms));
         let (shutdown_tx, shutdown) = watch::channel(false);
         let a = &config.auth;
         let throttle = LoginThrottle::new(ThrottleConfig {

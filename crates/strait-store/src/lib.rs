@@ -39,7 +39,7 @@ pub use reports::{
     AbuseReport, Evidence, EvidenceMessage, ReportClosure, ReportCounts, ReportFilter,
     ReportReason, ReportStore,
 };
-pub use sqlite::SqliteStore;
+pub use sqlite::{HOLD as DEFAULT_HOLD, MAX_HOLD, SqliteStore};
 
 /// Result of every store operation.
 pub type Result<T> = std::result::Result<T, StoreError>;

@@ -55,11 +55,14 @@ const LINGER: Duration = Duration::from_millis(4);
 /// AMD host, `bench messages --sm`, 200 pairs, archive off).
 const LINGER_JOBS: usize = 128;
 /// How long the writer holds back a copy held for a client that acknowledges (a delivered
-/// message kept until the client says it has it), counted from when it was queued. Such a
-/// client acknowledges within a round trip, and an acknowledgement that finds the copy still
-/// queued cancels it: neither is written. The sender hears that its message is safe once
-/// the copy is committed or cancelled, so this much later at most.
-const HOLD: Duration = Duration::from_millis(50);
+/// message kept until the client says it has it), counted from when it was queued, unless
+/// [`SqliteStore::set_hold`] says otherwise. Such a client acknowledges within a round trip,
+/// and an acknowledgement that finds the copy still queued cancels it: neither is written,
+/// and the caller (the sender's XEP-0198 count) hears at once. A copy not acknowledged in
+/// time is written, and its caller hears once it is committed, so this much later at most.
+pub const HOLD: Duration = Duration::from_millis(50);
+/// The longest hold [`SqliteStore::set_hold`] takes (longer ones are cut to it).
+pub const MAX_HOLD: Duration = Duration::from_secs(60);
 /// Read connections kept in the pool (more are opened on demand, then dropped).
 const READ_POOL: usize = 4;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -469,9 +472,13 @@ trait WriteJob: Send {
     fn savepoint(&self) -> bool;
     /// Whether nobody waits for the commit ([`BatchWrite::write_batch_lazy`]).
     fn lazy(&self) -> bool;
+    /// Whether it is a barrier (an empty batch somebody waits for): what is read after it
+    /// must find every write queued before it, held copies too, which go with it.
+    fn barrier(&self) -> bool;
     /// For a batch of copies held for clients that acknowledge (nothing but pushes under
-    /// reserved ids, nobody waiting): when it was queued, and its row ids. The writer holds
-    /// such a batch back ([`HOLD`]), so that acknowledgements cancel most of them unwritten.
+    /// reserved ids, nobody waiting): when it is due, and its row ids. The writer holds such
+    /// a batch back until then ([`HOLD`]), so that acknowledgements cancel most of them
+    /// unwritten.
     fn held(&self) -> Option<(Instant, &[i64])>;
     /// Answers the caller once the batch's fate is known (`None` = committed).
     fn finish(self: Box<Self>, batch_err: Option<&StoreError>);
@@ -481,6 +488,7 @@ struct Job<T, F> {
     f: Option<F>,
     savepoint: bool,
     lazy: bool,
+    barrier: bool,
     held: Option<(Instant, Vec<i64>)>,
     result: Option<Result<T>>,
     reply: Reply<T>,
@@ -534,6 +542,10 @@ where
         self.lazy
     }
 
+    fn barrier(&self) -> bool {
+        self.barrier
+    }
+
     fn held(&self) -> Option<(Instant, &[i64])> {
         self.held.as_ref().map(|(at, ids)| (*at, ids.as_slice()))
     }
@@ -566,6 +578,9 @@ pub struct SqliteStore {
     writer_thread: std::thread::Thread,
     /// Writes nobody waits for queued so far (which of them wakes the writer).
     lazy_queued: AtomicUsize,
+    /// How long copies held for clients that acknowledge are held back, µs ([`HOLD`],
+    /// [`SqliteStore::set_hold`]).
+    hold_us: AtomicU64,
     /// Set while the writer waits only for held copies to come due ([`HOLD`]): the next
     /// other write nobody waits for wakes it, to be committed within its linger as before.
     holding: Arc<AtomicBool>,
@@ -602,8 +617,45 @@ struct OfflineIds {
 
 #[derive(Default)]
 struct QueuedRows {
-    pending: std::collections::HashMap<i64, String>,
+    pending: std::collections::HashMap<i64, PendingRow>,
     cancelled: std::collections::HashSet<i64>,
+}
+
+/// A row queued under a reserved id: its owner, and the held batch it belongs to, if any.
+struct PendingRow {
+    owner: String,
+    held: Option<Arc<HeldBatch>>,
+}
+
+/// A batch of held copies (pushes under reserved ids, nobody waiting for their commit): its
+/// rows, its ops and its caller's callback. Whichever comes first answers the callback: the
+/// writer once it ran the batch, or a delete that cancelled every row of it while the
+/// batch was held back ([`OfflineIds::cancel`]), so that a sender's acknowledgement
+/// (XEP-0198) waits for the recipient's acknowledgement only, not for the hold to end. The
+/// cancel drops the ops too (the stanzas): a batch held back costs memory only while a row
+/// of it may still be written.
+struct HeldBatch {
+    ids: Vec<i64>,
+    /// Taken by the writer to run them, or dropped by the cancel.
+    ops: Mutex<Option<Vec<WriteOp>>>,
+    done: Arc<Mutex<Option<WriteDone>>>,
+}
+
+impl HeldBatch {
+    /// What a held batch whose every row was cancelled reports: each push "stored" under
+    /// its id (as [`offline_push`] does for a cancelled row; the row is gone either way).
+    fn cancelled_outcomes(&self) -> Vec<WriteOutcome> {
+        self.ids.iter().map(|id| Ok(Some(*id))).collect()
+    }
+
+    /// Every row was cancelled: the ops go, and the caller hears now.
+    fn answer_cancelled(&self) {
+        drop(lock(&self.ops).take());
+        let done = lock(&self.done).take();
+        if let Some(done) = done {
+            done(self.cancelled_outcomes());
+        }
+    }
 }
 
 impl OfflineIds {
@@ -624,8 +676,8 @@ impl OfflineIds {
         self.next.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Notes rows of `ops` queued under reserved ids.
-    fn queue(&self, ops: &[WriteOp]) {
+    /// Notes rows of `ops` queued under reserved ids (the rows of `held`, when it is given).
+    fn queue(&self, ops: &[WriteOp], held: Option<&Arc<HeldBatch>>) {
         let mut rows = None;
         for op in ops {
             if let WriteOp::OfflinePush {
@@ -636,7 +688,13 @@ impl OfflineIds {
             {
                 rows.get_or_insert_with(|| lock(&self.queued))
                     .pending
-                    .insert(*id, owner.clone());
+                    .insert(
+                        *id,
+                        PendingRow {
+                            owner: owner.clone(),
+                            held: held.cloned(),
+                        },
+                    );
             }
         }
     }
@@ -647,25 +705,38 @@ impl OfflineIds {
     /// for company) so costs the disk nothing. Deletes go through here when they are queued,
     /// before the writer runs the insert: the writer is first in, first out, so a delete
     /// queued after an insert would have run after it.
-    fn cancel(&self, ops: &mut [WriteOp]) {
+    ///
+    /// Returns the held batches this left without a row to write, for the caller to answer
+    /// ([`HeldBatch::answer_cancelled`], outside this lock).
+    fn cancel(&self, ops: &mut [WriteOp]) -> Vec<Arc<HeldBatch>> {
+        let mut emptied: Vec<Arc<HeldBatch>> = Vec::new();
+        let mut rows = None;
         for op in ops {
             let WriteOp::OfflineDelete { owner, ids } = op else {
                 continue;
             };
-            let mut rows = lock(&self.queued);
+            let rows = rows.get_or_insert_with(|| lock(&self.queued));
             if rows.pending.is_empty() {
                 continue;
             }
             ids.retain(|id| {
-                if rows.pending.get(id) == Some(owner) {
-                    rows.pending.remove(id);
-                    rows.cancelled.insert(*id);
-                    false
-                } else {
-                    true
+                if rows.pending.get(id).is_none_or(|row| row.owner != *owner) {
+                    return true;
                 }
+                let row = rows.pending.remove(id).expect("looked up above");
+                rows.cancelled.insert(*id);
+                if let Some(batch) = row.held
+                    && !emptied.iter().any(|b| Arc::ptr_eq(b, &batch))
+                {
+                    emptied.push(batch);
+                }
+                false
             });
         }
+        if let Some(rows) = rows {
+            emptied.retain(|b| b.ids.iter().all(|id| rows.cancelled.contains(id)));
+        }
+        emptied
     }
 
     /// Whether the row about to be written under `id` is to be written: false when a delete
@@ -741,6 +812,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// `d` in whole microseconds (saturating).
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
 fn closed_error() -> StoreError {
     StoreError::Backend("store is closed".into())
 }
@@ -785,7 +861,7 @@ impl SqliteStore {
             .name("strait-store-checkpoint".into())
             .spawn(move || checkpoint_loop(&checkpointer, &stop_rx, &policy, &wanted))
             .map_err(|e| StoreError::Backend(format!("cannot start checkpoint thread: {e}")))?;
-        let store = Self::start(conn, Some(pool), reset, LINGER, HOLD)?;
+        let store = Self::start(conn, Some(pool), reset, LINGER)?;
         *lock(&store.checkpointer) = Some((stop_tx, cp_thread));
         Ok(store)
     }
@@ -799,7 +875,9 @@ impl SqliteStore {
     fn open_in_memory_lingering(linger: Duration, hold: Duration) -> Result<Self> {
         let conn = Connection::open_in_memory()?;
         Self::setup_writer(&conn)?;
-        Self::start(conn, None, Arc::new(AtomicBool::new(false)), linger, hold)
+        let store = Self::start(conn, None, Arc::new(AtomicBool::new(false)), linger)?;
+        store.set_hold(hold);
+        Ok(store)
     }
 
     fn setup_writer(conn: &Connection) -> Result<()> {
@@ -833,13 +911,12 @@ impl SqliteStore {
 
     /// Starts the writer thread; it makes the WAL start over when `reset_wal` is set, holds
     /// back writes nobody waits for up to `linger` ([`linger`]), and copies held for clients
-    /// for `hold` ([`HOLD`]).
+    /// for [`HOLD`] (see [`SqliteStore::set_hold`]).
     fn start(
         conn: Connection,
         readers: Option<ReadPool>,
         reset_wal: Arc<AtomicBool>,
         linger: Duration,
-        hold: Duration,
     ) -> Result<Self> {
         let offline_ids = Arc::new(OfflineIds::load(&conn)?);
         let (tx, rx) = mpsc::channel::<BoxedJob>();
@@ -858,7 +935,6 @@ impl SqliteStore {
                     waited: &waiting,
                     ids: &ids,
                     linger,
-                    hold,
                     holding: &writer_holding,
                 };
                 writer_loop(conn, rx, &writer, &reset_wal)
@@ -869,6 +945,7 @@ impl SqliteStore {
             writer_thread: thread.thread().clone(),
             thread: Mutex::new(Some(thread)),
             lazy_queued: AtomicUsize::new(0),
+            hold_us: AtomicU64::new(micros(HOLD)),
             holding,
             checkpointer: Mutex::new(None),
             readers,
@@ -905,6 +982,23 @@ impl SqliteStore {
         Ok(())
     }
 
+    /// Sets how long a copy held for a client that acknowledges (a push under a reserved id,
+    /// nobody waiting for its commit) is held back before it is written, from the next one
+    /// queued ([`HOLD`] until set). An acknowledgement within it cancels the copy unwritten
+    /// and answers its caller at once; a longer hold saves the disk the copies of clients
+    /// that acknowledge later (a mobile network's round trip) and costs memory (the
+    /// unacknowledged copies of that long) and, for a copy nobody acknowledges in time, that
+    /// much delay before its caller hears it is stored.
+    pub fn set_hold(&self, hold: Duration) {
+        self.hold_us
+            .store(micros(hold.min(MAX_HOLD)), Ordering::Relaxed);
+    }
+
+    /// How long held copies are held back ([`SqliteStore::set_hold`]).
+    pub fn hold(&self) -> Duration {
+        Duration::from_micros(self.hold_us.load(Ordering::Relaxed))
+    }
+
     /// Number of write transactions committed so far. With concurrent
     /// writers it is smaller than the number of write calls (group commit).
     pub fn commit_count(&self) -> u64 {
@@ -925,6 +1019,20 @@ impl SqliteStore {
             .map_err(|_| StoreError::Backend("writer thread stopped".into()))?
     }
 
+    /// [`SqliteStore::write`] behind every held copy queued before it, which is written
+    /// first ([`WriteJob::barrier`]); other writes do not wait for held copies.
+    fn write_after_held<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        let (reply_tx, reply_rx) = mpsc::sync_channel::<Result<T>>(1);
+        self.enqueue_job(f, true, false, None, true, Reply::Channel(reply_tx))?;
+        reply_rx
+            .recv()
+            .map_err(|_| StoreError::Backend("writer thread stopped".into()))?
+    }
+
     /// Queues `f` for the writer thread (in a savepoint of its own when `savepoint`, see
     /// [`WriteJob::savepoint`]); `reply` gets its result once the batch is committed.
     /// `Err` (and `reply` dropped unused) when the store is closed.
@@ -933,17 +1041,19 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
     {
-        self.enqueue_job(f, savepoint, false, None, reply)
+        self.enqueue_job(f, savepoint, false, None, false, reply)
     }
 
     /// Queues `f` for the writer: `lazy` when nobody waits for its commit, `held` (the row ids)
-    /// for a batch of held copies ([`WriteJob::held`]).
+    /// for a batch of held copies ([`WriteJob::held`]), `barrier` for a barrier
+    /// ([`WriteJob::barrier`]).
     fn enqueue_job<T, F>(
         &self,
         f: F,
         savepoint: bool,
         lazy: bool,
         held: Option<Vec<i64>>,
+        barrier: bool,
         reply: Reply<T>,
     ) -> Result<()>
     where
@@ -959,7 +1069,8 @@ impl SqliteStore {
             f: Some(f),
             savepoint,
             lazy,
-            held: held.map(|ids| (Instant::now(), ids)),
+            barrier,
+            held: held.map(|ids| (Instant::now() + self.hold(), ids)),
             result: None,
             reply,
             _waited: (!lazy).then(|| WaitedGuard::new(&self.waited)),
@@ -1144,8 +1255,6 @@ struct Writer<'a> {
     ids: &'a OfflineIds,
     /// How long a batch of writes nobody waits for waits for company ([`LINGER`]).
     linger: Duration,
-    /// How long held copies are held back ([`HOLD`]).
-    hold: Duration,
     /// [`SqliteStore::holding`].
     holding: &'a AtomicBool,
 }
@@ -1191,7 +1300,7 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<BoxedJob>, w: &Writer, reset
                     None
                 }
                 Err(mpsc::TryRecvError::Empty) => {
-                    let due = held_due_in(&held, w.hold);
+                    let due = held_due_in(&held);
                     let wait = archive_log_due_in().map_or(due, |a| a.min(due));
                     // Said before looking again, so that a write queued in between either is
                     // found or wakes the park.
@@ -1227,22 +1336,30 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<BoxedJob>, w: &Writer, reset
                 linger(&rx, &mut batch, &mut held, arrived + w.linger);
             }
         }
-        if !open || batch.iter().any(|j| !j.lazy()) {
-            // Somebody waits, and may read what the held copies write (a session that ends
-            // looks up which of its copies are stored, behind a barrier): they go first.
+        if !open || batch.iter().any(|j| j.barrier()) {
+            // Somebody waits to read what the held copies write (a session that ends looks up
+            // which of its copies are stored, a login fetches its stored messages, both
+            // behind a barrier): they go first. Other writes somebody waits for (a message
+            // stored for an account offline, a roster or PEP change) leave them held: taken
+            // along with every such write, as they once were, a copy was rarely held long
+            // enough for its acknowledgement on a server with any of those writes (with a
+            // tenth of the messages for accounts offline, every millisecond or so).
             let rest = std::mem::take(&mut batch);
             batch.extend(held.drain(..));
             batch.extend(rest);
-        } else if !held.is_empty() && held_due_in(&held, w.hold).is_zero() {
-            // Due ones, and those due within a linger, so that they share a commit.
+        } else if !held.is_empty() && held_due_in(&held).is_zero() {
+            // Due ones, and those due within a linger, so that they share a commit (ahead of
+            // the rest: they were queued first).
             let now = Instant::now() + w.linger;
+            let rest = std::mem::take(&mut batch);
             while held
                 .front()
                 .and_then(|j| j.held())
-                .is_some_and(|(at, _)| at + w.hold <= now)
+                .is_some_and(|(due, _)| due <= now)
             {
                 batch.extend(held.pop_front());
             }
+            batch.extend(rest);
         }
         if !batch.is_empty() {
             run_held_and_batch(&conn, batch, w);
@@ -1268,11 +1385,11 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<BoxedJob>, w: &Writer, reset
 }
 
 /// How long until the oldest held batch is due (zero when it is, or none are held).
-fn held_due_in(held: &std::collections::VecDeque<BoxedJob>, hold: Duration) -> Duration {
+fn held_due_in(held: &std::collections::VecDeque<BoxedJob>) -> Duration {
     held.front()
         .and_then(|j| j.held())
-        .map_or(Duration::ZERO, |(at, _)| {
-            (at + hold).saturating_duration_since(Instant::now())
+        .map_or(Duration::ZERO, |(due, _)| {
+            due.saturating_duration_since(Instant::now())
         })
 }
 
@@ -2333,7 +2450,9 @@ impl OfflineStore for SqliteStore {
         }
         let owner = owner.to_owned();
         let ids = ids.to_vec();
-        self.write(move |c| offline_delete(c, &owner, &ids))
+        // After the held copies (a row it names may be one): this delete does not cancel them
+        // as a queued one does.
+        self.write_after_held(move |c| offline_delete(c, &owner, &ids))
     }
 
     fn offline_kept(&self, owner: &str, ids: &[i64]) -> Result<Vec<i64>> {
@@ -2617,7 +2736,9 @@ impl BatchWrite for SqliteStore {
 
 impl SqliteStore {
     fn queue_batch(&self, mut ops: Vec<WriteOp>, done: WriteDone, lazy: bool) {
-        self.offline_ids.cancel(&mut ops);
+        for emptied in self.offline_ids.cancel(&mut ops) {
+            emptied.answer_cancelled();
+        }
         if lazy
             && !ops.is_empty()
             && ops
@@ -2629,7 +2750,6 @@ impl SqliteStore {
             done(ops.iter().map(|_| Ok(None)).collect());
             return;
         }
-        self.offline_ids.queue(&ops);
         let held = lazy
             .then(|| {
                 ops.iter()
@@ -2642,10 +2762,18 @@ impl SqliteStore {
             .flatten()
             .filter(|ids| !ids.is_empty());
         let n = ops.len();
-        // `done` is shared between the reply (the normal path) and the error path below, where
-        // the job never reached the writer.
+        // `done` is shared between the reply (the normal path), the error path below, where
+        // the job never reached the writer, and for held copies the delete that cancels them.
         let done = Arc::new(Mutex::new(Some(done)));
         let on_reply = Arc::clone(&done);
+        let held_batch = held.as_ref().map(|ids| {
+            Arc::new(HeldBatch {
+                ids: ids.clone(),
+                ops: Mutex::new(None),
+                done: Arc::clone(&done),
+            })
+        });
+        self.offline_ids.queue(&ops, held_batch.as_ref());
         // The batch's archive copies count as queued for their owners until the reply (after
         // the commit, or when the job is dropped unrun): see `read_archive`.
         let queued = self.queued.hold(
@@ -2666,7 +2794,29 @@ impl SqliteStore {
             }
         }));
         let ids = Arc::clone(&self.offline_ids);
+        // A held batch's ops wait in it, where a cancel can drop them (a delete of these rows
+        // is only sent after they were delivered, after this returns; one that came sooner
+        // would find no ops, answer, and the rows, cancelled, would still not be written).
+        let mut ops = Some(ops);
+        if let Some(b) = &held_batch {
+            *lock(&b.ops) = ops.take();
+        }
         let job = move |c: &Connection| {
+            let ops = match &held_batch {
+                Some(b) => lock(&b.ops).take(),
+                None => ops,
+            };
+            let Some(ops) = ops else {
+                // Every row was cancelled and the caller answered: the ids are forgotten,
+                // and the answer, should the reply still find the caller, is the same.
+                let b = held_batch
+                    .as_ref()
+                    .expect("only a held batch gives its ops up");
+                for id in &b.ids {
+                    ids.take(*id);
+                }
+                return Ok(b.cancelled_outcomes());
+            };
             let mut last = None;
             Ok(ops
                 .into_iter()
@@ -2675,7 +2825,8 @@ impl SqliteStore {
         };
         // No savepoint around the job: it returns `Ok` whatever its ops do, and `run_op` keeps
         // each op's failure to itself.
-        if let Err(e) = self.enqueue_job(job, false, lazy, held, reply)
+        let barrier = !lazy && n == 0;
+        if let Err(e) = self.enqueue_job(job, false, lazy, held, barrier, reply)
             && let Some(done) = lock(&done).take()
         {
             done(failed_outcomes(n, &e));
@@ -3884,7 +4035,12 @@ mod linger_tests {
             "a held copy was committed early"
         );
         store.write_batch_lazy(ack(r1), done(&tx, 2));
-        // The acknowledgement is done at once: it had nothing left to delete.
+        // The acknowledgement answers the held copy at once, 59.9 s before it is due (with
+        // the copy answered only when due, a sender's acknowledgement waited for the hold to
+        // end), then itself: it had nothing left to delete.
+        let (n, o) = rx.recv_timeout(Duration::from_secs(20)).unwrap();
+        assert_eq!(n, 1, "the cancelled copy is answered first");
+        assert!(matches!(o[..], [Ok(Some(id))] if id == r1), "{o:?}");
         let (n, o) = rx.recv_timeout(Duration::from_secs(20)).unwrap();
         assert_eq!(n, 2);
         assert!(matches!(o[..], [Ok(None)]), "{o:?}");
@@ -3894,23 +4050,23 @@ mod linger_tests {
             "an acknowledgement was committed"
         );
 
-        // A waited write takes the held copies with it: the cancelled one unwritten, the other
-        // written.
+        // A waited write takes the held copies with it: the cancelled one unwritten (and not
+        // answered twice), the other written.
         let r2 = store.offline_reserve_id().unwrap();
         store.write_batch_lazy(held(r2), done(&tx, 3));
         store.write_batch(Vec::new(), done(&tx, 4));
-        let mut got: Vec<(i64, Vec<WriteOutcome>)> = (0..3)
+        let mut got: Vec<(i64, Vec<WriteOutcome>)> = (0..2)
             .map(|_| rx.recv_timeout(Duration::from_secs(20)).unwrap())
             .collect();
         got.sort_by_key(|(n, _)| *n);
-        assert_eq!(got.iter().map(|(n, _)| *n).collect::<Vec<_>>(), [1, 3, 4]);
+        assert_eq!(got.iter().map(|(n, _)| *n).collect::<Vec<_>>(), [3, 4]);
         assert!(
-            matches!(got[0].1[..], [Ok(Some(id))] if id == r1),
+            matches!(got[0].1[..], [Ok(Some(id))] if id == r2),
             "{got:?}"
         );
         assert!(
-            matches!(got[1].1[..], [Ok(Some(id))] if id == r2),
-            "{got:?}"
+            rx.recv_timeout(Duration::from_millis(50)).is_err(),
+            "answered twice"
         );
         assert_eq!(
             highest_written(&store),
@@ -3935,16 +4091,21 @@ mod linger_tests {
         // The writer counts a commit after it answered: let the count catch up.
         std::thread::sleep(Duration::from_millis(50));
 
-        // Acknowledged while held, nobody waiting: done when due, and never written.
+        // Acknowledged while held, nobody waiting: answered at once, and never written (not
+        // when it comes due either: waited for below).
         let r4 = store.offline_reserve_id().unwrap();
         let before = store.commit_count();
         store.write_batch_lazy(held(r4), done(&tx, 6));
         store.write_batch_lazy(ack(r4), done(&tx, 7));
-        let mut got: Vec<i64> = (0..2)
+        let got: Vec<i64> = (0..2)
             .map(|_| rx.recv_timeout(Duration::from_secs(20)).unwrap().0)
             .collect();
-        got.sort();
         assert_eq!(got, [6, 7]);
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(
+            rx.try_recv().is_err(),
+            "a cancelled copy was answered twice"
+        );
         // (Before reading: the in-memory store reads through its writer, a commit each.)
         assert_eq!(
             store.commit_count(),
@@ -3956,6 +4117,96 @@ mod linger_tests {
             r3,
             "the acknowledged copy was written"
         );
+    }
+
+    /// Only a barrier (or a delete that may name a held row) takes the held copies along; other
+    /// writes somebody waits for (a message stored for an account offline) leave them held,
+    /// for their acknowledgement to cancel.
+    #[test]
+    fn only_barriers_take_held_copies_along() {
+        let (tx, rx) = mpsc::channel();
+        let store = store_holding(Duration::from_millis(1), Duration::from_secs(60));
+        let r1 = store.offline_reserve_id().unwrap();
+        store.write_batch_lazy(held(r1), done(&tx, 1));
+        store.write_batch(push(7), done(&tx, 2));
+        let (n, o) = rx.recv_timeout(Duration::from_secs(20)).unwrap();
+        assert_eq!(
+            n, 2,
+            "the held copy went with a write that is not a barrier"
+        );
+        assert!(matches!(o[..], [Ok(Some(_))]), "{o:?}");
+        store.write_batch_lazy(ack(r1), done(&tx, 3));
+        let got: Vec<i64> = (0..2)
+            .map(|_| rx.recv_timeout(Duration::from_secs(20)).unwrap().0)
+            .collect();
+        assert_eq!(got, [1, 3]);
+        store.write_batch(Vec::new(), done(&tx, 4));
+        assert_eq!(rx.recv_timeout(Duration::from_secs(20)).unwrap().0, 4);
+        assert_eq!(
+            store.offline_kept("b@x.example", &[r1]).unwrap(),
+            Vec::<i64>::new(),
+            "the acknowledged copy was written"
+        );
+
+        // A delete of a held row that does not cancel it (the store's own `offline_delete`)
+        // runs after it: the row does not come back once the hold ends.
+        let r2 = store.offline_reserve_id().unwrap();
+        store.write_batch_lazy(held(r2), done(&tx, 5));
+        store.offline_delete("b@x.example", &[r2]).unwrap();
+        assert_eq!(rx.recv_timeout(Duration::from_secs(20)).unwrap().0, 5);
+        store.write_batch(Vec::new(), done(&tx, 6));
+        assert_eq!(rx.recv_timeout(Duration::from_secs(20)).unwrap().0, 6);
+        assert_eq!(
+            store.offline_kept("b@x.example", &[r2]).unwrap(),
+            Vec::<i64>::new(),
+            "a deleted row came back"
+        );
+    }
+
+    /// A held batch of several copies is answered early only once every one of its rows was
+    /// cancelled; one with a row left is answered when it is written.
+    #[test]
+    fn held_batches_are_answered_early_only_when_every_row_is_cancelled() {
+        let (tx, rx) = mpsc::channel();
+        let store = store_holding(Duration::from_millis(1), Duration::from_secs(60));
+        let ids: Vec<i64> = (0..4)
+            .map(|_| store.offline_reserve_id().unwrap())
+            .collect();
+        let two = |a: i64, b: i64| [held(a), held(b)].concat();
+        store.write_batch_lazy(two(ids[0], ids[1]), done(&tx, 1));
+        store.write_batch_lazy(two(ids[2], ids[3]), done(&tx, 2));
+        store.write_batch_lazy(ack(ids[0]), done(&tx, 3));
+        store.write_batch_lazy(ack(ids[2]), done(&tx, 4));
+        let got: Vec<i64> = (0..2)
+            .map(|_| rx.recv_timeout(Duration::from_secs(20)).unwrap().0)
+            .collect();
+        assert_eq!(got, [3, 4], "only the acknowledgements are done");
+        // The second row of batch 2: now every row of it is cancelled.
+        store.write_batch_lazy(ack(ids[3]), done(&tx, 5));
+        let (n, o) = rx.recv_timeout(Duration::from_secs(20)).unwrap();
+        assert_eq!(n, 2);
+        assert!(
+            matches!(o[..], [Ok(Some(a)), Ok(Some(b))] if a == ids[2] && b == ids[3]),
+            "{o:?}"
+        );
+        assert_eq!(rx.recv_timeout(Duration::from_secs(20)).unwrap().0, 5);
+        assert!(
+            rx.recv_timeout(Duration::from_millis(100)).is_err(),
+            "batch 1 was answered with a row still to write"
+        );
+        // A waited write takes batch 1 with it: its row left is written.
+        store.write_batch(Vec::new(), done(&tx, 6));
+        let mut got: Vec<(i64, Vec<WriteOutcome>)> = (0..2)
+            .map(|_| rx.recv_timeout(Duration::from_secs(20)).unwrap())
+            .collect();
+        got.sort_by_key(|(n, _)| *n);
+        assert_eq!(got.iter().map(|(n, _)| *n).collect::<Vec<_>>(), [1, 6]);
+        assert!(
+            matches!(got[0].1[..], [Ok(Some(a)), Ok(Some(b))] if a == ids[0] && b == ids[1]),
+            "{got:?}"
+        );
+        assert_eq!(store.offline_kept("b@x.example", &ids).unwrap(), [ids[1]]);
+        assert!(rx.recv_timeout(Duration::from_millis(50)).is_err());
     }
 
     /// Other writes nobody waits for (archive copies) are not held back with the held

@@ -276,7 +276,8 @@ pub async fn message_to_full(
 /// The row's id is reserved first, its write queued (with the message's archive copies, as
 /// writes nobody waits for, which share commits with other messages'), and the message
 /// delivered at once. What the sender hears waits for the commit instead: its stanza counts
-/// as handled (XEP-0198 `h`) only once the copy is durable ([`Writes::settling`], which the
+/// as handled (XEP-0198 `h`) only once the copy is durable, or the recipient acknowledged the
+/// message, cancelling the copy the store still held back ([`Writes::settling`], which the
 /// c2s connection keeps), so a crash before the commit loses nothing the sender was told was
 /// safe. A client's acknowledgement deletes the row behind its insert (the store's writer is
 /// first in, first out), and a session that ends waits for what was queued before it reads

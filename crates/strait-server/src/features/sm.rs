@@ -39,7 +39,8 @@ pub const REQUEST_GAP: std::time::Duration = std::time::Duration::from_millis(25
 /// sent soon after a stanza written without one, it made a busy connection's requests no
 /// fewer and its writes half as many again (stanzas 25 ms apart, by hand); so it waits a
 /// second, for the stanza that ends a burst. That stanza's copy may be written to disk
-/// meanwhile (the store holds copies back 50 ms for their acknowledgement); the
+/// meanwhile (the store holds copies back `copy_hold_ms`, 50 ms by default, for their
+/// acknowledgement); the
 /// late-acknowledgement push (`ack_push_secs`) counts from the request.
 pub const REQUEST_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 

@@ -178,7 +178,7 @@ impl Metrics {
         r.register(
             "strait_store_held_copies_queued",
             format!(
-                "Copies of delivered messages held for clients that acknowledge, queued for the store (held back about 50 ms, most then cancelled by the acknowledgement) and not committed or cancelled yet; past {}, senders wait for their commits",
+                "Copies of delivered messages held for clients that acknowledge, queued for the store (held back up to stream_management.copy_hold_ms, most then cancelled by the acknowledgement) and not committed or cancelled yet; past {}, senders wait for their commits",
                 crate::server::MAX_HELD_WRITES
             ),
             held_queue.clone(),
