@@ -178,7 +178,17 @@ pub trait OfflineStore {
     /// [`StoreError::NotFound`] if `owner` is not an account.
     fn offline_push(&self, owner: &str, stanza: &str, stamp_ms: i64, limit: usize) -> Result<i64>;
     /// Up to `max` messages, oldest first.
-    fn offline_fetch(&self, owner: &str, max: usize) -> Result<Vec<OfflineMessage>>;
+    fn offline_fetch(&self, owner: &str, max: usize) -> Result<Vec<OfflineMessage>> {
+        self.offline_fetch_after(owner, 0, max)
+    }
+    /// Up to `max` messages whose id is above `after`, oldest first: the page after the one
+    /// that ended with `after` (row ids are positive and grow with the time of storing).
+    fn offline_fetch_after(
+        &self,
+        owner: &str,
+        after: i64,
+        max: usize,
+    ) -> Result<Vec<OfflineMessage>>;
     /// Deletes the given messages of `owner` (unknown ids are ignored).
     fn offline_delete(&self, owner: &str, ids: &[i64]) -> Result<()>;
     /// Those of `ids` that are still stored for `owner`, in the order given.

@@ -180,12 +180,23 @@ impl OfflineStore for MemoryStore {
         self.push_offline(owner, stanza, stamp_ms, limit, None)
     }
 
-    fn offline_fetch(&self, owner: &str, max: usize) -> Result<Vec<OfflineMessage>> {
+    fn offline_fetch_after(
+        &self,
+        owner: &str,
+        after: i64,
+        max: usize,
+    ) -> Result<Vec<OfflineMessage>> {
         Ok(self
             .lock()
             .offline
             .get(owner)
-            .map(|q| q.iter().take(max).cloned().collect())
+            .map(|q| {
+                q.iter()
+                    .filter(|m| m.id > after)
+                    .take(max)
+                    .cloned()
+                    .collect()
+            })
             .unwrap_or_default())
     }
 

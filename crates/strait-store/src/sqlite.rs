@@ -2424,15 +2424,21 @@ impl OfflineStore for SqliteStore {
         self.write(move |c| offline_push(c, &ids, None, owner, &stanza, stamp_ms, limit))
     }
 
-    fn offline_fetch(&self, owner: &str, max: usize) -> Result<Vec<OfflineMessage>> {
+    fn offline_fetch_after(
+        &self,
+        owner: &str,
+        after: i64,
+        max: usize,
+    ) -> Result<Vec<OfflineMessage>> {
         let owner = owner.to_owned();
         let max = i64::try_from(max).unwrap_or(i64::MAX);
         self.read(move |c| {
             let mut s = c.prepare_cached(
-                "SELECT id, stanza, stamp_ms FROM offline WHERE owner = ?1 ORDER BY id LIMIT ?2",
+                "SELECT id, stanza, stamp_ms FROM offline WHERE owner = ?1 AND id > ?2
+                 ORDER BY id LIMIT ?3",
             )?;
             let v = s
-                .query_map(params![owner, max], |r| {
+                .query_map(params![owner, after, max], |r| {
                     Ok(OfflineMessage {
                         id: r.get(0)?,
                         stanza: r.get(1)?,

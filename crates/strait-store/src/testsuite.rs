@@ -195,6 +195,14 @@ pub fn offline(s: &impl Store) {
     let first2 = s.offline_fetch(o, 2).unwrap();
     assert_eq!(first2, all[..2]);
     assert!(s.offline_fetch(o, 0).unwrap().is_empty());
+    // Page by page: each after the last id of the one before.
+    assert_eq!(
+        s.offline_fetch_after(o, first2[1].id, 2).unwrap(),
+        all[2..4]
+    );
+    assert_eq!(s.offline_fetch_after(o, all[3].id, 2).unwrap(), all[4..]);
+    assert!(s.offline_fetch_after(o, all[4].id, 2).unwrap().is_empty());
+    assert_eq!(s.offline_fetch_after(o, 0, 100).unwrap(), all);
 
     // Deleting: only the owner's ids, unknown ids ignored.
     s.offline_delete(o, &[ids[0], ids[2], other, 999_999])

@@ -4,6 +4,7 @@
 
 use super::auth::SaslExchange;
 use super::session::Session;
+use crate::features::offline;
 use crate::features::sm::{self, Detached, StreamState, Takeover};
 use crate::net::transport::TlsStream;
 use crate::net::{TokenBucket, Transport};
@@ -588,6 +589,10 @@ impl Connection {
             if self.wants_flush() {
                 Box::pin(self.flush()).await?;
             }
+            if self.more_offline_due() {
+                Box::pin(self.more_offline()).await;
+                continue;
+            }
             if self.closing {
                 let _ = tokio::time::timeout(
                     Duration::from_secs(2),
@@ -859,14 +864,50 @@ impl Connection {
     /// on to the account's other devices), and when a device's initial presence fetches a
     /// message held for another device while a live copy of it is on its way to it.
     fn has_stored(&self, id: i64) -> bool {
-        self.sm
-            .as_ref()
-            .is_some_and(|sm| sm.unacked.iter().any(|u| u.durable == Some(id)))
-            || self.delete_after_flush.contains(&id)
+        self.has_live(id)
             || self
                 .session
                 .as_ref()
                 .is_some_and(|s| s.flushed.binary_search(&id).is_ok())
+    }
+
+    /// Whether stored message `id` went to this client live and is not acknowledged yet
+    /// (written and kept, or written since the last flush).
+    fn has_live(&self, id: i64) -> bool {
+        self.sm
+            .as_ref()
+            .is_some_and(|sm| sm.unacked.iter().any(|u| u.durable == Some(id)))
+            || self.delete_after_flush.contains(&id)
+    }
+
+    /// Whether to write the next page of the account's stored messages now
+    /// ([`offline::deliver_more`]): the last page was full, everything written so far went
+    /// out, and under stream management the client acknowledged enough of it
+    /// ([`offline::more_fits`]).
+    fn more_offline_due(&self) -> bool {
+        self.out.is_empty()
+            && !self.closing
+            && self.session.as_ref().is_some_and(|s| s.offline_after > 0)
+            && self
+                .sm
+                .as_ref()
+                .is_none_or(|sm| offline::more_fits(&self.state, sm.unacked.len()))
+    }
+
+    /// Writes the next page of the account's stored messages, but those that came live
+    /// since (a message for this client stored until it acknowledges it).
+    async fn more_offline(&mut self) {
+        let Some(s) = self.session.as_mut() else {
+            return;
+        };
+        offline::deliver_more(s).await;
+        let replies = s.take_replies();
+        for (stanza, durable) in replies {
+            if durable.is_some_and(|id| self.has_live(id)) {
+                continue;
+            }
+            self.write_stanza(stanza, durable);
+        }
     }
 
     /// Writes a stanza to the client, keeping it until acknowledged under stream management;

@@ -34,10 +34,13 @@ pub struct Session {
     /// sent a stanza with a `to` pays one pointer for it.
     last_to: Option<Box<(String, jid::Jid)>>,
     /// The stored messages (row ids, ascending) written to this client from offline storage
-    /// at its initial presence. A live copy of one of them may still be on its way (a copy
+    /// since its initial presence. A live copy of one of them may still be on its way (a copy
     /// held for another device while that device had not acknowledged it): the connection
     /// drops it instead of showing the user the message twice.
     pub(crate) flushed: Vec<i64>,
+    /// The last row id of the page of stored messages written last, when that page was full
+    /// and another may follow ([`features::offline::deliver_more`]); 0 when none does.
+    pub(crate) offline_after: i64,
     /// The commit the last stanza handled waits for before it counts as handled (a copy
     /// held for a recipient's client, delivered before it was durable).
     settling: Option<features::delivery::Settling>,
@@ -63,6 +66,7 @@ impl Session {
             csi: features::csi::Csi::default(),
             last_to: None,
             flushed: Vec::new(),
+            offline_after: 0,
             settling: None,
         }
     }

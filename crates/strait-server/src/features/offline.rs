@@ -15,8 +15,26 @@ use strait_wire::{Limits, Stanza, StanzaError, StanzaErrorCondition, StreamParse
 
 const DELAY: &str = "urn:xmpp:delay";
 const HINTS: &str = "urn:xmpp:hints";
-/// Most stored messages written to a client in one go.
+/// Most stored messages written to a client in one go (a page); the next page follows once
+/// this one is written out and, under stream management, mostly acknowledged
+/// ([`page_size`], [`more_fits`]).
 const BATCH: usize = 500;
+
+/// The stored messages written to a client in one go: [`BATCH`], or a quarter of
+/// `stream_management.max_unacked` when that is less (250 by default).
+pub fn page_size(state: &ServerState) -> usize {
+    BATCH
+        .min(state.config.stream_management.max_unacked / 4)
+        .max(1)
+}
+
+/// Whether another page may go to a client with `unacked` stanzas not acknowledged (under
+/// stream management): when that page leaves them at most half of `max_unacked`, so that
+/// pages never take a client past its limit (it would be disconnected), live stanzas
+/// arriving meanwhile included.
+pub fn more_fits(state: &ServerState, unacked: usize) -> bool {
+    unacked + page_size(state) <= state.config.stream_management.max_unacked / 2
+}
 
 /// Payloads that change what a conversation shows, stored even without a body so that a client
 /// coming back sees them: reactions (XEP-0444), retractions (XEP-0424, `:1` and the fastened
@@ -154,15 +172,33 @@ pub fn parse_stored(xml: &str) -> Option<Stanza> {
     }
 }
 
-/// Writes the account's stored messages to this session, oldest first.
+/// Writes the account's stored messages to this session, oldest first: the first page
+/// ([`page_size`]); the connection asks for the others ([`deliver_more`]).
 pub async fn deliver(s: &mut Session) {
-    // Deletes of messages an earlier session acknowledged are queued without waiting: let
-    // them land first, so that what was acknowledged is not delivered again.
+    s.flushed.clear();
+    deliver_page(s, 0).await;
+}
+
+/// Writes the next page of the account's stored messages to this session, when the last one
+/// was full ([`Session::offline_after`]). Until this existed, an account with more stored
+/// than a page got the rest only at its next login.
+pub async fn deliver_more(s: &mut Session) {
+    let after = std::mem::take(&mut s.offline_after);
+    if after > 0 {
+        deliver_page(s, after).await;
+    }
+}
+
+/// The stored messages after row `after`, a page of them, as replies of the session.
+async fn deliver_page(s: &mut Session, after: i64) {
+    // Deletes of messages an earlier session (or this one) acknowledged are queued without
+    // waiting: let them land first, so that what was acknowledged is not delivered again.
     s.state.store_barrier().await;
     let owner = s.bare.clone();
+    let page = page_size(&s.state);
     let messages = match s
         .state
-        .store(move |st| st.offline_fetch(&owner, BATCH))
+        .store(move |st| st.offline_fetch_after(&owner, after, page))
         .await
     {
         Ok(m) => m,
@@ -171,9 +207,11 @@ pub async fn deliver(s: &mut Session) {
             return;
         }
     };
-    let mut flushed: Vec<i64> = messages.iter().map(|m| m.id).collect();
-    flushed.sort_unstable();
-    s.flushed = flushed;
+    if messages.len() == page {
+        s.offline_after = messages.iter().map(|m| m.id).max().unwrap_or(0);
+    }
+    s.flushed.extend(messages.iter().map(|m| m.id));
+    s.flushed.sort_unstable();
     for m in messages {
         match parse_stored(&m.stanza) {
             Some(stanza) => s.reply_offline(m.id, stanza),
