@@ -159,6 +159,57 @@ async fn messages_are_all_delivered_online_and_offline() {
     t.stop().await;
 }
 
+/// `--ack-delay-ms`: the online accounts answer the server's ack requests late, as clients on
+/// a slow network do. With the copies' hold (`copy_hold_ms`) longer than the delay, the
+/// server keeps each message's stored copy pending until its late acknowledgement: about the
+/// message rate times the delay of them at any time (at once, as without the delay, a few).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_acknowledgements_keep_held_copies_pending() {
+    let t = TestServer::start(|c| c.stream_management.copy_hold_ms = 10_000).await;
+    for i in 0..4 {
+        t.add_user(&format!("bench{i}@{DOMAIN}"), &format!("pw-{i}"));
+    }
+    let a = args(
+        &t,
+        "messages",
+        &[
+            "--pairs",
+            "2",
+            "--rate",
+            "200",
+            "--duration",
+            "2",
+            "--sm",
+            "--ack-delay-ms",
+            "800",
+        ],
+    );
+    let state = t.server.as_ref().unwrap().state().clone();
+    let sampler = tokio::spawn(async move {
+        let mut most = 0;
+        for _ in 0..60 {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            most = most.max(state.held_writes());
+        }
+        most
+    });
+    let r = run(&a).await;
+    assert_eq!(r.error, None, "{}", r.to_text());
+    let Results::Messages(m) = &r.results else {
+        panic!("not messages results")
+    };
+    assert_eq!(m.lost_online, 0, "{}", r.to_text());
+    assert!(
+        r.to_text().contains("answered 800 ms late"),
+        "{}",
+        r.to_text()
+    );
+    let most = sampler.await.unwrap();
+    // 200 msg/s acknowledged 0.8 s late: about 160 pending; 40 leaves room for a slow machine.
+    assert!(most >= 40, "at most {most} copies pending");
+    t.stop().await;
+}
+
 /// The report as compact JSON (through the report's own Serialize).
 fn serde_json_like(r: &strait_bench::Report) -> String {
     strait_bench::report::to_json(r, false)

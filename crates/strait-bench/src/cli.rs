@@ -251,6 +251,12 @@ pub struct MessagesArgs {
     /// Bytes of message body.
     #[arg(long, default_value_t = 64)]
     pub body_size: usize,
+    /// With `--sm`: milliseconds the online accounts wait before answering the server's ack
+    /// requests, as clients on a slow network do (a mobile round trip is 100 to 300 ms): what
+    /// the server does for such clients (holding their messages' stored copies longer, or
+    /// writing them to disk) shows on loopback. 0: at once.
+    #[arg(long, default_value_t = 0.0)]
+    pub ack_delay_ms: f64,
     /// Seconds to wait, after sending ends, for the messages still in flight (and, at the
     /// end, for the offline ones).
     #[arg(long, default_value_t = 10.0)]

@@ -119,6 +119,8 @@ pub struct MessagesResults {
     pub omemo: bool,
     /// Bytes of a message's children as sent (body, or fallback body and `<encrypted/>`).
     pub content_bytes: usize,
+    /// How long the online accounts waited before answering ack requests (`--ack-delay-ms`).
+    pub ack_delay_ms: f64,
     pub offline_fraction: f64,
     pub sent: u64,
     pub sent_online: u64,
@@ -348,14 +350,19 @@ impl Report {
                 );
                 let _ = writeln!(
                     o,
-                    "mode: {}{}; {} B of content per message",
+                    "mode: {}{}; {} B of content per message{}",
                     r.mode,
                     if r.mode == "third-party" {
                         " (each pair a platform account and a provider's user: every message crosses the boundary)"
                     } else {
                         ""
                     },
-                    r.content_bytes
+                    r.content_bytes,
+                    if r.ack_delay_ms > 0.0 {
+                        format!("; ack requests answered {} ms late", r.ack_delay_ms)
+                    } else {
+                        String::new()
+                    }
                 );
                 let _ = writeln!(
                     o,

@@ -378,6 +378,10 @@ pub struct Connection {
     sm_sent: Option<u32>,
     /// The count last acknowledged to the server.
     sm_acked: u32,
+    /// How long an answer to the server's `<r/>` waits ([`Connection::set_ack_delay`]).
+    ack_delay: Duration,
+    /// Answers waiting for their time: when, and the count.
+    delayed_acks: std::collections::VecDeque<(std::time::Instant, u32)>,
     /// Written to TLS but maybe not yet to the socket.
     unflushed: bool,
     /// What disco#info queries are answered with (none: `service-unavailable`).
@@ -452,6 +456,8 @@ async fn login_steps(
         sm_handled: None,
         sm_sent: None,
         sm_acked: 0,
+        ack_delay: Duration::ZERO,
+        delayed_acks: std::collections::VecDeque::new(),
         unflushed: false,
         caps: None,
     };
@@ -830,9 +836,15 @@ impl Connection {
                 }
                 b"r" => {
                     if let Some(h) = self.sm_handled {
-                        self.sm_acked = h;
-                        self.out
-                            .extend_from_slice(format!("<a xmlns='{NS_SM}' h='{h}'/>").as_bytes());
+                        if self.ack_delay.is_zero() {
+                            self.sm_acked = h;
+                            self.out.extend_from_slice(
+                                format!("<a xmlns='{NS_SM}' h='{h}'/>").as_bytes(),
+                            );
+                        } else {
+                            self.delayed_acks
+                                .push_back((std::time::Instant::now() + self.ack_delay, h));
+                        }
                         continue;
                     }
                 }
@@ -948,6 +960,40 @@ impl Connection {
     /// management, or when nothing arrived since the last one.
     pub fn ack(&mut self) {
         if let Some(h) = self.sm_handled.filter(|h| *h != self.sm_acked) {
+            self.sm_acked = h;
+            self.out
+                .extend_from_slice(format!("<a xmlns='{NS_SM}' h='{h}'/>").as_bytes());
+        }
+    }
+
+    /// Answers the server's ack requests (XEP-0198 `<r/>`) `delay` after they came instead of
+    /// at once, as a client on a slow network does (its answer reaches the server a round
+    /// trip after the request left it): for measuring what a server does for such clients
+    /// on a fast network. The caller writes them when due ([`Connection::ack_due`],
+    /// [`Connection::send_due_acks`]).
+    pub fn set_ack_delay(&mut self, delay: Duration) {
+        self.ack_delay = delay;
+    }
+
+    /// When the next delayed answer to an ack request is due, if one waits.
+    pub fn ack_due(&self) -> Option<std::time::Instant> {
+        self.delayed_acks.front().map(|(at, _)| *at)
+    }
+
+    /// Queues the delayed answers due by `now` (one `<a/>`: the counts only grow).
+    pub fn send_due_acks(&mut self, now: std::time::Instant) {
+        let mut last = None;
+        while let Some(&(at, h)) = self.delayed_acks.front() {
+            if at > now {
+                break;
+            }
+            self.delayed_acks.pop_front();
+            last = Some(h);
+        }
+        // Never backwards (an unasked `ack` may have counted further meanwhile).
+        if let Some(h) = last
+            && (h.wrapping_sub(self.sm_acked) as i32) > 0
+        {
             self.sm_acked = h;
             self.out
                 .extend_from_slice(format!("<a xmlns='{NS_SM}' h='{h}'/>").as_bytes());

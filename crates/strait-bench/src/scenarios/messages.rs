@@ -118,6 +118,13 @@ pub(crate) async fn run(ctx: &Ctx, a: &MessagesArgs) -> anyhow::Result<Outcome> 
     if !(a.rate.is_finite() && a.rate > 0.0) {
         anyhow::bail!("--rate must be positive, not {}", a.rate);
     }
+    if !(a.ack_delay_ms.is_finite() && (0.0..=60_000.0).contains(&a.ack_delay_ms)) {
+        anyhow::bail!(
+            "--ack-delay-ms must be from 0 to 60000, not {}",
+            a.ack_delay_ms
+        );
+    }
+    let ack_delay = Duration::from_secs_f64(a.ack_delay_ms / 1000.0);
     if !(0.0..1.0).contains(&a.offline_fraction) {
         anyhow::bail!(
             "--offline-fraction must be at least 0 and below 1, not {}",
@@ -240,7 +247,8 @@ pub(crate) async fn run(ctx: &Ctx, a: &MessagesArgs) -> anyhow::Result<Outcome> 
         let timer = PreciseTimer::new()?;
         tokio::spawn(async move { pace(&schedule, base, &wakes, timer).await })
     };
-    for ((i, conn), wake) in conns.into_iter().enumerate().zip(wakes) {
+    for ((i, mut conn), wake) in conns.into_iter().enumerate().zip(wakes) {
+        conn.set_ack_delay(ack_delay);
         let i = i as u64;
         let plan = Plan {
             index: i,
@@ -382,6 +390,7 @@ pub(crate) async fn run(ctx: &Ctx, a: &MessagesArgs) -> anyhow::Result<Outcome> 
             },
             omemo,
             content_bytes: content.len(),
+            ack_delay_ms: a.ack_delay_ms,
             offline_fraction: a.offline_fraction,
             sent: sent_online + sent_offline,
             sent_online,
@@ -688,12 +697,17 @@ async fn online(
         if *stop.borrow() {
             break;
         }
+        // Answers to ack requests held back (`--ack-delay-ms`), when one waits.
+        let ack_due = conn.ack_due();
         tokio::select! {
             r = conn.pump() => {
                 r?;
                 let now = duration_us(shared.base.elapsed());
                 conn.process(|el, _| tally.add(&el, &shared, Some(now)))?;
                 tally.commit(&shared, &shared.received_online);
+            }
+            () = sleep_until_maybe(ack_due), if ack_due.is_some() => {
+                conn.send_due_acks(Instant::now());
             }
             () = wake.notified(), if sending => {
                 let now = duration_us(shared.base.elapsed());
@@ -735,6 +749,14 @@ async fn online(
     let _ = tokio::time::timeout(CLOSE_WAIT, conn.flush()).await;
     conn.close(CLOSE_WAIT).await;
     Ok(())
+}
+
+/// Sleeps until `at` (never, for `None`).
+async fn sleep_until_maybe(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// An offline account, now logged in: counts what was stored for it.
