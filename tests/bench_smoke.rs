@@ -7,7 +7,15 @@ use strait_tests::{DOMAIN, TestServer};
 
 /// A server with accounts bench0… (password pw-n).
 async fn server_with_accounts(n: u64) -> TestServer {
-    let t = TestServer::start(|_| {}).await;
+    server_with_accounts_and(n, |_| {}).await
+}
+
+/// [`server_with_accounts`] with `tweak` applied to the server's configuration.
+async fn server_with_accounts_and(
+    n: u64,
+    tweak: impl FnOnce(&mut strait_server::config::Config),
+) -> TestServer {
+    let t = TestServer::start(tweak).await;
     for i in 0..n {
         t.add_user(&format!("bench{i}@{DOMAIN}"), &format!("pw-{i}"));
     }
@@ -165,10 +173,7 @@ async fn messages_are_all_delivered_online_and_offline() {
 /// message rate times the delay of them at any time (at once, as without the delay, a few).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn late_acknowledgements_keep_held_copies_pending() {
-    let t = TestServer::start(|c| c.stream_management.copy_hold_ms = 10_000).await;
-    for i in 0..4 {
-        t.add_user(&format!("bench{i}@{DOMAIN}"), &format!("pw-{i}"));
-    }
+    let t = server_with_accounts_and(4, |c| c.stream_management.copy_hold_ms = 10_000).await;
     let a = args(
         &t,
         "messages",

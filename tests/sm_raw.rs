@@ -26,6 +26,12 @@ async fn authenticated(t: &TestServer, jid: &str, pw: &str) -> (RawClient, Strin
     (c, features)
 }
 
+/// `<enable/>` (stream management without resumption), answered.
+async fn enable(c: &mut RawClient) {
+    c.send(&format!("<enable xmlns='{SM}'/>")).await;
+    c.expect_element(&["<enabled"]).await;
+}
+
 /// `<enable resume='true'/>`; returns the resumption id.
 async fn enable_resumable(c: &mut RawClient) -> String {
     c.send(&format!("<enable xmlns='{SM}' resume='true'/>"))
@@ -239,8 +245,7 @@ async fn only_an_acknowledgement_deletes_a_stored_message() {
     let t = TestServer::start(|_| {}).await;
     let (mut a, mut b) = t.alice_and_bob().await;
     // Without resumption: the session ends at once when the connection goes.
-    a.send(&format!("<enable xmlns='{SM}'/>")).await;
-    a.expect_element(&["<enabled"]).await;
+    enable(&mut a).await;
     chat(&mut b, "alice@localhost", "acked").await;
     a.expect_element(&[">acked</body>"]).await;
     a.send(&format!("<a xmlns='{SM}' h='1'/>")).await;
@@ -359,8 +364,7 @@ async fn stored_messages_past_a_page_all_arrive_page_by_page() {
     b.ping("stored").await;
 
     let mut a = RawClient::login(t.starttls, t.ca_pem(), "alice@localhost", "pa", "sm").await;
-    a.send(&format!("<enable xmlns='{SM}'/>")).await;
-    a.expect_element(&["<enabled"]).await;
+    enable(&mut a).await;
     a.send("<presence/>").await;
     let mut h = read_pages(&mut a, 0, 24).await;
     // Unacknowledged, at most two pages (the second fits only with nothing else unacknowledged).
@@ -426,8 +430,7 @@ async fn expired_session_answers_its_unacked_iq_requests() {
 async fn alice_with_sm(t: &TestServer, res: &str) -> RawClient {
     let mut c = RawClient::login(t.starttls, t.ca_pem(), "alice@localhost", "pa", res).await;
     c.available().await;
-    c.send(&format!("<enable xmlns='{SM}'/>")).await;
-    c.expect_element(&["<enabled"]).await;
+    enable(&mut c).await;
     c
 }
 
@@ -500,8 +503,7 @@ async fn a_stored_message_fetched_at_login_is_not_delivered_again_live() {
         let mut a2 =
             RawClient::login(t.starttls, t.ca_pem(), "alice@localhost", "pa", "laptop").await;
         if sm_on_the_new_device {
-            a2.send(&format!("<enable xmlns='{SM}'/>")).await;
-            a2.expect_element(&["<enabled"]).await;
+            enable(&mut a2).await;
         }
         a2.send("<presence/>").await;
         let m = a2.expect_element(&[">held</body>"]).await;
@@ -525,8 +527,7 @@ async fn a_held_copy_is_delivered_at_once_and_acknowledged_to_its_sender_once_du
     let t = TestServer::start(|_| {}).await;
     let (mut a, mut b) = t.alice_and_bob().await;
     for c in [&mut a, &mut b] {
-        c.send(&format!("<enable xmlns='{SM}'/>")).await;
-        c.expect_element(&["<enabled"]).await;
+        enable(c).await;
     }
     chat(&mut b, "alice@localhost", "first").await;
     a.expect_element(&[">first</body>"]).await;
@@ -568,8 +569,7 @@ async fn an_acknowledged_copy_settles_its_sender_at_once_and_is_never_written() 
     let t = TestServer::start(|c| c.stream_management.copy_hold_ms = 600_000).await;
     let (mut a, mut b) = t.alice_and_bob().await;
     for c in [&mut a, &mut b] {
-        c.send(&format!("<enable xmlns='{SM}'/>")).await;
-        c.expect_element(&["<enabled"]).await;
+        enable(c).await;
     }
     chat(&mut b, "alice@localhost", "quick").await;
     a.expect_element(&[">quick</body>"]).await;
@@ -682,8 +682,7 @@ async fn a_large_backlog_is_handed_on_without_disconnecting_the_other_device() {
 async fn ack_requests_are_at_most_one_per_gap() {
     let t = TestServer::start(|_| {}).await;
     let (mut a, mut b) = t.alice_and_bob().await;
-    a.send(&format!("<enable xmlns='{SM}'/>")).await;
-    a.expect_element(&["<enabled"]).await;
+    enable(&mut a).await;
     let mut handled = 0u32;
     // What came before (bob's presence), asked for and answered.
     while let Ok(el) = tokio::time::timeout(QUIET, a.next_element()).await {
